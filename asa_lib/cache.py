@@ -1,0 +1,62 @@
+"""Generation cache shared by every config of a run (SQLite, one transaction per batch).
+
+A row maps key -> generated text, where the key hashes the *context* (model id,
+dtype, max new tokens, prompt format: anything that changes an output), the
+full prompt text and the signed steering delta (``"none"`` without steering).
+A prompt whose gate is 0 therefore reuses the baseline output, and two configs
+with the same signed strength and vector share their outputs. Commits are
+atomic, so a killed process leaves only whole batches behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+
+def context_hash(context: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_key(context: str, prompt: str, steer: str) -> str:
+    h = hashlib.sha256()
+    for part in (context, prompt, steer):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class GenerationCache:
+    def __init__(self, path: str | Path, context: dict[str, Any]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.context = context_hash(context)
+        self.db = sqlite3.connect(str(self.path), timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
+        self.db.commit()
+
+    def key(self, prompt: str, steer: str) -> str:
+        return make_key(self.context, prompt, steer)
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        uniq = list(dict.fromkeys(keys))
+        for s in range(0, len(uniq), 500):
+            chunk = uniq[s:s + 500]
+            q = f"SELECT key, output FROM gen WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update(dict(self.db.execute(q, chunk).fetchall()))
+        return out
+
+    def put_many(self, items: dict[str, str]) -> None:
+        with self.db:  # one transaction
+            self.db.executemany("INSERT OR REPLACE INTO gen (key, output) VALUES (?, ?)", list(items.items()))
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM gen").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()

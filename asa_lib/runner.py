@@ -1,0 +1,262 @@
+"""Run the notebook chain with papermill, render HTML reports, write the run's index.
+
+Stages, in order: 01_data, 02_extraction, 03_probing, 04_vectors, 05_routing,
+06_sweep once per config (``baseline`` first), 07_analysis. Each stage is the
+py:percent notebook in ``notebooks/``, converted with jupytext and executed by
+papermill with ``params_path`` and ``run_dir`` (and, for 06, the config) as
+parameters. Executed notebooks go to ``<run>/notebooks/``, HTML renderings to
+``<run>/html/``, and ``<run>/index.html`` links them all.
+
+Resuming: after a stage succeeds, ``<run>/stages/<stage>.json`` records its
+*fingerprint*, a hash of everything its outputs depend on: the params sections
+it reads, the fingerprints of the stages before it, the notebook's source, the
+data file and the library versions. On the next run a stage whose fingerprint
+is unchanged is skipped; a changed one runs again, and so (through the chained
+fingerprints) does everything after it. Sweep configs are fingerprinted one by
+one, so adding or editing one config re-runs only that config and the analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifacts import read_json, write_json, write_text
+from .params import Params, SweepConfig, load_params
+from .sweep import BASELINE
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+CORE_STAGES = ("01_data", "02_extraction", "03_probing", "04_vectors", "05_routing")
+KERNEL = "python3"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (e.g. a run folder made by another params file)."""
+
+
+@dataclass
+class Stage:
+    key: str  # e.g. "03_probing" or "06_sweep__paper"
+    notebook: str  # notebook stem
+    parameters: dict
+    fingerprint: str = ""
+    status: str = "pending"  # pending | skipped | ok | failed | blocked
+    seconds: float = 0.0
+    error: str = ""
+    config: SweepConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _h(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:20]
+
+
+def _file_hash(path: Path | None) -> str:
+    if path is None or not path.is_file():
+        return "hub"
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"asa_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "sklearn": sklearn.__version__}
+
+
+def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[Stage]:
+    """The stages of a run with their parameters and fingerprints."""
+    common = {"params_path": str(params_path), "run_dir": str(run_dir)}
+    src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
+    vers = _versions()
+    d = params.to_dict()
+    fp = {}
+    fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"])
+    fp["02_extraction"] = _h("02", fp["01_data"], d["model"], d["prompt"], d["extraction"], src["02_extraction"], vers)
+    fp["03_probing"] = _h("03", fp["02_extraction"], src["03_probing"], vers)
+    fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
+    fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
+    stages = [Stage(k, k, dict(common), fp[k]) for k in CORE_STAGES]
+    configs = [SweepConfig(BASELINE, tau=None, alpha=0.0, beta=0.0)] + list(params.sweep)
+    sweep_fps = []
+    for c in configs:
+        f = _h("06", fp["05_routing"], d["generation"], d["steering"], c.__dict__, src["06_sweep"])
+        sweep_fps.append(f)
+        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep",
+                            {**common, "config_name": c.name, "tau": c.tau, "alpha": c.alpha, "beta": c.beta},
+                            f, config=c))
+    stages.append(Stage("07_analysis", "07_analysis", dict(common),
+                        _h("07", sweep_fps, d["reference"], src["07_analysis"])))
+    return stages
+
+
+def _check_run_dir(params: Params, params_path: Path, run_dir: Path) -> None:
+    info = run_dir / "run.json"
+    if info.is_file():
+        prev = read_json(info)
+        if prev.get("name") != params.name:
+            raise RunError(
+                f"{run_dir} holds a run of params {prev.get('name')!r} ({prev.get('params_file')}), "
+                f"not {params.name!r}. Choose another --run-dir, or delete that folder to start over.")
+    write_json(info, {"name": params.name, "params_file": str(params_path.resolve())})
+
+
+def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) -> None:
+    import jupytext
+    import papermill as pm
+
+    nb = jupytext.read(notebook_dir / f"{stage.notebook}.py")
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    pm.execute_notebook(nb, str(out_dir / f"{stage.key}.ipynb"), parameters=stage.parameters,
+                        kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False)
+
+
+def render_html(ipynb: Path, out: Path) -> Path:
+    """Self-contained HTML (figures embedded as base64 PNG) of an executed notebook."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb)
+    return write_text(out, body)
+
+
+def _error_summary(exc: Exception) -> str:
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
+        progress: bool = False, log=print) -> tuple[int, Path]:
+    """Run every stage that is not up to date. Returns (exit code, index path)."""
+    params_path = Path(params_path).resolve()
+    params = load_params(params_path)
+    run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(params, params_path, run_dir)
+    write_text(run_dir / "params.yaml", params_path.read_text(encoding="utf-8"))
+    stages = plan(params, params_path, run_dir, notebook_dir)
+    nb_dir, html_dir, rec_dir = run_dir / "notebooks", run_dir / "html", run_dir / "stages"
+    for p in (nb_dir, html_dir, rec_dir):
+        p.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
+
+    core_failed = False
+    t_all = time.time()
+    for i, s in enumerate(stages, 1):
+        label = f"[{i}/{len(stages)}] {s.key}"
+        rec = rec_dir / f"{s.key}.json"
+        if core_failed or (s.key == "07_analysis" and any(
+                x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)):
+            s.status = "blocked"
+            log(f"{label}: not run (an earlier stage failed)")
+            continue
+        if rec.is_file() and read_json(rec).get("fingerprint") == s.fingerprint and (nb_dir / f"{s.key}.ipynb").is_file():
+            s.status = "skipped"
+            log(f"{label}: up to date, skipped")
+            continue
+        log(f"{label}: running ...")
+        t0 = time.time()
+        if rec.is_file():
+            rec.unlink()
+        try:
+            _execute(s, notebook_dir, nb_dir, progress)
+            s.status = "ok"
+        except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
+            s.status, s.error = "failed", _error_summary(e)
+        s.seconds = time.time() - t0
+        if (nb_dir / f"{s.key}.ipynb").is_file():
+            try:
+                render_html(nb_dir / f"{s.key}.ipynb", html_dir / f"{s.key}.html")
+            except Exception as e:  # noqa: BLE001
+                log(f"    (HTML rendering failed: {_error_summary(e)})")
+        if s.status == "ok":
+            write_json(rec, {"fingerprint": s.fingerprint, "seconds": round(s.seconds, 2),
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            log(f"{label}: done in {s.seconds:.1f} s")
+        else:
+            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {nb_dir / (s.key + '.ipynb')}")
+            if s.key in CORE_STAGES:
+                core_failed = True
+    index = write_index(params, run_dir, stages)
+    failed = [s.key for s in stages if s.status in ("failed", "blocked")]
+    log(f"{'FAILED: ' + ', '.join(failed) if failed else 'all stages done'} in {time.time() - t_all:.0f} s")
+    log(f"index: {index}")
+    return (1 if failed else 0), index
+
+
+# ----------------------------------------------------------------------------- index.html
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td.l{text-align:left}.ok{color:#1a7f37}.failed,.blocked{color:#c00;font-weight:bold}
+.skipped{color:#666}.chosen{background:#fff7d6}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
+    """``index.html``: summary table, chosen config, and links to every report (all text escaped)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"]
+    res_path = run_dir / "results.json"
+    results = read_json(res_path) if res_path.is_file() else None
+    parts.append(f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
+                 f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
+                 f"alpha unit: {_e(params.steering.alpha_unit)}</p>")
+    if results:
+        c = results["chosen"]
+        t = c["test"]
+        parts.append(
+            f"<h2>Chosen on VALID: <code>{_e(c['name'])}</code> (tau={_e(c['tau'])}, alpha={_e(c['alpha'])}, "
+            f"beta={_e(c['beta'])}, alpha_eff={c['alpha_eff']:.4g})</h2><p>TEST: "
+            + ", ".join(f"{m.upper()} {t[m]:.3f} [{t['ci95'][m][0]:.3f}, {t['ci95'][m][1]:.3f}]"
+                        for m in ("f1", "recall", "fpr"))
+            + f"; precision {t['precision']:.3f}. L* = {_e(results['L_star'])} "
+              f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>")
+        parts.append("<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
+                     "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
+                     "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th></tr>")
+        for name, r in results["configs"].items():
+            v, t = r["splits"]["valid"], r["splits"]["test"]
+            cls = " class='chosen'" if name == c["name"] else ""
+            parts.append(f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
+                         f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
+                         f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
+                         f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td></tr>")
+        parts.append("</table><p>Selection uses VALID only; TEST columns are reported, never used to choose.</p>")
+    else:
+        parts.append("<p><b>No results yet</b>: the analysis stage has not finished.</p>")
+    parts.append("<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
+                 "<th>notebook</th><th>note</th></tr>")
+    for s in stages:
+        html_rel, nb_rel = f"html/{s.key}.html", f"notebooks/{s.key}.ipynb"
+        link = f"<a href='{_e(html_rel)}'>HTML</a>" if (run_dir / html_rel).is_file() else ""
+        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if (run_dir / nb_rel).is_file() else ""
+        parts.append(f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
+                     f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>")
+    parts.append("</table></body></html>")
+    return write_text(run_dir / "index.html", "\n".join(parts))

@@ -1,0 +1,152 @@
+"""ASA at generation time: gate from the stored L* state, steer once at prefill, greedy decode.
+
+For each prompt, from its state at L* (the state stage 02 stored):
+routed domain d = argmax router; p = P(tool) from d's probe (0.5 without one);
+gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0;
+v = normalize(beta * v_global + (1 - beta) * v_d), v_global where d has no vector;
+delta = gate * alpha_eff * v is added to the output of block L* at the last
+prompt position on the prefill pass only (never on decode steps).
+
+Generation is batched greedy decoding with left padding; each row carries its
+own delta, so rows with different gates and vectors share a batch. A row stops
+at EOS, or as soon as its tool call is complete (the end marker follows the
+start marker): the decision is then known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .bundle import Bundle
+from .cache import GenerationCache, make_key
+from .hooks import steer_last_prompt_token
+from .models import LoadedModel, decoder_blocks
+from .params import PromptParams
+from .prompts import call_complete
+
+
+@dataclass
+class Gates:
+    routed: list[str]
+    p_tool: np.ndarray  # (N,)
+    gate: np.ndarray  # (N,) in {-1, 0, 1}
+
+
+def compute_gates(bundle: Bundle, h: np.ndarray, tau: float) -> Gates:
+    """Gate decisions from (N, H) states at L*."""
+    routed = bundle.route(h)
+    p = np.array([float(bundle.probe_proba(d, row[None])[0]) for d, row in zip(routed, h)])
+    gate = np.where(p >= tau, 1, np.where(p <= 1 - tau, -1, 0)).astype(np.int64)
+    return Gates(routed, p, gate)
+
+
+def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
+    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*."""
+    return float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
+
+
+def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, beta: float) -> np.ndarray:
+    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0)."""
+    out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
+    for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
+        if g != 0 and alpha_eff != 0:
+            out[i] = np.float32(g * alpha_eff) * bundle.steering_vector(d, beta)
+    return out
+
+
+class _StopAtCallEnd(StoppingCriteria):
+    """Per-row stop once the generated text holds a complete tool call."""
+
+    def __init__(self, tokenizer, prompt_len: int, pp: PromptParams):
+        self.tok, self.prompt_len, self.pp = tokenizer, prompt_len, pp
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        gen = input_ids[:, self.prompt_len:]
+        done = [call_complete(self.tok.decode(row, skip_special_tokens=False), self.pp) for row in gen]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _clean(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Cut after the first EOS (kept) and drop trailing padding of finished rows."""
+    for j, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[:j + 1]
+    while ids and pad_id is not None and ids[-1] == pad_id:
+        ids = ids[:-1]
+    return ids
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(lm.tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
+                   max_new_tokens: int, pp: PromptParams) -> list[str]:
+    """Greedy outputs for one batch, each row steered by its own delta at block ``layer``."""
+    tok = lm.tokenizer
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    prompt_len = enc["input_ids"].shape[1]
+    eos = _eos_ids(lm)
+    delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
+    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta):
+        out = lm.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            temperature=None, top_p=None, top_k=None, min_p=None,
+            pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
+            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, prompt_len, pp)]),
+        )
+    texts = []
+    for row in out[:, prompt_len:].tolist():
+        texts.append(tok.decode(_clean(row, eos, tok.pad_token_id), skip_special_tokens=False))
+    return texts
+
+
+def delta_key(delta: np.ndarray | None) -> str:
+    """Cache key part for a signed steering: 'none' for no steering, else a hash of the exact delta."""
+    if delta is None or not np.any(delta):
+        return "none"
+    return hashlib.sha256(np.ascontiguousarray(delta, dtype=np.float32).tobytes()).hexdigest()[:32]
+
+
+def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
+                 batch_size: int, max_new_tokens: int, pp: PromptParams,
+                 cache: GenerationCache | None = None, desc: str = "generate") -> tuple[list[str], int]:
+    """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
+
+    Each distinct (prompt, delta) pair is generated at most once; batches are
+    sorted by prompt length. Results are written to the cache after each batch,
+    so an interrupted run loses at most one batch.
+    """
+    n = len(prompts)
+    ctx = cache.context if cache is not None else ""
+    keys = [make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i])) for i in range(n)]
+    results: dict[str, str] = cache.get_many(keys) if cache is not None else {}
+    todo: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k not in results and k not in todo:
+            todo[k] = i
+    idx = list(todo.values())
+    lengths = [len(x) for x in lm.tokenizer([prompts[i] for i in idx], add_special_tokens=False)["input_ids"]] if idx else []
+    order = [idx[j] for j in np.argsort(-np.asarray(lengths), kind="stable")]
+    with tqdm(total=len(order), desc=desc, disable=not order) as bar:
+        for s in range(0, len(order), batch_size):
+            b = order[s:s + batch_size]
+            d = None if deltas is None else deltas[b]
+            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp)
+            new = {keys[i]: o for i, o in zip(b, outs)}
+            results.update(new)
+            if cache is not None:
+                cache.put_many(new)
+            bar.update(len(b))
+    return [results[k] for k in keys], len(order)

@@ -1,0 +1,54 @@
+# %% [markdown]
+# # 02 · Hidden-state extraction
+#
+# For every split, the **output of every decoder block `l` (before the final
+# norm) at the last prompt token** — the last token of the chat template's
+# generation prompt. Batched with left padding, an attention mask and
+# mask-derived position ids; batches sorted by length.
+#
+# Writes `states/<split>.safetensors` (tensor `states`, float32,
+# (samples, layers, hidden)) and `states/<split>.json` (ids, labels, domains in
+# row order), streamed to disk batch by batch.
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+run_dir = "reports/tiny"
+
+# %%
+import numpy as np
+import pandas as pd
+
+from asa_lib import data, extract, nb
+from asa_lib.models import load_model
+from asa_lib.prompts import render_prompts
+
+params, run = nb.open_stage(params_path, run_dir, needs=("01_data",))
+lm = load_model(params.model, seed=params.data.seed)
+print(f"{lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {params.model.dtype} on {lm.device}")
+
+# %%
+pd.DataFrame(extract.extract_run(lm, params, run))
+
+# %% [markdown]
+# An example prompt as the model sees it (the first CAL prompt):
+
+# %%
+print(render_prompts(lm.tokenizer, params.prompt, [data.read_splits(run)["cal"][0].text])[0])
+
+# %% [markdown]
+# ## Mean state norm per layer (CAL)
+#
+# Models differ in hidden-state scale by orders of magnitude; this is why
+# `steering.alpha_unit: relative` exists.
+
+# %%
+import matplotlib.pyplot as plt
+
+cal = extract.load_states(run, "cal")
+norms = np.linalg.norm(cal, axis=-1).mean(axis=0)
+fig, ax = plt.subplots(figsize=(8, 3))
+ax.plot(range(len(norms)), norms, marker="o")
+ax.set_xlabel("decoder block")
+ax.set_ylabel("mean L2 norm")
+ax.set_title("Last-token state norm per block (CAL)")
+nb.show(fig)

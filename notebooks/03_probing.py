@@ -1,0 +1,37 @@
+# %% [markdown]
+# # 03 · Probe sweep over layers → L*
+#
+# Per layer: StandardScaler and a logistic-regression probe fitted on CAL,
+# AUC and accuracy on VALID (as the seed). **L\*** = the layer with the best
+# VALID AUC; ties go to the earlier layer. TEST is not touched.
+#
+# Writes `probing/layers.json`.
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+run_dir = "reports/tiny"
+
+# %%
+import numpy as np
+import pandas as pd
+
+from asa_lib import extract, nb, plots, probing
+from asa_lib.artifacts import write_json
+
+params, run = nb.open_stage(params_path, run_dir, needs=("02_extraction",))
+cal, valid = extract.load_states(run, "cal"), extract.load_states(run, "valid")
+y_cal = np.array(extract.load_meta(run, "cal")["labels"])
+y_valid = np.array(extract.load_meta(run, "valid")["labels"])
+print(f"CAL {cal.shape}, VALID {valid.shape}")
+
+# %%
+sweep = probing.layer_sweep(cal, y_cal, valid, y_valid)
+table = pd.DataFrame(sweep.table())
+write_json(run / "probing" / "layers.json", {"best_layer": sweep.best_layer, "layers": sweep.table(),
+                                              "num_layers": int(cal.shape[1])})
+print(f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
+      f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})")
+table.style.format({"auc": "{:.4f}", "accuracy": "{:.4f}"}).highlight_max(subset=["auc"])
+
+# %%
+nb.show(plots.layer_auc(table, sweep.best_layer))

@@ -1,0 +1,55 @@
+# %% [markdown]
+# # 04 · Steering vectors at L*
+#
+# On CAL, raw (not standardized) states at L*: the global mean difference
+# (tool − non-tool) and one per domain, each L2-normalized to unit length. A
+# domain without both classes in CAL gets no vector (the gate then falls back
+# to the global vector).
+#
+# Writes `vectors/vectors.safetensors` and `vectors/vectors.json`.
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+run_dir = "reports/tiny"
+
+# %%
+import numpy as np
+import pandas as pd
+from safetensors.numpy import save_file
+
+from asa_lib import extract, nb, plots, probing
+from asa_lib.artifacts import atomic_path, read_json, write_json
+from asa_lib.data import DOMAINS
+
+params, run = nb.open_stage(params_path, run_dir, needs=("03_probing",))
+layer = read_json(run / "probing" / "layers.json")["best_layer"]
+h = extract.load_states(run, "cal", layer)
+meta = extract.load_meta(run, "cal")
+y, d = np.array(meta["labels"]), meta["domains"]
+domains = sorted(set(d))
+print(f"L* = {layer}; CAL states {h.shape}; domains in CAL: {domains}")
+
+# %%
+vectors, notes = probing.steering_vectors(h, y, d, domains)
+for n in notes:
+    print("NOTE:", n)
+with atomic_path(run / "vectors" / "vectors.safetensors") as tmp:
+    save_file({k: v.astype(np.float32) for k, v in vectors.items()}, str(tmp))
+write_json(run / "vectors" / "vectors.json", {"layer": layer, "vectors": list(vectors), "notes": notes,
+                                              "unit": "L2-normalized mean difference of raw CAL states"})
+cal_norm = float(np.linalg.norm(h, axis=1).mean())
+pd.DataFrame([{"vector": k, "cos with global": float(v @ vectors["global"]),
+               "CAL rows (tool/non-tool)": "all" if k == "global" else
+               f"{int(((np.array(d) == k) & (y == 1)).sum())}/{int(((np.array(d) == k) & (y == 0)).sum())}"}
+              for k, v in vectors.items()])
+
+# %% [markdown]
+# The mean L2 norm of the CAL states at L* sets the scale: a unit vector
+# times alpha moves the state by alpha, against a typical norm of:
+
+# %%
+print(f"mean |h| at L* on CAL = {cal_norm:.2f}")
+
+# %%
+names, M = probing.cosine_matrix(vectors)
+nb.show(plots.cosine_heatmap(names, M))

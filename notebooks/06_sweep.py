@@ -1,0 +1,100 @@
+# %% [markdown]
+# # 06 · One sweep config: steer, generate, evaluate (VALID and TEST)
+#
+# papermill runs this notebook once per config (and once as the unsteered
+# `baseline`). Gate decisions come from the stored L* states; the steering
+# delta `gate × alpha_eff × v` is added once, at the last prompt token of
+# block L*, on the prefill pass. Generations are shared across configs through
+# the run's cache (`cache/generations.sqlite`).
+#
+# Writes `sweep/<config_name>.json` (metrics with bootstrap intervals and every
+# per-prompt record).
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+run_dir = "reports/tiny"
+config_name = "baseline"
+tau = None
+alpha = 0.0
+beta = 0.0
+
+# %%
+import html
+
+import numpy as np
+import pandas as pd
+
+from asa_lib import nb, plots
+from asa_lib.bundle import load_bundle
+from asa_lib.metrics import confusion
+from asa_lib.models import load_model
+from asa_lib.sweep import run_config
+
+params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
+bundle = load_bundle(run / "bundle")
+lm = load_model(params.model, seed=params.data.seed)
+print(f"config {config_name}: tau={tau} alpha={alpha} ({params.steering.alpha_unit}) beta={beta}; "
+      f"L* = {bundle.layer}; model {lm.model_id}")
+
+# %%
+res = run_config(params, run, lm, bundle, config_name, tau=tau, alpha=alpha, beta=beta)
+print(f"alpha_eff = {res['alpha_eff']:.4g}")
+pd.DataFrame([{"split": s, **{k: v["metrics"][k] for k in ("n", "precision", "recall", "f1", "fpr", "accuracy",
+                                                           "triggers", "valid_call_rate")},
+               "F1 95% CI": "[{:.3f}, {:.3f}]".format(*v["metrics"]["ci95"]["f1"]),
+               "steered prompts": v["steered"], "generated now": v["generated_now"]}
+              for s, v in res["splits"].items()]).round(4)
+
+# %% [markdown]
+# ## Confusion matrices (rows: label, columns: triggered)
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, len(res["splits"]), figsize=(4.2 * len(res["splits"]), 3.4))
+for ax, (split, v) in zip(np.atleast_1d(axes), res["splits"].items()):
+    c = v["metrics"]
+    cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    import seaborn as sns
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=["no call", "call"], yticklabels=["non-tool", "tool"])
+    ax.set_title(f"{config_name} · {split.upper()}")
+fig.tight_layout()
+nb.show(fig)
+
+# %% [markdown]
+# ## Per-domain metrics
+
+# %%
+per_dom = pd.DataFrame([{"split": s, "domain": d, **{k: m[k] for k in ("n", "precision", "recall", "f1", "fpr")}}
+                        for s, v in res["splits"].items() for d, m in v["metrics"]["per_domain"].items()])
+per_dom.round(3)
+
+# %%
+nb.show(plots.per_domain(per_dom[per_dom["split"] == "valid"], f"{config_name} · per domain (VALID)"))
+
+# %% [markdown]
+# ## Gate decisions (VALID + TEST)
+
+# %%
+rec = pd.DataFrame(res["records"])
+pd.crosstab([rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})], rec["gate"].map({-1: "−1 suppress", 0: "0 none", 1: "+1 push"}))
+
+# %% [markdown]
+# ## Sample outputs
+#
+# Model outputs are untrusted text: they are shown escaped.
+
+# %%
+def samples(df, n=4):
+    cols = ["id", "split", "domain", "label", "routed", "p_tool", "gate", "triggered", "valid", "output"]
+    out = df[cols].head(n).copy()
+    out["output"] = out["output"].str.slice(0, 300)
+    return out
+
+print("triggered:")
+samples(rec[rec["triggered"]])
+
+# %%
+print("not triggered:")
+samples(rec[~rec["triggered"]])

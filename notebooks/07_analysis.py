@@ -1,0 +1,65 @@
+# %% [markdown]
+# # 07 · Analysis: every config side by side, chosen on VALID, reported on TEST
+#
+# The config is **chosen on VALID** (best F1, ties to lower FPR, then the
+# earlier config) and its TEST result is reported with bootstrap 95%
+# intervals. The TEST column for every config is shown for transparency but is
+# never used to select (the seed picked on TEST, which leaks it).
+#
+# Writes `results.json` and `chosen_adapter/` (the bundle + chosen tau/alpha/beta).
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+run_dir = "reports/tiny"
+
+# %%
+import pandas as pd
+
+from asa_lib import analysis, nb, plots
+
+params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
+res = analysis.collect(params, run)
+table = analysis.summary_table(res)
+chosen = analysis.choose_config(res)
+print(f"chosen on VALID: {chosen}")
+table.round(4)
+
+# %%
+results = analysis.write_results(params, run, res, chosen)
+c = results["chosen"]
+print(f"{c['name']}: tau={c['tau']} alpha={c['alpha']} ({c['alpha_unit']}, alpha_eff={c['alpha_eff']:.4g}) beta={c['beta']}")
+print("TEST: " + ", ".join(f"{m}={c['test'][m]:.3f} [{c['test']['ci95'][m][0]:.3f}, {c['test']['ci95'][m][1]:.3f}]"
+                           for m in ("f1", "recall", "fpr")))
+
+# %% [markdown]
+# ## F1, FPR and recall per config (VALID), against baseline and the reference row
+
+# %%
+ref = params.reference.__dict__ if params.reference else None
+for split in ("valid", "test"):
+    df = analysis.split_frame(res, split)
+    base = df[df["config"] == "baseline"].iloc[0].to_dict()
+    nb.show(plots.metric_bars(df[df["config"] != "baseline"], base, ref,
+                              title=f"{split.upper()} · error bars: bootstrap 95% CI"))
+
+# %% [markdown]
+# ## FPR vs recall (VALID) with the Pareto front
+
+# %%
+nb.show(plots.fpr_recall(analysis.split_frame(res, "valid"), ref, "FPR vs recall · VALID"))
+
+# %% [markdown]
+# ## The chosen config per domain (TEST)
+
+# %%
+dom = pd.DataFrame([{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()])
+display(dom[["domain", "n", "precision", "recall", "f1", "fpr"]].round(3))
+nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
+
+# %% [markdown]
+# ## Post-trigger validity (TEST): does a triggered call parse, name a listed tool, and carry its required arguments?
+
+# %%
+val = analysis.split_frame(res, "test")[["config", "triggers", "format_valid_rate", "valid_call_rate"]]
+display(val.round(3))
+nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
