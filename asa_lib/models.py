@@ -211,7 +211,8 @@ def load_model(mp: ModelParams, seed: int = 0) -> LoadedModel:
                 mp.id, dtype=dtype, device_map="auto" if device.type == "cuda" else None, **kwargs)
         except OSError as e:
             raise ModelLoadError(
-                f"could not load {mp.id!r} from the hub or the local cache ({e}). "
+                f"could not load {mp.id!r} from the hub or the local cache "
+                f"({' '.join(str(e).split())}) "
                 "Without network access use params/demo.yaml (offline SmolLM2)."
             ) from None
         model_id = mp.id

@@ -45,6 +45,7 @@ def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
 
 def probe_layer(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray) -> tuple[float, float]:
     """(AUC, accuracy) on VALID of a probe trained on standardized CAL states of one layer."""
+    h_cal, h_valid = np.asarray(h_cal, np.float64), np.asarray(h_valid, np.float64)
     scaler = StandardScaler().fit(h_cal)
     probe = _fit_lr(scaler.transform(h_cal), y_cal)
     Xv = scaler.transform(h_valid)
@@ -101,7 +102,8 @@ class RouterFit:
 
 def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.ndarray,
                           d_train: list[str], domain_names: list[str]) -> RouterFit:
-    """Scaler on CAL; router and per-domain probes on TRAIN (all at L*)."""
+    """Scaler on CAL; router and per-domain probes on TRAIN (all at L*), fitted in float64."""
+    h_cal, h_train = np.asarray(h_cal, np.float64), np.asarray(h_train, np.float64)
     scaler = StandardScaler().fit(h_cal)
     X = scaler.transform(h_train)
     d = np.asarray(d_train)

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from asa_lib.extract import extract_states, extract_to_file, load_states, states_shape
+from asa_lib.hooks import capture_last_token
+from asa_lib.models import decoder_blocks
+from asa_lib.prompts import render_prompts
+from conftest import PROMPTS
+
+
+def _rel(a, b):
+    return float((np.abs(a - b).max(axis=-1) / np.abs(b).max(axis=-1)).max())
+
+
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_batched_equals_one_at_a_time(which, tiny_lm, tiny_params, request):
+    lm = tiny_lm if which == "tiny" else request.getfixturevalue("smol_lm")
+    pp = tiny_params.prompt if which == "tiny" else request.getfixturevalue("demo_params").prompt
+    prompts = render_prompts(lm.tokenizer, pp, PROMPTS)
+    lens = {len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    assert len(lens) == len(prompts)  # different lengths in one batch
+    batched = extract_states(lm, prompts, batch_size=4)
+    single = extract_states(lm, prompts, batch_size=1)
+    assert batched.shape == (4, lm.num_layers, lm.hidden_size)
+    assert _rel(batched, single) < 1e-4
+
+
+def test_states_are_block_outputs_before_the_final_norm(tiny_lm, tiny_params):
+    prompt = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, ["Calculate 3*3"])[0]
+    states = extract_states(tiny_lm, [prompt], batch_size=1)[0]
+    enc = tiny_lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hs = tiny_lm.model(**enc, output_hidden_states=True).hidden_states
+    for layer in range(tiny_lm.num_layers - 1):  # hidden_states[l + 1] is block l's output ...
+        np.testing.assert_allclose(states[layer], hs[layer + 1][0, -1].numpy(), rtol=1e-5, atol=1e-5)
+    # ... except the last entry, which is taken after the final norm
+    assert not np.allclose(states[-1], hs[-1][0, -1].numpy(), atol=1e-3)
+
+
+def test_streamed_file_matches_memory_and_reads_one_layer(tiny_lm, tiny_params, tmp_path):
+    prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, PROMPTS * 3)
+    mem = extract_states(tiny_lm, prompts, batch_size=5)
+    run = tmp_path
+    extract_to_file(tiny_lm, prompts, run / "states" / "cal.safetensors", batch_size=5, meta={"ids": list(range(12))})
+    assert states_shape(run, "cal") == (12, 4, 64)
+    np.testing.assert_array_equal(load_states(run, "cal"), mem)
+    np.testing.assert_array_equal(load_states(run, "cal", 2), mem[:, 2])
+    assert not list((run / "states").glob(".*tmp"))  # no temporary file left behind
+    with pytest.raises(IndexError):
+        load_states(run, "cal", 4)
+
+
+def test_hooks_are_removed_even_on_error(tiny_lm):
+    blocks = decoder_blocks(tiny_lm.model)
+    before = [len(b._forward_hooks) for b in blocks]
+    with pytest.raises(RuntimeError), capture_last_token(blocks):
+        assert [len(b._forward_hooks) for b in blocks] == [n + 1 for n in before]
+        raise RuntimeError("boom")
+    assert [len(b._forward_hooks) for b in blocks] == before
+
+
+def test_capture_accepts_tuple_outputs():
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            return (x * 2, "extra")
+
+    blocks = torch.nn.ModuleList([Block()])
+    x = torch.arange(6.0).reshape(1, 3, 2)
+    with capture_last_token(blocks) as cap:
+        blocks[0](x)
+    assert torch.equal(cap[0], torch.tensor([[8.0, 10.0]]))

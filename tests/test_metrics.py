@@ -1,0 +1,39 @@
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+
+from asa_lib.metrics import binary_metrics, bootstrap_ci, evaluate_records
+
+
+def test_metrics_match_sklearn_on_random_predictions():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 60))
+        y, p = rng.integers(0, 2, n), rng.integers(0, 2, n)
+        m = binary_metrics(y, p)
+        tn, fp, fn, tp = confusion_matrix(y, p, labels=[0, 1]).ravel()
+        assert m["precision"] == precision_score(y, p, zero_division=0)
+        assert m["recall"] == recall_score(y, p, zero_division=0)
+        assert abs(m["f1"] - f1_score(y, p, zero_division=0)) < 1e-12
+        assert m["accuracy"] == accuracy_score(y, p)
+        assert m["fpr"] == (fp / (fp + tn) if fp + tn else 0.0)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    p = np.where(rng.random(200) < 0.8, y, 1 - y)
+    a, b = bootstrap_ci(y, p, seed=3), bootstrap_ci(y, p, seed=3)
+    assert a == b and bootstrap_ci(y, p, seed=4) != a
+    m = binary_metrics(y, p)
+    for k in ("f1", "recall", "fpr"):
+        assert a[k][0] <= m[k] <= a[k][1] and a[k][1] - a[k][0] < 0.3
+
+
+def test_evaluate_records_per_domain_and_validity():
+    recs = [{"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": True},
+            {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": False},
+            {"label": 0, "triggered": True, "domain": "code", "format_valid": False, "valid": False},
+            {"label": 0, "triggered": False, "domain": "code", "format_valid": False, "valid": False}]
+    m = evaluate_records(recs)
+    assert m["triggers"] == 3 and m["format_valid_rate"] == 2 / 3 and m["valid_call_rate"] == 1 / 3
+    assert m["per_domain"]["math"]["recall"] == 1.0 and m["per_domain"]["code"]["fpr"] == 0.5

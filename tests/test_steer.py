@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+
+from asa_lib.bundle import Bundle
+from asa_lib.cache import GenerationCache
+from asa_lib.hooks import steer_last_prompt_token
+from asa_lib.models import decoder_blocks
+from asa_lib.prompts import render_prompts
+from asa_lib.steer import Gates, compute_gates, generate_all, generate_batch, steering_deltas
+from conftest import PROMPTS
+
+LAYER = 1
+
+
+def _full_capture(block, store):
+    return block.register_forward_hook(lambda m, i, o: store.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+
+
+def _prompts(lm, params, texts=PROMPTS):
+    return render_prompts(lm.tokenizer, params.prompt, texts)
+
+
+def _delta(lm, n, scale=30.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, lm.hidden_size, generator=g) * scale
+
+
+def test_only_block_lstar_and_only_the_last_position_change_by_exactly_delta(tiny_lm, tiny_params):
+    enc = tiny_lm.tokenizer(_prompts(tiny_lm, tiny_params), return_tensors="pt", padding=True, add_special_tokens=False)
+    blocks = decoder_blocks(tiny_lm.model)
+    delta = _delta(tiny_lm, len(PROMPTS))
+
+    def run(steer):
+        outs = {i: [] for i in range(len(blocks))}
+        pre = []
+        handles = [blocks[LAYER].register_forward_hook(lambda m, i, o: pre.append(o.detach().clone()))]
+        with torch.no_grad(), steer_last_prompt_token(blocks[LAYER], delta if steer else None):
+            handles += [_full_capture(b, outs[i]) for i, b in enumerate(blocks)]
+            tiny_lm.model(**enc, use_cache=False)
+        for h in handles:
+            h.remove()
+        return {i: v[0] for i, v in outs.items()}, pre[0]
+
+    plain, _ = run(False)
+    steered, pre = run(True)
+    for i in range(LAYER):
+        assert torch.equal(plain[i], steered[i])
+    s, p = steered[LAYER], plain[LAYER]
+    assert torch.equal(s[:, :-1], p[:, :-1])  # every other position untouched
+    assert torch.equal(s[:, -1], pre[:, -1] + delta)  # last position moved by exactly delta
+    assert torch.equal(pre, p)
+    for i in range(LAYER + 1, len(blocks)):  # later blocks: the change propagates only forward in time
+        assert torch.equal(steered[i][:, :-1], plain[i][:, :-1])
+        assert not torch.allclose(steered[i][:, -1], plain[i][:, -1])
+
+
+def test_decode_steps_are_not_touched(tiny_lm, tiny_params):
+    enc = tiny_lm.tokenizer(_prompts(tiny_lm, tiny_params)[:2], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+    block = decoder_blocks(tiny_lm.model)[LAYER]
+    before, after = [], []
+    h1 = block.register_forward_hook(lambda m, i, o: before.append(o.detach().clone()))
+    with steer_last_prompt_token(block, _delta(tiny_lm, 2)) as hook:
+        h2 = block.register_forward_hook(lambda m, i, o: after.append(o.detach().clone()))
+        with torch.no_grad():
+            tiny_lm.model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id)
+    h1.remove()
+    h2.remove()
+    assert hook.fired and len(before) == len(after) == 5  # prefill + 4 decode steps
+    assert not torch.equal(before[0], after[0])
+    for b, a in zip(before[1:], after[1:]):
+        assert b.shape[1] == 1 and torch.equal(b, a)
+
+
+def test_zero_gate_rows_equal_unsteered_output(tiny_lm, tiny_params):
+    prompts = _prompts(tiny_lm, tiny_params)
+    plain = generate_batch(tiny_lm, prompts, None, LAYER, 8, tiny_params.prompt)
+    d = _delta(tiny_lm, len(prompts), scale=200.0).numpy()
+    d[[0, 2]] = 0
+    mixed = generate_batch(tiny_lm, prompts, d, LAYER, 8, tiny_params.prompt)
+    assert mixed[0] == plain[0] and mixed[2] == plain[2]
+    assert mixed[1] != plain[1] or mixed[3] != plain[3]  # the steering does act on this model
+    zero = generate_batch(tiny_lm, prompts, np.zeros_like(d), LAYER, 8, tiny_params.prompt)
+    assert zero == plain
+
+
+def test_batched_steered_generation_equals_one_at_a_time(tiny_lm, tiny_params):
+    prompts = _prompts(tiny_lm, tiny_params)
+    d = _delta(tiny_lm, len(prompts), scale=100.0, seed=3).numpy()
+    d[1] = 0
+    batched = generate_batch(tiny_lm, prompts, d, LAYER, 8, tiny_params.prompt)
+    single = [generate_batch(tiny_lm, [p], d[i:i + 1], LAYER, 8, tiny_params.prompt)[0] for i, p in enumerate(prompts)]
+    assert batched == single
+
+
+def _toy_bundle():
+    H = 3
+    return Bundle(layer=0, domains=["a", "b"], router_classes=["a", "b"], scaler_mean=np.zeros(H),
+                  scaler_scale=np.ones(H), router_coef=np.array([[0.0, 0.0, 10.0]]), router_intercept=np.zeros(1),
+                  probes={"a": (np.array([1.0, 0.0, 0.0]), 0.0)},
+                  vectors={"global": np.array([1, 0, 0], np.float32), "a": np.array([0, 1, 0], np.float32)},
+                  model_id="toy", hidden_size=H, num_layers=1, cal_mean_norm=2.0)
+
+
+def test_gate_rule_and_fallbacks():
+    b = _toy_bundle()
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    h = np.array([[logit(0.7), 0, -1], [0.0, 0, -1], [logit(0.3), 0, -1], [logit(0.4), 0, -1], [5.0, 0, 1]])
+    g = compute_gates(b, h, tau=0.6)
+    assert g.routed == ["a", "a", "a", "a", "b"]
+    np.testing.assert_allclose(g.p_tool, [0.7, 0.5, 0.3, 0.4, 0.5])  # "b" has no probe: p = 0.5
+    assert g.gate.tolist() == [1, 0, -1, -1, 0]
+    assert compute_gates(b, h[1:2], tau=0.5).gate.tolist() == [1]  # p >= tau wins at 0.5
+
+
+def test_vector_mixture_and_deltas():
+    b = _toy_bundle()
+    np.testing.assert_allclose(b.steering_vector("a", 0.0), [0, 1, 0], atol=1e-7)
+    np.testing.assert_allclose(b.steering_vector("a", 1.0), [1, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(b.steering_vector("a", 0.5), [2 ** -0.5, 2 ** -0.5, 0], atol=1e-7)
+    np.testing.assert_array_equal(b.steering_vector("b", 0.5), [1, 0, 0])  # no vector for b: global
+    gates = Gates(["a", "a", "b"], np.array([0.9, 0.5, 0.1]), np.array([1, 0, -1]))
+    d = steering_deltas(b, gates, alpha_eff=4.0, beta=0.0)
+    np.testing.assert_allclose(d, [[0, 4, 0], [0, 0, 0], [-4, 0, 0]], atol=1e-6)
+
+
+def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, tmp_path):
+    prompts = _prompts(tiny_lm, tiny_params) * 2  # duplicates are generated once
+    d = _delta(tiny_lm, len(prompts), scale=100.0, seed=5).numpy()
+    d[[0, 4]] = 0
+    gen = lambda deltas, cache: generate_all(tiny_lm, prompts, deltas, LAYER, 3, 8, tiny_params.prompt, cache)  # noqa: E731
+    fresh_base, n0 = gen(None, None)
+    fresh_steer, _ = gen(d, None)
+    assert n0 == 4
+    cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "tiny"})
+    base, n1 = gen(None, cache)
+    steer, n2 = gen(d, cache)
+    assert base == fresh_base and steer == fresh_steer
+    assert n1 == 4 and n2 == len(prompts) - 2  # zero-gate rows reuse the baseline
+    again, n3 = gen(d, cache)
+    assert again == steer and n3 == 0
+    cache.close()
+    reopened = GenerationCache(tmp_path / "gen.sqlite", {"model": "tiny"})
+    assert len(reopened) == 4 + len(prompts) - 2
+    other = GenerationCache(tmp_path / "gen.sqlite", {"model": "other"})
+    assert gen(None, other)[1] == 4  # another context never reuses these outputs
