@@ -2,10 +2,13 @@
 
 For each prompt: the output of every decoder block ``l`` (before the final
 norm) at the last real prompt token, i.e. the token that ends the chat
-template's generation prompt. Prompts are run in batches, sorted by length to
-waste little on padding, with left padding, an attention mask and position
-ids computed from the mask; a batched result equals a one-at-a-time result
-within float tolerance (tests pin this at 1e-4 relative in fp32).
+template's generation prompt. The token prefix shared by all prompts (system
+text, tool list, demonstrations) runs once and its cache is reused (see
+:mod:`asa_lib.prefix`); prompts then run in batches sorted by length, their
+suffixes right-padded with an attention mask and explicit position ids, each
+row read at its own last real token. A batched, prefix-cached result equals a
+one-at-a-time full-prompt result within float tolerance (tests pin this at
+1e-4 relative in fp32).
 
 Storage: ``states/<split>.safetensors`` holds one float32 tensor ``states`` of
 shape (samples, layers, hidden) and, beside it, ``states/<split>.json`` with
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
+from .prefix import PrefixCache, cache_kwarg, common_prefix_len, token_ids
 
 STATES_KEY = "states"
 
@@ -77,32 +81,57 @@ def encode_batch(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]
             "position_ids": pos.to(device)}
 
 
+def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
+    """(input_ids, attention_mask incl. the prefix, position_ids, last real index) for suffixes."""
+    S = max(len(x) for x in suffixes)
+    B = len(suffixes)
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, prefix_len + S), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for i, x in enumerate(suffixes):
+        ids[i, :len(x)] = torch.tensor(x)
+        mask[i, prefix_len:prefix_len + len(x)] = 1
+    pos = (prefix_len + torch.arange(S)).expand(B, S)
+    last = torch.tensor([len(x) - 1 for x in suffixes])
+    return ids.to(device), mask.to(device), pos.to(device), last
+
+
 @torch.no_grad()
-def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int, desc: str = "extract"):
-    """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32."""
-    tok = lm.tokenizer
-    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int, desc: str = "extract",
+                           share_prefix: bool = True):
+    """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
+
+    With ``share_prefix`` the tokens common to all prompts run once (see
+    :mod:`asa_lib.prefix`) and each batch runs only its right-padded suffixes;
+    otherwise whole prompts run. Both read each row at its last real token.
+    """
+    ids = token_ids(lm, prompts)
+    P = common_prefix_len(ids) if share_prefix and len(prompts) > 1 else 0
+    prefix = PrefixCache(lm, ids[0][:P]) if P > 0 else None
+    pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
     with capture_last_token(blocks) as captured, tqdm(total=len(prompts), desc=desc) as bar:
-        for idx in _batches(lengths, batch_size):
-            enc = encode_batch(tok, [prompts[i] for i in idx], lm.device)
-            lm.model(**enc, use_cache=False)
+        for idx in _batches([len(x) for x in ids], batch_size):
+            input_ids, mask, pos, last = right_padded([ids[i][P:] for i in idx], pad, P, lm.device)
+            captured.positions = last
+            kw = {cache_kwarg(lm.model): prefix.expand(len(idx)), "use_cache": True} if prefix else {"use_cache": False}
+            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)
             states = torch.stack([captured[l] for l in range(len(blocks))], dim=1)  # (B, L, H)
             yield idx, states.float().cpu().numpy()
             bar.update(len(idx))
 
 
 def extract_states(lm: LoadedModel, prompts: list[str], batch_size: int = 8,
-                   desc: str = "extract") -> np.ndarray:
+                   desc: str = "extract", share_prefix: bool = True) -> np.ndarray:
     """All states in memory: (N, L, H) float32. For small sets and tests."""
     out = np.zeros((len(prompts), lm.num_layers, lm.hidden_size), dtype=np.float32)
-    for idx, states in iter_last_token_states(lm, prompts, batch_size, desc):
+    for idx, states in iter_last_token_states(lm, prompts, batch_size, desc, share_prefix):
         out[idx] = states
     return out
 
 
 def extract_to_file(lm: LoadedModel, prompts: list[str], path: str | Path, batch_size: int = 8,
-                    desc: str = "extract", meta: dict | None = None) -> Path:
+                    desc: str = "extract", meta: dict | None = None, share_prefix: bool = True) -> Path:
     """Stream the states of ``prompts`` to a safetensors file; memory is one batch."""
     path = Path(path)
     shape = (len(prompts), lm.num_layers, lm.hidden_size)
@@ -111,7 +140,7 @@ def extract_to_file(lm: LoadedModel, prompts: list[str], path: str | Path, batch
     with atomic_path(path) as tmp:
         w = StreamingSafetensors(tmp, shape, metadata)
         try:
-            for idx, states in iter_last_token_states(lm, prompts, batch_size, desc):
+            for idx, states in iter_last_token_states(lm, prompts, batch_size, desc, share_prefix):
                 w.write_rows(states, idx)
         finally:
             w.close()

@@ -23,24 +23,38 @@ def _replace_hidden(out, h):
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
+class _Capture:
+    def __init__(self, layer: int, store: dict, owner: "LastTokenCapture"):
+        self.layer, self.store, self.owner = layer, store, owner
+
+    def __call__(self, _module, _inp, out):
+        h = _hidden(out)
+        pos = self.owner.positions
+        if pos is None:
+            self.store[self.layer] = h[:, -1, :].detach()
+        else:
+            self.store[self.layer] = h[torch.arange(h.shape[0], device=h.device), pos.to(h.device)].detach()
+
+
+class LastTokenCapture(dict):
+    """``{layer: (B, H)}`` of the latest forward pass. ``positions``: per-row index to read
+    (None: position -1, the last token under left padding)."""
+
+    positions: torch.Tensor | None = None
+
+
 @contextmanager
-def capture_last_token(blocks: torch.nn.ModuleList) -> Iterator[dict[int, torch.Tensor]]:
-    """Record, per block index, the block output at position -1: ``{l: (B, H)}``.
+def capture_last_token(blocks: torch.nn.ModuleList) -> Iterator[LastTokenCapture]:
+    """Record, per block index, the block output at the last prompt token: ``{l: (B, H)}``.
 
-    The dict is overwritten on each forward pass.
+    The dict is overwritten on each forward pass. Set ``.positions`` on it to
+    read right-padded rows at their own last real position.
     """
-    captured: dict[int, torch.Tensor] = {}
+    captured = LastTokenCapture()
     handles = []
-
-    def make(layer: int):
-        def hook(_module, _inp, out):
-            captured[layer] = _hidden(out)[:, -1, :].detach()
-
-        return hook
-
     try:
         for i, block in enumerate(blocks):
-            handles.append(block.register_forward_hook(make(i)))
+            handles.append(block.register_forward_hook(_Capture(i, captured, captured)))
         yield captured
     finally:
         for h in handles:

@@ -28,7 +28,8 @@ from .cache import GenerationCache, make_key
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
 from .params import PromptParams
-from .prompts import call_complete
+from .prefix import PrefixCache, cache_kwarg, common_prefix_len, needs_equal_suffix_lengths, token_ids
+from .prompts import call_complete, render_prompts
 
 
 @dataclass
@@ -92,24 +93,60 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 @torch.no_grad()
 def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
-                   max_new_tokens: int, pp: PromptParams) -> list[str]:
-    """Greedy outputs for one batch, each row steered by its own delta at block ``layer``."""
+                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None) -> list[str]:
+    """Greedy outputs for one batch, each row steered by its own delta at block ``layer``.
+
+    Rows are left-padded so that every prompt ends at position -1. With a
+    ``prefix`` cache the shared prefix is not recomputed: the padding then sits
+    between prefix and suffix, where the attention mask hides it.
+    """
     tok = lm.tokenizer
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-    prompt_len = enc["input_ids"].shape[1]
+    ids = token_ids(lm, prompts)
+    P = prefix.length if prefix is not None else 0
+    if prefix is not None and any(x[:P] != prefix.ids for x in ids):
+        raise ValueError("a prompt does not start with the shared prefix")
+    suffixes = [x[P:] for x in ids]
+    S, B = max(len(x) for x in suffixes), len(prompts)
+    input_ids = torch.full((B, P + S), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, P + S), dtype=torch.long)
+    for i, x in enumerate(suffixes):
+        input_ids[i, :P] = torch.tensor(prefix.ids if prefix is not None else [], dtype=torch.long)
+        input_ids[i, P + S - len(x):] = torch.tensor(x)
+        mask[i, :P] = 1
+        mask[i, P + S - len(x):] = 1
+    kw = {cache_kwarg(lm.model): prefix.expand(B)} if prefix is not None else {}
     eos = _eos_ids(lm)
     delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
     with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta):
         out = lm.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             temperature=None, top_p=None, top_k=None, min_p=None,
             pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
-            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, prompt_len, pp)]),
+            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, P + S, pp)]), **kw,
         )
     texts = []
-    for row in out[:, prompt_len:].tolist():
+    for row in out[:, P + S:].tolist():
         texts.append(tok.decode(_clean(row, eos, tok.pad_token_id), skip_special_tokens=False))
     return texts
+
+
+def _gen_batches(lm: LoadedModel, ids: list[list[int]], idx: list[int], P: int, batch_size: int) -> list[list[int]]:
+    """Batches of prompt indices, longest first; equal suffix lengths only where padding would leak."""
+    order = sorted(idx, key=lambda i: -len(ids[i]))
+    if P > 0 and needs_equal_suffix_lengths(lm.model):
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            groups.setdefault(len(ids[i]), []).append(i)
+        return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def shared_prefix(lm: LoadedModel, pp: PromptParams) -> PrefixCache | None:
+    """The prefix every prompt of this format starts with (system text, demonstrations), cached."""
+    probe = token_ids(lm, render_prompts(lm.tokenizer, pp, ["Alpha.", "Zulu?"]))
+    P = common_prefix_len(probe)
+    return PrefixCache(lm, probe[0][:P]) if P > 0 else None
 
 
 def delta_key(delta: np.ndarray | None) -> str:
@@ -121,11 +158,13 @@ def delta_key(delta: np.ndarray | None) -> str:
 
 def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
                  batch_size: int, max_new_tokens: int, pp: PromptParams,
-                 cache: GenerationCache | None = None, desc: str = "generate") -> tuple[list[str], int]:
+                 cache: GenerationCache | None = None, desc: str = "generate",
+                 share_prefix: bool = True) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
     Each distinct (prompt, delta) pair is generated at most once; batches are
-    sorted by prompt length. Results are written to the cache after each batch,
+    sorted by prompt length, and the prompt format's shared prefix is computed
+    once (``share_prefix``). Results are written to the cache after each batch,
     so an interrupted run loses at most one batch.
     """
     n = len(prompts)
@@ -136,17 +175,21 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     for i, k in enumerate(keys):
         if k not in results and k not in todo:
             todo[k] = i
-    idx = list(todo.values())
-    lengths = [len(x) for x in lm.tokenizer([prompts[i] for i in idx], add_special_tokens=False)["input_ids"]] if idx else []
-    order = [idx[j] for j in np.argsort(-np.asarray(lengths), kind="stable")]
-    with tqdm(total=len(order), desc=desc, disable=not order) as bar:
-        for s in range(0, len(order), batch_size):
-            b = order[s:s + batch_size]
+    if not todo:
+        return [results[k] for k in keys], 0
+    prefix = shared_prefix(lm, pp) if share_prefix else None
+    ids = token_ids(lm, prompts)
+    P = prefix.length if prefix is not None else 0
+    if prefix is not None and any(ids[i][:P] != prefix.ids for i in todo.values()):
+        prefix, P = None, 0  # a prompt that does not start with the format's prefix: no sharing
+    batches = _gen_batches(lm, ids, list(todo.values()), P, batch_size)
+    with tqdm(total=len(todo), desc=desc) as bar:
+        for b in batches:
             d = None if deltas is None else deltas[b]
-            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp)
+            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp, prefix)
             new = {keys[i]: o for i, o in zip(b, outs)}
             results.update(new)
             if cache is not None:
                 cache.put_many(new)
             bar.update(len(b))
-    return [results[k] for k in keys], len(order)
+    return [results[k] for k in keys], len(todo)

@@ -1,0 +1,77 @@
+"""Shared-prefix caching: run the common start of every prompt once, reuse its cache.
+
+Every prompt of a run starts with the same system text (tool list) and
+demonstration turns; that prefix is most of its tokens. :class:`PrefixCache`
+runs the prefix once (batch 1) and hands out copies expanded to a batch, so a
+forward pass only processes each prompt's own suffix.
+
+Exactness:
+- Extraction uses *right*-padded suffixes and reads each row at its own last
+  real position. In a causal model a real token never sees the padding after
+  it (attention is causal, LFM2's short convolutions are causal), so this is
+  exact for every architecture.
+- Generation needs the prompt's end aligned at the last position, so suffixes
+  are *left*-padded and the padding sits between prefix and suffix. Attention
+  masks it out, but LFM2's convolutions carry it into their state, so for
+  models with conv layers batches hold suffixes of equal length only
+  (:func:`needs_equal_suffix_lengths`).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+from transformers import DynamicCache
+
+from .models import LoadedModel
+
+
+def token_ids(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:
+    return lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
+def common_prefix_len(ids: list[list[int]]) -> int:
+    """Length of the longest common token prefix, leaving at least one suffix token per prompt."""
+    if not ids:
+        return 0
+    first = ids[0]
+    n = min(len(x) for x in ids) - 1
+    for x in ids[1:]:
+        k = 0
+        while k < n and x[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def needs_equal_suffix_lengths(model) -> bool:
+    """True for models whose padding between prefix and suffix would leak (conv/recurrent layers)."""
+    types = getattr(model.config, "layer_types", None) or []
+    return any(t not in ("full_attention", "sliding_attention", "attention") for t in types)
+
+
+def cache_kwarg(model) -> str:
+    """Name of the cache argument of ``model.forward`` (``cache`` in newer 5.x, else ``past_key_values``)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class PrefixCache:
+    """The cache of one shared prefix, computed once, copied per batch."""
+
+    def __init__(self, lm: LoadedModel, prefix_ids: list[int]):
+        self.lm = lm
+        self.ids = list(prefix_ids)
+        self.length = len(self.ids)
+        cache = DynamicCache(config=lm.model.config)
+        with torch.no_grad():
+            lm.model(input_ids=torch.tensor([self.ids], device=lm.device), use_cache=True,
+                     **{cache_kwarg(lm.model): cache})
+        self.cache = cache
+
+    def expand(self, batch_size: int):
+        """A fresh copy of the prefix cache for ``batch_size`` rows (the original stays untouched)."""
+        c = copy.deepcopy(self.cache)
+        c.reorder_cache(torch.zeros(batch_size, dtype=torch.long, device=self.lm.device))
+        return c
