@@ -71,7 +71,32 @@ class PrefixCache:
         self.cache = cache
 
     def expand(self, batch_size: int):
-        """A fresh copy of the prefix cache for ``batch_size`` rows (the original stays untouched)."""
-        c = copy.deepcopy(self.cache)
-        c.reorder_cache(torch.zeros(batch_size, dtype=torch.long, device=self.lm.device))
+        """A fresh copy of the prefix cache for ``batch_size`` rows (the original stays untouched).
+
+        Every batch-1 tensor held by a cache layer (attention keys/values, LFM2
+        conv states) is broadcast to the batch. ``expand(...).contiguous()`` is
+        used rather than ``Cache.reorder_cache``, whose ``index_select`` was
+        measured 50x slower on CPU.
+        """
+        c = copy.copy(self.cache)
+        c.layers = [_expand_layer(layer, batch_size) for layer in self.cache.layers]
         return c
+
+
+def _expand_tensor(t, b: int):
+    if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] == 1:
+        return t.expand(b, *t.shape[1:]).contiguous()
+    if isinstance(t, torch.Tensor):
+        return t.clone()
+    if isinstance(t, (list, tuple)):
+        return type(t)(_expand_tensor(x, b) for x in t)
+    if isinstance(t, dict):
+        return {k: _expand_tensor(v, b) for k, v in t.items()}
+    return copy.deepcopy(t)
+
+
+def _expand_layer(layer, b: int):
+    new = copy.copy(layer)
+    for k, v in vars(layer).items():
+        setattr(new, k, _expand_tensor(v, b))
+    return new

@@ -14,14 +14,14 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("which", ["tiny", "smol"])
-def test_batched_equals_one_at_a_time(which, tiny_lm, tiny_params, request):
+def test_batched_prefix_cached_equals_one_at_a_time(which, tiny_lm, tiny_params, request):
     lm = tiny_lm if which == "tiny" else request.getfixturevalue("smol_lm")
     pp = tiny_params.prompt if which == "tiny" else request.getfixturevalue("demo_params").prompt
     prompts = render_prompts(lm.tokenizer, pp, PROMPTS)
     lens = {len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lens) == len(prompts)  # different lengths in one batch
-    batched = extract_states(lm, prompts, batch_size=4)
-    single = extract_states(lm, prompts, batch_size=1)
+    batched = extract_states(lm, prompts, batch_size=4)  # shared prefix cache + right-padded suffixes
+    single = extract_states(lm, prompts, batch_size=1, share_prefix=False)  # whole prompts, one at a time
     assert batched.shape == (4, lm.num_layers, lm.hidden_size)
     assert _rel(batched, single) < 1e-4
 

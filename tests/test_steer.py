@@ -145,3 +145,16 @@ def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, 
     assert len(reopened) == 4 + len(prompts) - 2
     other = GenerationCache(tmp_path / "gen.sqlite", {"model": "other"})
     assert gen(None, other)[1] == 4  # another context never reuses these outputs
+
+
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_prefix_shared_batched_generation_equals_the_simple_path(which, tiny_lm, tiny_params, request):
+    lm = tiny_lm if which == "tiny" else request.getfixturevalue("smol_lm")
+    params = tiny_params if which == "tiny" else request.getfixturevalue("demo_params")
+    texts = PROMPTS + ["Translate 'dog' into French.", "Compute 2+2"]
+    prompts = _prompts(lm, params, texts)
+    d = _delta(lm, len(prompts), scale=50.0 if which == "tiny" else 2.0, seed=7).numpy()
+    d[0] = 0
+    fast, n = generate_all(lm, prompts, d, LAYER, 4, 12, params.prompt)  # shared prefix, batched
+    simple = [generate_batch(lm, [p], d[i:i + 1], LAYER, 12, params.prompt)[0] for i, p in enumerate(prompts)]
+    assert n == len(prompts) and fast == simple
