@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
-from .prefix import PrefixCache, cache_kwarg, common_prefix_len, token_ids
+from .prefix import PrefixCache, cache_kwarg, lcp, token_ids
 
 STATES_KEY = "states"
 
@@ -105,14 +105,21 @@ def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int,
     :mod:`asa_lib.prefix`) and each batch runs only its right-padded suffixes;
     otherwise whole prompts run. Both read each row at its last real token.
     """
-    ids = token_ids(lm, prompts)
-    P = common_prefix_len(ids) if share_prefix and len(prompts) > 1 else 0
-    prefix = PrefixCache(lm, ids[0][:P]) if P > 0 else None
+    lengths, prefix_ids = [], None
+    for s in range(0, len(prompts), 1024):  # token ids are not kept: memory stays at one batch
+        ids = token_ids(lm, prompts[s:s + 1024])
+        lengths += [len(x) for x in ids]
+        if share_prefix:
+            for x in ids:
+                prefix_ids = x if prefix_ids is None else prefix_ids[:lcp(prefix_ids, x)]
+    P = min(len(prefix_ids), min(lengths) - 1) if share_prefix and len(prompts) > 1 else 0
+    prefix = PrefixCache(lm, prefix_ids[:P]) if P > 0 else None
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
     with capture_last_token(blocks) as captured, tqdm(total=len(prompts), desc=desc) as bar:
-        for idx in _batches([len(x) for x in ids], batch_size):
-            input_ids, mask, pos, last = right_padded([ids[i][P:] for i in idx], pad, P, lm.device)
+        for idx in _batches(lengths, batch_size):
+            batch_ids = token_ids(lm, [prompts[i] for i in idx])
+            input_ids, mask, pos, last = right_padded([x[P:] for x in batch_ids], pad, P, lm.device)
             captured.positions = last
             kw = {cache_kwarg(lm.model): prefix.expand(len(idx)), "use_cache": True} if prefix else {"use_cache": False}
             lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)

@@ -24,7 +24,7 @@ def _replace_hidden(out, h):
 
 
 class _Capture:
-    def __init__(self, layer: int, store: dict, owner: "LastTokenCapture"):
+    def __init__(self, layer: int, store: dict, owner: LastTokenCapture):
         self.layer, self.store, self.owner = layer, store, owner
 
     def __call__(self, _module, _inp, out):

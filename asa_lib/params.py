@@ -344,7 +344,9 @@ def load_params(path: str | Path, check_files: bool = True) -> Params:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if data is None:
         raise ParamsError(f"{path}: the file is empty")
     try:

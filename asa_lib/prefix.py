@@ -32,17 +32,22 @@ def token_ids(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:
     return lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
+def lcp(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
 def common_prefix_len(ids: list[list[int]]) -> int:
     """Length of the longest common token prefix, leaving at least one suffix token per prompt."""
     if not ids:
         return 0
-    first = ids[0]
     n = min(len(x) for x in ids) - 1
     for x in ids[1:]:
-        k = 0
-        while k < n and x[k] == first[k]:
-            k += 1
-        n = k
+        n = min(n, lcp(ids[0], x))
     return max(n, 0)
 
 

@@ -28,7 +28,13 @@ from .cache import GenerationCache, make_key
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
 from .params import PromptParams
-from .prefix import PrefixCache, cache_kwarg, common_prefix_len, needs_equal_suffix_lengths, token_ids
+from .prefix import (
+    PrefixCache,
+    cache_kwarg,
+    common_prefix_len,
+    needs_equal_suffix_lengths,
+    token_ids,
+)
 from .prompts import call_complete, render_prompts
 
 

@@ -19,7 +19,6 @@ from safetensors.numpy import save_file
 
 from asa_lib import extract, nb, plots, probing
 from asa_lib.artifacts import atomic_path, read_json, write_json
-from asa_lib.data import DOMAINS
 
 params, run = nb.open_stage(params_path, run_dir, needs=("03_probing",))
 layer = read_json(run / "probing" / "layers.json")["best_layer"]

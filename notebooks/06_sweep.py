@@ -19,14 +19,12 @@ alpha = 0.0
 beta = 0.0
 
 # %%
-import html
 
 import numpy as np
 import pandas as pd
 
 from asa_lib import nb, plots
 from asa_lib.bundle import load_bundle
-from asa_lib.metrics import confusion
 from asa_lib.models import load_model
 from asa_lib.sweep import run_config
 

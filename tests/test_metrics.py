@@ -1,5 +1,11 @@
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
 from asa_lib.metrics import binary_metrics, bootstrap_ci, evaluate_records
 

@@ -28,7 +28,27 @@ def tiny_run(tmp_path_factory):
     params = tiny_yaml(tmp)
     logs = []
     code, index = run(params, tmp / "reports" / "tiny", log=logs.append)
-    return {"code": code, "index": index, "dir": tmp / "reports" / "tiny", "params": params, "logs": logs, "tmp": tmp}
+    run_dir = tmp / "reports" / "tiny"
+    return {"code": code, "index": index, "dir": run_dir, "params": params, "logs": logs, "tmp": tmp,
+            "results": comparable(run_dir), "cache_rows": cache_rows(run_dir)}
+
+
+def comparable(run_dir):
+    """results.json and every per-prompt record, without timestamps and durations."""
+    res = json.loads((run_dir / "results.json").read_text())
+    res.pop("created")
+    records = {p.stem: json.loads(p.read_text())["records"] for p in sorted((run_dir / "sweep").glob("*.json"))}
+    return res, records
+
+
+def cache_rows(run_dir):
+    import sqlite3
+
+    db = sqlite3.connect(str(run_dir / "cache" / "generations.sqlite"))
+    try:
+        return db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
+    finally:
+        db.close()
 
 
 def test_chain_runs_and_renders_html_with_images(tiny_run):
@@ -65,6 +85,90 @@ def test_papermill_parameters_and_results(tiny_run):
     rec = sweep["records"][0]
     assert {"id", "split", "domain", "label", "routed", "p_tool", "gate", "output", "triggered", "valid"} <= set(rec)
     assert {r["split"] for r in sweep["records"]} == {"valid", "test"}
+
+
+def test_two_runs_from_scratch_give_identical_results(tiny_run, tmp_path):
+    code, _ = run(tiny_yaml(tmp_path), tmp_path / "again", log=lambda *_: None)
+    assert code == 0 and comparable(tmp_path / "again") == tiny_run["results"]
+
+
+def test_generated_text_is_escaped_in_the_reports(tiny_run):
+    import sqlite3
+
+    run_dir = tiny_run["dir"]
+    evil = '<|tool_call_start|><script>alert(1)</script><img src=x onerror=alert(2)>'
+    db = sqlite3.connect(str(run_dir / "cache" / "generations.sqlite"))
+    with db:
+        db.execute("UPDATE gen SET output = ?", (evil,))
+    db.close()
+    (run_dir / "stages" / "06_sweep__baseline.json").unlink()
+    code, _ = run(tiny_run["params"], run_dir, log=lambda *_: None)
+    assert code == 0
+    rec = json.loads((run_dir / "sweep" / "baseline.json").read_text())["records"]
+    assert all(r["output"] == evil and r["triggered"] for r in rec)  # the outputs really were shown
+    html = (run_dir / "html" / "06_sweep__baseline.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "<img src=x onerror" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_failing_config_does_not_stop_the_others(tiny_run, tmp_path):
+    import shutil
+
+    nbs = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nbs)
+    src = (nbs / "06_sweep.py").read_text()
+    (nbs / "06_sweep.py").write_text(src.replace(
+        "params, run = nb.open_stage(", "assert config_name != 'mild', 'injected failure'\nparams, run = nb.open_stage(", 1))
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run_dir)
+    logs = []
+    code, index = run(tiny_run["params"], run_dir, notebook_dir=nbs, log=logs.append)
+    assert code == 1
+    ran = [x for x in logs if "running" in x]
+    assert not any("01_data" in x or "05_routing" in x for x in ran)  # up to date, skipped
+    html = index.read_text()
+    assert re.search(r"06_sweep__mild</td><td class='failed'>failed", html)
+    assert "AssertionError: injected failure" in html and "notebooks/06_sweep__mild.ipynb" in html
+    assert re.search(r"06_sweep__strong</td><td class='ok'>ok", html)
+    assert re.search(r"07_analysis</td><td class='ok'>ok", html)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert "mild" not in res["configs"] and res["chosen"]["name"] == "strong"
+
+
+def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    params = tiny_yaml(tmp_path)
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "asa_lib.cli", "run", "--params", str(params), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run_dir / "cache" / "generations.sqlite"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if db.is_file() and cache_rows(run_dir) >= 20:
+            break
+        time.sleep(0.05)
+    parent = psutil.Process(proc.pid)
+    for p in parent.children(recursive=True) + [parent]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = cache_rows(run_dir)
+    assert 20 <= rows_at_kill < tiny_run["cache_rows"]
+    assert not (run_dir / "results.json").exists()
+    logs = []
+    code, _ = run(params, run_dir, log=logs.append)
+    assert code == 0
+    rerun = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
+    assert rerun[0].startswith("06_sweep__") and not any(s.startswith("0" + str(i)) for s in rerun for i in range(1, 6))
+    generated_again = sum(v["generated_now"] for name in rerun if name.startswith("06_sweep__")
+                          for v in json.loads((run_dir / "sweep" / f"{name[10:]}.json").read_text())["splits"].values())
+    assert rows_at_kill + generated_again == tiny_run["cache_rows"] == cache_rows(run_dir)  # nothing twice
+    assert comparable(run_dir) == tiny_run["results"]
 
 
 def test_second_run_skips_everything_then_only_changed_configs_rerun(tiny_run):

@@ -1,6 +1,13 @@
 from asa_lib.params import PromptParams, load_params
-from asa_lib.prompts import (call_payload, call_validity, messages_for, parse_calls, render_prompt, system_text,
-                             triggered)
+from asa_lib.prompts import (
+    call_payload,
+    call_validity,
+    messages_for,
+    parse_calls,
+    render_prompt,
+    system_text,
+    triggered,
+)
 from conftest import PARAMS
 
 

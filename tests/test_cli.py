@@ -1,0 +1,56 @@
+"""The console command: bad input ends in one readable message and touches nothing."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from asa_lib.cli import main
+from conftest import PARAMS, ROOT
+
+
+def tiny_dict():
+    d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
+    d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
+    return d
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda d: "name: [oops\n", "not valid YAML"),
+    (lambda d: d["extraction"].update(batch_size="8"), "extraction.batch_size: expected an integer"),
+    (lambda d: d["model"].update(layers=3), "model.layers: unknown key"),
+    (lambda d: d["sweep"][0].update(tau=1.0), "sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)"),
+    (lambda d: d["sweep"][0].update(alpha=-0.5), "sweep[0].alpha: -0.5 is negative"),
+    (lambda d: d["data"].update(source="nowhere/rows.jsonl"), "data.source: file not found"),
+])
+def test_bad_params_give_one_message_and_exit_2(tmp_path, capsys, edit, msg):
+    d = tiny_dict()
+    out = edit(d)
+    p = tmp_path / "p.yaml"
+    p.write_text(out if isinstance(out, str) else yaml.safe_dump(d))
+    run_dir = tmp_path / "run"
+    assert main(["run", "--params", str(p), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asa: error:") and msg in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert not run_dir.exists()  # nothing written
+
+
+def test_a_run_folder_from_another_params_file_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"name": "demo", "params_file": "/x/demo.yaml"}')
+    (run_dir / "keep.txt").write_text("existing artifact")
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(tiny_dict()))
+    assert main(["run", "--params", str(p), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of params 'demo'" in err and "--run-dir" in err
+    assert sorted(x.name for x in run_dir.iterdir()) == ["keep.txt", "run.json"]
+    assert "demo" in (run_dir / "run.json").read_text()
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "asa_lib.cli", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--params" in out.stdout
