@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .artifacts import read_json, write_json, write_text
 from .params import Params, SweepConfig, load_params
-from .sweep import BASELINE
+from .sweep import BASELINE, sweep_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -180,6 +180,8 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
         t0 = time.time()
         if rec.is_file():
             rec.unlink()
+        if s.config is not None:  # a failed re-run must not leave the previous result behind
+            sweep_path(run_dir, s.config.name).unlink(missing_ok=True)
         try:
             _execute(s, notebook_dir, nb_dir, progress)
             s.status = "ok"
