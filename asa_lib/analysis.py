@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import read_json, write_json
-from .bundle import _versions, load_bundle, save_bundle
+from .artifacts import library_versions, read_json, write_json
+from .bundle import load_bundle, save_bundle
 from .params import Params
 from .sweep import BASELINE, sweep_path
 
@@ -92,7 +92,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                    "valid": c["splits"]["valid"]["metrics"], "test": c["splits"]["test"]["metrics"]}
     results = {
         "params": params.to_dict(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "model_id": bundle.model_id,
         "trust_remote_code": params.model.trust_remote_code,

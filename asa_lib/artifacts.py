@@ -83,6 +83,19 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def library_versions() -> dict[str, str]:
+    """Versions that results depend on (recorded in bundles, results and fingerprints)."""
+    import numpy as np
+    import sklearn
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"asa_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
 STAGE_OUTPUTS = {
     "01_data": ["data/splits.jsonl"],
     "02_extraction": ["states/cal.safetensors", "states/test.safetensors"],

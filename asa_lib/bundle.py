@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .artifacts import atomic_path, write_json
+from .artifacts import atomic_path, library_versions, write_json
 
 FORMAT = "asa-adapter/1"
 HOOK_POINT = "output of model.model.layers[L*] (before the final norm), last prompt token"
@@ -105,18 +105,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _versions() -> dict[str, str]:
-    import sklearn
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {"asa_lib": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__}
-
-
 def _tensors(b: Bundle) -> dict[str, np.ndarray]:
     t = {"scaler.mean": b.scaler_mean, "scaler.scale": b.scaler_scale,
          "router.coef": b.router_coef, "router.intercept": b.router_intercept}
@@ -146,7 +134,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "hidden_size": b.hidden_size,
         "num_layers": b.num_layers,
         "cal_mean_norm": b.cal_mean_norm,
-        "versions": _versions(),
+        "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra, **(extra or {}),
     }

@@ -51,6 +51,19 @@ def confusion_heatmap(cm: np.ndarray, labels: list[str], title: str, xlabel="pre
     return fig
 
 
+def trigger_confusions(splits: dict[str, dict], title: str):
+    """One 2x2 matrix per split: rows label (non-tool/tool), columns triggered (no call/call)."""
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4))
+    for ax, (split, v) in zip(np.atleast_1d(axes), splits.items()):
+        c = v["metrics"]
+        cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=["no call", "call"], yticklabels=["non-tool", "tool"])
+        ax.set_title(f"{title} · {split.upper()}")
+    fig.tight_layout()
+    return fig
+
+
 def metric_bars(df: pd.DataFrame, baseline: dict | None, reference: dict | None,
                 metrics=("f1", "fpr", "recall"), title: str = ""):
     """Horizontal bars per config with baseline (grey) and reference (orange) lines."""

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import read_json, write_json, write_text
+from .artifacts import library_versions, read_json, write_json, write_text
 from .params import Params, SweepConfig, load_params
 from .sweep import BASELINE, sweep_path
 
@@ -71,22 +71,11 @@ def _file_hash(path: Path | None) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict:
-    import sklearn
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {"asa_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "sklearn": sklearn.__version__}
-
-
 def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[Stage]:
     """The stages of a run with their parameters and fingerprints."""
     common = {"params_path": str(params_path), "run_dir": str(run_dir)}
     src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
-    vers = _versions()
+    vers = library_versions()
     d = params.to_dict()
     fp = {}
     fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"])

@@ -19,8 +19,6 @@ alpha = 0.0
 beta = 0.0
 
 # %%
-
-import numpy as np
 import pandas as pd
 
 from asa_lib import nb, plots
@@ -47,18 +45,7 @@ pd.DataFrame([{"split": s, **{k: v["metrics"][k] for k in ("n", "precision", "re
 # ## Confusion matrices (rows: label, columns: triggered)
 
 # %%
-import matplotlib.pyplot as plt
-
-fig, axes = plt.subplots(1, len(res["splits"]), figsize=(4.2 * len(res["splits"]), 3.4))
-for ax, (split, v) in zip(np.atleast_1d(axes), res["splits"].items()):
-    c = v["metrics"]
-    cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
-    import seaborn as sns
-    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
-                xticklabels=["no call", "call"], yticklabels=["non-tool", "tool"])
-    ax.set_title(f"{config_name} · {split.upper()}")
-fig.tight_layout()
-nb.show(fig)
+nb.show(plots.trigger_confusions(res["splits"], config_name))
 
 # %% [markdown]
 # ## Per-domain metrics
