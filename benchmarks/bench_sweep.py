@@ -312,8 +312,18 @@ def main():
     out = Path(args.out)
     if args.quick:
         out = out.with_name(out.stem + "_quick.md")
-    out.write_text(text)
+    write_keeping_notes(out, text)
     print(f"written to {out}")
+
+
+NOTES_MARKER = "## Analysis"
+
+
+def write_keeping_notes(path: Path, text: str) -> None:
+    """Write the measured part; keep a hand-written section that starts with NOTES_MARKER."""
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+    path.write_text(text + ("\n" + notes if notes else ""))
 
 
 def memory_report(args):
@@ -330,7 +340,7 @@ def memory_report(args):
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out).with_name("RESULTS_memory.md")
-    out.write_text(text)
+    write_keeping_notes(out, text)
     print(f"written to {out}")
 
 
