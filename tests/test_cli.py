@@ -54,3 +54,20 @@ def test_a_run_folder_from_another_params_file_is_refused(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "asa_lib.cli", "run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--params" in out.stdout
+
+
+def test_data_too_small_for_a_split_fails_the_data_stage_with_one_message(tmp_path, capsys):
+    import json
+
+    rows = [{"instruction": f"Calculate {i} + {i}", "input": "", "output": "The answer."} for i in range(6)]
+    rows += [{"instruction": f"Solve riddle {i}", "input": "", "output": "A candle."} for i in range(2)]
+    data = tmp_path / "small.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    d = tiny_dict()
+    d["data"]["source"] = str(data)
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["run", "--params", str(p), "--run-dir", str(tmp_path / "run")]) == 1
+    out = capsys.readouterr().out
+    assert "01_data: FAILED" in out and "DataError: split 'train' has no non-tool example" in out
+    assert "02_extraction: not run (an earlier stage failed)" in out and "Traceback" not in out
