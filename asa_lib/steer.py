@@ -79,12 +79,22 @@ class _StopAtCallEnd(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _clean(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
-    """Cut after the first EOS (kept) and drop trailing padding of finished rows."""
+def _clean(ids: list[int], eos_ids: set[int], pad_id: int | None, tok, pp: PromptParams) -> list[int]:
+    """A batch row cut where a one-row generation would have stopped.
+
+    That is right after the first EOS, or right after the token that completed
+    a tool call (the batch pads a finished row, and the pad may be the EOS
+    token), whichever comes first; trailing padding is dropped.
+    """
     for j, t in enumerate(ids):
         if t in eos_ids:
-            return ids[:j + 1]
-    while ids and pad_id is not None and ids[-1] == pad_id:
+            ids = ids[:j + 1]
+            break
+    if call_complete(tok.decode(ids, skip_special_tokens=False), pp):
+        for j in range(1, len(ids) + 1):
+            if call_complete(tok.decode(ids[:j], skip_special_tokens=False), pp):
+                return ids[:j]
+    while ids and pad_id is not None and ids[-1] == pad_id and ids[-1] not in eos_ids:
         ids = ids[:-1]
     return ids
 
@@ -133,7 +143,7 @@ def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | Non
         )
     texts = []
     for row in out[:, P + S:].tolist():
-        texts.append(tok.decode(_clean(row, eos, tok.pad_token_id), skip_special_tokens=False))
+        texts.append(tok.decode(_clean(row, eos, tok.pad_token_id, tok, pp), skip_special_tokens=False))
     return texts
 
 
