@@ -99,9 +99,13 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
     fig, ax = plt.subplots(figsize=(7, 5.5))
-    ax.scatter(points["fpr"], points["recall"], s=60, zorder=3)
-    for _, r in points.iterrows():
-        ax.annotate(r["config"], (r["fpr"], r["recall"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    base = points[points["config"] == "baseline"]
+    steered = points[points["config"] != "baseline"]
+    ax.scatter(steered["fpr"], steered["recall"], s=60, zorder=3, label="configs")
+    ax.scatter(base["fpr"], base["recall"], s=150, marker="X", color="grey", zorder=4, label="baseline (no ASA)")
+    # configs at the same point share one label
+    for (fpr, rec), grp in steered.groupby(["fpr", "recall"], sort=False):
+        ax.annotate(", ".join(grp["config"]), (fpr, rec), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = pareto_front(points)
     ax.plot(front["fpr"], front["recall"], color="crimson", lw=1.5, label="Pareto front", zorder=2)
     if reference is not None and reference.get("fpr") is not None:
