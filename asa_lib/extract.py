@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .artifacts import atomic_path, write_json
 from .hooks import capture_last_token

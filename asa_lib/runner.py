@@ -162,7 +162,7 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
             log(f"{label}: not run (an earlier stage failed)")
             continue
         if rec.is_file() and read_json(rec).get("fingerprint") == s.fingerprint and (nb_dir / f"{s.key}.ipynb").is_file():
-            s.status = "skipped"
+            s.status, s.seconds = "skipped", float(read_json(rec).get("seconds", 0.0))
             log(f"{label}: up to date, skipped")
             continue
         log(f"{label}: running ...")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .bundle import Bundle
