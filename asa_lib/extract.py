@@ -72,15 +72,6 @@ def _batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def encode_batch(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:
-    """Left-padded batch with attention mask and mask-derived position ids."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    mask = enc["attention_mask"]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": mask.to(device),
-            "position_ids": pos.to(device)}
-
-
 def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
     """(input_ids, attention_mask incl. the prefix, position_ids, last real index) for suffixes."""
     S = max(len(x) for x in suffixes)

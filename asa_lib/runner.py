@@ -23,7 +23,7 @@ import html
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import library_versions, read_json, write_json, write_text
@@ -50,7 +50,6 @@ class Stage:
     seconds: float = 0.0
     error: str = ""
     config: SweepConfig | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _h(*parts) -> str:

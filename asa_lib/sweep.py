@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import read_json, write_json
+from .artifacts import write_json
 from .bundle import Bundle
 from .cache import GenerationCache
 from .data import read_splits
@@ -79,7 +79,3 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
         cache.close()
     write_json(sweep_path(run_dir, name), out)
     return out
-
-
-def load_config_result(run_dir: str | Path, name: str) -> dict:
-    return read_json(sweep_path(run_dir, name))
