@@ -71,6 +71,7 @@ MODEL_KINDS = ("hub", "gguf", "tiny")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
+SHARE_PREFIX = ("auto", "always", "never")
 
 
 @dataclass
@@ -123,6 +124,10 @@ class ExtractionParams:
 class GenerationParams:
     max_new_tokens: int = 128
     batch_size: int = 8
+    # Reuse the prompt format's shared prefix cache: "auto" shares it except for
+    # models with conv layers (LFM2) on a GPU, where exactness would force
+    # batches of equal suffix length and whole-prompt batches are cheaper.
+    share_prefix: str = "auto"  # auto | always | never
 
 
 @dataclass
@@ -300,6 +305,8 @@ def validate(p: Params, check_files: bool = True) -> Params:
     _check(p.extraction.batch_size > 0, "extraction.batch_size: must be > 0")
     _check(p.generation.batch_size > 0, "generation.batch_size: must be > 0")
     _check(p.generation.max_new_tokens > 0, "generation.max_new_tokens: must be > 0")
+    _check(p.generation.share_prefix in SHARE_PREFIX,
+           f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
     _check(
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",

@@ -158,6 +158,13 @@ def _gen_batches(lm: LoadedModel, ids: list[list[int]], idx: list[int], P: int, 
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def share_prefix_for(setting: str, lm: LoadedModel) -> bool:
+    """Resolve ``generation.share_prefix`` for this model and device."""
+    if setting == "auto":
+        return not (needs_equal_suffix_lengths(lm.model) and lm.device.type == "cuda")
+    return setting == "always"
+
+
 def shared_prefix(lm: LoadedModel, pp: PromptParams) -> PrefixCache | None:
     """The prefix every prompt of this format starts with (system text, demonstrations), cached."""
     probe = token_ids(lm, render_prompts(lm.tokenizer, pp, ["Alpha.", "Zulu?"]))

@@ -20,7 +20,7 @@ from .metrics import evaluate_records
 from .models import LoadedModel
 from .params import Params
 from .prompts import call_validity, render_prompts, triggered
-from .steer import alpha_effective, compute_gates, generate_all, steering_deltas
+from .steer import alpha_effective, compute_gates, generate_all, share_prefix_for, steering_deltas
 
 BASELINE = "baseline"
 EVAL_SPLITS = ("valid", "test")
@@ -65,7 +65,8 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
             prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
             outputs, n_new = generate_all(lm, prompts, deltas, bundle.layer, params.generation.batch_size,
                                           params.generation.max_new_tokens, params.prompt, cache,
-                                          desc=f"{name}/{split}")
+                                          desc=f"{name}/{split}",
+                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm))
             records = []
             for x, d, p, g, o in zip(xs, gates.routed, gates.p_tool, gates.gate, outputs):
                 v = call_validity(o, params.prompt)

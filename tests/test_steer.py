@@ -173,3 +173,12 @@ def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_pa
     plain = ids("plain answer")
     assert _clean(plain + [eos, pad, pad], {eos}, pad, tok, pp) == plain + [eos]
     assert _clean(plain + [pad], {eos}, pad, tok, pp) == plain
+
+
+def test_share_prefix_setting(tiny_lm, smol_lm):
+    from asa_lib.steer import share_prefix_for
+
+    assert share_prefix_for("auto", tiny_lm) and share_prefix_for("auto", smol_lm)  # CPU: always pays
+    assert not share_prefix_for("never", smol_lm) and share_prefix_for("always", tiny_lm)
+    gpu_lfm2 = type(tiny_lm)(tiny_lm.model, tiny_lm.tokenizer, tiny_lm.model_id, torch.device("cuda"))
+    assert not share_prefix_for("auto", gpu_lfm2)  # conv layers on a GPU: whole-prompt batches
