@@ -21,7 +21,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +48,8 @@ class LoadedModel:
     tokenizer: object
     model_id: str  # what the results record (hub id, package/file, "tiny-lfm2")
     device: torch.device
+    # shared-prefix caches already computed for this model (see asa_lib.steer.shared_prefix)
+    prefixes: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_layers(self) -> int:

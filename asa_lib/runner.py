@@ -160,8 +160,9 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
             s.status = "blocked"
             log(f"{label}: not run (an earlier stage failed)")
             continue
-        if rec.is_file() and read_json(rec).get("fingerprint") == s.fingerprint and (nb_dir / f"{s.key}.ipynb").is_file():
-            s.status, s.seconds = "skipped", float(read_json(rec).get("seconds", 0.0))
+        done = read_json(rec) if rec.is_file() else {}
+        if done.get("fingerprint") == s.fingerprint and (nb_dir / f"{s.key}.ipynb").is_file():
+            s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
             log(f"{label}: up to date, skipped")
             continue
         log(f"{label}: running ...")

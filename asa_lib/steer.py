@@ -109,7 +109,8 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 @torch.no_grad()
 def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
-                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None) -> list[str]:
+                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None,
+                   ids: list[list[int]] | None = None) -> list[str]:
     """Greedy outputs for one batch, each row steered by its own delta at block ``layer``.
 
     Rows are left-padded so that every prompt ends at position -1. With a
@@ -117,7 +118,7 @@ def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | Non
     between prefix and suffix, where the attention mask hides it.
     """
     tok = lm.tokenizer
-    ids = token_ids(lm, prompts)
+    ids = token_ids(lm, prompts) if ids is None else ids
     P = prefix.length if prefix is not None else 0
     if prefix is not None and any(x[:P] != prefix.ids for x in ids):
         raise ValueError("a prompt does not start with the shared prefix")
@@ -169,7 +170,12 @@ def shared_prefix(lm: LoadedModel, pp: PromptParams) -> PrefixCache | None:
     """The prefix every prompt of this format starts with (system text, demonstrations), cached."""
     probe = token_ids(lm, render_prompts(lm.tokenizer, pp, ["Alpha.", "Zulu?"]))
     P = common_prefix_len(probe)
-    return PrefixCache(lm, probe[0][:P]) if P > 0 else None
+    if P == 0:
+        return None
+    key = tuple(probe[0][:P])
+    if key not in lm.prefixes:  # computed once per model and format, not once per call
+        lm.prefixes[key] = PrefixCache(lm, list(key))
+    return lm.prefixes[key]
 
 
 def delta_key(delta: np.ndarray | None) -> str:
@@ -209,7 +215,8 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     with tqdm(total=len(todo), desc=desc) as bar:
         for b in batches:
             d = None if deltas is None else deltas[b]
-            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp, prefix)
+            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp, prefix,
+                                  ids=[ids[i] for i in b])
             new = {keys[i]: o for i, o in zip(b, outs)}
             results.update(new)
             if cache is not None:
