@@ -31,7 +31,7 @@ class _Capture:
         h = _hidden(out)
         pos = self.owner.positions
         if pos is None:
-            self.store[self.layer] = h[:, -1, :].detach()
+            self.store[self.layer] = h[:, -1, :].detach().clone()  # a copy, not a view into h
         else:
             self.store[self.layer] = h[torch.arange(h.shape[0], device=h.device), pos.to(h.device)].detach()
 

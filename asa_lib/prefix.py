@@ -78,8 +78,13 @@ class PrefixCache:
     def expand(self, batch_size: int):
         """A fresh copy of the prefix cache for ``batch_size`` rows (the original stays untouched).
 
+        The prefix cache is immutable once built: every call, for any batch size
+        (one row included), returns tensors with their own storage, so a model
+        that updates its cache in place (LFM2's conv states) never writes into
+        the shared prefix.
+
         Every batch-1 tensor held by a cache layer (attention keys/values, LFM2
-        conv states) is broadcast to the batch. ``expand(...).contiguous()`` is
+        conv states) is broadcast to the batch. ``expand(...).clone()`` is
         used rather than ``Cache.reorder_cache``, whose ``index_select`` was
         measured 50x slower on CPU.
         """
@@ -90,7 +95,10 @@ class PrefixCache:
 
 def _expand_tensor(t, b: int):
     if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] == 1:
-        return t.expand(b, *t.shape[1:]).contiguous()
+        # Always new storage. ``expand(1, ...).contiguous()`` would return ``t`` itself,
+        # and LFM2's conv-state update writes into its cache tensors in place: a one-row
+        # batch would then corrupt the shared prefix for every later batch.
+        return t.expand(b, *t.shape[1:]).clone(memory_format=torch.contiguous_format)
     if isinstance(t, torch.Tensor):
         return t.clone()
     if isinstance(t, (list, tuple)):

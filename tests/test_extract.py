@@ -26,6 +26,20 @@ def test_batched_prefix_cached_equals_one_at_a_time(which, tiny_lm, tiny_params,
     assert _rel(batched, single) < 1e-4
 
 
+def test_one_row_prefix_batches_leave_the_shared_prefix_intact(tiny_lm, tiny_params):
+    # Every batch is one row and reuses the same prefix cache; LFM2's conv states are
+    # updated in place, so a one-row batch that wrote into the prefix would shift every
+    # later row. The reference reads hidden_states of whole prompts, one at a time.
+    prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, PROMPTS)
+    got = extract_states(tiny_lm, prompts, batch_size=1, share_prefix=True)
+    for i, p in enumerate(prompts):
+        enc = tiny_lm.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            hs = tiny_lm.model(**enc, output_hidden_states=True).hidden_states
+        want = np.stack([hs[layer + 1][0, -1].numpy() for layer in range(tiny_lm.num_layers - 1)])
+        np.testing.assert_allclose(got[i, :-1], want, rtol=1e-4, atol=1e-4)
+
+
 def test_states_are_block_outputs_before_the_final_norm(tiny_lm, tiny_params):
     prompt = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, ["Calculate 3*3"])[0]
     states = extract_states(tiny_lm, [prompt], batch_size=1)[0]
