@@ -10,6 +10,7 @@ import pandas as pd
 
 from .artifacts import library_versions, read_json, write_json
 from .bundle import load_bundle, save_bundle
+from .metrics import paired_bootstrap_diff
 from .params import Params
 from .sweep import BASELINE, sweep_path
 
@@ -61,6 +62,88 @@ def summary_table(res: dict[str, dict]) -> pd.DataFrame:
     return out.reset_index()
 
 
+FLIP_KINDS = ("gained a call (+1 gate)", "lost a call (-1 gate)", "changed against its gate")
+
+
+def flips(base: dict, res: dict) -> pd.DataFrame:
+    """Prompts whose decision (tool call or not) differs from the baseline, one row each.
+
+    ``kind``: gained a call under a +1 gate, lost one under a -1 gate, or changed
+    in the other direction than its gate pushed (a gate of 0 reuses the
+    baseline output, so it never changes). Outputs are raw text: display them
+    escaped (pandas' HTML does).
+    """
+    before = {(r["split"], r["id"]): r for r in base["records"]}
+    rows = []
+    for r in res["records"]:
+        b = before[(r["split"], r["id"])]
+        if r["triggered"] == b["triggered"]:
+            continue
+        if r["triggered"] and r["gate"] == 1:
+            kind = FLIP_KINDS[0]
+        elif not r["triggered"] and r["gate"] == -1:
+            kind = FLIP_KINDS[1]
+        else:
+            kind = FLIP_KINDS[2]
+        rows.append({"split": r["split"], "id": r["id"], "domain": r["domain"], "label": r["label"],
+                     "p_tool": round(r["p_tool"], 3), "gate": r["gate"], "kind": kind,
+                     "baseline output": b["output"], "steered output": r["output"]})
+    cols = ["split", "id", "domain", "label", "p_tool", "gate", "kind", "baseline output", "steered output"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def flip_counts(base: dict, res: dict) -> pd.DataFrame:
+    """Per split: prompts steered, outputs changed, and decision flips of each kind."""
+    f = flips(base, res)
+    before = {(r["split"], r["id"]): r["output"] for r in base["records"]}
+    rows = []
+    for split in res["splits"]:
+        recs = [r for r in res["records"] if r["split"] == split]
+        row = {"split": split, "prompts": len(recs), "steered": sum(r["gate"] != 0 for r in recs),
+               "output changed": sum(r["output"] != before[(split, r["id"])] for r in recs),
+               "decision flips": int((f["split"] == split).sum())}
+        for k in FLIP_KINDS:
+            row[k] = int(((f["split"] == split) & (f["kind"] == k)).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(res: dict[str, dict], split: str, seed: int = 0,
+                       metrics: tuple[str, ...] = ("f1", "fpr")) -> pd.DataFrame:
+    """Every config minus the baseline on ``split``: point difference and paired bootstrap 95% CI."""
+    base = {r["id"]: r for r in res[BASELINE]["records"] if r["split"] == split}
+    rows = []
+    for name, r in res.items():
+        if name == BASELINE:
+            continue
+        recs = [x for x in r["records"] if x["split"] == split]
+        y = [x["label"] for x in recs]
+        d = paired_bootstrap_diff(y, [int(base[x["id"]]["triggered"]) for x in recs],
+                                  [int(x["triggered"]) for x in recs], metrics=metrics, seed=seed)
+        row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"]}
+        for m in metrics:
+            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = d[m]["diff"], d[m]["lo"], d[m]["hi"]
+            row[f"d_{m} beyond noise"] = d[m]["lo"] > 0 or d[m]["hi"] < 0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """``metric`` as a tau x alpha table when the steered configs form a grid (>= 2 x 2, one per cell)."""
+    d = df[df["config"] != BASELINE]
+    if d["tau"].nunique() < 2 or d["alpha"].nunique() < 2 or d.duplicated(["tau", "alpha"]).any():
+        return None
+    return d.pivot(index="tau", columns="alpha", values=metric).sort_index(ascending=False)
+
+
+def reference_row(params: Params) -> dict | None:
+    """The published reference row, only where the params say it applies to this run's model."""
+    r = params.reference
+    if r is None or params.model.id not in r.applies_to:
+        return None
+    return {k: v for k, v in r.__dict__.items() if k != "applies_to"}
+
+
 def choose_config(res: dict[str, dict]) -> str:
     """Best VALID F1 among the steered configs, ties to lower VALID FPR, then the earlier config.
 
@@ -103,6 +186,11 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "configs": {n: {"tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"], "alpha_eff": r["alpha_eff"],
                         "splits": {s: v["metrics"] for s, v in r["splits"].items()}}
                     for n, r in res.items()},
+        "vs_baseline": {s: {row["config"]: {k: row[k] for k in ("d_f1", "d_f1_lo", "d_f1_hi",
+                                                                 "d_fpr", "d_fpr_lo", "d_fpr_hi")}
+                            for row in paired_differences(res, s, seed=params.data.seed).to_dict("records")}
+                        for s in ("valid", "test")},
+        "flips": {n: flip_counts(res[BASELINE], r).to_dict("records") for n, r in res.items() if n != BASELINE},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "results.json", results)

@@ -27,27 +27,50 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, fl
             "accuracy": _div(c["tp"] + c["tn"], sum(c.values())), "n": int(sum(c.values())), **c}
 
 
+def _resampled_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics of each resample: ``t``, ``p`` are (n_boot, n) labels and predictions."""
+    tp = ((t == 1) & (p == 1)).sum(1)
+    fp = ((t == 0) & (p == 1)).sum(1)
+    fn = ((t == 1) & (p == 0)).sum(1)
+    tn = ((t == 0) & (p == 0)).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+        return {"precision": prec, "recall": rec,
+                "f1": np.where(prec + rec > 0, 2 * prec * rec / np.where(prec + rec > 0, prec + rec, 1), 0.0),
+                "fpr": np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), 0.0),
+                "accuracy": (tp + tn) / t.shape[1]}
+
+
 def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], metrics=("f1", "recall", "fpr"),
                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
     """Percentile bootstrap intervals (resampling prompts with replacement), seeded."""
     t, p = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    rng = np.random.default_rng(seed)
-    n = len(t)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    tb, pb = t[idx], p[idx]
-    tp = ((tb == 1) & (pb == 1)).sum(1)
-    fp = ((tb == 0) & (pb == 1)).sum(1)
-    fn = ((tb == 1) & (pb == 0)).sum(1)
-    tn = ((tb == 0) & (pb == 0)).sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-        rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
-        vals = {"precision": prec, "recall": rec,
-                "f1": np.where(prec + rec > 0, 2 * prec * rec / np.where(prec + rec > 0, prec + rec, 1), 0.0),
-                "fpr": np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), 0.0),
-                "accuracy": (tp + tn) / n}
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
+    vals = _resampled_metrics(t[idx], p[idx])
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {m: [float(np.percentile(vals[m], lo)), float(np.percentile(vals[m], hi))] for m in metrics}
+
+
+def paired_bootstrap_diff(y_true: Sequence[int], y_base: Sequence[int], y_new: Sequence[int],
+                          metrics=("f1", "fpr"), n_boot: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, dict[str, float]]:
+    """``metric(new) - metric(base)`` on the same prompts, with a paired percentile bootstrap interval.
+
+    Both predictions are scored on the *same* resampled prompts, so the
+    interval reflects the change steering made, not the spread of the prompt
+    set. Returns ``{metric: {"diff", "lo", "hi"}}``.
+    """
+    t = np.asarray(y_true, dtype=int)
+    a, b = np.asarray(y_base, dtype=int), np.asarray(y_new, dtype=int)
+    if not len(t) == len(a) == len(b):
+        raise ValueError("labels and both predictions must cover the same prompts")
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
+    va, vb = _resampled_metrics(t[idx], a[idx]), _resampled_metrics(t[idx], b[idx])
+    pa, pb = binary_metrics(t, a), binary_metrics(t, b)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {m: {"diff": pb[m] - pa[m], "lo": float(np.percentile(vb[m] - va[m], lo)),
+                "hi": float(np.percentile(vb[m] - va[m], hi))} for m in metrics}
 
 
 def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> dict:

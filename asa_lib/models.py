@@ -190,8 +190,12 @@ def _load_gguf(mp: ModelParams, dtype: torch.dtype):
 # ----------------------------------------------------------------------------- entry point
 
 
-def load_model(mp: ModelParams, seed: int = 0) -> LoadedModel:
-    """Load the model and tokenizer that ``mp`` describes, in eval mode."""
+def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None) -> LoadedModel:
+    """Load the model and tokenizer that ``mp`` describes, in eval mode.
+
+    ``adapter``: a LoRA adapter folder (``Params.adapter_path()``) merged into the
+    weights; the model id then names the adapter and its sha256.
+    """
     device = resolve_device(mp.device)
     dtype = torch_dtype(mp.dtype)
     if mp.kind == "tiny":
@@ -220,9 +224,22 @@ def load_model(mp: ModelParams, seed: int = 0) -> LoadedModel:
         model_id = mp.id
     else:  # pragma: no cover - validated in params
         raise ModelLoadError(f"unknown model.kind {mp.kind!r}")
+    if adapter is not None:
+        from .demo_model import merge_adapter
+
+        try:
+            model, digest = merge_adapter(model, adapter)
+        except (FileNotFoundError, ValueError) as e:
+            raise ModelLoadError(str(e)) from None
+        model_id = f"{model_id} + LoRA {Path(adapter).name} (sha256 {digest[:12]})"
     _prepare_tokenizer(tok)
     if mp.kind != "hub" or device.type != "cuda":
         model = model.to(device)
     model.eval()
     decoder_blocks(model)  # fail early on an unsupported architecture
     return LoadedModel(model=model, tokenizer=tok, model_id=model_id, device=device)
+
+
+def load_params_model(params) -> LoadedModel:
+    """The model a run uses: ``params.model`` with its LoRA adapter (if any) merged in."""
+    return load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())

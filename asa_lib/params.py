@@ -86,6 +86,9 @@ class ModelParams:
     device: str = "auto"  # auto: cuda when available, else cpu
     trust_remote_code: bool = False
     revision: str = ""  # optional hub revision (commit/tag) for reproducibility
+    # Optional LoRA adapter folder (peft, safetensors), merged into the weights at load;
+    # a relative path is taken relative to the params file.
+    adapter: str = ""
 
 
 @dataclass
@@ -147,9 +150,14 @@ class SweepConfig:
 
 @dataclass
 class ReferenceRow:
-    """A published row drawn on the plots for comparison (the seed's QWEN_BEST)."""
+    """A published row drawn on the plots for comparison (the seed's QWEN_BEST).
+
+    Drawn only for the model ids listed in ``applies_to`` (a row measured on
+    another model would mislead on this one's plots).
+    """
 
     name: str = "reference"
+    applies_to: list[str] = field(default_factory=list)
     f1: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -175,6 +183,13 @@ class Params:
     def data_path(self) -> Path | None:
         """The local data file, or None when ``data.source`` is a hub id."""
         return resolve_data_path(self.data.source, Path(self.base_dir))
+
+    def adapter_path(self) -> Path | None:
+        """The LoRA adapter folder named by ``model.adapter``, or None."""
+        if not self.model.adapter:
+            return None
+        path = Path(self.model.adapter).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of some top-level sections (used for stage fingerprints)."""
@@ -302,6 +317,9 @@ def validate(p: Params, check_files: bool = True) -> Params:
         path = p.data_path()
         if path is not None and not path.is_file():
             raise ParamsError(f"data.source: file not found: {path}")
+        adapter = p.adapter_path()
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            raise ParamsError(f"model.adapter: no LoRA adapter (adapter_config.json) in {adapter}")
     _check(p.extraction.batch_size > 0, "extraction.batch_size: must be > 0")
     _check(p.generation.batch_size > 0, "generation.batch_size: must be > 0")
     _check(p.generation.max_new_tokens > 0, "generation.max_new_tokens: must be > 0")

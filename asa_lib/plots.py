@@ -143,3 +143,32 @@ def validity(df: pd.DataFrame, title: str):
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def grid_heatmaps(grids: dict[str, pd.DataFrame], title: str):
+    """One tau x alpha heat map per metric (``{metric: pivot table}``), values annotated."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 3.6))
+    for ax, (m, g) in zip(np.atleast_1d(axes), grids.items()):
+        sns.heatmap(g, annot=True, fmt=".3f", vmin=0, vmax=1, ax=ax, cbar=False,
+                    cmap="rocket_r" if m == "fpr" else "mako_r")
+        ax.set_title(m.upper() + (" (lower is better)" if m == "fpr" else ""))
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("tau")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def paired_diffs(df: pd.DataFrame, title: str, metrics=("f1", "fpr")):
+    """Each config's difference from the baseline with its paired bootstrap 95% interval."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        d, lo, hi = df[f"d_{m}"], df[f"d_{m}_lo"], df[f"d_{m}_hi"]
+        ax.errorbar(d, df["config"], xerr=np.vstack([d - lo, hi - d]).clip(min=0), fmt="o", capsize=3,
+                    color="#457b9d")
+        ax.axvline(0, color="grey", ls=":")
+        ax.set_xlabel(f"{m.upper()} − baseline" + (" (lower is better)" if m == "fpr" else ""))
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -78,7 +78,10 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
     d = params.to_dict()
     fp = {}
     fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"])
-    fp["02_extraction"] = _h("02", fp["01_data"], d["model"], d["prompt"], d["extraction"], src["02_extraction"], vers)
+    adapter = params.adapter_path()
+    adapter_hash = _file_hash(adapter / "adapter_model.safetensors") if adapter else "none"
+    fp["02_extraction"] = _h("02", fp["01_data"], d["model"], adapter_hash, d["prompt"], d["extraction"],
+                             src["02_extraction"], vers)
     fp["03_probing"] = _h("03", fp["02_extraction"], src["03_probing"], vers)
     fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
     fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
@@ -230,15 +233,28 @@ def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
               f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>")
         parts.append("<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
                      "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
-                     "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th></tr>")
+                     "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th>"
+                     "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR [95% CI]</th>"
+                     "<th>decisions flipped (VALID / TEST)</th></tr>")
+        diffs, flips = results.get("vs_baseline", {}).get("test", {}), results.get("flips", {})
         for name, r in results["configs"].items():
             v, t = r["splits"]["valid"], r["splits"]["test"]
             cls = " class='chosen'" if name == c["name"] else ""
+            d = diffs.get(name)
+            dcells = ("<td>{d_f1:+.3f} [{d_f1_lo:+.3f}, {d_f1_hi:+.3f}]</td>"
+                      "<td>{d_fpr:+.3f} [{d_fpr_lo:+.3f}, {d_fpr_hi:+.3f}]</td>".format(**d) if d
+                      else "<td>-</td><td>-</td>")
+            fl = {x["split"]: x["decision flips"] for x in flips.get(name, [])}
+            fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else "-"
             parts.append(f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
                          f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
                          f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
-                         f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td></tr>")
-        parts.append("</table><p>Selection uses VALID only; TEST columns are reported, never used to choose.</p>")
+                         f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td>{dcells}"
+                         f"<td>{fcell}</td></tr>")
+        parts.append("</table><p>Selection uses VALID only; TEST columns are reported, never used to choose. "
+                     "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
+                     "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
+                     "against the baseline; each config's report lists them.</p>")
     else:
         parts.append("<p><b>No results yet</b>: the analysis stage has not finished.</p>")
     parts.append("<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from asa_lib import data, extract, nb
-from asa_lib.models import load_model
+from asa_lib.models import load_params_model
 from asa_lib.prompts import render_prompts
 
 params, run = nb.open_stage(params_path, run_dir, needs=("01_data",))
-lm = load_model(params.model, seed=params.data.seed)
+lm = load_params_model(params)
 print(f"{lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {params.model.dtype} on {lm.device}")
 
 # %%

@@ -23,12 +23,12 @@ import pandas as pd
 
 from asa_lib import nb, plots
 from asa_lib.bundle import load_bundle
-from asa_lib.models import load_model
+from asa_lib.models import load_params_model
 from asa_lib.sweep import run_config
 
 params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
 bundle = load_bundle(run / "bundle")
-lm = load_model(params.model, seed=params.data.seed)
+lm = load_params_model(params)
 print(f"config {config_name}: tau={tau} alpha={alpha} ({params.steering.alpha_unit}) beta={beta}; "
       f"L* = {bundle.layer}; model {lm.model_id}")
 
@@ -64,6 +64,28 @@ nb.show(plots.per_domain(per_dom[per_dom["split"] == "valid"], f"{config_name} �
 # %%
 rec = pd.DataFrame(res["records"])
 pd.crosstab([rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})], rec["gate"].map({-1: "−1 suppress", 0: "0 none", 1: "+1 push"}))
+
+# %% [markdown]
+# ## What steering changed against the baseline
+#
+# Per split: prompts steered (gate ≠ 0), outputs that changed, and decisions
+# (tool call or not) that flipped: gained a call under a +1 gate, lost one
+# under a −1 gate, or changed against its gate. Then every flipped prompt with
+# the baseline and steered outputs side by side (escaped).
+
+# %%
+from asa_lib import analysis
+from asa_lib.artifacts import read_json
+from asa_lib.sweep import BASELINE, sweep_path
+
+if config_name == BASELINE:
+    print("This is the baseline: nothing to compare.")
+else:
+    base = read_json(sweep_path(run, BASELINE))
+    display(analysis.flip_counts(base, res))
+    flipped = analysis.flips(base, res)
+    print(f"{len(flipped)} prompts changed their decision" + (":" if len(flipped) else "."))
+    display(flipped)
 
 # %% [markdown]
 # ## Sample outputs

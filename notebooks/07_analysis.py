@@ -32,10 +32,44 @@ print("TEST: " + ", ".join(f"{m}={c['test'][m]:.3f} [{c['test']['ci95'][m][0]:.3
                            for m in ("f1", "recall", "fpr")))
 
 # %% [markdown]
-# ## F1, FPR and recall per config (VALID), against baseline and the reference row
+# ## Did steering help beyond noise? Each config minus the baseline
+#
+# Differences in F1 and FPR from the unsteered baseline on the same prompts,
+# with paired bootstrap 95% intervals (both scored on the same resampled
+# prompts). An interval that excludes 0 is a change beyond resampling noise.
 
 # %%
-ref = params.reference.__dict__ if params.reference else None
+for split in ("valid", "test"):
+    diffs = analysis.paired_differences(res, split, seed=params.data.seed)
+    print(split.upper())
+    display(diffs.round(3))
+    nb.show(plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI"))
+
+# %% [markdown]
+# ## Decisions flipped against the baseline, per config
+
+# %%
+flip_table = pd.concat([analysis.flip_counts(res["baseline"], r).assign(config=n)
+                        for n, r in res.items() if n != "baseline"], ignore_index=True)
+flip_table.set_index(["config", "split"])
+
+# %% [markdown]
+# ## tau × alpha (VALID), where the configs form a grid
+
+# %%
+valid_df = analysis.split_frame(res, "valid")
+grids = {m: analysis.grid(valid_df, m) for m in ("f1", "fpr")}
+if all(g is not None for g in grids.values()):
+    nb.show(plots.grid_heatmaps(grids, "VALID · tau × alpha"))
+else:
+    print("The configs do not form a tau × alpha grid (at least 2 x 2, one config per cell): no heat map.")
+
+# %% [markdown]
+# ## F1, FPR and recall per config, against the baseline (and the reference row where it applies to this model)
+
+# %%
+ref = analysis.reference_row(params)
+print("reference row:", ref["name"] if ref else "none for this model")
 for split in ("valid", "test"):
     df = analysis.split_frame(res, split)
     base = df[df["config"] == "baseline"].iloc[0].to_dict()

@@ -43,3 +43,28 @@ def test_evaluate_records_per_domain_and_validity():
     m = evaluate_records(recs)
     assert m["triggers"] == 3 and m["format_valid_rate"] == 2 / 3 and m["valid_call_rate"] == 1 / 3
     assert m["per_domain"]["math"]["recall"] == 1.0 and m["per_domain"]["code"]["fpr"] == 0.5
+
+
+def test_paired_bootstrap_diff_against_a_plain_loop():
+    from asa_lib.metrics import paired_bootstrap_diff
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 80)
+    base = np.where(rng.random(80) < 0.6, y, 1 - y)
+    new = np.where(rng.random(80) < 0.3, y, base)  # steering fixes some decisions
+    got = paired_bootstrap_diff(y, base, new, metrics=("f1", "fpr"), n_boot=300, seed=7)
+    # reference: the same resampled prompts, scored with scikit-learn one resample at a time
+    idx = np.random.default_rng(7).integers(0, 80, size=(300, 80))
+    d_f1, d_fpr = [], []
+    for row in idx:
+        t, a, b = y[row], base[row], new[row]
+        d_f1.append(f1_score(t, b, zero_division=0) - f1_score(t, a, zero_division=0))
+        neg = max(int((t == 0).sum()), 1)
+        d_fpr.append((((t == 0) & (b == 1)).sum() - ((t == 0) & (a == 1)).sum()) / neg)
+    assert abs(got["f1"]["lo"] - np.percentile(d_f1, 2.5)) < 1e-12
+    assert abs(got["f1"]["hi"] - np.percentile(d_f1, 97.5)) < 1e-12
+    assert abs(got["fpr"]["lo"] - np.percentile(d_fpr, 2.5)) < 1e-12
+    assert abs(got["f1"]["diff"] - (f1_score(y, new) - f1_score(y, base))) < 1e-12
+    assert got["f1"]["lo"] > 0  # a real improvement is seen beyond noise
+    same = paired_bootstrap_diff(y, base, base)
+    assert same["f1"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}

@@ -1,0 +1,431 @@
+"""Teach a small model the demo's tool-call format with a LoRA adapter (``asa train-demo-model``).
+
+ASA steers a model's existing choice between calling a tool and answering;
+it cannot create a skill the model lacks. SmolLM2-135M-Instruct, the only
+model that runs offline here, never writes a tool call, so the offline demo
+showed nothing. This module makes a *stand-in* tool caller from it, with the
+ecosystem's LoRA library (``peft``) and nothing but synthetic data:
+
+- **Tool requests** for the four tools of the prompt format (calculator,
+  python_interpreter, web_search, translator), filled from templates with a
+  seeded RNG and answered with ``<start>{"name": ..., "arguments": {...}}<end>``
+  in the prompt's own markers.
+- **Plain requests** (poems, advice, explanations, including ones that use
+  math/code/search words but need no tool) answered with the *base model's
+  own greedy answer* to the same prompt (self-distillation), so its ordinary
+  behaviour stays.
+
+No Alpaca row is training data (the demo evaluates on Alpaca). Prompts are
+rendered exactly as the demo renders them (:func:`asa_lib.prompts.render_prompt`),
+the loss covers the answer tokens only, and the recipe is fixed in
+:class:`Recipe`. Its figures on the synthetic validation set (never on an
+Alpaca split) are written beside the adapter in ``training.json`` together
+with the seed, data sizes, losses, the adapter's sha256 and library versions.
+
+Loading (``model.adapter`` in params) merges the adapter into the base
+weights (:func:`merge_adapter`), so hooks, extraction and steering see an
+ordinary model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .artifacts import library_versions, write_json
+from .models import LoadedModel
+from .params import PromptParams
+from .prompts import call_validity, render_prompts, triggered
+
+ADAPTER_FILE = "adapter_model.safetensors"
+RECORD_FILE = "training.json"
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the adapter. Fixed here; the figures are in ``training.json``."""
+
+    seed: int = 0
+    n_tool_train: int = 192  # per split: tool requests, spread over the tools
+    n_plain_train: int = 192  # plain requests (self-distilled answers)
+    n_tool_valid: int = 48
+    n_plain_valid: int = 48
+    distill_max_new_tokens: int = 40  # length of the base model's own answers
+    rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = field(
+        default_factory=lambda: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 8
+    max_steps: int | None = None  # None: epochs x batches (tests set a few steps)
+    eval_max_new_tokens: int = 40
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+_NAMES = ["Alice", "Ben", "Chen", "Dara", "Emil", "Farah", "Goro", "Hana"]
+_CITIES = ["Lisbon", "Osaka", "Nairobi", "Toronto", "Krakow", "Lima", "Hanoi", "Oslo", "Cairo", "Perth"]
+_TOPICS = ["electric cars", "the Mars rover", "solar panels", "the World Cup", "bird flu", "quantum computers",
+           "the stock market", "the Nobel Prize", "space tourism", "new smartphones", "climate talks",
+           "the Olympics", "AI regulation", "coffee prices"]
+_COMPANIES = ["Apple", "Toyota", "Nestle", "Samsung", "Siemens", "Netflix", "Shell", "Sony"]
+_LANGS = ["French", "Spanish", "German", "Japanese", "Italian", "Portuguese", "Chinese", "Korean"]
+_PHRASES = ["good morning", "where is the train station", "thank you very much", "I love reading books",
+            "the weather is nice today", "how much does this cost", "see you tomorrow", "happy birthday",
+            "I am learning to cook", "please open the window", "the museum opens at nine"]
+_THINGS = ["the sea", "autumn leaves", "a quiet library", "the city at night", "a cup of tea", "mountains",
+           "an old bicycle", "the first snow", "a lighthouse", "friendship", "a rainy afternoon"]
+_ACTIVITIES = ["sleeping better", "learning a language", "staying focused", "running a first 5k",
+               "keeping a plant alive", "public speaking", "saving money", "making new friends"]
+_CONCEPTS = ["what a prime number is", "what a variable is in programming", "why the sky is blue",
+             "what photosynthesis is", "what a search engine does", "why we have seasons",
+             "what an algorithm is", "what a fraction is", "how vaccines work", "what inflation means",
+             "why leaves change colour", "what gravity does"]
+
+
+def _calc(r: random.Random) -> tuple[str, dict]:
+    a, b, c = r.randint(2, 99), r.randint(2, 99), r.randint(2, 999)
+    forms = [
+        (f"What is {a} * {b} + {c}?", f"{a} * {b} + {c}"),
+        (f"Calculate {c} divided by {a}.", f"{c} / {a}"),
+        (f"Compute the square root of {c}.", f"sqrt({c})"),
+        (f"How much is {a}% of {c}?", f"{a} / 100 * {c}"),
+        (f"Find the sum of {a}, {b} and {c}.", f"{a} + {b} + {c}"),
+        (f"What is {c} minus {b}, times {a}?", f"({c} - {b}) * {a}"),
+        (f"Calculate the average of {a}, {b} and {c}.", f"({a} + {b} + {c}) / 3"),
+        (f"What is {a} to the power of 3?", f"{a} ** 3"),
+    ]
+    q, expr = r.choice(forms)
+    return q, {"name": "calculator", "arguments": {"expression": expr}}
+
+
+def _code(r: random.Random) -> tuple[str, dict]:
+    n = r.randint(3, 12)
+    xs = [r.randint(0, 50) for _ in range(r.randint(3, 6))]
+    w = r.choice(["banana", "level", "python", "racecar", "keyboard"])
+    forms = [
+        (f"Run this Python code and tell me the output: print(sorted({xs}))", f"print(sorted({xs}))"),
+        (f"Execute a Python program that prints the first {n} square numbers.",
+         f"print([i * i for i in range(1, {n + 1})])"),
+        (f"Use Python to check whether '{w}' is a palindrome.", f"print('{w}' == '{w}'[::-1])"),
+        (f"Run Python to count the vowels in '{w}'.", f"print(sum(c in 'aeiou' for c in '{w}'))"),
+        (f"Execute this code: print(sum(range({n * 10})))", f"print(sum(range({n * 10})))"),
+        (f"Run a script that prints the factorial of {n}.", f"import math\nprint(math.factorial({n}))"),
+    ]
+    q, code = r.choice(forms)
+    return q, {"name": "python_interpreter", "arguments": {"code": code}}
+
+
+def _search(r: random.Random) -> tuple[str, dict]:
+    t, city, co = r.choice(_TOPICS), r.choice(_CITIES), r.choice(_COMPANIES)
+    forms = [
+        (f"Search the web for the latest news about {t}.", f"latest news {t}"),
+        (f"Find current information on {t}.", f"{t} current information"),
+        (f"What is the weather forecast for {city} this weekend?", f"weather forecast {city} this weekend"),
+        (f"Look up today's stock price of {co}.", f"{co} stock price today"),
+        (f"Who won the most recent match in {city}? Look it up.", f"most recent match {city} winner"),
+        (f"What happened in {city} this week?", f"{city} news this week"),
+        (f"Search for recent articles on {t}.", f"recent articles {t}"),
+        (f"What are today's headlines about {t}?", f"today's headlines {t}"),
+        (f"Look up the opening hours of the main museum in {city}.", f"{city} main museum opening hours"),
+        (f"Find the current population of {city}.", f"{city} current population"),
+        (f"Search for the latest quarterly results of {co}.", f"{co} latest quarterly results"),
+        (f"Who is the current CEO of {co}? Look it up.", f"{co} current CEO"),
+    ]
+    q, query = r.choice(forms)
+    return q, {"name": "web_search", "arguments": {"query": query}}
+
+
+def _translate(r: random.Random) -> tuple[str, dict]:
+    p, lang = r.choice(_PHRASES), r.choice(_LANGS)
+    forms = [
+        f"Translate '{p}' into {lang}.",
+        f"How do you say '{p}' in {lang}?",
+        f"Please translate this sentence to {lang}: {p}",
+    ]
+    return r.choice(forms), {"name": "translator", "arguments": {"text": p, "target_language": lang}}
+
+
+_FORMS = ["a short poem", "a haiku", "a limerick", "a two-line rhyme", "a very short story", "a slogan"]
+_STYLES = ["in simple words", "to a ten-year-old", "in one paragraph", "briefly", "with an example"]
+_ANIMALS = ["cat", "dog", "parrot", "turtle", "rabbit", "hamster", "goldfish"]
+_FACTS = ["octopuses", "honey", "the moon", "penguins", "volcanoes", "bees", "the ocean", "trees", "owls"]
+_EVENTS = ["a new job", "a graduation", "moving house", "a wedding", "a retirement", "a first marathon"]
+_COUNT = ["two", "three", "four", "five"]
+
+
+def _plain(r: random.Random) -> str:
+    """A request that needs no tool (some use math, code or search words on purpose)."""
+    forms = [
+        lambda: f"Write {r.choice(_FORMS)} about {r.choice(_THINGS)}.",
+        lambda: f"Give me {r.choice(_COUNT)} tips for {r.choice(_ACTIVITIES)}.",
+        lambda: f"Describe {r.choice(_THINGS)} in {r.choice(_COUNT)} sentences.",
+        lambda: f"Explain {r.choice(_CONCEPTS)} {r.choice(_STYLES)}.",
+        lambda: f"Suggest {r.choice(_COUNT)} names for a pet {r.choice(_ANIMALS)}.",
+        lambda: f"What is a good way to start {r.choice(_ACTIVITIES)}?",
+        lambda: f"Write a note to {r.choice(_NAMES)} to congratulate them on {r.choice(_EVENTS)}.",
+        lambda: f"Tell me a fun fact about {r.choice(_FACTS)}.",
+        lambda: f"Why does {r.choice(_ACTIVITIES)} matter? Answer {r.choice(_STYLES)}.",
+    ]
+    return r.choice(forms)()
+
+
+TOOL_MAKERS = {"calculator": _calc, "python_interpreter": _code, "web_search": _search,
+               "translator": _translate}
+
+
+@dataclass
+class Example:
+    text: str  # the user request
+    call: dict | None  # the tool call it needs, or None
+    answer: str = ""  # the assistant's answer (filled in for plain requests by distillation)
+
+
+def synthetic_requests(pp: PromptParams, n_tool: int, n_plain: int, rng: random.Random,
+                       seen: set[str]) -> list[Example]:
+    """``n_tool`` tool requests (round-robin over the prompt's known tools) and ``n_plain`` plain ones.
+
+    Texts already in ``seen`` are drawn again, so train and validation never share a request.
+    """
+    tools = [t["name"] for t in pp.tools if t["name"] in TOOL_MAKERS]
+    if not tools:
+        raise ValueError(f"none of the prompt's tools has a request template (known: {sorted(TOOL_MAKERS)})")
+    out: list[Example] = []
+
+    def fresh(make):
+        for _ in range(1000):
+            item = make()
+            text = item[0] if isinstance(item, tuple) else item
+            if text not in seen:
+                seen.add(text)
+                return item
+        raise RuntimeError("the templates ran out of distinct requests; lower the recipe's sizes")
+
+    for i in range(n_tool):
+        q, call = fresh(lambda i=i: TOOL_MAKERS[tools[i % len(tools)]](rng))
+        out.append(Example(q, call, pp.tool_call_start + json.dumps(call) + pp.tool_call_end))
+    for _ in range(n_plain):
+        out.append(Example(fresh(lambda: _plain(rng)), None))
+    rng.shuffle(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _distill(lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int) -> None:
+    """Fill the plain requests' answers with the base model's own greedy answers."""
+    from .steer import generate_all
+
+    plain = [e for e in examples if e.call is None]
+    if not plain:
+        return
+    prompts = render_prompts(lm.tokenizer, pp, [e.text for e in plain])
+    outs, _ = generate_all(lm, prompts, None, 0, 16, max_new_tokens, pp, desc="self-distillation")
+    for e, o in zip(plain, outs):
+        e.answer = o
+
+
+def _encode(lm: LoadedModel, pp: PromptParams, examples: list[Example]) -> list[tuple[list[int], int]]:
+    """(prompt + answer token ids, number of prompt tokens) per example."""
+    tok = lm.tokenizer
+    prompts = render_prompts(tok, pp, [e.text for e in examples])
+    out = []
+    for p, e in zip(prompts, examples):
+        answer = e.answer
+        if e.call is not None:  # a tool call ends the turn
+            answer += tok.eos_token
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        out.append((p_ids + a_ids, len(p_ids)))
+    return out
+
+
+def _batch(items: list[tuple[list[int], int]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels); labels cover the answer tokens only."""
+    T = max(len(x) for x, _ in items)
+    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (x, n_prompt) in enumerate(items):
+        ids[i, :len(x)] = torch.tensor(x)
+        mask[i, :len(x)] = 1
+        labels[i, n_prompt:len(x)] = torch.tensor(x[n_prompt:])
+    return ids, mask, labels
+
+
+@torch.no_grad()
+def _mean_loss(model, items, pad_id: int, batch_size: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        ids, mask, labels = _batch(items[s:s + batch_size], pad_id)
+        n = int((labels[:, 1:] != -100).sum())
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        total += float(out.loss) * n
+        count += n
+    return total / max(count, 1)
+
+
+def evaluate_tool_use(lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int) -> dict:
+    """Trigger rates and call validity of ``lm`` on synthetic requests (greedy)."""
+    from .steer import generate_all
+
+    prompts = render_prompts(lm.tokenizer, pp, [e.text for e in examples])
+    outs, _ = generate_all(lm, prompts, None, 0, 16, max_new_tokens, pp, desc="synthetic validation")
+    tool = [o for e, o in zip(examples, outs) if e.call is not None]
+    plain = [o for e, o in zip(examples, outs) if e.call is None]
+    trig_tool = [triggered(o, pp) for o in tool]
+    right_tool = 0
+    for e, o in zip([e for e in examples if e.call is not None], tool):
+        if call_validity(o, pp)["valid"] and f'"name": "{e.call["name"]}"' in o:
+            right_tool += 1
+    return {"tool_requests": len(tool), "plain_requests": len(plain),
+            "trigger_rate_tool": float(np.mean(trig_tool)) if tool else 0.0,
+            "trigger_rate_plain": float(np.mean([triggered(o, pp) for o in plain])) if plain else 0.0,
+            "valid_call_rate_tool": float(np.mean([call_validity(o, pp)["valid"] for o in tool])) if tool else 0.0,
+            "right_tool_rate": right_tool / max(len(tool), 1)}
+
+
+def train_adapter(lm: LoadedModel, pp: PromptParams, out_dir: str | Path, recipe: Recipe | None = None,
+                  base_description: str = "") -> dict:
+    """Train the LoRA adapter on synthetic data, save it to ``out_dir``, return the training record.
+
+    ``lm`` is the base model; it is trained in place through peft's LoRA
+    wrapper and left with the adapter merged in (ready to evaluate).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    recipe = recipe or Recipe()
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    seen: set[str] = set()
+    train = synthetic_requests(pp, recipe.n_tool_train, recipe.n_plain_train, rng, seen)
+    valid = synthetic_requests(pp, recipe.n_tool_valid, recipe.n_plain_valid, rng, seen)
+
+    base_metrics = evaluate_tool_use(lm, pp, valid, recipe.eval_max_new_tokens)
+    _distill(lm, pp, train + valid, recipe.distill_max_new_tokens)
+    t_data = time.time() - t0
+    pad = lm.tokenizer.pad_token_id
+    train_items, valid_items = _encode(lm, pp, train), _encode(lm, pp, valid)
+
+    cfg = LoraConfig(r=recipe.rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                     target_modules=recipe.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(lm.model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=0.0)
+    order_rng = np.random.default_rng(recipe.seed)
+    batches = []
+    for _ in range(recipe.epochs):
+        perm = order_rng.permutation(len(train_items))
+        batches += [perm[s:s + recipe.batch_size] for s in range(0, len(perm), recipe.batch_size)]
+    if recipe.max_steps is not None:
+        batches = batches[:recipe.max_steps]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / max(len(batches), 1))
+    losses = []
+    t1 = time.time()
+    for b in tqdm(batches, desc="LoRA training"):
+        model.train()
+        ids, mask, labels = _batch([train_items[i] for i in b], pad)
+        loss = model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                     labels=labels.to(lm.device)).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    t_train = time.time() - t1
+    valid_loss = _mean_loss(model, valid_items, pad, recipe.batch_size, lm.device)
+    model.eval()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    cfg_path = out_dir / "adapter_config.json"
+    adapter_cfg = json.loads(cfg_path.read_text())
+    adapter_cfg["base_model_name_or_path"] = base_description or lm.model_id  # no local cache paths
+    cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
+
+    lm.model = model.merge_and_unload()
+    lm.model.eval()
+    lm.prefixes.clear()  # prefix caches of the base weights are stale now
+    tuned_metrics = evaluate_tool_use(lm, pp, valid, recipe.eval_max_new_tokens)
+
+    tail = losses[-max(1, len(losses) // 10):]
+    record = {
+        "what": "LoRA adapter that teaches the base model the prompt format's tool calls "
+                "(a stand-in tool caller for the offline demo, not a released model)",
+        "base_model": base_description or lm.model_id,
+        "recipe": asdict(recipe),
+        "prompt": {"system_template": pp.system_template, "tools": [t["name"] for t in pp.tools],
+                   "tool_call_start": pp.tool_call_start, "tool_call_end": pp.tool_call_end},
+        "data": {"train": {"tool": recipe.n_tool_train, "plain": recipe.n_plain_train},
+                 "valid": {"tool": recipe.n_tool_valid, "plain": recipe.n_plain_valid},
+                 "source": "synthetic templates (asa_lib.demo_model), plain answers self-distilled "
+                           "from the base model; no Alpaca rows",
+                 "train_tokens": int(sum(len(x) for x, _ in train_items))},
+        "trainable_parameters": int(trainable),
+        "steps": len(batches),
+        "loss": {"first_step": losses[0] if losses else None,
+                 "final_train_mean_last_10pct": float(np.mean(tail)) if losses else None,
+                 "valid": valid_loss},
+        "synthetic_validation": {"base_model": base_metrics, "with_adapter": tuned_metrics},
+        "seconds": {"data_and_distillation": round(t_data, 1), "training": round(t_train, 1),
+                    "total": round(time.time() - t0, 1)},
+        "device": str(lm.device), "torch_threads": torch.get_num_threads(),
+        "versions": {**library_versions(), "peft": _peft_version()},
+        "adapter_sha256": sha256_file(out_dir / ADAPTER_FILE),
+        "examples": {"tool": [asdict(e) for e in train if e.call is not None][:3],
+                     "plain": [asdict(e) for e in train if e.call is None][:3]},
+    }
+    write_json(out_dir / RECORD_FILE, record)
+    return record
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torch.nn.Module, str]:
+    """The base ``model`` with the LoRA adapter in ``adapter_dir`` merged in; and the adapter's sha256.
+
+    Only safetensors adapter weights are accepted (never a pickle).
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / ADAPTER_FILE
+    if not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"model.adapter: {adapter_dir} holds no LoRA adapter (expected {ADAPTER_FILE} and "
+            "adapter_config.json; `make demo-model` trains the demo's)")
+    digest = sha256_file(weights)
+    record = adapter_dir / RECORD_FILE
+    if record.is_file():
+        want = json.loads(record.read_text()).get("adapter_sha256")
+        if want and want != digest:
+            raise ValueError(f"model.adapter: {weights} does not match the sha256 in {record} "
+                             "(the file was changed after training)")
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
+    return peft_model.merge_and_unload(), digest

@@ -1,0 +1,64 @@
+"""What the reports compute from sweep results: flips, paired differences, grids, reference rows."""
+
+import numpy as np
+import pandas as pd
+
+from asa_lib import analysis
+from asa_lib.params import params_from_dict
+
+
+def rec(i, label, triggered, gate=0, output=None, split="valid"):
+    return {"id": f"r{i}", "split": split, "domain": "math", "label": label, "p_tool": 0.5, "gate": gate,
+            "triggered": triggered, "output": output if output is not None else ("<call>" if triggered else "text")}
+
+
+def result(name, records, tau=0.6, alpha=0.5, beta=0.0):
+    return {"name": name, "tau": tau, "alpha": alpha, "beta": beta, "records": records,
+            "splits": {s: {} for s in sorted({r["split"] for r in records})}}
+
+
+def test_flips_are_classified_against_the_gate():
+    base = result("baseline", [rec(0, 1, False), rec(1, 0, True), rec(2, 1, True), rec(3, 0, False),
+                               rec(4, 1, False), rec(5, 0, False)], tau=None, alpha=0.0)
+    steered = result("x", [rec(0, 1, True, gate=1),     # gained under +1
+                           rec(1, 0, False, gate=-1),   # lost under -1
+                           rec(2, 1, False, gate=1),    # lost although pushed: against its gate
+                           rec(3, 0, False, gate=1, output="other text"),  # output changed, decision kept
+                           rec(4, 1, False, gate=0),    # unchanged
+                           rec(5, 0, True, gate=-1)])   # gained although pulled back
+    f = analysis.flips(base, steered)
+    assert f["id"].tolist() == ["r0", "r1", "r2", "r5"]
+    assert f["kind"].tolist() == [analysis.FLIP_KINDS[0], analysis.FLIP_KINDS[1],
+                                  analysis.FLIP_KINDS[2], analysis.FLIP_KINDS[2]]
+    assert f.loc[0, "baseline output"] == "text" and f.loc[0, "steered output"] == "<call>"
+    c = analysis.flip_counts(base, steered).iloc[0]
+    assert (c["prompts"], c["steered"], c["output changed"], c["decision flips"]) == (6, 5, 5, 4)
+    assert c[analysis.FLIP_KINDS[0]] == 1 and c[analysis.FLIP_KINDS[2]] == 2
+
+
+def test_paired_differences_are_zero_for_an_identical_config():
+    recs = [rec(i, i % 2, bool(i % 3), split=s) for s in ("valid", "test") for i in range(30)]
+    res = {"baseline": result("baseline", recs, tau=None, alpha=0.0), "same": result("same", recs)}
+    d = analysis.paired_differences(res, "test").iloc[0]
+    assert d["config"] == "same" and d["d_f1"] == d["d_f1_lo"] == d["d_f1_hi"] == 0.0
+    assert not d["d_f1 beyond noise"]
+
+
+def test_grid_only_for_a_real_tau_alpha_grid():
+    df = pd.DataFrame({"config": ["baseline", "a", "b", "c", "d"], "tau": [None, 0.6, 0.6, 0.7, 0.7],
+                       "alpha": [0.0, 0.2, 0.4, 0.2, 0.4], "f1": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    g = analysis.grid(df, "f1")
+    assert g.index.tolist() == [0.7, 0.6] and g.columns.tolist() == [0.2, 0.4]
+    np.testing.assert_array_equal(g.to_numpy(), [[0.4, 0.5], [0.2, 0.3]])
+    assert analysis.grid(df.iloc[:3], "f1") is None  # one tau only
+    dup = pd.concat([df, df.iloc[[1]].assign(config="e")])
+    assert analysis.grid(dup, "f1") is None  # two configs in one cell (e.g. different beta)
+
+
+def test_reference_row_only_where_it_applies(tmp_path):
+    d = {"name": "x", "model": {"kind": "tiny", "id": "tiny-lfm2"}, "data": {"source": "hub/id"},
+         "reference": {"name": "Qwen ref", "f1": 0.6, "applies_to": ["LiquidAI/LFM2.5-1.2B-Instruct"]}}
+    assert analysis.reference_row(params_from_dict(d, tmp_path)) is None
+    d["reference"]["applies_to"].append("tiny-lfm2")
+    row = analysis.reference_row(params_from_dict(d, tmp_path))
+    assert row["name"] == "Qwen ref" and row["f1"] == 0.6 and "applies_to" not in row
