@@ -1,6 +1,7 @@
 # Everything the project needs, installed by its own files.
 #   make demo   -> set up (once) and run the offline demo on SmolLM2 (params/demo.yaml)
 #   make test   -> set up (once) and run the test suite
+#   make demo-model -> retrain the demo model's LoRA adapter (models/smollm2-135m-tools-lora)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo demo-model test lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(VENV)/bin/asa run --params params/demo.yaml
+
+# Retrain the demo model's LoRA adapter from scratch (synthetic data, about 15 minutes on 2 CPU cores).
+demo-model: install
+	$(VENV)/bin/asa train-demo-model --params params/demo.yaml --out models/smollm2-135m-tools-lora
 
 test: install
 	$(PY) -m pytest -q
