@@ -241,8 +241,10 @@ class Params:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``data`` keeps only the keys its kind reads (domains or columns)."""
         d = dataclasses.asdict(self)
         d.pop("base_dir", None)
+        d["data"].pop("columns" if self.data.kind == "alpaca_keywords" else "domains", None)
         return d
 
 
