@@ -141,12 +141,12 @@ def check_row(row: Any) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _open_text(path: Path, newline: str | None = None):
+def _open_text(path: Path, newline: str | None = None, encoding: str = "utf-8"):
     if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8", newline=newline)
+        return lzma.open(path, "rt", encoding=encoding, newline=newline)
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
-    return path.open("r", encoding="utf-8", newline=newline)
+        return gzip.open(path, "rt", encoding=encoding, newline=newline)
+    return path.open("r", encoding=encoding, newline=newline)
 
 
 def read_local_rows(path: str | Path, skipped: dict[str, int] | None = None) -> list[Any]:
@@ -333,13 +333,14 @@ _INVALID_JSON = object()  # placeholder record for a line that is not JSON
 def parse_label(value: Any) -> int | None:
     """1 (needs a tool), 0, or None for a value that is not a label.
 
-    Accepted: 0/1 (int or string), true/false (bool or string), tool/non_tool
-    (also non-tool); strings compare stripped and case-insensitively.
+    Accepted: 0/1 (int, a float equal to 0 or 1, or string), true/false (bool or
+    string), tool/non_tool (also non-tool); strings compare stripped and
+    case-insensitively.
     """
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int):
-        return value if value in (0, 1) else None
+    if isinstance(value, (int, float)):
+        return int(value) if value in (0, 1) else None
     if isinstance(value, str):
         return LABEL_VALUES.get(value.strip().lower())
     return None
@@ -351,7 +352,8 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
     records: list[tuple[str, Any]] = []
     try:
         if name.endswith(".csv"):
-            with _open_text(path, newline="") as f:
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+            with _open_text(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 try:
                     header = reader.fieldnames

@@ -176,6 +176,8 @@ def test_a_yaml_boolean_domain_name_is_caught(params_file):
         ("non_tool", 0),
         ("Non-Tool", 0),
         ("TOOL", 1),
+        (1.0, 1),
+        (0.0, 0),
         (2, None),
         (-1, None),
         (0.5, None),
@@ -275,6 +277,18 @@ def test_csv_with_mapped_columns_and_compressed_files_give_the_same_rows(tmp_pat
             for i, r in enumerate(rows)
         ]
     assert results[0].rows[2].where == f"{csv_path}, line 4"  # the header is line 1
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(
+        "\ufefftext,label,domain\nWill it rain?,TRUE,weather\nA poem,FALSE,none\n".encode()
+    )
+    got = read_labelled(str(path), path)
+    assert [(r.text, r.label, r.domain) for r in got.rows] == [
+        ("Will it rain?", 1, "weather"),
+        ("A poem", 0, "none"),
+    ]
 
 
 def test_without_a_split_column_the_seed_protocol_is_applied():

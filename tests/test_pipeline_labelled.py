@@ -74,4 +74,6 @@ def test_reports_show_the_data_s_domains_and_fallbacks(labelled_run):
     assert "weather" in (html / "01_data.html").read_text()
     assert "none: no steering vector" in (html / "04_vectors.html").read_text()
     routing = (html / "05_routing.html").read_text()
-    assert "none: no probe" in routing and "probe calendar" in routing and "probe weather" in routing
+    assert (
+        "none: no probe" in routing and "probe calendar" in routing and "probe weather" in routing
+    )
