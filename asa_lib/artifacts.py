@@ -5,7 +5,7 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     run.json                      which params file made this run
     params.yaml                   the validated params, as used
     data/splits.jsonl             01: one sample per line (id, split, domain, label, idx, text)
-    data/summary.json             01: counts, shortfalls, skipped rows
+    data/summary.json             01: data kind, domains (in order), counts, shortfalls, skipped rows
     states/<split>.safetensors    02: tensor "states", float32 (samples, layers, hidden):
                                       output of decoder block l at the last prompt token
     states/<split>.json           02: ids, labels, domains in the same row order

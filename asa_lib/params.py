@@ -69,7 +69,23 @@ SEED_TOOLS: list[dict[str, Any]] = [
     },
 ]
 
+# The seed notebook's four keyword domains, in its order (classify() takes the first match).
+SEED_DOMAINS: dict[str, list[str]] = {
+    "math": ["calculate", "compute", "solve", "equation", "sum", "average",
+             "percentage", "convert", "ratio", "divide", "multiply"],
+    "code": ["write a program", "code", "function", "algorithm", "implement",
+             "script", "debug", "compile", "class", "method"],
+    "search": ["search", "find", "look up", "latest", "current", "news",
+               "recent", "who is", "what happened", "when did"],
+    "translation": ["translate", "translation", "say in", "convert to",
+                    "how do you say", "in french", "in spanish", "in german",
+                    "in japanese", "in chinese"],
+}
+# "global" names the all-domain steering vector in the bundle; no domain may take it.
+RESERVED_DOMAINS = ("global",)
+
 MODEL_KINDS = ("hub", "gguf", "tiny")
+DATA_KINDS = ("alpaca_keywords", "labelled")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
@@ -108,16 +124,43 @@ class PromptParams:
 
 
 @dataclass
-class DataParams:
-    """Where the Alpaca-style rows come from and how the splits are sized."""
+class ColumnMap:
+    """Which column holds each field of a labelled data set (``data.kind: labelled``)."""
 
+    text: str = "text"  # the user prompt
+    label: str = "label"  # 0/1, true/false or tool/non_tool (1 = needs a tool)
+    domain: str = "domain"  # any name; the router's classes
+    # Optional columns, used when the data has them ("" ignores them). A name other
+    # than the default must exist in the data.
+    id: str = "id"  # sample ids (unique); default r<row index>
+    split: str = "split"  # cal/train/valid/test (or validation): respected as given
+
+
+@dataclass
+class DataParams:
+    """Where the rows come from, how they get domains and labels, and how the splits are sized."""
+
+    # alpaca_keywords: Alpaca-style rows (instruction/input/output), keyword
+    # domains and the seed's labelling rule. labelled: rows that carry their
+    # own text, label and domain (``columns``).
+    kind: str = "alpaca_keywords"
     # A hub dataset id (e.g. ``tatsu-lab/alpaca``) or a local .json/.jsonl file
-    # (optionally .gz/.xz); a relative path is taken relative to the params file.
+    # (labelled also .csv), optionally .gz/.xz; a relative path is taken
+    # relative to the params file.
     source: str = "tatsu-lab/alpaca"
     hub_split: str = "train"
+    # alpaca_keywords only: ordered domain -> keywords; a prompt goes to the
+    # first domain with a keyword in it (case-insensitive substring match).
+    domains: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(SEED_DOMAINS))
+    # labelled only: column names.
+    columns: ColumnMap = field(default_factory=ColumnMap)
     per_split_per_class: int = 40
     test_multiplier: int = 2
     seed: int = 42
+
+    def keyword_domains(self) -> dict[str, tuple[str, ...]]:
+        """``domains`` with lower-cased keywords, in order (what the keyword rule matches)."""
+        return {name: tuple(k.lower() for k in kws) for name, kws in self.domains.items()}
 
 
 @dataclass
@@ -200,8 +243,10 @@ class Params:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``data`` keeps only the keys its kind reads (domains or columns)."""
         d = dataclasses.asdict(self)
         d.pop("base_dir", None)
+        d["data"].pop("columns" if self.data.kind == "alpaca_keywords" else "domains", None)
         return d
 
 
@@ -341,11 +386,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
             and isinstance(turn["content"], str),
             f"prompt.demonstrations[{i}]: expected {{role: user|assistant, content: str}}",
         )
-    d = p.data
-    _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
-    _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
-    _check(0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]")
-    _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
+    _validate_data(p)
     if check_files:
         path = p.data_path()
         if path is not None and not path.is_file():
@@ -380,10 +421,61 @@ def validate(p: Params, check_files: bool = True) -> Params:
     return p
 
 
+def _validate_data(p: Params) -> None:
+    d = p.data
+    _check(d.kind in DATA_KINDS, f"data.kind: {d.kind!r} is not one of {DATA_KINDS}")
+    _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
+    _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
+    _check(0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]")
+    _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
+    path = p.data_path()
+    if path is not None:
+        allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
+        _check(path.name.endswith(allowed),
+               f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
+               f"(allowed: {', '.join(allowed)})")
+    if d.kind == "alpaca_keywords":
+        _check(d.columns == ColumnMap(),
+               "data.columns: only data.kind 'labelled' reads columns; alpaca_keywords rows have "
+               "instruction/input/output")
+        _check(len(d.domains) >= 2,
+               f"data.domains: at least two domains are required (the router chooses between them), "
+               f"got {len(d.domains)}")
+        for name, kws in d.domains.items():
+            _check(isinstance(name, str) and name.strip() == name and bool(name),
+                   f"data.domains: domain names must be non-empty strings without surrounding "
+                   f"spaces, got {name!r} (quote names such as yes/no/on/off in YAML)")
+            _check(name not in RESERVED_DOMAINS,
+                   f"data.domains.{name}: {name!r} is reserved (the all-domain steering vector)")
+            key = f"data.domains.{name}"
+            _check(isinstance(kws, list) and len(kws) > 0,
+                   f"{key}: expected a non-empty list of keywords, got {kws!r}")
+            for i, k in enumerate(kws):
+                _check(isinstance(k, str) and bool(k.strip()),
+                       f"{key}[{i}]: expected a non-empty string, got {k!r}")
+    else:
+        _check(d.domains == SEED_DOMAINS,
+               "data.domains: keyword domains apply to data.kind 'alpaca_keywords' only; labelled "
+               "rows carry their own domain (data.columns.domain)")
+        cols = dataclasses.asdict(d.columns)
+        for name in ("text", "label", "domain"):
+            _check(bool(cols[name].strip()), f"data.columns.{name}: a column name is required")
+        used: dict[str, str] = {}
+        for name, col in cols.items():
+            if not col:
+                continue
+            _check(col not in used, f"data.columns.{name}: column {col!r} is already mapped to "
+                                    f"data.columns.{used.get(col)}")
+            used[col] = name
+
+
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.xz", ".jsonl.xz")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
+
+
 def resolve_data_path(source: str, base_dir: Path) -> Path | None:
     """A local file path for ``source``, or None when it looks like a hub id."""
-    suffixes = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.xz", ".jsonl.xz")
-    looks_local = source.endswith(suffixes) or source.startswith((".", "/", "~"))
+    looks_local = source.endswith(JSON_SUFFIXES + CSV_SUFFIXES) or source.startswith((".", "/", "~"))
     if not looks_local:
         return None
     path = Path(source).expanduser()
