@@ -33,6 +33,7 @@ import gzip
 import json
 import lzma
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,12 +142,25 @@ def check_row(row: Any) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _open_text(path: Path, newline: str | None = None, encoding: str = "utf-8"):
+def _open_text(path: Path, newline: str | None = None, encoding: str = "utf-8", errors: str = "strict"):
     if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding=encoding, newline=newline)
+        return lzma.open(path, "rt", encoding=encoding, newline=newline, errors=errors)
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, newline=newline)
-    return path.open("r", encoding=encoding, newline=newline)
+        return gzip.open(path, "rt", encoding=encoding, newline=newline, errors=errors)
+    return path.open("r", encoding=encoding, newline=newline, errors=errors)
+
+
+# A damaged compressed file: lzma and gzip raise these (gzip.BadGzipFile is an OSError).
+_DAMAGED = (lzma.LZMAError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _valid_utf8(line: str) -> bool:
+    """False for a line read with errors='surrogateescape' that held bytes which are not UTF-8."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_local_rows(path: str | Path, skipped: dict[str, int] | None = None) -> list[Any]:
@@ -161,25 +175,32 @@ def read_local_rows(path: str | Path, skipped: dict[str, int] | None = None) -> 
         raise DataError(f"data file not found: {path}")
     skipped = skipped if skipped is not None else {}
     name = path.name.removesuffix(".gz").removesuffix(".xz")
-    with _open_text(path) as f:
-        if name.endswith(".json"):
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: not valid JSON ({e})") from None
-            if not isinstance(data, list):
-                raise DataError(f"{path}: expected a JSON list of rows")
-            return data
-        rows: list[Any] = []
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                skipped["invalid JSON line"] = skipped.get("invalid JSON line", 0) + 1
-                rows.append(None)
-        return rows
+    try:
+        with _open_text(path, errors="surrogateescape") as f:
+            if name.endswith(".json"):
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: not valid JSON ({e})") from None
+                if not isinstance(data, list):
+                    raise DataError(f"{path}: expected a JSON list of rows")
+                return data
+            rows: list[Any] = []
+            for line in f:
+                if not line.strip():
+                    continue
+                if not _valid_utf8(line):  # one bad line is skipped and counted, like bad JSON
+                    skipped["invalid UTF-8 line"] = skipped.get("invalid UTF-8 line", 0) + 1
+                    rows.append(None)
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    skipped["invalid JSON line"] = skipped.get("invalid JSON line", 0) + 1
+                    rows.append(None)
+            return rows
+    except _DAMAGED as e:
+        raise DataError(f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})") from None
 
 
 def load_rows(source: str, local_path: Path | None, hub_split: str = "train",
@@ -364,7 +385,7 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
                 except csv.Error as e:
                     raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
             return records, list(header), f"{path}, line 1 (header)"
-        with _open_text(path) as f:
+        with _open_text(path, errors="surrogateescape") as f:
             if name.endswith(".json"):
                 try:
                     data = json.load(f)
@@ -376,6 +397,9 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                if not _valid_utf8(line):
+                    records.append((f"{path}, line {n}", _INVALID_JSON))
+                    continue
                 try:
                     records.append((f"{path}, line {n}", json.loads(line)))
                 except json.JSONDecodeError:
@@ -383,6 +407,8 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
             return records, None, ""
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    except _DAMAGED as e:
+        raise DataError(f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})") from None
 
 
 def _hub_records(ds: Any, origin: str) -> tuple[list[tuple[str, Any]], list[str], dict[str, list[str]]]:

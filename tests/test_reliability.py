@@ -193,3 +193,30 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_invalid_utf8_line_is_skipped_and_counted(tmp_path):
+    from asa_lib.data import read_local_rows
+
+    good = json.dumps({"instruction": "Calculate 2+2", "input": "", "output": "4"}).encode()
+    p = tmp_path / "rows.jsonl"
+    p.write_bytes(good + b"\n" + b'{"instruction": "caf\xe9"}\n' + good + b"\n")
+    skipped = {}
+    rows = read_local_rows(p, skipped)
+    assert rows[0] == rows[2] and rows[1] is None and skipped == {"invalid UTF-8 line": 1}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.xz", ".jsonl.gz"])
+def test_a_damaged_compressed_file_names_the_file(tmp_path, suffix):
+    import gzip
+    import lzma
+
+    from asa_lib.data import DataError, read_local_rows
+
+    blob = ("\n".join(json.dumps({"instruction": f"row {i}", "input": "", "output": "x"}) for i in range(500))).encode()
+    packed = lzma.compress(blob) if suffix.endswith("xz") else gzip.compress(blob)
+    p = tmp_path / f"rows{suffix}"
+    p.write_bytes(packed[: len(packed) // 2])  # cut off half-way
+    with pytest.raises(DataError) as e:
+        read_local_rows(p)
+    assert str(p) in str(e.value) and "damaged or incomplete" in str(e.value)
