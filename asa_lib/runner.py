@@ -193,8 +193,12 @@ def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) ->
 
     nb = jupytext.read(notebook_dir / f"{stage.notebook}.py")
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    # The kernel's own log (a TCP-transport warning at start, "KeyboardInterrupt caught in
+    # kernel" at shutdown) is not the user's business; errors in cells still end up in the
+    # executed notebook and in the stage line.
     pm.execute_notebook(nb, str(out_dir / f"{stage.key}.ipynb"), parameters=stage.parameters,
-                        kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False)
+                        kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False,
+                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
 
 
 # The lab template loads require.js, MathJax and Mermaid from a CDN; the reports need none
@@ -251,6 +255,11 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
     for p in (nb_dir, html_dir, rec_dir):
         p.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
+    # Libraries that import tqdm.auto warn "IProgress not found" in a kernel without ipywidgets:
+    # noise in every report, not the reader's business.
+    if "IProgress" not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            x for x in (os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found") if x)
 
     core_failed = False
     outputs: dict[str, dict] = {}  # stage key -> its outputs (size, sha256), verified or fresh
@@ -321,7 +330,9 @@ class _ProgressWatcher:
     The kernel inherits ``ASA_PROGRESS_FILE`` and writes to it (:mod:`asa_lib.progress`).
     """
 
-    def __init__(self, path: Path, emit, every: float = 10.0):
+    def __init__(self, path: Path, emit, every: float | None = None):
+        if every is None:  # ASA_PROGRESS_INTERVAL overrides the default of 10 s (tests use 0)
+            every = float(os.environ.get("ASA_PROGRESS_INTERVAL", "10"))
         self.path, self.emit, self.every = path, emit, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -335,7 +346,7 @@ class _ProgressWatcher:
 
     def _loop(self) -> None:
         last, last_t = None, time.time()
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(min(1.0, max(self.every, 0.1))):
             if time.time() - last_t < self.every:
                 continue
             try:

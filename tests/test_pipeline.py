@@ -51,6 +51,8 @@ def cache_rows(run_dir):
     db = sqlite3.connect(str(run_dir / "cache" / "generations.sqlite"))
     try:
         return db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
+    except sqlite3.OperationalError:  # polled while the run is still creating the table
+        return 0
     finally:
         db.close()
 
@@ -68,6 +70,10 @@ def test_chain_runs_and_renders_html_with_images(tiny_run):
             assert "data:image/png;base64," in html, s
         assert f"html/{s}.html" in tiny_run["index"].read_text()
     assert "<img" in (run_dir / "html" / "07_analysis.html").read_text()
+    for s in stages:  # a shared report opens offline: no script or stylesheet from the network
+        html = (run_dir / "html" / f"{s}.html").read_text()
+        assert not re.findall(r"<(?:script|link)[^>]+(?:src|href)=[\"']?https?://", html), s
+        assert "TqdmWarning" not in html and "IProgress" not in html, s
 
 
 def test_papermill_parameters_and_results(tiny_run):
@@ -158,8 +164,11 @@ def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tm
             break
         time.sleep(0.05)
     parent = psutil.Process(proc.pid)
-    for p in parent.children(recursive=True) + [parent]:
+    parent.suspend()  # first stop the runner, so that it cannot start another kernel meanwhile
+    family = parent.children(recursive=True) + [parent]
+    for p in family:
         p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=30)  # every writer is gone before the rows are counted
     proc.wait()
     rows_at_kill = cache_rows(run_dir)
     assert 20 <= rows_at_kill < tiny_run["cache_rows"]

@@ -19,14 +19,23 @@ def test_liquid_format_renders_system_tool_list_then_user(tiny_lm):
     assert [m["role"] for m in messages_for(pp, "x")] == ["system", "user"]
 
 
-def test_demo_format_places_demonstrations_between_system_and_user(smol_lm, demo_params):
-    pp = demo_params.prompt
+def test_demonstrations_go_between_system_and_user(smol_lm, demo_params):
+    import dataclasses
+
+    pp = dataclasses.replace(demo_params.prompt, demonstrations=[
+        {"role": "user", "content": "Calculate 17 * 23 + 4 "},
+        {"role": "assistant", "content": '<tool_call>{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}</tool_call>'},
+        {"role": "user", "content": "Write a short poem about the sea. "},
+        {"role": "assistant", "content": "Waves roll in beneath the moon."}])
     msgs = messages_for(pp, "Find the latest news ")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     text = render_prompt(smol_lm.tokenizer, pp, "Find the latest news ")
     assert '"name": "web_search"' in text and "<tool_call>{\"name\": \"calculator\"" in text
     assert text.index("Waves roll in") < text.index("Find the latest news")
     assert text.endswith("<|im_start|>assistant\n")
+    demo = render_prompt(smol_lm.tokenizer, demo_params.prompt, "Find the latest news ")  # the demo: none
+    assert [m["role"] for m in messages_for(demo_params.prompt, "x")] == ["system", "user"]
+    assert '"name": "web_search"' in demo and "<tool_call>" in demo
 
 
 def test_system_template_keeps_other_braces():

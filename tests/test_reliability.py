@@ -1,6 +1,7 @@
 """Bad inputs and faults: each ends in one clear error (or a safe result), never a traceback or a silent use."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,7 +103,7 @@ def _copy_run(src, dst):
 
 
 @pytest.mark.slow
-def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path):
+def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path, capfd, monkeypatch):
     """One config fails (here: a marker file its notebook checks), the analysis runs without it;
     after the fault is gone the rerun brings the config back and re-runs the analysis."""
     import shutil
@@ -125,11 +126,16 @@ def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path):
     assert run(tiny_run["params"], run_dir, notebook_dir=nbs, log=lambda *_: None)[0] == 1
     assert "mild" not in json.loads((run_dir / "results.json").read_text())["configs"]
     (run_dir / "FAULT_mild").unlink()
+    capfd.readouterr()
+    monkeypatch.setenv("ASA_PROGRESS_INTERVAL", "0")  # print every progress update
     logs = []
     assert run(tiny_run["params"], run_dir, notebook_dir=nbs, log=logs.append)[0] == 0
     ran = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
     assert ran == ["06_sweep__mild", "07_analysis"]
     assert comparable(run_dir) == tiny_run["results"]
+    assert any(re.match(r"\s+mild/(valid|test): \d+/\d+ rows, [\d.]+ rows/s", x) for x in logs)  # progress
+    err = capfd.readouterr().err
+    assert "IPKernelApp" not in err and "KeyboardInterrupt" not in err  # kernel log noise is silenced
 
 
 @pytest.mark.slow
@@ -220,3 +226,53 @@ def test_a_damaged_compressed_file_names_the_file(tmp_path, suffix):
     with pytest.raises(DataError) as e:
         read_local_rows(p)
     assert str(p) in str(e.value) and "damaged or incomplete" in str(e.value)
+
+
+def test_a_full_disk_gives_one_line(tiny_params, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import yaml
+
+    from asa_lib import runner
+    from asa_lib.cli import main
+    from conftest import PARAMS, ROOT
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "index.html"))
+
+    d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
+    d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
+    d["data"]["per_split_per_class"] = 100_000  # the data stage fails at once; then the index is written
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(d))
+    monkeypatch.setattr(runner, "write_index", full)
+    assert main(["run", "--params", str(p), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asa: error: cannot write the run folder") and "No space left on device" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_no_steered_config_leaves_no_chosen_adapter(tiny_run, tmp_path):
+    from asa_lib import analysis
+    from asa_lib.params import load_params
+
+    run_dir = _copy_run(tiny_run["dir"], tmp_path / "run")
+    assert (run_dir / "chosen_adapter" / "adapter.json").is_file()
+    params = load_params(tiny_run["params"])
+    params.sweep = []
+    res = analysis.collect(params, run_dir)
+    assert list(res) == ["baseline"] and analysis.choose_config(res) == "baseline"
+    analysis.write_results(params, run_dir, res, "baseline")
+    assert not (run_dir / "chosen_adapter").exists()
+
+
+def test_written_files_honour_the_umask(tiny_run):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    run_dir = tiny_run["dir"]
+    for rel in ("states/cal.safetensors", "bundle/adapter.safetensors", "vectors/vectors.safetensors",
+                "results.json", "sweep/baseline.json"):
+        assert stat.S_IMODE((run_dir / rel).stat().st_mode) == 0o666 & ~umask, rel
