@@ -11,15 +11,16 @@ import pandas as pd
 
 from .artifacts import library_versions, read_json, write_json
 from .bundle import load_bundle, save_bundle
+from .metrics import METRICS as metric_registry
 from .metrics import paired_bootstrap_diff
-from .params import Params
-from .sweep import BASELINE, sweep_path
+from .params import BASELINE, Params
+from .sweep import sweep_path
 
-METRICS = ("precision", "recall", "f1", "fpr", "accuracy")
+METRICS = tuple(metric_registry)  # every metric, in the registry's order
 
 
 def config_names(params: Params) -> list[str]:
-    return [BASELINE] + [c.name for c in params.sweep]
+    return [c.name for c in params.configs()]
 
 
 def collect(params: Params, run_dir: str | Path) -> dict[str, dict]:

@@ -183,7 +183,8 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path) -> list[dict]:
     for split, xs in read_splits(run_dir).items():
         prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
         meta = {"ids": [x.id for x in xs], "labels": [x.label for x in xs],
-                "domains": [x.domain for x in xs], "model_id": lm.model_id}
+                "domains": [x.domain for x in xs], "model_id": lm.model_id,
+                "model_fingerprint": lm.fingerprint}
         path = extract_to_file(lm, prompts, states_path(run_dir, split),
                                batch_size=params.extraction.batch_size, desc=split, meta=meta)
         n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]

@@ -126,7 +126,7 @@ def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.nd
 
 
 def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, domain_names: list[str],
-                model_id: str, num_layers: int, cal_mean_norm: float) -> Bundle:
+                model_id: str, num_layers: int, cal_mean_norm: float, model_fingerprint: str = "") -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
         layer=layer, domains=list(domain_names), router_classes=fit.router_classes,
@@ -135,5 +135,5 @@ def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, doma
         probes={dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0])) for dm, p in fit.probes.items()},
         vectors={k: v.astype(np.float32) for k, v in vectors.items()},
         model_id=model_id, hidden_size=int(fit.scaler.mean_.shape[0]), num_layers=num_layers,
-        cal_mean_norm=float(cal_mean_norm),
+        cal_mean_norm=float(cal_mean_norm), model_fingerprint=model_fingerprint,
     )

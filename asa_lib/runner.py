@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifacts import (
@@ -35,10 +35,10 @@ from .artifacts import (
     write_json,
     write_text,
 )
-from .params import Params, SweepConfig, load_params
+from .params import BASELINE, Params, SweepConfig, load_params
 from .progress import ENV as PROGRESS_ENV
 from .progress import describe as describe_progress
-from .sweep import BASELINE, sweep_path
+from .sweep import sweep_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -97,14 +97,11 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
     fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
     fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
     stages = [Stage(k, k, dict(common), fp[k]) for k in CORE_STAGES]
-    configs = [SweepConfig(BASELINE, tau=None, alpha=0.0, beta=0.0)] + list(params.sweep)
     sweep_fps = []
-    for c in configs:
-        f = _h("06", fp["05_routing"], d["generation"], d["steering"], c.__dict__, src["06_sweep"])
+    for c in params.configs():
+        f = _h("06", fp["05_routing"], d["generation"], d["steering"], asdict(c), src["06_sweep"])
         sweep_fps.append(f)
-        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep",
-                            {**common, "config_name": c.name, "tau": c.tau, "alpha": c.alpha, "beta": c.beta},
-                            f, config=c))
+        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep", {**common, "config_name": c.name}, f, config=c))
     stages.append(Stage("07_analysis", "07_analysis", dict(common),
                         _h("07", sweep_fps, d["reference"], src["07_analysis"], vers)))
     return stages

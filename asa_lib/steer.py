@@ -1,11 +1,8 @@
-"""ASA at generation time: gate from the stored L* state, steer once at prefill, greedy decode.
+"""ASA at generation time: steer once at prefill, then greedy decode, batched and prefix-shared.
 
-For each prompt, from its state at L* (the state stage 02 stored):
-routed domain d = argmax router; p = P(tool) from d's probe;
-gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (0 when d has no probe: p = 0.5 is recorded);
-v = normalize(beta * v_global + (1 - beta) * v_d), v_global where d has no vector;
-delta = gate * alpha_eff * v is added to the output of block L* at the last
-prompt position on the prefill pass only (never on decode steps).
+Each prompt's ``delta = gate * alpha_eff * v`` (computed by :mod:`asa_lib.gate`)
+is added to the output of block L* at the last prompt position on the prefill
+pass only (never on decode steps).
 
 Generation is batched greedy decoding with left padding; each row carries its
 own delta, so rows with different gates and vectors share a batch. A row stops
@@ -16,13 +13,11 @@ start marker): the decision is then known.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .bundle import Bundle
 from .cache import GenerationCache, make_key
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
@@ -36,42 +31,6 @@ from .prefix import (
 )
 from .progress import progress
 from .prompts import call_complete, render_prompts
-
-
-@dataclass
-class Gates:
-    routed: list[str]
-    p_tool: np.ndarray  # (N,)
-    gate: np.ndarray  # (N,) in {-1, 0, 1}
-    has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
-
-
-def compute_gates(bundle: Bundle, h: np.ndarray, tau: float) -> Gates:
-    """Gate decisions from (N, H) states at L*.
-
-    No probe, no steering: a prompt routed to a domain without a probe gets
-    p = 0.5 (recorded) and gate 0, whatever tau is.
-    """
-    routed = bundle.route(h)
-    p = np.array([float(bundle.probe_proba(d, row[None])[0]) for d, row in zip(routed, h)])
-    has_probe = np.array([d in bundle.probes for d in routed], dtype=bool)
-    gate = np.where(p >= tau, 1, np.where(p <= 1 - tau, -1, 0)).astype(np.int64)
-    gate[~has_probe] = 0
-    return Gates(routed, p, gate, has_probe)
-
-
-def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
-    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*."""
-    return float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
-
-
-def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, beta: float) -> np.ndarray:
-    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0)."""
-    out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
-    for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
-        if g != 0 and alpha_eff != 0:
-            out[i] = np.float32(g * alpha_eff) * bundle.steering_vector(d, beta)
-    return out
 
 
 class _StopAtCallEnd(StoppingCriteria):

@@ -45,7 +45,7 @@ warnings.filterwarnings("ignore")
 from asa_lib import probing  # noqa: E402
 from asa_lib.data import make_splits_from_params  # noqa: E402
 from asa_lib.models import decoder_blocks, load_model  # noqa: E402
-from asa_lib.params import SweepConfig, load_params  # noqa: E402
+from asa_lib.params import baseline_config, load_params  # noqa: E402
 from asa_lib.prompts import render_prompts, triggered  # noqa: E402
 
 SPLITS = ("cal", "train", "valid", "test")
@@ -66,7 +66,7 @@ def setup(args):
     lm = load_model(params.model, seed=params.data.seed)
     prompts = {s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]) for s, xs in splits.items()}
     seed_cfgs = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).sweep
-    configs = [SweepConfig("baseline", tau=None, alpha=0.0)] + seed_cfgs
+    configs = [baseline_config()] + seed_cfgs
     return params, splits, lm, prompts, configs
 
 
@@ -168,7 +168,8 @@ def reference(args) -> dict:
 def project(args) -> dict:
     from asa_lib.cache import GenerationCache
     from asa_lib.extract import extract_states
-    from asa_lib.steer import compute_gates, generate_all, steering_deltas
+    from asa_lib.gate import compute_gates, steering_deltas
+    from asa_lib.steer import generate_all
 
     params, splits, lm, prompts, configs = setup(args)
     t0 = time.time()
@@ -184,9 +185,9 @@ def project(args) -> dict:
             for s in ("valid", "test"):
                 h = states[s][:, layer]
                 deltas = None
-                if cfg.tau is not None:
-                    gates = compute_gates(bundle, h, cfg.tau)
-                    deltas = steering_deltas(bundle, gates, cfg.alpha, cfg.beta)
+                if cfg.steers:
+                    gates = compute_gates(bundle, h, cfg)
+                    deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
                 outs, n = generate_all(lm, prompts[s], deltas, layer, args.batch_size, args.max_new_tokens,
                                        params.prompt, cache)
                 generated += n

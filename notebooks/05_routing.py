@@ -39,7 +39,8 @@ fit = probing.fit_router_and_probes(h["cal"], h["train"], np.array(meta["train"]
 for n in fit.notes:
     print("NOTE:", n)
 bundle = probing.make_bundle(fit, vectors, layer, domains, meta["cal"]["model_id"], num_layers,
-                             cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()))
+                             cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+                             model_fingerprint=meta["cal"].get("model_fingerprint", ""))
 save_bundle(bundle, run / "bundle")
 bundle = load_bundle(run / "bundle")  # everything below uses the reloaded bundle
 print(f"bundle saved: {sorted(p.name for p in (run / 'bundle').iterdir())}")
