@@ -46,8 +46,10 @@ def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
     rows = []
     for name, r in res.items():
         m = r["splits"][split]["metrics"]
+        cfg = r.get("config", {})
         row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"],
-               **{k: m[k] for k in METRICS}, "triggers": m["triggers"],
+               "gate": cfg.get("gate", "none" if name == BASELINE else "probe"),
+               "vector": cfg.get("vector", "mixture"), **{k: m[k] for k in METRICS}, "triggers": m["triggers"],
                "format_valid_rate": m["format_valid_rate"], "valid_call_rate": m["valid_call_rate"]}
         for k, (lo, hi) in m["ci95"].items():
             row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
@@ -136,6 +138,48 @@ def grid(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     if d["tau"].nunique() < 2 or d["alpha"].nunique() < 2 or d.duplicated(["tau", "alpha"]).any():
         return None
     return d.pivot(index="tau", columns="alpha", values=metric).sort_index(ascending=False)
+
+
+# The paper's ablations (arXiv 2602.04935 v2, Qwen2.5-1.5B, alpha = 4, its own test set):
+# figures of *another model*, shown beside ours for orientation only.
+PAPER_ABLATIONS = {
+    "ASA (router + probe, mixed vector)": {"f1": 0.504, "fpr": 0.052},
+    "no gate (always +1)": {"f1": 0.391, "fpr": 0.500},
+    "global vector only": {"f1": 0.535, "fpr": 0.083},
+    "domain vectors only": {"f1": 0.186, "fpr": 0.219},
+    "oracle router": {"f1": 0.519, "fpr": 0.010},
+    "random vector": {"f1": 0.175, "fpr": 0.083},
+}
+
+
+def ablation_kind(config: dict) -> str:
+    """Which of the paper's ablation rows a config corresponds to (by its gate, vector and beta)."""
+    if config.get("gate") == "none":
+        return "baseline (no steering)"
+    if config.get("vector") == "random":
+        return "random vector"
+    if config.get("gate") == "always":
+        return "no gate (always +1)"
+    if config.get("gate") == "oracle":
+        return "oracle router"
+    if config.get("beta") == 1.0:
+        return "global vector only"
+    if config.get("beta") == 0.0:
+        return "domain vectors only"
+    return "ASA (router + probe, mixed vector)"
+
+
+def ablation_table(res: dict[str, dict]) -> pd.DataFrame:
+    """Each config's ablation row: our VALID/TEST F1 and FPR beside the paper's (another model)."""
+    rows = []
+    for name, r in res.items():
+        kind = ablation_kind(r.get("config", {"gate": "none"} if name == BASELINE else {}))
+        v, t = r["splits"]["valid"]["metrics"], r["splits"]["test"]["metrics"]
+        paper = PAPER_ABLATIONS.get(kind, {})
+        rows.append({"config": name, "ablation": kind, "VALID F1": v["f1"], "VALID FPR": v["fpr"],
+                     "TEST F1": t["f1"], "TEST FPR": t["fpr"],
+                     "paper F1 (Qwen2.5-1.5B)": paper.get("f1"), "paper FPR (Qwen2.5-1.5B)": paper.get("fpr")})
+    return pd.DataFrame(rows)
 
 
 def reference_row(params: Params) -> dict | None:
