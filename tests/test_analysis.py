@@ -65,7 +65,8 @@ def test_reference_row_only_where_it_applies(tmp_path):
 
 
 def test_ablation_table_labels_each_config_and_the_paper_model():
-    recs = [rec(i, i % 2, bool(i % 3), split=s) for s in ("valid", "test") for i in range(10)]
+    recs = [{**rec(i, i % 2, bool(i % 3), split=s), "format_valid": False, "valid": False}
+            for s in ("valid", "test") for i in range(10)]
     cfgs = {"baseline": {"gate": "none"}, "asa": {"gate": "probe", "vector": "mixture", "beta": 0.5},
             "g": {"gate": "probe", "beta": 1.0}, "d": {"gate": "probe", "beta": 0.0},
             "n": {"gate": "always", "beta": 0.5}, "o": {"gate": "oracle", "beta": 0.5},
