@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import library_versions, read_json, write_json
+from .artifacts import RunDir, library_versions, read_json, write_json
 from .bundle import load_bundle, save_bundle
 from .metrics import METRICS as metric_registry
 from .metrics import paired_bootstrap_diff
 from .params import BASELINE, Params
+from .probing import load_layers
 from .sweep import sweep_path
 
 METRICS = tuple(metric_registry)  # every metric, in the registry's order
@@ -211,9 +212,9 @@ def git_commit(path: str | Path = ".") -> str:
 
 
 def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], chosen: str) -> dict:
-    run_dir = Path(run_dir)
-    probing = read_json(run_dir / "probing" / "layers.json")
-    bundle = load_bundle(run_dir / "bundle")
+    run = RunDir(run_dir)
+    probing = load_layers(run)
+    bundle = load_bundle(run.bundle)
     c = res[chosen]
     chosen_info = {"name": chosen, "tau": c["tau"], "alpha": c["alpha"], "beta": c["beta"],
                    "alpha_unit": c["alpha_unit"], "alpha_eff": c["alpha_eff"],
@@ -239,10 +240,10 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "flips": {n: flip_counts(res[BASELINE], r).to_dict("records") for n, r in res.items() if n != BASELINE},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(run_dir / "results.json", results)
+    write_json(run.results, results)
     if chosen == BASELINE:  # no steered config: no adapter to hand out (and none left from a previous run)
-        shutil.rmtree(run_dir / "chosen_adapter", ignore_errors=True)
+        shutil.rmtree(run.chosen_adapter, ignore_errors=True)
     else:
-        save_bundle(bundle, run_dir / "chosen_adapter",
+        save_bundle(bundle, run.chosen_adapter,
                     extra={"config": {k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit", "alpha_eff")}})
     return results

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifacts import (
+    RunDir,
     changed_output,
     hash_outputs,
     library_versions,
@@ -131,7 +132,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
     """Adopt ``run_dir`` only if it is new, empty, or a run folder of this params name."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run folder. Choose another --run-dir.")
-    info = run_dir / "run.json"
+    info = RunDir(run_dir).run_json
     if info.is_file():
         try:
             prev = read_json(info)
@@ -151,7 +152,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
         write_json(info, {"name": params.name, "params_file": str(params_path.resolve()), "tool": "asa_lib"})
 
 
-LOCK_NAME = ".asa-run.lock"
+LOCK_NAME = RunDir(".").lock.name
 
 
 class _RunLock:
@@ -160,8 +161,8 @@ class _RunLock:
     def __init__(self, run_dir: Path):
         from filelock import FileLock
 
-        self.path = run_dir / LOCK_NAME
-        self.owner = run_dir / (LOCK_NAME + ".pid")
+        self.path = RunDir(run_dir).lock
+        self.owner = self.path.with_name(self.path.name + ".pid")
         self.lock = FileLock(str(self.path), timeout=0)
 
     def __enter__(self):
@@ -184,13 +185,13 @@ class _RunLock:
         self.lock.release()
 
 
-def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) -> None:
+def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
     import jupytext
     import papermill as pm
 
     nb = jupytext.read(notebook_dir / f"{stage.notebook}.py")
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
-    pm.execute_notebook(nb, str(out_dir / f"{stage.key}.ipynb"), parameters=stage.parameters,
+    pm.execute_notebook(nb, str(out), parameters=stage.parameters,
                         kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False)
 
 
@@ -242,10 +243,10 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
 def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool,
                 log) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
-    write_text(run_dir / "params.yaml", params_path.read_text(encoding="utf-8"))
+    run = RunDir(run_dir)
+    write_text(run.params_yaml, params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
-    nb_dir, html_dir, rec_dir = run_dir / "notebooks", run_dir / "html", run_dir / "stages"
-    for p in (nb_dir, html_dir, rec_dir):
+    for p in (run.notebooks, run.html, run.stages):
         p.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
 
@@ -254,7 +255,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
     t_all = time.time()
     for i, s in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {s.key}"
-        rec = rec_dir / f"{s.key}.json"
+        rec = run.record(s.key)
         if core_failed or (s.key == "07_analysis" and any(
                 x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)):
             s.status = "blocked"
@@ -268,7 +269,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
             why = None if not rec.exists() else "its stage record is damaged"
         elif done.get("fingerprint") != fp:
             why = "its inputs changed"
-        elif not (nb_dir / f"{s.key}.ipynb").is_file():
+        elif not run.notebook(s.key).is_file():
             why = "its executed notebook is missing"
         else:
             why = changed_output(run_dir, done.get("outputs"))
@@ -285,15 +286,15 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
         if s.config is not None:  # a failed re-run must not leave the previous result behind
             sweep_path(run_dir, s.config.name).unlink(missing_ok=True)
         try:
-            with _ProgressWatcher(rec_dir / ".progress.json", lambda line: log(f"    {line}")):
-                _execute(s, notebook_dir, nb_dir, progress)
+            with _ProgressWatcher(run.progress, lambda line: log(f"    {line}")):
+                _execute(s, notebook_dir, run.notebook(s.key), progress)
             s.status = "ok"
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)
         s.seconds = time.time() - t0
-        if (nb_dir / f"{s.key}.ipynb").is_file():
+        if run.notebook(s.key).is_file():
             try:
-                render_html(nb_dir / f"{s.key}.ipynb", html_dir / f"{s.key}.html")
+                render_html(run.notebook(s.key), run.report(s.key))
             except Exception as e:  # noqa: BLE001
                 log(f"    (HTML rendering failed: {_error_summary(e)})")
         if s.status == "ok":
@@ -302,7 +303,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs[s.key]})
             log(f"{label}: done in {s.seconds:.1f} s")
         else:
-            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {nb_dir / (s.key + '.ipynb')}")
+            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {run.notebook(s.key)}")
             if s.key in CORE_STAGES:
                 core_failed = True
     index = write_index(params, run_dir, stages)
@@ -377,8 +378,8 @@ def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
     """``index.html``: summary table, chosen config, and links to every report (all text escaped)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
              f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"]
-    res_path = run_dir / "results.json"
-    results = read_json(res_path) if res_path.is_file() else None
+    run = RunDir(run_dir)
+    results = read_json(run.results) if run.results.is_file() else None
     parts.append(f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
                  f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
                  f"alpha unit: {_e(params.steering.alpha_unit)}</p>")
@@ -421,10 +422,11 @@ def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
     parts.append("<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
                  "<th>notebook</th><th>note</th></tr>")
     for s in stages:
-        html_rel, nb_rel = f"html/{s.key}.html", f"notebooks/{s.key}.ipynb"
-        link = f"<a href='{_e(html_rel)}'>HTML</a>" if (run_dir / html_rel).is_file() else ""
-        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if (run_dir / nb_rel).is_file() else ""
+        html_p, nb_p = run.report(s.key), run.notebook(s.key)
+        html_rel, nb_rel = html_p.relative_to(run.root).as_posix(), nb_p.relative_to(run.root).as_posix()
+        link = f"<a href='{_e(html_rel)}'>HTML</a>" if html_p.is_file() else ""
+        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if nb_p.is_file() else ""
         parts.append(f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
                      f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>")
     parts.append("</table></body></html>")
-    return write_text(run_dir / "index.html", "\n".join(parts))
+    return write_text(run.index, "\n".join(parts))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import write_json
+from .artifacts import RunDir, write_json
 from .bundle import Bundle
 from .cache import GenerationCache
 from .data import read_splits
@@ -36,11 +36,11 @@ def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> Generati
                "max_new_tokens": params.generation.max_new_tokens,
                "start": params.prompt.tool_call_start, "end": params.prompt.tool_call_end,
                "transformers": transformers.__version__}
-    return GenerationCache(Path(run_dir) / "cache" / "generations.sqlite", context)
+    return GenerationCache(RunDir(run_dir).cache, context)
 
 
 def sweep_path(run_dir: str | Path, name: str) -> Path:
-    return Path(run_dir) / "sweep" / f"{name}.json"
+    return RunDir(run_dir).sweep(name)
 
 
 def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bundle, config: SweepConfig,

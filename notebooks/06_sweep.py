@@ -25,7 +25,7 @@ from asa_lib.sweep import run_config
 
 params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
 config = params.config(config_name)
-bundle = load_bundle(run / "bundle")
+bundle = load_bundle(run.bundle)
 lm = load_params_model(params)
 print(f"config {config}; alpha unit {params.steering.alpha_unit}; L* = {bundle.layer}; model {lm.model_id}")
 
