@@ -72,6 +72,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
 SHARE_PREFIX = ("auto", "always", "never")
+DRAFT = ("auto", "on", "off")
 
 
 @dataclass
@@ -131,6 +132,11 @@ class GenerationParams:
     # models with conv layers (LFM2) on a GPU, where exactness would force
     # batches of equal suffix length and whole-prompt batches are cheaper.
     share_prefix: str = "auto"  # auto | always | never
+    # Draft-verified decoding of steered rows: the baseline output of the same
+    # prompt (from the generation cache) is checked in one forward pass and
+    # its agreeing prefix accepted; greedy decoding goes on from the first
+    # disagreement. Same outputs as plain decoding; "auto" is "on".
+    draft: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -325,6 +331,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
     _check(p.generation.max_new_tokens > 0, "generation.max_new_tokens: must be > 0")
     _check(p.generation.share_prefix in SHARE_PREFIX,
            f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
+    _check(p.generation.draft in DRAFT, f"generation.draft: {p.generation.draft!r} is not one of {DRAFT}")
     _check(
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",

@@ -7,6 +7,7 @@ domain, p(tool), gate, output text, triggered, format_valid, valid).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,15 @@ from .metrics import evaluate_records
 from .models import LoadedModel
 from .params import Params
 from .prompts import call_validity, render_prompts, triggered
-from .steer import alpha_effective, compute_gates, generate_all, share_prefix_for, steering_deltas
+from .steer import (
+    GenerationStats,
+    alpha_effective,
+    compute_gates,
+    draft_for,
+    generate_all,
+    share_prefix_for,
+    steering_deltas,
+)
 
 BASELINE = "baseline"
 EVAL_SPLITS = ("valid", "test")
@@ -63,10 +72,12 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
                 gates.gate = np.zeros_like(gates.gate)
             deltas = steering_deltas(bundle, gates, a_eff, beta) if steer else None
             prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+            stats = GenerationStats()
             outputs, n_new = generate_all(lm, prompts, deltas, bundle.layer, params.generation.batch_size,
                                           params.generation.max_new_tokens, params.prompt, cache,
                                           desc=f"{name}/{split}",
-                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm))
+                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm),
+                                          draft=draft_for(params.generation.draft, lm), stats=stats)
             records = []
             for x, d, p, g, o in zip(xs, gates.routed, gates.p_tool, gates.gate, outputs):
                 v = call_validity(o, params.prompt)
@@ -74,7 +85,8 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
                                 "routed": d, "p_tool": float(p), "gate": int(g), "output": o,
                                 "triggered": triggered(o, params.prompt), **v})
             out["splits"][split] = {"metrics": evaluate_records(records, seed=params.data.seed),
-                                    "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate))}
+                                    "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate)),
+                                    "generation": dataclasses.asdict(stats)}
             out["records"].extend(records)
     finally:
         cache.close()
