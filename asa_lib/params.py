@@ -135,7 +135,8 @@ class GenerationParams:
     # Draft-verified decoding of steered rows: the baseline output of the same
     # prompt (from the generation cache) is checked in one forward pass and
     # its agreeing prefix accepted; greedy decoding goes on from the first
-    # disagreement. Same outputs as plain decoding; "auto" is "on".
+    # disagreement. Same outputs as plain decoding. "auto" stops verifying
+    # within a call where few draft tokens are accepted; "on" always verifies.
     draft: str = "auto"  # auto | on | off
 
 

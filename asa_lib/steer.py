@@ -96,8 +96,9 @@ class _StopAtCallEnd(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         n = input_ids.shape[1]
         starts = self.prompt_len if isinstance(self.prompt_len, list) else [self.prompt_len] * len(input_ids)
+        rows = input_ids.tolist()  # one device-to-host copy per step, not one per row
         done = []
-        for b, (row, start) in enumerate(zip(input_ids, starts)):
+        for b, (row, start) in enumerate(zip(rows, starts)):
             if self.limits is not None and n >= self.limits[b]:
                 done.append(True)
             else:
@@ -142,6 +143,7 @@ class GenerationStats:
     draft_tokens: int = 0  # draft tokens offered (cut at max_new_tokens)
     accepted_tokens: int = 0  # draft tokens the greedy argmax agreed with
     done_by_draft: int = 0  # rows finished by their verify pass alone (no decoding)
+    drafts_dropped: int = 0  # rows with a draft left unverified (acceptance below the minimum so far)
     tokens_forwarded: int = 0  # token positions run through the model, padding included, cached prefix not
     forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
 
@@ -305,8 +307,23 @@ def delta_key(delta: np.ndarray | None) -> str:
 
 
 def draft_for(setting: str, lm: LoadedModel) -> bool:
-    """Resolve ``generation.draft`` ("auto" is "on": verified drafts give the plain path's outputs)."""
+    """Resolve ``generation.draft``: "auto" and "on" verify drafts (the outputs are the plain path's)."""
     return setting in ("auto", "on")
+
+
+def draft_min_acceptance_for(setting: str, lm: LoadedModel) -> float:
+    """The share of draft tokens accepted below which a call stops verifying drafts.
+
+    "on": 0 (always verify). "auto": a verify pass costs about as many token
+    forwards as the draft is long, so where few draft tokens are accepted it
+    only adds work; once the batches verified so far accepted less than 25%
+    (CPU, where every forwarded token costs compute) or 5% (GPU, where a
+    verify pass costs about one prefill) of their draft tokens, the rest of
+    the call decodes plainly. These thresholds are estimates, not measured.
+    """
+    if setting != "auto":
+        return 0.0
+    return 0.05 if lm.device.type == "cuda" else 0.25
 
 
 def identity(a: list[str], b: list[str], pp: PromptParams) -> dict[str, float]:
@@ -325,7 +342,8 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
                  cache: GenerationCache | None = None, desc: str = "generate",
                  share_prefix: bool = True, draft: bool = False,
                  drafts: list[str | list[int] | None] | None = None,
-                 stats: GenerationStats | None = None) -> tuple[list[str], int]:
+                 stats: GenerationStats | None = None,
+                 draft_min_acceptance: float = 0.0) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
     Each distinct (prompt, delta) pair is generated at most once; batches are
@@ -336,8 +354,10 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     With ``draft``, a steered row whose prompt has an unsteered (baseline)
     output in ``cache`` is verified against that output first (see the module
     docstring); ``drafts`` gives the drafts explicitly instead (one per
-    prompt: token ids, a text, or None; any row may use one). ``stats``
-    collects counts. The cache keeps each output's token ids beside its text.
+    prompt: token ids, a text, or None; any row may use one). Once the
+    batches verified so far accepted less than ``draft_min_acceptance`` of
+    their draft tokens, the remaining rows decode plainly. ``stats`` collects
+    counts. The cache keeps each output's token ids beside its text.
     """
     n = len(prompts)
     ctx = cache.context if cache is not None else ""
@@ -385,13 +405,20 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     with tqdm(total=len(todo), desc=desc) as bar:
         if draft_ids:
             order = sorted(draft_ids, key=lambda i: -(len(ids[i]) + len(draft_ids[i])))
+            offered = accepted = 0
             for s in range(0, len(order), batch_size):
+                if offered and accepted < draft_min_acceptance * offered:
+                    if stats is not None:
+                        stats.drafts_dropped += len(order) - s
+                    break  # drafts do not pay here: the remaining rows decode plainly
                 b = order[s:s + batch_size]
                 d = None if deltas is None else deltas[b]
                 greedy = verify_drafts(lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats)
                 new: dict[int, list[int]] = {}
                 for i, g in zip(b, greedy):
                     acc = accept(draft_ids[i], g)
+                    offered += len(draft_ids[i])
+                    accepted += len(acc) - 1
                     if stats is not None:
                         stats.drafted += 1
                         stats.draft_tokens += len(draft_ids[i])

@@ -26,6 +26,7 @@ from .steer import (
     alpha_effective,
     compute_gates,
     draft_for,
+    draft_min_acceptance_for,
     generate_all,
     share_prefix_for,
     steering_deltas,
@@ -77,7 +78,9 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
                                           params.generation.max_new_tokens, params.prompt, cache,
                                           desc=f"{name}/{split}",
                                           share_prefix=share_prefix_for(params.generation.share_prefix, lm),
-                                          draft=draft_for(params.generation.draft, lm), stats=stats)
+                                          draft=draft_for(params.generation.draft, lm), stats=stats,
+                                          draft_min_acceptance=draft_min_acceptance_for(
+                                              params.generation.draft, lm))
             records = []
             for x, d, p, g, o in zip(xs, gates.routed, gates.p_tool, gates.gate, outputs):
                 v = call_validity(o, params.prompt)

@@ -27,6 +27,7 @@ from asa_lib.steer import (
     accept,
     delta_key,
     draft_for,
+    draft_min_acceptance_for,
     generate_all,
     identity,
     share_prefix_for,
@@ -277,6 +278,47 @@ def test_drafts_through_eos_and_complete_calls(tiny_params, tmp_path, share):
 
 def test_draft_setting(tiny_lm):
     assert draft_for("auto", tiny_lm) and draft_for("on", tiny_lm) and not draft_for("off", tiny_lm)
+    assert draft_min_acceptance_for("on", tiny_lm) == 0.0
+    assert 0 < draft_min_acceptance_for("auto", tiny_lm) < 1
+
+
+def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp_path):
+    pp = tiny_params.prompt
+    prompts, deltas, _, want = tiny_case
+    own = own_tokens(tiny_lm, pp, prompts, deltas, MAX_NEW, tmp_path, "own")
+    wrong = [[other_token(x[0], len(tiny_lm.tokenizer))] + x[1:] for x in own]  # nothing accepted
+    for min_acc, verified in ((0.0, len(prompts)), (0.5, 8)):  # 0.5: only the first batch of 8
+        st = GenerationStats()
+        got, _ = generate_all(
+            tiny_lm,
+            prompts,
+            deltas,
+            LAYER,
+            8,
+            MAX_NEW,
+            pp,
+            draft=True,
+            drafts=wrong,
+            stats=st,
+            draft_min_acceptance=min_acc,
+        )
+        assert got == want
+        assert st.drafted == verified and st.drafts_dropped == len(prompts) - verified
+    st = GenerationStats()  # drafts that are accepted are kept at any minimum
+    got, _ = generate_all(
+        tiny_lm,
+        prompts,
+        deltas,
+        LAYER,
+        8,
+        MAX_NEW,
+        pp,
+        draft=True,
+        drafts=own,
+        stats=st,
+        draft_min_acceptance=0.99,
+    )
+    assert got == want and st.drafted == len(prompts) and st.drafts_dropped == 0
 
 
 def test_identity_counts(tiny_params):
