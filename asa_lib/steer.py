@@ -306,6 +306,21 @@ def delta_key(delta: np.ndarray | None) -> str:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype=np.float32).tobytes()).hexdigest()[:32]
 
 
+# generation_config fields that make generate's greedy choice differ from the plain argmax
+# a verify pass takes, with the values that leave it alone.
+_ARGMAX_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+                   "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                   "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "min_length": (None, 0),
+                   "min_new_tokens": (None, 0), "sequence_bias": (None,),
+                   "exponential_decay_length_penalty": (None,)}
+
+
+def greedy_is_argmax(model) -> bool:
+    """True when the model's generation config adds nothing to greedy argmax (drafts can be verified)."""
+    cfg = getattr(model, "generation_config", None)
+    return cfg is None or all(getattr(cfg, k, None) in ok for k, ok in _ARGMAX_NEUTRAL.items())
+
+
 def draft_for(setting: str, lm: LoadedModel) -> bool:
     """Resolve ``generation.draft``: "auto" and "on" verify drafts (the outputs are the plain path's)."""
     return setting in ("auto", "on")
@@ -354,7 +369,10 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     With ``draft``, a steered row whose prompt has an unsteered (baseline)
     output in ``cache`` is verified against that output first (see the module
     docstring); ``drafts`` gives the drafts explicitly instead (one per
-    prompt: token ids, a text, or None; any row may use one). Once the
+    prompt: token ids, a text, or None; any row may use one). Drafts are
+    not used where the model's generation config changes greedy decoding
+    (a repetition penalty, suppressed tokens, ...: :func:`greedy_is_argmax`),
+    since a verify pass takes the plain argmax. Once the
     batches verified so far accepted less than ``draft_min_acceptance`` of
     their draft tokens, the remaining rows decode plainly. ``stats`` collects
     counts. The cache keeps each output's token ids beside its text.
@@ -388,6 +406,7 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     # Drafts: explicit ones, else the cached baseline output of each steered row's prompt
     # (its token ids where the cache has them, else its text re-encoded).
     found: dict[int, str | list[int]] = {}
+    draft = draft and greedy_is_argmax(lm.model)
     if draft and drafts is not None:
         found = {i: drafts[i] for i in todo.values() if drafts[i] is not None}
     elif draft and cache is not None and deltas is not None:

@@ -544,7 +544,7 @@ def main() -> None:
         "--budget",
         type=float,
         default=None,
-        help="seconds after which no new config starts (default 450; smoke 50)",
+        help="seconds after which no new config starts (default 420; smoke 50)",
     )
     ap.add_argument(
         "--skip", default="", help="phases to skip, comma-separated: exactness,seed,draft"
@@ -557,7 +557,7 @@ def main() -> None:
     max_new = args.max_new_tokens or (8 if smoke else 128)
     batch = args.batch_size or (8 if smoke else 256)
     n_seed = args.seed_loop if args.seed_loop is not None else (3 if smoke else 12)
-    budget = args.budget if args.budget is not None else (50.0 if smoke else 450.0)
+    budget = args.budget if args.budget is not None else (50.0 if smoke else 420.0)
     skip = set(filter(None, args.skip.split(",")))
     out_path = (
         Path(args.out)

@@ -276,6 +276,22 @@ def test_drafts_through_eos_and_complete_calls(tiny_params, tmp_path, share):
     assert plain == want
 
 
+def test_no_drafts_where_generate_is_not_plain_argmax(tiny_params, tiny_case, tmp_path):
+    lm = load_model(tiny_params.model, seed=0)
+    lm.model.generation_config.repetition_penalty = (
+        1.3  # generate's greedy pick is no longer the argmax
+    )
+    pp = tiny_params.prompt
+    prompts, deltas, _, _ = tiny_case
+    own = own_tokens(lm, pp, prompts[:8], deltas[:8], MAX_NEW, tmp_path, "own")
+    st = GenerationStats()
+    got, _ = generate_all(
+        lm, prompts[:8], deltas[:8], LAYER, 8, MAX_NEW, pp, draft=True, drafts=own, stats=st
+    )
+    plain, _ = generate_all(lm, prompts[:8], deltas[:8], LAYER, 8, MAX_NEW, pp)
+    assert got == plain and st.drafted == 0
+
+
 def test_draft_setting(tiny_lm):
     assert draft_for("auto", tiny_lm) and draft_for("on", tiny_lm) and not draft_for("off", tiny_lm)
     assert draft_min_acceptance_for("on", tiny_lm) == 0.0
