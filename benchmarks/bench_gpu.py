@@ -577,7 +577,13 @@ def main() -> None:
     # ---- setup
     pp = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).prompt
     texts = instructions(n_valid + n_test, seed=42)
-    tok = word_tokenizer([*texts, pp.system_template, json.dumps(pp.tools), "Alpha. Zulu?"], 65536)
+    corpus = [
+        *texts,
+        pp.system_template,
+        json.dumps(pp.tools),
+        "system user assistant Alpha. Zulu?",
+    ]
+    tok = word_tokenizer(corpus, 65536)
     prompts = {
         "valid": render_prompts(tok, pp, texts[:n_valid]),
         "test": render_prompts(tok, pp, texts[n_valid:]),
