@@ -90,6 +90,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
 SHARE_PREFIX = ("auto", "always", "never")
+DRAFT = ("auto", "on", "off")
 
 
 @dataclass
@@ -176,6 +177,12 @@ class GenerationParams:
     # models with conv layers (LFM2) on a GPU, where exactness would force
     # batches of equal suffix length and whole-prompt batches are cheaper.
     share_prefix: str = "auto"  # auto | always | never
+    # Draft-verified decoding of steered rows: the baseline output of the same
+    # prompt (from the generation cache) is checked in one forward pass and
+    # its agreeing prefix accepted; greedy decoding goes on from the first
+    # disagreement. Same outputs as plain decoding. "auto" stops verifying
+    # within a call where few draft tokens are accepted; "on" always verifies.
+    draft: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -443,6 +450,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
             _check(v is None or 0.0 <= v <= 1.0, f"reference.{m}: {v} is outside the allowed range [0, 1]")
     _check(p.generation.share_prefix in SHARE_PREFIX,
            f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
+    _check(p.generation.draft in DRAFT, f"generation.draft: {p.generation.draft!r} is not one of {DRAFT}")
     _check(
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",

@@ -22,7 +22,13 @@ from .metrics import evaluate_records
 from .models import LoadedModel
 from .params import BASELINE, Params, SweepConfig
 from .prompts import call_validity, render_prompts, triggered
-from .steer import generate_all, share_prefix_for
+from .steer import (
+    GenerationStats,
+    draft_for,
+    draft_min_acceptance_for,
+    generate_all,
+    share_prefix_for,
+)
 
 EVAL_SPLITS = ("valid", "test")
 # Unsteered configs still record each prompt's routed domain and p(tool), gate 0.
@@ -64,10 +70,14 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
             gates = compute_gates(bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs])
             deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
             prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+            stats = GenerationStats()
             outputs, n_new = generate_all(lm, prompts, deltas, bundle.layer, params.generation.batch_size,
                                           params.generation.max_new_tokens, params.prompt, cache,
                                           desc=f"{config.name}/{split}",
-                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm))
+                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm),
+                                          draft=draft_for(params.generation.draft, lm), stats=stats,
+                                          draft_min_acceptance=draft_min_acceptance_for(
+                                              params.generation.draft, lm))
             records = []
             for x, d, p, g, hp, o in zip(xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs):
                 v = call_validity(o, params.prompt)
@@ -75,7 +85,8 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
                                 "routed": d, "has_probe": bool(hp), "p_tool": float(p), "gate": int(g), "output": o,
                                 "triggered": triggered(o, params.prompt), **v})
             out["splits"][split] = {"metrics": evaluate_records(records, seed=params.data.seed),
-                                    "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate))}
+                                    "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate)),
+                                    "generation": asdict(stats)}
             out["records"].extend(records)
     finally:
         cache.close()
