@@ -9,17 +9,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import library_versions, read_json, write_json
+from .artifacts import RunDir, library_versions, read_json, write_json
 from .bundle import load_bundle, save_bundle
+from .metrics import METRICS as metric_registry
 from .metrics import paired_bootstrap_diff
-from .params import Params
-from .sweep import BASELINE, sweep_path
+from .params import BASELINE, Params
+from .probing import load_layers
+from .sweep import sweep_path
 
-METRICS = ("precision", "recall", "f1", "fpr", "accuracy")
+METRICS = tuple(metric_registry)  # every metric, in the registry's order
 
 
 def config_names(params: Params) -> list[str]:
-    return [BASELINE] + [c.name for c in params.sweep]
+    return [c.name for c in params.configs()]
 
 
 def collect(params: Params, run_dir: str | Path) -> dict[str, dict]:
@@ -45,8 +47,10 @@ def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
     rows = []
     for name, r in res.items():
         m = r["splits"][split]["metrics"]
+        cfg = r.get("config", {})
         row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"],
-               **{k: m[k] for k in METRICS}, "triggers": m["triggers"],
+               "gate": cfg.get("gate", "none" if name == BASELINE else "probe"),
+               "vector": cfg.get("vector", "mixture"), **{k: m[k] for k in METRICS}, "triggers": m["triggers"],
                "format_valid_rate": m["format_valid_rate"], "valid_call_rate": m["valid_call_rate"]}
         for k, (lo, hi) in m["ci95"].items():
             row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
@@ -137,6 +141,48 @@ def grid(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     return d.pivot(index="tau", columns="alpha", values=metric).sort_index(ascending=False)
 
 
+# The paper's ablations (arXiv 2602.04935 v2, Qwen2.5-1.5B, alpha = 4, its own test set):
+# figures of *another model*, shown beside ours for orientation only.
+PAPER_ABLATIONS = {
+    "ASA (router + probe, mixed vector)": {"f1": 0.504, "fpr": 0.052},
+    "no gate (always +1)": {"f1": 0.391, "fpr": 0.500},
+    "global vector only": {"f1": 0.535, "fpr": 0.083},
+    "domain vectors only": {"f1": 0.186, "fpr": 0.219},
+    "oracle router": {"f1": 0.519, "fpr": 0.010},
+    "random vector": {"f1": 0.175, "fpr": 0.083},
+}
+
+
+def ablation_kind(config: dict) -> str:
+    """Which of the paper's ablation rows a config corresponds to (by its gate, vector and beta)."""
+    if config.get("gate") == "none":
+        return "baseline (no steering)"
+    if config.get("vector") == "random":
+        return "random vector"
+    if config.get("gate") == "always":
+        return "no gate (always +1)"
+    if config.get("gate") == "oracle":
+        return "oracle router"
+    if config.get("beta") == 1.0:
+        return "global vector only"
+    if config.get("beta") == 0.0:
+        return "domain vectors only"
+    return "ASA (router + probe, mixed vector)"
+
+
+def ablation_table(res: dict[str, dict]) -> pd.DataFrame:
+    """Each config's ablation row: our VALID/TEST F1 and FPR beside the paper's (another model)."""
+    rows = []
+    for name, r in res.items():
+        kind = ablation_kind(r.get("config", {"gate": "none"} if name == BASELINE else {}))
+        v, t = r["splits"]["valid"]["metrics"], r["splits"]["test"]["metrics"]
+        paper = PAPER_ABLATIONS.get(kind, {})
+        rows.append({"config": name, "ablation": kind, "VALID F1": v["f1"], "VALID FPR": v["fpr"],
+                     "TEST F1": t["f1"], "TEST FPR": t["fpr"],
+                     "paper F1 (Qwen2.5-1.5B)": paper.get("f1"), "paper FPR (Qwen2.5-1.5B)": paper.get("fpr")})
+    return pd.DataFrame(rows)
+
+
 def reference_row(params: Params) -> dict | None:
     """The published reference row, only where the params say it applies to this run's model."""
     r = params.reference
@@ -166,9 +212,9 @@ def git_commit(path: str | Path = ".") -> str:
 
 
 def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], chosen: str) -> dict:
-    run_dir = Path(run_dir)
-    probing = read_json(run_dir / "probing" / "layers.json")
-    bundle = load_bundle(run_dir / "bundle")
+    run = RunDir(run_dir)
+    probing = load_layers(run)
+    bundle = load_bundle(run.bundle)
     c = res[chosen]
     chosen_info = {"name": chosen, "tau": c["tau"], "alpha": c["alpha"], "beta": c["beta"],
                    "alpha_unit": c["alpha_unit"], "alpha_eff": c["alpha_eff"],
@@ -194,10 +240,10 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "flips": {n: flip_counts(res[BASELINE], r).to_dict("records") for n, r in res.items() if n != BASELINE},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(run_dir / "results.json", results)
+    write_json(run.results, results)
     if chosen == BASELINE:  # no steered config: no adapter to hand out (and none left from a previous run)
-        shutil.rmtree(run_dir / "chosen_adapter", ignore_errors=True)
+        shutil.rmtree(run.chosen_adapter, ignore_errors=True)
     else:
-        save_bundle(bundle, run_dir / "chosen_adapter",
+        save_bundle(bundle, run.chosen_adapter,
                     extra={"config": {k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit", "alpha_eff")}})
     return results

@@ -38,6 +38,67 @@ class MissingInputError(RuntimeError):
     """A stage was started before the stage that writes its inputs."""
 
 
+class RunDir:
+    """Every path of a run folder, built here and nowhere else (the layout above).
+
+    Accepted wherever a path is (``os.PathLike``); ``RunDir(x)`` of a RunDir is the same folder.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # run bookkeeping
+    run_json = property(lambda self: self.root / "run.json")
+    params_yaml = property(lambda self: self.root / "params.yaml")
+    lock = property(lambda self: self.root / ".asa-run.lock")
+    stages = property(lambda self: self.root / "stages")
+    notebooks = property(lambda self: self.root / "notebooks")
+    html = property(lambda self: self.root / "html")
+    index = property(lambda self: self.root / "index.html")
+    progress = property(lambda self: self.root / "stages" / ".progress.json")
+
+    def record(self, stage: str) -> Path:
+        return self.stages / f"{stage}.json"
+
+    def notebook(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.ipynb"
+
+    def report(self, stage: str) -> Path:
+        return self.html / f"{stage}.html"
+
+    # stage artifacts
+    splits = property(lambda self: self.root / "data" / "splits.jsonl")
+    data_summary = property(lambda self: self.root / "data" / "summary.json")
+    layers = property(lambda self: self.root / "probing" / "layers.json")
+    vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
+    vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")
+    bundle = property(lambda self: self.root / "bundle")
+    cache = property(lambda self: self.root / "cache" / "generations.sqlite")
+    results = property(lambda self: self.root / "results.json")
+    chosen_adapter = property(lambda self: self.root / "chosen_adapter")
+
+    def states(self, split: str) -> Path:
+        return self.root / "states" / f"{split}.safetensors"
+
+    def states_meta(self, split: str) -> Path:
+        return self.root / "states" / f"{split}.json"
+
+    def sweep(self, config: str) -> Path:
+        return self.root / "sweep" / f"{config}.json"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
@@ -159,7 +220,7 @@ STAGE_OUTPUTS = {
 }
 
 
-def require(run_dir: str | Path, stage: str) -> None:
+def require(run_dir: str | os.PathLike, stage: str) -> None:
     """Stop at once if ``stage``'s outputs are missing, naming the stage to run first."""
     run_dir = Path(run_dir)
     missing = [p for p in STAGE_OUTPUTS[stage] if not (run_dir / p).is_file()]

@@ -52,6 +52,8 @@ class Bundle:
     hidden_size: int
     num_layers: int
     cal_mean_norm: float
+    # sha256 of the model's parameter names, shapes and dtypes (models.weights_fingerprint)
+    model_fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ gate inputs
@@ -89,7 +91,14 @@ class Bundle:
         return (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
 
     # ------------------------------------------------------------------ checks
-    def check_model(self, hidden_size: int, num_layers: int, model_id: str | None = None) -> None:
+    def check_model(self, hidden_size: int, num_layers: int, model_id: str | None = None,
+                    fingerprint: str | None = None, allow_mismatch: bool = False) -> None:
+        """Refuse a model this bundle was not built on.
+
+        Shapes always have to fit. The model's identity (its id, and the
+        fingerprint of its weights' names, shapes and dtypes) has to match too,
+        unless ``allow_mismatch`` (``steering.allow_model_mismatch`` in params).
+        """
         if hidden_size != self.hidden_size:
             raise BundleError(
                 f"this adapter was built on {self.model_id!r} with hidden size {self.hidden_size}; "
@@ -99,6 +108,17 @@ class Bundle:
             raise BundleError(
                 f"this adapter steers block {self.layer} of {self.model_id!r}, but the model has "
                 f"only {num_layers} blocks. Build the adapter on this model instead.")
+        if allow_mismatch:
+            return
+        if model_id is not None and model_id != self.model_id:
+            raise BundleError(
+                f"this adapter was built on {self.model_id!r}, not on {model_id!r}. Build it on this "
+                "model (stages 02-05), or set steering.allow_model_mismatch: true to use it anyway.")
+        if fingerprint and self.model_fingerprint and fingerprint != self.model_fingerprint:
+            raise BundleError(
+                f"this adapter was built on a model called {self.model_id!r} whose weights have other "
+                "names, shapes or dtypes than this one's. Build it on this model, or set "
+                "steering.allow_model_mismatch: true to use it anyway.")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -134,6 +154,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "hidden_size": b.hidden_size,
         "num_layers": b.num_layers,
         "cal_mean_norm": b.cal_mean_norm,
+        "model_fingerprint": b.model_fingerprint,
         "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra, **(extra or {}),
@@ -199,6 +220,9 @@ def load_bundle(folder: str | Path) -> Bundle:
     if not (np.isfinite(norm) and 0 < norm <= MAX_MEAN_NORM):
         raise BundleError(f"{jpath}: field 'cal_mean_norm' is {norm}; it must be finite and in (0, {MAX_MEAN_NORM:g}]")
     model_id = _field(meta, "model_id", str, jpath)
+    fingerprint = meta.get("model_fingerprint", "")
+    if not isinstance(fingerprint, str):
+        raise BundleError(f"{jpath}: field 'model_fingerprint' must be str, got {fingerprint!r}")
     domains = _names(meta, "domains", jpath)
     router_classes = _names(meta, "router_classes", jpath)
     probes = _names(meta, "probes", jpath)
@@ -245,7 +269,8 @@ def load_bundle(folder: str | Path) -> Bundle:
     if np.any(tensors["scaler.scale"] <= 0):
         raise BundleError(f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)")
     known = {"format", "layer", "hook_point", "domains", "router_classes", "probes", "vectors",
-             "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors"}
+             "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors",
+             "model_fingerprint"}
     return Bundle(
         layer=layer, domains=domains, router_classes=router_classes,
         scaler_mean=tensors["scaler.mean"], scaler_scale=tensors["scaler.scale"],
@@ -253,5 +278,5 @@ def load_bundle(folder: str | Path) -> Bundle:
         probes={d: (tensors[f"probe.{d}.coef"], float(tensors[f"probe.{d}.intercept"][0])) for d in probes},
         vectors={v: tensors[f"vector.{v}"] for v in vectors},
         model_id=model_id, hidden_size=H, num_layers=L, cal_mean_norm=float(norm),
-        extra={k: v for k, v in meta.items() if k not in known},
+        model_fingerprint=fingerprint, extra={k: v for k, v in meta.items() if k not in known},
     )

@@ -6,6 +6,11 @@ full prompt text and the signed steering delta (``"none"`` without steering).
 A prompt whose gate is 0 therefore reuses the baseline output, and two configs
 with the same signed strength and vector share their outputs. Commits are
 atomic, so a killed process leaves only whole batches behind.
+
+Beside the text, the generated token ids are kept (table ``gen_tokens``, when
+the writer gave them): draft-verified decoding uses the baseline's tokens as
+a draft, and decoding then re-encoding a text does not always give back the
+same tokens (invalid UTF-8 pieces, non-canonical splits).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def context_hash(context: dict[str, Any]) -> str:
@@ -37,23 +44,35 @@ class GenerationCache:
         self.db = sqlite3.connect(str(self.path), timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS gen_tokens (key TEXT PRIMARY KEY, ids BLOB NOT NULL)")
         self.db.commit()
 
     def key(self, prompt: str, steer: str) -> str:
         return make_key(self.context, prompt, steer)
 
-    def get_many(self, keys: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _select(self, table: str, column: str, keys: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         uniq = list(dict.fromkeys(keys))
         for s in range(0, len(uniq), 500):
             chunk = uniq[s:s + 500]
-            q = f"SELECT key, output FROM gen WHERE key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT key, {column} FROM {table} WHERE key IN ({','.join('?' * len(chunk))})"
             out.update(dict(self.db.execute(q, chunk).fetchall()))
         return out
 
-    def put_many(self, items: dict[str, str]) -> None:
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        return self._select("gen", "output", keys)
+
+    def get_tokens_many(self, keys: list[str]) -> dict[str, list[int]]:
+        """The generated token ids of those ``keys`` whose writer stored them."""
+        return {k: np.frombuffer(v, dtype="<i8").tolist() for k, v in self._select("gen_tokens", "ids", keys).items()}
+
+    def put_many(self, items: dict[str, str], tokens: dict[str, list[int]] | None = None) -> None:
+        """Store outputs (and, optionally, their token ids) in one transaction."""
         with self.db:  # one transaction
             self.db.executemany("INSERT OR REPLACE INTO gen (key, output) VALUES (?, ?)", list(items.items()))
+            if tokens:
+                self.db.executemany("INSERT OR REPLACE INTO gen_tokens (key, ids) VALUES (?, ?)",
+                                    [(k, np.asarray(v, dtype="<i8").tobytes()) for k, v in tokens.items()])
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM gen").fetchone()[0])

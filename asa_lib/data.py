@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import read_json, write_json, write_text
+from .artifacts import RunDir, read_json, write_json, write_text
 from .params import SEED_DOMAINS, ColumnMap
 
 OUTPUT_TOOL_WORDS = ("result", "output", "answer", "return")
@@ -599,8 +599,8 @@ def write_splits(run_dir: str | Path, result: SplitResult) -> Path:
     """Write ``data/splits.jsonl`` (one sample a line, split order) and ``data/summary.json``."""
     run_dir = Path(run_dir)
     lines = [json.dumps(asdict(x), ensure_ascii=False) for s in SPLITS for x in result.samples[s]]
-    path = write_text(run_dir / "data" / "splits.jsonl", "\n".join(lines) + "\n")
-    write_json(run_dir / "data" / "summary.json", {
+    path = write_text(RunDir(run_dir).splits, "\n".join(lines) + "\n")
+    write_json(RunDir(run_dir).data_summary, {
         "kind": result.kind,
         "domains": result.domains,
         "split_column": result.split_column,
@@ -616,7 +616,7 @@ def write_splits(run_dir: str | Path, result: SplitResult) -> Path:
 
 def read_domains(run_dir: str | Path) -> list[str]:
     """The data stage's domains, in its order (the configured or first-seen order)."""
-    summary = read_json(Path(run_dir) / "data" / "summary.json")
+    summary = read_json(RunDir(run_dir).data_summary)
     if "domains" in summary:
         return list(summary["domains"])
     return sorted({x.domain for xs in read_splits(run_dir).values() for x in xs})  # older runs
@@ -625,7 +625,7 @@ def read_domains(run_dir: str | Path) -> list[str]:
 def read_splits(run_dir: str | Path) -> dict[str, list[Sample]]:
     """The splits written by :func:`write_splits`, in their stored order."""
     out: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    path = Path(run_dir) / "data" / "splits.jsonl"
+    path = RunDir(run_dir).splits
     with path.open(encoding="utf-8") as f:
         for line in f:
             if line.strip():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .artifacts import atomic_path, write_json
+from .artifacts import RunDir, atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
 from .prefix import PrefixCache, cache_kwarg, lcp, token_ids
@@ -148,7 +148,7 @@ def extract_to_file(lm: LoadedModel, prompts: list[str], path: str | Path, batch
 
 
 def states_path(run_dir: str | Path, split: str) -> Path:
-    return Path(run_dir) / "states" / f"{split}.safetensors"
+    return RunDir(run_dir).states(split)
 
 
 def load_states(run_dir: str | Path, split: str, layer: int | None = None) -> np.ndarray:
@@ -165,7 +165,7 @@ def load_states(run_dir: str | Path, split: str, layer: int | None = None) -> np
 
 def load_meta(run_dir: str | Path, split: str) -> dict:
     """ids, labels, domains of a split's states, in row order."""
-    return json.loads(states_path(run_dir, split).with_suffix(".json").read_text())
+    return json.loads(RunDir(run_dir).states_meta(split).read_text())
 
 
 def states_shape(run_dir: str | Path, split: str) -> tuple[int, int, int]:
@@ -183,7 +183,8 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path) -> list[dict]:
     for split, xs in read_splits(run_dir).items():
         prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
         meta = {"ids": [x.id for x in xs], "labels": [x.label for x in xs],
-                "domains": [x.domain for x in xs], "model_id": lm.model_id}
+                "domains": [x.domain for x in xs], "model_id": lm.model_id,
+                "model_fingerprint": lm.fingerprint}
         path = extract_to_file(lm, prompts, states_path(run_dir, split),
                                batch_size=params.extraction.batch_size, desc=split, meta=meta)
         n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]

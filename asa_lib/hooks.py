@@ -62,8 +62,9 @@ def capture_last_token(blocks: torch.nn.ModuleList) -> Iterator[LastTokenCapture
 
 
 class _PrefillSteer:
-    def __init__(self, delta: torch.Tensor):
+    def __init__(self, delta: torch.Tensor, positions: torch.Tensor | None = None):
         self.delta = delta  # (B, H)
+        self.positions = positions  # (B,) or None: position -1 for every row
         self.fired = False
 
     def __call__(self, _module, _inp, out):
@@ -72,23 +73,32 @@ class _PrefillSteer:
         self.fired = True
         h = _hidden(out)
         h = h.clone()
-        h[:, -1, :] += self.delta.to(device=h.device, dtype=h.dtype)
+        d = self.delta.to(device=h.device, dtype=h.dtype)
+        if self.positions is None:
+            h[:, -1, :] += d
+        else:
+            rows = torch.arange(h.shape[0], device=h.device)
+            h[rows, self.positions.to(h.device)] += d
         return _replace_hidden(out, h)
 
 
 @contextmanager
-def steer_last_prompt_token(block: torch.nn.Module, delta: torch.Tensor | None) -> Iterator[_PrefillSteer | None]:
-    """Add ``delta[b]`` (shape (B, H)) to block output at position -1, on the first pass only.
+def steer_last_prompt_token(block: torch.nn.Module, delta: torch.Tensor | None,
+                            positions: torch.Tensor | None = None) -> Iterator[_PrefillSteer | None]:
+    """Add ``delta[b]`` (shape (B, H)) to block output at the last prompt position, on the first pass only.
 
-    The first forward pass through ``block`` inside the ``with`` is the prefill
-    of a generation; later passes (decode steps) are left untouched. A ``None``
-    delta, or one that is all zeros, registers no hook at all, so the output
-    is bit-identical to an unhooked run.
+    That position is -1 for every row (left padding), or ``positions[b]`` when
+    given: a prefill that runs the prompt followed by tokens already generated
+    (draft-verified decoding) steers the prompt's last token, never the tokens
+    after it. The first forward pass through ``block`` inside the ``with`` is
+    the prefill of a generation; later passes (decode steps) are left
+    untouched. A ``None`` delta, or one that is all zeros, registers no hook at
+    all, so the output is bit-identical to an unhooked run.
     """
     if delta is None or not bool(torch.any(delta != 0)):
         yield None
         return
-    hook = _PrefillSteer(delta)
+    hook = _PrefillSteer(delta, positions)
     handle = block.register_forward_hook(hook)
     try:
         yield hook

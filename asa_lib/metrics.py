@@ -13,33 +13,50 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, int]:
             "fn": int(((t == 1) & (p == 0)).sum()), "tn": int(((t == 0) & (p == 0)).sum())}
 
 
-def _div(a: float, b: float) -> float:
-    return float(a / b) if b > 0 else 0.0
+def _ratio(a, b):
+    """a / b, 0 where b == 0 (sklearn's zero_division=0); scalars or arrays."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return np.where(b > 0, a / np.where(b > 0, b, 1.0), 0.0)
+
+
+def precision(tp, fp, fn, tn):
+    return _ratio(tp, tp + fp)
+
+
+def recall(tp, fp, fn, tn):
+    return _ratio(tp, tp + fn)
+
+
+def f1(tp, fp, fn, tn):
+    p, r = precision(tp, fp, fn, tn), recall(tp, fp, fn, tn)
+    return _ratio(2 * p * r, p + r)
+
+
+def fpr(tp, fp, fn, tn):
+    """Share of non-tool prompts that triggered a tool call."""
+    return _ratio(fp, fp + tn)
+
+
+def accuracy(tp, fp, fn, tn):
+    return _ratio(tp + tn, tp + fp + fn + tn)
+
+
+# The one place a metric is defined: name -> fn(tp, fp, fn, tn), on scalars or arrays of counts.
+# Point estimates, bootstrap intervals, paired differences, tables and plots all read it.
+METRICS = {"precision": precision, "recall": recall, "f1": f1, "fpr": fpr, "accuracy": accuracy}
 
 
 def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
-    """precision, recall, f1, fpr, accuracy (0 where undefined, as sklearn's zero_division=0)."""
+    """Every metric of :data:`METRICS` (0 where undefined), ``n`` and the confusion counts."""
     c = confusion(y_true, y_pred)
-    prec = _div(c["tp"], c["tp"] + c["fp"])
-    rec = _div(c["tp"], c["tp"] + c["fn"])
-    return {"precision": prec, "recall": rec, "f1": _div(2 * prec * rec, prec + rec),
-            "fpr": _div(c["fp"], c["fp"] + c["tn"]),
-            "accuracy": _div(c["tp"] + c["tn"], sum(c.values())), "n": int(sum(c.values())), **c}
+    return {**{m: float(fn(**c)) for m, fn in METRICS.items()}, "n": int(sum(c.values())), **c}
 
 
 def _resampled_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics of each resample: ``t``, ``p`` are (n_boot, n) labels and predictions."""
-    tp = ((t == 1) & (p == 1)).sum(1)
-    fp = ((t == 0) & (p == 1)).sum(1)
-    fn = ((t == 1) & (p == 0)).sum(1)
-    tn = ((t == 0) & (p == 0)).sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-        rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
-        return {"precision": prec, "recall": rec,
-                "f1": np.where(prec + rec > 0, 2 * prec * rec / np.where(prec + rec > 0, prec + rec, 1), 0.0),
-                "fpr": np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), 0.0),
-                "accuracy": (tp + tn) / t.shape[1]}
+    c = {"tp": ((t == 1) & (p == 1)).sum(1), "fp": ((t == 0) & (p == 1)).sum(1),
+         "fn": ((t == 1) & (p == 0)).sum(1), "tn": ((t == 0) & (p == 0)).sum(1)}
+    return {m: fn(**c) for m, fn in METRICS.items()}
 
 
 def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], metrics=("f1", "recall", "fpr"),
@@ -81,8 +98,8 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
     out["ci95"] = bootstrap_ci(y, p, seed=seed, n_boot=n_boot) if records else {}
     n_trig = sum(p)
     out["triggers"] = n_trig
-    out["format_valid_rate"] = _div(sum(r["format_valid"] for r in records), n_trig)
-    out["valid_call_rate"] = _div(sum(r["valid"] for r in records), n_trig)
+    out["format_valid_rate"] = float(_ratio(sum(r["format_valid"] for r in records), n_trig))
+    out["valid_call_rate"] = float(_ratio(sum(r["valid"] for r in records), n_trig))
     out["per_domain"] = {}
     for d in sorted({r["domain"] for r in records}):
         rs = [r for r in records if r["domain"] == d]

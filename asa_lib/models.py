@@ -59,6 +59,18 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the parameter names, shapes and dtypes: which architecture and size, not the values."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .artifacts import require
+from .artifacts import RunDir, require
 from .params import Params, load_params
 
 
-def open_stage(params_path: str, run_dir: str, needs: tuple[str, ...] = ()) -> tuple[Params, Path]:
+def open_stage(params_path: str, run_dir: str, needs: tuple[str, ...] = ()) -> tuple[Params, RunDir]:
     """Load and validate params; stop at once if an earlier stage's outputs are missing."""
     warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
     params = load_params(params_path)
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     for stage in needs:
         require(run, stage)
-    run.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.max_colwidth", 120)
     return params, run
 

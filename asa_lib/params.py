@@ -90,6 +90,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
 SHARE_PREFIX = ("auto", "always", "never")
+DRAFT = ("auto", "on", "off")
 
 
 @dataclass
@@ -176,6 +177,12 @@ class GenerationParams:
     # models with conv layers (LFM2) on a GPU, where exactness would force
     # batches of equal suffix length and whole-prompt batches are cheaper.
     share_prefix: str = "auto"  # auto | always | never
+    # Draft-verified decoding of steered rows: the baseline output of the same
+    # prompt (from the generation cache) is checked in one forward pass and
+    # its agreeing prefix accepted; greedy decoding goes on from the first
+    # disagreement. Same outputs as plain decoding. "auto" stops verifying
+    # within a call where few draft tokens are accepted; "on" always verifies.
+    draft: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -183,14 +190,43 @@ class SteeringParams:
     # absolute: alpha is the seed's unit (added on a unit vector).
     # relative: alpha_eff = alpha x mean L2 norm of the CAL states at L*.
     alpha_unit: str = "absolute"
+    # A bundle records the model it was built on (id and a fingerprint of the weights'
+    # names, shapes and dtypes); loading it onto another model is refused unless this is true.
+    allow_model_mismatch: bool = False
+
+
+GATES = ("probe", "oracle", "always", "none")
+VECTORS = ("mixture", "random")
+BASELINE = "baseline"
 
 
 @dataclass
 class SweepConfig:
+    """One steering configuration; the same object travels from params to papermill to results.
+
+    ``gate``: probe (ASA: router, then the domain's probe against tau), oracle
+    (the true domain instead of the router), always (+1 for every prompt: the
+    paper's "no gate"), none (no steering: the baseline). ``vector``: mixture
+    (``normalize(beta * v_global + (1 - beta) * v_d)``) or random (a unit
+    vector from ``seed``). See :mod:`asa_lib.gate`.
+    """
+
     name: str
-    tau: float
-    alpha: float
+    tau: float | None = None  # required by the probe and oracle gates
+    alpha: float = 0.0
     beta: float = 0.0
+    gate: str = "probe"
+    vector: str = "mixture"
+    seed: int = 0  # for vector: random
+
+    @property
+    def steers(self) -> bool:
+        return self.gate != "none" and self.alpha > 0
+
+
+def baseline_config() -> SweepConfig:
+    """The unsteered run every config is compared with."""
+    return SweepConfig(BASELINE, tau=None, alpha=0.0, beta=0.0, gate="none")
 
 
 @dataclass
@@ -228,6 +264,17 @@ class Params:
     def data_path(self) -> Path | None:
         """The local data file, or None when ``data.source`` is a hub id."""
         return resolve_data_path(self.data.source, Path(self.base_dir))
+
+    def configs(self) -> list[SweepConfig]:
+        """The baseline, then every sweep config, in order."""
+        return [baseline_config(), *self.sweep]
+
+    def config(self, name: str) -> SweepConfig:
+        """The config called ``name`` (``baseline`` included)."""
+        for c in self.configs():
+            if c.name == name:
+                return c
+        raise ParamsError(f"no sweep config named {name!r} (known: {[c.name for c in self.configs()]})")
 
     def adapter_path(self) -> Path | None:
         """The LoRA adapter folder named by ``model.adapter``, or None."""
@@ -403,6 +450,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
             _check(v is None or 0.0 <= v <= 1.0, f"reference.{m}: {v} is outside the allowed range [0, 1]")
     _check(p.generation.share_prefix in SHARE_PREFIX,
            f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
+    _check(p.generation.draft in DRAFT, f"generation.draft: {p.generation.draft!r} is not one of {DRAFT}")
     _check(
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",
@@ -415,9 +463,15 @@ def validate(p: Params, check_files: bool = True) -> Params:
         _check(c.name.lower() not in seen,
                f"{key}.name: duplicate config name {c.name!r} (names are compared ignoring case)")
         seen.add(c.name.lower())
-        _check(0.5 <= c.tau < 1.0, f"{key}.tau: {c.tau} is outside the allowed range [0.5, 1)")
+        _check(c.gate in GATES, f"{key}.gate: {c.gate!r} is not one of {GATES}")
+        _check(c.vector in VECTORS, f"{key}.vector: {c.vector!r} is not one of {VECTORS}")
+        if c.gate in ("probe", "oracle"):
+            _check(c.tau is not None, f"{key}.tau: required for gate {c.gate!r}")
+        if c.tau is not None:
+            _check(0.5 <= c.tau < 1.0, f"{key}.tau: {c.tau} is outside the allowed range [0.5, 1)")
         _check(c.alpha >= 0, f"{key}.alpha: {c.alpha} is negative (allowed: alpha >= 0)")
         _check(0.0 <= c.beta <= 1.0, f"{key}.beta: {c.beta} is outside the allowed range [0, 1]")
+        _check(0 <= c.seed <= MAX_SEED, f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]")
     return p
 
 

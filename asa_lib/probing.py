@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from .artifacts import RunDir, atomic_path, read_json, write_json
 from .bundle import Bundle
 
 LR_KW = {"max_iter": 2000, "C": 1.0}
@@ -126,7 +127,7 @@ def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.nd
 
 
 def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, domain_names: list[str],
-                model_id: str, num_layers: int, cal_mean_norm: float) -> Bundle:
+                model_id: str, num_layers: int, cal_mean_norm: float, model_fingerprint: str = "") -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
         layer=layer, domains=list(domain_names), router_classes=fit.router_classes,
@@ -135,5 +136,36 @@ def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, doma
         probes={dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0])) for dm, p in fit.probes.items()},
         vectors={k: v.astype(np.float32) for k, v in vectors.items()},
         model_id=model_id, hidden_size=int(fit.scaler.mean_.shape[0]), num_layers=num_layers,
-        cal_mean_norm=float(cal_mean_norm),
+        cal_mean_norm=float(cal_mean_norm), model_fingerprint=model_fingerprint,
     )
+
+
+# ----------------------------------------------------------------------------- stage artifacts
+
+
+def save_layers(run_dir, sweep: LayerSweep, num_layers: int) -> None:
+    """Stage 03's output: per-layer AUC/accuracy and L* (``probing/layers.json``)."""
+    write_json(RunDir(run_dir).layers, {"best_layer": sweep.best_layer, "layers": sweep.table(),
+                                        "num_layers": int(num_layers)})
+
+
+def load_layers(run_dir) -> dict:
+    """``{"best_layer", "layers": [{"layer", "auc", "accuracy"}...], "num_layers"}``."""
+    return read_json(RunDir(run_dir).layers)
+
+
+def save_vectors(run_dir, vectors: dict[str, np.ndarray], layer: int, notes: list[str]) -> None:
+    """Stage 04's output: unit steering vectors (safetensors) and what they are (JSON)."""
+    from safetensors.numpy import save_file
+
+    run = RunDir(run_dir)
+    with atomic_path(run.vectors) as tmp:
+        save_file({k: v.astype(np.float32) for k, v in vectors.items()}, str(tmp))
+    write_json(run.vectors_meta, {"layer": layer, "vectors": list(vectors), "notes": notes,
+                                  "unit": "L2-normalized mean difference of raw CAL states"})
+
+
+def load_vectors(run_dir) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(RunDir(run_dir).vectors))

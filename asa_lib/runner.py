@@ -24,10 +24,11 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifacts import (
+    RunDir,
     changed_output,
     hash_outputs,
     library_versions,
@@ -35,10 +36,10 @@ from .artifacts import (
     write_json,
     write_text,
 )
-from .params import Params, SweepConfig, load_params
+from .params import BASELINE, Params, SweepConfig, load_params
 from .progress import ENV as PROGRESS_ENV
 from .progress import describe as describe_progress
-from .sweep import BASELINE, sweep_path
+from .sweep import sweep_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -97,14 +98,11 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
     fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
     fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
     stages = [Stage(k, k, dict(common), fp[k]) for k in CORE_STAGES]
-    configs = [SweepConfig(BASELINE, tau=None, alpha=0.0, beta=0.0)] + list(params.sweep)
     sweep_fps = []
-    for c in configs:
-        f = _h("06", fp["05_routing"], d["generation"], d["steering"], c.__dict__, src["06_sweep"])
+    for c in params.configs():
+        f = _h("06", fp["05_routing"], d["generation"], d["steering"], asdict(c), src["06_sweep"])
         sweep_fps.append(f)
-        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep",
-                            {**common, "config_name": c.name, "tau": c.tau, "alpha": c.alpha, "beta": c.beta},
-                            f, config=c))
+        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep", {**common, "config_name": c.name}, f, config=c))
     stages.append(Stage("07_analysis", "07_analysis", dict(common),
                         _h("07", sweep_fps, d["reference"], src["07_analysis"], vers)))
     return stages
@@ -134,7 +132,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
     """Adopt ``run_dir`` only if it is new, empty, or a run folder of this params name."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run folder. Choose another --run-dir.")
-    info = run_dir / "run.json"
+    info = RunDir(run_dir).run_json
     if info.is_file():
         try:
             prev = read_json(info)
@@ -154,7 +152,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
         write_json(info, {"name": params.name, "params_file": str(params_path.resolve()), "tool": "asa_lib"})
 
 
-LOCK_NAME = ".asa-run.lock"
+LOCK_NAME = RunDir(".").lock.name
 
 
 class _RunLock:
@@ -163,8 +161,8 @@ class _RunLock:
     def __init__(self, run_dir: Path):
         from filelock import FileLock
 
-        self.path = run_dir / LOCK_NAME
-        self.owner = run_dir / (LOCK_NAME + ".pid")
+        self.path = RunDir(run_dir).lock
+        self.owner = self.path.with_name(self.path.name + ".pid")
         self.lock = FileLock(str(self.path), timeout=0)
 
     def __enter__(self):
@@ -187,7 +185,7 @@ class _RunLock:
         self.lock.release()
 
 
-def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) -> None:
+def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
     import jupytext
     import papermill as pm
 
@@ -196,7 +194,7 @@ def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) ->
     # The kernel's own log (a TCP-transport warning at start, "KeyboardInterrupt caught in
     # kernel" at shutdown) is not the user's business; errors in cells still end up in the
     # executed notebook and in the stage line.
-    pm.execute_notebook(nb, str(out_dir / f"{stage.key}.ipynb"), parameters=stage.parameters,
+    pm.execute_notebook(nb, str(out), parameters=stage.parameters,
                         kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False,
                         extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
 
@@ -249,10 +247,10 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
 def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool,
                 log) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
-    write_text(run_dir / "params.yaml", params_path.read_text(encoding="utf-8"))
+    run = RunDir(run_dir)
+    write_text(run.params_yaml, params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
-    nb_dir, html_dir, rec_dir = run_dir / "notebooks", run_dir / "html", run_dir / "stages"
-    for p in (nb_dir, html_dir, rec_dir):
+    for p in (run.notebooks, run.html, run.stages):
         p.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
     # Libraries that import tqdm.auto warn "IProgress not found" in a kernel without ipywidgets:
@@ -266,7 +264,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
     t_all = time.time()
     for i, s in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {s.key}"
-        rec = rec_dir / f"{s.key}.json"
+        rec = run.record(s.key)
         if core_failed or (s.key == "07_analysis" and any(
                 x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)):
             s.status = "blocked"
@@ -280,7 +278,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
             why = None if not rec.exists() else "its stage record is damaged"
         elif done.get("fingerprint") != fp:
             why = "its inputs changed"
-        elif not (nb_dir / f"{s.key}.ipynb").is_file():
+        elif not run.notebook(s.key).is_file():
             why = "its executed notebook is missing"
         else:
             why = changed_output(run_dir, done.get("outputs"))
@@ -297,15 +295,15 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
         if s.config is not None:  # a failed re-run must not leave the previous result behind
             sweep_path(run_dir, s.config.name).unlink(missing_ok=True)
         try:
-            with _ProgressWatcher(rec_dir / ".progress.json", lambda line: log(f"    {line}")):
-                _execute(s, notebook_dir, nb_dir, progress)
+            with _ProgressWatcher(run.progress, lambda line: log(f"    {line}")):
+                _execute(s, notebook_dir, run.notebook(s.key), progress)
             s.status = "ok"
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)
         s.seconds = time.time() - t0
-        if (nb_dir / f"{s.key}.ipynb").is_file():
+        if run.notebook(s.key).is_file():
             try:
-                render_html(nb_dir / f"{s.key}.ipynb", html_dir / f"{s.key}.html")
+                render_html(run.notebook(s.key), run.report(s.key))
             except Exception as e:  # noqa: BLE001
                 log(f"    (HTML rendering failed: {_error_summary(e)})")
         if s.status == "ok":
@@ -314,7 +312,7 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs[s.key]})
             log(f"{label}: done in {s.seconds:.1f} s")
         else:
-            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {nb_dir / (s.key + '.ipynb')}")
+            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {run.notebook(s.key)}")
             if s.key in CORE_STAGES:
                 core_failed = True
     index = write_index(params, run_dir, stages)
@@ -391,8 +389,8 @@ def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
     """``index.html``: summary table, chosen config, and links to every report (all text escaped)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
              f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"]
-    res_path = run_dir / "results.json"
-    results = read_json(res_path) if res_path.is_file() else None
+    run = RunDir(run_dir)
+    results = read_json(run.results) if run.results.is_file() else None
     parts.append(f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
                  f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
                  f"alpha unit: {_e(params.steering.alpha_unit)}</p>")
@@ -435,10 +433,11 @@ def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
     parts.append("<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
                  "<th>notebook</th><th>note</th></tr>")
     for s in stages:
-        html_rel, nb_rel = f"html/{s.key}.html", f"notebooks/{s.key}.ipynb"
-        link = f"<a href='{_e(html_rel)}'>HTML</a>" if (run_dir / html_rel).is_file() else ""
-        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if (run_dir / nb_rel).is_file() else ""
+        html_p, nb_p = run.report(s.key), run.notebook(s.key)
+        html_rel, nb_rel = html_p.relative_to(run.root).as_posix(), nb_p.relative_to(run.root).as_posix()
+        link = f"<a href='{_e(html_rel)}'>HTML</a>" if html_p.is_file() else ""
+        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if nb_p.is_file() else ""
         parts.append(f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
                      f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>")
     parts.append("</table></body></html>")
-    return write_text(run_dir / "index.html", "\n".join(parts))
+    return write_text(run.index, "\n".join(parts))

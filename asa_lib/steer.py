@@ -1,29 +1,38 @@
-"""ASA at generation time: gate from the stored L* state, steer once at prefill, greedy decode.
+"""ASA at generation time: steer once at prefill, then greedy decode, batched and prefix-shared.
 
-For each prompt, from its state at L* (the state stage 02 stored):
-routed domain d = argmax router; p = P(tool) from d's probe;
-gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (0 when d has no probe: p = 0.5 is recorded);
-v = normalize(beta * v_global + (1 - beta) * v_d), v_global where d has no vector;
-delta = gate * alpha_eff * v is added to the output of block L* at the last
-prompt position on the prefill pass only (never on decode steps).
+Each prompt's ``delta = gate * alpha_eff * v`` (computed by :mod:`asa_lib.gate`)
+is added to the output of block L* at the last prompt position on the prefill
+pass only (never on decode steps).
 
 Generation is batched greedy decoding with left padding; each row carries its
 own delta, so rows with different gates and vectors share a batch. A row stops
 at EOS, or as soon as its tool call is complete (the end marker follows the
 start marker): the decision is then known.
+
+Draft-verified decoding (``generation.draft``): a steered row often repeats a
+long prefix of its prompt's baseline output. That output (the *draft*, from the
+generation cache) is checked in one forward pass over prompt + draft, steered
+exactly as a prefill is; the longest prefix on which the greedy argmax agrees
+is accepted, plus the argmax after it (the token the model picks at the first
+disagreement). A row whose accepted tokens already end (EOS, a complete tool
+call, ``max_new_tokens``) is done; the others continue greedily from prompt +
+accepted tokens, with the delta again at the prompt's last token only. The
+result is the plain greedy output; only floating point (a verify pass and
+stepwise decoding sum in different orders) can tell them apart, at a near-tie.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .bundle import Bundle
 from .cache import GenerationCache, make_key
+from .extract import right_padded
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
 from .params import PromptParams
@@ -35,54 +44,32 @@ from .prefix import (
     token_ids,
 )
 from .progress import progress
-from .prompts import call_complete, render_prompts
-
-
-@dataclass
-class Gates:
-    routed: list[str]
-    p_tool: np.ndarray  # (N,)
-    gate: np.ndarray  # (N,) in {-1, 0, 1}
-    has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
-
-
-def compute_gates(bundle: Bundle, h: np.ndarray, tau: float) -> Gates:
-    """Gate decisions from (N, H) states at L*.
-
-    No probe, no steering: a prompt routed to a domain without a probe gets
-    p = 0.5 (recorded) and gate 0, whatever tau is.
-    """
-    routed = bundle.route(h)
-    p = np.array([float(bundle.probe_proba(d, row[None])[0]) for d, row in zip(routed, h)])
-    has_probe = np.array([d in bundle.probes for d in routed], dtype=bool)
-    gate = np.where(p >= tau, 1, np.where(p <= 1 - tau, -1, 0)).astype(np.int64)
-    gate[~has_probe] = 0
-    return Gates(routed, p, gate, has_probe)
-
-
-def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
-    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*."""
-    return float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
-
-
-def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, beta: float) -> np.ndarray:
-    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0)."""
-    out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
-    for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
-        if g != 0 and alpha_eff != 0:
-            out[i] = np.float32(g * alpha_eff) * bundle.steering_vector(d, beta)
-    return out
+from .prompts import call_complete, render_prompts, triggered
 
 
 class _StopAtCallEnd(StoppingCriteria):
-    """Per-row stop once the generated text holds a complete tool call."""
+    """Per-row stop once the generated text holds a complete tool call (or the row has its tokens).
 
-    def __init__(self, tokenizer, prompt_len: int, pp: PromptParams):
-        self.tok, self.prompt_len, self.pp = tokenizer, prompt_len, pp
+    ``prompt_len``: the column where generated text begins, one for all rows or
+    one per row (a row continued from accepted draft tokens starts earlier:
+    its text includes them). ``limits[b]``: the sequence length at which row
+    ``b`` has all its new tokens.
+    """
+
+    def __init__(self, tokenizer, prompt_len: int | list[int], pp: PromptParams,
+                 limits: list[int] | None = None):
+        self.tok, self.prompt_len, self.pp, self.limits = tokenizer, prompt_len, pp, limits
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        gen = input_ids[:, self.prompt_len:]
-        done = [call_complete(self.tok.decode(row, skip_special_tokens=False), self.pp) for row in gen]
+        n = input_ids.shape[1]
+        starts = self.prompt_len if isinstance(self.prompt_len, list) else [self.prompt_len] * len(input_ids)
+        rows = input_ids.tolist()  # one device-to-host copy per step, not one per row
+        done = []
+        for b, (row, start) in enumerate(zip(rows, starts)):
+            if self.limits is not None and n >= self.limits[b]:
+                done.append(True)
+            else:
+                done.append(call_complete(self.tok.decode(row[start:], skip_special_tokens=False), self.pp))
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -114,23 +101,45 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return ids
 
 
-@torch.no_grad()
-def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
-                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None,
-                   ids: list[list[int]] | None = None) -> list[str]:
-    """Greedy outputs for one batch, each row steered by its own delta at block ``layer``.
+@dataclass
+class GenerationStats:
+    """What a generation call did (summed over calls when the same object is passed again)."""
 
-    Rows are left-padded so that every prompt ends at position -1. With a
-    ``prefix`` cache the shared prefix is not recomputed: the padding then sits
-    between prefix and suffix, where the attention mask hides it.
+    generated: int = 0  # distinct (prompt, steering) rows produced now
+    drafted: int = 0  # rows checked against a draft in a verify pass
+    draft_tokens: int = 0  # draft tokens offered (cut at max_new_tokens)
+    accepted_tokens: int = 0  # draft tokens the greedy argmax agreed with
+    done_by_draft: int = 0  # rows finished by their verify pass alone (no decoding)
+    drafts_dropped: int = 0  # rows with a draft left unverified (acceptance below the minimum so far)
+    tokens_forwarded: int = 0  # token positions run through the model, padding included, cached prefix not
+    forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
+
+
+def _finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
+    """Would one greedy generation have stopped within ``ids`` (EOS or a complete call)?"""
+    return any(t in eos_ids for t in ids) or call_complete(tok.decode(ids, skip_special_tokens=False), pp)
+
+
+@torch.no_grad()
+def _generate_rows(lm: LoadedModel, ids: list[list[int]], n_gen: list[int], deltas: np.ndarray | None,
+                   layer: int, max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None,
+                   stats: GenerationStats | None = None) -> list[list[int]]:
+    """Greedy-continue each row; ``ids[b]`` is a prompt followed by ``n_gen[b]`` tokens already generated.
+
+    Returns each row's generated tokens (the ``n_gen[b]`` given ones first),
+    cut where one greedy generation would have stopped, at most
+    ``max_new_tokens``. Rows are left-padded so that every row ends at the
+    last column; the delta goes to the prompt's last token, ``n_gen[b] + 1``
+    columns from the end, on the prefill pass only.
     """
     tok = lm.tokenizer
-    ids = token_ids(lm, prompts) if ids is None else ids
     P = prefix.length if prefix is not None else 0
     if prefix is not None and any(x[:P] != prefix.ids for x in ids):
         raise ValueError("a prompt does not start with the shared prefix")
+    if any(not 0 <= n < max_new_tokens for n in n_gen):
+        raise ValueError("every row needs at least one token left to generate")
     suffixes = [x[P:] for x in ids]
-    S, B = max(len(x) for x in suffixes), len(prompts)
+    S, B = max(len(x) for x in suffixes), len(ids)
     input_ids = torch.full((B, P + S), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((B, P + S), dtype=torch.long)
     for i, x in enumerate(suffixes):
@@ -141,21 +150,93 @@ def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | Non
     kw = {cache_kwarg(lm.model): prefix.expand(B)} if prefix is not None else {}
     eos = _eos_ids(lm)
     delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
-    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta):
+    # None: position -1 for every row (plain rows), bit-identical to the plain path
+    positions = None if not any(n_gen) else torch.tensor([S - n - 1 for n in n_gen])
+    starts = [P + S - n for n in n_gen]
+    limits = [st + max_new_tokens for st in starts]
+    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, positions):
         out = lm.model.generate(
             input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            max_new_tokens=max_new_tokens - min(n_gen), do_sample=False, num_beams=1,
             temperature=None, top_p=None, top_k=None, min_p=None,
             pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
-            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, P + S, pp)]), **kw,
+            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, starts, pp, limits)]), **kw,
         )
-    texts = []
-    for row in out[:, P + S:].tolist():
-        texts.append(tok.decode(_clean(row, eos, tok.pad_token_id, tok, pp), skip_special_tokens=False))
-    return texts
+    if stats is not None:
+        steps = out.shape[1] - (P + S)
+        stats.tokens_forwarded += B * S + B * max(steps - 1, 0)
+        stats.forward_passes += steps
+    rows = out.tolist()
+    return [_clean(row[st:lim], eos, tok.pad_token_id, tok, pp) for row, st, lim in zip(rows, starts, limits)]
 
 
-def _gen_batches(lm: LoadedModel, ids: list[list[int]], idx: list[int], P: int, batch_size: int) -> list[list[int]]:
+@torch.no_grad()
+def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
+                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None,
+                   ids: list[list[int]] | None = None) -> list[str]:
+    """Greedy outputs for one batch, each row steered by its own delta at block ``layer``.
+
+    Rows are left-padded so that every prompt ends at position -1. With a
+    ``prefix`` cache the shared prefix is not recomputed: the padding then sits
+    between prefix and suffix, where the attention mask hides it.
+    """
+    ids = token_ids(lm, prompts) if ids is None else ids
+    rows = _generate_rows(lm, ids, [0] * len(ids), deltas, layer, max_new_tokens, pp, prefix)
+    return [lm.tokenizer.decode(r, skip_special_tokens=False) for r in rows]
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@torch.no_grad()
+def verify_drafts(lm: LoadedModel, ids: list[list[int]], drafts: list[list[int]], deltas: np.ndarray | None,
+                  layer: int, prefix: PrefixCache | None = None,
+                  stats: GenerationStats | None = None) -> list[list[int]]:
+    """One forward pass over prompt + draft per row; the greedy token at the prompt's end and after each draft token.
+
+    Returns ``g`` with ``len(drafts[b]) + 1`` tokens per row: ``g[b][j]`` is
+    the argmax after ``ids[b] + drafts[b][:j]``, with ``deltas[b]`` added to
+    the output of block ``layer`` at the prompt's last token (as a steered
+    prefill does). Rows are right-padded, so a real token never sees padding
+    (exact for attention and LFM2's causal convolutions alike), with the
+    shared ``prefix`` cache when given.
+    """
+    P = prefix.length if prefix is not None else 0
+    if prefix is not None and any(x[:P] != prefix.ids for x in ids):
+        raise ValueError("a prompt does not start with the shared prefix")
+    B = len(ids)
+    seqs = [x[P:] + list(d) for x, d in zip(ids, drafts)]
+    input_ids, mask, pos, _ = right_padded(seqs, lm.tokenizer.pad_token_id, P, lm.device)
+    ends = [len(x) - P - 1 for x in ids]  # the prompt's last token, in the window's columns
+    W, first = input_ids.shape[1], min(ends)
+    kw = {cache_kwarg(lm.model): prefix.expand(B), "use_cache": True} if prefix is not None else {"use_cache": False}
+    if _accepts_logits_to_keep(lm.model):
+        kw["logits_to_keep"] = W - first
+    else:
+        first = 0
+    delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
+    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, torch.tensor(ends)):
+        logits = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw).logits
+    if stats is not None:
+        stats.tokens_forwarded += B * W
+        stats.forward_passes += 1
+    out = []
+    for b, (e, d) in enumerate(zip(ends, drafts)):
+        # float32 argmax, as generate takes it (first index on a tie)
+        out.append(logits[b, e - first:e - first + len(d) + 1].float().argmax(-1).tolist())
+    return out
+
+
+def accept(draft: list[int], greedy: list[int]) -> list[int]:
+    """The accepted tokens: the draft's prefix that agrees with ``greedy``, then greedy's next token."""
+    k = 0
+    while k < len(draft) and greedy[k] == draft[k]:
+        k += 1
+    return list(draft[:k]) + [greedy[k]]
+
+
+def _gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) -> list[list[int]]:
     """Batches of prompt indices, longest first; equal suffix lengths only where padding would leak."""
     order = sorted(idx, key=lambda i: -len(ids[i]))
     if P > 0 and needs_equal_suffix_lengths(lm.model):
@@ -192,16 +273,76 @@ def delta_key(delta: np.ndarray | None) -> str:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype=np.float32).tobytes()).hexdigest()[:32]
 
 
+# generation_config fields that make generate's greedy choice differ from the plain argmax
+# a verify pass takes, with the values that leave it alone.
+_ARGMAX_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+                   "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                   "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "min_length": (None, 0),
+                   "min_new_tokens": (None, 0), "sequence_bias": (None,),
+                   "exponential_decay_length_penalty": (None,)}
+
+
+def greedy_is_argmax(model) -> bool:
+    """True when the model's generation config adds nothing to greedy argmax (drafts can be verified)."""
+    cfg = getattr(model, "generation_config", None)
+    return cfg is None or all(getattr(cfg, k, None) in ok for k, ok in _ARGMAX_NEUTRAL.items())
+
+
+def draft_for(setting: str, lm: LoadedModel) -> bool:
+    """Resolve ``generation.draft``: "auto" and "on" verify drafts (the outputs are the plain path's)."""
+    return setting in ("auto", "on")
+
+
+def draft_min_acceptance_for(setting: str, lm: LoadedModel) -> float:
+    """The share of draft tokens accepted below which a call stops verifying drafts.
+
+    "on": 0 (always verify). "auto": a verify pass costs about as many token
+    forwards as the draft is long, so where few draft tokens are accepted it
+    only adds work; once the batches verified so far accepted less than 25%
+    (CPU, where every forwarded token costs compute) or 5% (GPU, where a
+    verify pass costs about one prefill) of their draft tokens, the rest of
+    the call decodes plainly. These thresholds are estimates, not measured.
+    """
+    if setting != "auto":
+        return 0.0
+    return 0.05 if lm.device.type == "cuda" else 0.25
+
+
+def identity(a: list[str], b: list[str], pp: PromptParams) -> dict[str, float]:
+    """Output identity and decision (tool call triggered or not) identity of two output lists."""
+    if len(a) != len(b):
+        raise ValueError("the two output lists differ in length")
+    n = len(a)
+    same = sum(x == y for x, y in zip(a, b))
+    dec = sum(triggered(x, pp) == triggered(y, pp) for x, y in zip(a, b))
+    return {"n": n, "outputs_identical": same, "decisions_identical": dec,
+            "output_identity": same / n if n else 1.0, "decision_identity": dec / n if n else 1.0}
+
+
 def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
                  batch_size: int, max_new_tokens: int, pp: PromptParams,
                  cache: GenerationCache | None = None, desc: str = "generate",
-                 share_prefix: bool = True) -> tuple[list[str], int]:
+                 share_prefix: bool = True, draft: bool = False,
+                 drafts: list[str | list[int] | None] | None = None,
+                 stats: GenerationStats | None = None,
+                 draft_min_acceptance: float = 0.0) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
     Each distinct (prompt, delta) pair is generated at most once; batches are
     sorted by prompt length, and the prompt format's shared prefix is computed
     once (``share_prefix``). Results are written to the cache after each batch,
     so an interrupted run loses at most one batch.
+
+    With ``draft``, a steered row whose prompt has an unsteered (baseline)
+    output in ``cache`` is verified against that output first (see the module
+    docstring); ``drafts`` gives the drafts explicitly instead (one per
+    prompt: token ids, a text, or None; any row may use one). Drafts are
+    not used where the model's generation config changes greedy decoding
+    (a repetition penalty, suppressed tokens, ...: :func:`greedy_is_argmax`),
+    since a verify pass takes the plain argmax. Once the
+    batches verified so far accepted less than ``draft_min_acceptance`` of
+    their draft tokens, the remaining rows decode plainly. ``stats`` collects
+    counts. The cache keeps each output's token ids beside its text.
     """
     n = len(prompts)
     ctx = cache.context if cache is not None else ""
@@ -213,20 +354,74 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
             todo[k] = i
     if not todo:
         return [results[k] for k in keys], 0
+    if stats is not None:
+        stats.generated += len(todo)
     prefix = shared_prefix(lm, pp) if share_prefix else None
     ids = token_ids(lm, prompts)
     P = prefix.length if prefix is not None else 0
     if prefix is not None and any(ids[i][:P] != prefix.ids for i in todo.values()):
         prefix, P = None, 0  # a prompt that does not start with the format's prefix: no sharing
-    batches = _gen_batches(lm, ids, list(todo.values()), P, batch_size)
+    tok, eos = lm.tokenizer, _eos_ids(lm)
+
+    def done(new: dict[int, list[int]], bar) -> None:
+        texts = {keys[i]: tok.decode(r, skip_special_tokens=False) for i, r in new.items()}
+        results.update(texts)
+        if cache is not None:
+            cache.put_many(texts, {keys[i]: r for i, r in new.items()})
+        bar.update(len(new))
+
+    # Drafts: explicit ones, else the cached baseline output of each steered row's prompt
+    # (its token ids where the cache has them, else its text re-encoded).
+    found: dict[int, str | list[int]] = {}
+    draft = draft and greedy_is_argmax(lm.model)
+    if draft and drafts is not None:
+        found = {i: drafts[i] for i in todo.values() if drafts[i] is not None}
+    elif draft and cache is not None and deltas is not None:
+        base = {i: make_key(ctx, prompts[i], "none") for i in todo.values() if delta_key(deltas[i]) != "none"}
+        base_ids = cache.get_tokens_many(list(base.values()))
+        base_text = cache.get_many([k for k in base.values() if k not in base_ids])
+        found = {i: base_ids.get(k, base_text.get(k)) for i, k in base.items() if k in base_ids or k in base_text}
+    as_text = [i for i, d in found.items() if isinstance(d, str)]
+    for i, d in zip(as_text, token_ids(lm, [found[i] for i in as_text]) if as_text else []):
+        found[i] = d
+    draft_ids = {i: list(d)[:max_new_tokens] for i, d in found.items() if len(d) > 0}
+
+    full: dict[int, list[int]] = {i: ids[i] for i in todo.values()}  # prompt + tokens accepted so far
+    n_gen: dict[int, int] = dict.fromkeys(todo.values(), 0)
     with progress(len(todo), desc) as bar:
-        for b in batches:
+        if draft_ids:
+            order = sorted(draft_ids, key=lambda i: -(len(ids[i]) + len(draft_ids[i])))
+            offered = accepted = 0
+            for s in range(0, len(order), batch_size):
+                if offered and accepted < draft_min_acceptance * offered:
+                    if stats is not None:
+                        stats.drafts_dropped += len(order) - s
+                    break  # drafts do not pay here: the remaining rows decode plainly
+                b = order[s:s + batch_size]
+                d = None if deltas is None else deltas[b]
+                greedy = verify_drafts(lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats)
+                new: dict[int, list[int]] = {}
+                for i, g in zip(b, greedy):
+                    acc = accept(draft_ids[i], g)
+                    offered += len(draft_ids[i])
+                    accepted += len(acc) - 1
+                    if stats is not None:
+                        stats.drafted += 1
+                        stats.draft_tokens += len(draft_ids[i])
+                        stats.accepted_tokens += len(acc) - 1
+                    acc = acc[:max_new_tokens]  # a fully accepted draft of max_new_tokens: no extra token
+                    if len(acc) >= max_new_tokens or _finished(acc, eos, tok, pp):
+                        new[i] = _clean(acc, eos, tok.pad_token_id, tok, pp)
+                        if stats is not None:
+                            stats.done_by_draft += 1
+                    else:
+                        full[i], n_gen[i] = ids[i] + acc, len(acc)
+                if new:
+                    done(new, bar)
+        rest = [i for i in todo.values() if keys[i] not in results]
+        for b in _gen_batches(lm, full, rest, P, batch_size):
             d = None if deltas is None else deltas[b]
-            outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp, prefix,
-                                  ids=[ids[i] for i in b])
-            new = {keys[i]: o for i, o in zip(b, outs)}
-            results.update(new)
-            if cache is not None:
-                cache.put_many(new)
-            bar.update(len(b))
+            rows = _generate_rows(lm, [full[i] for i in b], [n_gen[i] for i in b], d, layer, max_new_tokens,
+                                  pp, prefix, stats)
+            done(dict(zip(b, rows)), bar)
     return [results[k] for k in keys], len(todo)

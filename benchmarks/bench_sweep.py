@@ -13,10 +13,14 @@ subprocess (so peak memory is measured per path):
   through the generation cache.
 
 Both fit L*, vectors, router and probes with the same ``asa_lib.probing`` code
-on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``.
+on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``:
+times per stage, generations run, sweep tokens forwarded (a FLOP proxy),
+draft-verified decoding counts (``--draft auto|on|off``, the project path's
+``generation.draft``), output and decision agreement.
 
     python benchmarks/bench_sweep.py            # SmolLM2, about 10 minutes for the reference path
     python benchmarks/bench_sweep.py --quick    # tiny random LFM2, about a minute
+    python benchmarks/bench_sweep.py --max-new-tokens 128 --draft off   # the seed's 128 tokens, no drafts
     python benchmarks/bench_sweep.py --memory   # peak RSS of streamed extraction, 2k vs 20k prompts (tiny LFM2)
 """
 
@@ -45,7 +49,7 @@ warnings.filterwarnings("ignore")
 from asa_lib import probing  # noqa: E402
 from asa_lib.data import make_splits_from_params  # noqa: E402
 from asa_lib.models import decoder_blocks, load_model  # noqa: E402
-from asa_lib.params import SweepConfig, load_params  # noqa: E402
+from asa_lib.params import baseline_config, load_params  # noqa: E402
 from asa_lib.prompts import render_prompts, triggered  # noqa: E402
 
 SPLITS = ("cal", "train", "valid", "test")
@@ -66,7 +70,7 @@ def setup(args):
     lm = load_model(params.model, seed=params.data.seed)
     prompts = {s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]) for s, xs in splits.items()}
     seed_cfgs = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).sweep
-    configs = [SweepConfig("baseline", tau=None, alpha=0.0)] + seed_cfgs
+    configs = [baseline_config()] + seed_cfgs
     return params, splits, lm, prompts, configs
 
 
@@ -125,7 +129,7 @@ def reference(args) -> dict:
         return v / (np.linalg.norm(v) + 1e-8)
 
     t1 = time.time()
-    decisions = {}
+    decisions, outputs, forwarded = {}, {}, 0
     for cfg in configs:
         for s in ("valid", "test"):
             for text, x in zip(prompts[s], splits[s]):
@@ -157,8 +161,11 @@ def reference(args) -> dict:
                     hook.remove()
                 text_out = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=False)
                 decisions[f"{cfg.name}/{x.id}"] = bool(triggered(text_out, params.prompt))
+                outputs[f"{cfg.name}/{x.id}"] = text_out
+                forwarded += out.shape[1] - 1  # prefill of the prompt, then one token per decode step
     t_sweep = time.time() - t1
     return {"extract_s": t_extract, "sweep_s": t_sweep, "layer": layer, "decisions": decisions,
+            "outputs": outputs, "tokens_forwarded": int(forwarded),
             "generations": len(decisions), "peak_rss_mb": peak_rss_mb(), "states": states}
 
 
@@ -166,9 +173,12 @@ def reference(args) -> dict:
 
 
 def project(args) -> dict:
+    from dataclasses import asdict
+
     from asa_lib.cache import GenerationCache
     from asa_lib.extract import extract_states
-    from asa_lib.steer import compute_gates, generate_all, steering_deltas
+    from asa_lib.gate import compute_gates, steering_deltas
+    from asa_lib.steer import GenerationStats, draft_for, draft_min_acceptance_for, generate_all
 
     params, splits, lm, prompts, configs = setup(args)
     t0 = time.time()
@@ -177,24 +187,28 @@ def project(args) -> dict:
     layer, vecs, rf, domains = fit(states, splits)
     bundle = probing.make_bundle(rf, vecs, layer, domains, lm.model_id, lm.num_layers, 1.0)
     t1 = time.time()
-    decisions, generated = {}, 0
+    decisions, outputs, generated = {}, {}, 0
+    stats = GenerationStats()
     with tempfile.TemporaryDirectory() as tmp:
         cache = GenerationCache(Path(tmp) / "gen.sqlite", {"bench": lm.model_id})
         for cfg in configs:
             for s in ("valid", "test"):
                 h = states[s][:, layer]
                 deltas = None
-                if cfg.tau is not None:
-                    gates = compute_gates(bundle, h, cfg.tau)
-                    deltas = steering_deltas(bundle, gates, cfg.alpha, cfg.beta)
+                if cfg.steers:
+                    gates = compute_gates(bundle, h, cfg)
+                    deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
                 outs, n = generate_all(lm, prompts[s], deltas, layer, args.batch_size, args.max_new_tokens,
-                                       params.prompt, cache)
+                                       params.prompt, cache, draft=draft_for(args.draft, lm),
+                                       draft_min_acceptance=draft_min_acceptance_for(args.draft, lm), stats=stats)
                 generated += n
                 for x, o in zip(splits[s], outs):
                     decisions[f"{cfg.name}/{x.id}"] = bool(triggered(o, params.prompt))
+                    outputs[f"{cfg.name}/{x.id}"] = o
         cache.close()
     t_sweep = time.time() - t1
     return {"extract_s": t_extract, "sweep_s": t_sweep, "layer": layer, "decisions": decisions,
+            "outputs": outputs, "tokens_forwarded": stats.tokens_forwarded, "generation": asdict(stats),
             "generations": generated, "peak_rss_mb": peak_rss_mb(), "states": states}
 
 
@@ -238,7 +252,7 @@ def run_child(args, path: str, extra: list[str] | None = None) -> dict:
         out = f.name
     cmd = [sys.executable, __file__, "--path", path, "--out-json", out, "--per-split", str(args.per_split),
            "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-           "--dtype", args.dtype] + (["--quick"] if args.quick else []) + (extra or [])
+           "--dtype", args.dtype, "--draft", args.draft] + (["--quick"] if args.quick else []) + (extra or [])
     print(f"running {path} path ...", flush=True)
     subprocess.run(cmd, check=True)
     res = json.loads(Path(out).read_text())
@@ -264,6 +278,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (SmolLM2), 8 (--quick)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--draft", default="auto", choices=["auto", "on", "off"],
+                    help="generation.draft for the project path (default auto)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--out-json", help=argparse.SUPPRESS)
@@ -280,6 +296,9 @@ def main():
     proj = run_child(args, "project")
     keys = sorted(ref["decisions"])
     agree = sum(ref["decisions"][k] == proj["decisions"].get(k) for k in keys)
+    same = sum(ref["outputs"][k] == proj["outputs"].get(k) for k in keys)
+    prefix = sum(ref["outputs"][k].startswith(proj["outputs"].get(k, "\x00")) for k in keys)
+    g = proj["generation"]
     diff = [k for k in keys if ref["decisions"][k] != proj["decisions"].get(k)]
     rel = max(float(np.max(np.abs(ref["states"][s] - proj["states"][s]) / (np.abs(ref["states"][s]).max(-1, keepdims=True))))
               for s in SPLITS)
@@ -301,6 +320,14 @@ def main():
         *[f"| {name} | {a:.1f} | {b:.1f} | {a / b:.1f}x |" for name, a, b in rows], "",
         f"- generations run: reference {ref['generations']}, project {proj['generations']} "
         "(the rest reused from the cache: zero gates share the baseline, equal signed steering is shared)",
+        f"- sweep tokens forwarded (a FLOP proxy; padding included, a cached prefix not): reference "
+        f"{ref['tokens_forwarded']}, project {proj['tokens_forwarded']} "
+        f"({ref['tokens_forwarded'] / max(proj['tokens_forwarded'], 1):.1f}x fewer)",
+        f"- draft-verified decoding (generation.draft: {args.draft}): {g['drafted']} steered generations verified "
+        f"against their baseline, {g['accepted_tokens']}/{g['draft_tokens']} draft tokens accepted, "
+        f"{g['done_by_draft']} decided by the verify pass alone, {g['drafts_dropped']} drafts dropped (too few accepted)",
+        f"- outputs: project output identical to the reference's {same}/{len(keys)}, "
+        f"a prefix of it (the project stops at a complete call) {prefix}/{len(keys)}",
         f"- peak RSS: reference {ref['peak_rss_mb']:.0f} MB, project {proj['peak_rss_mb']:.0f} MB",
         f"- L*: reference {ref['layer']}, project {proj['layer']}; max relative difference of extracted states {rel:.2e}",
         f"- per-prompt triggered decisions identical: {agree}/{len(keys)} ({100 * agree / len(keys):.1f}%)",

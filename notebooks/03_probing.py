@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from asa_lib import extract, nb, plots, probing
-from asa_lib.artifacts import write_json
 
 params, run = nb.open_stage(params_path, run_dir, needs=("02_extraction",))
 cal, valid = extract.load_states(run, "cal"), extract.load_states(run, "valid")
@@ -27,8 +26,7 @@ print(f"CAL {cal.shape}, VALID {valid.shape}")
 # %%
 sweep = probing.layer_sweep(cal, y_cal, valid, y_valid)
 table = pd.DataFrame(sweep.table())
-write_json(run / "probing" / "layers.json", {"best_layer": sweep.best_layer, "layers": sweep.table(),
-                                              "num_layers": int(cal.shape[1])})
+probing.save_layers(run, sweep, num_layers=cal.shape[1])
 print(f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
       f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})")
 table.style.format({"auc": "{:.4f}", "accuracy": "{:.4f}"}).highlight_max(subset=["auc"])

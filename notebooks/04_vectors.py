@@ -15,13 +15,11 @@ run_dir = "reports/tiny"
 # %%
 import numpy as np
 import pandas as pd
-from safetensors.numpy import save_file
 
 from asa_lib import data, extract, nb, plots, probing
-from asa_lib.artifacts import atomic_path, read_json, write_json
 
 params, run = nb.open_stage(params_path, run_dir, needs=("03_probing",))
-layer = read_json(run / "probing" / "layers.json")["best_layer"]
+layer = probing.load_layers(run)["best_layer"]
 h = extract.load_states(run, "cal", layer)
 meta = extract.load_meta(run, "cal")
 y, d = np.array(meta["labels"]), meta["domains"]
@@ -32,10 +30,7 @@ print(f"L* = {layer}; CAL states {h.shape}; domains: {domains} (in CAL: {sorted(
 vectors, notes = probing.steering_vectors(h, y, d, domains)
 for n in notes:
     print("NOTE:", n)
-with atomic_path(run / "vectors" / "vectors.safetensors") as tmp:
-    save_file({k: v.astype(np.float32) for k, v in vectors.items()}, str(tmp))
-write_json(run / "vectors" / "vectors.json", {"layer": layer, "vectors": list(vectors), "notes": notes,
-                                              "unit": "L2-normalized mean difference of raw CAL states"})
+probing.save_vectors(run, vectors, layer, notes)
 cal_norm = float(np.linalg.norm(h, axis=1).mean())
 pd.DataFrame([{"vector": k, "cos with global": float(v @ vectors["global"]),
                "CAL rows (tool/non-tool)": "all" if k == "global" else

@@ -16,17 +16,15 @@ run_dir = "reports/tiny"
 # %%
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file
 from sklearn.metrics import confusion_matrix
 
 from asa_lib import data, extract, nb, plots, probing
-from asa_lib.artifacts import read_json
 from asa_lib.bundle import load_bundle, save_bundle
 
 params, run = nb.open_stage(params_path, run_dir, needs=("04_vectors",))
-layer = read_json(run / "probing" / "layers.json")["best_layer"]
-num_layers = read_json(run / "probing" / "layers.json")["num_layers"]
-vectors = load_file(str(run / "vectors" / "vectors.safetensors"))
+layers = probing.load_layers(run)
+layer, num_layers = layers["best_layer"], layers["num_layers"]
+vectors = probing.load_vectors(run)
 h = {s: extract.load_states(run, s, layer) for s in ("cal", "train", "valid")}
 meta = {s: extract.load_meta(run, s) for s in ("cal", "train", "valid")}
 # The data stage's domains (whatever their names), sorted as scikit-learn sorts string classes.
@@ -39,10 +37,11 @@ fit = probing.fit_router_and_probes(h["cal"], h["train"], np.array(meta["train"]
 for n in fit.notes:
     print("NOTE:", n)
 bundle = probing.make_bundle(fit, vectors, layer, domains, meta["cal"]["model_id"], num_layers,
-                             cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()))
-save_bundle(bundle, run / "bundle")
-bundle = load_bundle(run / "bundle")  # everything below uses the reloaded bundle
-print(f"bundle saved: {sorted(p.name for p in (run / 'bundle').iterdir())}")
+                             cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+                             model_fingerprint=meta["cal"].get("model_fingerprint", ""))
+save_bundle(bundle, run.bundle)
+bundle = load_bundle(run.bundle)  # everything below uses the reloaded bundle
+print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
 
 # %% [markdown]
 # ## Accuracy on VALID

@@ -13,10 +13,7 @@
 # %% tags=["parameters"]
 params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
-config_name = "baseline"
-tau = None
-alpha = 0.0
-beta = 0.0
+config_name = "baseline"  # "baseline" or the name of a config in the params file's sweep
 
 # %%
 import pandas as pd
@@ -27,13 +24,13 @@ from asa_lib.models import load_params_model
 from asa_lib.sweep import run_config
 
 params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
-bundle = load_bundle(run / "bundle")
+config = params.config(config_name)
+bundle = load_bundle(run.bundle)
 lm = load_params_model(params)
-print(f"config {config_name}: tau={tau} alpha={alpha} ({params.steering.alpha_unit}) beta={beta}; "
-      f"L* = {bundle.layer}; model {lm.model_id}")
+print(f"config {config}; alpha unit {params.steering.alpha_unit}; L* = {bundle.layer}; model {lm.model_id}")
 
 # %%
-res = run_config(params, run, lm, bundle, config_name, tau=tau, alpha=alpha, beta=beta)
+res = run_config(params, run, lm, bundle, config)
 print(f"alpha_eff = {res['alpha_eff']:.4g}")
 pd.DataFrame([{"split": s, **{k: v["metrics"][k] for k in ("n", "precision", "recall", "f1", "fpr", "accuracy",
                                                            "triggers", "valid_call_rate")},

@@ -46,6 +46,16 @@ for split in ("valid", "test"):
     nb.show(plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI"))
 
 # %% [markdown]
+# ## Ablations: what each config's gate and vector correspond to
+#
+# Our measurements beside the paper's ablation figures. The paper's numbers are
+# for **Qwen2.5-1.5B on the paper's own test set** (alpha = 4), not for this
+# model or these prompts: read them as the shape of the effect, not as targets.
+
+# %%
+analysis.ablation_table(res).round(3)
+
+# %% [markdown]
 # ## Decisions flipped against the baseline, per config
 
 # %%

@@ -62,3 +62,26 @@ def test_reference_row_only_where_it_applies(tmp_path):
     d["reference"]["applies_to"].append("tiny-lfm2")
     row = analysis.reference_row(params_from_dict(d, tmp_path))
     assert row["name"] == "Qwen ref" and row["f1"] == 0.6 and "applies_to" not in row
+
+
+def test_ablation_table_labels_each_config_and_the_paper_model():
+    recs = [{**rec(i, i % 2, bool(i % 3), split=s), "format_valid": False, "valid": False}
+            for s in ("valid", "test") for i in range(10)]
+    cfgs = {"baseline": {"gate": "none"}, "asa": {"gate": "probe", "vector": "mixture", "beta": 0.5},
+            "g": {"gate": "probe", "beta": 1.0}, "d": {"gate": "probe", "beta": 0.0},
+            "n": {"gate": "always", "beta": 0.5}, "o": {"gate": "oracle", "beta": 0.5},
+            "r": {"gate": "probe", "vector": "random", "beta": 0.5}}
+    from asa_lib.metrics import evaluate_records
+
+    res = {}
+    for name, c in cfgs.items():
+        r = result(name, recs)
+        r["config"] = c
+        r["splits"] = {s: {"metrics": evaluate_records([x for x in recs if x["split"] == s])} for s in ("valid", "test")}
+        res[name] = r
+    t = analysis.ablation_table(res).set_index("config")
+    assert t.loc["n", "ablation"] == "no gate (always +1)" and t.loc["n", "paper F1 (Qwen2.5-1.5B)"] == 0.391
+    assert t.loc["o", "ablation"] == "oracle router" and t.loc["r", "ablation"] == "random vector"
+    assert t.loc["g", "ablation"] == "global vector only" and t.loc["d", "ablation"] == "domain vectors only"
+    assert t.loc["asa", "paper FPR (Qwen2.5-1.5B)"] == 0.052
+    assert pd.isna(t.loc["baseline", "paper F1 (Qwen2.5-1.5B)"])

@@ -48,6 +48,7 @@ def test_presets_load_and_lfm25_is_the_seed_experiment():
     (lambda d: d["model"].update(dtype="int8"), "model.dtype"),
     (lambda d: d.update(steering={"alpha_unit": "percent"}), "steering.alpha_unit"),
     (lambda d: d.update(generation={"share_prefix": "yes"}), "generation.share_prefix: 'yes' is not one of"),
+    (lambda d: d.update(generation={"draft": "always"}), "generation.draft: 'always' is not one of"),
     (lambda d: d.pop("name"), "name: required key is missing"),
     (lambda d: d.update(prompt={"system_template": "no tools here"}), "{tools_json}"),
 ])

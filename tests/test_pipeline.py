@@ -79,8 +79,10 @@ def test_chain_runs_and_renders_html_with_images(tiny_run):
 def test_papermill_parameters_and_results(tiny_run):
     run_dir = tiny_run["dir"]
     nb = json.loads((run_dir / "notebooks" / "06_sweep__strong.ipynb").read_text())
-    assert nb["metadata"]["papermill"]["parameters"]["tau"] == 0.6
     assert nb["metadata"]["papermill"]["parameters"]["config_name"] == "strong"
+    strong = json.loads((run_dir / "sweep" / "strong.json").read_text())
+    assert strong["config"] == {"name": "strong", "tau": 0.6, "alpha": 2.0, "beta": 0.5, "gate": "probe",
+                                "vector": "mixture", "seed": 0}
     res = json.loads((run_dir / "results.json").read_text())
     assert set(res["configs"]) == {"baseline", "mild", "strong"}
     assert res["chosen"]["name"] in {"mild", "strong"} and res["chosen"]["selected_on"].startswith("valid")

@@ -276,3 +276,22 @@ def test_written_files_honour_the_umask(tiny_run):
     for rel in ("states/cal.safetensors", "bundle/adapter.safetensors", "vectors/vectors.safetensors",
                 "results.json", "sweep/baseline.json"):
         assert stat.S_IMODE((run_dir / rel).stat().st_mode) == 0o666 & ~umask, rel
+
+
+def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
+    from asa_lib.models import weights_fingerprint
+
+    b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
+    b.model_fingerprint = "a" * 64
+    b.check_model(12, 3, "synthetic", "a" * 64)  # the same model: fine
+    with pytest.raises(BundleError, match="built on 'synthetic', not on 'other'.*allow_model_mismatch"):
+        b.check_model(12, 3, "other", "a" * 64)
+    with pytest.raises(BundleError, match="other names, shapes or dtypes"):
+        b.check_model(12, 3, "synthetic", "b" * 64)
+    b.check_model(12, 3, "other", "b" * 64, allow_mismatch=True)  # explicitly overridden
+    with pytest.raises(BundleError, match="hidden size"):
+        b.check_model(64, 3, "synthetic", allow_mismatch=True)  # shapes must fit in any case
+    fp = weights_fingerprint(tiny_lm.model)
+    assert fp == tiny_lm.fingerprint and len(fp) == 64
+    save_bundle(b, bundle_dir)
+    assert load_bundle(bundle_dir).model_fingerprint == "a" * 64

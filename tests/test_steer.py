@@ -4,10 +4,12 @@ import torch
 
 from asa_lib.bundle import Bundle
 from asa_lib.cache import GenerationCache
+from asa_lib.gate import Gates, compute_gates, random_unit_vector, steering_deltas
 from asa_lib.hooks import steer_last_prompt_token
 from asa_lib.models import decoder_blocks
+from asa_lib.params import SweepConfig
 from asa_lib.prompts import render_prompts
-from asa_lib.steer import Gates, compute_gates, generate_all, generate_batch, steering_deltas
+from asa_lib.steer import generate_all, generate_batch
 from conftest import PROMPTS
 
 LAYER = 1
@@ -107,16 +109,16 @@ def test_gate_rule_and_fallbacks():
     b = _toy_bundle()
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
     h = np.array([[logit(0.7), 0, -1], [0.0, 0, -1], [logit(0.3), 0, -1], [logit(0.4), 0, -1], [5.0, 0, 1]])
-    g = compute_gates(b, h, tau=0.6)
+    g = compute_gates(b, h, SweepConfig('x', tau=0.6))
     assert g.routed == ["a", "a", "a", "a", "b"]
     np.testing.assert_allclose(g.p_tool, [0.7, 0.5, 0.3, 0.4, 0.5])  # "b" has no probe: p = 0.5
     assert g.gate.tolist() == [1, 0, -1, -1, 0]
-    assert compute_gates(b, h[1:2], tau=0.5).gate.tolist() == [1]  # p >= tau wins at 0.5
+    assert compute_gates(b, h[1:2], SweepConfig('x', tau=0.5)).gate.tolist() == [1]  # p >= tau wins at 0.5
 
 
 def test_no_probe_no_steering_even_at_tau_one_half():
     b = _toy_bundle()
-    g = compute_gates(b, np.array([[5.0, 0, 1], [0.0, 0, -1]]), tau=0.5)
+    g = compute_gates(b, np.array([[5.0, 0, 1], [0.0, 0, -1]]), SweepConfig('x', tau=0.5))
     assert g.routed == ["b", "a"] and g.p_tool.tolist() == [0.5, 0.5]
     assert g.gate.tolist() == [0, 1] and g.has_probe.tolist() == [False, True]
 
@@ -128,8 +130,35 @@ def test_vector_mixture_and_deltas():
     np.testing.assert_allclose(b.steering_vector("a", 0.5), [2 ** -0.5, 2 ** -0.5, 0], atol=1e-7)
     np.testing.assert_array_equal(b.steering_vector("b", 0.5), [1, 0, 0])  # no vector for b: global
     gates = Gates(["a", "a", "b"], np.array([0.9, 0.5, 0.1]), np.array([1, 0, -1]))
-    d = steering_deltas(b, gates, alpha_eff=4.0, beta=0.0)
+    d = steering_deltas(b, gates, alpha_eff=4.0, config=SweepConfig('x', tau=0.6, beta=0.0))
     np.testing.assert_allclose(d, [[0, 4, 0], [0, 0, 0], [-4, 0, 0]], atol=1e-6)
+
+
+def test_ablation_gates_and_vectors():
+    """gate: always / oracle / none and vector: random, on the toy bundle's arithmetic."""
+    b = _toy_bundle()
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    h = np.array([[logit(0.9), 0, -1], [logit(0.2), 0, -1], [5.0, 0, 1]])  # routed a, a, b
+    true = ["b", "a", "a"]
+    assert compute_gates(b, h, SweepConfig("p", tau=0.6)).gate.tolist() == [1, -1, 0]
+    always = compute_gates(b, h, SweepConfig("n", gate="always"))
+    assert always.gate.tolist() == [1, 1, 1] and always.routed == ["a", "a", "b"]
+    oracle = compute_gates(b, h, SweepConfig("o", tau=0.6, gate="oracle"), true_domains=true)
+    # the true domain replaces the router: row 0 is "b" (no probe: p 0.5, never steered), row 2 is "a"
+    assert oracle.routed == true and oracle.gate.tolist() == [0, -1, 1]
+    np.testing.assert_allclose(oracle.p_tool, [0.5, 0.2, 1 / (1 + np.exp(-5.0))])
+    assert compute_gates(b, h, SweepConfig("z", tau=0.6, gate="none")).gate.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="true domain"):
+        compute_gates(b, h, SweepConfig("o", tau=0.6, gate="oracle"))
+    rnd = SweepConfig("r", tau=0.6, vector="random", seed=7)
+    g = Gates(["a", "a", "b"], np.zeros(3), np.array([1, 0, -1]))
+    d = steering_deltas(b, g, 2.0, rnd)
+    v = random_unit_vector(3, 7)
+    assert abs(np.linalg.norm(v) - 1) < 1e-6 and not np.allclose(np.abs(v), [1, 0, 0])
+    np.testing.assert_allclose(d, [2 * v, 0 * v, -2 * v], atol=1e-6)  # one vector for every domain
+    np.testing.assert_array_equal(random_unit_vector(3, 7), v)  # recorded seed: reproducible
+    glob = steering_deltas(b, g, 1.0, SweepConfig("g", tau=0.6, beta=1.0))  # global only
+    np.testing.assert_allclose(glob, [[1, 0, 0], [0, 0, 0], [-1, 0, 0]], atol=1e-6)
 
 
 def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, tmp_path):

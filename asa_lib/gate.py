@@ -1,0 +1,85 @@
+"""The gate policy: which prompts are steered, in which direction, along which vector, how far.
+
+For each prompt, from its state at L* (the state stage 02 stored), with one
+:class:`~asa_lib.params.SweepConfig`:
+
+- ``gate: probe`` (ASA): routed domain d = argmax router; p = P(tool) from d's
+  probe; gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0. No probe, no
+  steering: where d has no probe, p = 0.5 is recorded and the gate is 0.
+- ``gate: oracle`` (ablation): as ``probe``, with the router replaced by the
+  prompt's true domain.
+- ``gate: always`` (ablation, the paper's "no gate"): every prompt gets +1.
+- ``gate: none``: nothing is steered (the baseline).
+
+The vector (``vector: mixture``, the seed's rule) is
+``normalize(beta * v_global + (1 - beta) * v_d)``, ``v_global`` where d has no
+vector; ``beta: 1`` is global only and ``beta: 0`` domain only. ``vector:
+random`` (ablation) is one random unit vector (the steering vectors are unit
+too, so it is norm-matched) drawn from ``config.seed``.
+
+``delta = gate * alpha_eff * v`` is what :mod:`asa_lib.steer` adds to the
+output of block L* at the last prompt position on the prefill pass.
+Adding a gate mode or a vector kind is a change to this module and to the
+schema in :mod:`asa_lib.params` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Bundle
+from .params import SweepConfig
+
+
+@dataclass
+class Gates:
+    routed: list[str]
+    p_tool: np.ndarray  # (N,)
+    gate: np.ndarray  # (N,) in {-1, 0, 1}
+    has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
+
+
+def compute_gates(bundle: Bundle, h: np.ndarray, config: SweepConfig,
+                  true_domains: list[str] | None = None) -> Gates:
+    """Gate decisions for (N, H) states at L* under ``config`` (``true_domains`` for ``oracle``)."""
+    if config.gate == "oracle":
+        if true_domains is None or len(true_domains) != len(h):
+            raise ValueError("gate 'oracle' needs the true domain of every prompt")
+        routed = list(true_domains)
+    else:
+        routed = bundle.route(h)
+    p = np.array([float(bundle.probe_proba(d, row[None])[0]) for d, row in zip(routed, h)])
+    has_probe = np.array([d in bundle.probes for d in routed], dtype=bool)
+    if config.gate == "always":
+        gate = np.ones(len(h), dtype=np.int64)
+    elif config.gate == "none":
+        gate = np.zeros(len(h), dtype=np.int64)
+    else:  # probe, oracle
+        tau = config.tau
+        gate = np.where(p >= tau, 1, np.where(p <= 1 - tau, -1, 0)).astype(np.int64)
+        gate[~has_probe] = 0
+    return Gates(routed, p, gate, has_probe)
+
+
+def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
+    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*."""
+    return float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
+
+
+def random_unit_vector(hidden_size: int, seed: int) -> np.ndarray:
+    """The ``vector: random`` ablation's direction: a unit vector from ``seed``."""
+    v = np.random.default_rng(seed).standard_normal(hidden_size)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig) -> np.ndarray:
+    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0)."""
+    out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
+    rand = random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
+    for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
+        if g != 0 and alpha_eff != 0:
+            v = rand if rand is not None else bundle.steering_vector(d, config.beta)
+            out[i] = np.float32(g * alpha_eff) * v
+    return out
