@@ -12,13 +12,17 @@
 ``adapter.json`` records the layer L*, the hook point, the domains, which of
 them have a probe and a vector, the model id, hidden size and block count the
 bundle came from, the CAL mean state norm (for relative alpha), library
-versions, and the name, shape and dtype of every tensor; the loader checks each
-tensor against that list before using it. No pickle anywhere: the gate is
-recomputed in numpy from these arrays, without scikit-learn objects.
+versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
+``adapter.safetensors`` and of every other field of the JSON. The loader checks
+each tensor against that list and then the hash (where the JSON has one:
+bundles written before it was added load without), so a changed tensor or
+field is refused (this detects edits; it is no signature). No pickle anywhere:
+the gate is recomputed in numpy from these arrays, without scikit-learn objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .artifacts import atomic_path, library_versions, write_json
+from .artifacts import _json_default, atomic_path, library_versions, write_json
 
 FORMAT = "asa-adapter/1"
 HOOK_POINT = "output of model.model.layers[L*] (before the final norm), last prompt token"
@@ -101,6 +105,14 @@ class Bundle:
                 f"only {num_layers} blocks. Build the adapter on this model instead.")
 
 
+def _digest(tensors_file: Path, meta: dict[str, Any]) -> str:
+    """sha256 of the tensor file's bytes and of every JSON field but ``sha256`` itself."""
+    h = hashlib.sha256(Path(tensors_file).read_bytes())
+    fields = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -138,6 +150,8 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra, **(extra or {}),
     }
+    meta = json.loads(json.dumps(meta, default=_json_default))  # hash exactly what the JSON will hold
+    meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)
     return folder
 
@@ -151,11 +165,24 @@ def load_bundle(folder: str | Path) -> Bundle:
             raise BundleError(f"{p} is missing: not an adapter bundle folder")
     try:
         meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # invalid JSON or not UTF-8
         raise BundleError(f"{jpath}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{jpath}: unknown format {meta.get('format')!r} (expected {FORMAT})")
-    tensors = load_file(str(tpath))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise BundleError(f"{jpath}: unknown format {got!r} (expected {FORMAT})")
+    try:
+        return _load(meta, jpath, tpath)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{jpath}: malformed adapter ({type(e).__name__}: {e})") from None
+
+
+def _load(meta: dict, jpath: Path, tpath: Path) -> Bundle:
+    try:
+        tensors = load_file(str(tpath))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise BundleError(f"{tpath}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     spec = meta["tensors"]
     if set(spec) != set(tensors):
         raise BundleError(f"{tpath}: tensors {sorted(set(tensors) ^ set(spec))} do not match adapter.json")
@@ -177,8 +204,11 @@ def load_bundle(folder: str | Path) -> Bundle:
             raise BundleError(f"{tpath}: unexpected tensor {name} with shape {list(arr.shape)}")
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
             raise BundleError(f"{tpath}: tensor {name} must be finite floats")
+    if "sha256" in meta and meta["sha256"] != _digest(tpath, meta):
+        raise BundleError(f"{jpath.parent}: the sha256 in adapter.json does not match the bundle's files "
+                          "(adapter.json or adapter.safetensors was changed after it was written)")
     known = {"format", "layer", "hook_point", "domains", "router_classes", "probes", "vectors",
-             "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors"}
+             "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors", "sha256"}
     return Bundle(
         layer=int(meta["layer"]), domains=list(meta["domains"]),
         router_classes=list(meta["router_classes"]),
