@@ -84,16 +84,28 @@ class OnlineGate:
         # deltas[c, g + 1] = g * alpha_eff * v_c for g in (-1, 0, +1), exactly as the two-pass path
         table = np.zeros((C, 3, H), dtype=np.float32)
         for i, d in enumerate(self.classes):
-            two = steering_deltas(bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, self.beta)
+            two = steering_deltas(
+                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, self.beta
+            )
             table[i, 0], table[i, 2] = two[0], two[1]
         self._deltas = torch.from_numpy(table)
         self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         if device not in self._on:
-            self._on[device] = tuple(t.to(device) for t in (
-                self._mean, self._scale, self._router_coef, self._router_b,
-                self._probe_coef, self._probe_b, self._has_probe, self._deltas))
+            self._on[device] = tuple(
+                t.to(device)
+                for t in (
+                    self._mean,
+                    self._scale,
+                    self._router_coef,
+                    self._router_b,
+                    self._probe_coef,
+                    self._probe_b,
+                    self._has_probe,
+                    self._deltas,
+                )
+            )
         return self._on[device]
 
     @torch.no_grad()
@@ -115,14 +127,18 @@ class OnlineGate:
         gate = torch.where(p >= self.tau, one, torch.where(p <= 1 - self.tau, -one, 0 * one))
         return idx, p, gate
 
-    def delta(self, idx: torch.Tensor, gate: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def delta(
+        self, idx: torch.Tensor, gate: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """(B, H): ``gate * alpha_eff * v`` of each row's routed domain."""
         table = self._tensors(device)[-1]
         return table[idx, gate + 1].to(device=device, dtype=dtype)
 
     def decisions(self, idx: torch.Tensor, p: torch.Tensor, gate: torch.Tensor) -> list[Decision]:
-        return [Decision(self.classes[i], float(q), int(g))
-                for i, q, g in zip(idx.tolist(), p.tolist(), gate.tolist())]
+        return [
+            Decision(self.classes[i], float(q), int(g))
+            for i, q, g in zip(idx.tolist(), p.tolist(), gate.tolist())
+        ]
 
 
 class _OnlineHook:
@@ -166,12 +182,16 @@ _MISSING = object()
 def _check_generate_call(model: torch.nn.Module, kwargs: dict) -> None:
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim == 2 and bool((mask[:, -1] == 0).any()):
-        raise SteeringError("ASA reads and steers the last prompt position, which right padding hides: "
-                            "left-pad the batch (tokenizer.padding_side = 'left').")
+        raise SteeringError(
+            "ASA reads and steers the last prompt position, which right padding hides: "
+            "left-pad the batch (tokenizer.padding_side = 'left')."
+        )
     gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
     if kwargs.get("prefill_chunk_size") or getattr(gc, "prefill_chunk_size", None):
-        raise SteeringError("chunked prefill splits the prompt over several passes; ASA steers one "
-                            "prefill pass: set prefill_chunk_size=None.")
+        raise SteeringError(
+            "chunked prefill splits the prompt over several passes; ASA steers one "
+            "prefill pass: set prefill_chunk_size=None."
+        )
     if kwargs.get("assistant_model") is not None:
         raise SteeringError("assisted generation is not supported under ASA steering.")
 
@@ -188,7 +208,9 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
         raise SteeringError("ASA steering is already active on this model (nested `with`).")
     blocks = decoder_blocks(model)
     if gate.layer >= len(blocks):
-        raise SteeringError(f"the adapter steers block {gate.layer}; the model has {len(blocks)} blocks")
+        raise SteeringError(
+            f"the adapter steers block {gate.layer}; the model has {len(blocks)} blocks"
+        )
     session = SteeringSession(gate)
     hook = _OnlineHook(gate, session)
     original = model.generate
@@ -219,9 +241,15 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
 # ----------------------------------------------------------------------------- prompt lists
 
 
-def generate_online(lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate, batch_size: int,
-                    max_new_tokens: int, pp: PromptParams,
-                    share_prefix: bool = True) -> tuple[list[str], list[Decision]]:
+def generate_online(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    gate: OnlineGate,
+    batch_size: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    share_prefix: bool = True,
+) -> tuple[list[str], list[Decision]]:
     """Greedy outputs and decisions of rendered ``prompts``, steered in one pass.
 
     The batching is the sweep's (:func:`asa_lib.steer.generate_all`: length-sorted
@@ -241,8 +269,16 @@ def generate_online(lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate, b
     with online_steering(lm.model, gate) as session:
         for b in _gen_batches(lm, ids, list(range(len(prompts))), P, batch_size):
             n_calls = len(session.calls)
-            outs = generate_batch(lm, [prompts[i] for i in b], None, gate.layer, max_new_tokens, pp, prefix,
-                                  ids=[ids[i] for i in b])
+            outs = generate_batch(
+                lm,
+                [prompts[i] for i in b],
+                None,
+                gate.layer,
+                max_new_tokens,
+                pp,
+                prefix,
+                ids=[ids[i] for i in b],
+            )
             if len(session.calls) != n_calls + 1 or len(session.last) != len(b):
                 raise SteeringError("the prefill of a batch was not steered exactly once")
             for i, o, d in zip(b, outs, session.last):
@@ -255,8 +291,9 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def decide_prompts(lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate,
-                   batch_size: int = 8) -> list[Decision]:
+def decide_prompts(
+    lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate, batch_size: int = 8
+) -> list[Decision]:
     """Decisions for rendered ``prompts`` without generating.
 
     Left-padded batches run only up to block L* (the pass is stopped there).
@@ -274,19 +311,23 @@ def decide_prompts(lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate,
         raise _StopForward
 
     for s in range(0, len(order), batch_size):
-        b = order[s:s + batch_size]
+        b = order[s : s + batch_size]
         S = max(len(ids[i]) for i in b)
         x = torch.full((len(b), S), pad, dtype=torch.long)
         mask = torch.zeros((len(b), S), dtype=torch.long)
         for r, i in enumerate(b):
-            x[r, S - len(ids[i]):] = torch.tensor(ids[i])
-            mask[r, S - len(ids[i]):] = 1
+            x[r, S - len(ids[i]) :] = torch.tensor(ids[i])
+            mask[r, S - len(ids[i]) :] = 1
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate derives them
         captured.clear()
         handle = block.register_forward_hook(grab)
         try:
-            lm.model(input_ids=x.to(lm.device), attention_mask=mask.to(lm.device),
-                     position_ids=pos.to(lm.device), use_cache=False)
+            lm.model(
+                input_ids=x.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=pos.to(lm.device),
+                use_cache=False,
+            )
         except _StopForward:
             pass
         finally:

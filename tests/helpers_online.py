@@ -20,6 +20,8 @@ class Fitted:
     bundle: Bundle
     fit: probing.RouterFit  # the scikit-learn objects the bundle was made from
     eval_texts: list[str]  # VALID + TEST user texts (never used to fit)
+    eval_prompts: list[str]  # the same, rendered
+    h_eval: np.ndarray  # their states at L*, extracted as stage 02 does
     no_probe: str | None  # a routed domain whose probe was removed (p = 0.5 for it)
     no_vector: str | None  # a domain whose vector was removed (the global vector is used)
 
@@ -31,18 +33,32 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         splits = make_splits_from_params(params).samples
-    h = {s: extract_states(lm, render_prompts(lm.tokenizer, params.prompt, [x.text for x in splits[s]]),
-                           batch_size=8)[:, layer] for s in ("cal", "train")}
+    h = {
+        s: extract_states(
+            lm,
+            render_prompts(lm.tokenizer, params.prompt, [x.text for x in splits[s]]),
+            batch_size=8,
+        )[:, layer]
+        for s in ("cal", "train")
+    }
     y = {s: np.array([x.label for x in splits[s]]) for s in ("cal", "train")}
     d = {s: [x.domain for x in splits[s]] for s in ("cal", "train")}
     domains = sorted(set(d["cal"]))
     vectors, _ = probing.steering_vectors(h["cal"], y["cal"], d["cal"], domains)
     fit = probing.fit_router_and_probes(h["cal"], h["train"], y["train"], d["train"], domains)
-    bundle = probing.make_bundle(fit, vectors, layer, domains, lm.model_id, lm.num_layers,
-                                 cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()))
+    bundle = probing.make_bundle(
+        fit,
+        vectors,
+        layer,
+        domains,
+        lm.model_id,
+        lm.num_layers,
+        cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+    )
     eval_texts = [x.text for x in splits["valid"] + splits["test"]][:n_eval]
     # Exercise both fallbacks: the least-routed domain loses its probe, another its vector.
-    h_eval = extract_states(lm, render_prompts(lm.tokenizer, params.prompt, eval_texts), batch_size=8)[:, layer]
+    eval_prompts = render_prompts(lm.tokenizer, params.prompt, eval_texts)
+    h_eval = extract_states(lm, eval_prompts, batch_size=8)[:, layer]
     routed = bundle.route(h_eval)
     counts = {dm: routed.count(dm) for dm in bundle.probes if routed.count(dm) > 0}
     no_probe = no_vector = None
@@ -53,7 +69,7 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
         if others:
             no_vector = max(others, key=lambda dm: (counts[dm], dm))
             del bundle.vectors[no_vector]
-    return Fitted(bundle, fit, eval_texts, no_probe, no_vector)
+    return Fitted(bundle, fit, eval_texts, eval_prompts, h_eval, no_probe, no_vector)
 
 
 def pick_tau(p: np.ndarray, min_gap: float = 1e-4) -> float:
