@@ -136,7 +136,7 @@ def _generate(args) -> int:
     for i, r in enumerate(results, 1):
         print(f"\n[{i}] {_printable(r['prompt'])}")
         print(f"    routed: {r['routed']}   p(tool): {r['p_tool']:.4f}   "
-              f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})")
+              f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 "))
         print(f"    tool call: {_call_summary(r['triggered'], r['format_valid'], r['valid'])}")
         print("    output: " + _printable(r["output"]).replace("\n", "\n            "))
         if base is not None:

@@ -86,3 +86,41 @@ def pick_tau(p: np.ndarray, min_gap: float = 1e-4) -> float:
             best, best_score = tau, score
     assert best is not None, f"no usable tau for p = {p}"
     return float(best)
+
+
+def write_adapter(
+    run_dir,
+    lm,
+    params,
+    layer: int = 2,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    model_id: str | None = None,
+):
+    """A run folder as stage 07 leaves it: ``chosen_adapter/`` (bundle + config) and ``params.yaml``.
+
+    Returns (adapter folder, Fitted, config). ``model_id`` replaces the bundle's model id.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from asa_lib.bundle import save_bundle
+    from asa_lib.steer import alpha_effective, compute_gates
+
+    f = fit_bundle(lm, params, layer, per_split=3, n_eval=12)
+    if model_id is not None:
+        f.bundle.model_id = model_id
+    tau = pick_tau(compute_gates(f.bundle, f.h_eval, 0.5).p_tool)
+    config = {
+        "name": "mine",
+        "tau": tau,
+        "alpha": alpha,
+        "beta": beta,
+        "alpha_unit": "relative",
+        "alpha_eff": alpha_effective(alpha, "relative", f.bundle),
+    }
+    run_dir = Path(run_dir)
+    folder = save_bundle(f.bundle, run_dir / "chosen_adapter", extra={"config": config})
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return folder, f, config
