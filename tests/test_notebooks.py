@@ -69,7 +69,9 @@ def test_the_kernel_the_notebooks_run_on_is_registered_for_this_environment():
     registered = Path(spec_dirs[KERNEL]).resolve()
     # the registered spec (make install: ipykernel install --sys-prefix), not ipykernel's built-in fallback
     want = (Path(sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL).resolve()
-    assert registered == want, f"kernel {KERNEL!r} resolves to {registered}, not this environment's {want}"
+    assert registered == want, (
+        f"kernel {KERNEL!r} resolves to {registered}, not this environment's {want}"
+    )
     spec = json.loads((registered / "kernel.json").read_text())
     assert Path(spec["argv"][0]).resolve() == Path(sys.executable).resolve()
 
