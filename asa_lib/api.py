@@ -51,7 +51,7 @@ from .online import (
 )
 from .params import ALPHA_UNITS, Params, ParamsError, PromptParams, load_params
 from .prompts import render_prompt
-from .steer import alpha_effective
+from .steer import alpha_effective, share_prefix_for
 
 Messages = list[dict[str, str]]
 PromptInput = str | Messages
@@ -318,12 +318,24 @@ class ASA:
         rendered: bool = False,
         model_id: str | None = None,
         batch_size: int = 8,
+        share_prefix: str = "auto",
     ) -> list[Generation]:
-        """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete."""
+        """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete.
+
+        Batched as the sweep batches (``share_prefix``: ``generation.share_prefix``'s
+        auto|always|never). The tool-call markers that stop a row early come from
+        the prompt format (LFM2's by default).
+        """
         lm = self._lm(model, tokenizer, model_id)
         prompts = self.render(lm.tokenizer, inputs, rendered)
         outs, decisions = generate_online(
-            lm, prompts, self.gate, batch_size, max_new_tokens, self.prompt or PromptParams()
+            lm,
+            prompts,
+            self.gate,
+            batch_size,
+            max_new_tokens,
+            self.prompt or PromptParams(),
+            share_prefix=share_prefix_for(share_prefix, lm),
         )
         return [Generation(o, d) for o, d in zip(outs, decisions)]
 

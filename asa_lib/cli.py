@@ -90,7 +90,7 @@ def _generate(args) -> int:
     from .models import load_params_model
     from .params import load_params
     from .prompts import call_validity, render_prompts, triggered
-    from .steer import generate_all
+    from .steer import generate_all, share_prefix_for
 
     params = load_params(args.params)
     asa = ASA.load(args.adapter, tau=args.tau, alpha=args.alpha, beta=args.beta,
@@ -111,11 +111,13 @@ def _generate(args) -> int:
     lm = load_params_model(params)
     asa.check_model(lm)
     max_new = args.max_new_tokens or params.generation.max_new_tokens
-    gens = asa.generate(lm, None, prompts, max_new_tokens=max_new, batch_size=params.generation.batch_size)
+    gens = asa.generate(lm, None, prompts, max_new_tokens=max_new, batch_size=params.generation.batch_size,
+                        share_prefix=params.generation.share_prefix)
     base = None
     if args.baseline:
         base, _ = generate_all(lm, render_prompts(lm.tokenizer, params.prompt, prompts), None, asa.bundle.layer,
-                               params.generation.batch_size, max_new, params.prompt, desc="baseline")
+                               params.generation.batch_size, max_new, params.prompt, desc="baseline",
+                               share_prefix=share_prefix_for(params.generation.share_prefix, lm))
     pp = params.prompt
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):

@@ -260,7 +260,7 @@ def generate_online(
     if not prompts:
         return [], []
     ids = token_ids(lm, prompts)
-    prefix = shared_prefix(lm, pp) if share_prefix and len(prompts) > 0 else None
+    prefix = shared_prefix(lm, pp) if share_prefix else None
     P = prefix.length if prefix is not None else 0
     if prefix is not None and any(x[:P] != prefix.ids for x in ids):
         prefix, P = None, 0

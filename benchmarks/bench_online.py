@@ -74,6 +74,9 @@ def fit(lm, params, layer: int):
     return bundle, [x.text for x in splits["valid"] + splits["test"]]
 
 
+NOTES_MARKER = "## Analysis"
+
+
 def _mm(xs: list[float], n: int) -> str:
     return f"{statistics.median(xs) / n:.3f} ({min(xs) / n:.3f})"
 
@@ -183,7 +186,12 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).write_text(text)
+    path = Path(args.out)
+    old = path.read_text() if path.is_file() else ""
+    notes = (
+        old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
+    )  # a hand-written section is kept
+    path.write_text(text + ("\n" + notes if notes else ""))
     print(f"written to {args.out}")
 
 

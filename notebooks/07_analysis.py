@@ -121,7 +121,8 @@ else:
     test = read_splits(run)["test"]
     picked = [x for x in test if x.label == 1][:3] + [x for x in test if x.label == 0][:3]
     gens = asa.generate(load_params_model(params), None, [x.text for x in picked],
-                        max_new_tokens=params.generation.max_new_tokens)
+                        max_new_tokens=params.generation.max_new_tokens,
+                        batch_size=params.generation.batch_size, share_prefix=params.generation.share_prefix)
     base = {r["id"]: r["output"] for r in res["baseline"]["records"] if r["split"] == "test"}
     swept = {r["id"]: r["output"] for r in res[chosen]["records"] if r["split"] == "test"}
     display(pd.DataFrame([{"id": x.id, "label": "tool" if x.label else "non-tool", "prompt": x.text[:80],
