@@ -2,6 +2,7 @@
 #   make demo   -> set up (once) and run the offline demo on SmolLM2 (params/demo.yaml)
 #   make test   -> set up (once) and run the test suite
 #   make lab    -> set up (once), add JupyterLab + jupytext to .venv, start JupyterLab on the notebooks
+#   make demo-model -> retrain the demo model's LoRA adapter (models/smollm2-135m-tools-lora)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench bench-quick lab lab-setup clean
+.PHONY: install demo demo-model test lint bench bench-quick lab lab-setup clean
 
 install: $(STAMP)
 
@@ -28,6 +29,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(VENV)/bin/asa run --params params/demo.yaml
+
+# Retrain the demo model's LoRA adapter from scratch (synthetic data, about 15 minutes on 2 CPU cores).
+demo-model: install
+	$(VENV)/bin/asa train-demo-model --params params/demo.yaml --out models/smollm2-135m-tools-lora
 
 test: install
 	$(PY) -m pytest -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -194,7 +195,9 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "results.json", results)
-    if chosen != BASELINE:
+    if chosen == BASELINE:  # no steered config: no adapter to hand out (and none left from a previous run)
+        shutil.rmtree(run_dir / "chosen_adapter", ignore_errors=True)
+    else:
         save_bundle(bundle, run_dir / "chosen_adapter",
                     extra={"config": {k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit", "alpha_eff")}})
     return results

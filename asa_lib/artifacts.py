@@ -5,7 +5,7 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     run.json                      which params file made this run
     params.yaml                   the validated params, as used
     data/splits.jsonl             01: one sample per line (id, split, domain, label, idx, text)
-    data/summary.json             01: counts, shortfalls, skipped rows
+    data/summary.json             01: data kind, domains (in order), counts, shortfalls, skipped rows
     states/<split>.safetensors    02: tensor "states", float32 (samples, layers, hidden):
                                       output of decoder block l at the last prompt token
     states/<split>.json           02: ids, labels, domains in the same row order
@@ -51,6 +51,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; final files get the usual mode
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask)  # writers that replace the file (safetensors) made it 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -94,6 +95,59 @@ def library_versions() -> dict[str, str]:
 
     return {"asa_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def stage_writes(stage: str) -> list[str]:
+    """What a stage writes, relative to the run folder (files, or folders taken whole).
+
+    The runner records the size and sha256 of every file under these paths
+    when the stage succeeds, verifies them on the next run, and re-runs the
+    stage (and, through the fingerprints, everything after it) when one is
+    missing or changed.
+    """
+    if stage.startswith("06_sweep__"):
+        return [f"sweep/{stage[len('06_sweep__'):]}.json"]
+    return {"01_data": ["data"], "02_extraction": ["states"], "03_probing": ["probing"],
+            "04_vectors": ["vectors"], "05_routing": ["bundle"],
+            "07_analysis": ["results.json", "chosen_adapter"]}[stage]
+
+
+def file_digest(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_outputs(run_dir: str | Path, stage: str) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file a stage wrote (temporary files excluded)."""
+    run_dir = Path(run_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for rel in stage_writes(stage):
+        p = run_dir / rel
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        for f in files:
+            if f.name.startswith("."):
+                continue
+            out[f.relative_to(run_dir).as_posix()] = {"size": f.stat().st_size, "sha256": file_digest(f)}
+    return out
+
+
+def changed_output(run_dir: str | Path, recorded: dict[str, dict[str, Any]] | None) -> str | None:
+    """The first recorded output that is missing or differs now (None when all match)."""
+    if not recorded:
+        return "no outputs recorded"
+    run_dir = Path(run_dir)
+    for rel, want in recorded.items():
+        f = run_dir / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != want.get("size") or file_digest(f) != want.get("sha256"):
+            return f"{rel} changed since the stage wrote it"
+    return None
 
 
 STAGE_OUTPUTS = {

@@ -156,68 +156,119 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
     return folder
 
 
+MAX_MEAN_NORM = 1e6  # hidden-state norms of real models are far below this
+UNIT_TOL = 1e-3
+
+
+def _field(meta: dict, key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    if key not in meta:
+        raise BundleError(f"{where}: missing field {key!r}")
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BundleError(f"{where}: field {key!r} must be {names}, got {v!r}")
+    return v
+
+
+def _names(meta: dict, key: str, where: Path) -> list[str]:
+    v = _field(meta, key, list, where)
+    if not all(isinstance(x, str) and x for x in v) or len(set(v)) != len(v):
+        raise BundleError(f"{where}: field {key!r} must be a list of distinct non-empty names, got {v!r}")
+    return v
+
+
 def load_bundle(folder: str | Path) -> Bundle:
-    """Rebuild a bundle, checking every tensor's name, shape and dtype against the JSON."""
+    """Rebuild a bundle, validating every field it reads.
+
+    Raises :class:`BundleError` naming the file and the field for: a missing
+    file or key, a wrong type, ``layer`` outside ``[0, num_layers)``, a
+    non-positive or non-finite (or absurd, > 1e6) ``cal_mean_norm``, tensors
+    whose names, shapes or dtypes differ from the JSON, non-finite values, a
+    zero ``scaler.scale``, and steering vectors that are not unit length
+    (within 1e-3).
+    """
     folder = Path(folder)
     jpath, tpath = folder / "adapter.json", folder / "adapter.safetensors"
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is missing or not a folder: expected an adapter bundle folder")
     for p in (jpath, tpath):
         if not p.is_file():
             raise BundleError(f"{p} is missing: not an adapter bundle folder")
     try:
-        meta = json.loads(jpath.read_text())
-    except ValueError as e:  # invalid JSON or not UTF-8
+        meta = json.loads(jpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{jpath}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise BundleError(f"{jpath}: unknown format {got!r} (expected {FORMAT})")
-    try:
-        return _load(meta, jpath, tpath)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, BundleError):
-            raise
-        raise BundleError(f"{jpath}: malformed adapter ({type(e).__name__}: {e})") from None
-
-
-def _load(meta: dict, jpath: Path, tpath: Path) -> Bundle:
+    if not isinstance(meta, dict):
+        raise BundleError(f"{jpath}: the top level must be an object")
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{jpath}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    H = _field(meta, "hidden_size", int, jpath)
+    L = _field(meta, "num_layers", int, jpath)
+    layer = _field(meta, "layer", int, jpath)
+    if H <= 0 or L <= 0:
+        raise BundleError(f"{jpath}: hidden_size and num_layers must be positive (got {H}, {L})")
+    if not 0 <= layer < L:
+        raise BundleError(f"{jpath}: field 'layer' is {layer}, outside [0, {L}) (num_layers = {L})")
+    norm = _field(meta, "cal_mean_norm", (int, float), jpath)
+    if not (np.isfinite(norm) and 0 < norm <= MAX_MEAN_NORM):
+        raise BundleError(f"{jpath}: field 'cal_mean_norm' is {norm}; it must be finite and in (0, {MAX_MEAN_NORM:g}]")
+    model_id = _field(meta, "model_id", str, jpath)
+    domains = _names(meta, "domains", jpath)
+    router_classes = _names(meta, "router_classes", jpath)
+    probes = _names(meta, "probes", jpath)
+    vectors = _names(meta, "vectors", jpath)
+    for key, names in (("router_classes", router_classes), ("probes", probes)):
+        if not set(names) <= set(domains):
+            raise BundleError(f"{jpath}: field {key!r} names {sorted(set(names) - set(domains))}, "
+                              "which are not in 'domains'")
+    if len(router_classes) < 2:
+        raise BundleError(f"{jpath}: field 'router_classes' needs at least two classes")
+    if not set(vectors) <= set(domains) | {"global"}:
+        raise BundleError(f"{jpath}: field 'vectors' names unknown domains "
+                          f"{sorted(set(vectors) - set(domains) - {'global'})}")
+    spec = _field(meta, "tensors", dict, jpath)
     try:
         tensors = load_file(str(tpath))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise BundleError(f"{tpath}: not a readable safetensors file ({' '.join(str(e).split())})") from None
-    spec = meta["tensors"]
+    except Exception as e:  # noqa: BLE001 - safetensors raises several error types for a bad file
+        raise BundleError(f"{tpath}: not a readable safetensors file ({e})") from None
     if set(spec) != set(tensors):
         raise BundleError(f"{tpath}: tensors {sorted(set(tensors) ^ set(spec))} do not match adapter.json")
-    H = int(meta["hidden_size"])
-    C = len(meta["router_classes"])
+    C = len(router_classes)
     expected_shapes = {"scaler.mean": (H,), "scaler.scale": (H,),
                        "router.coef": (1 if C == 2 else C, H), "router.intercept": (1 if C == 2 else C,)}
-    for d in meta["probes"]:
+    for d in probes:
         expected_shapes[f"probe.{d}.coef"] = (H,)
         expected_shapes[f"probe.{d}.intercept"] = (1,)
-    for v in meta["vectors"]:
+    for v in vectors:
         expected_shapes[f"vector.{v}"] = (H,)
+    missing = sorted(set(expected_shapes) - set(tensors))
+    if missing:
+        raise BundleError(f"{tpath}: missing tensor {missing[0]}")
     for name, arr in tensors.items():
         s = spec[name]
-        if list(arr.shape) != s["shape"] or str(arr.dtype) != s["dtype"]:
+        if not isinstance(s, dict) or list(arr.shape) != s.get("shape") or str(arr.dtype) != s.get("dtype"):
             raise BundleError(f"{tpath}: tensor {name} is {arr.dtype}{list(arr.shape)}, "
-                              f"adapter.json says {s['dtype']}{s['shape']}")
+                              f"adapter.json says {s}")
         if name not in expected_shapes or tuple(arr.shape) != expected_shapes[name]:
             raise BundleError(f"{tpath}: unexpected tensor {name} with shape {list(arr.shape)}")
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
             raise BundleError(f"{tpath}: tensor {name} must be finite floats")
+        if name.startswith("vector.") and abs(float(np.linalg.norm(arr.astype(np.float64))) - 1) > UNIT_TOL:
+            raise BundleError(f"{tpath}: tensor {name} must be a unit vector "
+                              f"(norm {float(np.linalg.norm(arr)):.6g})")
+    if np.any(tensors["scaler.scale"] <= 0):
+        raise BundleError(f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)")
     if "sha256" in meta and meta["sha256"] != _digest(tpath, meta):
-        raise BundleError(f"{jpath.parent}: the sha256 in adapter.json does not match the bundle's files "
+        raise BundleError(f"{folder}: the sha256 in adapter.json does not match the bundle's files "
                           "(adapter.json or adapter.safetensors was changed after it was written)")
     known = {"format", "layer", "hook_point", "domains", "router_classes", "probes", "vectors",
              "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors", "sha256"}
     return Bundle(
-        layer=int(meta["layer"]), domains=list(meta["domains"]),
-        router_classes=list(meta["router_classes"]),
+        layer=layer, domains=domains, router_classes=router_classes,
         scaler_mean=tensors["scaler.mean"], scaler_scale=tensors["scaler.scale"],
         router_coef=tensors["router.coef"], router_intercept=tensors["router.intercept"],
-        probes={d: (tensors[f"probe.{d}.coef"], float(tensors[f"probe.{d}.intercept"][0]))
-                for d in meta["probes"]},
-        vectors={v: tensors[f"vector.{v}"] for v in meta["vectors"]},
-        model_id=meta["model_id"], hidden_size=H, num_layers=int(meta["num_layers"]),
-        cal_mean_norm=float(meta["cal_mean_norm"]),
+        probes={d: (tensors[f"probe.{d}.coef"], float(tensors[f"probe.{d}.intercept"][0])) for d in probes},
+        vectors={v: tensors[f"vector.{v}"] for v in vectors},
+        model_id=model_id, hidden_size=H, num_layers=L, cal_mean_norm=float(norm),
         extra={k: v for k, v in meta.items() if k not in known},
     )

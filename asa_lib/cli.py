@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("asa: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # a read-only or full disk, a folder that cannot be created ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"asa: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return code
 
 

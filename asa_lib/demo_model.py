@@ -390,7 +390,54 @@ def train_adapter(lm: LoadedModel, pp: PromptParams, out_dir: str | Path, recipe
                      "plain": [asdict(e) for e in train if e.call is None][:3]},
     }
     write_json(out_dir / RECORD_FILE, record)
+    write_model_card(out_dir, record)
     return record
+
+
+def write_model_card(out_dir: str | Path, record: dict) -> Path:
+    """``README.md`` beside the adapter (replacing peft's empty template), from the training record.
+
+    Also gives the saved files the usual permissions (peft writes them 0600).
+    """
+    import os
+
+    out_dir = Path(out_dir)
+    v = record["synthetic_validation"]
+    r = record["recipe"]
+    card = f"""# {out_dir.name}: a LoRA-taught stand-in tool caller (not a released model)
+
+Base model: {record["base_model"]} (Apache-2.0). This adapter teaches it the
+offline demo's tool-call format, `{record["prompt"]["tool_call_start"]}{{"name": ..., "arguments": {{...}}}}{record["prompt"]["tool_call_end"]}`,
+so that ASA has a tool-calling decision to steer. It exists for the project's
+offline demo and tests; it is not a general tool-calling model.
+
+- Trained by `asa train-demo-model` (`make demo-model`), code in `asa_lib/demo_model.py`.
+- Data: {record["data"]["train"]["tool"]} templated tool requests + {record["data"]["train"]["plain"]} plain
+  requests (answers self-distilled from the base model), seed {r["seed"]}; no Alpaca rows.
+- LoRA r={r["rank"]}, alpha={r["lora_alpha"]} on {", ".join(r["target_modules"]) if isinstance(r["target_modules"], list) else r["target_modules"]};
+  {record["steps"]} steps of batch {r["batch_size"]}, lr {r["lr"]} (linear decay), {record["seconds"]["training"]:.0f} s of training
+  on {record["device"]} ({record["torch_threads"]} threads).
+- Loss: first step {record["loss"]["first_step"]:.3f}, last 10% of steps {record["loss"]["final_train_mean_last_10pct"]:.3f},
+  synthetic validation {record["loss"]["valid"]:.3f}.
+- Synthetic validation ({v["with_adapter"]["tool_requests"]} tool + {v["with_adapter"]["plain_requests"]} plain requests, greedy):
+
+  | model | triggers on tool requests | triggers on plain requests | valid calls |
+  |---|---|---|---|
+  | base | {v["base_model"]["trigger_rate_tool"]:.0%} | {v["base_model"]["trigger_rate_plain"]:.0%} | {v["base_model"]["valid_call_rate_tool"]:.0%} |
+  | base + adapter | {v["with_adapter"]["trigger_rate_tool"]:.0%} | {v["with_adapter"]["trigger_rate_plain"]:.0%} | {v["with_adapter"]["valid_call_rate_tool"]:.0%} |
+
+- `adapter_model.safetensors` sha256 `{record["adapter_sha256"]}`; the loader checks it against `training.json`.
+- Everything else (recipe, versions, example conversations): `training.json`.
+- Licence: Apache-2.0, as the base model.
+"""
+    path = out_dir / "README.md"
+    path.write_text(card, encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out_dir.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+    return path
 
 
 def _peft_version() -> str:

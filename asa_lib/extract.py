@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from tqdm import tqdm
 
 from .artifacts import atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
 from .prefix import PrefixCache, cache_kwarg, lcp, token_ids
+from .progress import progress
 
 STATES_KEY = "states"
 
@@ -107,7 +107,7 @@ def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int,
     prefix = PrefixCache(lm, prefix_ids[:P]) if P > 0 else None
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
-    with capture_last_token(blocks) as captured, tqdm(total=len(prompts), desc=desc) as bar:
+    with capture_last_token(blocks) as captured, progress(len(prompts), desc) as bar:
         for idx in _batches(lengths, batch_size):
             batch_ids = token_ids(lm, [prompts[i] for i in idx])
             input_ids, mask, pos, last = right_padded([x[P:] for x in batch_ids], pad, P, lm.device)

@@ -9,7 +9,7 @@ are left-padded), and computes, in torch and float64:
     x = (h - scaler.mean) / scaler.scale
     d = argmax router(x)                  (the bundle's router classes)
     p = sigmoid(x . coef_d + b_d)         (0.5 where d has no probe)
-    gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0
+    gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (always 0 where d has no probe)
 
 It then adds ``gate * alpha_eff * v_d`` to that row's state in the same forward
 pass. ``v_d`` is the bundle's mixture ``normalize(beta * v_global + (1 - beta) * v_d)``;
@@ -124,7 +124,9 @@ class OnlineGate:
         p = 1.0 / (1.0 + torch.exp(-((x * pc[idx]).sum(dim=1) + pb[idx])))
         p = torch.where(has[idx], p, torch.full_like(p, 0.5))
         one = torch.ones_like(idx)
-        gate = torch.where(p >= self.tau, one, torch.where(p <= 1 - self.tau, -one, 0 * one))
+        zero = torch.zeros_like(idx)
+        gate = torch.where(p >= self.tau, one, torch.where(p <= 1 - self.tau, -one, zero))
+        gate = torch.where(has[idx], gate, zero)  # no probe, no steering (p = 0.5 is recorded)
         return idx, p, gate
 
     def delta(

@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,7 +69,23 @@ SEED_TOOLS: list[dict[str, Any]] = [
     },
 ]
 
+# The seed notebook's four keyword domains, in its order (classify() takes the first match).
+SEED_DOMAINS: dict[str, list[str]] = {
+    "math": ["calculate", "compute", "solve", "equation", "sum", "average",
+             "percentage", "convert", "ratio", "divide", "multiply"],
+    "code": ["write a program", "code", "function", "algorithm", "implement",
+             "script", "debug", "compile", "class", "method"],
+    "search": ["search", "find", "look up", "latest", "current", "news",
+               "recent", "who is", "what happened", "when did"],
+    "translation": ["translate", "translation", "say in", "convert to",
+                    "how do you say", "in french", "in spanish", "in german",
+                    "in japanese", "in chinese"],
+}
+# "global" names the all-domain steering vector in the bundle; no domain may take it.
+RESERVED_DOMAINS = ("global",)
+
 MODEL_KINDS = ("hub", "gguf", "tiny")
+DATA_KINDS = ("alpaca_keywords", "labelled")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ALPHA_UNITS = ("absolute", "relative")
@@ -106,16 +124,43 @@ class PromptParams:
 
 
 @dataclass
-class DataParams:
-    """Where the Alpaca-style rows come from and how the splits are sized."""
+class ColumnMap:
+    """Which column holds each field of a labelled data set (``data.kind: labelled``)."""
 
+    text: str = "text"  # the user prompt
+    label: str = "label"  # 0/1, true/false or tool/non_tool (1 = needs a tool)
+    domain: str = "domain"  # any name; the router's classes
+    # Optional columns, used when the data has them ("" ignores them). A name other
+    # than the default must exist in the data.
+    id: str = "id"  # sample ids (unique); default r<row index>
+    split: str = "split"  # cal/train/valid/test (or validation): respected as given
+
+
+@dataclass
+class DataParams:
+    """Where the rows come from, how they get domains and labels, and how the splits are sized."""
+
+    # alpaca_keywords: Alpaca-style rows (instruction/input/output), keyword
+    # domains and the seed's labelling rule. labelled: rows that carry their
+    # own text, label and domain (``columns``).
+    kind: str = "alpaca_keywords"
     # A hub dataset id (e.g. ``tatsu-lab/alpaca``) or a local .json/.jsonl file
-    # (optionally .gz/.xz); a relative path is taken relative to the params file.
+    # (labelled also .csv), optionally .gz/.xz; a relative path is taken
+    # relative to the params file.
     source: str = "tatsu-lab/alpaca"
     hub_split: str = "train"
+    # alpaca_keywords only: ordered domain -> keywords; a prompt goes to the
+    # first domain with a keyword in it (case-insensitive substring match).
+    domains: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(SEED_DOMAINS))
+    # labelled only: column names.
+    columns: ColumnMap = field(default_factory=ColumnMap)
     per_split_per_class: int = 40
     test_multiplier: int = 2
     seed: int = 42
+
+    def keyword_domains(self) -> dict[str, tuple[str, ...]]:
+        """``domains`` with lower-cased keywords, in order (what the keyword rule matches)."""
+        return {name: tuple(k.lower() for k in kws) for name, kws in self.domains.items()}
 
 
 @dataclass
@@ -198,8 +243,10 @@ class Params:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; ``data`` keeps only the keys its kind reads (domains or columns)."""
         d = dataclasses.asdict(self)
         d.pop("base_dir", None)
+        d["data"].pop("columns" if self.data.kind == "alpaca_keywords" else "domains", None)
         return d
 
 
@@ -244,6 +291,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -276,9 +325,39 @@ def _check(cond: bool, msg: str) -> None:
         raise ParamsError(msg)
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
+
+
+def _safe_name(name: str, key: str) -> None:
+    """Names become file and folder names: letters, digits, '_', '.', '-', no leading dot."""
+    _check(bool(SAFE_NAME.fullmatch(name)) and not name.startswith("."),
+           f"{key}: {name!r} must be letters, digits, '_', '.' or '-' (not starting with '.'), "
+           "because it names files and folders")
+
+
+def _check_tool(t: Any, key: str) -> None:
+    """A tool is {name, description?, parameters: a JSON Schema object}."""
+    _check(isinstance(t, dict), f"{key}: expected a mapping with name and parameters")
+    _check(isinstance(t.get("name"), str) and bool(t["name"]), f"{key}.name: each tool needs a non-empty name")
+    _check(isinstance(t.get("description", ""), str), f"{key}.description: must be a string")
+    ps = t.get("parameters", {"type": "object", "properties": {}})
+    _check(isinstance(ps, dict), f"{key}.parameters: must be a JSON Schema object (a mapping), got {ps!r}")
+    _check(ps.get("type", "object") == "object", f"{key}.parameters.type: must be 'object'")
+    props = ps.get("properties", {})
+    _check(isinstance(props, dict) and all(isinstance(v, dict) for v in props.values()),
+           f"{key}.parameters.properties: must map each argument name to a schema (a mapping)")
+    req = ps.get("required", [])
+    _check(isinstance(req, list) and all(isinstance(r, str) for r in req),
+           f"{key}.parameters.required: must be a list of argument names, got {req!r}")
+    unknown = [r for r in req if r not in props]
+    _check(not unknown, f"{key}.parameters.required: {unknown} are not in parameters.properties")
+
+
 def validate(p: Params, check_files: bool = True) -> Params:
     """Range checks that types alone cannot express. Returns ``p``."""
     _check(bool(p.name.strip()), "name: must be a non-empty string")
+    _safe_name(p.name, "name")
     m = p.model
     _check(m.kind in MODEL_KINDS, f"model.kind: {m.kind!r} is not one of {MODEL_KINDS}")
     _check(m.dtype in DTYPES, f"model.dtype: {m.dtype!r} is not one of {DTYPES}")
@@ -295,10 +374,9 @@ def validate(p: Params, check_files: bool = True) -> Params:
     _check(bool(pr.tool_call_end), "prompt.tool_call_end: must be a non-empty string")
     _check(len(pr.tools) > 0, "prompt.tools: at least one tool is required")
     for i, t in enumerate(pr.tools):
-        _check(
-            isinstance(t.get("name"), str) and t["name"],
-            f"prompt.tools[{i}].name: each tool needs a non-empty name",
-        )
+        _check_tool(t, f"prompt.tools[{i}]")
+    names = [t["name"] for t in pr.tools]
+    _check(len(set(names)) == len(names), f"prompt.tools: duplicate tool names in {names}")
     _check("{tools_json}" in pr.system_template,
            "prompt.system_template: must contain the placeholder {tools_json} (the tool list)")
     for i, turn in enumerate(pr.demonstrations):
@@ -308,11 +386,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
             and isinstance(turn["content"], str),
             f"prompt.demonstrations[{i}]: expected {{role: user|assistant, content: str}}",
         )
-    d = p.data
-    _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
-    _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
-    _check(d.seed >= 0, "data.seed: must be >= 0")
-    _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
+    _validate_data(p)
     if check_files:
         path = p.data_path()
         if path is not None and not path.is_file():
@@ -323,6 +397,10 @@ def validate(p: Params, check_files: bool = True) -> Params:
     _check(p.extraction.batch_size > 0, "extraction.batch_size: must be > 0")
     _check(p.generation.batch_size > 0, "generation.batch_size: must be > 0")
     _check(p.generation.max_new_tokens > 0, "generation.max_new_tokens: must be > 0")
+    if p.reference is not None:
+        for m in ("f1", "precision", "recall", "fpr", "accuracy"):
+            v = getattr(p.reference, m)
+            _check(v is None or 0.0 <= v <= 1.0, f"reference.{m}: {v} is outside the allowed range [0, 1]")
     _check(p.generation.share_prefix in SHARE_PREFIX,
            f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
     _check(
@@ -332,21 +410,72 @@ def validate(p: Params, check_files: bool = True) -> Params:
     seen: set[str] = set()
     for i, c in enumerate(p.sweep):
         key = f"sweep[{i}]"
-        _check(bool(c.name) and c.name.replace("_", "").replace("-", "").isalnum(),
-               f"{key}.name: {c.name!r} must be letters, digits, '_' or '-'")
-        _check(c.name != "baseline", f"{key}.name: 'baseline' is reserved for the unsteered run")
-        _check(c.name not in seen, f"{key}.name: duplicate config name {c.name!r}")
-        seen.add(c.name)
+        _safe_name(c.name, f"{key}.name")
+        _check(c.name.lower() != "baseline", f"{key}.name: 'baseline' is reserved for the unsteered run")
+        _check(c.name.lower() not in seen,
+               f"{key}.name: duplicate config name {c.name!r} (names are compared ignoring case)")
+        seen.add(c.name.lower())
         _check(0.5 <= c.tau < 1.0, f"{key}.tau: {c.tau} is outside the allowed range [0.5, 1)")
         _check(c.alpha >= 0, f"{key}.alpha: {c.alpha} is negative (allowed: alpha >= 0)")
         _check(0.0 <= c.beta <= 1.0, f"{key}.beta: {c.beta} is outside the allowed range [0, 1]")
     return p
 
 
+def _validate_data(p: Params) -> None:
+    d = p.data
+    _check(d.kind in DATA_KINDS, f"data.kind: {d.kind!r} is not one of {DATA_KINDS}")
+    _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
+    _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
+    _check(0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]")
+    _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
+    path = p.data_path()
+    if path is not None:
+        allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
+        _check(path.name.endswith(allowed),
+               f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
+               f"(allowed: {', '.join(allowed)})")
+    if d.kind == "alpaca_keywords":
+        _check(d.columns == ColumnMap(),
+               "data.columns: only data.kind 'labelled' reads columns; alpaca_keywords rows have "
+               "instruction/input/output")
+        _check(len(d.domains) >= 2,
+               f"data.domains: at least two domains are required (the router chooses between them), "
+               f"got {len(d.domains)}")
+        for name, kws in d.domains.items():
+            _check(isinstance(name, str) and name.strip() == name and bool(name),
+                   f"data.domains: domain names must be non-empty strings without surrounding "
+                   f"spaces, got {name!r} (quote names such as yes/no/on/off in YAML)")
+            _check(name not in RESERVED_DOMAINS,
+                   f"data.domains.{name}: {name!r} is reserved (the all-domain steering vector)")
+            key = f"data.domains.{name}"
+            _check(isinstance(kws, list) and len(kws) > 0,
+                   f"{key}: expected a non-empty list of keywords, got {kws!r}")
+            for i, k in enumerate(kws):
+                _check(isinstance(k, str) and bool(k.strip()),
+                       f"{key}[{i}]: expected a non-empty string, got {k!r}")
+    else:
+        _check(d.domains == SEED_DOMAINS,
+               "data.domains: keyword domains apply to data.kind 'alpaca_keywords' only; labelled "
+               "rows carry their own domain (data.columns.domain)")
+        cols = dataclasses.asdict(d.columns)
+        for name in ("text", "label", "domain"):
+            _check(bool(cols[name].strip()), f"data.columns.{name}: a column name is required")
+        used: dict[str, str] = {}
+        for name, col in cols.items():
+            if not col:
+                continue
+            _check(col not in used, f"data.columns.{name}: column {col!r} is already mapped to "
+                                    f"data.columns.{used.get(col)}")
+            used[col] = name
+
+
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.xz", ".jsonl.xz")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
+
+
 def resolve_data_path(source: str, base_dir: Path) -> Path | None:
     """A local file path for ``source``, or None when it looks like a hub id."""
-    suffixes = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.xz", ".jsonl.xz")
-    looks_local = source.endswith(suffixes) or source.startswith((".", "/", "~"))
+    looks_local = source.endswith(JSON_SUFFIXES + CSV_SUFFIXES) or source.startswith((".", "/", "~"))
     if not looks_local:
         return None
     path = Path(source).expanduser()
@@ -361,13 +490,29 @@ def params_from_dict(data: dict[str, Any], base_dir: Path | str = ".", check_fil
     return validate(p, check_files=check_files)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (not last-wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path, check_files: bool = True) -> Params:
     """Load and validate a params YAML file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,10 +9,13 @@ import seaborn as sns
 
 
 def split_counts(counts: pd.DataFrame):
-    """Bars of samples per split x domain, split by label."""
+    """Bars of samples per split x domain, split by label (domains in the data's order)."""
+    n_dom = counts["domain"].nunique()
     g = sns.catplot(data=counts, x="domain", y="n", hue="label", col="split", kind="bar",
-                    height=3, aspect=1.0, palette={"tool": "#2a9d8f", "non_tool": "#e76f51"})
+                    height=3, aspect=max(1.0, 0.3 * n_dom), palette={"tool": "#2a9d8f", "non_tool": "#e76f51"})
     g.set_axis_labels("", "samples")
+    if n_dom > 4 or counts["domain"].astype(str).str.len().max() > 10:
+        g.tick_params(axis="x", rotation=45)
     g.figure.suptitle("Samples per split, domain and label", y=1.04)
     return g.figure
 

@@ -78,7 +78,7 @@ def parse_python_calls(payload: str) -> list[ToolCall] | None:
     """``[name(arg="v"), other(x=1)]`` (Liquid style) -> calls; None if it does not parse."""
     try:
         tree = ast.parse(payload.strip(), mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # untrusted text: never crash
         return None
     body = tree.body
     items = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
@@ -88,7 +88,7 @@ def parse_python_calls(payload: str) -> list[ToolCall] | None:
             return None
         try:
             args = {kw.arg: _literal(kw.value) for kw in item.keywords if kw.arg is not None}
-        except (ValueError, SyntaxError, TypeError):
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
             return None
         calls.append(ToolCall(item.func.id, args))
     return calls or None
@@ -98,7 +98,7 @@ def parse_json_calls(payload: str) -> list[ToolCall] | None:
     """``{"name": ..., "arguments": {...}}`` or a list of them -> calls; None if invalid."""
     try:
         obj = json.loads(payload)
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; deep nesting recurses
         return None
     items = obj if isinstance(obj, list) else [obj]
     calls = []
@@ -109,7 +109,7 @@ def parse_json_calls(payload: str) -> list[ToolCall] | None:
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(args, dict):
             return None

@@ -22,12 +22,22 @@ import hashlib
 import html
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import library_versions, read_json, write_json, write_text
+from .artifacts import (
+    changed_output,
+    hash_outputs,
+    library_versions,
+    read_json,
+    write_json,
+    write_text,
+)
 from .params import Params, SweepConfig, load_params
+from .progress import ENV as PROGRESS_ENV
+from .progress import describe as describe_progress
 from .sweep import BASELINE, sweep_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +84,11 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
     """The stages of a run with their parameters and fingerprints."""
     common = {"params_path": str(params_path), "run_dir": str(run_dir)}
     src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
-    vers = library_versions()
+    vers = {**library_versions(), "asa_lib_source": library_source_hash()}
     d = params.to_dict()
     fp = {}
-    fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"])
+    fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"],
+                       vers["asa_lib_source"])
     adapter = params.adapter_path()
     adapter_hash = _file_hash(adapter / "adapter_model.safetensors") if adapter else "none"
     fp["02_extraction"] = _h("02", fp["01_data"], d["model"], adapter_hash, d["prompt"], d["extraction"],
@@ -95,19 +106,85 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
                             {**common, "config_name": c.name, "tau": c.tau, "alpha": c.alpha, "beta": c.beta},
                             f, config=c))
     stages.append(Stage("07_analysis", "07_analysis", dict(common),
-                        _h("07", sweep_fps, d["reference"], src["07_analysis"])))
+                        _h("07", sweep_fps, d["reference"], src["07_analysis"], vers)))
     return stages
 
 
-def _check_run_dir(params: Params, params_path: Path, run_dir: Path) -> None:
+def library_source_hash() -> str:
+    """Hash of the asa_lib source files: editing the library invalidates what it computed."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
+    """The stages whose outputs ``stage`` reads: every core stage before it; for 07 also the
+    sweep configs that produced a result (a failed config has none)."""
+    if stage.key in CORE_STAGES:
+        return [s for s in stages if s.key in CORE_STAGES[:CORE_STAGES.index(stage.key)]]
+    deps = [s for s in stages if s.key in CORE_STAGES]
+    if stage.key == "07_analysis":
+        deps += [s for s in stages if s.config is not None and s.status in ("ok", "skipped")]
+    return deps
+
+
+def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool = True) -> None:
+    """Adopt ``run_dir`` only if it is new, empty, or a run folder of this params name."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run folder. Choose another --run-dir.")
     info = run_dir / "run.json"
     if info.is_file():
-        prev = read_json(info)
+        try:
+            prev = read_json(info)
+            if not isinstance(prev, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunError(f"{info} is damaged ({e}). Delete the run folder to start over, "
+                           "or choose another --run-dir.") from None
         if prev.get("name") != params.name:
             raise RunError(
                 f"{run_dir} holds a run of params {prev.get('name')!r} ({prev.get('params_file')}), "
                 f"not {params.name!r}. Choose another --run-dir, or delete that folder to start over.")
-    write_json(info, {"name": params.name, "params_file": str(params_path.resolve())})
+    elif run_dir.is_dir() and any(not p.name.startswith(LOCK_NAME) for p in run_dir.iterdir()):
+        raise RunError(f"{run_dir} is not empty and is not an asa run folder (no run.json). "
+                       "Choose another --run-dir, or an empty folder.")
+    if write:
+        write_json(info, {"name": params.name, "params_file": str(params_path.resolve()), "tool": "asa_lib"})
+
+
+LOCK_NAME = ".asa-run.lock"
+
+
+class _RunLock:
+    """An exclusive lock on a run folder (filelock), with the holder's pid beside it."""
+
+    def __init__(self, run_dir: Path):
+        from filelock import FileLock
+
+        self.path = run_dir / LOCK_NAME
+        self.owner = run_dir / (LOCK_NAME + ".pid")
+        self.lock = FileLock(str(self.path), timeout=0)
+
+    def __enter__(self):
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire()
+        except Timeout:
+            try:
+                pid = self.owner.read_text().strip()
+            except OSError:
+                pid = "unknown"
+            raise RunError(f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
+                           "Wait for it to finish, or use another --run-dir.") from None
+        self.owner.write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc):
+        self.owner.unlink(missing_ok=True)
+        self.lock.release()
 
 
 def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) -> None:
@@ -120,13 +197,24 @@ def _execute(stage: Stage, notebook_dir: Path, out_dir: Path, progress: bool) ->
                         kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False)
 
 
+# The lab template loads require.js, MathJax and Mermaid from a CDN; the reports need none
+# of them (figures are embedded PNGs, tables are HTML), so they open with no network access.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def render_html(ipynb: Path, out: Path) -> Path:
-    """Self-contained HTML (figures embedded as base64 PNG) of an executed notebook."""
+    """Self-contained HTML (figures embedded as base64 PNG, no CDN scripts) of an executed notebook."""
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(ipynb), as_version=4)
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="lab", template_file="asa_offline.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"asa_offline.html.j2": _OFFLINE_TEMPLATE})])
     body, _ = exporter.from_notebook_node(nb)
     return write_text(out, body)
 
@@ -144,7 +232,18 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with _RunLock(run_dir):
+            return _run_locked(params, params_path, run_dir, notebook_dir, progress, log)
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}{where}") from None
+
+
+def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool,
+                log) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
     write_text(run_dir / "params.yaml", params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
@@ -154,6 +253,7 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
 
     core_failed = False
+    outputs: dict[str, dict] = {}  # stage key -> its outputs (size, sha256), verified or fresh
     t_all = time.time()
     for i, s in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {s.key}"
@@ -163,19 +263,33 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
             s.status = "blocked"
             log(f"{label}: not run (an earlier stage failed)")
             continue
-        done = read_json(rec) if rec.is_file() else {}
-        if done.get("fingerprint") == s.fingerprint and (nb_dir / f"{s.key}.ipynb").is_file():
-            s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
-            log(f"{label}: up to date, skipped")
-            continue
+        # The fingerprint also covers the outputs of the stages this one reads.
+        fp = _h(s.fingerprint, {d.key: outputs.get(d.key) for d in _depends_on(s, stages)})
+        done = _read_record(rec)
+        why = None
+        if not done:
+            why = None if not rec.exists() else "its stage record is damaged"
+        elif done.get("fingerprint") != fp:
+            why = "its inputs changed"
+        elif not (nb_dir / f"{s.key}.ipynb").is_file():
+            why = "its executed notebook is missing"
+        else:
+            why = changed_output(run_dir, done.get("outputs"))
+            if why is None:
+                s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
+                outputs[s.key] = done["outputs"]
+                log(f"{label}: up to date, skipped")
+                continue
+        if why:
+            log(f"{label}: re-running because {why}")
         log(f"{label}: running ...")
         t0 = time.time()
-        if rec.is_file():
-            rec.unlink()
+        rec.unlink(missing_ok=True)
         if s.config is not None:  # a failed re-run must not leave the previous result behind
             sweep_path(run_dir, s.config.name).unlink(missing_ok=True)
         try:
-            _execute(s, notebook_dir, nb_dir, progress)
+            with _ProgressWatcher(rec_dir / ".progress.json", lambda line: log(f"    {line}")):
+                _execute(s, notebook_dir, nb_dir, progress)
             s.status = "ok"
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)
@@ -186,8 +300,9 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
             except Exception as e:  # noqa: BLE001
                 log(f"    (HTML rendering failed: {_error_summary(e)})")
         if s.status == "ok":
-            write_json(rec, {"fingerprint": s.fingerprint, "seconds": round(s.seconds, 2),
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            outputs[s.key] = hash_outputs(run_dir, s.key)
+            write_json(rec, {"fingerprint": fp, "seconds": round(s.seconds, 2),
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs[s.key]})
             log(f"{label}: done in {s.seconds:.1f} s")
         else:
             log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {nb_dir / (s.key + '.ipynb')}")
@@ -198,6 +313,55 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
     log(f"{'FAILED: ' + ', '.join(failed) if failed else 'all stages done'} in {time.time() - t_all:.0f} s")
     log(f"index: {index}")
     return (1 if failed else 0), index
+
+
+class _ProgressWatcher:
+    """While a stage runs, print its progress (rows done, rate, ETA) every ``every`` seconds.
+
+    The kernel inherits ``ASA_PROGRESS_FILE`` and writes to it (:mod:`asa_lib.progress`).
+    """
+
+    def __init__(self, path: Path, emit, every: float = 10.0):
+        self.path, self.emit, self.every = path, emit, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.path.unlink(missing_ok=True)
+        self.old = os.environ.get(PROGRESS_ENV)
+        os.environ[PROGRESS_ENV] = str(self.path)
+        self.thread.start()
+        return self
+
+    def _loop(self) -> None:
+        last, last_t = None, time.time()
+        while not self.stop.wait(1.0):
+            if time.time() - last_t < self.every:
+                continue
+            try:
+                state = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if state != last:
+                self.emit(describe_progress(state))
+                last, last_t = state, time.time()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if self.old is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = self.old
+        self.path.unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 # ----------------------------------------------------------------------------- index.html

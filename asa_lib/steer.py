@@ -1,8 +1,8 @@
 """ASA at generation time: gate from the stored L* state, steer once at prefill, greedy decode.
 
 For each prompt, from its state at L* (the state stage 02 stored):
-routed domain d = argmax router; p = P(tool) from d's probe (0.5 without one);
-gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0;
+routed domain d = argmax router; p = P(tool) from d's probe;
+gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (0 when d has no probe: p = 0.5 is recorded);
 v = normalize(beta * v_global + (1 - beta) * v_d), v_global where d has no vector;
 delta = gate * alpha_eff * v is added to the output of block L* at the last
 prompt position on the prefill pass only (never on decode steps).
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .bundle import Bundle
@@ -35,6 +34,7 @@ from .prefix import (
     needs_equal_suffix_lengths,
     token_ids,
 )
+from .progress import progress
 from .prompts import call_complete, render_prompts
 
 
@@ -43,14 +43,21 @@ class Gates:
     routed: list[str]
     p_tool: np.ndarray  # (N,)
     gate: np.ndarray  # (N,) in {-1, 0, 1}
+    has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
 
 
 def compute_gates(bundle: Bundle, h: np.ndarray, tau: float) -> Gates:
-    """Gate decisions from (N, H) states at L*."""
+    """Gate decisions from (N, H) states at L*.
+
+    No probe, no steering: a prompt routed to a domain without a probe gets
+    p = 0.5 (recorded) and gate 0, whatever tau is.
+    """
     routed = bundle.route(h)
     p = np.array([float(bundle.probe_proba(d, row[None])[0]) for d, row in zip(routed, h)])
+    has_probe = np.array([d in bundle.probes for d in routed], dtype=bool)
     gate = np.where(p >= tau, 1, np.where(p <= 1 - tau, -1, 0)).astype(np.int64)
-    return Gates(routed, p, gate)
+    gate[~has_probe] = 0
+    return Gates(routed, p, gate, has_probe)
 
 
 def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
@@ -212,7 +219,7 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     if prefix is not None and any(ids[i][:P] != prefix.ids for i in todo.values()):
         prefix, P = None, 0  # a prompt that does not start with the format's prefix: no sharing
     batches = _gen_batches(lm, ids, list(todo.values()), P, batch_size)
-    with tqdm(total=len(todo), desc=desc) as bar:
+    with progress(len(todo), desc) as bar:
         for b in batches:
             d = None if deltas is None else deltas[b]
             outs = generate_batch(lm, [prompts[i] for i in b], d, layer, max_new_tokens, pp, prefix,

@@ -68,10 +68,10 @@ def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bun
                                           desc=f"{name}/{split}",
                                           share_prefix=share_prefix_for(params.generation.share_prefix, lm))
             records = []
-            for x, d, p, g, o in zip(xs, gates.routed, gates.p_tool, gates.gate, outputs):
+            for x, d, p, g, hp, o in zip(xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs):
                 v = call_validity(o, params.prompt)
                 records.append({"id": x.id, "split": split, "domain": x.domain, "label": x.label,
-                                "routed": d, "p_tool": float(p), "gate": int(g), "output": o,
+                                "routed": d, "has_probe": bool(hp), "p_tool": float(p), "gate": int(g), "output": o,
                                 "triggered": triggered(o, params.prompt), **v})
             out["splits"][split] = {"metrics": evaluate_records(records, seed=params.data.seed),
                                     "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate))}

@@ -1,10 +1,13 @@
 # %% [markdown]
-# # 01 · Data: Alpaca prompts → domains, labels, CAL / TRAIN / VALID / TEST
+# # 01 · Data: prompts → domains, labels, CAL / TRAIN / VALID / TEST
 #
-# Faithful to the seed notebook: four keyword domains (math, code, search,
-# translation, first match wins), the seed's labelling rule, per-bucket
+# `data.kind: alpaca_keywords` (the default) is faithful to the seed notebook:
+# keyword domains (`data.domains`, by default the seed's math, code, search,
+# translation; first match wins), the seed's labelling rule, per-bucket
 # shuffles with the seed, CAL/TRAIN/VALID/TEST slices (TEST ×
-# `test_multiplier`), final shuffles. Rows with missing or non-string fields
+# `test_multiplier`), final shuffles. `data.kind: labelled` reads rows that
+# carry their own text, label and domain; a `split` column is respected,
+# otherwise the same protocol splits the domain × label buckets. Unusable rows
 # are skipped and counted; buckets that cannot fill a split are shown below.
 #
 # Writes `data/splits.jsonl` and `data/summary.json` into the run folder.
@@ -21,8 +24,14 @@ import pandas as pd
 from asa_lib import data, nb, plots
 
 params, run = nb.open_stage(params_path, run_dir)
-print(f"source: {params.data.source}  per split per class: {params.data.per_split_per_class}  "
-      f"test x{params.data.test_multiplier}  seed: {params.data.seed}")
+print(f"kind: {params.data.kind}  source: {params.data.source}  per split per class: "
+      f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}")
+if params.data.kind == "labelled":
+    print("columns:", {k: v for k, v in vars(params.data.columns).items() if v})
+else:
+    print("keyword domains (first match wins):")
+    for name, keywords in params.data.keyword_domains().items():
+        print(f"  {name}: {', '.join(keywords)}")
 
 # %%
 with warnings.catch_warnings(record=True) as caught:
@@ -32,6 +41,16 @@ for w in caught:
     print("WARNING:", w.message)
 data.write_splits(run, result)
 print(f"rows read: {result.rows_read}; skipped: {result.skipped or 'none'}")
+print(f"domains: {', '.join(result.domains)}")
+if result.kind == "labelled":
+    print(f"splits: {'as given in column ' + repr(result.split_column) if result.split_column else 'the seed protocol'}")
+
+# %% [markdown]
+# ## Skipped rows: where and why (the first few of each reason)
+
+# %%
+skipped = pd.DataFrame(result.skipped_examples, columns=["reason", "where", "field", "column", "value"])
+skipped if len(skipped) else "none listed" + (f" (counts: {result.skipped})" if result.skipped else "")
 
 # %% [markdown]
 # ## Rows available per domain and label

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import save_file
 
-from asa_lib import extract, nb, plots, probing
+from asa_lib import data, extract, nb, plots, probing
 from asa_lib.artifacts import atomic_path, read_json, write_json
 
 params, run = nb.open_stage(params_path, run_dir, needs=("03_probing",))
@@ -25,8 +25,8 @@ layer = read_json(run / "probing" / "layers.json")["best_layer"]
 h = extract.load_states(run, "cal", layer)
 meta = extract.load_meta(run, "cal")
 y, d = np.array(meta["labels"]), meta["domains"]
-domains = sorted(set(d))
-print(f"L* = {layer}; CAL states {h.shape}; domains in CAL: {domains}")
+domains = sorted(data.read_domains(run))  # the data stage's domains, sorted as the router's classes
+print(f"L* = {layer}; CAL states {h.shape}; domains: {domains} (in CAL: {sorted(set(d))})")
 
 # %%
 vectors, notes = probing.steering_vectors(h, y, d, domains)

@@ -19,7 +19,7 @@ import pandas as pd
 from safetensors.numpy import load_file
 from sklearn.metrics import confusion_matrix
 
-from asa_lib import extract, nb, plots, probing
+from asa_lib import data, extract, nb, plots, probing
 from asa_lib.artifacts import read_json
 from asa_lib.bundle import load_bundle, save_bundle
 
@@ -29,7 +29,8 @@ num_layers = read_json(run / "probing" / "layers.json")["num_layers"]
 vectors = load_file(str(run / "vectors" / "vectors.safetensors"))
 h = {s: extract.load_states(run, s, layer) for s in ("cal", "train", "valid")}
 meta = {s: extract.load_meta(run, s) for s in ("cal", "train", "valid")}
-domains = sorted(set(meta["cal"]["domains"]))
+# The data stage's domains (whatever their names), sorted as scikit-learn sorts string classes.
+domains = sorted(data.read_domains(run))
 print(f"L* = {layer}; domains: {domains}")
 
 # %%

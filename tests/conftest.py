@@ -60,3 +60,11 @@ def params_file(tmp_path):
 
 PROMPTS = ["Hi", "Calculate the average of 3, 8 and 10 please, and more words to make it long",
            "Search for the latest news", "Write a function that reverses a string."]
+
+
+@pytest.fixture(scope="session")
+def demo_lm(demo_params):
+    """The demo model: SmolLM2-135M with the project's tool-call LoRA adapter merged in."""
+    from asa_lib.models import load_params_model
+
+    return load_params_model(demo_params)

@@ -78,7 +78,7 @@ TAMPER = {
     "adapter.json not JSON": (lambda f: (f / "adapter.json").write_text("{oops"), "not valid JSON"),
     "adapter.json without tensors": (
         lambda f: _edit_json(f, lambda m: m.pop("tensors")),
-        "malformed",
+        "missing field 'tensors'",
     ),
     "adapter.safetensors deleted": (lambda f: (f / "adapter.safetensors").unlink(), "is missing"),
 }

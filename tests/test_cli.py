@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,12 +24,40 @@ def tiny_dict():
     (lambda d: d["sweep"][0].update(tau=1.0), "sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)"),
     (lambda d: d["sweep"][0].update(alpha=-0.5), "sweep[0].alpha: -0.5 is negative"),
     (lambda d: d["data"].update(source="nowhere/rows.jsonl"), "data.source: file not found"),
+    (lambda d: d["sweep"][0].update(alpha=float("inf")), "sweep[0].alpha: expected a finite number"),
+    (lambda d: d["data"].update(seed=2**40), "data.seed: 1099511627776 is outside the allowed range"),
+    (lambda d: d["prompt"]["tools"][0].update(parameters="a string"),
+     "prompt.tools[0].parameters: must be a JSON Schema object"),
+    (lambda d: d["prompt"]["tools"][0]["parameters"].update(required=5),
+     "prompt.tools[0].parameters.required: must be a list"),
+    (lambda d: d["prompt"]["tools"][0]["parameters"].update(required=["x"]),
+     "prompt.tools[0].parameters.required: ['x'] are not in parameters.properties"),
+    (lambda d: d.update(name="../.."), "name: '../..' must be letters"),
+    (lambda d: d.update(name="/abs/path"), "name: '/abs/path' must be letters"),
+    (lambda d: d["sweep"][0].update(name="Baseline"), "sweep[0].name: 'baseline' is reserved"),
+    (lambda d: d["sweep"][1].update(name=d["sweep"][0]["name"].upper()), "sweep[1].name: duplicate config name"),
+    (lambda d: yaml.safe_dump(d) + "name: again\n", "duplicate key 'name'"),
+    (lambda d: d["reference"].update(f1=3.0), "reference.f1: 3.0 is outside the allowed range [0, 1]"),
 ])
 def test_bad_params_give_one_message_and_exit_2(tmp_path, capsys, edit, msg):
     d = tiny_dict()
     out = edit(d)
     p = tmp_path / "p.yaml"
     p.write_text(out if isinstance(out, str) else yaml.safe_dump(d))
+    run_dir = tmp_path / "run"
+    assert main(["run", "--params", str(p), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asa: error:") and msg in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert not run_dir.exists()  # nothing written
+
+
+@pytest.mark.parametrize("content, msg", [
+    (b"name: caf\xe9\n", "not UTF-8 text"),
+])
+def test_unreadable_params_give_one_message(tmp_path, capsys, content, msg):
+    p = tmp_path / "p.yaml"
+    p.write_bytes(content)
     run_dir = tmp_path / "run"
     assert main(["run", "--params", str(p), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
@@ -49,6 +78,42 @@ def test_a_run_folder_from_another_params_file_is_refused(tmp_path, capsys):
     assert "holds a run of params 'demo'" in err and "--run-dir" in err
     assert sorted(x.name for x in run_dir.iterdir()) == ["keep.txt", "run.json"]
     assert "demo" in (run_dir / "run.json").read_text()
+
+
+@pytest.mark.parametrize("setup, msg", [
+    (lambda r: r.write_text("a file"), "is a file, not a run folder"),
+    (lambda r: (r.mkdir(), (r / "thesis.tex").write_text("mine")), "is not empty and is not an asa run folder"),
+    (lambda r: (r.mkdir(), (r / "run.json").write_text("{not json")), "run.json is damaged"),
+])
+def test_run_folders_that_are_not_ours_are_refused_untouched(tmp_path, capsys, setup, msg):
+    run_dir = tmp_path / "run"
+    setup(run_dir)
+    before = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else run_dir.read_text()
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(tiny_dict()))
+    assert main(["run", "--params", str(p), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asa: error:") and msg in err and len(err.splitlines()) == 1
+    after = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else run_dir.read_text()
+    assert after == before
+
+
+def test_a_folder_that_cannot_be_written_gives_one_line(tmp_path, capsys):
+    import os
+
+    run_dir = tmp_path / "ro"
+    run_dir.mkdir()
+    run_dir.chmod(0o500)
+    if os.access(run_dir, os.W_OK):  # root ignores permissions: use a tree nobody may write to
+        run_dir = Path("/sys/asa-test-run")
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(tiny_dict()))
+    try:
+        code = main(["run", "--params", str(p), "--run-dir", str(run_dir)])
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("asa: error: cannot write the run folder") and len(err.splitlines()) == 1
 
 
 def test_console_script_is_installed():

@@ -25,14 +25,23 @@ from asa_lib.online import (
 from asa_lib.steer import alpha_effective, compute_gates, generate_all, steering_deltas
 
 # model -> (L*, rows per split per class for fitting, eval prompts, relative alpha, beta, new tokens)
-SETUPS = {"tiny": (2, 3, 40, 0.5, 0.5, 6), "smol": (6, 2, 12, 0.5, 0.5, 8)}
+SETUPS = {
+    "tiny": (2, 3, 40, 0.5, 0.5, 6),
+    "smol": (6, 2, 12, 0.5, 0.5, 8),
+    "demo": (6, 2, 12, 0.5, 0.5, 8),
+}
+LM_FIXTURE = {
+    "tiny": "tiny_lm",
+    "smol": "smol_lm",
+    "demo": "demo_lm",
+}  # demo: SmolLM2 + the LoRA adapter
 _CACHE: dict = {}
 
 
 def setup(which: str, request):
     """Model, params, fitted bundle, eval prompts, their stage-02 states and a tau with mixed gates."""
     if which not in _CACHE:
-        lm = request.getfixturevalue("tiny_lm" if which == "tiny" else "smol_lm")
+        lm = request.getfixturevalue(LM_FIXTURE[which])
         params = request.getfixturevalue("tiny_params" if which == "tiny" else "demo_params")
         layer, per_split, n_eval, alpha, beta, max_new = SETUPS[which]
         f = fit_bundle(lm, params, layer, per_split, n_eval)
@@ -58,7 +67,9 @@ def near_threshold(p: np.ndarray, tau: float, eps: float = 1e-5) -> list[int]:
     return [i for i, q in enumerate(p) if min(abs(q - tau), abs(q - (1 - tau))) <= eps]
 
 
-@pytest.mark.parametrize("which", ["tiny", pytest.param("smol", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "which", ["tiny", *(pytest.param(w, marks=pytest.mark.slow) for w in ("smol", "demo"))]
+)
 def test_one_pass_equals_the_two_pass_sweep_path(which, request):
     s = setup(which, request)
     lm, pp, f, prompts, h, tau = s["lm"], s["params"].prompt, s["f"], s["prompts"], s["h"], s["tau"]
@@ -104,6 +115,13 @@ def test_one_pass_equals_the_two_pass_sweep_path(which, request):
     if f.no_probe is not None:  # the routed domain without a probe: p = 0.5, never steered
         rows = [i for i, d in enumerate(dec) if d.routed == f.no_probe]
         assert rows and all(dec[i].p_tool == 0.5 and dec[i].gate == 0 for i in rows)
+    # tau = 0.5: every row with a probe is steered, rows without one never are (p = 0.5 >= tau)
+    half = compute_gates(b, h, 0.5)
+    got_half = [
+        d.gate for d in decide_prompts(lm, prompts, OnlineGate(b, 0.5, s["a_eff"], s["beta"]))
+    ]
+    far = [i for i in range(len(prompts)) if i not in near_threshold(half.p_tool, 0.5)]
+    assert [got_half[i] for i in far] == [int(half.gate[i]) for i in far]
     # deciding without generating gives the same decisions
     only = decide_prompts(lm, prompts, gate, batch_size=5)
     assert [d.routed for d in only] == two.routed and [d.gate for d in only] == two.gate.tolist()
@@ -275,9 +293,8 @@ def test_gate_rule_by_hand():
     assert gate.tolist() == [1, 0, -1, -1, 0]
     d = g.delta(idx, gate, torch.device("cpu"), torch.float32)
     np.testing.assert_allclose(d.numpy(), [[0, 4, 0], [0, 0, 0], [0, -4, 0], [0, -4, 0], [0, 0, 0]])
-    assert OnlineGate(_toy(), tau=0.5, alpha_eff=1.0, beta=0.0).decide(h[1:2])[2].tolist() == [
-        1
-    ]  # p >= tau
+    at_half = OnlineGate(_toy(), tau=0.5, alpha_eff=1.0, beta=0.0).decide(h[[1, 4]])[2].tolist()
+    assert at_half == [1, 0]  # p >= tau wins at 0.5; a domain without a probe is never steered
     # float64: a p 1e-12 above tau gates +1, 1e-12 below does not
     x = torch.tensor([[0.3, 0.0, -1.0]])
     p0 = 1 / (1 + np.exp(-np.float64(np.float32(0.3))))

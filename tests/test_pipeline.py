@@ -24,7 +24,11 @@ def tiny_yaml(tmp_path, name="p.yaml", **changes):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
+    return make_tiny_run(tmp_path_factory.mktemp("run"))
+
+
+def make_tiny_run(tmp):
+    """Run the tiny preset into ``tmp``; what the tests compare against."""
     params = tiny_yaml(tmp)
     logs = []
     code, index = run(params, tmp / "reports" / "tiny", log=logs.append)

@@ -114,6 +114,13 @@ def test_gate_rule_and_fallbacks():
     assert compute_gates(b, h[1:2], tau=0.5).gate.tolist() == [1]  # p >= tau wins at 0.5
 
 
+def test_no_probe_no_steering_even_at_tau_one_half():
+    b = _toy_bundle()
+    g = compute_gates(b, np.array([[5.0, 0, 1], [0.0, 0, -1]]), tau=0.5)
+    assert g.routed == ["b", "a"] and g.p_tool.tolist() == [0.5, 0.5]
+    assert g.gate.tolist() == [0, 1] and g.has_probe.tolist() == [False, True]
+
+
 def test_vector_mixture_and_deltas():
     b = _toy_bundle()
     np.testing.assert_allclose(b.steering_vector("a", 0.0), [0, 1, 0], atol=1e-7)

@@ -1,0 +1,79 @@
+"""data.kind: labelled end to end (01-07 through papermill) on the tiny model, with non-seed domains."""
+
+import json
+
+import pytest
+import yaml
+
+from asa_lib.params import SEED_DOMAINS
+from asa_lib.runner import run
+from conftest import PARAMS, ROOT
+
+pytestmark = pytest.mark.slow
+
+OURS = ["weather", "calendar", "none"]  # the example's domains, in file order
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("labelled")
+    d = yaml.safe_load((PARAMS / "labelled_example.yaml").read_text())
+    d["data"]["source"] = str(ROOT / "data" / "labelled_example.jsonl")
+    params = tmp / "labelled.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    logs = []
+    code, _ = run(params, tmp / "run", log=logs.append)
+    return {"code": code, "dir": tmp / "run", "logs": logs}
+
+
+def read(run_dir, rel):
+    return json.loads((run_dir / rel).read_text())
+
+
+def test_the_labelled_example_runs_end_to_end(labelled_run):
+    assert labelled_run["code"] == 0, "\n".join(labelled_run["logs"])
+
+
+def test_domains_are_the_data_s_everywhere(labelled_run):
+    run_dir = labelled_run["dir"]
+    summary = read(run_dir, "data/summary.json")
+    assert summary["kind"] == "labelled" and summary["domains"] == OURS and summary["skipped"] == {}
+    assert summary["bucket_sizes"]["none"] == {"tool": 0, "non_tool": 40}
+
+    bundle = read(run_dir, "bundle/adapter.json")
+    assert bundle["domains"] == bundle["router_classes"] == sorted(OURS)
+    # "none" has no tool rows: no probe (p = 0.5) and no vector (the global one is used)
+    assert bundle["probes"] == ["calendar", "weather"]
+    assert sorted(bundle["vectors"]) == ["calendar", "global", "weather"]
+
+    results = read(run_dir, "results.json")
+    assert results["domains"] == sorted(OURS)
+    assert set(results["configs"]) == {"baseline", "mild", "strong"}
+    for cfg in results["configs"].values():
+        for split in ("valid", "test"):
+            per_domain = cfg["splits"][split]["per_domain"]
+            assert sorted(per_domain) == sorted(OURS)
+            assert per_domain["none"]["tp"] + per_domain["none"]["fn"] == 0  # no tool rows there
+            assert per_domain["weather"]["n"] == (6 if split == "valid" else 12)
+
+    for name in ("mild", "strong"):
+        records = read(run_dir, f"sweep/{name}.json")["records"]
+        assert {r["domain"] for r in records} == set(OURS)
+        assert {r["routed"] for r in records} <= set(OURS)
+        routed_none = [r for r in records if r["routed"] == "none"]
+        assert all(r["p_tool"] == 0.5 and r["gate"] == 0 for r in routed_none)  # never steered
+
+    for rel in ("data/summary.json", "bundle/adapter.json", "results.json", "sweep/strong.json"):
+        text = (run_dir / rel).read_text()
+        for seed_domain in SEED_DOMAINS:
+            assert f'"{seed_domain}"' not in text, (rel, seed_domain)
+
+
+def test_reports_show_the_data_s_domains_and_fallbacks(labelled_run):
+    html = labelled_run["dir"] / "html"
+    assert "weather" in (html / "01_data.html").read_text()
+    assert "none: no steering vector" in (html / "04_vectors.html").read_text()
+    routing = (html / "05_routing.html").read_text()
+    assert (
+        "none: no probe" in routing and "probe calendar" in routing and "probe weather" in routing
+    )

@@ -1,0 +1,222 @@
+"""Bad inputs and faults: each ends in one clear error (or a safe result), never a traceback or a silent use."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from asa_lib.bundle import BundleError, load_bundle, save_bundle
+from asa_lib.params import PromptParams
+from asa_lib.prompts import call_validity
+from test_pipeline import make_tiny_run
+from test_probing import _fit, synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("reliability"))
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    h, y, d = synthetic()
+    _, b = _fit(h, y, d)
+    save_bundle(b, tmp_path / "b")
+    return tmp_path / "b"
+
+
+def _edit_json(folder, fn):
+    meta = json.loads((folder / "adapter.json").read_text())
+    fn(meta)
+    (folder / "adapter.json").write_text(json.dumps(meta))
+
+
+def _edit_tensor(folder, name, fn):
+    t = load_file(str(folder / "adapter.safetensors"))
+    t[name] = fn(t[name])
+    save_file(t, str(folder / "adapter.safetensors"))
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m.pop("layer"), "missing field 'layer'"),
+    (lambda m: m.pop("cal_mean_norm"), "missing field 'cal_mean_norm'"),
+    (lambda m: m.update(layer=-1), "field 'layer' is -1, outside"),
+    (lambda m: m.update(layer=99), "field 'layer' is 99, outside"),
+    (lambda m: m.update(layer="1"), "field 'layer' must be int"),
+    (lambda m: m.update(cal_mean_norm=float("nan")), "field 'cal_mean_norm' is nan"),
+    (lambda m: m.update(cal_mean_norm=1e30), "field 'cal_mean_norm' is 1e+30"),
+    (lambda m: m.update(cal_mean_norm=0), "field 'cal_mean_norm' is 0"),
+    (lambda m: m.update(domains="math"), "field 'domains' must be list"),
+    (lambda m: m.update(probes=["weather"]), "field 'probes' names ['weather']"),
+    (lambda m: m.update(model_id=3), "field 'model_id' must be str"),
+])
+def test_bundle_json_fields_are_validated(bundle_dir, edit, msg):
+    _edit_json(bundle_dir, edit)
+    with pytest.raises(BundleError) as e:
+        load_bundle(bundle_dir)
+    assert msg in str(e.value) and "adapter.json" in str(e.value)
+
+
+@pytest.mark.parametrize("name, fn, msg", [
+    ("scaler.scale", lambda a: np.zeros_like(a), "scaler.scale must be positive"),
+    ("vector.global", lambda a: a * 2, "vector.global must be a unit vector"),
+    ("scaler.mean", lambda a: np.full_like(a, np.inf), "scaler.mean must be finite"),
+])
+def test_bundle_tensor_values_are_validated(bundle_dir, name, fn, msg):
+    _edit_tensor(bundle_dir, name, fn)
+    with pytest.raises(BundleError, match=msg):
+        load_bundle(bundle_dir)
+
+
+def test_bundle_missing_tensor_and_garbage_file(bundle_dir):
+    t = load_file(str(bundle_dir / "adapter.safetensors"))
+    t.pop("vector.global")
+    save_file(t, str(bundle_dir / "adapter.safetensors"))
+    with pytest.raises(BundleError, match="vector.global"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "adapter.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(BundleError, match="not a readable safetensors file"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "adapter.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="top level"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("payload", ["[" * 1000, "[" * 100_000, '{"a":' * 5000, "f(" * 3000])
+def test_deeply_nested_model_output_is_an_invalid_call_not_a_crash(payload):
+    pp = PromptParams()
+    assert call_validity(pp.tool_call_start + payload, pp) == {"format_valid": False, "valid": False}
+
+
+# ----------------------------------------------------------------------------- end to end (tiny model)
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    for lock in dst.glob(".asa-run.lock*"):
+        lock.unlink()
+    return dst
+
+
+@pytest.mark.slow
+def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path):
+    """One config fails (here: a marker file its notebook checks), the analysis runs without it;
+    after the fault is gone the rerun brings the config back and re-runs the analysis."""
+    import shutil
+
+    from asa_lib.runner import run
+    from conftest import ROOT
+    from test_pipeline import comparable
+
+    nbs = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nbs)
+    src = (nbs / "06_sweep.py").read_text()
+    (nbs / "06_sweep.py").write_text(src.replace(
+        "params, run = nb.open_stage(",
+        "import pathlib\nassert not (pathlib.Path(run_dir) / f'FAULT_{config_name}').exists(), 'injected fault'\n"
+        "params, run = nb.open_stage(", 1))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "FAULT_mild").write_text("")
+    (run_dir / "run.json").write_text(json.dumps({"name": "tiny"}))
+    assert run(tiny_run["params"], run_dir, notebook_dir=nbs, log=lambda *_: None)[0] == 1
+    assert "mild" not in json.loads((run_dir / "results.json").read_text())["configs"]
+    (run_dir / "FAULT_mild").unlink()
+    logs = []
+    assert run(tiny_run["params"], run_dir, notebook_dir=nbs, log=logs.append)[0] == 0
+    ran = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
+    assert ran == ["06_sweep__mild", "07_analysis"]
+    assert comparable(run_dir) == tiny_run["results"]
+
+
+@pytest.mark.slow
+def test_changed_or_missing_outputs_are_rerun_and_say_why(tiny_run, tmp_path):
+    from asa_lib.runner import run
+    from test_pipeline import comparable
+
+    run_dir = _copy_run(tiny_run["dir"], tmp_path / "run")
+    cal = run_dir / "states" / "cal.safetensors"
+    data = bytearray(cal.read_bytes())
+    data[-64:] = b"\x7f" * 64  # same size, different content
+    cal.write_bytes(bytes(data))
+    (run_dir / "probing" / "layers.json").unlink()
+    (run_dir / "results.json").unlink()
+    logs = []
+    assert run(tiny_run["params"], run_dir, log=logs.append)[0] == 0
+    text = "\n".join(logs)
+    assert "02_extraction: re-running because states/cal.safetensors changed since the stage wrote it" in text
+    assert "03_probing: re-running because probing/layers.json is missing" in text
+    assert "07_analysis: re-running because results.json is missing" in text
+    assert comparable(run_dir) == tiny_run["results"]  # the re-run outputs equal the originals
+    truncated = run_dir / "states" / "test.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    logs = []
+    assert run(tiny_run["params"], run_dir, log=logs.append)[0] == 0
+    assert any("02_extraction: re-running because states/test.safetensors changed" in x for x in logs)
+
+
+def test_editing_the_library_changes_every_fingerprint(tiny_params, monkeypatch, tmp_path):
+    from asa_lib import runner
+
+    before = [s.fingerprint for s in runner.plan(tiny_params, tmp_path / "p.yaml", tmp_path)]
+    monkeypatch.setattr(runner, "library_source_hash", lambda: "edited")
+    after = [s.fingerprint for s in runner.plan(tiny_params, tmp_path / "p.yaml", tmp_path)]
+    assert all(a != b for a, b in zip(before, after))
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from asa_lib.cli import main
+    from test_pipeline import tiny_yaml
+
+    params = tiny_yaml(tmp_path)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asa_lib.cli", "run", "--params", str(params),
+                             "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid_file = run_dir / ".asa-run.lock.pid"
+        deadline = time.time() + 60
+        while not pid_file.is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        assert pid_file.is_file()
+        other = tiny_yaml(tmp_path, name="other.yaml", sweep=[{"name": "x", "tau": 0.7, "alpha": 1.0}])
+        assert main(["run", "--params", str(other), "--run-dir", str(run_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"in use by another `asa run` (pid {proc.pid})" in err and len(err.splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_invalid_utf8_line_is_skipped_and_counted(tmp_path):
+    from asa_lib.data import read_local_rows
+
+    good = json.dumps({"instruction": "Calculate 2+2", "input": "", "output": "4"}).encode()
+    p = tmp_path / "rows.jsonl"
+    p.write_bytes(good + b"\n" + b'{"instruction": "caf\xe9"}\n' + good + b"\n")
+    skipped = {}
+    rows = read_local_rows(p, skipped)
+    assert rows[0] == rows[2] and rows[1] is None and skipped == {"invalid UTF-8 line": 1}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.xz", ".jsonl.gz"])
+def test_a_damaged_compressed_file_names_the_file(tmp_path, suffix):
+    import gzip
+    import lzma
+
+    from asa_lib.data import DataError, read_local_rows
+
+    blob = ("\n".join(json.dumps({"instruction": f"row {i}", "input": "", "output": "x"}) for i in range(500))).encode()
+    packed = lzma.compress(blob) if suffix.endswith("xz") else gzip.compress(blob)
+    p = tmp_path / f"rows{suffix}"
+    p.write_bytes(packed[: len(packed) // 2])  # cut off half-way
+    with pytest.raises(DataError) as e:
+        read_local_rows(p)
+    assert str(p) in str(e.value) and "damaged or incomplete" in str(e.value)
