@@ -130,7 +130,7 @@ def _generate(args) -> int:
         if base is not None:
             v = call_validity(base[i], pp)
             r.update({"baseline_output": base[i], "baseline_triggered": triggered(base[i], pp),
-                      "baseline_valid": v["valid"]})
+                      "baseline_format_valid": v["format_valid"], "baseline_valid": v["valid"]})
         results.append(r)
     if args.json:
         doc = {"adapter": asa.config, "model_id": lm.model_id, "max_new_tokens": max_new, "results": results}
@@ -146,7 +146,7 @@ def _generate(args) -> int:
         print(f"    tool call: {_call_summary(r['triggered'], r['format_valid'], r['valid'])}")
         print("    output: " + _printable(r["output"]).replace("\n", "\n            "))
         if base is not None:
-            print(f"    baseline tool call: {_call_summary(r['baseline_triggered'], None, r['baseline_valid'])}")
+            print(f"    baseline tool call: {_call_summary(r['baseline_triggered'], r['baseline_format_valid'], r['baseline_valid'])}")
             print("    baseline: " + _printable(r["baseline_output"]).replace("\n", "\n              "))
     return 0
 
@@ -154,12 +154,12 @@ def _generate(args) -> int:
 GATE_WORDS = {1: "push towards a tool call", -1: "suppress a tool call", 0: "not steered"}
 
 
-def _call_summary(trig: bool, format_valid: bool | None, valid: bool) -> str:
+def _call_summary(trig: bool, format_valid: bool, valid: bool) -> str:
     if not trig:
         return "none"
     if valid:
         return "valid"
-    return "invalid" + (" (does not parse)" if format_valid is False else "")
+    return "invalid" + ("" if format_valid else " (does not parse)")
 
 
 def _printable(text: str) -> str:
