@@ -1,6 +1,7 @@
 # Everything the project needs, installed by its own files.
 #   make demo   -> set up (once) and run the offline demo on SmolLM2 (params/demo.yaml)
 #   make test   -> set up (once) and run the test suite
+#   make lab    -> set up (once), add JupyterLab + jupytext to .venv, start JupyterLab on the notebooks
 #   make demo-model -> retrain the demo model's LoRA adapter (models/smollm2-135m-tools-lora)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo demo-model test lint bench bench-quick clean
+.PHONY: install demo demo-model test lint bench bench-quick lab lab-setup clean
 
 install: $(STAMP)
 
@@ -44,6 +45,28 @@ bench: install
 
 bench-quick: install
 	$(PY) benchmarks/bench_sweep.py --quick
+
+# JupyterLab in this project's environment. jupytext (>= 1.16) carries its JupyterLab
+# extension, so notebooks/*.py open as notebooks (double click: the default viewer for
+# .py is set for this environment only, in its overrides.json) and stay paired with their
+# .ipynb through pyproject.toml's [tool.jupytext]; the server's root is the project
+# (so that pyproject.toml is found), the browser opens in notebooks/.
+LAB_STAMP    := $(VENV)/.lab-installed
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+
+lab-setup: $(LAB_STAMP)
+
+$(LAB_STAMP): $(STAMP)
+	$(PIP) install -q "jupyterlab>=4,<5" "jupytext>=1.16"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (asa)" >/dev/null
+	mkdir -p $(LAB_SETTINGS)
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+		> $(LAB_SETTINGS)/overrides.json
+	touch $@
+
+lab: lab-setup
+	@echo "JupyterLab on notebooks/ (kernel 'Python 3 (asa)'); stop it with Ctrl-C."
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

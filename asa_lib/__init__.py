@@ -1,3 +1,21 @@
-"""ASA: Activation Steering Adapter for tool calling."""
+"""ASA: Activation Steering Adapter for tool calling.
+
+``from asa_lib import ASA`` gives the public API (:mod:`asa_lib.api`); it is
+imported on first use, so ``import asa_lib`` stays light.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["ASA", "AdapterError", "Decision", "Generation", "ModelMismatchError", "SteeringError"]
+
+
+def __getattr__(name: str):
+    if name in ("ASA", "AdapterError", "Generation", "ModelMismatchError"):
+        from . import api
+
+        return getattr(api, name)
+    if name in ("Decision", "SteeringError"):
+        from . import online
+
+        return getattr(online, name)
+    raise AttributeError(f"module 'asa_lib' has no attribute {name!r}")

@@ -245,5 +245,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         shutil.rmtree(run.chosen_adapter, ignore_errors=True)
     else:
         save_bundle(bundle, run.chosen_adapter,
-                    extra={"config": {k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit", "alpha_eff")}})
+                    extra={"config": {**{k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit",
+                                                                     "alpha_eff")},
+                                      **{k: v for k, v in c.get("config", {}).items() if k in ("gate", "vector", "seed")}}})
     return results

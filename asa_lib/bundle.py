@@ -12,13 +12,17 @@
 ``adapter.json`` records the layer L*, the hook point, the domains, which of
 them have a probe and a vector, the model id, hidden size and block count the
 bundle came from, the CAL mean state norm (for relative alpha), library
-versions, and the name, shape and dtype of every tensor; the loader checks each
-tensor against that list before using it. No pickle anywhere: the gate is
-recomputed in numpy from these arrays, without scikit-learn objects.
+versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
+``adapter.safetensors`` and of every other field of the JSON. The loader checks
+each tensor against that list and then the hash (where the JSON has one:
+bundles written before it was added load without), so a changed tensor or
+field is refused (this detects edits; it is no signature). No pickle anywhere:
+the gate is recomputed in numpy from these arrays, without scikit-learn objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .artifacts import atomic_path, library_versions, write_json
+from .artifacts import _json_default, atomic_path, library_versions, write_json
 
 FORMAT = "asa-adapter/1"
 HOOK_POINT = "output of model.model.layers[L*] (before the final norm), last prompt token"
@@ -121,6 +125,14 @@ class Bundle:
                 "steering.allow_model_mismatch: true to use it anyway.")
 
 
+def _digest(tensors_file: Path, meta: dict[str, Any]) -> str:
+    """sha256 of the tensor file's bytes and of every JSON field but ``sha256`` itself."""
+    h = hashlib.sha256(Path(tensors_file).read_bytes())
+    fields = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -159,6 +171,8 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra, **(extra or {}),
     }
+    meta = json.loads(json.dumps(meta, default=_json_default))  # hash exactly what the JSON will hold
+    meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)
     return folder
 
@@ -268,9 +282,12 @@ def load_bundle(folder: str | Path) -> Bundle:
                               f"(norm {float(np.linalg.norm(arr)):.6g})")
     if np.any(tensors["scaler.scale"] <= 0):
         raise BundleError(f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)")
+    if "sha256" in meta and meta["sha256"] != _digest(tpath, meta):
+        raise BundleError(f"{folder}: the sha256 in adapter.json does not match the bundle's files "
+                          "(adapter.json or adapter.safetensors was changed after it was written)")
     known = {"format", "layer", "hook_point", "domains", "router_classes", "probes", "vectors",
              "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors",
-             "model_fingerprint"}
+             "model_fingerprint", "sha256"}
     return Bundle(
         layer=layer, domains=domains, router_classes=router_classes,
         scaler_mean=tensors["scaler.mean"], scaler_scale=tensors["scaler.scale"],

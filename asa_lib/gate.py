@@ -41,9 +41,14 @@ class Gates:
     has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
 
 
-def compute_gates(bundle: Bundle, h: np.ndarray, config: SweepConfig,
+def compute_gates(bundle: Bundle, h: np.ndarray, config: SweepConfig | float,
                   true_domains: list[str] | None = None) -> Gates:
-    """Gate decisions for (N, H) states at L* under ``config`` (``true_domains`` for ``oracle``)."""
+    """Gate decisions for (N, H) states at L* under ``config`` (``true_domains`` for ``oracle``).
+
+    A plain number is the ASA gate (``gate: probe``) with that tau.
+    """
+    if not isinstance(config, SweepConfig):
+        config = SweepConfig("probe", tau=float(config))
     if config.gate == "oracle":
         if true_domains is None or len(true_domains) != len(h):
             raise ValueError("gate 'oracle' needs the true domain of every prompt")
@@ -74,8 +79,13 @@ def random_unit_vector(hidden_size: int, seed: int) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig) -> np.ndarray:
-    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0)."""
+def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig | float) -> np.ndarray:
+    """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0).
+
+    A plain number is the seed's mixture vector with that beta.
+    """
+    if not isinstance(config, SweepConfig):
+        config = SweepConfig("mixture", tau=0.5, beta=float(config))
     out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
     rand = random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
     for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):

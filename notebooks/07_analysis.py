@@ -107,3 +107,38 @@ nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 val = analysis.split_frame(res, "test")[["config", "triggers", "format_valid_rate", "valid_call_rate"]]
 display(val.round(3))
 nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
+
+# %% [markdown]
+# ## The chosen adapter on held-out TEST prompts, through the public API
+#
+# `ASA.load(run / "chosen_adapter")` applies the chosen config to new prompts in
+# one pass: the gate is computed inside the prefill (see `asa_lib.api`). The
+# first three tool and three non-tool TEST prompts, the baseline output (from
+# the sweep) beside the steered one; `= sweep` checks the one-pass output
+# against the sweep's two-pass output. Outputs are shown escaped.
+
+# %%
+from asa_lib import ASA
+from asa_lib.data import read_splits
+from asa_lib.models import load_params_model
+
+adapter_dir = run.chosen_adapter
+if chosen == "baseline" or not (adapter_dir / "adapter.json").is_file():
+    print("No chosen adapter: the unsteered baseline was chosen, so there is nothing to apply.")
+else:
+    asa = ASA.load(adapter_dir, prompt=params.prompt)
+    print(asa.config)
+    test = read_splits(run)["test"]
+    picked = [x for x in test if x.label == 1][:3] + [x for x in test if x.label == 0][:3]
+    gens = asa.generate(load_params_model(params), None, [x.text for x in picked],
+                        max_new_tokens=params.generation.max_new_tokens,
+                        batch_size=params.generation.batch_size, share_prefix=params.generation.share_prefix)
+    base = {r["id"]: r["output"] for r in res["baseline"]["records"] if r["split"] == "test"}
+    swept = {r["id"]: r["output"] for r in res[chosen]["records"] if r["split"] == "test"}
+    display(pd.DataFrame([{"id": x.id, "label": "tool" if x.label else "non-tool", "prompt": x.text[:80],
+                           "routed": g.decision.routed, "p(tool)": round(g.decision.p_tool, 3),
+                           "gate": g.decision.gate, "baseline output": base[x.id][:200],
+                           "steered output": g.output[:200], "= sweep": g.output == swept[x.id]}
+                          for x, g in zip(picked, gens)]))
+    same = sum(g.output == swept[x.id] for x, g in zip(picked, gens))
+    print(f"one-pass outputs equal to the sweep's: {same}/{len(picked)}")

@@ -99,6 +99,14 @@ def test_papermill_parameters_and_results(tiny_run):
     assert {r["split"] for r in sweep["records"]} == {"valid", "test"}
 
 
+def test_07_applies_the_chosen_adapter_through_the_api(tiny_run):
+    nb = json.loads((tiny_run["dir"] / "notebooks" / "07_analysis.ipynb").read_text())
+    last = nb["cells"][-1]
+    text = "".join("".join(o.get("text", "")) for o in last["outputs"] if o["output_type"] == "stream")
+    assert "one-pass outputs equal to the sweep's: 6/6" in text
+    assert any("steered output" in "".join(o.get("data", {}).get("text/html", "")) for o in last["outputs"])
+
+
 def test_two_runs_from_scratch_give_identical_results(tiny_run, tmp_path):
     code, _ = run(tiny_yaml(tmp_path), tmp_path / "again", log=lambda *_: None)
     assert code == 0 and comparable(tmp_path / "again") == tiny_run["results"]

@@ -1,0 +1,370 @@
+"""Apply a tuned adapter to new prompts: ``ASA.load(folder)``, ``asa.steering(model)``, ``asa.decide``.
+
+A run ends with ``reports/<name>/chosen_adapter/``: the bundle (scaler, router,
+probes, vectors at L*) and the config chosen on VALID (tau, alpha, beta,
+alpha_unit, alpha_eff). :class:`ASA` loads it, checks that a model is the one
+the bundle was built on (model id, hidden size, block count), and steers
+``model.generate`` in one pass (see :mod:`asa_lib.online`)::
+
+    from asa_lib import ASA
+    from asa_lib.models import load_params_model
+    from asa_lib.params import load_params
+
+    params = load_params("params/demo.yaml")
+    lm = load_params_model(params)                   # model, tokenizer and its id
+    asa = ASA.load("reports/demo/chosen_adapter")    # tau/alpha/beta overrides allowed
+    asa.decide(lm, None, ["What is 17 * 23?"])      # routed domain, p(tool), gate: no generation
+    with asa.steering(lm) as session:                # any generate call on lm.model is steered
+        out = lm.model.generate(**batch)             # left-padded batch
+    session.last                                     # the decisions of that call, per row
+    asa.generate(lm, None, ["What is 17 * 23?"])    # the same, batched, with the prompt format
+
+Inputs for :meth:`ASA.decide` and :meth:`ASA.generate`: a string is a user
+request, rendered in the run's prompt format (system text with the tool list,
+demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
+or given as ``prompt=``), since the probes were fitted on prompts in that
+format; a list of ``{"role", "content"}`` messages is rendered by the
+tokenizer's chat template as it is; with ``rendered=True`` strings are full
+prompt texts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bundle import Bundle, BundleError, load_bundle
+from .gate import alpha_effective
+from .models import LoadedModel, decoder_blocks
+from .online import (
+    Decision,
+    OnlineGate,
+    SteeringSession,
+    decide_prompts,
+    generate_online,
+    online_steering,
+)
+from .params import ALPHA_UNITS, Params, ParamsError, PromptParams, load_params
+from .prompts import render_prompt
+from .steer import share_prefix_for
+
+Messages = list[dict[str, str]]
+PromptInput = str | Messages
+
+
+class AdapterError(BundleError):
+    """An adapter folder that cannot be used: missing, tampered, or without a usable config."""
+
+
+class ModelMismatchError(BundleError):
+    """The model is not the one the adapter was built on (id, hidden size or block count)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's steered output and the decision that steered it."""
+
+    output: str
+    decision: Decision
+
+
+@dataclass
+class ASA:
+    """An adapter bundle with one (tau, alpha, beta) config, ready to steer a model."""
+
+    bundle: Bundle
+    tau: float
+    alpha: float
+    beta: float = 0.0
+    alpha_unit: str = "absolute"
+    alpha_eff: float | None = None  # None: computed from alpha and alpha_unit
+    name: str = "custom"
+    prompt: PromptParams | None = None  # the prompt format the probes were fitted on
+    folder: Path | None = None
+    gate: OnlineGate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = f"{self.folder}: " if self.folder else ""
+        if self.alpha_unit not in ALPHA_UNITS:
+            raise AdapterError(f"{where}alpha_unit {self.alpha_unit!r} is not one of {ALPHA_UNITS}")
+        for key, v, ok, rng in (
+            ("tau", self.tau, lambda x: 0.5 <= x < 1.0, "[0.5, 1)"),
+            ("alpha", self.alpha, lambda x: x >= 0, ">= 0"),
+            ("beta", self.beta, lambda x: 0.0 <= x <= 1.0, "[0, 1]"),
+        ):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not ok(v)
+            ):
+                raise AdapterError(f"{where}{key} {v!r} is outside the allowed range {rng}")
+        expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+        if self.alpha_eff is not None and (
+            isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, (int, float))
+        ):
+            raise AdapterError(f"{where}alpha_eff {self.alpha_eff!r} is not a number")
+        if self.alpha_eff is None:
+            self.alpha_eff = expected
+        elif not math.isclose(float(self.alpha_eff), expected, rel_tol=1e-9, abs_tol=1e-12):
+            raise AdapterError(
+                f"{where}the config's alpha_eff {self.alpha_eff} does not match alpha "
+                f"{self.alpha} ({self.alpha_unit}) for this bundle ({expected}): "
+                "the adapter was edited"
+            )
+        self.tau, self.alpha, self.beta = float(self.tau), float(self.alpha), float(self.beta)
+        self.alpha_eff = float(self.alpha_eff)
+        self.gate = OnlineGate(self.bundle, self.tau, self.alpha_eff, self.beta)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        tau: float | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
+        alpha_unit: str | None = None,
+        prompt: PromptParams | Params | None = None,
+    ) -> ASA:
+        """Load a ``chosen_adapter/`` folder (bundle + chosen config); overrides replace its values.
+
+        ``alpha`` is in the config's ``alpha_unit`` (``relative``: a fraction of the
+        mean CAL state norm at L*) unless ``alpha_unit`` is given too. Without an
+        override the recorded ``alpha_eff`` is used (and checked against alpha).
+        A bare bundle folder (``bundle/``) has no config: pass tau and alpha.
+        ``prompt``: the prompt format; by default the run's ``params.yaml`` beside
+        the folder, where there is one.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise AdapterError(
+                f"{folder}: no such adapter folder (a run writes it to "
+                "reports/<name>/chosen_adapter when stage 07 chooses a steered config)"
+            )
+        try:
+            bundle = load_bundle(folder)
+        except AdapterError:
+            raise
+        except BundleError as e:
+            raise AdapterError(str(e)) from None
+        config = bundle.extra.get("config")
+        if config is None:
+            config = {}
+        elif not isinstance(config, dict):
+            raise AdapterError(f"{folder}/adapter.json: 'config' is not a mapping")
+        if tau is None and "tau" not in config or alpha is None and "alpha" not in config:
+            raise AdapterError(
+                f"{folder}: the adapter records no chosen config (tau, alpha); "
+                "pass tau= and alpha= (or use the run's chosen_adapter/ folder)"
+            )
+        if config.get("gate", "probe") != "probe" or config.get("vector", "mixture") != "mixture":
+            raise AdapterError(
+                f"{folder}: the chosen config is an ablation (gate {config.get('gate')!r}, vector "
+                f"{config.get('vector')!r}); only gate 'probe' with the mixture vector is applied online")
+        unit = alpha_unit or config.get("alpha_unit") or "absolute"
+        keep_eff = alpha is None and alpha_unit is None
+        if prompt is None:
+            prompt = run_prompt_format(folder)
+        name = str(config.get("name", "custom"))
+        if any(x is not None for x in (tau, alpha, beta, alpha_unit)):
+            name += " (overridden)"
+        return cls(
+            bundle=bundle,
+            tau=config.get("tau") if tau is None else tau,
+            alpha=config.get("alpha") if alpha is None else alpha,
+            beta=config.get("beta", 0.0) if beta is None else beta,
+            alpha_unit=unit,
+            alpha_eff=config.get("alpha_eff") if keep_eff else None,
+            name=name,
+            prompt=prompt.prompt if isinstance(prompt, Params) else prompt,
+            folder=folder,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config in use, and what the bundle was built on (for reports and ``--json``)."""
+        return {
+            "name": self.name,
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "alpha_unit": self.alpha_unit,
+            "alpha_eff": self.alpha_eff,
+            "beta": self.beta,
+            "layer": self.bundle.layer,
+            "model_id": self.bundle.model_id,
+            "folder": str(self.folder) if self.folder else None,
+        }
+
+    # ------------------------------------------------------------------ the model
+    def check_model(
+        self, model: LoadedModel | torch.nn.Module, model_id: str | None = None
+    ) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` is the bundle's model.
+
+        The id is ``model_id``, else a :class:`LoadedModel`'s id, else the
+        model config's ``name_or_path``; pass ``model_id`` to vouch for a copy
+        of the same model under another name or path.
+        """
+        module = model.model if isinstance(model, LoadedModel) else model
+        b = self.bundle
+        if model_id is None:
+            model_id = (
+                model.model_id
+                if isinstance(model, LoadedModel)
+                else str(getattr(module.config, "name_or_path", "") or "")
+            )
+        hidden = _hidden_size(module)
+        blocks = len(decoder_blocks(module))
+        if hidden != b.hidden_size or blocks != b.num_layers:
+            raise ModelMismatchError(
+                f"this adapter was built on {b.model_id!r} (hidden size {b.hidden_size}, {b.num_layers} "
+                f"blocks); the model {model_id!r} has hidden size {hidden} and {blocks} blocks"
+            )
+        if model_id != b.model_id:
+            raise ModelMismatchError(
+                f"this adapter was built on {b.model_id!r}; the model is {model_id!r}. Use it with the "
+                "model it was built on (in Python, model_id= vouches for that model under another name)"
+            )
+
+    def _lm(
+        self, model: LoadedModel | torch.nn.Module, tokenizer, model_id: str | None
+    ) -> LoadedModel:
+        self.check_model(model, model_id)
+        if isinstance(model, LoadedModel):
+            if tokenizer is None or tokenizer is model.tokenizer:
+                return model
+            model = model.model
+        if tokenizer is None:
+            raise TypeError("a tokenizer is needed with a bare model (or pass a LoadedModel)")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token: set tokenizer.pad_token = tokenizer.eos_token"
+            )
+        device = next(model.parameters()).device
+        return LoadedModel(model, tokenizer, model_id or self.bundle.model_id, device)
+
+    @contextmanager
+    def steering(
+        self,
+        model: LoadedModel | torch.nn.Module,
+        tokenizer: Any = None,
+        *,
+        model_id: str | None = None,
+    ) -> Iterator[SteeringSession]:
+        """Steer every ``generate`` call on ``model`` inside the ``with`` block, in one pass.
+
+        Batches must be left-padded. The session's ``calls`` hold each call's
+        per-row decisions (``session.last``: the latest call's). ``tokenizer``
+        is not needed; it is accepted for symmetry with :meth:`decide`.
+        """
+        self.check_model(model, model_id)
+        module = model.model if isinstance(model, LoadedModel) else model
+        with online_steering(module, self.gate) as session:
+            yield session
+
+    def render(
+        self, tokenizer: Any, inputs: PromptInput | Sequence[PromptInput], rendered: bool = False
+    ) -> list[str]:
+        """The prompt texts for ``inputs`` (see the module docstring)."""
+        items = [inputs] if isinstance(inputs, str) or _is_messages(inputs) else list(inputs)
+        out = []
+        for x in items:
+            if isinstance(x, str):
+                if rendered:
+                    out.append(x)
+                elif self.prompt is None:
+                    raise AdapterError(
+                        "a text prompt is rendered in the adapter's prompt format, which is "
+                        "unknown here: pass prompt= to ASA.load (e.g. params.prompt), "
+                        "chat messages, or rendered=True"
+                    )
+                else:
+                    out.append(render_prompt(tokenizer, self.prompt, x))
+            elif _is_messages(x):
+                out.append(
+                    tokenizer.apply_chat_template(x, tokenize=False, add_generation_prompt=True)
+                )
+            else:
+                raise TypeError(
+                    f"expected a string or a list of chat messages, got {type(x).__name__}"
+                )
+        return out
+
+    def decide(
+        self,
+        model: LoadedModel | torch.nn.Module,
+        tokenizer: Any,
+        inputs: PromptInput | Sequence[PromptInput],
+        *,
+        rendered: bool = False,
+        model_id: str | None = None,
+        batch_size: int = 8,
+    ) -> list[Decision]:
+        """Routed domain, p(tool) and gate per input, without generating (one per input, in order)."""
+        lm = self._lm(model, tokenizer, model_id)
+        return decide_prompts(
+            lm, self.render(lm.tokenizer, inputs, rendered), self.gate, batch_size
+        )
+
+    def generate(
+        self,
+        model: LoadedModel | torch.nn.Module,
+        tokenizer: Any,
+        inputs: PromptInput | Sequence[PromptInput],
+        *,
+        max_new_tokens: int = 128,
+        rendered: bool = False,
+        model_id: str | None = None,
+        batch_size: int = 8,
+        share_prefix: str = "auto",
+    ) -> list[Generation]:
+        """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete.
+
+        Batched as the sweep batches (``share_prefix``: ``generation.share_prefix``'s
+        auto|always|never). The tool-call markers that stop a row early come from
+        the prompt format (LFM2's by default).
+        """
+        lm = self._lm(model, tokenizer, model_id)
+        prompts = self.render(lm.tokenizer, inputs, rendered)
+        outs, decisions = generate_online(
+            lm,
+            prompts,
+            self.gate,
+            batch_size,
+            max_new_tokens,
+            self.prompt or PromptParams(),
+            share_prefix=share_prefix_for(share_prefix, lm),
+        )
+        return [Generation(o, d) for o, d in zip(outs, decisions)]
+
+
+def _is_messages(x: Any) -> bool:
+    return (
+        isinstance(x, list) and len(x) > 0 and all(isinstance(m, dict) and "role" in m for m in x)
+    )
+
+
+def _hidden_size(module: torch.nn.Module) -> int:
+    cfg = module.config
+    h = getattr(cfg, "hidden_size", None)
+    if h is None and hasattr(cfg, "get_text_config"):
+        h = getattr(cfg.get_text_config(), "hidden_size", None)
+    return int(h) if h is not None else -1
+
+
+def run_prompt_format(folder: str | Path) -> PromptParams | None:
+    """The prompt format of the run the adapter came from (``<run>/params.yaml``), if readable."""
+    path = Path(folder).parent / "params.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return load_params(path, check_files=False).prompt
+    except ParamsError:
+        return None

@@ -1,0 +1,340 @@
+"""Online ASA: the gate is computed and applied inside the prefill pass of ``generate``.
+
+The sweep (:mod:`asa_lib.steer`) takes two passes: stage 02 stores each
+prompt's state at L*, the gate is computed from it in numpy, and generation
+then adds the resulting delta. Here one pass does both. A forward hook on block
+L* reads every row's state at the last prompt position (position -1: batches
+are left-padded), and computes, in torch and float64:
+
+    x = (h - scaler.mean) / scaler.scale
+    d = argmax router(x)                  (the bundle's router classes)
+    p = sigmoid(x . coef_d + b_d)         (0.5 where d has no probe)
+    gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (always 0 where d has no probe)
+
+It then adds ``gate * alpha_eff * v_d`` to that row's state in the same forward
+pass. ``v_d`` is the bundle's mixture ``normalize(beta * v_global + (1 - beta) * v_d)``;
+it does not depend on the state, so the (+1 and -1) deltas of every routed domain
+are tabulated once by :func:`asa_lib.gate.steering_deltas`. They are then
+bit-identical to the two-pass path's.
+
+Which pass is steered: inside :func:`online_steering`, ``model.generate`` is
+wrapped so that the *first* pass through block L* of each ``generate`` call
+(its prefill) is steered; its decode steps are not, and neither is a plain
+``model(...)`` call. Each call's per-row decisions (routed domain, p, gate)
+are recorded on the session. Nothing carries over between rows (every row
+is computed from its own state) or between calls (the hook is re-armed per
+``generate`` call, the decisions of a call are a new list, and the hook and
+the wrapper are removed in ``finally``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .bundle import Bundle
+from .gate import Gates, steering_deltas
+from .hooks import _hidden, _replace_hidden
+from .models import LoadedModel, decoder_blocks
+from .params import PromptParams
+from .prefix import token_ids
+from .steer import _gen_batches, generate_batch, shared_prefix
+
+
+class SteeringError(RuntimeError):
+    """Online steering was used in a way it cannot steer correctly (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate decision for one prompt."""
+
+    routed: str  # the router's domain
+    p_tool: float  # P(tool) from that domain's probe (0.5 without one)
+    gate: int  # +1 push, -1 suppress, 0 leave alone
+
+
+class OnlineGate:
+    """A bundle and one (tau, alpha_eff, beta) config, as torch tensors for the prefill hook."""
+
+    def __init__(self, bundle: Bundle, tau: float, alpha_eff: float, beta: float):
+        if not 0.5 <= tau < 1.0:
+            raise ValueError(f"tau {tau} is outside the allowed range [0.5, 1)")
+        if not (alpha_eff >= 0 and np.isfinite(alpha_eff)):
+            raise ValueError(f"alpha_eff {alpha_eff} must be a finite number >= 0")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta {beta} is outside the allowed range [0, 1]")
+        self.bundle = bundle
+        self.layer = bundle.layer
+        self.tau, self.alpha_eff, self.beta = float(tau), float(alpha_eff), float(beta)
+        self.classes = list(bundle.router_classes)
+        C, H = len(self.classes), bundle.hidden_size
+        f64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+        self._mean, self._scale = f64(bundle.scaler_mean), f64(bundle.scaler_scale)
+        self._router_coef, self._router_b = f64(bundle.router_coef), f64(bundle.router_intercept)
+        coef, b, has = np.zeros((C, H)), np.zeros(C), np.zeros(C, dtype=bool)
+        for i, d in enumerate(self.classes):
+            if d in bundle.probes:
+                coef[i], b[i], has[i] = bundle.probes[d][0], bundle.probes[d][1], True
+        self._probe_coef, self._probe_b, self._has_probe = f64(coef), f64(b), torch.from_numpy(has)
+        # deltas[c, g + 1] = g * alpha_eff * v_c for g in (-1, 0, +1), exactly as the two-pass path
+        table = np.zeros((C, 3, H), dtype=np.float32)
+        for i, d in enumerate(self.classes):
+            two = steering_deltas(
+                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, self.beta
+            )
+            table[i, 0], table[i, 2] = two[0], two[1]
+        self._deltas = torch.from_numpy(table)
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._on:
+            self._on[device] = tuple(
+                t.to(device)
+                for t in (
+                    self._mean,
+                    self._scale,
+                    self._router_coef,
+                    self._router_b,
+                    self._probe_coef,
+                    self._probe_b,
+                    self._has_probe,
+                    self._deltas,
+                )
+            )
+        return self._on[device]
+
+    @torch.no_grad()
+    def decide(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(router class index, p(tool) float64, gate in {-1, 0, 1}) per row of ``h`` (B, H)."""
+        mean, scale, rc, rb, pc, pb, has, _ = self._tensors(h.device)
+        x = (h.to(torch.float64) - mean) / scale
+        z = x @ rc.T + rb
+        if rc.shape[0] == 1:  # binary router: sigmoid of the single score (as Bundle.router_proba)
+            p1 = 1.0 / (1.0 + torch.exp(-z[:, 0]))
+            proba = torch.stack([1 - p1, p1], dim=1)
+        else:
+            e = torch.exp(z - z.max(dim=1, keepdim=True).values)
+            proba = e / e.sum(dim=1, keepdim=True)
+        idx = proba.argmax(dim=1)  # the first maximum on ties, as numpy
+        p = 1.0 / (1.0 + torch.exp(-((x * pc[idx]).sum(dim=1) + pb[idx])))
+        p = torch.where(has[idx], p, torch.full_like(p, 0.5))
+        one = torch.ones_like(idx)
+        zero = torch.zeros_like(idx)
+        gate = torch.where(p >= self.tau, one, torch.where(p <= 1 - self.tau, -one, zero))
+        gate = torch.where(has[idx], gate, zero)  # no probe, no steering (p = 0.5 is recorded)
+        return idx, p, gate
+
+    def delta(
+        self, idx: torch.Tensor, gate: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(B, H): ``gate * alpha_eff * v`` of each row's routed domain."""
+        table = self._tensors(device)[-1]
+        return table[idx, gate + 1].to(device=device, dtype=dtype)
+
+    def decisions(self, idx: torch.Tensor, p: torch.Tensor, gate: torch.Tensor) -> list[Decision]:
+        return [
+            Decision(self.classes[i], float(q), int(g))
+            for i, q, g in zip(idx.tolist(), p.tolist(), gate.tolist())
+        ]
+
+
+class _OnlineHook:
+    """Forward hook on block L*: decide and steer every row, on an armed (prefill) pass only."""
+
+    def __init__(self, gate: OnlineGate, session: SteeringSession):
+        self.gate, self.session = gate, session
+        self.armed = False
+
+    def __call__(self, _module, _inp, out):
+        if not self.armed:  # decode steps, plain forward calls
+            return out
+        self.armed = False
+        h = _hidden(out)
+        idx, p, gate = self.gate.decide(h[:, -1, :])
+        self.session.calls.append(self.gate.decisions(idx, p, gate))
+        if self.gate.alpha_eff == 0 or not bool((gate != 0).any()):
+            return out  # nothing to add: the output stays bit-identical to an unhooked pass
+        h = h.clone()
+        h[:, -1, :] += self.gate.delta(idx, gate, h.device, h.dtype)
+        return _replace_hidden(out, h)
+
+
+@dataclass
+class SteeringSession:
+    """What one ``with online_steering(...)`` block decided: one list of decisions per ``generate`` call."""
+
+    gate: OnlineGate
+    calls: list[list[Decision]] = field(default_factory=list)
+
+    @property
+    def last(self) -> list[Decision]:
+        """The per-row decisions of the latest ``generate`` call (empty before the first)."""
+        return self.calls[-1] if self.calls else []
+
+
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()
+_MISSING = object()
+
+
+def _check_generate_call(model: torch.nn.Module, kwargs: dict) -> None:
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and bool((mask[:, -1] == 0).any()):
+        raise SteeringError(
+            "ASA reads and steers the last prompt position, which right padding hides: "
+            "left-pad the batch (tokenizer.padding_side = 'left')."
+        )
+    gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    if kwargs.get("prefill_chunk_size") or getattr(gc, "prefill_chunk_size", None):
+        raise SteeringError(
+            "chunked prefill splits the prompt over several passes; ASA steers one "
+            "prefill pass: set prefill_chunk_size=None."
+        )
+    if kwargs.get("assistant_model") is not None:
+        raise SteeringError("assisted generation is not supported under ASA steering.")
+
+
+@contextmanager
+def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[SteeringSession]:
+    """Steer the prefill of every ``model.generate`` call inside the ``with`` block.
+
+    Yields a :class:`SteeringSession` whose ``calls`` hold each call's
+    per-row decisions. The hook and the ``generate`` wrapper are removed on
+    exit, also after an exception. Refuses a model that is already steered.
+    """
+    if model in _ACTIVE:
+        raise SteeringError("ASA steering is already active on this model (nested `with`).")
+    blocks = decoder_blocks(model)
+    if gate.layer >= len(blocks):
+        raise SteeringError(
+            f"the adapter steers block {gate.layer}; the model has {len(blocks)} blocks"
+        )
+    session = SteeringSession(gate)
+    hook = _OnlineHook(gate, session)
+    original = model.generate
+    previous = vars(model).get("generate", _MISSING)
+
+    def generate(*args, **kwargs):
+        _check_generate_call(model, kwargs)
+        hook.armed = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            hook.armed = False
+
+    handle = blocks[gate.layer].register_forward_hook(hook)
+    _ACTIVE.add(model)
+    try:
+        model.generate = generate  # an instance attribute: shadows the class's method
+        yield session
+    finally:
+        handle.remove()
+        if previous is _MISSING:
+            vars(model).pop("generate", None)
+        else:
+            model.generate = previous
+        _ACTIVE.discard(model)
+
+
+# ----------------------------------------------------------------------------- prompt lists
+
+
+def generate_online(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    gate: OnlineGate,
+    batch_size: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    share_prefix: bool = True,
+) -> tuple[list[str], list[Decision]]:
+    """Greedy outputs and decisions of rendered ``prompts``, steered in one pass.
+
+    The batching is the sweep's (:func:`asa_lib.steer.generate_all`: length-sorted
+    batches, the prompt format's shared prefix computed once, a row stops once
+    its tool call is complete), without its cache: every prompt is generated.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        return [], []
+    ids = token_ids(lm, prompts)
+    prefix = shared_prefix(lm, pp) if share_prefix else None
+    P = prefix.length if prefix is not None else 0
+    if prefix is not None and any(x[:P] != prefix.ids for x in ids):
+        prefix, P = None, 0
+    outputs: list[str] = [""] * len(prompts)
+    decisions: list[Decision | None] = [None] * len(prompts)
+    with online_steering(lm.model, gate) as session:
+        for b in _gen_batches(lm, ids, list(range(len(prompts))), P, batch_size):
+            n_calls = len(session.calls)
+            outs = generate_batch(
+                lm,
+                [prompts[i] for i in b],
+                None,
+                gate.layer,
+                max_new_tokens,
+                pp,
+                prefix,
+                ids=[ids[i] for i in b],
+            )
+            if len(session.calls) != n_calls + 1 or len(session.last) != len(b):
+                raise SteeringError("the prefill of a batch was not steered exactly once")
+            for i, o, d in zip(b, outs, session.last):
+                outputs[i], decisions[i] = o, d
+    return outputs, decisions  # type: ignore[return-value]
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def decide_prompts(
+    lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate, batch_size: int = 8
+) -> list[Decision]:
+    """Decisions for rendered ``prompts`` without generating.
+
+    Left-padded batches run only up to block L* (the pass is stopped there).
+    """
+    prompts = list(prompts)
+    ids = token_ids(lm, prompts)
+    block = decoder_blocks(lm.model)[gate.layer]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out: list[Decision | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+    captured: list[torch.Tensor] = []
+
+    def grab(_module, _inp, o):
+        captured.append(_hidden(o)[:, -1, :].detach())
+        raise _StopForward
+
+    for s in range(0, len(order), batch_size):
+        b = order[s : s + batch_size]
+        S = max(len(ids[i]) for i in b)
+        x = torch.full((len(b), S), pad, dtype=torch.long)
+        mask = torch.zeros((len(b), S), dtype=torch.long)
+        for r, i in enumerate(b):
+            x[r, S - len(ids[i]) :] = torch.tensor(ids[i])
+            mask[r, S - len(ids[i]) :] = 1
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate derives them
+        captured.clear()
+        handle = block.register_forward_hook(grab)
+        try:
+            lm.model(
+                input_ids=x.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=pos.to(lm.device),
+                use_cache=False,
+            )
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        for i, d in zip(b, gate.decisions(*gate.decide(captured[0]))):
+            out[i] = d
+    return out  # type: ignore[return-value]

@@ -1,0 +1,212 @@
+"""The public API: loading a chosen adapter, checking the model, deciding and generating in one pass."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from helpers_online import write_adapter
+
+from asa_lib import ASA, AdapterError, ModelMismatchError
+from asa_lib.bundle import Bundle, save_bundle
+from asa_lib.gate import compute_gates, steering_deltas
+from asa_lib.models import decoder_blocks
+from asa_lib.prompts import messages_for
+from asa_lib.steer import generate_all
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_lm, tiny_params):
+    run = tmp_path_factory.mktemp("run")
+    folder, f, config = write_adapter(run, tiny_lm, tiny_params)
+    return {"folder": folder, "f": f, "config": config, "run": run}
+
+
+def test_load_reads_the_chosen_config_and_the_run_prompt_format(adapter, tiny_params):
+    c, cal_norm = adapter["config"], adapter["f"].bundle.cal_mean_norm
+    asa = ASA.load(adapter["folder"])
+    assert (asa.name, asa.tau, asa.alpha, asa.beta, asa.alpha_unit) == (
+        "mine",
+        c["tau"],
+        0.5,
+        0.5,
+        "relative",
+    )
+    assert asa.alpha_eff == c["alpha_eff"] == pytest.approx(0.5 * cal_norm, rel=1e-12)
+    assert asa.prompt == tiny_params.prompt  # from the run's params.yaml beside the folder
+    o = ASA.load(adapter["folder"], tau=0.9, alpha=0.25, beta=0.0)
+    assert (o.tau, o.beta, o.name) == (0.9, 0.0, "mine (overridden)")
+    assert o.alpha_eff == pytest.approx(0.25 * cal_norm, rel=1e-12)  # the config's unit: relative
+    assert o.gate.tau == 0.9 and o.gate.alpha_eff == o.alpha_eff
+    a = ASA.load(adapter["folder"], alpha=3.0, alpha_unit="absolute")
+    assert a.alpha_eff == 3.0 and a.tau == c["tau"]
+
+
+def _edit_json(folder, fn):
+    p = folder / "adapter.json"
+    meta = json.loads(p.read_text())
+    fn(meta)
+    p.write_text(json.dumps(meta))
+
+
+def _flip_byte(folder):
+    p = folder / "adapter.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's data: still a valid file
+    p.write_bytes(bytes(data))
+
+
+TAMPER = {
+    "a tensor value changed": (_flip_byte, "sha256"),
+    "the chosen tau edited": (
+        lambda f: _edit_json(f, lambda m: m["config"].update(tau=0.99)),
+        "sha256",
+    ),
+    "the model id edited": (lambda f: _edit_json(f, lambda m: m.update(model_id="x")), "sha256"),
+    "a tensor shape edited": (
+        lambda f: _edit_json(f, lambda m: m["tensors"]["scaler.mean"].update(shape=[3])),
+        "scaler.mean",
+    ),
+    "truncated tensors": (
+        lambda f: (f / "adapter.safetensors").write_bytes(
+            (f / "adapter.safetensors").read_bytes()[:50]
+        ),
+        "not a readable safetensors file",
+    ),
+    "adapter.json not JSON": (lambda f: (f / "adapter.json").write_text("{oops"), "not valid JSON"),
+    "adapter.json without tensors": (
+        lambda f: _edit_json(f, lambda m: m.pop("tensors")),
+        "missing field 'tensors'",
+    ),
+    "adapter.safetensors deleted": (lambda f: (f / "adapter.safetensors").unlink(), "is missing"),
+}
+
+
+@pytest.mark.parametrize("what", list(TAMPER))
+def test_a_tampered_adapter_is_refused(adapter, tmp_path, what):
+    import shutil
+
+    folder = tmp_path / "chosen_adapter"
+    shutil.copytree(adapter["folder"], folder)
+    ASA.load(folder)  # intact: loads
+    edit, msg = TAMPER[what]
+    edit(folder)
+    with pytest.raises(AdapterError, match=msg):
+        ASA.load(folder)
+
+
+def test_missing_unusable_and_inconsistent_adapters_are_refused(adapter, tmp_path):
+    with pytest.raises(AdapterError, match="no such adapter folder"):
+        ASA.load(tmp_path / "nowhere")
+    b = adapter["f"].bundle
+    save_bundle(b, tmp_path / "bare")  # a bundle/ folder: no chosen config
+    with pytest.raises(AdapterError, match="no chosen config"):
+        ASA.load(tmp_path / "bare")
+    assert (
+        ASA.load(tmp_path / "bare", tau=0.7, alpha=2.0).alpha_eff == 2.0
+    )  # absolute without a unit
+    bad = dict(adapter["config"], alpha_eff=adapter["config"]["alpha_eff"] * 2)
+    save_bundle(b, tmp_path / "odd", extra={"config": bad})  # a valid hash, an inconsistent config
+    with pytest.raises(AdapterError, match="does not match alpha"):
+        ASA.load(tmp_path / "odd")
+    for kw, msg in (
+        ({"tau": 1.0}, "tau 1.0"),
+        ({"alpha": -1.0}, "alpha -1.0"),
+        ({"beta": 2.0}, "beta 2.0"),
+    ):
+        with pytest.raises(AdapterError, match=msg):
+            ASA.load(adapter["folder"], **kw)
+
+
+def _random_bundle(H: int, num_layers: int, model_id: str) -> Bundle:
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=H).astype(np.float32)
+    return Bundle(
+        layer=1,
+        domains=["a", "b"],
+        router_classes=["a", "b"],
+        scaler_mean=np.zeros(H),
+        scaler_scale=np.ones(H),
+        router_coef=rng.normal(size=(1, H)),
+        router_intercept=np.zeros(1),
+        probes={"a": (rng.normal(size=H), 0.0)},
+        vectors={"global": v / np.linalg.norm(v)},
+        model_id=model_id,
+        hidden_size=H,
+        num_layers=num_layers,
+        cal_mean_norm=1.0,
+    )
+
+
+def test_the_model_must_be_the_bundles(adapter, tiny_lm):
+    asa = ASA.load(adapter["folder"])
+    asa.check_model(tiny_lm)
+    block = decoder_blocks(tiny_lm.model)[asa.bundle.layer]
+    n_hooks = len(block._forward_hooks)
+    cases = [
+        (
+            replace(asa, bundle=replace(asa.bundle, model_id="other/model")),
+            {},
+            "built on 'other/model'",
+        ),
+        (asa, {"model_id": "tiny-lfm2-v2"}, "the model is 'tiny-lfm2-v2'"),
+        (ASA(_random_bundle(8, 4, "tiny-lfm2"), tau=0.6, alpha=1.0), {}, "hidden size 8, 4 blocks"),
+        (
+            ASA(_random_bundle(64, 6, "tiny-lfm2"), tau=0.6, alpha=1.0),
+            {},
+            "hidden size 64, 6 blocks",
+        ),
+    ]
+    for a, kw, msg in cases:
+        with pytest.raises(ModelMismatchError, match=msg):
+            a.check_model(tiny_lm, **kw)
+        with pytest.raises(ModelMismatchError, match=msg), a.steering(tiny_lm, **kw):
+            pass
+        with pytest.raises(ModelMismatchError, match=msg):
+            a.decide(tiny_lm, None, ["Hi"], **kw)
+    assert len(block._forward_hooks) == n_hooks and "generate" not in vars(tiny_lm.model)
+    # a bare module carries no id the bundle knows: the caller vouches for it with model_id
+    with pytest.raises(ModelMismatchError, match="built on 'tiny-lfm2'"):
+        asa.check_model(tiny_lm.model)
+    asa.check_model(tiny_lm.model, model_id="tiny-lfm2")
+
+
+def test_decide_generate_and_steering_agree_with_the_two_pass_path(adapter, tiny_lm, tiny_params):
+    asa = ASA.load(adapter["folder"])
+    f, pp = adapter["f"], tiny_params.prompt
+    texts, prompts, h = f.eval_texts, f.eval_prompts, f.h_eval
+    two = compute_gates(asa.bundle, h, asa.tau)
+    assert 0 in two.gate and np.any(two.gate != 0)
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    by_text = asa.decide(tiny_lm, None, texts)
+    by_messages = asa.decide(model, tok, [messages_for(pp, t) for t in texts], model_id="tiny-lfm2")
+    by_prompt = asa.decide(tiny_lm, None, prompts, rendered=True)
+    for dec in (by_text, by_messages, by_prompt):
+        assert [d.routed for d in dec] == two.routed and [d.gate for d in dec] == two.gate.tolist()
+        np.testing.assert_allclose([d.p_tool for d in dec], two.p_tool, atol=1e-5, rtol=0)
+    one = asa.decide(tiny_lm, None, texts[3])  # a single input: a list of one
+    assert len(one) == 1 and one[0].gate == two.gate[3]
+
+    gens = asa.generate(tiny_lm, None, texts, max_new_tokens=6)
+    deltas = steering_deltas(asa.bundle, two, asa.alpha_eff, asa.beta)
+    want, _ = generate_all(tiny_lm, prompts, deltas, asa.bundle.layer, 8, 6, pp)
+    assert [g.output for g in gens] == want
+    assert [g.decision.gate for g in gens] == two.gate.tolist()
+
+    enc = tok(prompts[:5], return_tensors="pt", padding=True, add_special_tokens=False)
+    with asa.steering(tiny_lm) as session:
+        with torch.no_grad():
+            model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert [d.gate for d in session.last] == two.gate[:5].tolist()
+    assert "generate" not in vars(model)
+
+
+def test_text_inputs_need_the_prompt_format(adapter, tiny_lm):
+    asa = ASA.load(adapter["folder"])
+    bare = replace(asa, prompt=None)
+    with pytest.raises(AdapterError, match="prompt format"):
+        bare.decide(tiny_lm, None, ["Hi"])
+    assert len(bare.decide(tiny_lm, None, [[{"role": "user", "content": "Hi"}]])) == 1

@@ -1,0 +1,145 @@
+"""``asa generate``: decisions, outputs and tool-call validity per prompt; one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from helpers_online import write_adapter
+
+from asa_lib import ASA
+from asa_lib.cli import main
+from conftest import PARAMS, ROOT
+
+TEXTS = ["Calculate 2 + 2", "Write a poem about the sea", "Translate 'cat' into French"]
+
+
+@pytest.fixture(scope="module")
+def cli_lm(tiny_params):
+    """The model the command loads (load_params_model: the tiny model with the params' seed)."""
+    from asa_lib.models import load_params_model
+
+    return load_params_model(tiny_params)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, cli_lm, tiny_params):
+    tmp = tmp_path_factory.mktemp("cli")
+    d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
+    d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
+    params = tmp / "tiny.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    folder, _, _ = write_adapter(tmp / "run", cli_lm, tiny_params)
+    other, _, _ = write_adapter(
+        tmp / "other_run", cli_lm, tiny_params, model_id="LiquidAI/LFM2.5-1.2B-Instruct"
+    )
+    return {"params": str(params), "adapter": folder, "other": other, "tmp": tmp}
+
+
+def run_cli(capsys, *args):
+    code = main(["generate", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_output_holds_the_decision_output_and_validity_per_prompt(setup, capsys, cli_lm):
+    code, out, err = run_cli(
+        capsys,
+        "--adapter",
+        setup["adapter"],
+        "--params",
+        setup["params"],
+        "--json",
+        "--baseline",
+        *TEXTS,
+    )
+    assert code == 0 and err == "", err
+    doc = json.loads(out)
+    assert doc["model_id"] == "tiny-lfm2" and doc["adapter"]["name"] == "mine"
+    rows = doc["results"]
+    assert [r["prompt"] for r in rows] == TEXTS
+    want = ASA.load(setup["adapter"]).generate(
+        cli_lm, None, TEXTS, max_new_tokens=6
+    )  # tiny.yaml: 6
+    for r, g in zip(rows, want):
+        assert (r["routed"], r["p_tool"], r["gate"], r["output"]) == (
+            g.decision.routed,
+            g.decision.p_tool,
+            g.decision.gate,
+            g.output,
+        )
+        assert set(r) >= {"triggered", "format_valid", "valid", "baseline_output", "baseline_valid"}
+        if r["gate"] == 0:
+            assert r["output"] == r["baseline_output"]
+
+
+def test_another_prompt_format_than_the_runs_is_warned_about(setup, capsys, tmp_path):
+    d = yaml.safe_load(open(setup["params"]))
+    d["prompt"]["system_template"] = "You may call: {tools_json}"
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    code, out, err = run_cli(capsys, "--adapter", setup["adapter"], "--params", p, "--json", "Hi")
+    assert code == 0 and "asa: warning: --params has another prompt format" in err
+    assert len(json.loads(out)["results"]) == 1
+
+
+def test_text_output_and_prompts_from_stdin(setup, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TEXTS[0] + "\n\n" + TEXTS[1] + "\n"))
+    code, out, err = run_cli(
+        capsys, "--adapter", setup["adapter"], "--params", setup["params"], "--tau", "0.55"
+    )
+    assert code == 0, err
+    assert "config mine (overridden) (tau=0.55" in out
+    assert "[1] " + TEXTS[0] in out and "[2] " + TEXTS[1] in out and "[3]" not in out
+    assert (
+        out.count("p(tool): ") == 2 and out.count("tool call: ") == 2 and out.count("output: ") == 2
+    )
+
+
+@pytest.mark.parametrize(
+    "case, msg",
+    [
+        ("missing", "no such adapter folder"),
+        ("tampered", "sha256 in adapter.json does not match"),
+        ("not json", "not valid JSON"),
+        (
+            "other model",
+            "this adapter was built on 'LiquidAI/LFM2.5-1.2B-Instruct'; the model is 'tiny-lfm2'",
+        ),
+        ("bad tau", "tau 1.5 is outside the allowed range"),
+        ("no prompts", "no prompts"),
+    ],
+)
+def test_errors_are_one_line(setup, capsys, monkeypatch, tmp_path, case, msg):
+    folder = tmp_path / "chosen_adapter"
+    shutil.copytree(setup["other"] if case == "other model" else setup["adapter"], folder)
+    args = ["--adapter", folder, "--params", setup["params"], "Hi"]
+    if case == "missing":
+        args[1] = tmp_path / "nowhere"
+    elif case == "tampered":
+        p = folder / "adapter.json"
+        p.write_text(p.read_text().replace('"alpha": 0.5', '"alpha": 0.6'))
+    elif case == "not json":
+        (folder / "adapter.json").write_text("{")
+    elif case == "bad tau":
+        args += ["--tau", "1.5"]
+    elif case == "no prompts":
+        args = args[:-1]
+        monkeypatch.setattr(sys, "stdin", io.StringIO("\n  \n"))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == ""
+    err = err.strip()
+    assert err.startswith("asa: error:") and msg in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_generate_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "asa_lib.cli", "generate", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--adapter" in out.stdout and "--json" in out.stdout
