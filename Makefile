@@ -39,6 +39,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check asa_lib tests notebooks benchmarks
+	$(VENV)/bin/ruff format --check asa_lib tests notebooks benchmarks
 
 bench: install
 	$(PY) benchmarks/bench_sweep.py

@@ -35,11 +35,15 @@ def collect(params: Params, run_dir: str | Path) -> dict[str, dict]:
         else:
             missing.append(name)
     if BASELINE in missing:
-        raise FileNotFoundError(f"{sweep_path(run_dir, BASELINE)} is missing: run stage 06_sweep "
-                                "for the baseline first (`asa run` does).")
+        raise FileNotFoundError(
+            f"{sweep_path(run_dir, BASELINE)} is missing: run stage 06_sweep "
+            "for the baseline first (`asa run` does)."
+        )
     if missing:
-        print(f"NOTE: no results for {missing} (their sweep notebooks failed or were not run); "
-              "they are left out of the comparison.")
+        print(
+            f"NOTE: no results for {missing} (their sweep notebooks failed or were not run); "
+            "they are left out of the comparison."
+        )
     return out
 
 
@@ -48,10 +52,18 @@ def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
     for name, r in res.items():
         m = r["splits"][split]["metrics"]
         cfg = r.get("config", {})
-        row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"],
-               "gate": cfg.get("gate", "none" if name == BASELINE else "probe"),
-               "vector": cfg.get("vector", "mixture"), **{k: m[k] for k in METRICS}, "triggers": m["triggers"],
-               "format_valid_rate": m["format_valid_rate"], "valid_call_rate": m["valid_call_rate"]}
+        row = {
+            "config": name,
+            "tau": r["tau"],
+            "alpha": r["alpha"],
+            "beta": r["beta"],
+            "gate": cfg.get("gate", "none" if name == BASELINE else "probe"),
+            "vector": cfg.get("vector", "mixture"),
+            **{k: m[k] for k in METRICS},
+            "triggers": m["triggers"],
+            "format_valid_rate": m["format_valid_rate"],
+            "valid_call_rate": m["valid_call_rate"],
+        }
         for k, (lo, hi) in m["ci95"].items():
             row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
         rows.append(row)
@@ -63,7 +75,10 @@ def summary_table(res: dict[str, dict]) -> pd.DataFrame:
     v = split_frame(res, "valid").set_index("config")
     t = split_frame(res, "test").set_index("config")
     cols = ["f1", "precision", "recall", "fpr"]
-    out = pd.concat([v[["tau", "alpha", "beta"]], v[cols].add_prefix("valid_"), t[cols].add_prefix("test_")], axis=1)
+    out = pd.concat(
+        [v[["tau", "alpha", "beta"]], v[cols].add_prefix("valid_"), t[cols].add_prefix("test_")],
+        axis=1,
+    )
     return out.reset_index()
 
 
@@ -90,10 +105,30 @@ def flips(base: dict, res: dict) -> pd.DataFrame:
             kind = FLIP_KINDS[1]
         else:
             kind = FLIP_KINDS[2]
-        rows.append({"split": r["split"], "id": r["id"], "domain": r["domain"], "label": r["label"],
-                     "p_tool": round(r["p_tool"], 3), "gate": r["gate"], "kind": kind,
-                     "baseline output": b["output"], "steered output": r["output"]})
-    cols = ["split", "id", "domain", "label", "p_tool", "gate", "kind", "baseline output", "steered output"]
+        rows.append(
+            {
+                "split": r["split"],
+                "id": r["id"],
+                "domain": r["domain"],
+                "label": r["label"],
+                "p_tool": round(r["p_tool"], 3),
+                "gate": r["gate"],
+                "kind": kind,
+                "baseline output": b["output"],
+                "steered output": r["output"],
+            }
+        )
+    cols = [
+        "split",
+        "id",
+        "domain",
+        "label",
+        "p_tool",
+        "gate",
+        "kind",
+        "baseline output",
+        "steered output",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -104,17 +139,22 @@ def flip_counts(base: dict, res: dict) -> pd.DataFrame:
     rows = []
     for split in res["splits"]:
         recs = [r for r in res["records"] if r["split"] == split]
-        row = {"split": split, "prompts": len(recs), "steered": sum(r["gate"] != 0 for r in recs),
-               "output changed": sum(r["output"] != before[(split, r["id"])] for r in recs),
-               "decision flips": int((f["split"] == split).sum())}
+        row = {
+            "split": split,
+            "prompts": len(recs),
+            "steered": sum(r["gate"] != 0 for r in recs),
+            "output changed": sum(r["output"] != before[(split, r["id"])] for r in recs),
+            "decision flips": int((f["split"] == split).sum()),
+        }
         for k in FLIP_KINDS:
             row[k] = int(((f["split"] == split) & (f["kind"] == k)).sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def paired_differences(res: dict[str, dict], split: str, seed: int = 0,
-                       metrics: tuple[str, ...] = ("f1", "fpr")) -> pd.DataFrame:
+def paired_differences(
+    res: dict[str, dict], split: str, seed: int = 0, metrics: tuple[str, ...] = ("f1", "fpr")
+) -> pd.DataFrame:
     """Every config minus the baseline on ``split``: point difference and paired bootstrap 95% CI."""
     base = {r["id"]: r for r in res[BASELINE]["records"] if r["split"] == split}
     rows = []
@@ -123,8 +163,13 @@ def paired_differences(res: dict[str, dict], split: str, seed: int = 0,
             continue
         recs = [x for x in r["records"] if x["split"] == split]
         y = [x["label"] for x in recs]
-        d = paired_bootstrap_diff(y, [int(base[x["id"]]["triggered"]) for x in recs],
-                                  [int(x["triggered"]) for x in recs], metrics=metrics, seed=seed)
+        d = paired_bootstrap_diff(
+            y,
+            [int(base[x["id"]]["triggered"]) for x in recs],
+            [int(x["triggered"]) for x in recs],
+            metrics=metrics,
+            seed=seed,
+        )
         row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"]}
         for m in metrics:
             row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = d[m]["diff"], d[m]["lo"], d[m]["hi"]
@@ -177,9 +222,18 @@ def ablation_table(res: dict[str, dict]) -> pd.DataFrame:
         kind = ablation_kind(r.get("config", {"gate": "none"} if name == BASELINE else {}))
         v, t = r["splits"]["valid"]["metrics"], r["splits"]["test"]["metrics"]
         paper = PAPER_ABLATIONS.get(kind, {})
-        rows.append({"config": name, "ablation": kind, "VALID F1": v["f1"], "VALID FPR": v["fpr"],
-                     "TEST F1": t["f1"], "TEST FPR": t["fpr"],
-                     "paper F1 (Qwen2.5-1.5B)": paper.get("f1"), "paper FPR (Qwen2.5-1.5B)": paper.get("fpr")})
+        rows.append(
+            {
+                "config": name,
+                "ablation": kind,
+                "VALID F1": v["f1"],
+                "VALID FPR": v["fpr"],
+                "TEST F1": t["f1"],
+                "TEST FPR": t["fpr"],
+                "paper F1 (Qwen2.5-1.5B)": paper.get("f1"),
+                "paper FPR (Qwen2.5-1.5B)": paper.get("fpr"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -197,16 +251,19 @@ def choose_config(res: dict[str, dict]) -> str:
     Falls back to the baseline when no steered config has results.
     """
     candidates = [n for n in res if n != BASELINE] or [BASELINE]
+
     def key(n):
         m = res[n]["splits"]["valid"]["metrics"]
         return (-m["f1"], m["fpr"], candidates.index(n))
+
     return min(candidates, key=key)
 
 
 def git_commit(path: str | Path = ".") -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -216,10 +273,17 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
     probing = load_layers(run)
     bundle = load_bundle(run.bundle)
     c = res[chosen]
-    chosen_info = {"name": chosen, "tau": c["tau"], "alpha": c["alpha"], "beta": c["beta"],
-                   "alpha_unit": c["alpha_unit"], "alpha_eff": c["alpha_eff"],
-                   "selected_on": "valid: best F1, ties to lower FPR",
-                   "valid": c["splits"]["valid"]["metrics"], "test": c["splits"]["test"]["metrics"]}
+    chosen_info = {
+        "name": chosen,
+        "tau": c["tau"],
+        "alpha": c["alpha"],
+        "beta": c["beta"],
+        "alpha_unit": c["alpha_unit"],
+        "alpha_eff": c["alpha_eff"],
+        "selected_on": "valid: best F1, ties to lower FPR",
+        "valid": c["splits"]["valid"]["metrics"],
+        "test": c["splits"]["test"]["metrics"],
+    }
     results = {
         "params": params.to_dict(),
         "versions": library_versions(),
@@ -230,22 +294,54 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "L_star_valid_auc": probing["layers"][probing["best_layer"]]["auc"],
         "domains": bundle.domains,
         "chosen": chosen_info,
-        "configs": {n: {"tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"], "alpha_eff": r["alpha_eff"],
-                        "splits": {s: v["metrics"] for s, v in r["splits"].items()}}
-                    for n, r in res.items()},
-        "vs_baseline": {s: {row["config"]: {k: row[k] for k in ("d_f1", "d_f1_lo", "d_f1_hi",
-                                                                 "d_fpr", "d_fpr_lo", "d_fpr_hi")}
-                            for row in paired_differences(res, s, seed=params.data.seed).to_dict("records")}
-                        for s in ("valid", "test")},
-        "flips": {n: flip_counts(res[BASELINE], r).to_dict("records") for n, r in res.items() if n != BASELINE},
+        "configs": {
+            n: {
+                "tau": r["tau"],
+                "alpha": r["alpha"],
+                "beta": r["beta"],
+                "alpha_eff": r["alpha_eff"],
+                "splits": {s: v["metrics"] for s, v in r["splits"].items()},
+            }
+            for n, r in res.items()
+        },
+        "vs_baseline": {
+            s: {
+                row["config"]: {
+                    k: row[k]
+                    for k in ("d_f1", "d_f1_lo", "d_f1_hi", "d_fpr", "d_fpr_lo", "d_fpr_hi")
+                }
+                for row in paired_differences(res, s, seed=params.data.seed).to_dict("records")
+            }
+            for s in ("valid", "test")
+        },
+        "flips": {
+            n: flip_counts(res[BASELINE], r).to_dict("records")
+            for n, r in res.items()
+            if n != BASELINE
+        },
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run.results, results)
-    if chosen == BASELINE:  # no steered config: no adapter to hand out (and none left from a previous run)
+    if (
+        chosen == BASELINE
+    ):  # no steered config: no adapter to hand out (and none left from a previous run)
         shutil.rmtree(run.chosen_adapter, ignore_errors=True)
     else:
-        save_bundle(bundle, run.chosen_adapter,
-                    extra={"config": {**{k: chosen_info[k] for k in ("name", "tau", "alpha", "beta", "alpha_unit",
-                                                                     "alpha_eff")},
-                                      **{k: v for k, v in c.get("config", {}).items() if k in ("gate", "vector", "seed")}}})
+        save_bundle(
+            bundle,
+            run.chosen_adapter,
+            extra={
+                "config": {
+                    **{
+                        k: chosen_info[k]
+                        for k in ("name", "tau", "alpha", "beta", "alpha_unit", "alpha_eff")
+                    },
+                    **{
+                        k: v
+                        for k, v in c.get("config", {}).items()
+                        if k in ("gate", "vector", "seed")
+                    },
+                }
+            },
+        )
     return results

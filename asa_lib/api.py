@@ -167,7 +167,8 @@ class ASA:
         if config.get("gate", "probe") != "probe" or config.get("vector", "mixture") != "mixture":
             raise AdapterError(
                 f"{folder}: the chosen config is an ablation (gate {config.get('gate')!r}, vector "
-                f"{config.get('vector')!r}); only gate 'probe' with the mixture vector is applied online")
+                f"{config.get('vector')!r}); only gate 'probe' with the mixture vector is applied online"
+            )
         unit = alpha_unit or config.get("alpha_unit") or "absolute"
         keep_eff = alpha is None and alpha_unit is None
         if prompt is None:

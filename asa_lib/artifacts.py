@@ -112,7 +112,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; final files get the usual mode
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask)  # writers that replace the file (safetensors) made it 0600
+        os.chmod(
+            tmp_path, 0o666 & ~umask
+        )  # writers that replace the file (safetensors) made it 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -126,7 +128,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def read_json(path: str | Path) -> Any:
@@ -154,8 +158,13 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"asa_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+    return {
+        "asa_lib": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def stage_writes(stage: str) -> list[str]:
@@ -167,10 +176,15 @@ def stage_writes(stage: str) -> list[str]:
     missing or changed.
     """
     if stage.startswith("06_sweep__"):
-        return [f"sweep/{stage[len('06_sweep__'):]}.json"]
-    return {"01_data": ["data"], "02_extraction": ["states"], "03_probing": ["probing"],
-            "04_vectors": ["vectors"], "05_routing": ["bundle"],
-            "07_analysis": ["results.json", "chosen_adapter"]}[stage]
+        return [f"sweep/{stage[len('06_sweep__') :]}.json"]
+    return {
+        "01_data": ["data"],
+        "02_extraction": ["states"],
+        "03_probing": ["probing"],
+        "04_vectors": ["vectors"],
+        "05_routing": ["bundle"],
+        "07_analysis": ["results.json", "chosen_adapter"],
+    }[stage]
 
 
 def file_digest(path: str | Path) -> str:
@@ -189,11 +203,20 @@ def hash_outputs(run_dir: str | Path, stage: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for rel in stage_writes(stage):
         p = run_dir / rel
-        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        files = (
+            sorted(x for x in p.rglob("*") if x.is_file())
+            if p.is_dir()
+            else [p]
+            if p.is_file()
+            else []
+        )
         for f in files:
             if f.name.startswith("."):
                 continue
-            out[f.relative_to(run_dir).as_posix()] = {"size": f.stat().st_size, "sha256": file_digest(f)}
+            out[f.relative_to(run_dir).as_posix()] = {
+                "size": f.stat().st_size,
+                "sha256": file_digest(f),
+            }
     return out
 
 

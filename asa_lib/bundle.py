@@ -95,8 +95,14 @@ class Bundle:
         return (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
 
     # ------------------------------------------------------------------ checks
-    def check_model(self, hidden_size: int, num_layers: int, model_id: str | None = None,
-                    fingerprint: str | None = None, allow_mismatch: bool = False) -> None:
+    def check_model(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        model_id: str | None = None,
+        fingerprint: str | None = None,
+        allow_mismatch: bool = False,
+    ) -> None:
         """Refuse a model this bundle was not built on.
 
         Shapes always have to fit. The model's identity (its id, and the
@@ -107,22 +113,26 @@ class Bundle:
             raise BundleError(
                 f"this adapter was built on {self.model_id!r} with hidden size {self.hidden_size}; "
                 f"the model has hidden size {hidden_size}. Build the adapter on this model "
-                "(run stages 02-05) instead.")
+                "(run stages 02-05) instead."
+            )
         if self.layer >= num_layers:
             raise BundleError(
                 f"this adapter steers block {self.layer} of {self.model_id!r}, but the model has "
-                f"only {num_layers} blocks. Build the adapter on this model instead.")
+                f"only {num_layers} blocks. Build the adapter on this model instead."
+            )
         if allow_mismatch:
             return
         if model_id is not None and model_id != self.model_id:
             raise BundleError(
                 f"this adapter was built on {self.model_id!r}, not on {model_id!r}. Build it on this "
-                "model (stages 02-05), or set steering.allow_model_mismatch: true to use it anyway.")
+                "model (stages 02-05), or set steering.allow_model_mismatch: true to use it anyway."
+            )
         if fingerprint and self.model_fingerprint and fingerprint != self.model_fingerprint:
             raise BundleError(
                 f"this adapter was built on a model called {self.model_id!r} whose weights have other "
                 "names, shapes or dtypes than this one's. Build it on this model, or set "
-                "steering.allow_model_mismatch: true to use it anyway.")
+                "steering.allow_model_mismatch: true to use it anyway."
+            )
 
 
 def _digest(tensors_file: Path, meta: dict[str, Any]) -> str:
@@ -138,8 +148,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _tensors(b: Bundle) -> dict[str, np.ndarray]:
-    t = {"scaler.mean": b.scaler_mean, "scaler.scale": b.scaler_scale,
-         "router.coef": b.router_coef, "router.intercept": b.router_intercept}
+    t = {
+        "scaler.mean": b.scaler_mean,
+        "scaler.scale": b.scaler_scale,
+        "router.coef": b.router_coef,
+        "router.intercept": b.router_intercept,
+    }
     for d, (coef, icpt) in b.probes.items():
         t[f"probe.{d}.coef"] = coef
         t[f"probe.{d}.intercept"] = np.array([icpt], dtype=np.float64)
@@ -169,9 +183,12 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "model_fingerprint": b.model_fingerprint,
         "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
-        **b.extra, **(extra or {}),
+        **b.extra,
+        **(extra or {}),
     }
-    meta = json.loads(json.dumps(meta, default=_json_default))  # hash exactly what the JSON will hold
+    meta = json.loads(
+        json.dumps(meta, default=_json_default)
+    )  # hash exactly what the JSON will hold
     meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)
     return folder
@@ -194,7 +211,9 @@ def _field(meta: dict, key: str, kind: type | tuple[type, ...], where: Path) -> 
 def _names(meta: dict, key: str, where: Path) -> list[str]:
     v = _field(meta, key, list, where)
     if not all(isinstance(x, str) and x for x in v) or len(set(v)) != len(v):
-        raise BundleError(f"{where}: field {key!r} must be a list of distinct non-empty names, got {v!r}")
+        raise BundleError(
+            f"{where}: field {key!r} must be a list of distinct non-empty names, got {v!r}"
+        )
     return v
 
 
@@ -232,7 +251,9 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{jpath}: field 'layer' is {layer}, outside [0, {L}) (num_layers = {L})")
     norm = _field(meta, "cal_mean_norm", (int, float), jpath)
     if not (np.isfinite(norm) and 0 < norm <= MAX_MEAN_NORM):
-        raise BundleError(f"{jpath}: field 'cal_mean_norm' is {norm}; it must be finite and in (0, {MAX_MEAN_NORM:g}]")
+        raise BundleError(
+            f"{jpath}: field 'cal_mean_norm' is {norm}; it must be finite and in (0, {MAX_MEAN_NORM:g}]"
+        )
     model_id = _field(meta, "model_id", str, jpath)
     fingerprint = meta.get("model_fingerprint", "")
     if not isinstance(fingerprint, str):
@@ -243,23 +264,33 @@ def load_bundle(folder: str | Path) -> Bundle:
     vectors = _names(meta, "vectors", jpath)
     for key, names in (("router_classes", router_classes), ("probes", probes)):
         if not set(names) <= set(domains):
-            raise BundleError(f"{jpath}: field {key!r} names {sorted(set(names) - set(domains))}, "
-                              "which are not in 'domains'")
+            raise BundleError(
+                f"{jpath}: field {key!r} names {sorted(set(names) - set(domains))}, "
+                "which are not in 'domains'"
+            )
     if len(router_classes) < 2:
         raise BundleError(f"{jpath}: field 'router_classes' needs at least two classes")
     if not set(vectors) <= set(domains) | {"global"}:
-        raise BundleError(f"{jpath}: field 'vectors' names unknown domains "
-                          f"{sorted(set(vectors) - set(domains) - {'global'})}")
+        raise BundleError(
+            f"{jpath}: field 'vectors' names unknown domains "
+            f"{sorted(set(vectors) - set(domains) - {'global'})}"
+        )
     spec = _field(meta, "tensors", dict, jpath)
     try:
         tensors = load_file(str(tpath))
     except Exception as e:  # noqa: BLE001 - safetensors raises several error types for a bad file
         raise BundleError(f"{tpath}: not a readable safetensors file ({e})") from None
     if set(spec) != set(tensors):
-        raise BundleError(f"{tpath}: tensors {sorted(set(tensors) ^ set(spec))} do not match adapter.json")
+        raise BundleError(
+            f"{tpath}: tensors {sorted(set(tensors) ^ set(spec))} do not match adapter.json"
+        )
     C = len(router_classes)
-    expected_shapes = {"scaler.mean": (H,), "scaler.scale": (H,),
-                       "router.coef": (1 if C == 2 else C, H), "router.intercept": (1 if C == 2 else C,)}
+    expected_shapes = {
+        "scaler.mean": (H,),
+        "scaler.scale": (H,),
+        "router.coef": (1 if C == 2 else C, H),
+        "router.intercept": (1 if C == 2 else C,),
+    }
     for d in probes:
         expected_shapes[f"probe.{d}.coef"] = (H,)
         expected_shapes[f"probe.{d}.intercept"] = (1,)
@@ -270,30 +301,69 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{tpath}: missing tensor {missing[0]}")
     for name, arr in tensors.items():
         s = spec[name]
-        if not isinstance(s, dict) or list(arr.shape) != s.get("shape") or str(arr.dtype) != s.get("dtype"):
-            raise BundleError(f"{tpath}: tensor {name} is {arr.dtype}{list(arr.shape)}, "
-                              f"adapter.json says {s}")
+        if (
+            not isinstance(s, dict)
+            or list(arr.shape) != s.get("shape")
+            or str(arr.dtype) != s.get("dtype")
+        ):
+            raise BundleError(
+                f"{tpath}: tensor {name} is {arr.dtype}{list(arr.shape)}, adapter.json says {s}"
+            )
         if name not in expected_shapes or tuple(arr.shape) != expected_shapes[name]:
             raise BundleError(f"{tpath}: unexpected tensor {name} with shape {list(arr.shape)}")
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
             raise BundleError(f"{tpath}: tensor {name} must be finite floats")
-        if name.startswith("vector.") and abs(float(np.linalg.norm(arr.astype(np.float64))) - 1) > UNIT_TOL:
-            raise BundleError(f"{tpath}: tensor {name} must be a unit vector "
-                              f"(norm {float(np.linalg.norm(arr)):.6g})")
+        if (
+            name.startswith("vector.")
+            and abs(float(np.linalg.norm(arr.astype(np.float64))) - 1) > UNIT_TOL
+        ):
+            raise BundleError(
+                f"{tpath}: tensor {name} must be a unit vector "
+                f"(norm {float(np.linalg.norm(arr)):.6g})"
+            )
     if np.any(tensors["scaler.scale"] <= 0):
-        raise BundleError(f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)")
+        raise BundleError(
+            f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)"
+        )
     if "sha256" in meta and meta["sha256"] != _digest(tpath, meta):
-        raise BundleError(f"{folder}: the sha256 in adapter.json does not match the bundle's files "
-                          "(adapter.json or adapter.safetensors was changed after it was written)")
-    known = {"format", "layer", "hook_point", "domains", "router_classes", "probes", "vectors",
-             "model_id", "hidden_size", "num_layers", "cal_mean_norm", "versions", "tensors",
-             "model_fingerprint", "sha256"}
+        raise BundleError(
+            f"{folder}: the sha256 in adapter.json does not match the bundle's files "
+            "(adapter.json or adapter.safetensors was changed after it was written)"
+        )
+    known = {
+        "format",
+        "layer",
+        "hook_point",
+        "domains",
+        "router_classes",
+        "probes",
+        "vectors",
+        "model_id",
+        "hidden_size",
+        "num_layers",
+        "cal_mean_norm",
+        "versions",
+        "tensors",
+        "model_fingerprint",
+        "sha256",
+    }
     return Bundle(
-        layer=layer, domains=domains, router_classes=router_classes,
-        scaler_mean=tensors["scaler.mean"], scaler_scale=tensors["scaler.scale"],
-        router_coef=tensors["router.coef"], router_intercept=tensors["router.intercept"],
-        probes={d: (tensors[f"probe.{d}.coef"], float(tensors[f"probe.{d}.intercept"][0])) for d in probes},
+        layer=layer,
+        domains=domains,
+        router_classes=router_classes,
+        scaler_mean=tensors["scaler.mean"],
+        scaler_scale=tensors["scaler.scale"],
+        router_coef=tensors["router.coef"],
+        router_intercept=tensors["router.intercept"],
+        probes={
+            d: (tensors[f"probe.{d}.coef"], float(tensors[f"probe.{d}.intercept"][0]))
+            for d in probes
+        },
         vectors={v: tensors[f"vector.{v}"] for v in vectors},
-        model_id=model_id, hidden_size=H, num_layers=L, cal_mean_norm=float(norm),
-        model_fingerprint=fingerprint, extra={k: v for k, v in meta.items() if k not in known},
+        model_id=model_id,
+        hidden_size=H,
+        num_layers=L,
+        cal_mean_norm=float(norm),
+        model_fingerprint=fingerprint,
+        extra={k: v for k, v in meta.items() if k not in known},
     )

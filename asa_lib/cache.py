@@ -25,7 +25,9 @@ import numpy as np
 
 
 def context_hash(context: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def make_key(context: str, prompt: str, steer: str) -> str:
@@ -43,8 +45,12 @@ class GenerationCache:
         self.context = context_hash(context)
         self.db = sqlite3.connect(str(self.path), timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, output TEXT NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS gen_tokens (key TEXT PRIMARY KEY, ids BLOB NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, output TEXT NOT NULL)"
+        )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS gen_tokens (key TEXT PRIMARY KEY, ids BLOB NOT NULL)"
+        )
         self.db.commit()
 
     def key(self, prompt: str, steer: str) -> str:
@@ -54,7 +60,7 @@ class GenerationCache:
         out: dict[str, Any] = {}
         uniq = list(dict.fromkeys(keys))
         for s in range(0, len(uniq), 500):
-            chunk = uniq[s:s + 500]
+            chunk = uniq[s : s + 500]
             q = f"SELECT key, {column} FROM {table} WHERE key IN ({','.join('?' * len(chunk))})"
             out.update(dict(self.db.execute(q, chunk).fetchall()))
         return out
@@ -64,15 +70,22 @@ class GenerationCache:
 
     def get_tokens_many(self, keys: list[str]) -> dict[str, list[int]]:
         """The generated token ids of those ``keys`` whose writer stored them."""
-        return {k: np.frombuffer(v, dtype="<i8").tolist() for k, v in self._select("gen_tokens", "ids", keys).items()}
+        return {
+            k: np.frombuffer(v, dtype="<i8").tolist()
+            for k, v in self._select("gen_tokens", "ids", keys).items()
+        }
 
     def put_many(self, items: dict[str, str], tokens: dict[str, list[int]] | None = None) -> None:
         """Store outputs (and, optionally, their token ids) in one transaction."""
         with self.db:  # one transaction
-            self.db.executemany("INSERT OR REPLACE INTO gen (key, output) VALUES (?, ?)", list(items.items()))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO gen (key, output) VALUES (?, ?)", list(items.items())
+            )
             if tokens:
-                self.db.executemany("INSERT OR REPLACE INTO gen_tokens (key, ids) VALUES (?, ?)",
-                                    [(k, np.asarray(v, dtype="<i8").tobytes()) for k, v in tokens.items()])
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO gen_tokens (key, ids) VALUES (?, ?)",
+                    [(k, np.asarray(v, dtype="<i8").tobytes()) for k, v in tokens.items()],
+                )
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM gen").fetchone()[0])

@@ -25,30 +25,62 @@ class UsageError(ValueError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="asa", description="ASA (Activation Steering Adapter) pipeline")
+    ap = argparse.ArgumentParser(
+        prog="asa", description="ASA (Activation Steering Adapter) pipeline"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run all stages (skipping those that are up to date) and write the reports")
+    r = sub.add_parser(
+        "run", help="run all stages (skipping those that are up to date) and write the reports"
+    )
     r.add_argument("--params", required=True, help="params YAML file, e.g. params/demo.yaml")
     r.add_argument("--run-dir", default=None, help="run folder (default: reports/<params name>)")
-    r.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bars")
-    t = sub.add_parser("train-demo-model",
-                       help="train the LoRA adapter that makes the demo's model call tools (synthetic data)")
-    t.add_argument("--params", default="params/demo.yaml",
-                   help="params whose base model and prompt format to train for (model.adapter is ignored)")
-    t.add_argument("--out", default="models/smollm2-135m-tools-lora", help="adapter folder to write")
-    g = sub.add_parser("generate", help="apply a tuned adapter to prompts: decision, output, tool-call validity")
+    r.add_argument(
+        "--progress", action="store_true", help="show papermill's per-cell progress bars"
+    )
+    t = sub.add_parser(
+        "train-demo-model",
+        help="train the LoRA adapter that makes the demo's model call tools (synthetic data)",
+    )
+    t.add_argument(
+        "--params",
+        default="params/demo.yaml",
+        help="params whose base model and prompt format to train for (model.adapter is ignored)",
+    )
+    t.add_argument(
+        "--out", default="models/smollm2-135m-tools-lora", help="adapter folder to write"
+    )
+    g = sub.add_parser(
+        "generate", help="apply a tuned adapter to prompts: decision, output, tool-call validity"
+    )
     g.add_argument("prompts", nargs="*", help="user requests (default: stdin, one per line)")
-    g.add_argument("--adapter", required=True, help="adapter folder, e.g. reports/demo/chosen_adapter")
-    g.add_argument("--params", required=True,
-                   help="params YAML of the run the adapter came from (model, prompt format)")
+    g.add_argument(
+        "--adapter", required=True, help="adapter folder, e.g. reports/demo/chosen_adapter"
+    )
+    g.add_argument(
+        "--params",
+        required=True,
+        help="params YAML of the run the adapter came from (model, prompt format)",
+    )
     g.add_argument("--tau", type=float, default=None, help="override the adapter's tau")
-    g.add_argument("--alpha", type=float, default=None, help="override alpha (in the adapter's alpha unit)")
-    g.add_argument("--alpha-unit", choices=["absolute", "relative"], default=None, help="unit of --alpha")
+    g.add_argument(
+        "--alpha", type=float, default=None, help="override alpha (in the adapter's alpha unit)"
+    )
+    g.add_argument(
+        "--alpha-unit", choices=["absolute", "relative"], default=None, help="unit of --alpha"
+    )
     g.add_argument("--beta", type=float, default=None, help="override beta")
-    g.add_argument("--max-new-tokens", type=int, default=None,
-                   help="default: the params' generation.max_new_tokens")
-    g.add_argument("--baseline", action="store_true", help="also generate each prompt without steering")
-    g.add_argument("--json", action="store_true", help="machine-readable output (one JSON document)")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default: the params' generation.max_new_tokens",
+    )
+    g.add_argument(
+        "--baseline", action="store_true", help="also generate each prompt without steering"
+    )
+    g.add_argument(
+        "--json", action="store_true", help="machine-readable output (one JSON document)"
+    )
     args = ap.parse_args(argv)
     try:
         if args.cmd == "train-demo-model":
@@ -56,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "generate":
             return _generate(args)
         code, _ = run(args.params, args.run_dir, progress=args.progress)
-    except (ParamsError, DataError, ModelLoadError, BundleError, RunError, SteeringError, UsageError) as e:
+    except (
+        ParamsError,
+        DataError,
+        ModelLoadError,
+        BundleError,
+        RunError,
+        SteeringError,
+        UsageError,
+    ) as e:
         print(f"asa: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -78,12 +118,16 @@ def _train_demo_model(params_path: str, out: str) -> int:
     lm = load_model(params.model, seed=params.data.seed)  # the base model, without any adapter
     rec = train_adapter(lm, params.prompt, out, base_description=params.model.id or lm.model_id)
     v = rec["synthetic_validation"]
-    print(f"adapter written to {out} ({rec['trainable_parameters']:,} trainable parameters, "
-          f"{rec['seconds']['total']:.0f} s)")
+    print(
+        f"adapter written to {out} ({rec['trainable_parameters']:,} trainable parameters, "
+        f"{rec['seconds']['total']:.0f} s)"
+    )
     for who in ("base_model", "with_adapter"):
         m = v[who]
-        print(f"  {who:>12}: triggers on {m['trigger_rate_tool']:.0%} of tool requests, "
-              f"{m['trigger_rate_plain']:.0%} of plain ones; valid calls {m['valid_call_rate_tool']:.0%}")
+        print(
+            f"  {who:>12}: triggers on {m['trigger_rate_tool']:.0%} of tool requests, "
+            f"{m['trigger_rate_plain']:.0%} of plain ones; valid calls {m['valid_call_rate_tool']:.0%}"
+        )
     return 0
 
 
@@ -97,12 +141,21 @@ def _generate(args) -> int:
     from .steer import generate_all, share_prefix_for
 
     params = load_params(args.params)
-    asa = ASA.load(args.adapter, tau=args.tau, alpha=args.alpha, beta=args.beta,
-                   alpha_unit=args.alpha_unit, prompt=params.prompt)  # before the model: fails fast
+    asa = ASA.load(
+        args.adapter,
+        tau=args.tau,
+        alpha=args.alpha,
+        beta=args.beta,
+        alpha_unit=args.alpha_unit,
+        prompt=params.prompt,
+    )  # before the model: fails fast
     run_prompt = run_prompt_format(asa.folder)
     if run_prompt is not None and run_prompt != params.prompt:
-        print("asa: warning: --params has another prompt format than the run the adapter came from "
-              "(its params.yaml); the probes were fitted on that run's format", file=sys.stderr)
+        print(
+            "asa: warning: --params has another prompt format than the run the adapter came from "
+            "(its params.yaml); the probes were fitted on that run's format",
+            file=sys.stderr,
+        )
     if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise UsageError("--max-new-tokens must be > 0")
     prompts = args.prompts
@@ -111,43 +164,86 @@ def _generate(args) -> int:
             raise UsageError("give prompts as arguments, or on stdin (one per line)")
         prompts = [line.strip() for line in sys.stdin if line.strip()]
     if not prompts or any(not p.strip() for p in prompts):
-        raise UsageError("no prompts: give non-empty prompts as arguments, or on stdin (one per line)")
+        raise UsageError(
+            "no prompts: give non-empty prompts as arguments, or on stdin (one per line)"
+        )
     lm = load_params_model(params)
     asa.check_model(lm)
     max_new = args.max_new_tokens or params.generation.max_new_tokens
-    gens = asa.generate(lm, None, prompts, max_new_tokens=max_new, batch_size=params.generation.batch_size,
-                        share_prefix=params.generation.share_prefix)
+    gens = asa.generate(
+        lm,
+        None,
+        prompts,
+        max_new_tokens=max_new,
+        batch_size=params.generation.batch_size,
+        share_prefix=params.generation.share_prefix,
+    )
     base = None
     if args.baseline:
-        base, _ = generate_all(lm, render_prompts(lm.tokenizer, params.prompt, prompts), None, asa.bundle.layer,
-                               params.generation.batch_size, max_new, params.prompt, desc="baseline",
-                               share_prefix=share_prefix_for(params.generation.share_prefix, lm))
+        base, _ = generate_all(
+            lm,
+            render_prompts(lm.tokenizer, params.prompt, prompts),
+            None,
+            asa.bundle.layer,
+            params.generation.batch_size,
+            max_new,
+            params.prompt,
+            desc="baseline",
+            share_prefix=share_prefix_for(params.generation.share_prefix, lm),
+        )
     pp = params.prompt
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):
-        r = {"prompt": text, "routed": g.decision.routed, "p_tool": g.decision.p_tool, "gate": g.decision.gate,
-             "output": g.output, "triggered": triggered(g.output, pp), **call_validity(g.output, pp)}
+        r = {
+            "prompt": text,
+            "routed": g.decision.routed,
+            "p_tool": g.decision.p_tool,
+            "gate": g.decision.gate,
+            "output": g.output,
+            "triggered": triggered(g.output, pp),
+            **call_validity(g.output, pp),
+        }
         if base is not None:
             v = call_validity(base[i], pp)
-            r.update({"baseline_output": base[i], "baseline_triggered": triggered(base[i], pp),
-                      "baseline_format_valid": v["format_valid"], "baseline_valid": v["valid"]})
+            r.update(
+                {
+                    "baseline_output": base[i],
+                    "baseline_triggered": triggered(base[i], pp),
+                    "baseline_format_valid": v["format_valid"],
+                    "baseline_valid": v["valid"],
+                }
+            )
         results.append(r)
     if args.json:
-        doc = {"adapter": asa.config, "model_id": lm.model_id, "max_new_tokens": max_new, "results": results}
+        doc = {
+            "adapter": asa.config,
+            "model_id": lm.model_id,
+            "max_new_tokens": max_new,
+            "results": results,
+        }
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     c = asa.config
-    print(f"adapter {c['folder']}: config {c['name']} (tau={c['tau']:g}, alpha={c['alpha']:g} {c['alpha_unit']}, "
-          f"alpha_eff={c['alpha_eff']:.4g}, beta={c['beta']:g}), block {c['layer']} of {c['model_id']}")
+    print(
+        f"adapter {c['folder']}: config {c['name']} (tau={c['tau']:g}, alpha={c['alpha']:g} {c['alpha_unit']}, "
+        f"alpha_eff={c['alpha_eff']:.4g}, beta={c['beta']:g}), block {c['layer']} of {c['model_id']}"
+    )
     for i, r in enumerate(results, 1):
         print(f"\n[{i}] {_printable(r['prompt'])}")
-        print(f"    routed: {r['routed']}   p(tool): {r['p_tool']:.4f}   "
-              f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 "))
+        print(
+            f"    routed: {r['routed']}   p(tool): {r['p_tool']:.4f}   "
+            f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 ")
+        )
         print(f"    tool call: {_call_summary(r['triggered'], r['format_valid'], r['valid'])}")
         print("    output: " + _printable(r["output"]).replace("\n", "\n            "))
         if base is not None:
-            print(f"    baseline tool call: {_call_summary(r['baseline_triggered'], r['baseline_format_valid'], r['baseline_valid'])}")
-            print("    baseline: " + _printable(r["baseline_output"]).replace("\n", "\n              "))
+            print(
+                f"    baseline tool call: {_call_summary(r['baseline_triggered'], r['baseline_format_valid'], r['baseline_valid'])}"
+            )
+            print(
+                "    baseline: "
+                + _printable(r["baseline_output"]).replace("\n", "\n              ")
+            )
     return 0
 
 

@@ -52,6 +52,7 @@ SPLIT_ALIASES = {"validation": "valid"}
 LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
 MAX_EXAMPLES = 5  # skipped rows listed per reason in the summary
 
+
 class DataError(ValueError):
     """The data cannot make usable splits; the message says what to change."""
 
@@ -142,7 +143,9 @@ def check_row(row: Any) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _open_text(path: Path, newline: str | None = None, encoding: str = "utf-8", errors: str = "strict"):
+def _open_text(
+    path: Path, newline: str | None = None, encoding: str = "utf-8", errors: str = "strict"
+):
     if path.suffix == ".xz":
         return lzma.open(path, "rt", encoding=encoding, newline=newline, errors=errors)
     if path.suffix == ".gz":
@@ -200,11 +203,17 @@ def read_local_rows(path: str | Path, skipped: dict[str, int] | None = None) -> 
                     rows.append(None)
             return rows
     except _DAMAGED as e:
-        raise DataError(f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})") from None
+        raise DataError(
+            f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})"
+        ) from None
 
 
-def load_rows(source: str, local_path: Path | None, hub_split: str = "train",
-              skipped: dict[str, int] | None = None) -> Iterable[Any]:
+def load_rows(
+    source: str,
+    local_path: Path | None,
+    hub_split: str = "train",
+    skipped: dict[str, int] | None = None,
+) -> Iterable[Any]:
     """Rows from a local file (``local_path``) or from the hub dataset ``source``."""
     if local_path is not None:
         return read_local_rows(local_path, skipped)
@@ -227,9 +236,14 @@ def _load_hub(source: str, hub_split: str):
 # ----------------------------------------------------------------------------- splitting
 
 
-def build_splits(rows: Iterable[Any], per_split_per_class: int = 40, test_multiplier: int = 2,
-                 seed: int = 42, skipped: dict[str, int] | None = None,
-                 domains: KeywordDomains | None = None) -> SplitResult:
+def build_splits(
+    rows: Iterable[Any],
+    per_split_per_class: int = 40,
+    test_multiplier: int = 2,
+    seed: int = 42,
+    skipped: dict[str, int] | None = None,
+    domains: KeywordDomains | None = None,
+) -> SplitResult:
     """Bucket, shuffle and slice exactly as the seed notebook does.
 
     ``domains``: ordered name -> lower-case keywords; None: the seed's four.
@@ -254,18 +268,32 @@ def build_splits(rows: Iterable[Any], per_split_per_class: int = 40, test_multip
         buckets[dom][label_for(dom, row["output"], domains)].append(i)
         texts[i] = text
 
-    samples, shortfalls = _slice_buckets(buckets, {i: (f"r{i}", t) for i, t in texts.items()},
-                                         per_split_per_class, test_multiplier, seed)
-    result = SplitResult(samples=samples,
-                         bucket_sizes={d: {lb: len(buckets[d][lb]) for lb in LABELS} for d in buckets},
-                         shortfalls=shortfalls, skipped=skipped, rows_read=n_read, domains=list(buckets))
+    samples, shortfalls = _slice_buckets(
+        buckets,
+        {i: (f"r{i}", t) for i, t in texts.items()},
+        per_split_per_class,
+        test_multiplier,
+        seed,
+    )
+    result = SplitResult(
+        samples=samples,
+        bucket_sizes={d: {lb: len(buckets[d][lb]) for lb in LABELS} for d in buckets},
+        shortfalls=shortfalls,
+        skipped=skipped,
+        rows_read=n_read,
+        domains=list(buckets),
+    )
     _check_splits(result)
     return result
 
 
-def _slice_buckets(buckets: dict[str, dict[str, list[int]]], items: dict[int, tuple[str, str]],
-                   per_split_per_class: int, test_multiplier: int,
-                   seed: int) -> tuple[dict[str, list[Sample]], list[dict[str, Any]]]:
+def _slice_buckets(
+    buckets: dict[str, dict[str, list[int]]],
+    items: dict[int, tuple[str, str]],
+    per_split_per_class: int,
+    test_multiplier: int,
+    seed: int,
+) -> tuple[dict[str, list[Sample]], list[dict[str, Any]]]:
     """The seed's protocol on domain -> label -> row indices; ``items``: index -> (id, text).
 
     One ``RandomState(seed)`` stream (the seed's ``np.random.seed(seed)``): every
@@ -286,15 +314,30 @@ def _slice_buckets(buckets: dict[str, dict[str, list[int]]], items: dict[int, tu
             for sidx, sname in enumerate(SPLITS):
                 n = per_split_per_class * (test_multiplier if sname == "test" else 1)
                 start = sidx * per_split_per_class
-                chosen = pool[start:start + n]
+                chosen = pool[start : start + n]
                 if len(chosen) < n:
-                    shortfalls.append({"domain": dom, "label": lbl, "split": sname,
-                                       "needed": n, "got": len(chosen), "available": len(pool)})
+                    shortfalls.append(
+                        {
+                            "domain": dom,
+                            "label": lbl,
+                            "split": sname,
+                            "needed": n,
+                            "got": len(chosen),
+                            "available": len(pool),
+                        }
+                    )
                 for idx in chosen:
                     sid, text = items[idx]
-                    samples[sname].append(Sample(id=sid, split=sname, domain=dom,
-                                                 label=1 if lbl == "tool" else 0, idx=int(idx),
-                                                 text=text))
+                    samples[sname].append(
+                        Sample(
+                            id=sid,
+                            split=sname,
+                            domain=dom,
+                            label=1 if lbl == "tool" else 0,
+                            idx=int(idx),
+                            text=text,
+                        )
+                    )
     for s in SPLITS:
         rng.shuffle(samples[s])
     return samples, shortfalls
@@ -307,9 +350,11 @@ def _check_splits(result: SplitResult) -> None:
             if lab not in labels:
                 raise DataError(
                     f"split {s!r} has no {name} example (bucket sizes: {result.bucket_sizes}). "
-                    + ("Give that split rows of both classes in the data's split column."
-                       if result.split_column else
-                       "Use a larger data source or lower data.per_split_per_class.")
+                    + (
+                        "Give that split rows of both classes in the data's split column."
+                        if result.split_column
+                        else "Use a larger data source or lower data.per_split_per_class."
+                    )
                 )
     train_domains = list(dict.fromkeys(x.domain for x in result.samples["train"]))
     if len(train_domains) < 2:
@@ -318,9 +363,13 @@ def _check_splits(result: SplitResult) -> None:
             "needs at least two. Add rows of another domain (e.g. a catch-all domain such as 'none')."
         )
     if result.shortfalls:
-        lines = ", ".join(f"{r['domain']}/{r['label']}/{r['split']} {r['got']}/{r['needed']}"
-                          for r in result.shortfalls)
-        warnings.warn(f"some buckets could not fill their split (got/needed): {lines}", stacklevel=3)
+        lines = ", ".join(
+            f"{r['domain']}/{r['label']}/{r['split']} {r['got']}/{r['needed']}"
+            for r in result.shortfalls
+        )
+        warnings.warn(
+            f"some buckets could not fill their split (got/needed): {lines}", stacklevel=3
+        )
 
 
 # ----------------------------------------------------------------------------- labelled data
@@ -379,11 +428,15 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
                 try:
                     header = reader.fieldnames
                     if not header:
-                        raise DataError(f"{path}: the file is empty (a CSV file needs a header line)")
+                        raise DataError(
+                            f"{path}: the file is empty (a CSV file needs a header line)"
+                        )
                     for rec in reader:
                         records.append((f"{path}, line {reader.line_num}", rec))
                 except csv.Error as e:
-                    raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+                    raise DataError(
+                        f"{path}, line {reader.line_num}: not valid CSV ({e})"
+                    ) from None
             return records, list(header), f"{path}, line 1 (header)"
         with _open_text(path, errors="surrogateescape") as f:
             if name.endswith(".json"):
@@ -408,24 +461,32 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
     except _DAMAGED as e:
-        raise DataError(f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})") from None
+        raise DataError(
+            f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})"
+        ) from None
 
 
-def _hub_records(ds: Any, origin: str) -> tuple[list[tuple[str, Any]], list[str], dict[str, list[str]]]:
+def _hub_records(
+    ds: Any, origin: str
+) -> tuple[list[tuple[str, Any]], list[str], dict[str, list[str]]]:
     """(where, record) per row, the column names and each ClassLabel column's names."""
     features = getattr(ds, "features", None) or {}
     names = {c: list(f.names) for c, f in features.items() if hasattr(f, "int2str")}
-    return ([(f"{origin}, row {i}", r) for i, r in enumerate(ds)],
-            list(getattr(ds, "column_names", None) or features), names)
+    return (
+        [(f"{origin}, row {i}", r) for i, r in enumerate(ds)],
+        list(getattr(ds, "column_names", None) or features),
+        names,
+    )
 
 
 def _short(value: Any, n: int = 60) -> str:
     r = repr(value)
-    return r if len(r) <= n else r[:n - 3] + "..."
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
-def read_labelled(source: str, local_path: Path | None, columns: ColumnMap | None = None,
-                  hub_split: str = "train") -> LabelledData:
+def read_labelled(
+    source: str, local_path: Path | None, columns: ColumnMap | None = None, hub_split: str = "train"
+) -> LabelledData:
     """Rows of a labelled data set: a local JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset.
 
     Rows with no text, an unknown label or an empty domain are skipped and
@@ -456,8 +517,10 @@ def read_labelled(source: str, local_path: Path | None, columns: ColumnMap | Non
     def missing_column(fname: str, col: str) -> DataError:
         found = ", ".join(repr(c) for c in sorted(available, key=str)) or "none"
         where = "" if header is not None else "no row has it; "
-        return DataError(f"{header_where}, field '{fname}': no column {col!r} in the data "
-                         f"({where}set data.columns.{fname}); columns found: {found}")
+        return DataError(
+            f"{header_where}, field '{fname}': no column {col!r} in the data "
+            f"({where}set data.columns.{fname}); columns found: {found}"
+        )
 
     for fname in ("text", "label", "domain"):
         col = getattr(cols, fname)
@@ -474,22 +537,37 @@ def read_labelled(source: str, local_path: Path | None, columns: ColumnMap | Non
     def value(rec: dict, fname: str) -> Any:
         col = used.get(fname) or getattr(cols, fname)
         v = rec.get(col)
-        if col in class_names and isinstance(v, int) and not isinstance(v, bool) \
-                and 0 <= v < len(class_names[col]):
+        if (
+            col in class_names
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            and 0 <= v < len(class_names[col])
+        ):
             v = class_names[col][v]  # a hub ClassLabel column: its name, not its index
         return v
 
-    out = LabelledData(rows=[], origin=origin, rows_read=len(records),
-                       split_column=used.get("split", ""), id_column=used.get("id", ""))
+    out = LabelledData(
+        rows=[],
+        origin=origin,
+        rows_read=len(records),
+        split_column=used.get("split", ""),
+        id_column=used.get("id", ""),
+    )
     per_reason: dict[str, int] = {}
 
     def skip(reason: str, where: str, fname: str = "", v: Any = None) -> None:
         out.skipped[reason] = out.skipped.get(reason, 0) + 1
         if per_reason.get(reason, 0) < MAX_EXAMPLES:
             per_reason[reason] = per_reason.get(reason, 0) + 1
-            out.skipped_examples.append({"reason": reason, "where": where, "field": fname,
-                                         "column": getattr(cols, fname) if fname else "",
-                                         "value": _short(v) if fname else ""})
+            out.skipped_examples.append(
+                {
+                    "reason": reason,
+                    "where": where,
+                    "field": fname,
+                    "column": getattr(cols, fname) if fname else "",
+                    "value": _short(v) if fname else "",
+                }
+            )
 
     first_seen: dict[str, str] = {}
     for idx, (where, rec) in enumerate(records):
@@ -509,42 +587,64 @@ def read_labelled(source: str, local_path: Path | None, columns: ColumnMap | Non
             skip("unknown label", where, "label", raw_label)
             continue
         raw_domain = value(rec, "domain")
-        domain = raw_domain.strip() if isinstance(raw_domain, str) else (
-            str(raw_domain) if isinstance(raw_domain, int) and not isinstance(raw_domain, bool) else "")
+        domain = (
+            raw_domain.strip()
+            if isinstance(raw_domain, str)
+            else (
+                str(raw_domain)
+                if isinstance(raw_domain, int) and not isinstance(raw_domain, bool)
+                else ""
+            )
+        )
         if not domain:
             skip("empty domain", where, "domain", raw_domain)
             continue
         if domain == "global":
-            raise DataError(f"{where}, field 'domain' (column {cols.domain!r}): 'global' is reserved "
-                            "(it names the all-domain steering vector); rename that domain")
+            raise DataError(
+                f"{where}, field 'domain' (column {cols.domain!r}): 'global' is reserved "
+                "(it names the all-domain steering vector); rename that domain"
+            )
         split = None
         if "split" in used:
             raw = value(rec, "split")
             split = raw.strip().lower() if isinstance(raw, str) else ""
             split = SPLIT_ALIASES.get(split, split)
             if split not in SPLITS:
-                raise DataError(f"{where}, field 'split' (column {used['split']!r}): {_short(raw)} is not "
-                                f"one of {', '.join(SPLITS)} (or validation); every row needs one when "
-                                "the split column is used")
+                raise DataError(
+                    f"{where}, field 'split' (column {used['split']!r}): {_short(raw)} is not "
+                    f"one of {', '.join(SPLITS)} (or validation); every row needs one when "
+                    "the split column is used"
+                )
         sid = f"r{idx}"
         if "id" in used:
             raw = value(rec, "id")
-            sid = raw.strip() if isinstance(raw, str) else (
-                str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else "")
+            sid = (
+                raw.strip()
+                if isinstance(raw, str)
+                else (str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else "")
+            )
             if not sid:
-                raise DataError(f"{where}, field 'id' (column {used['id']!r}): {_short(raw)} is not a "
-                                "usable id (a non-empty string or an integer)")
+                raise DataError(
+                    f"{where}, field 'id' (column {used['id']!r}): {_short(raw)} is not a "
+                    "usable id (a non-empty string or an integer)"
+                )
             if sid in first_seen:
-                raise DataError(f"{where}, field 'id' (column {used['id']!r}): duplicate id {sid!r} "
-                                f"(first at {first_seen[sid]})")
+                raise DataError(
+                    f"{where}, field 'id' (column {used['id']!r}): duplicate id {sid!r} "
+                    f"(first at {first_seen[sid]})"
+                )
             first_seen[sid] = where
-        out.rows.append(LabelledRow(idx=idx, id=sid, text=text, label=label, domain=domain,
-                                    split=split, where=where))
+        out.rows.append(
+            LabelledRow(
+                idx=idx, id=sid, text=text, label=label, domain=domain, split=split, where=where
+            )
+        )
     return out
 
 
-def build_labelled_splits(data: LabelledData, per_split_per_class: int = 40, test_multiplier: int = 2,
-                          seed: int = 42) -> SplitResult:
+def build_labelled_splits(
+    data: LabelledData, per_split_per_class: int = 40, test_multiplier: int = 2, seed: int = 42
+) -> SplitResult:
     """CAL/TRAIN/VALID/TEST from labelled rows.
 
     With a split column the rows keep their split (in file order; the sizes in
@@ -553,8 +653,10 @@ def build_labelled_splits(data: LabelledData, per_split_per_class: int = 40, tes
     shuffled with ``RandomState(seed)``, sliced and shuffled as for the seed.
     """
     if not data.rows:
-        raise DataError(f"{data.origin}: no usable rows ({data.rows_read} read; skipped: "
-                        f"{data.skipped or 'none'})")
+        raise DataError(
+            f"{data.origin}: no usable rows ({data.rows_read} read; skipped: "
+            f"{data.skipped or 'none'})"
+        )
     domains = list(dict.fromkeys(r.domain for r in data.rows))
     buckets: dict[str, dict[str, list[int]]] = {d: {"tool": [], "non_tool": []} for d in domains}
     for r in data.rows:
@@ -563,22 +665,44 @@ def build_labelled_splits(data: LabelledData, per_split_per_class: int = 40, tes
     if data.split_column:
         samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
         for r in data.rows:
-            samples[r.split].append(Sample(id=r.id, split=r.split, domain=r.domain, label=r.label,
-                                           idx=r.idx, text=r.text))
+            samples[r.split].append(
+                Sample(
+                    id=r.id, split=r.split, domain=r.domain, label=r.label, idx=r.idx, text=r.text
+                )
+            )
         shortfalls: list[dict[str, Any]] = []
     else:
         items = {r.idx: (r.id, r.text) for r in data.rows}
-        samples, shortfalls = _slice_buckets(buckets, items, per_split_per_class, test_multiplier, seed)
-    result = SplitResult(samples=samples, bucket_sizes=bucket_sizes, shortfalls=shortfalls,
-                         skipped=dict(data.skipped), rows_read=data.rows_read, domains=domains,
-                         kind="labelled", split_column=data.split_column,
-                         skipped_examples=list(data.skipped_examples))
+        samples, shortfalls = _slice_buckets(
+            buckets, items, per_split_per_class, test_multiplier, seed
+        )
+    result = SplitResult(
+        samples=samples,
+        bucket_sizes=bucket_sizes,
+        shortfalls=shortfalls,
+        skipped=dict(data.skipped),
+        rows_read=data.rows_read,
+        domains=domains,
+        kind="labelled",
+        split_column=data.split_column,
+        skipped_examples=list(data.skipped_examples),
+    )
     if data.skipped:
-        shown = "; ".join(f"{e['where']}" + (f", field '{e['field']}' (column {e['column']!r}) = {e['value']}"
-                                             if e["field"] else "") + f": {e['reason']}"
-                          for e in data.skipped_examples)
-        warnings.warn(f"skipped {sum(data.skipped.values())} of {data.rows_read} rows of {data.origin} "
-                      f"({data.skipped}); e.g. {shown}", stacklevel=2)
+        shown = "; ".join(
+            f"{e['where']}"
+            + (
+                f", field '{e['field']}' (column {e['column']!r}) = {e['value']}"
+                if e["field"]
+                else ""
+            )
+            + f": {e['reason']}"
+            for e in data.skipped_examples
+        )
+        warnings.warn(
+            f"skipped {sum(data.skipped.values())} of {data.rows_read} rows of {data.origin} "
+            f"({data.skipped}); e.g. {shown}",
+            stacklevel=2,
+        )
     _check_splits(result)
     seen: dict[str, str] = {}
     leaks = 0
@@ -587,8 +711,11 @@ def build_labelled_splits(data: LabelledData, per_split_per_class: int = 40, tes
             if seen.setdefault(x.text, s) != s:
                 leaks += 1
     if leaks:
-        warnings.warn(f"{leaks} prompt(s) appear in more than one split (identical text); "
-                      "de-duplicate the data to keep VALID and TEST unseen", stacklevel=2)
+        warnings.warn(
+            f"{leaks} prompt(s) appear in more than one split (identical text); "
+            "de-duplicate the data to keep VALID and TEST unseen",
+            stacklevel=2,
+        )
     return result
 
 
@@ -600,17 +727,20 @@ def write_splits(run_dir: str | Path, result: SplitResult) -> Path:
     run_dir = Path(run_dir)
     lines = [json.dumps(asdict(x), ensure_ascii=False) for s in SPLITS for x in result.samples[s]]
     path = write_text(RunDir(run_dir).splits, "\n".join(lines) + "\n")
-    write_json(RunDir(run_dir).data_summary, {
-        "kind": result.kind,
-        "domains": result.domains,
-        "split_column": result.split_column,
-        "rows_read": result.rows_read,
-        "skipped": result.skipped,
-        "skipped_examples": result.skipped_examples,
-        "bucket_sizes": result.bucket_sizes,
-        "shortfalls": result.shortfalls,
-        "split_sizes": {s: len(result.samples[s]) for s in SPLITS},
-    })
+    write_json(
+        RunDir(run_dir).data_summary,
+        {
+            "kind": result.kind,
+            "domains": result.domains,
+            "split_column": result.split_column,
+            "rows_read": result.rows_read,
+            "skipped": result.skipped,
+            "skipped_examples": result.skipped_examples,
+            "bucket_sizes": result.bucket_sizes,
+            "shortfalls": result.shortfalls,
+            "split_sizes": {s: len(result.samples[s]) for s in SPLITS},
+        },
+    )
     return path
 
 
@@ -642,5 +772,11 @@ def make_splits_from_params(params) -> SplitResult:
         return build_labelled_splits(rows, d.per_split_per_class, d.test_multiplier, d.seed)
     skipped: dict[str, int] = {}
     rows = load_rows(d.source, params.data_path(), d.hub_split, skipped)
-    return build_splits(rows, d.per_split_per_class, d.test_multiplier, d.seed, skipped=skipped,
-                        domains=d.keyword_domains())
+    return build_splits(
+        rows,
+        d.per_split_per_class,
+        d.test_multiplier,
+        d.seed,
+        skipped=skipped,
+        domains=d.keyword_domains(),
+    )

@@ -63,7 +63,8 @@ class Recipe:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: list[str] | str = field(
-        default_factory=lambda: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+        default_factory=lambda: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    )
     lr: float = 5e-4
     epochs: int = 1
     batch_size: int = 8
@@ -74,23 +75,86 @@ class Recipe:
 # ----------------------------------------------------------------------------- synthetic data
 
 _NAMES = ["Alice", "Ben", "Chen", "Dara", "Emil", "Farah", "Goro", "Hana"]
-_CITIES = ["Lisbon", "Osaka", "Nairobi", "Toronto", "Krakow", "Lima", "Hanoi", "Oslo", "Cairo", "Perth"]
-_TOPICS = ["electric cars", "the Mars rover", "solar panels", "the World Cup", "bird flu", "quantum computers",
-           "the stock market", "the Nobel Prize", "space tourism", "new smartphones", "climate talks",
-           "the Olympics", "AI regulation", "coffee prices"]
+_CITIES = [
+    "Lisbon",
+    "Osaka",
+    "Nairobi",
+    "Toronto",
+    "Krakow",
+    "Lima",
+    "Hanoi",
+    "Oslo",
+    "Cairo",
+    "Perth",
+]
+_TOPICS = [
+    "electric cars",
+    "the Mars rover",
+    "solar panels",
+    "the World Cup",
+    "bird flu",
+    "quantum computers",
+    "the stock market",
+    "the Nobel Prize",
+    "space tourism",
+    "new smartphones",
+    "climate talks",
+    "the Olympics",
+    "AI regulation",
+    "coffee prices",
+]
 _COMPANIES = ["Apple", "Toyota", "Nestle", "Samsung", "Siemens", "Netflix", "Shell", "Sony"]
 _LANGS = ["French", "Spanish", "German", "Japanese", "Italian", "Portuguese", "Chinese", "Korean"]
-_PHRASES = ["good morning", "where is the train station", "thank you very much", "I love reading books",
-            "the weather is nice today", "how much does this cost", "see you tomorrow", "happy birthday",
-            "I am learning to cook", "please open the window", "the museum opens at nine"]
-_THINGS = ["the sea", "autumn leaves", "a quiet library", "the city at night", "a cup of tea", "mountains",
-           "an old bicycle", "the first snow", "a lighthouse", "friendship", "a rainy afternoon"]
-_ACTIVITIES = ["sleeping better", "learning a language", "staying focused", "running a first 5k",
-               "keeping a plant alive", "public speaking", "saving money", "making new friends"]
-_CONCEPTS = ["what a prime number is", "what a variable is in programming", "why the sky is blue",
-             "what photosynthesis is", "what a search engine does", "why we have seasons",
-             "what an algorithm is", "what a fraction is", "how vaccines work", "what inflation means",
-             "why leaves change colour", "what gravity does"]
+_PHRASES = [
+    "good morning",
+    "where is the train station",
+    "thank you very much",
+    "I love reading books",
+    "the weather is nice today",
+    "how much does this cost",
+    "see you tomorrow",
+    "happy birthday",
+    "I am learning to cook",
+    "please open the window",
+    "the museum opens at nine",
+]
+_THINGS = [
+    "the sea",
+    "autumn leaves",
+    "a quiet library",
+    "the city at night",
+    "a cup of tea",
+    "mountains",
+    "an old bicycle",
+    "the first snow",
+    "a lighthouse",
+    "friendship",
+    "a rainy afternoon",
+]
+_ACTIVITIES = [
+    "sleeping better",
+    "learning a language",
+    "staying focused",
+    "running a first 5k",
+    "keeping a plant alive",
+    "public speaking",
+    "saving money",
+    "making new friends",
+]
+_CONCEPTS = [
+    "what a prime number is",
+    "what a variable is in programming",
+    "why the sky is blue",
+    "what photosynthesis is",
+    "what a search engine does",
+    "why we have seasons",
+    "what an algorithm is",
+    "what a fraction is",
+    "how vaccines work",
+    "what inflation means",
+    "why leaves change colour",
+    "what gravity does",
+]
 
 
 def _calc(r: random.Random) -> tuple[str, dict]:
@@ -114,13 +178,21 @@ def _code(r: random.Random) -> tuple[str, dict]:
     xs = [r.randint(0, 50) for _ in range(r.randint(3, 6))]
     w = r.choice(["banana", "level", "python", "racecar", "keyboard"])
     forms = [
-        (f"Run this Python code and tell me the output: print(sorted({xs}))", f"print(sorted({xs}))"),
-        (f"Execute a Python program that prints the first {n} square numbers.",
-         f"print([i * i for i in range(1, {n + 1})])"),
+        (
+            f"Run this Python code and tell me the output: print(sorted({xs}))",
+            f"print(sorted({xs}))",
+        ),
+        (
+            f"Execute a Python program that prints the first {n} square numbers.",
+            f"print([i * i for i in range(1, {n + 1})])",
+        ),
         (f"Use Python to check whether '{w}' is a palindrome.", f"print('{w}' == '{w}'[::-1])"),
         (f"Run Python to count the vowels in '{w}'.", f"print(sum(c in 'aeiou' for c in '{w}'))"),
         (f"Execute this code: print(sum(range({n * 10})))", f"print(sum(range({n * 10})))"),
-        (f"Run a script that prints the factorial of {n}.", f"import math\nprint(math.factorial({n}))"),
+        (
+            f"Run a script that prints the factorial of {n}.",
+            f"import math\nprint(math.factorial({n}))",
+        ),
     ]
     q, code = r.choice(forms)
     return q, {"name": "python_interpreter", "arguments": {"code": code}}
@@ -131,13 +203,22 @@ def _search(r: random.Random) -> tuple[str, dict]:
     forms = [
         (f"Search the web for the latest news about {t}.", f"latest news {t}"),
         (f"Find current information on {t}.", f"{t} current information"),
-        (f"What is the weather forecast for {city} this weekend?", f"weather forecast {city} this weekend"),
+        (
+            f"What is the weather forecast for {city} this weekend?",
+            f"weather forecast {city} this weekend",
+        ),
         (f"Look up today's stock price of {co}.", f"{co} stock price today"),
-        (f"Who won the most recent match in {city}? Look it up.", f"most recent match {city} winner"),
+        (
+            f"Who won the most recent match in {city}? Look it up.",
+            f"most recent match {city} winner",
+        ),
         (f"What happened in {city} this week?", f"{city} news this week"),
         (f"Search for recent articles on {t}.", f"recent articles {t}"),
         (f"What are today's headlines about {t}?", f"today's headlines {t}"),
-        (f"Look up the opening hours of the main museum in {city}.", f"{city} main museum opening hours"),
+        (
+            f"Look up the opening hours of the main museum in {city}.",
+            f"{city} main museum opening hours",
+        ),
         (f"Find the current population of {city}.", f"{city} current population"),
         (f"Search for the latest quarterly results of {co}.", f"{co} latest quarterly results"),
         (f"Who is the current CEO of {co}? Look it up.", f"{co} current CEO"),
@@ -153,14 +234,41 @@ def _translate(r: random.Random) -> tuple[str, dict]:
         f"How do you say '{p}' in {lang}?",
         f"Please translate this sentence to {lang}: {p}",
     ]
-    return r.choice(forms), {"name": "translator", "arguments": {"text": p, "target_language": lang}}
+    return r.choice(forms), {
+        "name": "translator",
+        "arguments": {"text": p, "target_language": lang},
+    }
 
 
-_FORMS = ["a short poem", "a haiku", "a limerick", "a two-line rhyme", "a very short story", "a slogan"]
+_FORMS = [
+    "a short poem",
+    "a haiku",
+    "a limerick",
+    "a two-line rhyme",
+    "a very short story",
+    "a slogan",
+]
 _STYLES = ["in simple words", "to a ten-year-old", "in one paragraph", "briefly", "with an example"]
 _ANIMALS = ["cat", "dog", "parrot", "turtle", "rabbit", "hamster", "goldfish"]
-_FACTS = ["octopuses", "honey", "the moon", "penguins", "volcanoes", "bees", "the ocean", "trees", "owls"]
-_EVENTS = ["a new job", "a graduation", "moving house", "a wedding", "a retirement", "a first marathon"]
+_FACTS = [
+    "octopuses",
+    "honey",
+    "the moon",
+    "penguins",
+    "volcanoes",
+    "bees",
+    "the ocean",
+    "trees",
+    "owls",
+]
+_EVENTS = [
+    "a new job",
+    "a graduation",
+    "moving house",
+    "a wedding",
+    "a retirement",
+    "a first marathon",
+]
 _COUNT = ["two", "three", "four", "five"]
 
 
@@ -180,8 +288,12 @@ def _plain(r: random.Random) -> str:
     return r.choice(forms)()
 
 
-TOOL_MAKERS = {"calculator": _calc, "python_interpreter": _code, "web_search": _search,
-               "translator": _translate}
+TOOL_MAKERS = {
+    "calculator": _calc,
+    "python_interpreter": _code,
+    "web_search": _search,
+    "translator": _translate,
+}
 
 
 @dataclass
@@ -191,15 +303,18 @@ class Example:
     answer: str = ""  # the assistant's answer (filled in for plain requests by distillation)
 
 
-def synthetic_requests(pp: PromptParams, n_tool: int, n_plain: int, rng: random.Random,
-                       seen: set[str]) -> list[Example]:
+def synthetic_requests(
+    pp: PromptParams, n_tool: int, n_plain: int, rng: random.Random, seen: set[str]
+) -> list[Example]:
     """``n_tool`` tool requests (round-robin over the prompt's known tools) and ``n_plain`` plain ones.
 
     Texts already in ``seen`` are drawn again, so train and validation never share a request.
     """
     tools = [t["name"] for t in pp.tools if t["name"] in TOOL_MAKERS]
     if not tools:
-        raise ValueError(f"none of the prompt's tools has a request template (known: {sorted(TOOL_MAKERS)})")
+        raise ValueError(
+            f"none of the prompt's tools has a request template (known: {sorted(TOOL_MAKERS)})"
+        )
     out: list[Example] = []
 
     def fresh(make):
@@ -223,7 +338,9 @@ def synthetic_requests(pp: PromptParams, n_tool: int, n_plain: int, rng: random.
 # ----------------------------------------------------------------------------- training
 
 
-def _distill(lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int) -> None:
+def _distill(
+    lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
+) -> None:
     """Fill the plain requests' answers with the base model's own greedy answers."""
     from .steer import generate_all
 
@@ -236,7 +353,9 @@ def _distill(lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new
         e.answer = o
 
 
-def _encode(lm: LoadedModel, pp: PromptParams, examples: list[Example]) -> list[tuple[list[int], int]]:
+def _encode(
+    lm: LoadedModel, pp: PromptParams, examples: list[Example]
+) -> list[tuple[list[int], int]]:
     """(prompt + answer token ids, number of prompt tokens) per example."""
     tok = lm.tokenizer
     prompts = render_prompts(tok, pp, [e.text for e in examples])
@@ -258,9 +377,9 @@ def _batch(items: list[tuple[list[int], int]], pad_id: int):
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
     for i, (x, n_prompt) in enumerate(items):
-        ids[i, :len(x)] = torch.tensor(x)
-        mask[i, :len(x)] = 1
-        labels[i, n_prompt:len(x)] = torch.tensor(x[n_prompt:])
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+        labels[i, n_prompt : len(x)] = torch.tensor(x[n_prompt:])
     return ids, mask, labels
 
 
@@ -269,20 +388,26 @@ def _mean_loss(model, items, pad_id: int, batch_size: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(items), batch_size):
-        ids, mask, labels = _batch(items[s:s + batch_size], pad_id)
+        ids, mask, labels = _batch(items[s : s + batch_size], pad_id)
         n = int((labels[:, 1:] != -100).sum())
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        out = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+        )
         total += float(out.loss) * n
         count += n
     return total / max(count, 1)
 
 
-def evaluate_tool_use(lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int) -> dict:
+def evaluate_tool_use(
+    lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
+) -> dict:
     """Trigger rates and call validity of ``lm`` on synthetic requests (greedy)."""
     from .steer import generate_all
 
     prompts = render_prompts(lm.tokenizer, pp, [e.text for e in examples])
-    outs, _ = generate_all(lm, prompts, None, 0, 16, max_new_tokens, pp, desc="synthetic validation")
+    outs, _ = generate_all(
+        lm, prompts, None, 0, 16, max_new_tokens, pp, desc="synthetic validation"
+    )
     tool = [o for e, o in zip(examples, outs) if e.call is not None]
     plain = [o for e, o in zip(examples, outs) if e.call is None]
     trig_tool = [triggered(o, pp) for o in tool]
@@ -290,15 +415,25 @@ def evaluate_tool_use(lm: LoadedModel, pp: PromptParams, examples: list[Example]
     for e, o in zip([e for e in examples if e.call is not None], tool):
         if call_validity(o, pp)["valid"] and f'"name": "{e.call["name"]}"' in o:
             right_tool += 1
-    return {"tool_requests": len(tool), "plain_requests": len(plain),
-            "trigger_rate_tool": float(np.mean(trig_tool)) if tool else 0.0,
-            "trigger_rate_plain": float(np.mean([triggered(o, pp) for o in plain])) if plain else 0.0,
-            "valid_call_rate_tool": float(np.mean([call_validity(o, pp)["valid"] for o in tool])) if tool else 0.0,
-            "right_tool_rate": right_tool / max(len(tool), 1)}
+    return {
+        "tool_requests": len(tool),
+        "plain_requests": len(plain),
+        "trigger_rate_tool": float(np.mean(trig_tool)) if tool else 0.0,
+        "trigger_rate_plain": float(np.mean([triggered(o, pp) for o in plain])) if plain else 0.0,
+        "valid_call_rate_tool": float(np.mean([call_validity(o, pp)["valid"] for o in tool]))
+        if tool
+        else 0.0,
+        "right_tool_rate": right_tool / max(len(tool), 1),
+    }
 
 
-def train_adapter(lm: LoadedModel, pp: PromptParams, out_dir: str | Path, recipe: Recipe | None = None,
-                  base_description: str = "") -> dict:
+def train_adapter(
+    lm: LoadedModel,
+    pp: PromptParams,
+    out_dir: str | Path,
+    recipe: Recipe | None = None,
+    base_description: str = "",
+) -> dict:
     """Train the LoRA adapter on synthetic data, save it to ``out_dir``, return the training record.
 
     ``lm`` is the base model; it is trained in place through peft's LoRA
@@ -321,26 +456,36 @@ def train_adapter(lm: LoadedModel, pp: PromptParams, out_dir: str | Path, recipe
     pad = lm.tokenizer.pad_token_id
     train_items, valid_items = _encode(lm, pp, train), _encode(lm, pp, valid)
 
-    cfg = LoraConfig(r=recipe.rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                     target_modules=recipe.target_modules, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.target_modules,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(lm.model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=0.0
+    )
     order_rng = np.random.default_rng(recipe.seed)
     batches = []
     for _ in range(recipe.epochs):
         perm = order_rng.permutation(len(train_items))
-        batches += [perm[s:s + recipe.batch_size] for s in range(0, len(perm), recipe.batch_size)]
+        batches += [perm[s : s + recipe.batch_size] for s in range(0, len(perm), recipe.batch_size)]
     if recipe.max_steps is not None:
-        batches = batches[:recipe.max_steps]
+        batches = batches[: recipe.max_steps]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / max(len(batches), 1))
     losses = []
     t1 = time.time()
     for b in tqdm(batches, desc="LoRA training"):
         model.train()
         ids, mask, labels = _batch([train_items[i] for i in b], pad)
-        loss = model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                     labels=labels.to(lm.device)).loss
+        loss = model(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            labels=labels.to(lm.device),
+        ).loss
         loss.backward()
         opt.step()
         sched.step()
@@ -362,32 +507,46 @@ def train_adapter(lm: LoadedModel, pp: PromptParams, out_dir: str | Path, recipe
     lm.prefixes.clear()  # prefix caches of the base weights are stale now
     tuned_metrics = evaluate_tool_use(lm, pp, valid, recipe.eval_max_new_tokens)
 
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     record = {
         "what": "LoRA adapter that teaches the base model the prompt format's tool calls "
-                "(a stand-in tool caller for the offline demo, not a released model)",
+        "(a stand-in tool caller for the offline demo, not a released model)",
         "base_model": base_description or lm.model_id,
         "recipe": asdict(recipe),
-        "prompt": {"system_template": pp.system_template, "tools": [t["name"] for t in pp.tools],
-                   "tool_call_start": pp.tool_call_start, "tool_call_end": pp.tool_call_end},
-        "data": {"train": {"tool": recipe.n_tool_train, "plain": recipe.n_plain_train},
-                 "valid": {"tool": recipe.n_tool_valid, "plain": recipe.n_plain_valid},
-                 "source": "synthetic templates (asa_lib.demo_model), plain answers self-distilled "
-                           "from the base model; no Alpaca rows",
-                 "train_tokens": int(sum(len(x) for x, _ in train_items))},
+        "prompt": {
+            "system_template": pp.system_template,
+            "tools": [t["name"] for t in pp.tools],
+            "tool_call_start": pp.tool_call_start,
+            "tool_call_end": pp.tool_call_end,
+        },
+        "data": {
+            "train": {"tool": recipe.n_tool_train, "plain": recipe.n_plain_train},
+            "valid": {"tool": recipe.n_tool_valid, "plain": recipe.n_plain_valid},
+            "source": "synthetic templates (asa_lib.demo_model), plain answers self-distilled "
+            "from the base model; no Alpaca rows",
+            "train_tokens": int(sum(len(x) for x, _ in train_items)),
+        },
         "trainable_parameters": int(trainable),
         "steps": len(batches),
-        "loss": {"first_step": losses[0] if losses else None,
-                 "final_train_mean_last_10pct": float(np.mean(tail)) if losses else None,
-                 "valid": valid_loss},
+        "loss": {
+            "first_step": losses[0] if losses else None,
+            "final_train_mean_last_10pct": float(np.mean(tail)) if losses else None,
+            "valid": valid_loss,
+        },
         "synthetic_validation": {"base_model": base_metrics, "with_adapter": tuned_metrics},
-        "seconds": {"data_and_distillation": round(t_data, 1), "training": round(t_train, 1),
-                    "total": round(time.time() - t0, 1)},
-        "device": str(lm.device), "torch_threads": torch.get_num_threads(),
+        "seconds": {
+            "data_and_distillation": round(t_data, 1),
+            "training": round(t_train, 1),
+            "total": round(time.time() - t0, 1),
+        },
+        "device": str(lm.device),
+        "torch_threads": torch.get_num_threads(),
         "versions": {**library_versions(), "peft": _peft_version()},
         "adapter_sha256": sha256_file(out_dir / ADAPTER_FILE),
-        "examples": {"tool": [asdict(e) for e in train if e.call is not None][:3],
-                     "plain": [asdict(e) for e in train if e.call is None][:3]},
+        "examples": {
+            "tool": [asdict(e) for e in train if e.call is not None][:3],
+            "plain": [asdict(e) for e in train if e.call is None][:3],
+        },
     }
     write_json(out_dir / RECORD_FILE, record)
     write_model_card(out_dir, record)
@@ -466,13 +625,16 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torc
     if not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(
             f"model.adapter: {adapter_dir} holds no LoRA adapter (expected {ADAPTER_FILE} and "
-            "adapter_config.json; `make demo-model` trains the demo's)")
+            "adapter_config.json; `make demo-model` trains the demo's)"
+        )
     digest = sha256_file(weights)
     record = adapter_dir / RECORD_FILE
     if record.is_file():
         want = json.loads(record.read_text()).get("adapter_sha256")
         if want and want != digest:
-            raise ValueError(f"model.adapter: {weights} does not match the sha256 in {record} "
-                             "(the file was changed after training)")
+            raise ValueError(
+                f"model.adapter: {weights} does not match the sha256 in {record} "
+                "(the file was changed after training)"
+            )
     peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
     return peft_model.merge_and_unload(), digest

@@ -44,8 +44,13 @@ class StreamingSafetensors:
     def __init__(self, path: Path, shape: tuple[int, ...], metadata: dict[str, str] | None = None):
         self.shape = shape
         self.row_bytes = int(np.prod(shape[1:])) * 4
-        header = {STATES_KEY: {"dtype": "F32", "shape": list(shape),
-                               "data_offsets": [0, self.row_bytes * shape[0]]}}
+        header = {
+            STATES_KEY: {
+                "dtype": "F32",
+                "shape": list(shape),
+                "data_offsets": [0, self.row_bytes * shape[0]],
+            }
+        }
         if metadata:
             header["__metadata__"] = metadata
         hb = json.dumps(header, separators=(",", ":")).encode()
@@ -69,7 +74,7 @@ class StreamingSafetensors:
 
 def _batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
@@ -80,16 +85,21 @@ def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device
     mask = torch.zeros((B, prefix_len + S), dtype=torch.long)
     mask[:, :prefix_len] = 1
     for i, x in enumerate(suffixes):
-        ids[i, :len(x)] = torch.tensor(x)
-        mask[i, prefix_len:prefix_len + len(x)] = 1
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, prefix_len : prefix_len + len(x)] = 1
     pos = (prefix_len + torch.arange(S)).expand(B, S)
     last = torch.tensor([len(x) - 1 for x in suffixes])
     return ids.to(device), mask.to(device), pos.to(device), last
 
 
 @torch.no_grad()
-def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int, desc: str = "extract",
-                           share_prefix: bool = True):
+def iter_last_token_states(
+    lm: LoadedModel,
+    prompts: list[str],
+    batch_size: int,
+    desc: str = "extract",
+    share_prefix: bool = True,
+):
     """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
 
     With ``share_prefix`` the tokens common to all prompts run once (see
@@ -98,11 +108,11 @@ def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int,
     """
     lengths, prefix_ids = [], None
     for s in range(0, len(prompts), 1024):  # token ids are not kept: memory stays at one batch
-        ids = token_ids(lm, prompts[s:s + 1024])
+        ids = token_ids(lm, prompts[s : s + 1024])
         lengths += [len(x) for x in ids]
         if share_prefix:
             for x in ids:
-                prefix_ids = x if prefix_ids is None else prefix_ids[:lcp(prefix_ids, x)]
+                prefix_ids = x if prefix_ids is None else prefix_ids[: lcp(prefix_ids, x)]
     P = min(len(prefix_ids), min(lengths) - 1) if share_prefix and len(prompts) > 1 else 0
     prefix = PrefixCache(lm, prefix_ids[:P]) if P > 0 else None
     pad = lm.tokenizer.pad_token_id
@@ -112,15 +122,24 @@ def iter_last_token_states(lm: LoadedModel, prompts: list[str], batch_size: int,
             batch_ids = token_ids(lm, [prompts[i] for i in idx])
             input_ids, mask, pos, last = right_padded([x[P:] for x in batch_ids], pad, P, lm.device)
             captured.positions = last
-            kw = {cache_kwarg(lm.model): prefix.expand(len(idx)), "use_cache": True} if prefix else {"use_cache": False}
+            kw = (
+                {cache_kwarg(lm.model): prefix.expand(len(idx)), "use_cache": True}
+                if prefix
+                else {"use_cache": False}
+            )
             lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)
             states = torch.stack([captured[l] for l in range(len(blocks))], dim=1)  # (B, L, H)
             yield idx, states.float().cpu().numpy()
             bar.update(len(idx))
 
 
-def extract_states(lm: LoadedModel, prompts: list[str], batch_size: int = 8,
-                   desc: str = "extract", share_prefix: bool = True) -> np.ndarray:
+def extract_states(
+    lm: LoadedModel,
+    prompts: list[str],
+    batch_size: int = 8,
+    desc: str = "extract",
+    share_prefix: bool = True,
+) -> np.ndarray:
     """All states in memory: (N, L, H) float32. For small sets and tests."""
     out = np.zeros((len(prompts), lm.num_layers, lm.hidden_size), dtype=np.float32)
     for idx, states in iter_last_token_states(lm, prompts, batch_size, desc, share_prefix):
@@ -128,13 +147,22 @@ def extract_states(lm: LoadedModel, prompts: list[str], batch_size: int = 8,
     return out
 
 
-def extract_to_file(lm: LoadedModel, prompts: list[str], path: str | Path, batch_size: int = 8,
-                    desc: str = "extract", meta: dict | None = None, share_prefix: bool = True) -> Path:
+def extract_to_file(
+    lm: LoadedModel,
+    prompts: list[str],
+    path: str | Path,
+    batch_size: int = 8,
+    desc: str = "extract",
+    meta: dict | None = None,
+    share_prefix: bool = True,
+) -> Path:
     """Stream the states of ``prompts`` to a safetensors file; memory is one batch."""
     path = Path(path)
     shape = (len(prompts), lm.num_layers, lm.hidden_size)
-    metadata = {"layout": "(samples, layers, hidden); output of block l at the last prompt token",
-                "model_id": lm.model_id}
+    metadata = {
+        "layout": "(samples, layers, hidden); output of block l at the last prompt token",
+        "model_id": lm.model_id,
+    }
     with atomic_path(path) as tmp:
         w = StreamingSafetensors(tmp, shape, metadata)
         try:
@@ -160,7 +188,7 @@ def load_states(run_dir: str | Path, split: str, layer: int | None = None) -> np
         n, num_layers, _ = sl.get_shape()
         if not 0 <= layer < num_layers:
             raise IndexError(f"layer {layer} out of range: the states hold {num_layers} blocks")
-        return np.asarray(sl[:, layer:layer + 1, :])[:, 0, :]
+        return np.asarray(sl[:, layer : layer + 1, :])[:, 0, :]
 
 
 def load_meta(run_dir: str | Path, split: str) -> dict:
@@ -182,13 +210,29 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path) -> list[dict]:
     rows = []
     for split, xs in read_splits(run_dir).items():
         prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
-        meta = {"ids": [x.id for x in xs], "labels": [x.label for x in xs],
-                "domains": [x.domain for x in xs], "model_id": lm.model_id,
-                "model_fingerprint": lm.fingerprint}
-        path = extract_to_file(lm, prompts, states_path(run_dir, split),
-                               batch_size=params.extraction.batch_size, desc=split, meta=meta)
+        meta = {
+            "ids": [x.id for x in xs],
+            "labels": [x.label for x in xs],
+            "domains": [x.domain for x in xs],
+            "model_id": lm.model_id,
+            "model_fingerprint": lm.fingerprint,
+        }
+        path = extract_to_file(
+            lm,
+            prompts,
+            states_path(run_dir, split),
+            batch_size=params.extraction.batch_size,
+            desc=split,
+            meta=meta,
+        )
         n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        rows.append({"split": split, "samples": len(xs), "file": str(path.relative_to(run_dir)),
-                     "MB": round(path.stat().st_size / 2**20, 2),
-                     "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}"})
+        rows.append(
+            {
+                "split": split,
+                "samples": len(xs),
+                "file": str(path.relative_to(run_dir)),
+                "MB": round(path.stat().st_size / 2**20, 2),
+                "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}",
+            }
+        )
     return rows

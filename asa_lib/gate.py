@@ -41,8 +41,12 @@ class Gates:
     has_probe: np.ndarray | None = None  # (N,) bool: the routed domain has a probe
 
 
-def compute_gates(bundle: Bundle, h: np.ndarray, config: SweepConfig | float,
-                  true_domains: list[str] | None = None) -> Gates:
+def compute_gates(
+    bundle: Bundle,
+    h: np.ndarray,
+    config: SweepConfig | float,
+    true_domains: list[str] | None = None,
+) -> Gates:
     """Gate decisions for (N, H) states at L* under ``config`` (``true_domains`` for ``oracle``).
 
     A plain number is the ASA gate (``gate: probe``) with that tau.
@@ -79,7 +83,9 @@ def random_unit_vector(hidden_size: int, seed: int) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig | float) -> np.ndarray:
+def steering_deltas(
+    bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig | float
+) -> np.ndarray:
     """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0).
 
     A plain number is the seed's mixture vector with that beta.
@@ -87,7 +93,9 @@ def steering_deltas(bundle: Bundle, gates: Gates, alpha_eff: float, config: Swee
     if not isinstance(config, SweepConfig):
         config = SweepConfig("mixture", tau=0.5, beta=float(config))
     out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
-    rand = random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
+    rand = (
+        random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
+    )
     for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
         if g != 0 and alpha_eff != 0:
             v = rand if rand is not None else bundle.steering_vector(d, config.beta)

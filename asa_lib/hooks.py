@@ -33,7 +33,9 @@ class _Capture:
         if pos is None:
             self.store[self.layer] = h[:, -1, :].detach().clone()  # a copy, not a view into h
         else:
-            self.store[self.layer] = h[torch.arange(h.shape[0], device=h.device), pos.to(h.device)].detach()
+            self.store[self.layer] = h[
+                torch.arange(h.shape[0], device=h.device), pos.to(h.device)
+            ].detach()
 
 
 class LastTokenCapture(dict):
@@ -83,8 +85,9 @@ class _PrefillSteer:
 
 
 @contextmanager
-def steer_last_prompt_token(block: torch.nn.Module, delta: torch.Tensor | None,
-                            positions: torch.Tensor | None = None) -> Iterator[_PrefillSteer | None]:
+def steer_last_prompt_token(
+    block: torch.nn.Module, delta: torch.Tensor | None, positions: torch.Tensor | None = None
+) -> Iterator[_PrefillSteer | None]:
     """Add ``delta[b]`` (shape (B, H)) to block output at the last prompt position, on the first pass only.
 
     That position is -1 for every row (left padding), or ``positions[b]`` when

@@ -9,8 +9,12 @@ import numpy as np
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, int]:
     t, p = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    return {"tp": int(((t == 1) & (p == 1)).sum()), "fp": int(((t == 0) & (p == 1)).sum()),
-            "fn": int(((t == 1) & (p == 0)).sum()), "tn": int(((t == 0) & (p == 0)).sum())}
+    return {
+        "tp": int(((t == 1) & (p == 1)).sum()),
+        "fp": int(((t == 0) & (p == 1)).sum()),
+        "fn": int(((t == 1) & (p == 0)).sum()),
+        "tn": int(((t == 0) & (p == 0)).sum()),
+    }
 
 
 def _ratio(a, b):
@@ -54,24 +58,42 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, fl
 
 def _resampled_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics of each resample: ``t``, ``p`` are (n_boot, n) labels and predictions."""
-    c = {"tp": ((t == 1) & (p == 1)).sum(1), "fp": ((t == 0) & (p == 1)).sum(1),
-         "fn": ((t == 1) & (p == 0)).sum(1), "tn": ((t == 0) & (p == 0)).sum(1)}
+    c = {
+        "tp": ((t == 1) & (p == 1)).sum(1),
+        "fp": ((t == 0) & (p == 1)).sum(1),
+        "fn": ((t == 1) & (p == 0)).sum(1),
+        "tn": ((t == 0) & (p == 0)).sum(1),
+    }
     return {m: fn(**c) for m, fn in METRICS.items()}
 
 
-def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], metrics=("f1", "recall", "fpr"),
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_ci(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    metrics=("f1", "recall", "fpr"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """Percentile bootstrap intervals (resampling prompts with replacement), seeded."""
     t, p = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
     vals = _resampled_metrics(t[idx], p[idx])
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {m: [float(np.percentile(vals[m], lo)), float(np.percentile(vals[m], hi))] for m in metrics}
+    return {
+        m: [float(np.percentile(vals[m], lo)), float(np.percentile(vals[m], hi))] for m in metrics
+    }
 
 
-def paired_bootstrap_diff(y_true: Sequence[int], y_base: Sequence[int], y_new: Sequence[int],
-                          metrics=("f1", "fpr"), n_boot: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> dict[str, dict[str, float]]:
+def paired_bootstrap_diff(
+    y_true: Sequence[int],
+    y_base: Sequence[int],
+    y_new: Sequence[int],
+    metrics=("f1", "fpr"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
     """``metric(new) - metric(base)`` on the same prompts, with a paired percentile bootstrap interval.
 
     Both predictions are scored on the *same* resampled prompts, so the
@@ -86,8 +108,14 @@ def paired_bootstrap_diff(y_true: Sequence[int], y_base: Sequence[int], y_new: S
     va, vb = _resampled_metrics(t[idx], a[idx]), _resampled_metrics(t[idx], b[idx])
     pa, pb = binary_metrics(t, a), binary_metrics(t, b)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {m: {"diff": pb[m] - pa[m], "lo": float(np.percentile(vb[m] - va[m], lo)),
-                "hi": float(np.percentile(vb[m] - va[m], hi))} for m in metrics}
+    return {
+        m: {
+            "diff": pb[m] - pa[m],
+            "lo": float(np.percentile(vb[m] - va[m], lo)),
+            "hi": float(np.percentile(vb[m] - va[m], hi)),
+        }
+        for m in metrics
+    }
 
 
 def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> dict:
@@ -103,5 +131,7 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
     out["per_domain"] = {}
     for d in sorted({r["domain"] for r in records}):
         rs = [r for r in records if r["domain"] == d]
-        out["per_domain"][d] = binary_metrics([r["label"] for r in rs], [int(r["triggered"]) for r in rs])
+        out["per_domain"][d] = binary_metrics(
+            [r["label"] for r in rs], [int(r["triggered"]) for r in rs]
+        )
     return out

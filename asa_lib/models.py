@@ -34,8 +34,13 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                       "<|tool_call_start|>", "<|tool_call_end|>"]
+TINY_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -122,9 +127,13 @@ def build_tiny_tokenizer():
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=TINY_SPECIAL_TOKENS[3:])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=TINY_SPECIAL_TOKENS[3:],
+    )
     tok.chat_template = CHATML_TEMPLATE
     _prepare_tokenizer(tok)
     return tok
@@ -135,12 +144,21 @@ def build_tiny_lfm2(seed: int = 0, vocab_size: int | None = None):
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     tok = build_tiny_tokenizer()
-    cfg = Lfm2Config(vocab_size=vocab_size or len(tok), hidden_size=64, intermediate_size=128,
-                     num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                     layer_types=["conv", "full_attention", "conv", "full_attention"],
-                     block_auto_adjust_ff_dim=False, pad_token_id=tok.pad_token_id,
-                     eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                     tie_word_embeddings=True, initializer_range=0.1)
+    cfg = Lfm2Config(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+        block_auto_adjust_ff_dim=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+    )
     # initializer_range 0.1 (not the default 0.02) so that greedy outputs differ
     # between prompts and steering visibly changes them.
     with torch.random.fork_rng(devices=[]):
@@ -168,7 +186,9 @@ def find_gguf(package: str, filename: str) -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ModelLoadError(f"{filename!r} is not inside the installed package {package!r} ({path.parent}).")
+        raise ModelLoadError(
+            f"{filename!r} is not inside the installed package {package!r} ({path.parent})."
+        )
     return path
 
 
@@ -177,12 +197,15 @@ def _load_gguf(mp: ModelParams, dtype: torch.dtype):
 
     gguf_path = find_gguf(mp.gguf_package, mp.gguf_file)
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()
+    ).hexdigest()[:16]
     cached = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
     if not (cached / "DONE").is_file():
         # First load: dequantize the GGUF once and keep a safetensors copy.
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -226,7 +249,8 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                mp.id, dtype=dtype, device_map="auto" if device.type == "cuda" else None, **kwargs)
+                mp.id, dtype=dtype, device_map="auto" if device.type == "cuda" else None, **kwargs
+            )
         except OSError as e:
             raise ModelLoadError(
                 f"could not load {mp.id!r} from the hub or the local cache "

@@ -11,7 +11,9 @@ from .artifacts import RunDir, require
 from .params import Params, load_params
 
 
-def open_stage(params_path: str, run_dir: str, needs: tuple[str, ...] = ()) -> tuple[Params, RunDir]:
+def open_stage(
+    params_path: str, run_dir: str, needs: tuple[str, ...] = ()
+) -> tuple[Params, RunDir]:
     """Load and validate params; stop at once if an earlier stage's outputs are missing."""
     warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
     params = load_params(params_path)

@@ -71,15 +71,55 @@ SEED_TOOLS: list[dict[str, Any]] = [
 
 # The seed notebook's four keyword domains, in its order (classify() takes the first match).
 SEED_DOMAINS: dict[str, list[str]] = {
-    "math": ["calculate", "compute", "solve", "equation", "sum", "average",
-             "percentage", "convert", "ratio", "divide", "multiply"],
-    "code": ["write a program", "code", "function", "algorithm", "implement",
-             "script", "debug", "compile", "class", "method"],
-    "search": ["search", "find", "look up", "latest", "current", "news",
-               "recent", "who is", "what happened", "when did"],
-    "translation": ["translate", "translation", "say in", "convert to",
-                    "how do you say", "in french", "in spanish", "in german",
-                    "in japanese", "in chinese"],
+    "math": [
+        "calculate",
+        "compute",
+        "solve",
+        "equation",
+        "sum",
+        "average",
+        "percentage",
+        "convert",
+        "ratio",
+        "divide",
+        "multiply",
+    ],
+    "code": [
+        "write a program",
+        "code",
+        "function",
+        "algorithm",
+        "implement",
+        "script",
+        "debug",
+        "compile",
+        "class",
+        "method",
+    ],
+    "search": [
+        "search",
+        "find",
+        "look up",
+        "latest",
+        "current",
+        "news",
+        "recent",
+        "who is",
+        "what happened",
+        "when did",
+    ],
+    "translation": [
+        "translate",
+        "translation",
+        "say in",
+        "convert to",
+        "how do you say",
+        "in french",
+        "in spanish",
+        "in german",
+        "in japanese",
+        "in chinese",
+    ],
 }
 # "global" names the all-domain steering vector in the bundle; no domain may take it.
 RESERVED_DOMAINS = ("global",)
@@ -274,7 +314,9 @@ class Params:
         for c in self.configs():
             if c.name == name:
                 return c
-        raise ParamsError(f"no sweep config named {name!r} (known: {[c.name for c in self.configs()]})")
+        raise ParamsError(
+            f"no sweep config named {name!r} (known: {[c.name for c in self.configs()]})"
+        )
 
     def adapter_path(self) -> Path | None:
         """The LoRA adapter folder named by ``model.adapter``, or None."""
@@ -378,25 +420,37 @@ MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
 
 def _safe_name(name: str, key: str) -> None:
     """Names become file and folder names: letters, digits, '_', '.', '-', no leading dot."""
-    _check(bool(SAFE_NAME.fullmatch(name)) and not name.startswith("."),
-           f"{key}: {name!r} must be letters, digits, '_', '.' or '-' (not starting with '.'), "
-           "because it names files and folders")
+    _check(
+        bool(SAFE_NAME.fullmatch(name)) and not name.startswith("."),
+        f"{key}: {name!r} must be letters, digits, '_', '.' or '-' (not starting with '.'), "
+        "because it names files and folders",
+    )
 
 
 def _check_tool(t: Any, key: str) -> None:
     """A tool is {name, description?, parameters: a JSON Schema object}."""
     _check(isinstance(t, dict), f"{key}: expected a mapping with name and parameters")
-    _check(isinstance(t.get("name"), str) and bool(t["name"]), f"{key}.name: each tool needs a non-empty name")
+    _check(
+        isinstance(t.get("name"), str) and bool(t["name"]),
+        f"{key}.name: each tool needs a non-empty name",
+    )
     _check(isinstance(t.get("description", ""), str), f"{key}.description: must be a string")
     ps = t.get("parameters", {"type": "object", "properties": {}})
-    _check(isinstance(ps, dict), f"{key}.parameters: must be a JSON Schema object (a mapping), got {ps!r}")
+    _check(
+        isinstance(ps, dict),
+        f"{key}.parameters: must be a JSON Schema object (a mapping), got {ps!r}",
+    )
     _check(ps.get("type", "object") == "object", f"{key}.parameters.type: must be 'object'")
     props = ps.get("properties", {})
-    _check(isinstance(props, dict) and all(isinstance(v, dict) for v in props.values()),
-           f"{key}.parameters.properties: must map each argument name to a schema (a mapping)")
+    _check(
+        isinstance(props, dict) and all(isinstance(v, dict) for v in props.values()),
+        f"{key}.parameters.properties: must map each argument name to a schema (a mapping)",
+    )
     req = ps.get("required", [])
-    _check(isinstance(req, list) and all(isinstance(r, str) for r in req),
-           f"{key}.parameters.required: must be a list of argument names, got {req!r}")
+    _check(
+        isinstance(req, list) and all(isinstance(r, str) for r in req),
+        f"{key}.parameters.required: must be a list of argument names, got {req!r}",
+    )
     unknown = [r for r in req if r not in props]
     _check(not unknown, f"{key}.parameters.required: {unknown} are not in parameters.properties")
 
@@ -424,8 +478,10 @@ def validate(p: Params, check_files: bool = True) -> Params:
         _check_tool(t, f"prompt.tools[{i}]")
     names = [t["name"] for t in pr.tools]
     _check(len(set(names)) == len(names), f"prompt.tools: duplicate tool names in {names}")
-    _check("{tools_json}" in pr.system_template,
-           "prompt.system_template: must contain the placeholder {tools_json} (the tool list)")
+    _check(
+        "{tools_json}" in pr.system_template,
+        "prompt.system_template: must contain the placeholder {tools_json} (the tool list)",
+    )
     for i, turn in enumerate(pr.demonstrations):
         _check(
             set(turn) == {"role", "content"}
@@ -447,10 +503,18 @@ def validate(p: Params, check_files: bool = True) -> Params:
     if p.reference is not None:
         for m in ("f1", "precision", "recall", "fpr", "accuracy"):
             v = getattr(p.reference, m)
-            _check(v is None or 0.0 <= v <= 1.0, f"reference.{m}: {v} is outside the allowed range [0, 1]")
-    _check(p.generation.share_prefix in SHARE_PREFIX,
-           f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}")
-    _check(p.generation.draft in DRAFT, f"generation.draft: {p.generation.draft!r} is not one of {DRAFT}")
+            _check(
+                v is None or 0.0 <= v <= 1.0,
+                f"reference.{m}: {v} is outside the allowed range [0, 1]",
+            )
+    _check(
+        p.generation.share_prefix in SHARE_PREFIX,
+        f"generation.share_prefix: {p.generation.share_prefix!r} is not one of {SHARE_PREFIX}",
+    )
+    _check(
+        p.generation.draft in DRAFT,
+        f"generation.draft: {p.generation.draft!r} is not one of {DRAFT}",
+    )
     _check(
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",
@@ -459,9 +523,14 @@ def validate(p: Params, check_files: bool = True) -> Params:
     for i, c in enumerate(p.sweep):
         key = f"sweep[{i}]"
         _safe_name(c.name, f"{key}.name")
-        _check(c.name.lower() != "baseline", f"{key}.name: 'baseline' is reserved for the unsteered run")
-        _check(c.name.lower() not in seen,
-               f"{key}.name: duplicate config name {c.name!r} (names are compared ignoring case)")
+        _check(
+            c.name.lower() != "baseline",
+            f"{key}.name: 'baseline' is reserved for the unsteered run",
+        )
+        _check(
+            c.name.lower() not in seen,
+            f"{key}.name: duplicate config name {c.name!r} (names are compared ignoring case)",
+        )
         seen.add(c.name.lower())
         _check(c.gate in GATES, f"{key}.gate: {c.gate!r} is not one of {GATES}")
         _check(c.vector in VECTORS, f"{key}.vector: {c.vector!r} is not one of {VECTORS}")
@@ -471,7 +540,10 @@ def validate(p: Params, check_files: bool = True) -> Params:
             _check(0.5 <= c.tau < 1.0, f"{key}.tau: {c.tau} is outside the allowed range [0.5, 1)")
         _check(c.alpha >= 0, f"{key}.alpha: {c.alpha} is negative (allowed: alpha >= 0)")
         _check(0.0 <= c.beta <= 1.0, f"{key}.beta: {c.beta} is outside the allowed range [0, 1]")
-        _check(0 <= c.seed <= MAX_SEED, f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]")
+        _check(
+            0 <= c.seed <= MAX_SEED,
+            f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]",
+        )
     return p
 
 
@@ -480,37 +552,55 @@ def _validate_data(p: Params) -> None:
     _check(d.kind in DATA_KINDS, f"data.kind: {d.kind!r} is not one of {DATA_KINDS}")
     _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
     _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
-    _check(0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]")
+    _check(
+        0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]"
+    )
     _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
     path = p.data_path()
     if path is not None:
         allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
-        _check(path.name.endswith(allowed),
-               f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
-               f"(allowed: {', '.join(allowed)})")
+        _check(
+            path.name.endswith(allowed),
+            f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
+            f"(allowed: {', '.join(allowed)})",
+        )
     if d.kind == "alpaca_keywords":
-        _check(d.columns == ColumnMap(),
-               "data.columns: only data.kind 'labelled' reads columns; alpaca_keywords rows have "
-               "instruction/input/output")
-        _check(len(d.domains) >= 2,
-               f"data.domains: at least two domains are required (the router chooses between them), "
-               f"got {len(d.domains)}")
+        _check(
+            d.columns == ColumnMap(),
+            "data.columns: only data.kind 'labelled' reads columns; alpaca_keywords rows have "
+            "instruction/input/output",
+        )
+        _check(
+            len(d.domains) >= 2,
+            f"data.domains: at least two domains are required (the router chooses between them), "
+            f"got {len(d.domains)}",
+        )
         for name, kws in d.domains.items():
-            _check(isinstance(name, str) and name.strip() == name and bool(name),
-                   f"data.domains: domain names must be non-empty strings without surrounding "
-                   f"spaces, got {name!r} (quote names such as yes/no/on/off in YAML)")
-            _check(name not in RESERVED_DOMAINS,
-                   f"data.domains.{name}: {name!r} is reserved (the all-domain steering vector)")
+            _check(
+                isinstance(name, str) and name.strip() == name and bool(name),
+                f"data.domains: domain names must be non-empty strings without surrounding "
+                f"spaces, got {name!r} (quote names such as yes/no/on/off in YAML)",
+            )
+            _check(
+                name not in RESERVED_DOMAINS,
+                f"data.domains.{name}: {name!r} is reserved (the all-domain steering vector)",
+            )
             key = f"data.domains.{name}"
-            _check(isinstance(kws, list) and len(kws) > 0,
-                   f"{key}: expected a non-empty list of keywords, got {kws!r}")
+            _check(
+                isinstance(kws, list) and len(kws) > 0,
+                f"{key}: expected a non-empty list of keywords, got {kws!r}",
+            )
             for i, k in enumerate(kws):
-                _check(isinstance(k, str) and bool(k.strip()),
-                       f"{key}[{i}]: expected a non-empty string, got {k!r}")
+                _check(
+                    isinstance(k, str) and bool(k.strip()),
+                    f"{key}[{i}]: expected a non-empty string, got {k!r}",
+                )
     else:
-        _check(d.domains == SEED_DOMAINS,
-               "data.domains: keyword domains apply to data.kind 'alpaca_keywords' only; labelled "
-               "rows carry their own domain (data.columns.domain)")
+        _check(
+            d.domains == SEED_DOMAINS,
+            "data.domains: keyword domains apply to data.kind 'alpaca_keywords' only; labelled "
+            "rows carry their own domain (data.columns.domain)",
+        )
         cols = dataclasses.asdict(d.columns)
         for name in ("text", "label", "domain"):
             _check(bool(cols[name].strip()), f"data.columns.{name}: a column name is required")
@@ -518,8 +608,11 @@ def _validate_data(p: Params) -> None:
         for name, col in cols.items():
             if not col:
                 continue
-            _check(col not in used, f"data.columns.{name}: column {col!r} is already mapped to "
-                                    f"data.columns.{used.get(col)}")
+            _check(
+                col not in used,
+                f"data.columns.{name}: column {col!r} is already mapped to "
+                f"data.columns.{used.get(col)}",
+            )
             used[col] = name
 
 
@@ -529,14 +622,18 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 
 def resolve_data_path(source: str, base_dir: Path) -> Path | None:
     """A local file path for ``source``, or None when it looks like a hub id."""
-    looks_local = source.endswith(JSON_SUFFIXES + CSV_SUFFIXES) or source.startswith((".", "/", "~"))
+    looks_local = source.endswith(JSON_SUFFIXES + CSV_SUFFIXES) or source.startswith(
+        (".", "/", "~")
+    )
     if not looks_local:
         return None
     path = Path(source).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
-def params_from_dict(data: dict[str, Any], base_dir: Path | str = ".", check_files: bool = True) -> Params:
+def params_from_dict(
+    data: dict[str, Any], base_dir: Path | str = ".", check_files: bool = True
+) -> Params:
     if not isinstance(data, dict):
         raise ParamsError("params file: the top level must be a mapping of sections")
     p = _build(Params, data, "")
@@ -553,7 +650,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -570,7 +668,9 @@ def load_params(path: str | Path, check_files: bool = True) -> Params:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        raise ParamsError(
+            f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+        ) from None
     if data is None:
         raise ParamsError(f"{path}: the file is empty")
     try:

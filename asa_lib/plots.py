@@ -11,8 +11,17 @@ import seaborn as sns
 def split_counts(counts: pd.DataFrame):
     """Bars of samples per split x domain, split by label (domains in the data's order)."""
     n_dom = counts["domain"].nunique()
-    g = sns.catplot(data=counts, x="domain", y="n", hue="label", col="split", kind="bar",
-                    height=3, aspect=max(1.0, 0.3 * n_dom), palette={"tool": "#2a9d8f", "non_tool": "#e76f51"})
+    g = sns.catplot(
+        data=counts,
+        x="domain",
+        y="n",
+        hue="label",
+        col="split",
+        kind="bar",
+        height=3,
+        aspect=max(1.0, 0.3 * n_dom),
+        palette={"tool": "#2a9d8f", "non_tool": "#e76f51"},
+    )
     g.set_axis_labels("", "samples")
     if n_dom > 4 or counts["domain"].astype(str).str.len().max() > 10:
         g.tick_params(axis="x", rotation=45)
@@ -36,17 +45,36 @@ def layer_auc(table: pd.DataFrame, best_layer: int):
 
 def cosine_heatmap(names: list[str], M: np.ndarray):
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 0.9 * len(names) + 1.5))
-    sns.heatmap(M, annot=True, fmt=".2f", xticklabels=names, yticklabels=names, vmin=-1, vmax=1,
-                cmap="vlag", ax=ax)
+    sns.heatmap(
+        M,
+        annot=True,
+        fmt=".2f",
+        xticklabels=names,
+        yticklabels=names,
+        vmin=-1,
+        vmax=1,
+        cmap="vlag",
+        ax=ax,
+    )
     ax.set_title("Cosine similarity of steering vectors")
     fig.tight_layout()
     return fig
 
 
-def confusion_heatmap(cm: np.ndarray, labels: list[str], title: str, xlabel="predicted", ylabel="true"):
+def confusion_heatmap(
+    cm: np.ndarray, labels: list[str], title: str, xlabel="predicted", ylabel="true"
+):
     fig, ax = plt.subplots(figsize=(0.9 * len(labels) + 2.2, 0.8 * len(labels) + 1.6))
-    sns.heatmap(cm, annot=True, fmt="d", xticklabels=labels, yticklabels=labels, cmap="Blues", ax=ax,
-                cbar=False)
+    sns.heatmap(
+        cm,
+        annot=True,
+        fmt="d",
+        xticklabels=labels,
+        yticklabels=labels,
+        cmap="Blues",
+        ax=ax,
+        cbar=False,
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -60,17 +88,32 @@ def trigger_confusions(splits: dict[str, dict], title: str):
     for ax, (split, v) in zip(np.atleast_1d(axes), splits.items()):
         c = v["metrics"]
         cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
-        sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
-                    xticklabels=["no call", "call"], yticklabels=["non-tool", "tool"])
+        sns.heatmap(
+            cm,
+            annot=True,
+            fmt="d",
+            cmap="Blues",
+            cbar=False,
+            ax=ax,
+            xticklabels=["no call", "call"],
+            yticklabels=["non-tool", "tool"],
+        )
         ax.set_title(f"{title} · {split.upper()}")
     fig.tight_layout()
     return fig
 
 
-def metric_bars(df: pd.DataFrame, baseline: dict | None, reference: dict | None,
-                metrics=("f1", "fpr", "recall"), title: str = ""):
+def metric_bars(
+    df: pd.DataFrame,
+    baseline: dict | None,
+    reference: dict | None,
+    metrics=("f1", "fpr", "recall"),
+    title: str = "",
+):
     """Horizontal bars per config with baseline (grey) and reference (orange) lines."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
+    )
     for ax, m in zip(np.atleast_1d(axes), metrics):
         err = None
         if f"{m}_lo" in df:
@@ -79,8 +122,12 @@ def metric_bars(df: pd.DataFrame, baseline: dict | None, reference: dict | None,
         if baseline is not None:
             ax.axvline(baseline[m], color="grey", ls=":", label=f"baseline {baseline[m]:.3f}")
         if reference is not None and reference.get(m) is not None:
-            ax.axvline(reference[m], color="orange", ls="--",
-                       label=f"{reference.get('name', 'reference')} {reference[m]:.3f}")
+            ax.axvline(
+                reference[m],
+                color="orange",
+                ls="--",
+                label=f"{reference.get('name', 'reference')} {reference[m]:.3f}",
+            )
         ax.set_xlabel(m.upper() + (" (lower is better)" if m == "fpr" else ""))
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8, loc="lower right")
@@ -93,8 +140,11 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
     """Configs not dominated in (lower FPR, higher recall)."""
     keep = []
     for i, r in points.iterrows():
-        dominated = ((points["fpr"] <= r["fpr"]) & (points["recall"] >= r["recall"])
-                     & ((points["fpr"] < r["fpr"]) | (points["recall"] > r["recall"]))).any()
+        dominated = (
+            (points["fpr"] <= r["fpr"])
+            & (points["recall"] >= r["recall"])
+            & ((points["fpr"] < r["fpr"]) | (points["recall"] > r["recall"]))
+        ).any()
         if not dominated:
             keep.append(i)
     return points.loc[keep].sort_values("fpr")
@@ -105,15 +155,35 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
     base = points[points["config"] == "baseline"]
     steered = points[points["config"] != "baseline"]
     ax.scatter(steered["fpr"], steered["recall"], s=60, zorder=3, label="configs")
-    ax.scatter(base["fpr"], base["recall"], s=150, marker="X", color="grey", zorder=4, label="baseline (no ASA)")
+    ax.scatter(
+        base["fpr"],
+        base["recall"],
+        s=150,
+        marker="X",
+        color="grey",
+        zorder=4,
+        label="baseline (no ASA)",
+    )
     # configs at the same point share one label
     for (fpr, rec), grp in steered.groupby(["fpr", "recall"], sort=False):
-        ax.annotate(", ".join(grp["config"]), (fpr, rec), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            ", ".join(grp["config"]),
+            (fpr, rec),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     front = pareto_front(points)
     ax.plot(front["fpr"], front["recall"], color="crimson", lw=1.5, label="Pareto front", zorder=2)
     if reference is not None and reference.get("fpr") is not None:
-        ax.scatter([reference["fpr"]], [reference["recall"]], marker="D", color="orange", s=90,
-                   label=reference.get("name", "reference"))
+        ax.scatter(
+            [reference["fpr"]],
+            [reference["recall"]],
+            marker="D",
+            color="orange",
+            s=90,
+            label=reference.get("name", "reference"),
+        )
     ax.set_xlabel("FPR (lower is better)")
     ax.set_ylabel("recall (higher is better)")
     ax.set_xlim(-0.02, 1.02)
@@ -126,8 +196,12 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
 
 
 def per_domain(df: pd.DataFrame, title: str):
-    long = df.melt(id_vars="domain", value_vars=["precision", "recall", "f1", "fpr"],
-                   var_name="metric", value_name="value")
+    long = df.melt(
+        id_vars="domain",
+        value_vars=["precision", "recall", "f1", "fpr"],
+        var_name="metric",
+        value_name="value",
+    )
     fig, ax = plt.subplots(figsize=(8, 3.5))
     sns.barplot(data=long, x="domain", y="value", hue="metric", ax=ax)
     ax.set_ylim(0, 1)
@@ -137,8 +211,12 @@ def per_domain(df: pd.DataFrame, title: str):
 
 
 def validity(df: pd.DataFrame, title: str):
-    long = df.melt(id_vars="config", value_vars=["format_valid_rate", "valid_call_rate"],
-                   var_name="rate", value_name="share of triggers")
+    long = df.melt(
+        id_vars="config",
+        value_vars=["format_valid_rate", "valid_call_rate"],
+        var_name="rate",
+        value_name="share of triggers",
+    )
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(df) + 2), 3.5))
     sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
     ax.set_ylim(0, 1)
@@ -152,8 +230,16 @@ def grid_heatmaps(grids: dict[str, pd.DataFrame], title: str):
     """One tau x alpha heat map per metric (``{metric: pivot table}``), values annotated."""
     fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 3.6))
     for ax, (m, g) in zip(np.atleast_1d(axes), grids.items()):
-        sns.heatmap(g, annot=True, fmt=".3f", vmin=0, vmax=1, ax=ax, cbar=False,
-                    cmap="rocket_r" if m == "fpr" else "mako_r")
+        sns.heatmap(
+            g,
+            annot=True,
+            fmt=".3f",
+            vmin=0,
+            vmax=1,
+            ax=ax,
+            cbar=False,
+            cmap="rocket_r" if m == "fpr" else "mako_r",
+        )
         ax.set_title(m.upper() + (" (lower is better)" if m == "fpr" else ""))
         ax.set_xlabel("alpha")
         ax.set_ylabel("tau")
@@ -164,11 +250,19 @@ def grid_heatmaps(grids: dict[str, pd.DataFrame], title: str):
 
 def paired_diffs(df: pd.DataFrame, title: str, metrics=("f1", "fpr")):
     """Each config's difference from the baseline with its paired bootstrap 95% interval."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
+    )
     for ax, m in zip(np.atleast_1d(axes), metrics):
         d, lo, hi = df[f"d_{m}"], df[f"d_{m}_lo"], df[f"d_{m}_hi"]
-        ax.errorbar(d, df["config"], xerr=np.vstack([d - lo, hi - d]).clip(min=0), fmt="o", capsize=3,
-                    color="#457b9d")
+        ax.errorbar(
+            d,
+            df["config"],
+            xerr=np.vstack([d - lo, hi - d]).clip(min=0),
+            fmt="o",
+            capsize=3,
+            color="#457b9d",
+        )
         ax.axvline(0, color="grey", ls=":")
         ax.set_xlabel(f"{m.upper()} − baseline" + (" (lower is better)" if m == "fpr" else ""))
         ax.grid(alpha=0.3, axis="x")

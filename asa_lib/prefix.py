@@ -71,8 +71,11 @@ class PrefixCache:
         self.length = len(self.ids)
         cache = DynamicCache(config=lm.model.config)
         with torch.no_grad():
-            lm.model(input_ids=torch.tensor([self.ids], device=lm.device), use_cache=True,
-                     **{cache_kwarg(lm.model): cache})
+            lm.model(
+                input_ids=torch.tensor([self.ids], device=lm.device),
+                use_cache=True,
+                **{cache_kwarg(lm.model): cache},
+            )
         self.cache = cache
 
     def expand(self, batch_size: int):

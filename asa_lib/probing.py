@@ -34,8 +34,10 @@ class LayerSweep:
     best_layer: int
 
     def table(self) -> list[dict]:
-        return [{"layer": i, "auc": a, "accuracy": c, "best": i == self.best_layer}
-                for i, (a, c) in enumerate(zip(self.auc, self.accuracy))]
+        return [
+            {"layer": i, "auc": a, "accuracy": c, "best": i == self.best_layer}
+            for i, (a, c) in enumerate(zip(self.auc, self.accuracy))
+        ]
 
 
 def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
@@ -44,7 +46,9 @@ def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
         return LogisticRegression(**LR_KW).fit(X, y)
 
 
-def probe_layer(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray) -> tuple[float, float]:
+def probe_layer(
+    h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray
+) -> tuple[float, float]:
     """(AUC, accuracy) on VALID of a probe trained on standardized CAL states of one layer."""
     h_cal, h_valid = np.asarray(h_cal, np.float64), np.asarray(h_valid, np.float64)
     scaler = StandardScaler().fit(h_cal)
@@ -54,7 +58,9 @@ def probe_layer(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_val
     return float(auc), float(probe.score(Xv, y_valid))
 
 
-def layer_sweep(h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray) -> LayerSweep:
+def layer_sweep(
+    h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray
+) -> LayerSweep:
     """``h_*``: (N, L, H) states. Returns AUC/accuracy per layer and L*."""
     aucs, accs = [], []
     for layer in range(h_cal.shape[1]):
@@ -69,8 +75,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-8)
 
 
-def steering_vectors(h: np.ndarray, y: np.ndarray, domains: list[str],
-                     domain_names: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+def steering_vectors(
+    h: np.ndarray, y: np.ndarray, domains: list[str], domain_names: list[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """Unit mean-difference vectors at one layer. Returns (vectors, notes on skipped domains)."""
     y = np.asarray(y)
     d = np.asarray(domains)
@@ -81,8 +88,10 @@ def steering_vectors(h: np.ndarray, y: np.ndarray, domains: list[str],
         if t.sum() > 0 and n.sum() > 0:
             vecs[dom] = _unit(h[t].mean(axis=0) - h[n].mean(axis=0))
         else:
-            notes.append(f"{dom}: no steering vector (CAL has {int(t.sum())} tool and "
-                         f"{int(n.sum())} non-tool rows); the gate falls back to the global vector")
+            notes.append(
+                f"{dom}: no steering vector (CAL has {int(t.sum())} tool and "
+                f"{int(n.sum())} non-tool rows); the gate falls back to the global vector"
+            )
     return vecs, notes
 
 
@@ -101,8 +110,13 @@ class RouterFit:
     notes: list[str]
 
 
-def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.ndarray,
-                          d_train: list[str], domain_names: list[str]) -> RouterFit:
+def fit_router_and_probes(
+    h_cal: np.ndarray,
+    h_train: np.ndarray,
+    y_train: np.ndarray,
+    d_train: list[str],
+    domain_names: list[str],
+) -> RouterFit:
     """Scaler on CAL; router and per-domain probes on TRAIN (all at L*), fitted in float64."""
     h_cal, h_train = np.asarray(h_cal, np.float64), np.asarray(h_train, np.float64)
     scaler = StandardScaler().fit(h_cal)
@@ -113,30 +127,54 @@ def fit_router_and_probes(h_cal: np.ndarray, h_train: np.ndarray, y_train: np.nd
     if len(present) < 2:
         raise ValueError(f"the router needs TRAIN rows of at least two domains; found {present}")
     router = _fit_lr(X, np.array([present.index(x) for x in d]))
-    notes = [f"{dom}: not in TRAIN, the router never picks it" for dom in domain_names if dom not in present]
+    notes = [
+        f"{dom}: not in TRAIN, the router never picks it"
+        for dom in domain_names
+        if dom not in present
+    ]
     probes = {}
     for dom in domain_names:
         m = d == dom
         n_tool, n_non = int((y[m] == 1).sum()), int((y[m] == 0).sum())
         if m.sum() < 4 or n_tool == 0 or n_non == 0:
-            notes.append(f"{dom}: no probe (TRAIN has {n_tool} tool and {n_non} non-tool rows); "
-                         "the gate uses p(tool) = 0.5 for it, so it never steers")
+            notes.append(
+                f"{dom}: no probe (TRAIN has {n_tool} tool and {n_non} non-tool rows); "
+                "the gate uses p(tool) = 0.5 for it, so it never steers"
+            )
             continue
         probes[dom] = _fit_lr(X[m], y[m])
     return RouterFit(scaler, router, present, probes, notes)
 
 
-def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, domain_names: list[str],
-                model_id: str, num_layers: int, cal_mean_norm: float, model_fingerprint: str = "") -> Bundle:
+def make_bundle(
+    fit: RouterFit,
+    vectors: dict[str, np.ndarray],
+    layer: int,
+    domain_names: list[str],
+    model_id: str,
+    num_layers: int,
+    cal_mean_norm: float,
+    model_fingerprint: str = "",
+) -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
-        layer=layer, domains=list(domain_names), router_classes=fit.router_classes,
-        scaler_mean=fit.scaler.mean_.astype(np.float64), scaler_scale=fit.scaler.scale_.astype(np.float64),
-        router_coef=fit.router.coef_.astype(np.float64), router_intercept=fit.router.intercept_.astype(np.float64),
-        probes={dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0])) for dm, p in fit.probes.items()},
+        layer=layer,
+        domains=list(domain_names),
+        router_classes=fit.router_classes,
+        scaler_mean=fit.scaler.mean_.astype(np.float64),
+        scaler_scale=fit.scaler.scale_.astype(np.float64),
+        router_coef=fit.router.coef_.astype(np.float64),
+        router_intercept=fit.router.intercept_.astype(np.float64),
+        probes={
+            dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0]))
+            for dm, p in fit.probes.items()
+        },
         vectors={k: v.astype(np.float32) for k, v in vectors.items()},
-        model_id=model_id, hidden_size=int(fit.scaler.mean_.shape[0]), num_layers=num_layers,
-        cal_mean_norm=float(cal_mean_norm), model_fingerprint=model_fingerprint,
+        model_id=model_id,
+        hidden_size=int(fit.scaler.mean_.shape[0]),
+        num_layers=num_layers,
+        cal_mean_norm=float(cal_mean_norm),
+        model_fingerprint=model_fingerprint,
     )
 
 
@@ -145,8 +183,10 @@ def make_bundle(fit: RouterFit, vectors: dict[str, np.ndarray], layer: int, doma
 
 def save_layers(run_dir, sweep: LayerSweep, num_layers: int) -> None:
     """Stage 03's output: per-layer AUC/accuracy and L* (``probing/layers.json``)."""
-    write_json(RunDir(run_dir).layers, {"best_layer": sweep.best_layer, "layers": sweep.table(),
-                                        "num_layers": int(num_layers)})
+    write_json(
+        RunDir(run_dir).layers,
+        {"best_layer": sweep.best_layer, "layers": sweep.table(), "num_layers": int(num_layers)},
+    )
 
 
 def load_layers(run_dir) -> dict:
@@ -161,8 +201,15 @@ def save_vectors(run_dir, vectors: dict[str, np.ndarray], layer: int, notes: lis
     run = RunDir(run_dir)
     with atomic_path(run.vectors) as tmp:
         save_file({k: v.astype(np.float32) for k, v in vectors.items()}, str(tmp))
-    write_json(run.vectors_meta, {"layer": layer, "vectors": list(vectors), "notes": notes,
-                                  "unit": "L2-normalized mean difference of raw CAL states"})
+    write_json(
+        run.vectors_meta,
+        {
+            "layer": layer,
+            "vectors": list(vectors),
+            "notes": notes,
+            "unit": "L2-normalized mean difference of raw CAL states",
+        },
+    )
 
 
 def load_vectors(run_dir) -> dict[str, np.ndarray]:

@@ -32,8 +32,13 @@ class _Reporter:
             return
         dt = max(time.time() - self.t0, 1e-9)
         rate = self.done / dt
-        state = {"desc": self.desc, "done": self.done, "total": self.total, "rate": rate,
-                 "eta": (self.total - self.done) / rate if rate > 0 else None}
+        state = {
+            "desc": self.desc,
+            "done": self.done,
+            "total": self.total,
+            "rate": rate,
+            "eta": (self.total - self.done) / rate if rate > 0 else None,
+        }
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -54,4 +59,6 @@ def describe(state: dict) -> str:
     """One console line for a progress state."""
     eta = state.get("eta")
     eta_s = f", ETA {eta:.0f} s" if eta is not None else ""
-    return f"{state['desc']}: {state['done']}/{state['total']} rows, {state['rate']:.2f} rows/s{eta_s}"
+    return (
+        f"{state['desc']}: {state['done']}/{state['total']} rows, {state['rate']:.2f} rows/s{eta_s}"
+    )

@@ -26,15 +26,18 @@ def system_text(pp: PromptParams) -> str:
 
 
 def messages_for(pp: PromptParams, user_text: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system_text(pp)},
-            *[dict(t) for t in pp.demonstrations],
-            {"role": "user", "content": user_text}]
+    return [
+        {"role": "system", "content": system_text(pp)},
+        *[dict(t) for t in pp.demonstrations],
+        {"role": "user", "content": user_text},
+    ]
 
 
 def render_prompt(tokenizer, pp: PromptParams, user_text: str) -> str:
     """The full prompt text, ending with the chat template's generation prompt."""
-    return tokenizer.apply_chat_template(messages_for(pp, user_text), tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages_for(pp, user_text), tokenize=False, add_generation_prompt=True
+    )
 
 
 def render_prompts(tokenizer, pp: PromptParams, texts: list[str]) -> list[str]:
@@ -53,7 +56,7 @@ def call_payload(output: str, pp: PromptParams) -> str | None:
     start = output.find(pp.tool_call_start)
     if start < 0:
         return None
-    rest = output[start + len(pp.tool_call_start):]
+    rest = output[start + len(pp.tool_call_start) :]
     end = rest.find(pp.tool_call_end)
     return (rest if end < 0 else rest[:end]).strip()
 

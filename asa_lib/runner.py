@@ -81,19 +81,35 @@ def _file_hash(path: Path | None) -> str:
     return h.hexdigest()
 
 
-def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[Stage]:
+def plan(
+    params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR
+) -> list[Stage]:
     """The stages of a run with their parameters and fingerprints."""
     common = {"params_path": str(params_path), "run_dir": str(run_dir)}
     src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
     vers = {**library_versions(), "asa_lib_source": library_source_hash()}
     d = params.to_dict()
     fp = {}
-    fp["01_data"] = _h("01", d["data"], _file_hash(params.data_path()), src["01_data"], vers["asa_lib"],
-                       vers["asa_lib_source"])
+    fp["01_data"] = _h(
+        "01",
+        d["data"],
+        _file_hash(params.data_path()),
+        src["01_data"],
+        vers["asa_lib"],
+        vers["asa_lib_source"],
+    )
     adapter = params.adapter_path()
     adapter_hash = _file_hash(adapter / "adapter_model.safetensors") if adapter else "none"
-    fp["02_extraction"] = _h("02", fp["01_data"], d["model"], adapter_hash, d["prompt"], d["extraction"],
-                             src["02_extraction"], vers)
+    fp["02_extraction"] = _h(
+        "02",
+        fp["01_data"],
+        d["model"],
+        adapter_hash,
+        d["prompt"],
+        d["extraction"],
+        src["02_extraction"],
+        vers,
+    )
     fp["03_probing"] = _h("03", fp["02_extraction"], src["03_probing"], vers)
     fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
     fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
@@ -102,9 +118,17 @@ def plan(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = 
     for c in params.configs():
         f = _h("06", fp["05_routing"], d["generation"], d["steering"], asdict(c), src["06_sweep"])
         sweep_fps.append(f)
-        stages.append(Stage(f"06_sweep__{c.name}", "06_sweep", {**common, "config_name": c.name}, f, config=c))
-    stages.append(Stage("07_analysis", "07_analysis", dict(common),
-                        _h("07", sweep_fps, d["reference"], src["07_analysis"], vers)))
+        stages.append(
+            Stage(f"06_sweep__{c.name}", "06_sweep", {**common, "config_name": c.name}, f, config=c)
+        )
+    stages.append(
+        Stage(
+            "07_analysis",
+            "07_analysis",
+            dict(common),
+            _h("07", sweep_fps, d["reference"], src["07_analysis"], vers),
+        )
+    )
     return stages
 
 
@@ -121,7 +145,7 @@ def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
     """The stages whose outputs ``stage`` reads: every core stage before it; for 07 also the
     sweep configs that produced a result (a failed config has none)."""
     if stage.key in CORE_STAGES:
-        return [s for s in stages if s.key in CORE_STAGES[:CORE_STAGES.index(stage.key)]]
+        return [s for s in stages if s.key in CORE_STAGES[: CORE_STAGES.index(stage.key)]]
     deps = [s for s in stages if s.key in CORE_STAGES]
     if stage.key == "07_analysis":
         deps += [s for s in stages if s.config is not None and s.status in ("ok", "skipped")]
@@ -139,17 +163,25 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
             if not isinstance(prev, dict):
                 raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError) as e:
-            raise RunError(f"{info} is damaged ({e}). Delete the run folder to start over, "
-                           "or choose another --run-dir.") from None
+            raise RunError(
+                f"{info} is damaged ({e}). Delete the run folder to start over, "
+                "or choose another --run-dir."
+            ) from None
         if prev.get("name") != params.name:
             raise RunError(
                 f"{run_dir} holds a run of params {prev.get('name')!r} ({prev.get('params_file')}), "
-                f"not {params.name!r}. Choose another --run-dir, or delete that folder to start over.")
+                f"not {params.name!r}. Choose another --run-dir, or delete that folder to start over."
+            )
     elif run_dir.is_dir() and any(not p.name.startswith(LOCK_NAME) for p in run_dir.iterdir()):
-        raise RunError(f"{run_dir} is not empty and is not an asa run folder (no run.json). "
-                       "Choose another --run-dir, or an empty folder.")
+        raise RunError(
+            f"{run_dir} is not empty and is not an asa run folder (no run.json). "
+            "Choose another --run-dir, or an empty folder."
+        )
     if write:
-        write_json(info, {"name": params.name, "params_file": str(params_path.resolve()), "tool": "asa_lib"})
+        write_json(
+            info,
+            {"name": params.name, "params_file": str(params_path.resolve()), "tool": "asa_lib"},
+        )
 
 
 LOCK_NAME = RunDir(".").lock.name
@@ -175,8 +207,10 @@ class _RunLock:
                 pid = self.owner.read_text().strip()
             except OSError:
                 pid = "unknown"
-            raise RunError(f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
-                           "Wait for it to finish, or use another --run-dir.") from None
+            raise RunError(
+                f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
+                "Wait for it to finish, or use another --run-dir."
+            ) from None
         self.owner.write_text(f"{os.getpid()}\n")
         return self
 
@@ -194,9 +228,16 @@ def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> Non
     # The kernel's own log (a TCP-transport warning at start, "KeyboardInterrupt caught in
     # kernel" at shutdown) is not the user's business; errors in cells still end up in the
     # executed notebook and in the stage line.
-    pm.execute_notebook(nb, str(out), parameters=stage.parameters,
-                        kernel_name=KERNEL, progress_bar=progress, cwd=str(PROJECT_ROOT), log_output=False,
-                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+    pm.execute_notebook(
+        nb,
+        str(out),
+        parameters=stage.parameters,
+        kernel_name=KERNEL,
+        progress_bar=progress,
+        cwd=str(PROJECT_ROOT),
+        log_output=False,
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+    )
 
 
 # The lab template loads require.js, MathJax and Mermaid from a CDN; the reports need none
@@ -215,8 +256,11 @@ def render_html(ipynb: Path, out: Path) -> Path:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(ipynb), as_version=4)
-    exporter = HTMLExporter(template_name="lab", template_file="asa_offline.html.j2",
-                            extra_loaders=[jinja2.DictLoader({"asa_offline.html.j2": _OFFLINE_TEMPLATE})])
+    exporter = HTMLExporter(
+        template_name="lab",
+        template_file="asa_offline.html.j2",
+        extra_loaders=[jinja2.DictLoader({"asa_offline.html.j2": _OFFLINE_TEMPLATE})],
+    )
     body, _ = exporter.from_notebook_node(nb)
     return write_text(out, body)
 
@@ -228,8 +272,13 @@ def _error_summary(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-        progress: bool = False, log=print) -> tuple[int, Path]:
+def run(
+    params_path: str | Path,
+    run_dir: str | Path | None = None,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    progress: bool = False,
+    log=print,
+) -> tuple[int, Path]:
     """Run every stage that is not up to date. Returns (exit code, index path)."""
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
@@ -244,20 +293,24 @@ def run(params_path: str | Path, run_dir: str | Path | None = None, notebook_dir
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}{where}") from None
 
 
-def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool,
-                log) -> tuple[int, Path]:
+def _run_locked(
+    params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool, log
+) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
     run = RunDir(run_dir)
     write_text(run.params_yaml, params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
     for p in (run.notebooks, run.html, run.stages):
         p.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # bars would clutter the notebooks; the console shows stages
+    os.environ.setdefault(
+        "TQDM_DISABLE", "1"
+    )  # bars would clutter the notebooks; the console shows stages
     # Libraries that import tqdm.auto warn "IProgress not found" in a kernel without ipywidgets:
     # noise in every report, not the reader's business.
     if "IProgress" not in os.environ.get("PYTHONWARNINGS", ""):
         os.environ["PYTHONWARNINGS"] = ",".join(
-            x for x in (os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found") if x)
+            x for x in (os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found") if x
+        )
 
     core_failed = False
     outputs: dict[str, dict] = {}  # stage key -> its outputs (size, sha256), verified or fresh
@@ -265,8 +318,10 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
     for i, s in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {s.key}"
         rec = run.record(s.key)
-        if core_failed or (s.key == "07_analysis" and any(
-                x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)):
+        if core_failed or (
+            s.key == "07_analysis"
+            and any(x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)
+        ):
             s.status = "blocked"
             log(f"{label}: not run (an earlier stage failed)")
             continue
@@ -308,16 +363,27 @@ def _run_locked(params: Params, params_path: Path, run_dir: Path, notebook_dir: 
                 log(f"    (HTML rendering failed: {_error_summary(e)})")
         if s.status == "ok":
             outputs[s.key] = hash_outputs(run_dir, s.key)
-            write_json(rec, {"fingerprint": fp, "seconds": round(s.seconds, 2),
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs[s.key]})
+            write_json(
+                rec,
+                {
+                    "fingerprint": fp,
+                    "seconds": round(s.seconds, 2),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "outputs": outputs[s.key],
+                },
+            )
             log(f"{label}: done in {s.seconds:.1f} s")
         else:
-            log(f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {run.notebook(s.key)}")
+            log(
+                f"{label}: FAILED after {s.seconds:.1f} s: {s.error}\n    see {run.notebook(s.key)}"
+            )
             if s.key in CORE_STAGES:
                 core_failed = True
     index = write_index(params, run_dir, stages)
     failed = [s.key for s in stages if s.status in ("failed", "blocked")]
-    log(f"{'FAILED: ' + ', '.join(failed) if failed else 'all stages done'} in {time.time() - t_all:.0f} s")
+    log(
+        f"{'FAILED: ' + ', '.join(failed) if failed else 'all stages done'} in {time.time() - t_all:.0f} s"
+    )
     log(f"index: {index}")
     return (1 if failed else 0), index
 
@@ -387,57 +453,80 @@ def _e(x) -> str:
 
 def write_index(params: Params, run_dir: Path, stages: list[Stage]) -> Path:
     """``index.html``: summary table, chosen config, and links to every report (all text escaped)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"
+    ]
     run = RunDir(run_dir)
     results = read_json(run.results) if run.results.is_file() else None
-    parts.append(f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
-                 f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
-                 f"alpha unit: {_e(params.steering.alpha_unit)}</p>")
+    parts.append(
+        f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
+        f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
+        f"alpha unit: {_e(params.steering.alpha_unit)}</p>"
+    )
     if results:
         c = results["chosen"]
         t = c["test"]
         parts.append(
             f"<h2>Chosen on VALID: <code>{_e(c['name'])}</code> (tau={_e(c['tau'])}, alpha={_e(c['alpha'])}, "
             f"beta={_e(c['beta'])}, alpha_eff={c['alpha_eff']:.4g})</h2><p>TEST: "
-            + ", ".join(f"{m.upper()} {t[m]:.3f} [{t['ci95'][m][0]:.3f}, {t['ci95'][m][1]:.3f}]"
-                        for m in ("f1", "recall", "fpr"))
+            + ", ".join(
+                f"{m.upper()} {t[m]:.3f} [{t['ci95'][m][0]:.3f}, {t['ci95'][m][1]:.3f}]"
+                for m in ("f1", "recall", "fpr")
+            )
             + f"; precision {t['precision']:.3f}. L* = {_e(results['L_star'])} "
-              f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>")
-        parts.append("<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
-                     "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
-                     "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th>"
-                     "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR [95% CI]</th>"
-                     "<th>decisions flipped (VALID / TEST)</th></tr>")
+            f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
+        )
+        parts.append(
+            "<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
+            "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
+            "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th>"
+            "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR [95% CI]</th>"
+            "<th>decisions flipped (VALID / TEST)</th></tr>"
+        )
         diffs, flips = results.get("vs_baseline", {}).get("test", {}), results.get("flips", {})
         for name, r in results["configs"].items():
             v, t = r["splits"]["valid"], r["splits"]["test"]
             cls = " class='chosen'" if name == c["name"] else ""
             d = diffs.get(name)
-            dcells = ("<td>{d_f1:+.3f} [{d_f1_lo:+.3f}, {d_f1_hi:+.3f}]</td>"
-                      "<td>{d_fpr:+.3f} [{d_fpr_lo:+.3f}, {d_fpr_hi:+.3f}]</td>".format(**d) if d
-                      else "<td>-</td><td>-</td>")
+            dcells = (
+                "<td>{d_f1:+.3f} [{d_f1_lo:+.3f}, {d_f1_hi:+.3f}]</td>"
+                "<td>{d_fpr:+.3f} [{d_fpr_lo:+.3f}, {d_fpr_hi:+.3f}]</td>".format(**d)
+                if d
+                else "<td>-</td><td>-</td>"
+            )
             fl = {x["split"]: x["decision flips"] for x in flips.get(name, [])}
             fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else "-"
-            parts.append(f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
-                         f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
-                         f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
-                         f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td>{dcells}"
-                         f"<td>{fcell}</td></tr>")
-        parts.append("</table><p>Selection uses VALID only; TEST columns are reported, never used to choose. "
-                     "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
-                     "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
-                     "against the baseline; each config's report lists them.</p>")
+            parts.append(
+                f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
+                f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
+                f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
+                f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td>{dcells}"
+                f"<td>{fcell}</td></tr>"
+            )
+        parts.append(
+            "</table><p>Selection uses VALID only; TEST columns are reported, never used to choose. "
+            "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
+            "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
+            "against the baseline; each config's report lists them.</p>"
+        )
     else:
         parts.append("<p><b>No results yet</b>: the analysis stage has not finished.</p>")
-    parts.append("<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
-                 "<th>notebook</th><th>note</th></tr>")
+    parts.append(
+        "<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
+        "<th>notebook</th><th>note</th></tr>"
+    )
     for s in stages:
         html_p, nb_p = run.report(s.key), run.notebook(s.key)
-        html_rel, nb_rel = html_p.relative_to(run.root).as_posix(), nb_p.relative_to(run.root).as_posix()
+        html_rel, nb_rel = (
+            html_p.relative_to(run.root).as_posix(),
+            nb_p.relative_to(run.root).as_posix(),
+        )
         link = f"<a href='{_e(html_rel)}'>HTML</a>" if html_p.is_file() else ""
         nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if nb_p.is_file() else ""
-        parts.append(f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
-                     f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>")
+        parts.append(
+            f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
+            f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>"
+        )
     parts.append("</table></body></html>")
     return write_text(run.index, "\n".join(parts))

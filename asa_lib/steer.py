@@ -56,24 +56,37 @@ class _StopAtCallEnd(StoppingCriteria):
     ``b`` has all its new tokens.
     """
 
-    def __init__(self, tokenizer, prompt_len: int | list[int], pp: PromptParams,
-                 limits: list[int] | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        prompt_len: int | list[int],
+        pp: PromptParams,
+        limits: list[int] | None = None,
+    ):
         self.tok, self.prompt_len, self.pp, self.limits = tokenizer, prompt_len, pp, limits
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         n = input_ids.shape[1]
-        starts = self.prompt_len if isinstance(self.prompt_len, list) else [self.prompt_len] * len(input_ids)
+        starts = (
+            self.prompt_len
+            if isinstance(self.prompt_len, list)
+            else [self.prompt_len] * len(input_ids)
+        )
         rows = input_ids.tolist()  # one device-to-host copy per step, not one per row
         done = []
         for b, (row, start) in enumerate(zip(rows, starts)):
             if self.limits is not None and n >= self.limits[b]:
                 done.append(True)
             else:
-                done.append(call_complete(self.tok.decode(row[start:], skip_special_tokens=False), self.pp))
+                done.append(
+                    call_complete(self.tok.decode(row[start:], skip_special_tokens=False), self.pp)
+                )
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _clean(ids: list[int], eos_ids: set[int], pad_id: int | None, tok, pp: PromptParams) -> list[int]:
+def _clean(
+    ids: list[int], eos_ids: set[int], pad_id: int | None, tok, pp: PromptParams
+) -> list[int]:
     """A batch row cut where a one-row generation would have stopped.
 
     That is right after the first EOS, or right after the token that completed
@@ -82,7 +95,7 @@ def _clean(ids: list[int], eos_ids: set[int], pad_id: int | None, tok, pp: Promp
     """
     for j, t in enumerate(ids):
         if t in eos_ids:
-            ids = ids[:j + 1]
+            ids = ids[: j + 1]
             break
     if call_complete(tok.decode(ids, skip_special_tokens=False), pp):
         for j in range(1, len(ids) + 1):
@@ -110,20 +123,34 @@ class GenerationStats:
     draft_tokens: int = 0  # draft tokens offered (cut at max_new_tokens)
     accepted_tokens: int = 0  # draft tokens the greedy argmax agreed with
     done_by_draft: int = 0  # rows finished by their verify pass alone (no decoding)
-    drafts_dropped: int = 0  # rows with a draft left unverified (acceptance below the minimum so far)
-    tokens_forwarded: int = 0  # token positions run through the model, padding included, cached prefix not
+    drafts_dropped: int = (
+        0  # rows with a draft left unverified (acceptance below the minimum so far)
+    )
+    tokens_forwarded: int = (
+        0  # token positions run through the model, padding included, cached prefix not
+    )
     forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
 
 
 def _finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
     """Would one greedy generation have stopped within ``ids`` (EOS or a complete call)?"""
-    return any(t in eos_ids for t in ids) or call_complete(tok.decode(ids, skip_special_tokens=False), pp)
+    return any(t in eos_ids for t in ids) or call_complete(
+        tok.decode(ids, skip_special_tokens=False), pp
+    )
 
 
 @torch.no_grad()
-def _generate_rows(lm: LoadedModel, ids: list[list[int]], n_gen: list[int], deltas: np.ndarray | None,
-                   layer: int, max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None,
-                   stats: GenerationStats | None = None) -> list[list[int]]:
+def _generate_rows(
+    lm: LoadedModel,
+    ids: list[list[int]],
+    n_gen: list[int],
+    deltas: np.ndarray | None,
+    layer: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    prefix: PrefixCache | None,
+    stats: GenerationStats | None = None,
+) -> list[list[int]]:
     """Greedy-continue each row; ``ids[b]`` is a prompt followed by ``n_gen[b]`` tokens already generated.
 
     Returns each row's generated tokens (the ``n_gen[b]`` given ones first),
@@ -144,9 +171,9 @@ def _generate_rows(lm: LoadedModel, ids: list[list[int]], n_gen: list[int], delt
     mask = torch.zeros((B, P + S), dtype=torch.long)
     for i, x in enumerate(suffixes):
         input_ids[i, :P] = torch.tensor(prefix.ids if prefix is not None else [], dtype=torch.long)
-        input_ids[i, P + S - len(x):] = torch.tensor(x)
+        input_ids[i, P + S - len(x) :] = torch.tensor(x)
         mask[i, :P] = 1
-        mask[i, P + S - len(x):] = 1
+        mask[i, P + S - len(x) :] = 1
     kw = {cache_kwarg(lm.model): prefix.expand(B)} if prefix is not None else {}
     eos = _eos_ids(lm)
     delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
@@ -156,24 +183,42 @@ def _generate_rows(lm: LoadedModel, ids: list[list[int]], n_gen: list[int], delt
     limits = [st + max_new_tokens for st in starts]
     with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, positions):
         out = lm.model.generate(
-            input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device),
-            max_new_tokens=max_new_tokens - min(n_gen), do_sample=False, num_beams=1,
-            temperature=None, top_p=None, top_k=None, min_p=None,
-            pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
-            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, starts, pp, limits)]), **kw,
+            input_ids=input_ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            max_new_tokens=max_new_tokens - min(n_gen),
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            min_p=None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=sorted(eos),
+            stopping_criteria=StoppingCriteriaList([_StopAtCallEnd(tok, starts, pp, limits)]),
+            **kw,
         )
     if stats is not None:
         steps = out.shape[1] - (P + S)
         stats.tokens_forwarded += B * S + B * max(steps - 1, 0)
         stats.forward_passes += steps
     rows = out.tolist()
-    return [_clean(row[st:lim], eos, tok.pad_token_id, tok, pp) for row, st, lim in zip(rows, starts, limits)]
+    return [
+        _clean(row[st:lim], eos, tok.pad_token_id, tok, pp)
+        for row, st, lim in zip(rows, starts, limits)
+    ]
 
 
 @torch.no_grad()
-def generate_batch(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
-                   max_new_tokens: int, pp: PromptParams, prefix: PrefixCache | None = None,
-                   ids: list[list[int]] | None = None) -> list[str]:
+def generate_batch(
+    lm: LoadedModel,
+    prompts: list[str],
+    deltas: np.ndarray | None,
+    layer: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    prefix: PrefixCache | None = None,
+    ids: list[list[int]] | None = None,
+) -> list[str]:
     """Greedy outputs for one batch, each row steered by its own delta at block ``layer``.
 
     Rows are left-padded so that every prompt ends at position -1. With a
@@ -190,9 +235,15 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 @torch.no_grad()
-def verify_drafts(lm: LoadedModel, ids: list[list[int]], drafts: list[list[int]], deltas: np.ndarray | None,
-                  layer: int, prefix: PrefixCache | None = None,
-                  stats: GenerationStats | None = None) -> list[list[int]]:
+def verify_drafts(
+    lm: LoadedModel,
+    ids: list[list[int]],
+    drafts: list[list[int]],
+    deltas: np.ndarray | None,
+    layer: int,
+    prefix: PrefixCache | None = None,
+    stats: GenerationStats | None = None,
+) -> list[list[int]]:
     """One forward pass over prompt + draft per row; the greedy token at the prompt's end and after each draft token.
 
     Returns ``g`` with ``len(drafts[b]) + 1`` tokens per row: ``g[b][j]`` is
@@ -210,7 +261,11 @@ def verify_drafts(lm: LoadedModel, ids: list[list[int]], drafts: list[list[int]]
     input_ids, mask, pos, _ = right_padded(seqs, lm.tokenizer.pad_token_id, P, lm.device)
     ends = [len(x) - P - 1 for x in ids]  # the prompt's last token, in the window's columns
     W, first = input_ids.shape[1], min(ends)
-    kw = {cache_kwarg(lm.model): prefix.expand(B), "use_cache": True} if prefix is not None else {"use_cache": False}
+    kw = (
+        {cache_kwarg(lm.model): prefix.expand(B), "use_cache": True}
+        if prefix is not None
+        else {"use_cache": False}
+    )
     if _accepts_logits_to_keep(lm.model):
         kw["logits_to_keep"] = W - first
     else:
@@ -224,7 +279,7 @@ def verify_drafts(lm: LoadedModel, ids: list[list[int]], drafts: list[list[int]]
     out = []
     for b, (e, d) in enumerate(zip(ends, drafts)):
         # float32 argmax, as generate takes it (first index on a tie)
-        out.append(logits[b, e - first:e - first + len(d) + 1].float().argmax(-1).tolist())
+        out.append(logits[b, e - first : e - first + len(d) + 1].float().argmax(-1).tolist())
     return out
 
 
@@ -243,8 +298,10 @@ def _gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) 
         groups: dict[int, list[int]] = {}
         for i in order:
             groups.setdefault(len(ids[i]), []).append(i)
-        return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        return [
+            g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)
+        ]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def share_prefix_for(setting: str, lm: LoadedModel) -> bool:
@@ -275,11 +332,19 @@ def delta_key(delta: np.ndarray | None) -> str:
 
 # generation_config fields that make generate's greedy choice differ from the plain argmax
 # a verify pass takes, with the values that leave it alone.
-_ARGMAX_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
-                   "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-                   "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "min_length": (None, 0),
-                   "min_new_tokens": (None, 0), "sequence_bias": (None,),
-                   "exponential_decay_length_penalty": (None,)}
+_ARGMAX_NEUTRAL = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+}
 
 
 def greedy_is_argmax(model) -> bool:
@@ -324,17 +389,31 @@ def identity(a: list[str], b: list[str], pp: PromptParams) -> dict[str, float]:
     n = len(a)
     same = sum(x == y for x, y in zip(a, b))
     dec = sum(triggered(x, pp) == triggered(y, pp) for x, y in zip(a, b))
-    return {"n": n, "outputs_identical": same, "decisions_identical": dec,
-            "output_identity": same / n if n else 1.0, "decision_identity": dec / n if n else 1.0}
+    return {
+        "n": n,
+        "outputs_identical": same,
+        "decisions_identical": dec,
+        "output_identity": same / n if n else 1.0,
+        "decision_identity": dec / n if n else 1.0,
+    }
 
 
-def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None, layer: int,
-                 batch_size: int, max_new_tokens: int, pp: PromptParams,
-                 cache: GenerationCache | None = None, desc: str = "generate",
-                 share_prefix: bool = True, draft: bool = False,
-                 drafts: list[str | list[int] | None] | None = None,
-                 stats: GenerationStats | None = None,
-                 draft_min_acceptance: float = 0.0) -> tuple[list[str], int]:
+def generate_all(
+    lm: LoadedModel,
+    prompts: list[str],
+    deltas: np.ndarray | None,
+    layer: int,
+    batch_size: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    cache: GenerationCache | None = None,
+    desc: str = "generate",
+    share_prefix: bool = True,
+    draft: bool = False,
+    drafts: list[str | list[int] | None] | None = None,
+    stats: GenerationStats | None = None,
+    draft_min_acceptance: float = 0.0,
+) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
     Each distinct (prompt, delta) pair is generated at most once; batches are
@@ -355,7 +434,10 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     """
     n = len(prompts)
     ctx = cache.context if cache is not None else ""
-    keys = [make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i])) for i in range(n)]
+    keys = [
+        make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i]))
+        for i in range(n)
+    ]
     results: dict[str, str] = cache.get_many(keys) if cache is not None else {}
     todo: dict[str, int] = {}
     for i, k in enumerate(keys):
@@ -386,16 +468,26 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
     if draft and drafts is not None:
         found = {i: drafts[i] for i in todo.values() if drafts[i] is not None}
     elif draft and cache is not None and deltas is not None:
-        base = {i: make_key(ctx, prompts[i], "none") for i in todo.values() if delta_key(deltas[i]) != "none"}
+        base = {
+            i: make_key(ctx, prompts[i], "none")
+            for i in todo.values()
+            if delta_key(deltas[i]) != "none"
+        }
         base_ids = cache.get_tokens_many(list(base.values()))
         base_text = cache.get_many([k for k in base.values() if k not in base_ids])
-        found = {i: base_ids.get(k, base_text.get(k)) for i, k in base.items() if k in base_ids or k in base_text}
+        found = {
+            i: base_ids.get(k, base_text.get(k))
+            for i, k in base.items()
+            if k in base_ids or k in base_text
+        }
     as_text = [i for i, d in found.items() if isinstance(d, str)]
     for i, d in zip(as_text, token_ids(lm, [found[i] for i in as_text]) if as_text else []):
         found[i] = d
     draft_ids = {i: list(d)[:max_new_tokens] for i, d in found.items() if len(d) > 0}
 
-    full: dict[int, list[int]] = {i: ids[i] for i in todo.values()}  # prompt + tokens accepted so far
+    full: dict[int, list[int]] = {
+        i: ids[i] for i in todo.values()
+    }  # prompt + tokens accepted so far
     n_gen: dict[int, int] = dict.fromkeys(todo.values(), 0)
     with progress(len(todo), desc) as bar:
         if draft_ids:
@@ -406,9 +498,11 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
                     if stats is not None:
                         stats.drafts_dropped += len(order) - s
                     break  # drafts do not pay here: the remaining rows decode plainly
-                b = order[s:s + batch_size]
+                b = order[s : s + batch_size]
                 d = None if deltas is None else deltas[b]
-                greedy = verify_drafts(lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats)
+                greedy = verify_drafts(
+                    lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats
+                )
                 new: dict[int, list[int]] = {}
                 for i, g in zip(b, greedy):
                     acc = accept(draft_ids[i], g)
@@ -418,7 +512,9 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
                         stats.drafted += 1
                         stats.draft_tokens += len(draft_ids[i])
                         stats.accepted_tokens += len(acc) - 1
-                    acc = acc[:max_new_tokens]  # a fully accepted draft of max_new_tokens: no extra token
+                    acc = acc[
+                        :max_new_tokens
+                    ]  # a fully accepted draft of max_new_tokens: no extra token
                     if len(acc) >= max_new_tokens or _finished(acc, eos, tok, pp):
                         new[i] = _clean(acc, eos, tok.pad_token_id, tok, pp)
                         if stats is not None:
@@ -430,7 +526,16 @@ def generate_all(lm: LoadedModel, prompts: list[str], deltas: np.ndarray | None,
         rest = [i for i in todo.values() if keys[i] not in results]
         for b in _gen_batches(lm, full, rest, P, batch_size):
             d = None if deltas is None else deltas[b]
-            rows = _generate_rows(lm, [full[i] for i in b], [n_gen[i] for i in b], d, layer, max_new_tokens,
-                                  pp, prefix, stats)
+            rows = _generate_rows(
+                lm,
+                [full[i] for i in b],
+                [n_gen[i] for i in b],
+                d,
+                layer,
+                max_new_tokens,
+                pp,
+                prefix,
+                stats,
+            )
             done(dict(zip(b, rows)), bar)
     return [results[k] for k in keys], len(todo)

@@ -38,10 +38,15 @@ _RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> GenerationCache:
     import transformers
 
-    context = {"model_id": lm.model_id, "model": params.model.__dict__, "device": lm.device.type,
-               "max_new_tokens": params.generation.max_new_tokens,
-               "start": params.prompt.tool_call_start, "end": params.prompt.tool_call_end,
-               "transformers": transformers.__version__}
+    context = {
+        "model_id": lm.model_id,
+        "model": params.model.__dict__,
+        "device": lm.device.type,
+        "max_new_tokens": params.generation.max_new_tokens,
+        "start": params.prompt.tool_call_start,
+        "end": params.prompt.tool_call_end,
+        "transformers": transformers.__version__,
+    }
     return GenerationCache(RunDir(run_dir).cache, context)
 
 
@@ -49,44 +54,91 @@ def sweep_path(run_dir: str | Path, name: str) -> Path:
     return RunDir(run_dir).sweep(name)
 
 
-def run_config(params: Params, run_dir: str | Path, lm: LoadedModel, bundle: Bundle, config: SweepConfig,
-               splits: tuple[str, ...] = EVAL_SPLITS) -> dict:
+def run_config(
+    params: Params,
+    run_dir: str | Path,
+    lm: LoadedModel,
+    bundle: Bundle,
+    config: SweepConfig,
+    splits: tuple[str, ...] = EVAL_SPLITS,
+) -> dict:
     """Evaluate one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline)."""
     run_dir = Path(run_dir)
-    bundle.check_model(lm.hidden_size, lm.num_layers, lm.model_id, lm.fingerprint,
-                       allow_mismatch=params.steering.allow_model_mismatch)
+    bundle.check_model(
+        lm.hidden_size,
+        lm.num_layers,
+        lm.model_id,
+        lm.fingerprint,
+        allow_mismatch=params.steering.allow_model_mismatch,
+    )
     samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run_dir).items()}
     steer = config.steers
     a_eff = alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if steer else 0.0
     cache = open_cache(run_dir, params, lm)
-    out = {"name": config.name, "tau": config.tau, "alpha": config.alpha, "beta": config.beta,
-           "alpha_unit": params.steering.alpha_unit, "alpha_eff": a_eff, "layer": bundle.layer,
-           "config": asdict(config), "splits": {}, "records": []}
+    out = {
+        "name": config.name,
+        "tau": config.tau,
+        "alpha": config.alpha,
+        "beta": config.beta,
+        "alpha_unit": params.steering.alpha_unit,
+        "alpha_eff": a_eff,
+        "layer": bundle.layer,
+        "config": asdict(config),
+        "splits": {},
+        "records": [],
+    }
     try:
         for split in splits:
             meta = load_meta(run_dir, split)
             xs = [samples[split][i] for i in meta["ids"]]
             h = load_states(run_dir, split, bundle.layer)
-            gates = compute_gates(bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs])
+            gates = compute_gates(
+                bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs]
+            )
             deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
             prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
             stats = GenerationStats()
-            outputs, n_new = generate_all(lm, prompts, deltas, bundle.layer, params.generation.batch_size,
-                                          params.generation.max_new_tokens, params.prompt, cache,
-                                          desc=f"{config.name}/{split}",
-                                          share_prefix=share_prefix_for(params.generation.share_prefix, lm),
-                                          draft=draft_for(params.generation.draft, lm), stats=stats,
-                                          draft_min_acceptance=draft_min_acceptance_for(
-                                              params.generation.draft, lm))
+            outputs, n_new = generate_all(
+                lm,
+                prompts,
+                deltas,
+                bundle.layer,
+                params.generation.batch_size,
+                params.generation.max_new_tokens,
+                params.prompt,
+                cache,
+                desc=f"{config.name}/{split}",
+                share_prefix=share_prefix_for(params.generation.share_prefix, lm),
+                draft=draft_for(params.generation.draft, lm),
+                stats=stats,
+                draft_min_acceptance=draft_min_acceptance_for(params.generation.draft, lm),
+            )
             records = []
-            for x, d, p, g, hp, o in zip(xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs):
+            for x, d, p, g, hp, o in zip(
+                xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
+            ):
                 v = call_validity(o, params.prompt)
-                records.append({"id": x.id, "split": split, "domain": x.domain, "label": x.label,
-                                "routed": d, "has_probe": bool(hp), "p_tool": float(p), "gate": int(g), "output": o,
-                                "triggered": triggered(o, params.prompt), **v})
-            out["splits"][split] = {"metrics": evaluate_records(records, seed=params.data.seed),
-                                    "generated_now": n_new, "steered": int(np.count_nonzero(gates.gate)),
-                                    "generation": asdict(stats)}
+                records.append(
+                    {
+                        "id": x.id,
+                        "split": split,
+                        "domain": x.domain,
+                        "label": x.label,
+                        "routed": d,
+                        "has_probe": bool(hp),
+                        "p_tool": float(p),
+                        "gate": int(g),
+                        "output": o,
+                        "triggered": triggered(o, params.prompt),
+                        **v,
+                    }
+                )
+            out["splits"][split] = {
+                "metrics": evaluate_records(records, seed=params.data.seed),
+                "generated_now": n_new,
+                "steered": int(np.count_nonzero(gates.gate)),
+                "generation": asdict(stats),
+            }
             out["records"].extend(records)
     finally:
         cache.close()

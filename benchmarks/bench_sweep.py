@@ -68,7 +68,10 @@ def setup(args):
         warnings.simplefilter("ignore")
         splits = make_splits_from_params(params).samples
     lm = load_model(params.model, seed=params.data.seed)
-    prompts = {s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]) for s, xs in splits.items()}
+    prompts = {
+        s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+        for s, xs in splits.items()
+    }
     seed_cfgs = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).sweep
     configs = [baseline_config()] + seed_cfgs
     return params, splits, lm, prompts, configs
@@ -80,7 +83,9 @@ def fit(states, splits):
     layer = probing.layer_sweep(states["cal"], y["cal"], states["valid"], y["valid"]).best_layer
     domains = sorted(set(d["cal"]))
     vecs, _ = probing.steering_vectors(states["cal"][:, layer], y["cal"], d["cal"], domains)
-    rf = probing.fit_router_and_probes(states["cal"][:, layer], states["train"][:, layer], y["train"], d["train"], domains)
+    rf = probing.fit_router_and_probes(
+        states["cal"][:, layer], states["train"][:, layer], y["train"], d["train"], domains
+    )
     return layer, vecs, rf, domains
 
 
@@ -103,6 +108,7 @@ def reference(args) -> dict:
             def hook_fn(module, inp, out):
                 h = out[0] if isinstance(out, tuple) else out
                 captured[i] = h[:, -1, :].detach().cpu().float().numpy()  # noqa: B023 (used in this iteration)
+
             return hook_fn
 
         for i in range(L):
@@ -152,21 +158,40 @@ def reference(args) -> dict:
                     return (hn, *out[1:]) if isinstance(out, tuple) else hn
 
                 ids = tok(text, return_tensors="pt").input_ids.to(model.device)
-                hook = blocks[layer].register_forward_hook(asa_hook) if cfg.tau is not None else None
+                hook = (
+                    blocks[layer].register_forward_hook(asa_hook) if cfg.tau is not None else None
+                )
                 with torch.no_grad():
-                    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                         do_sample=False, temperature=None, top_p=None, top_k=None,
-                                         pad_token_id=tok.pad_token_id)
+                    out = model.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=args.max_new_tokens,
+                        do_sample=False,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                        pad_token_id=tok.pad_token_id,
+                    )
                 if hook:
                     hook.remove()
-                text_out = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=False)
+                text_out = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=False)
                 decisions[f"{cfg.name}/{x.id}"] = bool(triggered(text_out, params.prompt))
                 outputs[f"{cfg.name}/{x.id}"] = text_out
-                forwarded += out.shape[1] - 1  # prefill of the prompt, then one token per decode step
+                forwarded += (
+                    out.shape[1] - 1
+                )  # prefill of the prompt, then one token per decode step
     t_sweep = time.time() - t1
-    return {"extract_s": t_extract, "sweep_s": t_sweep, "layer": layer, "decisions": decisions,
-            "outputs": outputs, "tokens_forwarded": int(forwarded),
-            "generations": len(decisions), "peak_rss_mb": peak_rss_mb(), "states": states}
+    return {
+        "extract_s": t_extract,
+        "sweep_s": t_sweep,
+        "layer": layer,
+        "decisions": decisions,
+        "outputs": outputs,
+        "tokens_forwarded": int(forwarded),
+        "generations": len(decisions),
+        "peak_rss_mb": peak_rss_mb(),
+        "states": states,
+    }
 
 
 # ----------------------------------------------------------------------------- project path
@@ -198,18 +223,37 @@ def project(args) -> dict:
                 if cfg.steers:
                     gates = compute_gates(bundle, h, cfg)
                     deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
-                outs, n = generate_all(lm, prompts[s], deltas, layer, args.batch_size, args.max_new_tokens,
-                                       params.prompt, cache, draft=draft_for(args.draft, lm),
-                                       draft_min_acceptance=draft_min_acceptance_for(args.draft, lm), stats=stats)
+                outs, n = generate_all(
+                    lm,
+                    prompts[s],
+                    deltas,
+                    layer,
+                    args.batch_size,
+                    args.max_new_tokens,
+                    params.prompt,
+                    cache,
+                    draft=draft_for(args.draft, lm),
+                    draft_min_acceptance=draft_min_acceptance_for(args.draft, lm),
+                    stats=stats,
+                )
                 generated += n
                 for x, o in zip(splits[s], outs):
                     decisions[f"{cfg.name}/{x.id}"] = bool(triggered(o, params.prompt))
                     outputs[f"{cfg.name}/{x.id}"] = o
         cache.close()
     t_sweep = time.time() - t1
-    return {"extract_s": t_extract, "sweep_s": t_sweep, "layer": layer, "decisions": decisions,
-            "outputs": outputs, "tokens_forwarded": stats.tokens_forwarded, "generation": asdict(stats),
-            "generations": generated, "peak_rss_mb": peak_rss_mb(), "states": states}
+    return {
+        "extract_s": t_extract,
+        "sweep_s": t_sweep,
+        "layer": layer,
+        "decisions": decisions,
+        "outputs": outputs,
+        "tokens_forwarded": stats.tokens_forwarded,
+        "generation": asdict(stats),
+        "generations": generated,
+        "peak_rss_mb": peak_rss_mb(),
+        "states": states,
+    }
 
 
 # ----------------------------------------------------------------------------- memory mode
@@ -222,17 +266,36 @@ def memory(args) -> dict:
 
     lm = load_model(ModelParams(kind="tiny", device="cpu"), seed=0)
     rng = np.random.default_rng(0)
-    words = ["calculate", "the", "sum", "of", "search", "news", "write", "code", "translate", "poem", "why"]
+    words = [
+        "calculate",
+        "the",
+        "sum",
+        "of",
+        "search",
+        "news",
+        "write",
+        "code",
+        "translate",
+        "poem",
+        "why",
+    ]
     prompts = [" ".join(rng.choice(words, size=rng.integers(5, 40))) for _ in range(args.n_prompts)]
-    prompts = render_prompts(lm.tokenizer, load_params(ROOT / "params" / "tiny.yaml").prompt, prompts)
+    prompts = render_prompts(
+        lm.tokenizer, load_params(ROOT / "params" / "tiny.yaml").prompt, prompts
+    )
     base = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
         extract_to_file(lm, prompts, Path(tmp) / "x.safetensors", batch_size=64)
         secs = time.time() - t
         size = (Path(tmp) / "x.safetensors").stat().st_size / 2**20
-    return {"n": args.n_prompts, "seconds": secs, "file_mb": size, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_mb": base}
+    return {
+        "n": args.n_prompts,
+        "seconds": secs,
+        "file_mb": size,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": base,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -250,9 +313,28 @@ def child(args):
 def run_child(args, path: str, extra: list[str] | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, __file__, "--path", path, "--out-json", out, "--per-split", str(args.per_split),
-           "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-           "--dtype", args.dtype, "--draft", args.draft] + (["--quick"] if args.quick else []) + (extra or [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--path",
+            path,
+            "--out-json",
+            out,
+            "--per-split",
+            str(args.per_split),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            str(args.batch_size),
+            "--dtype",
+            args.dtype,
+            "--draft",
+            args.draft,
+        ]
+        + (["--quick"] if args.quick else [])
+        + (extra or [])
+    )
     print(f"running {path} path ...", flush=True)
     subprocess.run(cmd, check=True)
     res = json.loads(Path(out).read_text())
@@ -271,15 +353,29 @@ def machine() -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny random LFM2, small sizes (about a minute)")
-    ap.add_argument("--memory", action="store_true", help="peak RSS of streamed extraction, 2k vs 20k prompts")
-    ap.add_argument("--per-split", type=int, default=None, help="rows per split per class (default 2)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (SmolLM2), 8 (--quick)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny random LFM2, small sizes (about a minute)"
+    )
+    ap.add_argument(
+        "--memory", action="store_true", help="peak RSS of streamed extraction, 2k vs 20k prompts"
+    )
+    ap.add_argument(
+        "--per-split", type=int, default=None, help="rows per split per class (default 2)"
+    )
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 32 (SmolLM2), 8 (--quick)"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--draft", default="auto", choices=["auto", "on", "off"],
-                    help="generation.draft for the project path (default auto)")
+    ap.add_argument(
+        "--draft",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="generation.draft for the project path (default auto)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--out-json", help=argparse.SUPPRESS)
@@ -300,24 +396,42 @@ def main():
     prefix = sum(ref["outputs"][k].startswith(proj["outputs"].get(k, "\x00")) for k in keys)
     g = proj["generation"]
     diff = [k for k in keys if ref["decisions"][k] != proj["decisions"].get(k)]
-    rel = max(float(np.max(np.abs(ref["states"][s] - proj["states"][s]) / (np.abs(ref["states"][s]).max(-1, keepdims=True))))
-              for s in SPLITS)
-    model = "tiny random LFM2 (4 blocks, hidden 64)" if args.quick else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+    rel = max(
+        float(
+            np.max(
+                np.abs(ref["states"][s] - proj["states"][s])
+                / (np.abs(ref["states"][s]).max(-1, keepdims=True))
+            )
+        )
+        for s in SPLITS
+    )
+    model = (
+        "tiny random LFM2 (4 blocks, hidden 64)"
+        if args.quick
+        else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+    )
     n = {s: len(ref["states"][s]) for s in SPLITS}
-    rows = [("extraction (all splits)", ref["extract_s"], proj["extract_s"]),
-            ("sweep: baseline + 8 seed configs, VALID+TEST", ref["sweep_s"], proj["sweep_s"]),
-            ("total", ref["extract_s"] + ref["sweep_s"], proj["extract_s"] + proj["sweep_s"])]
+    rows = [
+        ("extraction (all splits)", ref["extract_s"], proj["extract_s"]),
+        ("sweep: baseline + 8 seed configs, VALID+TEST", ref["sweep_s"], proj["sweep_s"]),
+        ("total", ref["extract_s"] + ref["sweep_s"], proj["extract_s"] + proj["sweep_s"]),
+    ]
     lines = [
-        f"# Benchmark: seed loop vs project path ({'quick' if args.quick else 'full'})", "",
+        f"# Benchmark: seed loop vs project path ({'quick' if args.quick else 'full'})",
+        "",
         f"- date: {dt.date.today().isoformat()}",
         f"- machine: {machine()}",
         f"- model: {model}, {args.dtype}",
-        "- prompts: " + ", ".join(f"{s} {n[s]}" for s in SPLITS)
+        "- prompts: "
+        + ", ".join(f"{s} {n[s]}" for s in SPLITS)
         + f" (bundled Alpaca rows, {args.per_split} per split per class, test x2)",
         f"- generation: greedy, max {args.max_new_tokens} new tokens, configs: baseline + the seed's eight (absolute alpha)",
-        f"- project batch size: {args.batch_size}", "",
-        "| stage | reference (s) | project (s) | speed-up |", "|---|---:|---:|---:|",
-        *[f"| {name} | {a:.1f} | {b:.1f} | {a / b:.1f}x |" for name, a, b in rows], "",
+        f"- project batch size: {args.batch_size}",
+        "",
+        "| stage | reference (s) | project (s) | speed-up |",
+        "|---|---:|---:|---:|",
+        *[f"| {name} | {a:.1f} | {b:.1f} | {a / b:.1f}x |" for name, a, b in rows],
+        "",
         f"- generations run: reference {ref['generations']}, project {proj['generations']} "
         "(the rest reused from the cache: zero gates share the baseline, equal signed steering is shared)",
         f"- sweep tokens forwarded (a FLOP proxy; padding included, a cached prefix not): reference "
@@ -349,7 +463,7 @@ NOTES_MARKER = "## Analysis"
 def write_keeping_notes(path: Path, text: str) -> None:
     """Write the measured part; keep a hand-written section that starts with NOTES_MARKER."""
     old = path.read_text() if path.is_file() else ""
-    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
     path.write_text(text + ("\n" + notes if notes else ""))
 
 
@@ -358,12 +472,18 @@ def memory_report(args):
     for n in (2000, 20000):
         args.n_prompts = n
         rows.append(run_child(args, "memory", ["--n-prompts", str(n)]))
-    lines = ["# Streamed extraction memory (tiny random LFM2, batch 64)", "",
-             f"- date: {dt.date.today().isoformat()}; machine: {machine()}", "",
-             "| prompts | states file (MB) | peak RSS (MB) | RSS before extraction (MB) | seconds |",
-             "|---:|---:|---:|---:|---:|",
-             *[f"| {r['n']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | {r['seconds']:.1f} |"
-               for r in rows]]
+    lines = [
+        "# Streamed extraction memory (tiny random LFM2, batch 64)",
+        "",
+        f"- date: {dt.date.today().isoformat()}; machine: {machine()}",
+        "",
+        "| prompts | states file (MB) | peak RSS (MB) | RSS before extraction (MB) | seconds |",
+        "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['n']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | {r['seconds']:.1f} |"
+            for r in rows
+        ],
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out).with_name("RESULTS_memory.md")

@@ -40,21 +40,31 @@ def _diff(a, b, path: str, out: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("before", type=Path)
     ap.add_argument("after", type=Path)
-    ap.add_argument("--ignore", default="", help="comma-separated keys to ignore at any depth (new fields)")
+    ap.add_argument(
+        "--ignore", default="", help="comma-separated keys to ignore at any depth (new fields)"
+    )
     args = ap.parse_args(argv)
     ignore = ALWAYS_IGNORED | {k for k in args.ignore.split(",") if k}
     out: list[str] = []
-    files = ["results.json"] + sorted(p.relative_to(args.before).as_posix()
-                                      for p in (args.before / "sweep").glob("*.json"))
+    files = ["results.json"] + sorted(
+        p.relative_to(args.before).as_posix() for p in (args.before / "sweep").glob("*.json")
+    )
     for rel in files:
         a, b = args.before / rel, args.after / rel
         if not b.is_file():
             out.append(f"{rel}: missing in {args.after}")
             continue
-        _diff(_strip(json.loads(a.read_text()), ignore), _strip(json.loads(b.read_text()), ignore), rel, out)
+        _diff(
+            _strip(json.loads(a.read_text()), ignore),
+            _strip(json.loads(b.read_text()), ignore),
+            rel,
+            out,
+        )
     print("\n".join(out), end="\n" if out else "")
     return 1 if out else 0
 

@@ -24,8 +24,10 @@ import pandas as pd
 from asa_lib import data, nb, plots
 
 params, run = nb.open_stage(params_path, run_dir)
-print(f"kind: {params.data.kind}  source: {params.data.source}  per split per class: "
-      f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}")
+print(
+    f"kind: {params.data.kind}  source: {params.data.source}  per split per class: "
+    f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}"
+)
 if params.data.kind == "labelled":
     print("columns:", {k: v for k, v in vars(params.data.columns).items() if v})
 else:
@@ -43,14 +45,20 @@ data.write_splits(run, result)
 print(f"rows read: {result.rows_read}; skipped: {result.skipped or 'none'}")
 print(f"domains: {', '.join(result.domains)}")
 if result.kind == "labelled":
-    print(f"splits: {'as given in column ' + repr(result.split_column) if result.split_column else 'the seed protocol'}")
+    print(
+        f"splits: {'as given in column ' + repr(result.split_column) if result.split_column else 'the seed protocol'}"
+    )
 
 # %% [markdown]
 # ## Skipped rows: where and why (the first few of each reason)
 
 # %%
-skipped = pd.DataFrame(result.skipped_examples, columns=["reason", "where", "field", "column", "value"])
-skipped if len(skipped) else "none listed" + (f" (counts: {result.skipped})" if result.skipped else "")
+skipped = pd.DataFrame(
+    result.skipped_examples, columns=["reason", "where", "field", "column", "value"]
+)
+skipped if len(skipped) else "none listed" + (
+    f" (counts: {result.skipped})" if result.skipped else ""
+)
 
 # %% [markdown]
 # ## Rows available per domain and label
@@ -62,7 +70,9 @@ pd.DataFrame(result.bucket_sizes).T
 # ## Shortfalls: buckets that could not fill a split
 
 # %%
-shortfalls = pd.DataFrame(result.shortfalls, columns=["domain", "label", "split", "needed", "got", "available"])
+shortfalls = pd.DataFrame(
+    result.shortfalls, columns=["domain", "label", "split", "needed", "got", "available"]
+)
 shortfalls if len(shortfalls) else "none: every bucket filled every split"
 
 # %% [markdown]

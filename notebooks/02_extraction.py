@@ -24,7 +24,9 @@ from asa_lib.prompts import render_prompts
 
 params, run = nb.open_stage(params_path, run_dir, needs=("01_data",))
 lm = load_params_model(params)
-print(f"{lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {params.model.dtype} on {lm.device}")
+print(
+    f"{lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {params.model.dtype} on {lm.device}"
+)
 
 # %%
 pd.DataFrame(extract.extract_run(lm, params, run))

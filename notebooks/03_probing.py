@@ -27,8 +27,10 @@ print(f"CAL {cal.shape}, VALID {valid.shape}")
 sweep = probing.layer_sweep(cal, y_cal, valid, y_valid)
 table = pd.DataFrame(sweep.table())
 probing.save_layers(run, sweep, num_layers=cal.shape[1])
-print(f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
-      f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})")
+print(
+    f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
+    f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})"
+)
 table.style.format({"auc": "{:.4f}", "accuracy": "{:.4f}"}).highlight_max(subset=["auc"])
 
 # %%

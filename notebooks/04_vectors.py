@@ -32,10 +32,18 @@ for n in notes:
     print("NOTE:", n)
 probing.save_vectors(run, vectors, layer, notes)
 cal_norm = float(np.linalg.norm(h, axis=1).mean())
-pd.DataFrame([{"vector": k, "cos with global": float(v @ vectors["global"]),
-               "CAL rows (tool/non-tool)": "all" if k == "global" else
-               f"{int(((np.array(d) == k) & (y == 1)).sum())}/{int(((np.array(d) == k) & (y == 0)).sum())}"}
-              for k, v in vectors.items()])
+pd.DataFrame(
+    [
+        {
+            "vector": k,
+            "cos with global": float(v @ vectors["global"]),
+            "CAL rows (tool/non-tool)": "all"
+            if k == "global"
+            else f"{int(((np.array(d) == k) & (y == 1)).sum())}/{int(((np.array(d) == k) & (y == 0)).sum())}",
+        }
+        for k, v in vectors.items()
+    ]
+)
 
 # %% [markdown]
 # The mean L2 norm of the CAL states at L* sets the scale: a unit vector

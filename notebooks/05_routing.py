@@ -32,13 +32,21 @@ domains = sorted(data.read_domains(run))
 print(f"L* = {layer}; domains: {domains}")
 
 # %%
-fit = probing.fit_router_and_probes(h["cal"], h["train"], np.array(meta["train"]["labels"]),
-                                    meta["train"]["domains"], domains)
+fit = probing.fit_router_and_probes(
+    h["cal"], h["train"], np.array(meta["train"]["labels"]), meta["train"]["domains"], domains
+)
 for n in fit.notes:
     print("NOTE:", n)
-bundle = probing.make_bundle(fit, vectors, layer, domains, meta["cal"]["model_id"], num_layers,
-                             cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
-                             model_fingerprint=meta["cal"].get("model_fingerprint", ""))
+bundle = probing.make_bundle(
+    fit,
+    vectors,
+    layer,
+    domains,
+    meta["cal"]["model_id"],
+    num_layers,
+    cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+    model_fingerprint=meta["cal"].get("model_fingerprint", ""),
+)
 save_bundle(bundle, run.bundle)
 bundle = load_bundle(run.bundle)  # everything below uses the reloaded bundle
 print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
@@ -49,7 +57,9 @@ print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
 # %%
 yv, dv = np.array(meta["valid"]["labels"]), np.array(meta["valid"]["domains"])
 routed = np.array(bundle.route(h["valid"]))
-rows = [{"model": "router", "domain": "all", "n": len(dv), "accuracy": float((routed == dv).mean())}]
+rows = [
+    {"model": "router", "domain": "all", "n": len(dv), "accuracy": float((routed == dv).mean())}
+]
 for dom in domains:
     m = dv == dom
     if not m.any():
@@ -58,10 +68,18 @@ for dom in domains:
         acc = float(((bundle.probe_proba(dom, h["valid"][m]) >= 0.5).astype(int) == yv[m]).mean())
     else:
         acc = float("nan")
-    rows.append({"model": f"probe {dom}" + ("" if dom in bundle.probes else " (none: p = 0.5)"),
-                 "domain": dom, "n": int(m.sum()), "accuracy": acc})
+    rows.append(
+        {
+            "model": f"probe {dom}" + ("" if dom in bundle.probes else " (none: p = 0.5)"),
+            "domain": dom,
+            "n": int(m.sum()),
+            "accuracy": acc,
+        }
+    )
 pd.DataFrame(rows)
 
 # %%
 cm = confusion_matrix(dv, routed, labels=domains)
-nb.show(plots.confusion_heatmap(cm, domains, "Router on VALID", xlabel="routed", ylabel="true domain"))
+nb.show(
+    plots.confusion_heatmap(cm, domains, "Router on VALID", xlabel="routed", ylabel="true domain")
+)

@@ -27,16 +27,37 @@ params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
 config = params.config(config_name)
 bundle = load_bundle(run.bundle)
 lm = load_params_model(params)
-print(f"config {config}; alpha unit {params.steering.alpha_unit}; L* = {bundle.layer}; model {lm.model_id}")
+print(
+    f"config {config}; alpha unit {params.steering.alpha_unit}; L* = {bundle.layer}; model {lm.model_id}"
+)
 
 # %%
 res = run_config(params, run, lm, bundle, config)
 print(f"alpha_eff = {res['alpha_eff']:.4g}")
-pd.DataFrame([{"split": s, **{k: v["metrics"][k] for k in ("n", "precision", "recall", "f1", "fpr", "accuracy",
-                                                           "triggers", "valid_call_rate")},
-               "F1 95% CI": "[{:.3f}, {:.3f}]".format(*v["metrics"]["ci95"]["f1"]),
-               "steered prompts": v["steered"], "generated now": v["generated_now"]}
-              for s, v in res["splits"].items()]).round(4)
+pd.DataFrame(
+    [
+        {
+            "split": s,
+            **{
+                k: v["metrics"][k]
+                for k in (
+                    "n",
+                    "precision",
+                    "recall",
+                    "f1",
+                    "fpr",
+                    "accuracy",
+                    "triggers",
+                    "valid_call_rate",
+                )
+            },
+            "F1 95% CI": "[{:.3f}, {:.3f}]".format(*v["metrics"]["ci95"]["f1"]),
+            "steered prompts": v["steered"],
+            "generated now": v["generated_now"],
+        }
+        for s, v in res["splits"].items()
+    ]
+).round(4)
 
 # %% [markdown]
 # ## Confusion matrices (rows: label, columns: triggered)
@@ -48,19 +69,29 @@ nb.show(plots.trigger_confusions(res["splits"], config_name))
 # ## Per-domain metrics
 
 # %%
-per_dom = pd.DataFrame([{"split": s, "domain": d, **{k: m[k] for k in ("n", "precision", "recall", "f1", "fpr")}}
-                        for s, v in res["splits"].items() for d, m in v["metrics"]["per_domain"].items()])
+per_dom = pd.DataFrame(
+    [
+        {"split": s, "domain": d, **{k: m[k] for k in ("n", "precision", "recall", "f1", "fpr")}}
+        for s, v in res["splits"].items()
+        for d, m in v["metrics"]["per_domain"].items()
+    ]
+)
 per_dom.round(3)
 
 # %%
-nb.show(plots.per_domain(per_dom[per_dom["split"] == "valid"], f"{config_name} · per domain (VALID)"))
+nb.show(
+    plots.per_domain(per_dom[per_dom["split"] == "valid"], f"{config_name} · per domain (VALID)")
+)
 
 # %% [markdown]
 # ## Gate decisions (VALID + TEST)
 
 # %%
 rec = pd.DataFrame(res["records"])
-pd.crosstab([rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})], rec["gate"].map({-1: "−1 suppress", 0: "0 none", 1: "+1 push"}))
+pd.crosstab(
+    [rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})],
+    rec["gate"].map({-1: "−1 suppress", 0: "0 none", 1: "+1 push"}),
+)
 
 # %% [markdown]
 # ## What steering changed against the baseline
@@ -89,12 +120,25 @@ else:
 #
 # Model outputs are untrusted text: they are shown escaped.
 
+
 # %%
 def samples(df, n=4):
-    cols = ["id", "split", "domain", "label", "routed", "p_tool", "gate", "triggered", "valid", "output"]
+    cols = [
+        "id",
+        "split",
+        "domain",
+        "label",
+        "routed",
+        "p_tool",
+        "gate",
+        "triggered",
+        "valid",
+        "output",
+    ]
     out = df[cols].head(n).copy()
     out["output"] = out["output"].str.slice(0, 300)
     return out
+
 
 print("triggered:")
 samples(rec[rec["triggered"]])

@@ -27,9 +27,16 @@ table.round(4)
 # %%
 results = analysis.write_results(params, run, res, chosen)
 c = results["chosen"]
-print(f"{c['name']}: tau={c['tau']} alpha={c['alpha']} ({c['alpha_unit']}, alpha_eff={c['alpha_eff']:.4g}) beta={c['beta']}")
-print("TEST: " + ", ".join(f"{m}={c['test'][m]:.3f} [{c['test']['ci95'][m][0]:.3f}, {c['test']['ci95'][m][1]:.3f}]"
-                           for m in ("f1", "recall", "fpr")))
+print(
+    f"{c['name']}: tau={c['tau']} alpha={c['alpha']} ({c['alpha_unit']}, alpha_eff={c['alpha_eff']:.4g}) beta={c['beta']}"
+)
+print(
+    "TEST: "
+    + ", ".join(
+        f"{m}={c['test'][m]:.3f} [{c['test']['ci95'][m][0]:.3f}, {c['test']['ci95'][m][1]:.3f}]"
+        for m in ("f1", "recall", "fpr")
+    )
+)
 
 # %% [markdown]
 # ## Did steering help beyond noise? Each config minus the baseline
@@ -43,7 +50,9 @@ for split in ("valid", "test"):
     diffs = analysis.paired_differences(res, split, seed=params.data.seed)
     print(split.upper())
     display(diffs.round(3))
-    nb.show(plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI"))
+    nb.show(
+        plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI")
+    )
 
 # %% [markdown]
 # ## Ablations: what each config's gate and vector correspond to
@@ -59,8 +68,14 @@ analysis.ablation_table(res).round(3)
 # ## Decisions flipped against the baseline, per config
 
 # %%
-flip_table = pd.concat([analysis.flip_counts(res["baseline"], r).assign(config=n)
-                        for n, r in res.items() if n != "baseline"], ignore_index=True)
+flip_table = pd.concat(
+    [
+        analysis.flip_counts(res["baseline"], r).assign(config=n)
+        for n, r in res.items()
+        if n != "baseline"
+    ],
+    ignore_index=True,
+)
 flip_table.set_index(["config", "split"])
 
 # %% [markdown]
@@ -72,7 +87,9 @@ grids = {m: analysis.grid(valid_df, m) for m in ("f1", "fpr")}
 if all(g is not None for g in grids.values()):
     nb.show(plots.grid_heatmaps(grids, "VALID · tau × alpha"))
 else:
-    print("The configs do not form a tau × alpha grid (at least 2 x 2, one config per cell): no heat map.")
+    print(
+        "The configs do not form a tau × alpha grid (at least 2 x 2, one config per cell): no heat map."
+    )
 
 # %% [markdown]
 # ## F1, FPR and recall per config, against the baseline (and the reference row where it applies to this model)
@@ -83,8 +100,14 @@ print("reference row:", ref["name"] if ref else "none for this model")
 for split in ("valid", "test"):
     df = analysis.split_frame(res, split)
     base = df[df["config"] == "baseline"].iloc[0].to_dict()
-    nb.show(plots.metric_bars(df[df["config"] != "baseline"], base, ref,
-                              title=f"{split.upper()} · error bars: bootstrap 95% CI"))
+    nb.show(
+        plots.metric_bars(
+            df[df["config"] != "baseline"],
+            base,
+            ref,
+            title=f"{split.upper()} · error bars: bootstrap 95% CI",
+        )
+    )
 
 # %% [markdown]
 # ## FPR vs recall (VALID) with the Pareto front
@@ -96,7 +119,9 @@ nb.show(plots.fpr_recall(analysis.split_frame(res, "valid"), ref, "FPR vs recall
 # ## The chosen config per domain (TEST)
 
 # %%
-dom = pd.DataFrame([{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()])
+dom = pd.DataFrame(
+    [{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()]
+)
 display(dom[["domain", "n", "precision", "recall", "f1", "fpr"]].round(3))
 nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 
@@ -104,7 +129,9 @@ nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 # ## Post-trigger validity (TEST): does a triggered call parse, name a listed tool, and carry its required arguments?
 
 # %%
-val = analysis.split_frame(res, "test")[["config", "triggers", "format_valid_rate", "valid_call_rate"]]
+val = analysis.split_frame(res, "test")[
+    ["config", "triggers", "format_valid_rate", "valid_call_rate"]
+]
 display(val.round(3))
 nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
 
@@ -130,15 +157,33 @@ else:
     print(asa.config)
     test = read_splits(run)["test"]
     picked = [x for x in test if x.label == 1][:3] + [x for x in test if x.label == 0][:3]
-    gens = asa.generate(load_params_model(params), None, [x.text for x in picked],
-                        max_new_tokens=params.generation.max_new_tokens,
-                        batch_size=params.generation.batch_size, share_prefix=params.generation.share_prefix)
+    gens = asa.generate(
+        load_params_model(params),
+        None,
+        [x.text for x in picked],
+        max_new_tokens=params.generation.max_new_tokens,
+        batch_size=params.generation.batch_size,
+        share_prefix=params.generation.share_prefix,
+    )
     base = {r["id"]: r["output"] for r in res["baseline"]["records"] if r["split"] == "test"}
     swept = {r["id"]: r["output"] for r in res[chosen]["records"] if r["split"] == "test"}
-    display(pd.DataFrame([{"id": x.id, "label": "tool" if x.label else "non-tool", "prompt": x.text[:80],
-                           "routed": g.decision.routed, "p(tool)": round(g.decision.p_tool, 3),
-                           "gate": g.decision.gate, "baseline output": base[x.id][:200],
-                           "steered output": g.output[:200], "= sweep": g.output == swept[x.id]}
-                          for x, g in zip(picked, gens)]))
+    display(
+        pd.DataFrame(
+            [
+                {
+                    "id": x.id,
+                    "label": "tool" if x.label else "non-tool",
+                    "prompt": x.text[:80],
+                    "routed": g.decision.routed,
+                    "p(tool)": round(g.decision.p_tool, 3),
+                    "gate": g.decision.gate,
+                    "baseline output": base[x.id][:200],
+                    "steered output": g.output[:200],
+                    "= sweep": g.output == swept[x.id],
+                }
+                for x, g in zip(picked, gens)
+            ]
+        )
+    )
     same = sum(g.output == swept[x.id] for x, g in zip(picked, gens))
     print(f"one-pass outputs equal to the sweep's: {same}/{len(picked)}")

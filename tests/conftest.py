@@ -58,8 +58,12 @@ def params_file(tmp_path):
     return write
 
 
-PROMPTS = ["Hi", "Calculate the average of 3, 8 and 10 please, and more words to make it long",
-           "Search for the latest news", "Write a function that reverses a string."]
+PROMPTS = [
+    "Hi",
+    "Calculate the average of 3, 8 and 10 please, and more words to make it long",
+    "Search for the latest news",
+    "Write a function that reverses a string.",
+]
 
 
 @pytest.fixture(scope="session")

@@ -8,28 +8,62 @@ from asa_lib.params import params_from_dict
 
 
 def rec(i, label, triggered, gate=0, output=None, split="valid"):
-    return {"id": f"r{i}", "split": split, "domain": "math", "label": label, "p_tool": 0.5, "gate": gate,
-            "triggered": triggered, "output": output if output is not None else ("<call>" if triggered else "text")}
+    return {
+        "id": f"r{i}",
+        "split": split,
+        "domain": "math",
+        "label": label,
+        "p_tool": 0.5,
+        "gate": gate,
+        "triggered": triggered,
+        "output": output if output is not None else ("<call>" if triggered else "text"),
+    }
 
 
 def result(name, records, tau=0.6, alpha=0.5, beta=0.0):
-    return {"name": name, "tau": tau, "alpha": alpha, "beta": beta, "records": records,
-            "splits": {s: {} for s in sorted({r["split"] for r in records})}}
+    return {
+        "name": name,
+        "tau": tau,
+        "alpha": alpha,
+        "beta": beta,
+        "records": records,
+        "splits": {s: {} for s in sorted({r["split"] for r in records})},
+    }
 
 
 def test_flips_are_classified_against_the_gate():
-    base = result("baseline", [rec(0, 1, False), rec(1, 0, True), rec(2, 1, True), rec(3, 0, False),
-                               rec(4, 1, False), rec(5, 0, False)], tau=None, alpha=0.0)
-    steered = result("x", [rec(0, 1, True, gate=1),     # gained under +1
-                           rec(1, 0, False, gate=-1),   # lost under -1
-                           rec(2, 1, False, gate=1),    # lost although pushed: against its gate
-                           rec(3, 0, False, gate=1, output="other text"),  # output changed, decision kept
-                           rec(4, 1, False, gate=0),    # unchanged
-                           rec(5, 0, True, gate=-1)])   # gained although pulled back
+    base = result(
+        "baseline",
+        [
+            rec(0, 1, False),
+            rec(1, 0, True),
+            rec(2, 1, True),
+            rec(3, 0, False),
+            rec(4, 1, False),
+            rec(5, 0, False),
+        ],
+        tau=None,
+        alpha=0.0,
+    )
+    steered = result(
+        "x",
+        [
+            rec(0, 1, True, gate=1),  # gained under +1
+            rec(1, 0, False, gate=-1),  # lost under -1
+            rec(2, 1, False, gate=1),  # lost although pushed: against its gate
+            rec(3, 0, False, gate=1, output="other text"),  # output changed, decision kept
+            rec(4, 1, False, gate=0),  # unchanged
+            rec(5, 0, True, gate=-1),
+        ],
+    )  # gained although pulled back
     f = analysis.flips(base, steered)
     assert f["id"].tolist() == ["r0", "r1", "r2", "r5"]
-    assert f["kind"].tolist() == [analysis.FLIP_KINDS[0], analysis.FLIP_KINDS[1],
-                                  analysis.FLIP_KINDS[2], analysis.FLIP_KINDS[2]]
+    assert f["kind"].tolist() == [
+        analysis.FLIP_KINDS[0],
+        analysis.FLIP_KINDS[1],
+        analysis.FLIP_KINDS[2],
+        analysis.FLIP_KINDS[2],
+    ]
     assert f.loc[0, "baseline output"] == "text" and f.loc[0, "steered output"] == "<call>"
     c = analysis.flip_counts(base, steered).iloc[0]
     assert (c["prompts"], c["steered"], c["output changed"], c["decision flips"]) == (6, 5, 5, 4)
@@ -45,8 +79,14 @@ def test_paired_differences_are_zero_for_an_identical_config():
 
 
 def test_grid_only_for_a_real_tau_alpha_grid():
-    df = pd.DataFrame({"config": ["baseline", "a", "b", "c", "d"], "tau": [None, 0.6, 0.6, 0.7, 0.7],
-                       "alpha": [0.0, 0.2, 0.4, 0.2, 0.4], "f1": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    df = pd.DataFrame(
+        {
+            "config": ["baseline", "a", "b", "c", "d"],
+            "tau": [None, 0.6, 0.6, 0.7, 0.7],
+            "alpha": [0.0, 0.2, 0.4, 0.2, 0.4],
+            "f1": [0.1, 0.2, 0.3, 0.4, 0.5],
+        }
+    )
     g = analysis.grid(df, "f1")
     assert g.index.tolist() == [0.7, 0.6] and g.columns.tolist() == [0.2, 0.4]
     np.testing.assert_array_equal(g.to_numpy(), [[0.4, 0.5], [0.2, 0.3]])
@@ -56,8 +96,16 @@ def test_grid_only_for_a_real_tau_alpha_grid():
 
 
 def test_reference_row_only_where_it_applies(tmp_path):
-    d = {"name": "x", "model": {"kind": "tiny", "id": "tiny-lfm2"}, "data": {"source": "hub/id"},
-         "reference": {"name": "Qwen ref", "f1": 0.6, "applies_to": ["LiquidAI/LFM2.5-1.2B-Instruct"]}}
+    d = {
+        "name": "x",
+        "model": {"kind": "tiny", "id": "tiny-lfm2"},
+        "data": {"source": "hub/id"},
+        "reference": {
+            "name": "Qwen ref",
+            "f1": 0.6,
+            "applies_to": ["LiquidAI/LFM2.5-1.2B-Instruct"],
+        },
+    }
     assert analysis.reference_row(params_from_dict(d, tmp_path)) is None
     d["reference"]["applies_to"].append("tiny-lfm2")
     row = analysis.reference_row(params_from_dict(d, tmp_path))
@@ -65,23 +113,40 @@ def test_reference_row_only_where_it_applies(tmp_path):
 
 
 def test_ablation_table_labels_each_config_and_the_paper_model():
-    recs = [{**rec(i, i % 2, bool(i % 3), split=s), "format_valid": False, "valid": False}
-            for s in ("valid", "test") for i in range(10)]
-    cfgs = {"baseline": {"gate": "none"}, "asa": {"gate": "probe", "vector": "mixture", "beta": 0.5},
-            "g": {"gate": "probe", "beta": 1.0}, "d": {"gate": "probe", "beta": 0.0},
-            "n": {"gate": "always", "beta": 0.5}, "o": {"gate": "oracle", "beta": 0.5},
-            "r": {"gate": "probe", "vector": "random", "beta": 0.5}}
+    recs = [
+        {**rec(i, i % 2, bool(i % 3), split=s), "format_valid": False, "valid": False}
+        for s in ("valid", "test")
+        for i in range(10)
+    ]
+    cfgs = {
+        "baseline": {"gate": "none"},
+        "asa": {"gate": "probe", "vector": "mixture", "beta": 0.5},
+        "g": {"gate": "probe", "beta": 1.0},
+        "d": {"gate": "probe", "beta": 0.0},
+        "n": {"gate": "always", "beta": 0.5},
+        "o": {"gate": "oracle", "beta": 0.5},
+        "r": {"gate": "probe", "vector": "random", "beta": 0.5},
+    }
     from asa_lib.metrics import evaluate_records
 
     res = {}
     for name, c in cfgs.items():
         r = result(name, recs)
         r["config"] = c
-        r["splits"] = {s: {"metrics": evaluate_records([x for x in recs if x["split"] == s])} for s in ("valid", "test")}
+        r["splits"] = {
+            s: {"metrics": evaluate_records([x for x in recs if x["split"] == s])}
+            for s in ("valid", "test")
+        }
         res[name] = r
     t = analysis.ablation_table(res).set_index("config")
-    assert t.loc["n", "ablation"] == "no gate (always +1)" and t.loc["n", "paper F1 (Qwen2.5-1.5B)"] == 0.391
+    assert (
+        t.loc["n", "ablation"] == "no gate (always +1)"
+        and t.loc["n", "paper F1 (Qwen2.5-1.5B)"] == 0.391
+    )
     assert t.loc["o", "ablation"] == "oracle router" and t.loc["r", "ablation"] == "random vector"
-    assert t.loc["g", "ablation"] == "global vector only" and t.loc["d", "ablation"] == "domain vectors only"
+    assert (
+        t.loc["g", "ablation"] == "global vector only"
+        and t.loc["d", "ablation"] == "domain vectors only"
+    )
     assert t.loc["asa", "paper FPR (Qwen2.5-1.5B)"] == 0.052
     assert pd.isna(t.loc["baseline", "paper F1 (Qwen2.5-1.5B)"])

@@ -11,8 +11,18 @@ from asa_lib.demo_model import ADAPTER_FILE, RECORD_FILE, Recipe, synthetic_requ
 from asa_lib.models import ModelLoadError, load_model
 from asa_lib.params import ModelParams, ParamsError, params_from_dict
 
-TINY_RECIPE = dict(n_tool_train=8, n_plain_train=8, n_tool_valid=4, n_plain_valid=4, distill_max_new_tokens=4,
-                   target_modules="all-linear", batch_size=4, max_steps=3, eval_max_new_tokens=4, lr=1e-2)
+TINY_RECIPE = dict(
+    n_tool_train=8,
+    n_plain_train=8,
+    n_tool_valid=4,
+    n_plain_valid=4,
+    distill_max_new_tokens=4,
+    target_modules="all-linear",
+    batch_size=4,
+    max_steps=3,
+    eval_max_new_tokens=4,
+    lr=1e-2,
+)
 
 
 def test_synthetic_requests_are_seeded_distinct_and_in_the_prompt_format(demo_params):
@@ -28,10 +38,14 @@ def test_synthetic_requests_are_seeded_distinct_and_in_the_prompt_format(demo_pa
     assert {e.call["name"] for e in tools} == {t["name"] for t in pp.tools}
     for e in tools:
         assert e.answer.startswith(pp.tool_call_start) and e.answer.endswith(pp.tool_call_end)
-        assert json.loads(e.answer[len(pp.tool_call_start):-len(pp.tool_call_end)]) == e.call
-        required = next(t for t in pp.tools if t["name"] == e.call["name"])["parameters"]["required"]
+        assert json.loads(e.answer[len(pp.tool_call_start) : -len(pp.tool_call_end)]) == e.call
+        required = next(t for t in pp.tools if t["name"] == e.call["name"])["parameters"][
+            "required"
+        ]
         assert all(e.call["arguments"][r] for r in required)
-    assert all(e.call is None and e.answer == "" for e in a if e.call is None)  # filled by distillation
+    assert all(
+        e.call is None and e.answer == "" for e in a if e.call is None
+    )  # filled by distillation
 
 
 def test_training_runs_saves_a_record_and_loads_merged(tiny_params, tmp_path):
@@ -45,7 +59,9 @@ def test_training_runs_saves_a_record_and_loads_merged(tiny_params, tmp_path):
     saved = json.loads((out / RECORD_FILE).read_text())
     assert saved["adapter_sha256"] == rec["adapter_sha256"] and "peft" in saved["versions"]
     weights = load_file(str(out / ADAPTER_FILE))
-    assert weights and any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # B moved from 0
+    assert weights and any(
+        "lora_B" in k and v.abs().sum() > 0 for k, v in weights.items()
+    )  # B moved from 0
 
     merged = load_model(tiny_params.model, seed=0, adapter=out)
     assert "LoRA adapter" in merged.model_id and rec["adapter_sha256"][:12] in merged.model_id
@@ -63,7 +79,11 @@ def test_training_runs_saves_a_record_and_loads_merged(tiny_params, tmp_path):
 
 
 def test_params_adapter_path_is_checked(tmp_path):
-    base = {"name": "x", "model": {"kind": "tiny", "adapter": "nowhere"}, "data": {"source": "hub/id"}}
+    base = {
+        "name": "x",
+        "model": {"kind": "tiny", "adapter": "nowhere"},
+        "data": {"source": "hub/id"},
+    }
     with pytest.raises(ParamsError, match="model.adapter"):
         params_from_dict(base, base_dir=tmp_path)
     (tmp_path / "nowhere").mkdir()

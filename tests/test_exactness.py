@@ -108,33 +108,57 @@ def snapshot(prefix) -> list[torch.Tensor]:
 def assert_unchanged(prefix, snap) -> None:
     now = cache_tensors(prefix)
     assert len(now) == len(snap)
-    assert all(torch.equal(a, b) for a, b in zip(now, snap)), "the shared prefix cache was written to"
+    assert all(torch.equal(a, b) for a, b in zip(now, snap)), (
+        "the shared prefix cache was written to"
+    )
 
 
-def check_all_paths(lm: LoadedModel, pp, prompts: list[str], deltas: np.ndarray, max_new: int,
-                    batch_size: int, tmp_path) -> None:
-    want_plain = [oracle(lm.model, lm.tokenizer, p, None, LAYER, max_new, pp.tool_call_start,
-                         pp.tool_call_end) for p in prompts]
-    want_steer = [oracle(lm.model, lm.tokenizer, p, d, LAYER, max_new, pp.tool_call_start,
-                         pp.tool_call_end) for p, d in zip(prompts, deltas)]
+def check_all_paths(
+    lm: LoadedModel,
+    pp,
+    prompts: list[str],
+    deltas: np.ndarray,
+    max_new: int,
+    batch_size: int,
+    tmp_path,
+) -> None:
+    want_plain = [
+        oracle(
+            lm.model, lm.tokenizer, p, None, LAYER, max_new, pp.tool_call_start, pp.tool_call_end
+        )
+        for p in prompts
+    ]
+    want_steer = [
+        oracle(lm.model, lm.tokenizer, p, d, LAYER, max_new, pp.tool_call_start, pp.tool_call_end)
+        for p, d in zip(prompts, deltas)
+    ]
     prefix = shared_prefix(lm, pp)
     assert prefix is not None and prefix.length > 0
     snap = snapshot(prefix)
 
     for share in (False, True):  # plain batched, then prefix-shared
         for deltas_, want in ((None, want_plain), (deltas, want_steer)):
-            got, _ = generate_all(lm, prompts, deltas_, LAYER, batch_size, max_new, pp, share_prefix=share)
+            got, _ = generate_all(
+                lm, prompts, deltas_, LAYER, batch_size, max_new, pp, share_prefix=share
+            )
             bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
-            assert not bad, f"share_prefix={share} steered={deltas_ is not None}: {len(bad)} differ, first {bad[0]}: {got[bad[0]]!r} != {want[bad[0]]!r}"
+            assert not bad, (
+                f"share_prefix={share} steered={deltas_ is not None}: {len(bad)} differ, first {bad[0]}: {got[bad[0]]!r} != {want[bad[0]]!r}"
+            )
     assert_unchanged(prefix, snap)
 
     # Cache reused across configs: config B shares half of its deltas with config A.
     cache = GenerationCache(tmp_path / "gen.sqlite", {"model": lm.model_id})
     other = mixed_deltas(len(prompts), lm.hidden_size, float(np.abs(deltas).max()), seed=99)
     deltas_b = np.where(np.arange(len(prompts))[:, None] % 2 == 0, deltas, other)
-    want_b = [w if i % 2 == 0 else oracle(lm.model, lm.tokenizer, p, d, LAYER, max_new,
-                                          pp.tool_call_start, pp.tool_call_end)
-              for i, (p, d, w) in enumerate(zip(prompts, deltas_b, want_steer))]
+    want_b = [
+        w
+        if i % 2 == 0
+        else oracle(
+            lm.model, lm.tokenizer, p, d, LAYER, max_new, pp.tool_call_start, pp.tool_call_end
+        )
+        for i, (p, d, w) in enumerate(zip(prompts, deltas_b, want_steer))
+    ]
     assert generate_all(lm, prompts, None, LAYER, batch_size, max_new, pp, cache)[0] == want_plain
     assert generate_all(lm, prompts, deltas, LAYER, batch_size, max_new, pp, cache)[0] == want_steer
     got_b, n_new = generate_all(lm, prompts, deltas_b, LAYER, batch_size, max_new, pp, cache)
@@ -151,11 +175,21 @@ def check_all_paths(lm: LoadedModel, pp, prompts: list[str], deltas: np.ndarray,
         assert len(group) >= 2, "the prompt set needs two prompts of equal length"
     multi = group[:4] if len(group) >= 2 else [0, 1]  # attention-only models take any lengths
     for _ in range(2):
-        got = generate_batch(lm, [prompts[i] for i in multi], deltas[multi], LAYER, max_new, pp, prefix=prefix)
+        got = generate_batch(
+            lm, [prompts[i] for i in multi], deltas[multi], LAYER, max_new, pp, prefix=prefix
+        )
         assert got == [want_steer[i] for i in multi]
         for i in (multi[0], multi[1], multi[0]):
-            assert generate_batch(lm, [prompts[i]], deltas[i:i + 1], LAYER, max_new, pp, prefix=prefix)[0] == want_steer[i]
-            assert generate_batch(lm, [prompts[i]], None, LAYER, max_new, pp, prefix=prefix)[0] == want_plain[i]
+            assert (
+                generate_batch(
+                    lm, [prompts[i]], deltas[i : i + 1], LAYER, max_new, pp, prefix=prefix
+                )[0]
+                == want_steer[i]
+            )
+            assert (
+                generate_batch(lm, [prompts[i]], None, LAYER, max_new, pp, prefix=prefix)[0]
+                == want_plain[i]
+            )
     assert_unchanged(prefix, snap)
 
 
@@ -170,12 +204,16 @@ def test_tiny_lfm2_every_generation_path_equals_the_oracle(tiny_lm, tiny_params,
 
 def test_issue_13_repro_one_row_batch_repeats(tiny_lm, tiny_params):
     pp = tiny_params.prompt
-    p = render_prompts(tiny_lm.tokenizer, pp, ["Calculate the circumference of a circle with a radius of 4 cm. "])
+    p = render_prompts(
+        tiny_lm.tokenizer, pp, ["Calculate the circumference of a circle with a radius of 4 cm. "]
+    )
     pref = shared_prefix(tiny_lm, pp)
     snap = snapshot(pref)
     outs = [generate_batch(tiny_lm, p, None, 1, 6, pp, prefix=pref)[0] for _ in range(3)]
     assert outs[0] == outs[1] == outs[2]
-    assert outs[0] == oracle(tiny_lm.model, tiny_lm.tokenizer, p[0], None, 1, 6, pp.tool_call_start, pp.tool_call_end)
+    assert outs[0] == oracle(
+        tiny_lm.model, tiny_lm.tokenizer, p[0], None, 1, 6, pp.tool_call_start, pp.tool_call_end
+    )
     assert_unchanged(pref, snap)
 
 
@@ -198,5 +236,8 @@ def test_gpu_auto_path_equals_the_oracle(tiny_params, tmp_path):
     deltas = mixed_deltas(len(prompts), lm.hidden_size, 50.0, seed=1)
     share = share_prefix_for("auto", lm)  # whole-prompt batches for conv models on a GPU
     got, _ = generate_all(lm, prompts, deltas, LAYER, 8, 6, pp, share_prefix=share)
-    want = [oracle(model, tok, p, d, LAYER, 6, pp.tool_call_start, pp.tool_call_end) for p, d in zip(prompts, deltas)]
+    want = [
+        oracle(model, tok, p, d, LAYER, 6, pp.tool_call_start, pp.tool_call_end)
+        for p, d in zip(prompts, deltas)
+    ]
     assert got == want

@@ -20,8 +20,12 @@ def test_batched_prefix_cached_equals_one_at_a_time(which, tiny_lm, tiny_params,
     prompts = render_prompts(lm.tokenizer, pp, PROMPTS)
     lens = {len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lens) == len(prompts)  # different lengths in one batch
-    batched = extract_states(lm, prompts, batch_size=4)  # shared prefix cache + right-padded suffixes
-    single = extract_states(lm, prompts, batch_size=1, share_prefix=False)  # whole prompts, one at a time
+    batched = extract_states(
+        lm, prompts, batch_size=4
+    )  # shared prefix cache + right-padded suffixes
+    single = extract_states(
+        lm, prompts, batch_size=1, share_prefix=False
+    )  # whole prompts, one at a time
     assert batched.shape == (4, lm.num_layers, lm.hidden_size)
     assert _rel(batched, single) < 1e-4
 
@@ -47,7 +51,9 @@ def test_states_are_block_outputs_before_the_final_norm(tiny_lm, tiny_params):
     with torch.no_grad():
         hs = tiny_lm.model(**enc, output_hidden_states=True).hidden_states
     for layer in range(tiny_lm.num_layers - 1):  # hidden_states[l + 1] is block l's output ...
-        np.testing.assert_allclose(states[layer], hs[layer + 1][0, -1].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            states[layer], hs[layer + 1][0, -1].numpy(), rtol=1e-5, atol=1e-5
+        )
     # ... except the last entry, which is taken after the final norm
     assert not np.allclose(states[-1], hs[-1][0, -1].numpy(), atol=1e-3)
 
@@ -56,7 +62,13 @@ def test_streamed_file_matches_memory_and_reads_one_layer(tiny_lm, tiny_params, 
     prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, PROMPTS * 3)
     mem = extract_states(tiny_lm, prompts, batch_size=5)
     run = tmp_path
-    extract_to_file(tiny_lm, prompts, run / "states" / "cal.safetensors", batch_size=5, meta={"ids": list(range(12))})
+    extract_to_file(
+        tiny_lm,
+        prompts,
+        run / "states" / "cal.safetensors",
+        batch_size=5,
+        meta={"ids": list(range(12))},
+    )
     assert states_shape(run, "cal") == (12, 4, 64)
     np.testing.assert_array_equal(load_states(run, "cal"), mem)
     np.testing.assert_array_equal(load_states(run, "cal", 2), mem[:, 2])

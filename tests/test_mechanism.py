@@ -23,14 +23,22 @@ pytestmark = pytest.mark.slow
 
 LAYER = 10
 PROMPTS = [
-    "Give me three tips for staying healthy.", "What is the capital of France?",
-    "Describe the colour blue to someone who cannot see.", "Explain how a rainbow forms.",
-    "Name three famous painters.", "Write a sentence using the word 'serendipity'.",
-    "What is 15% of 80?", "Find the latest news about electric bicycles.",
-    "Convert 100 degrees Fahrenheit to Celsius.", "Translate 'good night' into Spanish.",
-    "Write a function that checks whether a number is prime.", "Who is the current president of Brazil?",
-    "Summarize the plot of Romeo and Juliet in two sentences.", "Suggest a name for a bakery.",
-    "How many minutes are in a week?", "Tell me a joke about computers.",
+    "Give me three tips for staying healthy.",
+    "What is the capital of France?",
+    "Describe the colour blue to someone who cannot see.",
+    "Explain how a rainbow forms.",
+    "Name three famous painters.",
+    "Write a sentence using the word 'serendipity'.",
+    "What is 15% of 80?",
+    "Find the latest news about electric bicycles.",
+    "Convert 100 degrees Fahrenheit to Celsius.",
+    "Translate 'good night' into Spanish.",
+    "Write a function that checks whether a number is prime.",
+    "Who is the current president of Brazil?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "Suggest a name for a bakery.",
+    "How many minutes are in a week?",
+    "Tell me a joke about computers.",
 ]
 
 
@@ -40,7 +48,9 @@ def setup(demo_lm, demo_params):
     reqs = synthetic_requests(pp, 24, 24, random.Random(1234), set())
     texts = [e.text for e in reqs]
     is_tool = np.array([e.call is not None for e in reqs])
-    h = extract_states(demo_lm, render_prompts(demo_lm.tokenizer, pp, texts), batch_size=16)[:, LAYER]
+    h = extract_states(demo_lm, render_prompts(demo_lm.tokenizer, pp, texts), batch_size=16)[
+        :, LAYER
+    ]
     v = h[is_tool].mean(0) - h[~is_tool].mean(0)
     v /= np.linalg.norm(v)
     mean_norm = float(np.linalg.norm(h, axis=1).mean())
@@ -58,16 +68,23 @@ def _run(demo_lm, setup, signs: np.ndarray, alpha: float) -> list[str]:
 def test_gates_move_decisions_in_their_direction(demo_lm, setup):
     pp, prompts, _, _, base = setup
     had = np.array([triggered(o, pp) for o in base])
-    assert 0 < had.sum() < len(had), f"the baseline should call tools on some prompts only: {had.sum()}"
+    assert 0 < had.sum() < len(had), (
+        f"the baseline should call tools on some prompts only: {had.sum()}"
+    )
     push = _run(demo_lm, setup, np.where(had, 0, 1), alpha=0.5)
     gained = sum(triggered(push[i], pp) for i in np.flatnonzero(~had))
     pull = _run(demo_lm, setup, np.where(had, -1, 0), alpha=0.5)
     kept = sum(triggered(pull[i], pp) for i in np.flatnonzero(had))
-    print(f"baseline calls {had.sum()}/{len(had)}; +1 gate: {gained}/{(~had).sum()} gained a call; "
-          f"-1 gate: {had.sum() - kept}/{had.sum()} lost theirs")
+    print(
+        f"baseline calls {had.sum()}/{len(had)}; +1 gate: {gained}/{(~had).sum()} gained a call; "
+        f"-1 gate: {had.sum() - kept}/{had.sum()} lost theirs"
+    )
     assert gained >= 2, "a +1 gate should make prompts without a call call a tool"
     assert kept <= had.sum() - 2, "a -1 gate should remove calls"
-    for out, o in ((push, base), (pull, base)):  # zero-gate rows in the same batches: byte-identical
+    for out, o in (
+        (push, base),
+        (pull, base),
+    ):  # zero-gate rows in the same batches: byte-identical
         zero = np.flatnonzero(had) if out is push else np.flatnonzero(~had)
         assert [out[i] for i in zero] == [o[i] for i in zero]
 

@@ -36,10 +36,12 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 
 
 def test_evaluate_records_per_domain_and_validity():
-    recs = [{"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": True},
-            {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": False},
-            {"label": 0, "triggered": True, "domain": "code", "format_valid": False, "valid": False},
-            {"label": 0, "triggered": False, "domain": "code", "format_valid": False, "valid": False}]
+    recs = [
+        {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": True},
+        {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": False},
+        {"label": 0, "triggered": True, "domain": "code", "format_valid": False, "valid": False},
+        {"label": 0, "triggered": False, "domain": "code", "format_valid": False, "valid": False},
+    ]
     m = evaluate_records(recs)
     assert m["triggers"] == 3 and m["format_valid_rate"] == 2 / 3 and m["valid_call_rate"] == 1 / 3
     assert m["per_domain"]["math"]["recall"] == 1.0 and m["per_domain"]["code"]["fpr"] == 0.5

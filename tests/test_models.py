@@ -29,12 +29,16 @@ def test_smollm2_loads_from_the_installed_wheel(smol_lm):
 
 def test_missing_gguf_package_is_a_clear_error():
     mp = ModelParams(kind="gguf", gguf_package="no_such_pkg_xyz", gguf_file="m.gguf")
-    with pytest.raises(ModelLoadError, match="'no_such_pkg_xyz' that holds the GGUF model is not installed"):
+    with pytest.raises(
+        ModelLoadError, match="'no_such_pkg_xyz' that holds the GGUF model is not installed"
+    ):
         load_model(mp)
 
 
 def test_unreachable_hub_model_is_a_clear_error():
-    with pytest.raises(ModelLoadError, match="could not load 'no-such-org/no-such-model'.*params/demo.yaml"):
+    with pytest.raises(
+        ModelLoadError, match="could not load 'no-such-org/no-such-model'.*params/demo.yaml"
+    ):
         load_model(ModelParams(kind="hub", id="no-such-org/no-such-model", device="cpu"))
 
 

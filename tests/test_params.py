@@ -6,8 +6,12 @@ from conftest import PARAMS
 
 
 def base():
-    return {"name": "t", "model": {"kind": "tiny"}, "data": {"source": "data/alpaca_subset.jsonl.xz"},
-            "sweep": [{"name": "a", "tau": 0.6, "alpha": 1.0}]}
+    return {
+        "name": "t",
+        "model": {"kind": "tiny"},
+        "data": {"source": "data/alpaca_subset.jsonl.xz"},
+        "sweep": [{"name": "a", "tau": 0.6, "alpha": 1.0}],
+    }
 
 
 def test_presets_load_and_lfm25_is_the_seed_experiment():
@@ -15,12 +19,23 @@ def test_presets_load_and_lfm25_is_the_seed_experiment():
     assert p.model.id == "LiquidAI/LFM2.5-1.2B-Instruct" and p.model.dtype == "float16"
     assert p.model.trust_remote_code is False
     assert p.prompt.system_template == "List of tools: {tools_json}"
-    assert [t["name"] for t in p.prompt.tools] == ["calculator", "python_interpreter", "web_search", "translator"]
+    assert [t["name"] for t in p.prompt.tools] == [
+        "calculator",
+        "python_interpreter",
+        "web_search",
+        "translator",
+    ]
     assert (p.data.per_split_per_class, p.data.test_multiplier, p.data.seed) == (40, 2, 42)
     assert [(c.name, c.tau, c.alpha, c.beta) for c in p.sweep] == [
-        ("current", 0.5, 1, 0.0), ("paper", 0.6, 4, 0.0), ("gentle", 0.7, 2, 0.0), ("balanced", 0.65, 3, 0.0),
-        ("conservative", 0.7, 4, 0.0), ("selective", 0.75, 5, 0.0), ("paper_high", 0.6, 8, 0.0),
-        ("minimal", 0.8, 3, 0.0)]
+        ("current", 0.5, 1, 0.0),
+        ("paper", 0.6, 4, 0.0),
+        ("gentle", 0.7, 2, 0.0),
+        ("balanced", 0.65, 3, 0.0),
+        ("conservative", 0.7, 4, 0.0),
+        ("selective", 0.75, 5, 0.0),
+        ("paper_high", 0.6, 8, 0.0),
+        ("minimal", 0.8, 3, 0.0),
+    ]
     assert p.reference.f1 == 0.6185 and p.reference.fpr == 0.1656
     assert p.data_path() is None  # a hub dataset id
     for name in ("demo", "tiny"):
@@ -28,30 +43,60 @@ def test_presets_load_and_lfm25_is_the_seed_experiment():
         assert q.data_path().is_file()
 
 
-@pytest.mark.parametrize("mutate, msg", [
-    (lambda d: d.update(extra=1), "extra: unknown key"),
-    (lambda d: d["model"].update(dtyp="float32"), "model.dtyp: unknown key"),
-    (lambda d: d["sweep"][0].update(tau=1.0), "sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)"),
-    (lambda d: d["sweep"][0].update(tau=0.4), "sweep[0].tau"),
-    (lambda d: d["sweep"][0].update(alpha=-1), "sweep[0].alpha: -1.0 is negative"),
-    (lambda d: d["sweep"][0].update(beta=1.5), "sweep[0].beta: 1.5 is outside the allowed range [0, 1]"),
-    (lambda d: d["sweep"].append({"name": "a", "tau": 0.7, "alpha": 2}), "duplicate config name 'a'"),
-    (lambda d: d["sweep"].append({"name": "baseline", "tau": 0.7, "alpha": 2}), "reserved"),
-    (lambda d: d.update(extraction={"batch_size": 0}), "extraction.batch_size: must be > 0"),
-    (lambda d: d.update(generation={"max_new_tokens": -3}), "generation.max_new_tokens: must be > 0"),
-    (lambda d: d["data"].update(per_split_per_class=0), "data.per_split_per_class: must be > 0"),
-    (lambda d: d["data"].update(source="missing.jsonl"), "data.source: file not found"),
-    (lambda d: d["data"].update(per_split_per_class="ten"), "data.per_split_per_class: expected an integer"),
-    (lambda d: d["sweep"][0].update(alpha="big"), "sweep[0].alpha: expected a number"),
-    (lambda d: d["model"].update(trust_remote_code="yes"), "model.trust_remote_code: expected true or false"),
-    (lambda d: d["model"].update(kind="onnx"), "model.kind: 'onnx' is not one of"),
-    (lambda d: d["model"].update(dtype="int8"), "model.dtype"),
-    (lambda d: d.update(steering={"alpha_unit": "percent"}), "steering.alpha_unit"),
-    (lambda d: d.update(generation={"share_prefix": "yes"}), "generation.share_prefix: 'yes' is not one of"),
-    (lambda d: d.update(generation={"draft": "always"}), "generation.draft: 'always' is not one of"),
-    (lambda d: d.pop("name"), "name: required key is missing"),
-    (lambda d: d.update(prompt={"system_template": "no tools here"}), "{tools_json}"),
-])
+@pytest.mark.parametrize(
+    "mutate, msg",
+    [
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d["model"].update(dtyp="float32"), "model.dtyp: unknown key"),
+        (
+            lambda d: d["sweep"][0].update(tau=1.0),
+            "sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)",
+        ),
+        (lambda d: d["sweep"][0].update(tau=0.4), "sweep[0].tau"),
+        (lambda d: d["sweep"][0].update(alpha=-1), "sweep[0].alpha: -1.0 is negative"),
+        (
+            lambda d: d["sweep"][0].update(beta=1.5),
+            "sweep[0].beta: 1.5 is outside the allowed range [0, 1]",
+        ),
+        (
+            lambda d: d["sweep"].append({"name": "a", "tau": 0.7, "alpha": 2}),
+            "duplicate config name 'a'",
+        ),
+        (lambda d: d["sweep"].append({"name": "baseline", "tau": 0.7, "alpha": 2}), "reserved"),
+        (lambda d: d.update(extraction={"batch_size": 0}), "extraction.batch_size: must be > 0"),
+        (
+            lambda d: d.update(generation={"max_new_tokens": -3}),
+            "generation.max_new_tokens: must be > 0",
+        ),
+        (
+            lambda d: d["data"].update(per_split_per_class=0),
+            "data.per_split_per_class: must be > 0",
+        ),
+        (lambda d: d["data"].update(source="missing.jsonl"), "data.source: file not found"),
+        (
+            lambda d: d["data"].update(per_split_per_class="ten"),
+            "data.per_split_per_class: expected an integer",
+        ),
+        (lambda d: d["sweep"][0].update(alpha="big"), "sweep[0].alpha: expected a number"),
+        (
+            lambda d: d["model"].update(trust_remote_code="yes"),
+            "model.trust_remote_code: expected true or false",
+        ),
+        (lambda d: d["model"].update(kind="onnx"), "model.kind: 'onnx' is not one of"),
+        (lambda d: d["model"].update(dtype="int8"), "model.dtype"),
+        (lambda d: d.update(steering={"alpha_unit": "percent"}), "steering.alpha_unit"),
+        (
+            lambda d: d.update(generation={"share_prefix": "yes"}),
+            "generation.share_prefix: 'yes' is not one of",
+        ),
+        (
+            lambda d: d.update(generation={"draft": "always"}),
+            "generation.draft: 'always' is not one of",
+        ),
+        (lambda d: d.pop("name"), "name: required key is missing"),
+        (lambda d: d.update(prompt={"system_template": "no tools here"}), "{tools_json}"),
+    ],
+)
 def test_bad_values_fail_with_the_key_named(params_file, mutate, msg):
     d = base()
     mutate(d)
@@ -71,7 +116,9 @@ def test_malformed_yaml_and_empty_file(params_file):
 
 def test_relative_data_path_resolves_against_the_params_file(params_file):
     p = load_params(params_file(base()))
-    assert p.data_path() == (params_file(base()).parent / "data" / "alpaca_subset.jsonl.xz").resolve()
+    assert (
+        p.data_path() == (params_file(base()).parent / "data" / "alpaca_subset.jsonl.xz").resolve()
+    )
 
 
 def test_good_values_round_trip():

@@ -33,15 +33,26 @@ def make_tiny_run(tmp):
     logs = []
     code, index = run(params, tmp / "reports" / "tiny", log=logs.append)
     run_dir = tmp / "reports" / "tiny"
-    return {"code": code, "index": index, "dir": run_dir, "params": params, "logs": logs, "tmp": tmp,
-            "results": comparable(run_dir), "cache_rows": cache_rows(run_dir)}
+    return {
+        "code": code,
+        "index": index,
+        "dir": run_dir,
+        "params": params,
+        "logs": logs,
+        "tmp": tmp,
+        "results": comparable(run_dir),
+        "cache_rows": cache_rows(run_dir),
+    }
 
 
 def comparable(run_dir):
     """results.json and every per-prompt record, without timestamps and durations."""
     res = json.loads((run_dir / "results.json").read_text())
     res.pop("created")
-    records = {p.stem: json.loads(p.read_text())["records"] for p in sorted((run_dir / "sweep").glob("*.json"))}
+    records = {
+        p.stem: json.loads(p.read_text())["records"]
+        for p in sorted((run_dir / "sweep").glob("*.json"))
+    }
     return res, records
 
 
@@ -60,8 +71,17 @@ def cache_rows(run_dir):
 def test_chain_runs_and_renders_html_with_images(tiny_run):
     assert tiny_run["code"] == 0, "\n".join(tiny_run["logs"])
     run_dir = tiny_run["dir"]
-    stages = ["01_data", "02_extraction", "03_probing", "04_vectors", "05_routing",
-              "06_sweep__baseline", "06_sweep__mild", "06_sweep__strong", "07_analysis"]
+    stages = [
+        "01_data",
+        "02_extraction",
+        "03_probing",
+        "04_vectors",
+        "05_routing",
+        "06_sweep__baseline",
+        "06_sweep__mild",
+        "06_sweep__strong",
+        "07_analysis",
+    ]
     no_plot = {"06_sweep__baseline"}
     for s in stages:
         html = (run_dir / "html" / f"{s}.html").read_text()
@@ -81,11 +101,20 @@ def test_papermill_parameters_and_results(tiny_run):
     nb = json.loads((run_dir / "notebooks" / "06_sweep__strong.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["config_name"] == "strong"
     strong = json.loads((run_dir / "sweep" / "strong.json").read_text())
-    assert strong["config"] == {"name": "strong", "tau": 0.6, "alpha": 2.0, "beta": 0.5, "gate": "probe",
-                                "vector": "mixture", "seed": 0}
+    assert strong["config"] == {
+        "name": "strong",
+        "tau": 0.6,
+        "alpha": 2.0,
+        "beta": 0.5,
+        "gate": "probe",
+        "vector": "mixture",
+        "seed": 0,
+    }
     res = json.loads((run_dir / "results.json").read_text())
     assert set(res["configs"]) == {"baseline", "mild", "strong"}
-    assert res["chosen"]["name"] in {"mild", "strong"} and res["chosen"]["selected_on"].startswith("valid")
+    assert res["chosen"]["name"] in {"mild", "strong"} and res["chosen"]["selected_on"].startswith(
+        "valid"
+    )
     for cfg in res["configs"].values():
         for split in ("valid", "test"):
             m = cfg["splits"][split]
@@ -95,16 +124,31 @@ def test_papermill_parameters_and_results(tiny_run):
     assert (run_dir / "chosen_adapter" / "adapter.safetensors").is_file()
     sweep = json.loads((run_dir / "sweep" / "strong.json").read_text())
     rec = sweep["records"][0]
-    assert {"id", "split", "domain", "label", "routed", "p_tool", "gate", "output", "triggered", "valid"} <= set(rec)
+    assert {
+        "id",
+        "split",
+        "domain",
+        "label",
+        "routed",
+        "p_tool",
+        "gate",
+        "output",
+        "triggered",
+        "valid",
+    } <= set(rec)
     assert {r["split"] for r in sweep["records"]} == {"valid", "test"}
 
 
 def test_07_applies_the_chosen_adapter_through_the_api(tiny_run):
     nb = json.loads((tiny_run["dir"] / "notebooks" / "07_analysis.ipynb").read_text())
     last = nb["cells"][-1]
-    text = "".join("".join(o.get("text", "")) for o in last["outputs"] if o["output_type"] == "stream")
+    text = "".join(
+        "".join(o.get("text", "")) for o in last["outputs"] if o["output_type"] == "stream"
+    )
     assert "one-pass outputs equal to the sweep's: 6/6" in text
-    assert any("steered output" in "".join(o.get("data", {}).get("text/html", "")) for o in last["outputs"])
+    assert any(
+        "steered output" in "".join(o.get("data", {}).get("text/html", "")) for o in last["outputs"]
+    )
 
 
 def test_two_runs_from_scratch_give_identical_results(tiny_run, tmp_path):
@@ -116,7 +160,7 @@ def test_generated_text_is_escaped_in_the_reports(tiny_run):
     import sqlite3
 
     run_dir = tiny_run["dir"]
-    evil = '<|tool_call_start|><script>alert(1)</script><img src=x onerror=alert(2)>'
+    evil = "<|tool_call_start|><script>alert(1)</script><img src=x onerror=alert(2)>"
     db = sqlite3.connect(str(run_dir / "cache" / "generations.sqlite"))
     with db:
         db.execute("UPDATE gen SET output = ?", (evil,))
@@ -137,8 +181,13 @@ def test_a_failing_config_does_not_stop_the_others(tiny_run, tmp_path):
     nbs = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", nbs)
     src = (nbs / "06_sweep.py").read_text()
-    (nbs / "06_sweep.py").write_text(src.replace(
-        "params, run = nb.open_stage(", "assert config_name != 'mild', 'injected failure'\nparams, run = nb.open_stage(", 1))
+    (nbs / "06_sweep.py").write_text(
+        src.replace(
+            "params, run = nb.open_stage(",
+            "assert config_name != 'mild', 'injected failure'\nparams, run = nb.open_stage(",
+            1,
+        )
+    )
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run["dir"], run_dir)
     logs = []
@@ -165,7 +214,16 @@ def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tm
 
     params = tiny_yaml(tmp_path)
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "asa_lib.cli", "run", "--params", str(params), "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asa_lib.cli",
+        "run",
+        "--params",
+        str(params),
+        "--run-dir",
+        str(run_dir),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = run_dir / "cache" / "generations.sqlite"
     deadline = time.time() + 240
@@ -187,10 +245,20 @@ def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tm
     code, _ = run(params, run_dir, log=logs.append)
     assert code == 0
     rerun = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
-    assert rerun[0].startswith("06_sweep__") and not any(s.startswith("0" + str(i)) for s in rerun for i in range(1, 6))
-    generated_again = sum(v["generated_now"] for name in rerun if name.startswith("06_sweep__")
-                          for v in json.loads((run_dir / "sweep" / f"{name[10:]}.json").read_text())["splits"].values())
-    assert rows_at_kill + generated_again == tiny_run["cache_rows"] == cache_rows(run_dir)  # nothing twice
+    assert rerun[0].startswith("06_sweep__") and not any(
+        s.startswith("0" + str(i)) for s in rerun for i in range(1, 6)
+    )
+    generated_again = sum(
+        v["generated_now"]
+        for name in rerun
+        if name.startswith("06_sweep__")
+        for v in json.loads((run_dir / "sweep" / f"{name[10:]}.json").read_text())[
+            "splits"
+        ].values()
+    )
+    assert (
+        rows_at_kill + generated_again == tiny_run["cache_rows"] == cache_rows(run_dir)
+    )  # nothing twice
     assert comparable(run_dir) == tiny_run["results"]
 
 
@@ -213,8 +281,19 @@ def test_a_stage_without_its_inputs_names_the_stage_to_run_first(tmp_path):
     import papermill as pm
 
     nb = jupytext.read(ROOT / "notebooks" / "03_probing.py")
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(nb, str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
-                            parameters={"params_path": str(tiny_yaml(tmp_path)), "run_dir": str(tmp_path / "run")})
-    assert e.value.ename == "MissingInputError" and "run stage 02_extraction first" in e.value.evalue
+        pm.execute_notebook(
+            nb,
+            str(tmp_path / "out.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+            parameters={"params_path": str(tiny_yaml(tmp_path)), "run_dir": str(tmp_path / "run")},
+        )
+    assert (
+        e.value.ename == "MissingInputError" and "run stage 02_extraction first" in e.value.evalue
+    )

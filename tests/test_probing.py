@@ -79,7 +79,9 @@ def test_bundle_round_trip_matches_sklearn_predict_proba(tmp_path):
     Xs = fit.scaler.transform(X)
     np.testing.assert_allclose(lb.router_proba(X), fit.router.predict_proba(Xs), atol=1e-9, rtol=0)
     for dom, p in fit.probes.items():
-        np.testing.assert_allclose(lb.probe_proba(dom, X), p.predict_proba(Xs)[:, 1], atol=1e-9, rtol=0)
+        np.testing.assert_allclose(
+            lb.probe_proba(dom, X), p.predict_proba(Xs)[:, 1], atol=1e-9, rtol=0
+        )
     assert np.all(lb.probe_proba("search", X) == 0.5)
     assert lb.route(X) == [lb.router_classes[i] for i in fit.router.predict(Xs)]
     for k in b.vectors:

@@ -14,7 +14,7 @@ from conftest import PARAMS
 def test_liquid_format_renders_system_tool_list_then_user(tiny_lm):
     pp = load_params(PARAMS / "lfm25.yaml").prompt
     text = render_prompt(tiny_lm.tokenizer, pp, "Calculate 2+2 ")
-    assert text.startswith("<|im_start|>system\nList of tools: [{\"name\": \"calculator\"")
+    assert text.startswith('<|im_start|>system\nList of tools: [{"name": "calculator"')
     assert text.endswith("<|im_start|>user\nCalculate 2+2 <|im_end|>\n<|im_start|>assistant\n")
     assert [m["role"] for m in messages_for(pp, "x")] == ["system", "user"]
 
@@ -22,24 +22,35 @@ def test_liquid_format_renders_system_tool_list_then_user(tiny_lm):
 def test_demonstrations_go_between_system_and_user(smol_lm, demo_params):
     import dataclasses
 
-    pp = dataclasses.replace(demo_params.prompt, demonstrations=[
-        {"role": "user", "content": "Calculate 17 * 23 + 4 "},
-        {"role": "assistant", "content": '<tool_call>{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}</tool_call>'},
-        {"role": "user", "content": "Write a short poem about the sea. "},
-        {"role": "assistant", "content": "Waves roll in beneath the moon."}])
+    pp = dataclasses.replace(
+        demo_params.prompt,
+        demonstrations=[
+            {"role": "user", "content": "Calculate 17 * 23 + 4 "},
+            {
+                "role": "assistant",
+                "content": '<tool_call>{"name": "calculator", "arguments": {"expression": "17 * 23 + 4"}}</tool_call>',
+            },
+            {"role": "user", "content": "Write a short poem about the sea. "},
+            {"role": "assistant", "content": "Waves roll in beneath the moon."},
+        ],
+    )
     msgs = messages_for(pp, "Find the latest news ")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     text = render_prompt(smol_lm.tokenizer, pp, "Find the latest news ")
-    assert '"name": "web_search"' in text and "<tool_call>{\"name\": \"calculator\"" in text
+    assert '"name": "web_search"' in text and '<tool_call>{"name": "calculator"' in text
     assert text.index("Waves roll in") < text.index("Find the latest news")
     assert text.endswith("<|im_start|>assistant\n")
-    demo = render_prompt(smol_lm.tokenizer, demo_params.prompt, "Find the latest news ")  # the demo: none
+    demo = render_prompt(
+        smol_lm.tokenizer, demo_params.prompt, "Find the latest news "
+    )  # the demo: none
     assert [m["role"] for m in messages_for(demo_params.prompt, "x")] == ["system", "user"]
     assert '"name": "web_search"' in demo and "<tool_call>" in demo
 
 
 def test_system_template_keeps_other_braces():
-    pp = PromptParams(system_template='Call as {"name": ...}. Tools: {tools_json}', tools=[{"name": "t"}])
+    pp = PromptParams(
+        system_template='Call as {"name": ...}. Tools: {tools_json}', tools=[{"name": "t"}]
+    )
     assert system_text(pp) == 'Call as {"name": ...}. Tools: [{"name": "t"}]'
 
 
@@ -48,12 +59,16 @@ def test_detection_and_payload():
     out = 'Sure. <|tool_call_start|>[calculator(expression="2+2")]<|tool_call_end|>The answer'
     assert triggered(out, pp) and not triggered("plain answer", pp)
     assert call_payload(out, pp) == '[calculator(expression="2+2")]'
-    assert call_payload("<|tool_call_start|>[web_search(query=\"x\")]", pp) == '[web_search(query="x")]'
+    assert (
+        call_payload('<|tool_call_start|>[web_search(query="x")]', pp) == '[web_search(query="x")]'
+    )
 
 
 def test_validity_liquid_and_json_styles():
     pp = PromptParams()  # the seed's four tools
-    ok = call_validity('<|tool_call_start|>[translator(text="hi", target_language="fr")]<|tool_call_end|>', pp)
+    ok = call_validity(
+        '<|tool_call_start|>[translator(text="hi", target_language="fr")]<|tool_call_end|>', pp
+    )
     assert ok == {"format_valid": True, "valid": True}
     missing = call_validity('<|tool_call_start|>[translator(text="hi")]<|tool_call_end|>', pp)
     assert missing == {"format_valid": True, "valid": False}
@@ -67,7 +82,12 @@ def test_validity_liquid_and_json_styles():
     js = PromptParams(tool_call_start="<tool_call>", tool_call_end="</tool_call>")
     good = '<tool_call>{"name": "web_search", "arguments": {"query": "news"}}</tool_call>'
     assert call_validity(good, js) == {"format_valid": True, "valid": True}
-    assert call_validity('<tool_call>{"name": "web_search", "arguments": {}}</tool_call>', js)["valid"] is False
+    assert (
+        call_validity('<tool_call>{"name": "web_search", "arguments": {}}</tool_call>', js)["valid"]
+        is False
+    )
     calls = parse_calls('[calculator(expression="1"), web_search(query="q")]')
     assert [c.name for c in calls] == ["calculator", "web_search"]
-    assert parse_calls("[__import__('os').system('x')]") is None  # positional args / non-literals rejected
+    assert (
+        parse_calls("[__import__('os').system('x')]") is None
+    )  # positional args / non-literals rejected

@@ -39,19 +39,22 @@ def _edit_tensor(folder, name, fn):
     save_file(t, str(folder / "adapter.safetensors"))
 
 
-@pytest.mark.parametrize("edit, msg", [
-    (lambda m: m.pop("layer"), "missing field 'layer'"),
-    (lambda m: m.pop("cal_mean_norm"), "missing field 'cal_mean_norm'"),
-    (lambda m: m.update(layer=-1), "field 'layer' is -1, outside"),
-    (lambda m: m.update(layer=99), "field 'layer' is 99, outside"),
-    (lambda m: m.update(layer="1"), "field 'layer' must be int"),
-    (lambda m: m.update(cal_mean_norm=float("nan")), "field 'cal_mean_norm' is nan"),
-    (lambda m: m.update(cal_mean_norm=1e30), "field 'cal_mean_norm' is 1e+30"),
-    (lambda m: m.update(cal_mean_norm=0), "field 'cal_mean_norm' is 0"),
-    (lambda m: m.update(domains="math"), "field 'domains' must be list"),
-    (lambda m: m.update(probes=["weather"]), "field 'probes' names ['weather']"),
-    (lambda m: m.update(model_id=3), "field 'model_id' must be str"),
-])
+@pytest.mark.parametrize(
+    "edit, msg",
+    [
+        (lambda m: m.pop("layer"), "missing field 'layer'"),
+        (lambda m: m.pop("cal_mean_norm"), "missing field 'cal_mean_norm'"),
+        (lambda m: m.update(layer=-1), "field 'layer' is -1, outside"),
+        (lambda m: m.update(layer=99), "field 'layer' is 99, outside"),
+        (lambda m: m.update(layer="1"), "field 'layer' must be int"),
+        (lambda m: m.update(cal_mean_norm=float("nan")), "field 'cal_mean_norm' is nan"),
+        (lambda m: m.update(cal_mean_norm=1e30), "field 'cal_mean_norm' is 1e+30"),
+        (lambda m: m.update(cal_mean_norm=0), "field 'cal_mean_norm' is 0"),
+        (lambda m: m.update(domains="math"), "field 'domains' must be list"),
+        (lambda m: m.update(probes=["weather"]), "field 'probes' names ['weather']"),
+        (lambda m: m.update(model_id=3), "field 'model_id' must be str"),
+    ],
+)
 def test_bundle_json_fields_are_validated(bundle_dir, edit, msg):
     _edit_json(bundle_dir, edit)
     with pytest.raises(BundleError) as e:
@@ -59,11 +62,14 @@ def test_bundle_json_fields_are_validated(bundle_dir, edit, msg):
     assert msg in str(e.value) and "adapter.json" in str(e.value)
 
 
-@pytest.mark.parametrize("name, fn, msg", [
-    ("scaler.scale", lambda a: np.zeros_like(a), "scaler.scale must be positive"),
-    ("vector.global", lambda a: a * 2, "vector.global must be a unit vector"),
-    ("scaler.mean", lambda a: np.full_like(a, np.inf), "scaler.mean must be finite"),
-])
+@pytest.mark.parametrize(
+    "name, fn, msg",
+    [
+        ("scaler.scale", lambda a: np.zeros_like(a), "scaler.scale must be positive"),
+        ("vector.global", lambda a: a * 2, "vector.global must be a unit vector"),
+        ("scaler.mean", lambda a: np.full_like(a, np.inf), "scaler.mean must be finite"),
+    ],
+)
 def test_bundle_tensor_values_are_validated(bundle_dir, name, fn, msg):
     _edit_tensor(bundle_dir, name, fn)
     with pytest.raises(BundleError, match=msg):
@@ -87,7 +93,10 @@ def test_bundle_missing_tensor_and_garbage_file(bundle_dir):
 @pytest.mark.parametrize("payload", ["[" * 1000, "[" * 100_000, '{"a":' * 5000, "f(" * 3000])
 def test_deeply_nested_model_output_is_an_invalid_call_not_a_crash(payload):
     pp = PromptParams()
-    assert call_validity(pp.tool_call_start + payload, pp) == {"format_valid": False, "valid": False}
+    assert call_validity(pp.tool_call_start + payload, pp) == {
+        "format_valid": False,
+        "valid": False,
+    }
 
 
 # ----------------------------------------------------------------------------- end to end (tiny model)
@@ -115,10 +124,14 @@ def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path, capfd,
     nbs = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", nbs)
     src = (nbs / "06_sweep.py").read_text()
-    (nbs / "06_sweep.py").write_text(src.replace(
-        "params, run = nb.open_stage(",
-        "import pathlib\nassert not (pathlib.Path(run_dir) / f'FAULT_{config_name}').exists(), 'injected fault'\n"
-        "params, run = nb.open_stage(", 1))
+    (nbs / "06_sweep.py").write_text(
+        src.replace(
+            "params, run = nb.open_stage(",
+            "import pathlib\nassert not (pathlib.Path(run_dir) / f'FAULT_{config_name}').exists(), 'injected fault'\n"
+            "params, run = nb.open_stage(",
+            1,
+        )
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "FAULT_mild").write_text("")
@@ -133,9 +146,13 @@ def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path, capfd,
     ran = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
     assert ran == ["06_sweep__mild", "07_analysis"]
     assert comparable(run_dir) == tiny_run["results"]
-    assert any(re.match(r"\s+mild/(valid|test): \d+/\d+ rows, [\d.]+ rows/s", x) for x in logs)  # progress
+    assert any(
+        re.match(r"\s+mild/(valid|test): \d+/\d+ rows, [\d.]+ rows/s", x) for x in logs
+    )  # progress
     err = capfd.readouterr().err
-    assert "IPKernelApp" not in err and "KeyboardInterrupt" not in err  # kernel log noise is silenced
+    assert (
+        "IPKernelApp" not in err and "KeyboardInterrupt" not in err
+    )  # kernel log noise is silenced
 
 
 @pytest.mark.slow
@@ -153,7 +170,10 @@ def test_changed_or_missing_outputs_are_rerun_and_say_why(tiny_run, tmp_path):
     logs = []
     assert run(tiny_run["params"], run_dir, log=logs.append)[0] == 0
     text = "\n".join(logs)
-    assert "02_extraction: re-running because states/cal.safetensors changed since the stage wrote it" in text
+    assert (
+        "02_extraction: re-running because states/cal.safetensors changed since the stage wrote it"
+        in text
+    )
     assert "03_probing: re-running because probing/layers.json is missing" in text
     assert "07_analysis: re-running because results.json is missing" in text
     assert comparable(run_dir) == tiny_run["results"]  # the re-run outputs equal the originals
@@ -161,7 +181,9 @@ def test_changed_or_missing_outputs_are_rerun_and_say_why(tiny_run, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     logs = []
     assert run(tiny_run["params"], run_dir, log=logs.append)[0] == 0
-    assert any("02_extraction: re-running because states/test.safetensors changed" in x for x in logs)
+    assert any(
+        "02_extraction: re-running because states/test.safetensors changed" in x for x in logs
+    )
 
 
 def test_editing_the_library_changes_every_fingerprint(tiny_params, monkeypatch, tmp_path):
@@ -184,15 +206,29 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
 
     params = tiny_yaml(tmp_path)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "asa_lib.cli", "run", "--params", str(params),
-                             "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asa_lib.cli",
+            "run",
+            "--params",
+            str(params),
+            "--run-dir",
+            str(run_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         pid_file = run_dir / ".asa-run.lock.pid"
         deadline = time.time() + 60
         while not pid_file.is_file() and time.time() < deadline:
             time.sleep(0.05)
         assert pid_file.is_file()
-        other = tiny_yaml(tmp_path, name="other.yaml", sweep=[{"name": "x", "tau": 0.7, "alpha": 1.0}])
+        other = tiny_yaml(
+            tmp_path, name="other.yaml", sweep=[{"name": "x", "tau": 0.7, "alpha": 1.0}]
+        )
         assert main(["run", "--params", str(other), "--run-dir", str(run_dir)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"in use by another `asa run` (pid {proc.pid})" in err and len(err.splitlines()) == 1
@@ -219,7 +255,11 @@ def test_a_damaged_compressed_file_names_the_file(tmp_path, suffix):
 
     from asa_lib.data import DataError, read_local_rows
 
-    blob = ("\n".join(json.dumps({"instruction": f"row {i}", "input": "", "output": "x"}) for i in range(500))).encode()
+    blob = (
+        "\n".join(
+            json.dumps({"instruction": f"row {i}", "input": "", "output": "x"}) for i in range(500)
+        )
+    ).encode()
     packed = lzma.compress(blob) if suffix.endswith("xz") else gzip.compress(blob)
     p = tmp_path / f"rows{suffix}"
     p.write_bytes(packed[: len(packed) // 2])  # cut off half-way
@@ -242,13 +282,18 @@ def test_a_full_disk_gives_one_line(tiny_params, tmp_path, monkeypatch, capsys):
 
     d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
     d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
-    d["data"]["per_split_per_class"] = 100_000  # the data stage fails at once; then the index is written
+    d["data"]["per_split_per_class"] = (
+        100_000  # the data stage fails at once; then the index is written
+    )
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(d))
     monkeypatch.setattr(runner, "write_index", full)
     assert main(["run", "--params", str(p), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("asa: error: cannot write the run folder") and "No space left on device" in err
+    assert (
+        err.startswith("asa: error: cannot write the run folder")
+        and "No space left on device" in err
+    )
     assert len(err.splitlines()) == 1
 
 
@@ -273,8 +318,13 @@ def test_written_files_honour_the_umask(tiny_run):
     umask = os.umask(0)
     os.umask(umask)
     run_dir = tiny_run["dir"]
-    for rel in ("states/cal.safetensors", "bundle/adapter.safetensors", "vectors/vectors.safetensors",
-                "results.json", "sweep/baseline.json"):
+    for rel in (
+        "states/cal.safetensors",
+        "bundle/adapter.safetensors",
+        "vectors/vectors.safetensors",
+        "results.json",
+        "sweep/baseline.json",
+    ):
         assert stat.S_IMODE((run_dir / rel).stat().st_mode) == 0o666 & ~umask, rel
 
 
@@ -284,7 +334,9 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
     b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
     b.model_fingerprint = "a" * 64
     b.check_model(12, 3, "synthetic", "a" * 64)  # the same model: fine
-    with pytest.raises(BundleError, match="built on 'synthetic', not on 'other'.*allow_model_mismatch"):
+    with pytest.raises(
+        BundleError, match="built on 'synthetic', not on 'other'.*allow_model_mismatch"
+    ):
         b.check_model(12, 3, "other", "a" * 64)
     with pytest.raises(BundleError, match="other names, shapes or dtypes"):
         b.check_model(12, 3, "synthetic", "b" * 64)

@@ -16,7 +16,9 @@ LAYER = 1
 
 
 def _full_capture(block, store):
-    return block.register_forward_hook(lambda m, i, o: store.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+    return block.register_forward_hook(
+        lambda m, i, o: store.append((o[0] if isinstance(o, tuple) else o).detach().clone())
+    )
 
 
 def _prompts(lm, params, texts=PROMPTS):
@@ -29,14 +31,18 @@ def _delta(lm, n, scale=30.0, seed=0):
 
 
 def test_only_block_lstar_and_only_the_last_position_change_by_exactly_delta(tiny_lm, tiny_params):
-    enc = tiny_lm.tokenizer(_prompts(tiny_lm, tiny_params), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tiny_lm.tokenizer(
+        _prompts(tiny_lm, tiny_params), return_tensors="pt", padding=True, add_special_tokens=False
+    )
     blocks = decoder_blocks(tiny_lm.model)
     delta = _delta(tiny_lm, len(PROMPTS))
 
     def run(steer):
         outs = {i: [] for i in range(len(blocks))}
         pre = []
-        handles = [blocks[LAYER].register_forward_hook(lambda m, i, o: pre.append(o.detach().clone()))]
+        handles = [
+            blocks[LAYER].register_forward_hook(lambda m, i, o: pre.append(o.detach().clone()))
+        ]
         with torch.no_grad(), steer_last_prompt_token(blocks[LAYER], delta if steer else None):
             handles += [_full_capture(b, outs[i]) for i, b in enumerate(blocks)]
             tiny_lm.model(**enc, use_cache=False)
@@ -52,21 +58,32 @@ def test_only_block_lstar_and_only_the_last_position_change_by_exactly_delta(tin
     assert torch.equal(s[:, :-1], p[:, :-1])  # every other position untouched
     assert torch.equal(s[:, -1], pre[:, -1] + delta)  # last position moved by exactly delta
     assert torch.equal(pre, p)
-    for i in range(LAYER + 1, len(blocks)):  # later blocks: the change propagates only forward in time
+    for i in range(
+        LAYER + 1, len(blocks)
+    ):  # later blocks: the change propagates only forward in time
         assert torch.equal(steered[i][:, :-1], plain[i][:, :-1])
         assert not torch.allclose(steered[i][:, -1], plain[i][:, -1])
 
 
 def test_decode_steps_are_not_touched(tiny_lm, tiny_params):
-    enc = tiny_lm.tokenizer(_prompts(tiny_lm, tiny_params)[:2], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+    enc = tiny_lm.tokenizer(
+        _prompts(tiny_lm, tiny_params)[:2],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
     block = decoder_blocks(tiny_lm.model)[LAYER]
     before, after = [], []
     h1 = block.register_forward_hook(lambda m, i, o: before.append(o.detach().clone()))
     with steer_last_prompt_token(block, _delta(tiny_lm, 2)) as hook:
         h2 = block.register_forward_hook(lambda m, i, o: after.append(o.detach().clone()))
         with torch.no_grad():
-            tiny_lm.model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id)
+            tiny_lm.model.generate(
+                **enc,
+                max_new_tokens=5,
+                do_sample=False,
+                pad_token_id=tiny_lm.tokenizer.pad_token_id,
+            )
     h1.remove()
     h2.remove()
     assert hook.fired and len(before) == len(after) == 5  # prefill + 4 decode steps
@@ -92,33 +109,50 @@ def test_batched_steered_generation_equals_one_at_a_time(tiny_lm, tiny_params):
     d = _delta(tiny_lm, len(prompts), scale=100.0, seed=3).numpy()
     d[1] = 0
     batched = generate_batch(tiny_lm, prompts, d, LAYER, 8, tiny_params.prompt)
-    single = [generate_batch(tiny_lm, [p], d[i:i + 1], LAYER, 8, tiny_params.prompt)[0] for i, p in enumerate(prompts)]
+    single = [
+        generate_batch(tiny_lm, [p], d[i : i + 1], LAYER, 8, tiny_params.prompt)[0]
+        for i, p in enumerate(prompts)
+    ]
     assert batched == single
 
 
 def _toy_bundle():
     H = 3
-    return Bundle(layer=0, domains=["a", "b"], router_classes=["a", "b"], scaler_mean=np.zeros(H),
-                  scaler_scale=np.ones(H), router_coef=np.array([[0.0, 0.0, 10.0]]), router_intercept=np.zeros(1),
-                  probes={"a": (np.array([1.0, 0.0, 0.0]), 0.0)},
-                  vectors={"global": np.array([1, 0, 0], np.float32), "a": np.array([0, 1, 0], np.float32)},
-                  model_id="toy", hidden_size=H, num_layers=1, cal_mean_norm=2.0)
+    return Bundle(
+        layer=0,
+        domains=["a", "b"],
+        router_classes=["a", "b"],
+        scaler_mean=np.zeros(H),
+        scaler_scale=np.ones(H),
+        router_coef=np.array([[0.0, 0.0, 10.0]]),
+        router_intercept=np.zeros(1),
+        probes={"a": (np.array([1.0, 0.0, 0.0]), 0.0)},
+        vectors={"global": np.array([1, 0, 0], np.float32), "a": np.array([0, 1, 0], np.float32)},
+        model_id="toy",
+        hidden_size=H,
+        num_layers=1,
+        cal_mean_norm=2.0,
+    )
 
 
 def test_gate_rule_and_fallbacks():
     b = _toy_bundle()
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
-    h = np.array([[logit(0.7), 0, -1], [0.0, 0, -1], [logit(0.3), 0, -1], [logit(0.4), 0, -1], [5.0, 0, 1]])
-    g = compute_gates(b, h, SweepConfig('x', tau=0.6))
+    h = np.array(
+        [[logit(0.7), 0, -1], [0.0, 0, -1], [logit(0.3), 0, -1], [logit(0.4), 0, -1], [5.0, 0, 1]]
+    )
+    g = compute_gates(b, h, SweepConfig("x", tau=0.6))
     assert g.routed == ["a", "a", "a", "a", "b"]
     np.testing.assert_allclose(g.p_tool, [0.7, 0.5, 0.3, 0.4, 0.5])  # "b" has no probe: p = 0.5
     assert g.gate.tolist() == [1, 0, -1, -1, 0]
-    assert compute_gates(b, h[1:2], SweepConfig('x', tau=0.5)).gate.tolist() == [1]  # p >= tau wins at 0.5
+    assert compute_gates(b, h[1:2], SweepConfig("x", tau=0.5)).gate.tolist() == [
+        1
+    ]  # p >= tau wins at 0.5
 
 
 def test_no_probe_no_steering_even_at_tau_one_half():
     b = _toy_bundle()
-    g = compute_gates(b, np.array([[5.0, 0, 1], [0.0, 0, -1]]), SweepConfig('x', tau=0.5))
+    g = compute_gates(b, np.array([[5.0, 0, 1], [0.0, 0, -1]]), SweepConfig("x", tau=0.5))
     assert g.routed == ["b", "a"] and g.p_tool.tolist() == [0.5, 0.5]
     assert g.gate.tolist() == [0, 1] and g.has_probe.tolist() == [False, True]
 
@@ -127,10 +161,10 @@ def test_vector_mixture_and_deltas():
     b = _toy_bundle()
     np.testing.assert_allclose(b.steering_vector("a", 0.0), [0, 1, 0], atol=1e-7)
     np.testing.assert_allclose(b.steering_vector("a", 1.0), [1, 0, 0], atol=1e-7)
-    np.testing.assert_allclose(b.steering_vector("a", 0.5), [2 ** -0.5, 2 ** -0.5, 0], atol=1e-7)
+    np.testing.assert_allclose(b.steering_vector("a", 0.5), [2**-0.5, 2**-0.5, 0], atol=1e-7)
     np.testing.assert_array_equal(b.steering_vector("b", 0.5), [1, 0, 0])  # no vector for b: global
     gates = Gates(["a", "a", "b"], np.array([0.9, 0.5, 0.1]), np.array([1, 0, -1]))
-    d = steering_deltas(b, gates, alpha_eff=4.0, config=SweepConfig('x', tau=0.6, beta=0.0))
+    d = steering_deltas(b, gates, alpha_eff=4.0, config=SweepConfig("x", tau=0.6, beta=0.0))
     np.testing.assert_allclose(d, [[0, 4, 0], [0, 0, 0], [-4, 0, 0]], atol=1e-6)
 
 
@@ -165,7 +199,10 @@ def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, 
     prompts = _prompts(tiny_lm, tiny_params) * 2  # duplicates are generated once
     d = _delta(tiny_lm, len(prompts), scale=100.0, seed=5).numpy()
     d[[0, 4]] = 0
-    gen = lambda deltas, cache: generate_all(tiny_lm, prompts, deltas, LAYER, 3, 8, tiny_params.prompt, cache)  # noqa: E731
+
+    def gen(deltas, cache):
+        return generate_all(tiny_lm, prompts, deltas, LAYER, 3, 8, tiny_params.prompt, cache)
+
     fresh_base, n0 = gen(None, None)
     fresh_steer, _ = gen(d, None)
     assert n0 == 4
@@ -184,7 +221,9 @@ def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, 
 
 
 @pytest.mark.parametrize("which", ["tiny", "smol"])
-def test_prefix_shared_batched_generation_equals_the_simple_path(which, tiny_lm, tiny_params, request):
+def test_prefix_shared_batched_generation_equals_the_simple_path(
+    which, tiny_lm, tiny_params, request
+):
     lm = tiny_lm if which == "tiny" else request.getfixturevalue("smol_lm")
     params = tiny_params if which == "tiny" else request.getfixturevalue("demo_params")
     texts = PROMPTS + ["Translate 'dog' into French.", "Compute 2+2"]
@@ -192,7 +231,10 @@ def test_prefix_shared_batched_generation_equals_the_simple_path(which, tiny_lm,
     d = _delta(lm, len(prompts), scale=50.0 if which == "tiny" else 2.0, seed=7).numpy()
     d[0] = 0
     fast, n = generate_all(lm, prompts, d, LAYER, 4, 12, params.prompt)  # shared prefix, batched
-    simple = [generate_batch(lm, [p], d[i:i + 1], LAYER, 12, params.prompt)[0] for i, p in enumerate(prompts)]
+    simple = [
+        generate_batch(lm, [p], d[i : i + 1], LAYER, 12, params.prompt)[0]
+        for i, p in enumerate(prompts)
+    ]
     assert n == len(prompts) and fast == simple
 
 
@@ -202,7 +244,7 @@ def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_pa
     tok, pp = tiny_lm.tokenizer, tiny_params.prompt
     ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    call = ids("ok <|tool_call_start|>[calculator(expression=\"1\")]<|tool_call_end|>")
+    call = ids('ok <|tool_call_start|>[calculator(expression="1")]<|tool_call_end|>')
     # the batch padded the row after the call with the EOS token (pad == eos, as in SmolLM2)
     assert _clean(call + [eos, eos], {eos}, eos, tok, pp) == call
     assert _clean(call + [pad, pad], {eos}, pad, tok, pp) == call
@@ -214,7 +256,11 @@ def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_pa
 def test_share_prefix_setting(tiny_lm, smol_lm):
     from asa_lib.steer import share_prefix_for
 
-    assert share_prefix_for("auto", tiny_lm) and share_prefix_for("auto", smol_lm)  # CPU: always pays
+    assert share_prefix_for("auto", tiny_lm) and share_prefix_for(
+        "auto", smol_lm
+    )  # CPU: always pays
     assert not share_prefix_for("never", smol_lm) and share_prefix_for("always", tiny_lm)
-    gpu_lfm2 = type(tiny_lm)(tiny_lm.model, tiny_lm.tokenizer, tiny_lm.model_id, torch.device("cuda"))
+    gpu_lfm2 = type(tiny_lm)(
+        tiny_lm.model, tiny_lm.tokenizer, tiny_lm.model_id, torch.device("cuda")
+    )
     assert not share_prefix_for("auto", gpu_lfm2)  # conv layers on a GPU: whole-prompt batches
