@@ -246,11 +246,19 @@ def reference_row(params: Params) -> dict | None:
 
 
 def choose_config(res: dict[str, dict]) -> str:
-    """Best VALID F1 among the steered configs, ties to lower VALID FPR, then the earlier config.
+    """Best VALID F1 among the steered ASA configs, ties to lower VALID FPR, then the earlier config.
 
-    Falls back to the baseline when no steered config has results.
+    Ablations (``gate: oracle`` uses the true domain, ``always`` and ``vector: random``
+    are not the method) are reported but never chosen: the chosen adapter must be
+    one that can be applied to new prompts. Falls back to the baseline when no
+    such config has results.
     """
-    candidates = [n for n in res if n != BASELINE] or [BASELINE]
+
+    def applicable(r: dict) -> bool:
+        c = r.get("config", {})
+        return c.get("gate", "probe") == "probe" and c.get("vector", "mixture") == "mixture"
+
+    candidates = [n for n, r in res.items() if n != BASELINE and applicable(r)] or [BASELINE]
 
     def key(n):
         m = res[n]["splits"]["valid"]["metrics"]

@@ -169,6 +169,8 @@ class ASA:
                 f"{folder}: the chosen config is an ablation (gate {config.get('gate')!r}, vector "
                 f"{config.get('vector')!r}); only gate 'probe' with the mixture vector is applied online"
             )
+        if alpha_unit is not None and alpha is None:
+            raise AdapterError("alpha_unit overrides the unit of an alpha you give: pass alpha too")
         unit = alpha_unit or config.get("alpha_unit") or "absolute"
         keep_eff = alpha is None and alpha_unit is None
         if prompt is None:

@@ -162,7 +162,10 @@ def _generate(args) -> int:
     if not prompts:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("give prompts as arguments, or on stdin (one per line)")
-        prompts = [line.strip() for line in sys.stdin if line.strip()]
+        try:
+            prompts = [line.strip() for line in sys.stdin if line.strip()]
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not prompts or any(not p.strip() for p in prompts):
         raise UsageError(
             "no prompts: give non-empty prompts as arguments, or on stdin (one per line)"

@@ -29,7 +29,6 @@ ordinary model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import library_versions, write_json
+from .artifacts import file_digest, library_versions, write_json
 from .models import LoadedModel
 from .params import PromptParams
 from .prompts import call_validity, render_prompts, triggered
@@ -606,11 +605,7 @@ def _peft_version() -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torch.nn.Module, str]:
@@ -630,11 +625,24 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torc
     digest = sha256_file(weights)
     record = adapter_dir / RECORD_FILE
     if record.is_file():
-        want = json.loads(record.read_text()).get("adapter_sha256")
+        rec = json.loads(record.read_text(encoding="utf-8"))
+        if not isinstance(rec, dict):
+            raise ValueError(f"model.adapter: {record} is not a JSON object")
+        want = rec.get("adapter_sha256")
         if want and want != digest:
             raise ValueError(
                 f"model.adapter: {weights} does not match the sha256 in {record} "
                 "(the file was changed after training)"
             )
-    peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
+    except (
+        RuntimeError,
+        KeyError,
+        ValueError,
+        TypeError,
+    ) as e:  # e.g. an adapter for another base model
+        raise ValueError(
+            f"model.adapter: {adapter_dir} does not fit this model ({str(e).splitlines()[0]})"
+        ) from None
     return peft_model.merge_and_unload(), digest

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import file_digest
 from .params import ModelParams
 
 CHATML_TEMPLATE = (
@@ -265,9 +267,10 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
 
         try:
             model, digest = merge_adapter(model, adapter)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelLoadError(str(e)) from None
-        model_id = f"{model_id} + LoRA {Path(adapter).name} (sha256 {digest[:12]})"
+        config_digest = file_digest(Path(adapter) / "adapter_config.json")  # rank, alpha, targets
+        model_id = f"{model_id} + LoRA {Path(adapter).name} (sha256 {digest[:12]}, config {config_digest[:8]})"
     _prepare_tokenizer(tok)
     if mp.kind != "hub" or device.type != "cuda":
         model = model.to(device)

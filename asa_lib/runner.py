@@ -30,6 +30,7 @@ from pathlib import Path
 from .artifacts import (
     RunDir,
     changed_output,
+    file_digest,
     hash_outputs,
     library_versions,
     read_json,
@@ -72,13 +73,7 @@ def _h(*parts) -> str:
 
 
 def _file_hash(path: Path | None) -> str:
-    if path is None or not path.is_file():
-        return "hub"
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path) if path is not None and path.is_file() else "hub"
 
 
 def plan(
@@ -99,7 +94,14 @@ def plan(
         vers["asa_lib_source"],
     )
     adapter = params.adapter_path()
-    adapter_hash = _file_hash(adapter / "adapter_model.safetensors") if adapter else "none"
+    adapter_hash = (
+        [
+            _file_hash(adapter / "adapter_model.safetensors"),
+            _file_hash(adapter / "adapter_config.json"),
+        ]
+        if adapter
+        else "none"
+    )
     fp["02_extraction"] = _h(
         "02",
         fp["01_data"],
@@ -284,6 +286,9 @@ def run(
     params = load_params(params_path)
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
     _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
+    saved = {
+        k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS")
+    }  # set for the kernels
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with _RunLock(run_dir):
@@ -291,6 +296,12 @@ def run(
     except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}{where}") from None
+    finally:
+        for k, v in saved.items():  # the calling process keeps its own settings
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_locked(

@@ -150,3 +150,21 @@ def test_ablation_table_labels_each_config_and_the_paper_model():
     )
     assert t.loc["asa", "paper FPR (Qwen2.5-1.5B)"] == 0.052
     assert pd.isna(t.loc["baseline", "paper F1 (Qwen2.5-1.5B)"])
+
+
+def test_ablations_are_reported_but_never_chosen():
+    def res_with(name, f1, cfg):
+        return {
+            "name": name,
+            "config": cfg,
+            "splits": {"valid": {"metrics": {"f1": f1, "fpr": 0.1}}},
+        }
+
+    res = {
+        "baseline": res_with("baseline", 0.1, {"gate": "none"}),
+        "oracle": res_with("oracle", 0.9, {"gate": "oracle", "vector": "mixture"}),
+        "random": res_with("random", 0.8, {"gate": "probe", "vector": "random"}),
+        "asa": res_with("asa", 0.5, {"gate": "probe", "vector": "mixture"}),
+    }
+    assert analysis.choose_config(res) == "asa"
+    assert analysis.choose_config({k: res[k] for k in ("baseline", "oracle")}) == "baseline"
