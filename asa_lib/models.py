@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import file_digest
 from .params import ModelParams
 
 CHATML_TEMPLATE = (
@@ -269,8 +268,7 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
             model, digest = merge_adapter(model, adapter)
         except (FileNotFoundError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelLoadError(str(e)) from None
-        config_digest = file_digest(Path(adapter) / "adapter_config.json")  # rank, alpha, targets
-        model_id = f"{model_id} + LoRA {Path(adapter).name} (sha256 {digest[:12]}, config {config_digest[:8]})"
+        model_id = f"{model_id} + LoRA {Path(adapter).name} (sha256 {digest[:12]})"
     _prepare_tokenizer(tok)
     if mp.kind != "hub" or device.type != "cuda":
         model = model.to(device)

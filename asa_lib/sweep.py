@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import RunDir, write_json
+from .artifacts import RunDir, file_digest, write_json
 from .bundle import Bundle
 from .cache import GenerationCache
 from .data import read_splits
@@ -47,6 +47,11 @@ def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> Generati
         "end": params.prompt.tool_call_end,
         "transformers": transformers.__version__,
     }
+    adapter = params.adapter_path()
+    if (
+        adapter is not None
+    ):  # the model id names the LoRA weights; its config (rank, alpha) matters too
+        context["adapter_config"] = file_digest(adapter / "adapter_config.json")
     return GenerationCache(RunDir(run_dir).cache, context)
 
 
