@@ -157,6 +157,17 @@ def _open_text(
 _DAMAGED = (lzma.LZMAError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
+def _json_rows(f, path: Path) -> list[Any]:
+    """The rows of a JSON file that holds one list of rows."""
+    try:
+        data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows")
+    return data
+
+
 def _valid_utf8(line: str) -> bool:
     """False for a line read with errors='surrogateescape' that held bytes which are not UTF-8."""
     try:
@@ -181,13 +192,7 @@ def read_local_rows(path: str | Path, skipped: dict[str, int] | None = None) -> 
     try:
         with _open_text(path, errors="surrogateescape") as f:
             if name.endswith(".json"):
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: not valid JSON ({e})") from None
-                if not isinstance(data, list):
-                    raise DataError(f"{path}: expected a JSON list of rows")
-                return data
+                return _json_rows(f, path)
             rows: list[Any] = []
             for line in f:
                 if not line.strip():
@@ -440,12 +445,7 @@ def _read_labelled_file(path: Path) -> tuple[list[tuple[str, Any]], list[str] | 
             return records, list(header), f"{path}, line 1 (header)"
         with _open_text(path, errors="surrogateescape") as f:
             if name.endswith(".json"):
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: not valid JSON ({e})") from None
-                if not isinstance(data, list):
-                    raise DataError(f"{path}: expected a JSON list of rows")
+                data = _json_rows(f, path)
                 return [(f"{path}, row {i + 1}", r) for i, r in enumerate(data)], None, ""
             for n, line in enumerate(f, 1):
                 if not line.strip():
