@@ -14,6 +14,7 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     bundle/adapter.{json,safetensors}  05: everything the gate needs at inference
     sweep/<config>.json           06: per-prompt records and metrics of one config
     cache/generations.sqlite      06: generation cache shared by all configs
+    parallel/<stage>/             02, 06 with processes > 1: workers' spec, results, worker.log
     results.json                  07: all configs side by side, chosen config
     chosen_adapter/               07: the bundle plus the chosen tau/alpha/beta
     stages/<stage>.json           fingerprints of finished stages
@@ -97,6 +98,10 @@ class RunDir:
 
     def sweep(self, config: str) -> Path:
         return self.root / "sweep" / f"{config}.json"
+
+    def parallel_work(self, stage: str) -> Path:
+        """Spec, per-rank results and log of a stage's data-parallel workers."""
+        return self.root / "parallel" / stage
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from .bundle import BundleError
 from .data import DataError
 from .models import ModelLoadError
 from .online import SteeringError
+from .parallel import check_processes
 from .params import ParamsError
 from .runner import RunError, run
 
@@ -36,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-dir", default=None, help="run folder (default: reports/<params name>)")
     r.add_argument(
         "--progress", action="store_true", help="show papermill's per-cell progress bars"
+    )
+    r.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="data-parallel workers for extraction and generation (torchrun; one per GPU, "
+        "or CPU processes sharing the cores); results are the same as with 1",
     )
     t = sub.add_parser(
         "train-demo-model",
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return _train_demo_model(args.params, args.out)
         if args.cmd == "generate":
             return _generate(args)
-        code, _ = run(args.params, args.run_dir, progress=args.progress)
+        code, _ = run(args.params, args.run_dir, progress=args.progress, processes=args.processes)
     except (
         ParamsError,
         DataError,
@@ -107,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asa: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     return code
+
+
+def _processes(text: str) -> int:
+    try:
+        return check_processes(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a whole number >= 1, got {text!r}") from None
 
 
 def _train_demo_model(params_path: str, out: str) -> int:

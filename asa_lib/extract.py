@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from safetensors import safe_open
 from .artifacts import RunDir, atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
+from .parallel import launch, shard_units
 from .prefix import PrefixCache, cache_kwarg, lcp, token_ids
 from .progress import progress
 
@@ -41,7 +43,15 @@ STATES_KEY = "states"
 class StreamingSafetensors:
     """Write one float32 tensor of known shape into a safetensors file, row by row."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        metadata: dict[str, str] | None = None,
+        create: bool = True,
+    ):
+        """``create=False`` opens a file another process created with the same shape and
+        metadata, to write some of its rows (disjoint rows: data-parallel workers)."""
         self.shape = shape
         self.row_bytes = int(np.prod(shape[1:])) * 4
         header = {
@@ -55,10 +65,17 @@ class StreamingSafetensors:
             header["__metadata__"] = metadata
         hb = json.dumps(header, separators=(",", ":")).encode()
         hb += b" " * (-len(hb) % 8)  # safetensors aligns the data to 8 bytes
-        self.f = open(path, "wb")
-        self.f.write(struct.pack("<Q", len(hb)) + hb)
-        self.data_start = 8 + len(hb)
-        self.f.truncate(self.data_start + self.row_bytes * shape[0])
+        head = struct.pack("<Q", len(hb)) + hb
+        self.data_start = len(head)
+        if create:
+            self.f = open(path, "wb")
+            self.f.write(head)
+            self.f.truncate(self.data_start + self.row_bytes * shape[0])
+        else:
+            self.f = open(path, "r+b")
+            if self.f.read(len(head)) != head:
+                self.f.close()
+                raise ValueError(f"{path} does not hold a states tensor of shape {shape}")
 
     def write_rows(self, rows: np.ndarray, index: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype="<f4")
@@ -99,12 +116,15 @@ def iter_last_token_states(
     batch_size: int,
     desc: str = "extract",
     share_prefix: bool = True,
+    shard: tuple[int, int] | None = None,
 ):
     """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
 
     With ``share_prefix`` the tokens common to all prompts run once (see
     :mod:`asa_lib.prefix`) and each batch runs only its right-padded suffixes;
     otherwise whole prompts run. Both read each row at its last real token.
+    ``shard=(rank, world)``: only every ``world``-th batch from ``rank`` (a
+    data-parallel worker); the batches are those of one process.
     """
     lengths, prefix_ids = [], None
     for s in range(0, len(prompts), 1024):  # token ids are not kept: memory stays at one batch
@@ -117,8 +137,12 @@ def iter_last_token_states(
     prefix = PrefixCache(lm, prefix_ids[:P]) if P > 0 else None
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
-    with capture_last_token(blocks) as captured, progress(len(prompts), desc) as bar:
-        for idx in _batches(lengths, batch_size):
+    batches = _batches(lengths, batch_size)
+    if shard is not None:
+        batches = shard_units(batches, *shard)
+    total = sum(len(b) for b in batches)
+    with capture_last_token(blocks) as captured, progress(total, desc) as bar:
+        for idx in batches:
             batch_ids = token_ids(lm, [prompts[i] for i in idx])
             input_ids, mask, pos, last = right_padded([x[P:] for x in batch_ids], pad, P, lm.device)
             captured.positions = last
@@ -159,12 +183,8 @@ def extract_to_file(
     """Stream the states of ``prompts`` to a safetensors file; memory is one batch."""
     path = Path(path)
     shape = (len(prompts), lm.num_layers, lm.hidden_size)
-    metadata = {
-        "layout": "(samples, layers, hidden); output of block l at the last prompt token",
-        "model_id": lm.model_id,
-    }
     with atomic_path(path) as tmp:
-        w = StreamingSafetensors(tmp, shape, metadata)
+        w = StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id))
         try:
             for idx, states in iter_last_token_states(lm, prompts, batch_size, desc, share_prefix):
                 w.write_rows(states, idx)
@@ -201,15 +221,51 @@ def states_shape(run_dir: str | Path, split: str) -> tuple[int, int, int]:
         return tuple(f.get_slice(STATES_KEY).get_shape())
 
 
-def extract_run(lm: LoadedModel, params, run_dir: str | Path) -> list[dict]:
-    """Stage 02: extract and store the states of every split; returns one summary row per split."""
+def _states_metadata(model_id: str) -> dict[str, str]:
+    return {
+        "layout": "(samples, layers, hidden); output of block l at the last prompt token",
+        "model_id": model_id,
+    }
+
+
+def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, list[str]]]:
+    """split -> (samples, rendered prompts), in the order stage 01 wrote them."""
     from .data import read_splits
     from .prompts import render_prompts
 
-    run_dir = Path(run_dir)
+    return {
+        split: (xs, render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]))
+        for split, xs in read_splits(run_dir).items()
+    }
+
+
+def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1) -> list[dict]:
+    """Stage 02: extract and store the states of every split; returns one summary row per split.
+
+    ``processes > 1``: that many data-parallel workers (:mod:`asa_lib.parallel`)
+    each write their batches' rows into the split's file; the files equal the
+    one-process files byte for byte.
+    """
+    run = RunDir(run_dir)
+    jobs = _split_prompts(lm, params, run)
+    if processes > 1:
+        with ExitStack() as stack:  # every file renamed into place only if all workers succeed
+            files = {}
+            for split, (xs, _) in jobs.items():
+                tmp = stack.enter_context(atomic_path(run.states(split)))
+                shape = (len(xs), lm.num_layers, lm.hidden_size)
+                StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id)).close()
+                files[split] = str(tmp)
+            spec = {
+                "params": params.to_dict(),
+                "base_dir": params.base_dir,
+                "run_dir": str(run.root),
+                "files": files,
+            }
+            launch("extract", spec, processes, run.parallel_work("02_extraction"))
     rows = []
-    for split, xs in read_splits(run_dir).items():
-        prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+    for split, (xs, prompts) in jobs.items():
+        path = run.states(split)
         meta = {
             "ids": [x.id for x in xs],
             "labels": [x.label for x in xs],
@@ -217,22 +273,46 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path) -> list[dict]:
             "model_id": lm.model_id,
             "model_fingerprint": lm.fingerprint,
         }
-        path = extract_to_file(
-            lm,
-            prompts,
-            states_path(run_dir, split),
-            batch_size=params.extraction.batch_size,
-            desc=split,
-            meta=meta,
-        )
+        if processes > 1:
+            write_json(run.states_meta(split), meta)
+        else:
+            extract_to_file(
+                lm, prompts, path, batch_size=params.extraction.batch_size, desc=split, meta=meta
+            )
         n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         rows.append(
             {
                 "split": split,
                 "samples": len(xs),
-                "file": str(path.relative_to(run_dir)),
+                "file": str(path.relative_to(run.root)),
                 "MB": round(path.stat().st_size / 2**20, 2),
                 "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}",
             }
         )
     return rows
+
+
+def extract_shard(spec: dict, shard: tuple[int, int]) -> dict:
+    """A data-parallel worker's part of stage 02: its batches' rows, written into ``spec["files"]``."""
+    from .models import load_params_model
+    from .params import params_from_dict
+
+    params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
+    lm = load_params_model(params)
+    jobs = _split_prompts(lm, params, spec["run_dir"])
+    done = {}
+    for split, path in spec["files"].items():
+        xs, prompts = jobs[split]
+        shape = (len(xs), lm.num_layers, lm.hidden_size)
+        w = StreamingSafetensors(Path(path), shape, _states_metadata(lm.model_id), create=False)
+        n = 0
+        try:
+            for idx, states in iter_last_token_states(
+                lm, prompts, params.extraction.batch_size, f"{split} [rank {shard[0]}]", shard=shard
+            ):
+                w.write_rows(states, idx)
+                n += len(idx)
+        finally:
+            w.close()
+        done[split] = n
+    return {"rows": done}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .parallel import RANK_ENV
 from .params import ModelParams
 
 CHATML_TEMPLATE = (
@@ -79,11 +80,22 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``model.device`` as a torch device; a data-parallel worker gets the GPU of its local rank."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("model.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
+    worker = os.environ.get(RANK_ENV)  # "local_rank/world", set by asa_lib.parallel
+    if device == "cuda" and worker:
+        return torch.device("cuda", int(worker.split("/")[0]) % torch.cuda.device_count())
     return torch.device(device)
+
+
+def _device_map(device: torch.device):
+    """Hub loading: spread over the visible GPUs, or onto one GPU (a worker's), or none (CPU)."""
+    if device.type != "cuda":
+        return None
+    return "auto" if device.index is None else {"": device.index}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -250,7 +262,7 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                mp.id, dtype=dtype, device_map="auto" if device.type == "cuda" else None, **kwargs
+                mp.id, dtype=dtype, device_map=_device_map(device), **kwargs
             )
         except OSError as e:
             raise ModelLoadError(

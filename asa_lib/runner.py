@@ -37,6 +37,7 @@ from .artifacts import (
     write_json,
     write_text,
 )
+from .parallel import check_processes
 from .params import BASELINE, Params, SweepConfig, load_params
 from .progress import ENV as PROGRESS_ENV
 from .progress import describe as describe_progress
@@ -62,6 +63,10 @@ class Stage:
     seconds: float = 0.0
     error: str = ""
     config: SweepConfig | None = None
+
+
+# Notebooks with a ``processes`` parameter (data-parallel workers, asa_lib.parallel).
+PARALLEL_NOTEBOOKS = ("02_extraction", "06_sweep")
 
 
 def _h(*parts) -> str:
@@ -280,8 +285,18 @@ def run(
     notebook_dir: Path = NOTEBOOK_DIR,
     progress: bool = False,
     log=print,
+    processes: int = 1,
 ) -> tuple[int, Path]:
-    """Run every stage that is not up to date. Returns (exit code, index path)."""
+    """Run every stage that is not up to date. Returns (exit code, index path).
+
+    ``processes > 1`` runs extraction and each sweep config in that many
+    data-parallel workers (:mod:`asa_lib.parallel`); results are the same, so
+    it is not part of any fingerprint.
+    """
+    try:
+        processes = check_processes(processes)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
@@ -292,7 +307,7 @@ def run(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with _RunLock(run_dir):
-            return _run_locked(params, params_path, run_dir, notebook_dir, progress, log)
+            return _run_locked(params, params_path, run_dir, notebook_dir, progress, log, processes)
     except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}{where}") from None
@@ -305,12 +320,22 @@ def run(
 
 
 def _run_locked(
-    params: Params, params_path: Path, run_dir: Path, notebook_dir: Path, progress: bool, log
+    params: Params,
+    params_path: Path,
+    run_dir: Path,
+    notebook_dir: Path,
+    progress: bool,
+    log,
+    processes: int = 1,
 ) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
     run = RunDir(run_dir)
     write_text(run.params_yaml, params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
+    if processes > 1:  # a papermill parameter of the stages that can use workers
+        for s in stages:
+            if s.notebook in PARALLEL_NOTEBOOKS:
+                s.parameters["processes"] = processes
     for p in (run.notebooks, run.html, run.stages):
         p.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(

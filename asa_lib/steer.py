@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .cache import GenerationCache, make_key
 from .extract import right_padded
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
+from .parallel import shard_units
 from .params import PromptParams
 from .prefix import (
     PrefixCache,
@@ -45,6 +47,9 @@ from .prefix import (
 )
 from .progress import progress
 from .prompts import call_complete, render_prompts, triggered
+
+# Rows are decoded in chunks of this many batches: the unit a data-parallel worker takes.
+CHUNK_BATCHES = 4
 
 
 class _StopAtCallEnd(StoppingCriteria):
@@ -130,6 +135,11 @@ class GenerationStats:
         0  # token positions run through the model, padding included, cached prefix not
     )
     forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
+
+    def add(self, other: GenerationStats) -> None:
+        """Add another call's counts (a data-parallel worker's) to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
@@ -413,6 +423,8 @@ def generate_all(
     drafts: list[str | list[int] | None] | None = None,
     stats: GenerationStats | None = None,
     draft_min_acceptance: float = 0.0,
+    shard: tuple[int, int] | None = None,
+    sync: Callable[[], None] | None = None,
 ) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
@@ -428,9 +440,19 @@ def generate_all(
     not used where the model's generation config changes greedy decoding
     (a repetition penalty, suppressed tokens, ...: :func:`greedy_is_argmax`),
     since a verify pass takes the plain argmax. Once the
-    batches verified so far accepted less than ``draft_min_acceptance`` of
-    their draft tokens, the remaining rows decode plainly. ``stats`` collects
-    counts. The cache keeps each output's token ids beside its text.
+    batches verified so far in a chunk accepted less than
+    ``draft_min_acceptance`` of their draft tokens, the chunk's remaining rows
+    decode plainly. ``stats`` collects counts. The cache keeps each output's
+    token ids beside its text.
+
+    The rows to generate are cut into chunks of ``CHUNK_BATCHES`` batches
+    (longest prompts first), each decoded on its own. ``shard=(rank, world)``
+    generates only every ``world``-th chunk from ``rank`` (a data-parallel
+    worker, :mod:`asa_lib.parallel`); the outputs of the other chunks are then
+    None in the returned list, and the count is of the rows generated here.
+    Workers sharing a cache pass ``sync``, a barrier called after the cache
+    has been read and before anything is written to it, so that every worker
+    sees the same rows to generate and deals out the same chunks.
     """
     n = len(prompts)
     ctx = cache.context if cache is not None else ""
@@ -443,16 +465,28 @@ def generate_all(
     for i, k in enumerate(keys):
         if k not in results and k not in todo:
             todo[k] = i
+    if sync is not None:
+        sync()
     if not todo:
         return [results[k] for k in keys], 0
-    if stats is not None:
-        stats.generated += len(todo)
     prefix = shared_prefix(lm, pp) if share_prefix else None
     ids = token_ids(lm, prompts)
     P = prefix.length if prefix is not None else 0
     if prefix is not None and any(ids[i][:P] != prefix.ids for i in todo.values()):
         prefix, P = None, 0  # a prompt that does not start with the format's prefix: no sharing
     tok, eos = lm.tokenizer, _eos_ids(lm)
+
+    # The work is cut into chunks of rows (longest prompts first), each decoded on its own:
+    # with ``shard`` a worker takes every ``world``-th chunk, and every batch is then the
+    # batch one process would have run, so sharded results equal one process's bit for bit.
+    order = sorted(todo.values(), key=lambda i: -len(ids[i]))
+    chunk_rows = batch_size * CHUNK_BATCHES
+    chunks = [order[s : s + chunk_rows] for s in range(0, len(order), chunk_rows)]
+    if shard is not None:
+        chunks = shard_units(chunks, *shard)
+    mine = [i for c in chunks for i in c]
+    if stats is not None:
+        stats.generated += len(mine)
 
     def done(new: dict[int, list[int]], bar) -> None:
         texts = {keys[i]: tok.decode(r, skip_special_tokens=False) for i, r in new.items()}
@@ -466,12 +500,10 @@ def generate_all(
     found: dict[int, str | list[int]] = {}
     draft = draft and greedy_is_argmax(lm.model)
     if draft and drafts is not None:
-        found = {i: drafts[i] for i in todo.values() if drafts[i] is not None}
+        found = {i: drafts[i] for i in mine if drafts[i] is not None}
     elif draft and cache is not None and deltas is not None:
         base = {
-            i: make_key(ctx, prompts[i], "none")
-            for i in todo.values()
-            if delta_key(deltas[i]) != "none"
+            i: make_key(ctx, prompts[i], "none") for i in mine if delta_key(deltas[i]) != "none"
         }
         base_ids = cache.get_tokens_many(list(base.values()))
         base_text = cache.get_many([k for k in base.values() if k not in base_ids])
@@ -485,20 +517,21 @@ def generate_all(
         found[i] = d
     draft_ids = {i: list(d)[:max_new_tokens] for i, d in found.items() if len(d) > 0}
 
-    full: dict[int, list[int]] = {
-        i: ids[i] for i in todo.values()
-    }  # prompt + tokens accepted so far
-    n_gen: dict[int, int] = dict.fromkeys(todo.values(), 0)
-    with progress(len(todo), desc) as bar:
-        if draft_ids:
-            order = sorted(draft_ids, key=lambda i: -(len(ids[i]) + len(draft_ids[i])))
+    full: dict[int, list[int]] = {i: ids[i] for i in mine}  # prompt + tokens accepted so far
+    n_gen: dict[int, int] = dict.fromkeys(mine, 0)
+    with progress(len(mine), desc) as bar:
+        for chunk in chunks:
+            verify = sorted(
+                (i for i in chunk if i in draft_ids),
+                key=lambda i: -(len(ids[i]) + len(draft_ids[i])),
+            )
             offered = accepted = 0
-            for s in range(0, len(order), batch_size):
+            for s in range(0, len(verify), batch_size):
                 if offered and accepted < draft_min_acceptance * offered:
                     if stats is not None:
-                        stats.drafts_dropped += len(order) - s
-                    break  # drafts do not pay here: the remaining rows decode plainly
-                b = order[s : s + batch_size]
+                        stats.drafts_dropped += len(verify) - s
+                    break  # drafts do not pay here: the chunk's remaining rows decode plainly
+                b = verify[s : s + batch_size]
                 d = None if deltas is None else deltas[b]
                 greedy = verify_drafts(
                     lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats
@@ -512,9 +545,8 @@ def generate_all(
                         stats.drafted += 1
                         stats.draft_tokens += len(draft_ids[i])
                         stats.accepted_tokens += len(acc) - 1
-                    acc = acc[
-                        :max_new_tokens
-                    ]  # a fully accepted draft of max_new_tokens: no extra token
+                    # a fully accepted draft of max_new_tokens: no extra token
+                    acc = acc[:max_new_tokens]
                     if len(acc) >= max_new_tokens or _finished(acc, eos, tok, pp):
                         new[i] = _clean(acc, eos, tok.pad_token_id, tok, pp)
                         if stats is not None:
@@ -523,19 +555,21 @@ def generate_all(
                         full[i], n_gen[i] = ids[i] + acc, len(acc)
                 if new:
                     done(new, bar)
-        rest = [i for i in todo.values() if keys[i] not in results]
-        for b in _gen_batches(lm, full, rest, P, batch_size):
-            d = None if deltas is None else deltas[b]
-            rows = _generate_rows(
-                lm,
-                [full[i] for i in b],
-                [n_gen[i] for i in b],
-                d,
-                layer,
-                max_new_tokens,
-                pp,
-                prefix,
-                stats,
-            )
-            done(dict(zip(b, rows)), bar)
-    return [results[k] for k in keys], len(todo)
+            rest = [i for i in chunk if keys[i] not in results]
+            for b in _gen_batches(lm, full, rest, P, batch_size):
+                d = None if deltas is None else deltas[b]
+                rows = _generate_rows(
+                    lm,
+                    [full[i] for i in b],
+                    [n_gen[i] for i in b],
+                    d,
+                    layer,
+                    max_new_tokens,
+                    pp,
+                    prefix,
+                    stats,
+                )
+                done(dict(zip(b, rows)), bar)
+    if shard is not None:
+        return [results.get(k) for k in keys], len(mine)
+    return [results[k] for k in keys], len(mine)

@@ -7,6 +7,7 @@ domain, p(tool), gate, output text, triggered, format_valid, valid).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .extract import load_meta, load_states
 from .gate import alpha_effective, compute_gates, steering_deltas
 from .metrics import evaluate_records
 from .models import LoadedModel
+from .parallel import launch
 from .params import BASELINE, Params, SweepConfig
 from .prompts import call_validity, render_prompts, triggered
 from .steer import (
@@ -59,16 +61,41 @@ def sweep_path(run_dir: str | Path, name: str) -> Path:
     return RunDir(run_dir).sweep(name)
 
 
-def run_config(
-    params: Params,
-    run_dir: str | Path,
-    lm: LoadedModel,
-    bundle: Bundle,
-    config: SweepConfig,
-    splits: tuple[str, ...] = EVAL_SPLITS,
-) -> dict:
-    """Evaluate one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline)."""
-    run_dir = Path(run_dir)
+def _split_inputs(
+    params: Params, run_dir, lm: LoadedModel, bundle: Bundle, config, a_eff, samples, split
+):
+    """(samples, gates, deltas, prompts) of one split, in the order of its stored states."""
+    meta = load_meta(run_dir, split)
+    xs = [samples[split][i] for i in meta["ids"]]
+    h = load_states(run_dir, split, bundle.layer)
+    steer = config.steers
+    gates = compute_gates(bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs])
+    deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
+    prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+    return xs, gates, deltas, prompts
+
+
+def _generate(params, lm, bundle, prompts, deltas, cache, desc, stats, shard=None, sync=None):
+    return generate_all(
+        lm,
+        prompts,
+        deltas,
+        bundle.layer,
+        params.generation.batch_size,
+        params.generation.max_new_tokens,
+        params.prompt,
+        cache,
+        desc=desc,
+        share_prefix=share_prefix_for(params.generation.share_prefix, lm),
+        draft=draft_for(params.generation.draft, lm),
+        stats=stats,
+        draft_min_acceptance=draft_min_acceptance_for(params.generation.draft, lm),
+        shard=shard,
+        sync=sync,
+    )
+
+
+def _prepare(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfig):
     bundle.check_model(
         lm.hidden_size,
         lm.num_layers,
@@ -76,10 +103,40 @@ def run_config(
         lm.fingerprint,
         allow_mismatch=params.steering.allow_model_mismatch,
     )
-    samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run_dir).items()}
-    steer = config.steers
-    a_eff = alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if steer else 0.0
-    cache = open_cache(run_dir, params, lm)
+    return (
+        alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if config.steers else 0.0
+    )
+
+
+def run_config(
+    params: Params,
+    run_dir: str | Path,
+    lm: LoadedModel,
+    bundle: Bundle,
+    config: SweepConfig,
+    splits: tuple[str, ...] = EVAL_SPLITS,
+    processes: int = 1,
+) -> dict:
+    """Evaluate one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline).
+
+    ``processes > 1``: the generations run in that many data-parallel workers
+    (:mod:`asa_lib.parallel`) that fill the generation cache; this process
+    then reads every output from it. The results equal one process's.
+    """
+    run = RunDir(run_dir)
+    a_eff = _prepare(params, lm, bundle, config)
+    samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run).items()}
+    workers: list[dict] = []
+    if processes > 1:
+        spec = {
+            "params": params.to_dict(),
+            "base_dir": params.base_dir,
+            "run_dir": str(run.root),
+            "config": config.name,
+            "splits": list(splits),
+        }
+        workers = launch("generate", spec, processes, run.parallel_work(f"06_sweep__{config.name}"))
+    cache = open_cache(run, params, lm)
     out = {
         "name": config.name,
         "tau": config.tau,
@@ -94,30 +151,17 @@ def run_config(
     }
     try:
         for split in splits:
-            meta = load_meta(run_dir, split)
-            xs = [samples[split][i] for i in meta["ids"]]
-            h = load_states(run_dir, split, bundle.layer)
-            gates = compute_gates(
-                bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs]
+            xs, gates, deltas, prompts = _split_inputs(
+                params, run, lm, bundle, config, a_eff, samples, split
             )
-            deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
-            prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
             stats = GenerationStats()
-            outputs, n_new = generate_all(
-                lm,
-                prompts,
-                deltas,
-                bundle.layer,
-                params.generation.batch_size,
-                params.generation.max_new_tokens,
-                params.prompt,
-                cache,
-                desc=f"{config.name}/{split}",
-                share_prefix=share_prefix_for(params.generation.share_prefix, lm),
-                draft=draft_for(params.generation.draft, lm),
-                stats=stats,
-                draft_min_acceptance=draft_min_acceptance_for(params.generation.draft, lm),
+            # with workers, every output is in the cache by now (anything missing is generated here)
+            outputs, n_new = _generate(
+                params, lm, bundle, prompts, deltas, cache, f"{config.name}/{split}", stats
             )
+            for w in workers:
+                n_new += w[split]["generated"]
+                stats.add(GenerationStats(**w[split]["stats"]))
             records = []
             for x, d, p, g, hp, o in zip(
                 xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
@@ -147,5 +191,41 @@ def run_config(
             out["records"].extend(records)
     finally:
         cache.close()
-    write_json(sweep_path(run_dir, config.name), out)
+    write_json(sweep_path(run, config.name), out)
     return out
+
+
+def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], None]) -> dict:
+    """A data-parallel worker's part of one config: its chunks' outputs, into the run's cache.
+
+    ``barrier`` waits for every worker: before a split (the previous one is
+    written) and between reading the cache and writing to it.
+    """
+    from .bundle import load_bundle
+    from .models import load_params_model
+    from .params import params_from_dict
+
+    params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
+    run = RunDir(spec["run_dir"])
+    config = params.config(spec["config"])
+    bundle = load_bundle(run.bundle)
+    lm = load_params_model(params)
+    a_eff = _prepare(params, lm, bundle, config)
+    samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run).items()}
+    cache = open_cache(run, params, lm)
+    result = {}
+    try:
+        for split in spec["splits"]:
+            _, _, deltas, prompts = _split_inputs(
+                params, run, lm, bundle, config, a_eff, samples, split
+            )
+            stats = GenerationStats()
+            desc = f"{config.name}/{split} [rank {shard[0]}]"
+            barrier()
+            _, n = _generate(
+                params, lm, bundle, prompts, deltas, cache, desc, stats, shard, barrier
+            )
+            result[split] = {"generated": n, "stats": asdict(stats)}
+    finally:
+        cache.close()
+    return result

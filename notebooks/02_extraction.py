@@ -13,6 +13,7 @@
 # %% tags=["parameters"]
 params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
+processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run --processes N`)
 
 # %%
 import numpy as np
@@ -29,7 +30,7 @@ print(
 )
 
 # %%
-pd.DataFrame(extract.extract_run(lm, params, run))
+pd.DataFrame(extract.extract_run(lm, params, run, processes=processes))
 
 # %% [markdown]
 # An example prompt as the model sees it (the first CAL prompt):

@@ -14,6 +14,7 @@
 params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
 config_name = "baseline"  # "baseline" or the name of a config in the params file's sweep
+processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run --processes N`)
 
 # %%
 import pandas as pd
@@ -32,7 +33,7 @@ print(
 )
 
 # %%
-res = run_config(params, run, lm, bundle, config)
+res = run_config(params, run, lm, bundle, config, processes=processes)
 print(f"alpha_eff = {res['alpha_eff']:.4g}")
 pd.DataFrame(
     [

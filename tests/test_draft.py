@@ -23,6 +23,7 @@ from asa_lib.hooks import steer_last_prompt_token
 from asa_lib.models import LoadedModel, decoder_blocks, load_model
 from asa_lib.prompts import render_prompts
 from asa_lib.steer import (
+    CHUNK_BATCHES,
     GenerationStats,
     accept,
     delta_key,
@@ -303,7 +304,9 @@ def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp
     prompts, deltas, _, want = tiny_case
     own = own_tokens(tiny_lm, pp, prompts, deltas, MAX_NEW, tmp_path, "own")
     wrong = [[other_token(x[0], len(tiny_lm.tokenizer))] + x[1:] for x in own]  # nothing accepted
-    for min_acc, verified in ((0.0, len(prompts)), (0.5, 8)):  # 0.5: only the first batch of 8
+    chunks = -(-len(prompts) // (8 * CHUNK_BATCHES))
+    # 0.5: only the first batch of 8 in each chunk of rows
+    for min_acc, verified in ((0.0, len(prompts)), (0.5, 8 * chunks)):
         st = GenerationStats()
         got, _ = generate_all(
             tiny_lm,

@@ -151,9 +151,33 @@ def test_07_applies_the_chosen_adapter_through_the_api(tiny_run):
     )
 
 
-def test_two_runs_from_scratch_give_identical_results(tiny_run, tmp_path):
-    code, _ = run(tiny_yaml(tmp_path), tmp_path / "again", log=lambda *_: None)
-    assert code == 0 and comparable(tmp_path / "again") == tiny_run["results"]
+def test_a_second_run_with_two_processes_gives_identical_results(tiny_run, tmp_path):
+    """From scratch again, with 2 data-parallel workers (torchrun) in stages 02 and 06.
+
+    Results, every per-prompt record, the generation counts and the states
+    files are those of the first (one-process) run, byte for byte.
+    """
+    again = tmp_path / "again"
+    code, _ = run(tiny_yaml(tmp_path), again, log=lambda *_: None, processes=2)
+    assert code == 0 and comparable(again) == tiny_run["results"]
+    first = tiny_run["dir"]
+    for p in sorted((first / "sweep").glob("*.json")):  # generation counts included
+        assert (again / "sweep" / p.name).read_bytes() == p.read_bytes(), p.name
+    for p in sorted((first / "states").iterdir()):
+        assert (again / "states" / p.name).read_bytes() == p.read_bytes(), p.name
+    # the workers ran (both had work), and papermill passed the parameter
+    nb = json.loads((again / "notebooks" / "06_sweep__baseline.ipynb").read_text())
+    assert "processes = 2" in "".join("".join(c["source"]) for c in nb["cells"])
+    ranks = [
+        json.loads((again / "parallel" / "06_sweep__baseline" / f"result.rank{r}.json").read_text())
+        for r in (0, 1)
+    ]
+    assert all(r["test"]["generated"] > 0 for r in ranks)
+    ext = [
+        json.loads((again / "parallel" / "02_extraction" / f"result.rank{r}.json").read_text())
+        for r in (0, 1)
+    ]
+    assert all(r["rows"]["cal"] > 0 for r in ext)
 
 
 def test_generated_text_is_escaped_in_the_reports(tiny_run):

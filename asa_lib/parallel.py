@@ -1,0 +1,173 @@
+"""Data-parallel extraction and generation: torchrun workers with Accelerate's process state.
+
+Papermill stays the orchestrator: stage 02 (and each stage 06 config) is still
+one executed notebook. With ``processes > 1`` the notebook's process
+launches ``processes`` workers (``python -m torch.distributed.run --standalone
+--nproc_per_node N -m asa_lib.parallel <task> <spec.json>``), waits for them
+and merges their results in order:
+
+- **extraction**: the batches (longest prompts first) are dealt out round
+  robin; each worker writes its rows at their own offsets into the one
+  safetensors file the coordinator created (disjoint byte ranges), which is
+  renamed into place once every worker has succeeded;
+- **generation**: the rows to generate are cut into chunks of
+  ``steer.CHUNK_BATCHES`` batches, dealt out round robin; workers write their
+  outputs into the run's generation cache (SQLite in WAL mode: concurrent
+  writers wait for each other's transactions) and their counts to a JSON file;
+  the coordinator then reads every output from the cache, in prompt order.
+
+Each batch a worker runs is a batch one process would have run (same rows,
+same padding), so the results are the one-process results bit for bit
+(``tests/test_parallel.py`` checks it with two CPU processes). Each worker
+takes ``cores / processes`` CPU threads, or on GPUs the GPU of its local rank.
+
+Accelerate: ``PartialState(cpu=True)`` gives each worker its rank and the
+world size over gloo (without ``cpu=True`` it reports one process under
+torchrun on a CPU-only machine), on CPUs and GPUs alike; the workers never
+exchange tensors, they only wait for each other (``wait_for_everyone``): in
+generation, after reading the cache and before writing to it, so that they all
+deal out the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TASKS = ("extract", "generate")
+RANK_ENV = "ASA_WORKER_RANK"  # set in workers (rank/world) so that models pick their device
+
+
+class ParallelError(RuntimeError):
+    """A data-parallel worker failed; the message names the log with its output."""
+
+
+def shard_units(units: Sequence[T], rank: int, world: int) -> list[T]:
+    """The units worker ``rank`` of ``world`` takes: every ``world``-th, starting at ``rank``.
+
+    Units come longest first, so dealing them out round robin balances the work.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world} processes")
+    return list(units[rank::world])
+
+
+def check_processes(processes: Any) -> int:
+    """``processes`` as a positive int, or a ValueError naming the value."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a whole number >= 1, got {processes!r}")
+    return processes
+
+
+def worker_threads(world: int) -> int:
+    """CPU threads per worker: the cores this process may use, shared out (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // world)
+
+
+def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path) -> list[dict]:
+    """Run ``processes`` workers on ``spec`` and return each rank's result (rank order).
+
+    ``work_dir`` gets the spec, one result file per rank and the workers' log
+    (``worker.log``); a failure raises :class:`ParallelError` with the log's
+    last lines.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {TASKS}")
+    processes = check_processes(processes)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("result.rank*.json"):
+        old.unlink()
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    log = work / "worker.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "asa_lib.parallel",
+        task,
+        str(spec_path),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False
+        ).returncode
+    if rc != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise ParallelError(
+            f"{processes} {task} workers failed (exit {rc}) after {time.time() - t0:.0f} s; "
+            f"their output is in {log}. Last lines:\n" + "\n".join(tail)
+        )
+    results = []
+    for r in range(processes):
+        path = work / f"result.rank{r}.json"
+        if not path.is_file():
+            raise ParallelError(f"worker {r} of {processes} ended without a result ({path})")
+        results.append(json.loads(path.read_text(encoding="utf-8")))
+    return results
+
+
+def _worker(task: str, spec_path: str) -> None:
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=True)  # rank and world over gloo, CPU-only machines included
+    rank, world = state.process_index, state.num_processes
+    os.environ[RANK_ENV] = f"{state.local_process_index}/{state.num_processes}"
+    torch.set_num_threads(worker_threads(state.num_processes))
+    if rank != 0:  # one progress line for the console: rank 0's
+        os.environ.pop("ASA_PROGRESS_FILE", None)
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    if task == "extract":
+        from .extract import extract_shard
+
+        result = extract_shard(spec, (rank, world))
+    else:
+        from .sweep import generate_shard
+
+        result = generate_shard(spec, (rank, world), state.wait_for_everyone)
+    out = Path(spec_path).parent / f"result.rank{rank}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    os.replace(tmp, out)
+    state.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in TASKS:
+        print(
+            f"usage: torchrun ... -m asa_lib.parallel {{{'|'.join(TASKS)}}} SPEC.json",
+            file=sys.stderr,
+        )
+        return 2
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
+    _worker(*argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
