@@ -3,7 +3,8 @@
 A run ends with ``reports/<name>/chosen_adapter/``: the bundle (scaler, router,
 probes, vectors at L*) and the config chosen on VALID (tau, alpha, beta,
 alpha_unit, alpha_eff). :class:`ASA` loads it, checks that a model is the one
-the bundle was built on (model id, hidden size, block count), and steers
+the bundle was built on (model id, hidden size, block count, weights'
+fingerprint: :meth:`Bundle.check_model`), and steers
 ``model.generate`` in one pass (see :mod:`asa_lib.online`)::
 
     from asa_lib import ASA
@@ -41,7 +42,7 @@ import torch
 
 from .bundle import Bundle, BundleError, load_bundle
 from .gate import alpha_effective
-from .models import LoadedModel, decoder_blocks
+from .models import LoadedModel, decoder_blocks, weights_fingerprint
 from .online import (
     Decision,
     OnlineGate,
@@ -63,7 +64,7 @@ class AdapterError(BundleError):
 
 
 class ModelMismatchError(BundleError):
-    """The model is not the one the adapter was built on (id, hidden size or block count)."""
+    """The model is not the one the adapter was built on (id, fingerprint, hidden size or block count)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ASA:
     name: str = "custom"
     prompt: PromptParams | None = None  # the prompt format the probes were fitted on
     folder: Path | None = None
+    allow_model_mismatch: bool = False  # check only the shapes, not the model's identity
     gate: OnlineGate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +134,7 @@ class ASA:
         beta: float | None = None,
         alpha_unit: str | None = None,
         prompt: PromptParams | Params | None = None,
+        allow_model_mismatch: bool = False,
     ) -> ASA:
         """Load a ``chosen_adapter/`` folder (bundle + chosen config); overrides replace its values.
 
@@ -140,7 +143,9 @@ class ASA:
         override the recorded ``alpha_eff`` is used (and checked against alpha).
         A bare bundle folder (``bundle/``) has no config: pass tau and alpha.
         ``prompt``: the prompt format; by default the run's ``params.yaml`` beside
-        the folder, where there is one.
+        the folder, where there is one. ``allow_model_mismatch``: use the
+        adapter on a model other than the one it was built on (its id, block
+        count or weights' fingerprint differ); the shapes still have to fit.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -188,6 +193,7 @@ class ASA:
             name=name,
             prompt=prompt.prompt if isinstance(prompt, Params) else prompt,
             folder=folder,
+            allow_model_mismatch=allow_model_mismatch,
         )
 
     @property
@@ -211,30 +217,35 @@ class ASA:
     ) -> None:
         """Raise :class:`ModelMismatchError` unless ``model`` is the bundle's model.
 
-        The id is ``model_id``, else a :class:`LoadedModel`'s id, else the
-        model config's ``name_or_path``; pass ``model_id`` to vouch for a copy
-        of the same model under another name or path.
+        The bundle's own check (:meth:`Bundle.check_model`): hidden size, block
+        count, id, and the fingerprint of the weights' names, shapes and dtypes
+        where the bundle records one; ``allow_model_mismatch`` (see :meth:`load`)
+        relaxes it to the shapes. The id is ``model_id``, else a
+        :class:`LoadedModel`'s id, else the model config's ``name_or_path``;
+        pass ``model_id`` to vouch for a copy of the same model under another
+        name or path.
         """
         module = model.model if isinstance(model, LoadedModel) else model
-        b = self.bundle
         if model_id is None:
             model_id = (
                 model.model_id
                 if isinstance(model, LoadedModel)
                 else str(getattr(module.config, "name_or_path", "") or "")
             )
-        hidden = _hidden_size(module)
-        blocks = len(decoder_blocks(module))
-        if hidden != b.hidden_size or blocks != b.num_layers:
-            raise ModelMismatchError(
-                f"this adapter was built on {b.model_id!r} (hidden size {b.hidden_size}, {b.num_layers} "
-                f"blocks); the model {model_id!r} has hidden size {hidden} and {blocks} blocks"
+        b, hidden, blocks = self.bundle, _hidden_size(module), len(decoder_blocks(module))
+        try:
+            b.check_model(
+                hidden,
+                blocks,
+                model_id,
+                weights_fingerprint(module) if b.model_fingerprint else None,
+                allow_mismatch=self.allow_model_mismatch,
             )
-        if model_id != b.model_id:
-            raise ModelMismatchError(
-                f"this adapter was built on {b.model_id!r}; the model is {model_id!r}. Use it with the "
-                "model it was built on (in Python, model_id= vouches for that model under another name)"
-            )
+        except BundleError as e:
+            hint = ""
+            if model_id != b.model_id and (hidden, blocks) == (b.hidden_size, b.num_layers):
+                hint = " In Python, model_id= vouches for the same model under another name."
+            raise ModelMismatchError(f"{e}{hint}") from None
 
     def _lm(
         self, model: LoadedModel | torch.nn.Module, tokenizer, model_id: str | None

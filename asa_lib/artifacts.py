@@ -20,6 +20,10 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     stages/<stage>.json           fingerprints of finished stages
     notebooks/*.ipynb, html/*.html, index.html: executed notebooks and reports
 
+What each stage writes (hashed by the runner) and which of those files a
+later stage needs (checked by :func:`require`) are one table,
+:data:`STAGE_OUTPUTS`, built from :class:`RunDir`'s paths.
+
 Every file is written atomically (temporary file in the same folder, then
 ``os.replace``), so a crash never leaves a half-written file under a final name.
 """
@@ -31,6 +35,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +91,7 @@ class RunDir:
     vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
     vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")
     bundle = property(lambda self: self.root / "bundle")
+    bundle_json = property(lambda self: self.root / "bundle" / "adapter.json")
     cache = property(lambda self: self.root / "cache" / "generations.sqlite")
     results = property(lambda self: self.root / "results.json")
     chosen_adapter = property(lambda self: self.root / "chosen_adapter")
@@ -172,6 +178,48 @@ def library_versions() -> dict[str, str]:
     }
 
 
+_REL = RunDir("")  # the layout's paths relative to the run folder
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """What one stage leaves in the run folder, relative to it.
+
+    ``writes``: files, or folders taken whole; the runner hashes every file
+    under them. ``needed``: the files a later stage reads from it (each under
+    ``writes``); :func:`require` checks that they exist before that stage runs.
+    """
+
+    writes: tuple[str, ...]
+    needed: tuple[str, ...] = ()
+
+
+def _rel(*paths: Path) -> tuple[str, ...]:
+    return tuple(p.as_posix() for p in paths)
+
+
+# One table of what each stage writes and what of it later stages need (06 is per config:
+# :func:`stage_outputs`).
+STAGE_OUTPUTS: dict[str, StageOutputs] = {
+    "01_data": StageOutputs(_rel(_REL.splits.parent), _rel(_REL.splits)),
+    "02_extraction": StageOutputs(
+        _rel(_REL.states("cal").parent), _rel(_REL.states("cal"), _REL.states("test"))
+    ),
+    "03_probing": StageOutputs(_rel(_REL.layers.parent), _rel(_REL.layers)),
+    "04_vectors": StageOutputs(_rel(_REL.vectors.parent), _rel(_REL.vectors)),
+    "05_routing": StageOutputs(_rel(_REL.bundle), _rel(_REL.bundle_json)),
+    "07_analysis": StageOutputs(_rel(_REL.results, _REL.chosen_adapter)),
+}
+SWEEP_STAGE_PREFIX = "06_sweep__"
+
+
+def stage_outputs(stage: str) -> StageOutputs:
+    """The :class:`StageOutputs` of ``stage`` (``06_sweep__<config>``: that config's results)."""
+    if stage.startswith(SWEEP_STAGE_PREFIX):
+        return StageOutputs(_rel(_REL.sweep(stage[len(SWEEP_STAGE_PREFIX) :])))
+    return STAGE_OUTPUTS[stage]
+
+
 def stage_writes(stage: str) -> list[str]:
     """What a stage writes, relative to the run folder (files, or folders taken whole).
 
@@ -180,16 +228,7 @@ def stage_writes(stage: str) -> list[str]:
     stage (and, through the fingerprints, everything after it) when one is
     missing or changed.
     """
-    if stage.startswith("06_sweep__"):
-        return [f"sweep/{stage[len('06_sweep__') :]}.json"]
-    return {
-        "01_data": ["data"],
-        "02_extraction": ["states"],
-        "03_probing": ["probing"],
-        "04_vectors": ["vectors"],
-        "05_routing": ["bundle"],
-        "07_analysis": ["results.json", "chosen_adapter"],
-    }[stage]
+    return list(stage_outputs(stage).writes)
 
 
 def file_digest(path: str | Path) -> str:
@@ -239,19 +278,10 @@ def changed_output(run_dir: str | Path, recorded: dict[str, dict[str, Any]] | No
     return None
 
 
-STAGE_OUTPUTS = {
-    "01_data": ["data/splits.jsonl"],
-    "02_extraction": ["states/cal.safetensors", "states/test.safetensors"],
-    "03_probing": ["probing/layers.json"],
-    "04_vectors": ["vectors/vectors.safetensors"],
-    "05_routing": ["bundle/adapter.json"],
-}
-
-
 def require(run_dir: str | os.PathLike, stage: str) -> None:
     """Stop at once if ``stage``'s outputs are missing, naming the stage to run first."""
     run_dir = Path(run_dir)
-    missing = [p for p in STAGE_OUTPUTS[stage] if not (run_dir / p).is_file()]
+    missing = [p for p in stage_outputs(stage).needed if not (run_dir / p).is_file()]
     if missing:
         raise MissingInputError(
             f"{run_dir / missing[0]} is missing: run stage {stage} first "

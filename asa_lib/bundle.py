@@ -103,16 +103,25 @@ class Bundle:
         fingerprint: str | None = None,
         allow_mismatch: bool = False,
     ) -> None:
-        """Refuse a model this bundle was not built on.
+        """Refuse a model this bundle was not built on (the one check, for the sweep and the API).
 
-        Shapes always have to fit. The model's identity (its id, and the
-        fingerprint of its weights' names, shapes and dtypes) has to match too,
-        unless ``allow_mismatch`` (``steering.allow_model_mismatch`` in params).
+        Shapes always have to fit: the hidden size, and block L* must exist.
+        The model's identity has to match too, unless ``allow_mismatch``
+        (``steering.allow_model_mismatch`` in params, ``allow_model_mismatch``
+        in :meth:`asa_lib.api.ASA.load`): its id where one is given, its block
+        count, and the fingerprint of its weights' names, shapes and dtypes
+        where both sides have one (bundles written before it was recorded
+        have none).
         """
+        built_on = f"{self.model_id!r} (hidden size {self.hidden_size}, {self.num_layers} blocks)"
+        override = (
+            "set steering.allow_model_mismatch: true (in Python: ASA.load(..., "
+            "allow_model_mismatch=True)) to use it anyway"
+        )
         if hidden_size != self.hidden_size:
             raise BundleError(
-                f"this adapter was built on {self.model_id!r} with hidden size {self.hidden_size}; "
-                f"the model has hidden size {hidden_size}. Build the adapter on this model "
+                f"this adapter was built on {built_on}; the model has hidden size "
+                f"{hidden_size}. Build the adapter on this model "
                 "(run stages 02-05) instead."
             )
         if self.layer >= num_layers:
@@ -124,14 +133,19 @@ class Bundle:
             return
         if model_id is not None and model_id != self.model_id:
             raise BundleError(
-                f"this adapter was built on {self.model_id!r}, not on {model_id!r}. Build it on this "
-                "model (stages 02-05), or set steering.allow_model_mismatch: true to use it anyway."
+                f"this adapter was built on {self.model_id!r}, not on {model_id!r}. Build it on "
+                f"this model (stages 02-05), or {override}."
+            )
+        if num_layers != self.num_layers:
+            raise BundleError(
+                f"this adapter was built on {built_on}; the model has {num_layers} blocks. "
+                f"Build it on this model (stages 02-05), or {override}."
             )
         if fingerprint and self.model_fingerprint and fingerprint != self.model_fingerprint:
             raise BundleError(
-                f"this adapter was built on a model called {self.model_id!r} whose weights have other "
-                "names, shapes or dtypes than this one's. Build it on this model, or set "
-                "steering.allow_model_mismatch: true to use it anyway."
+                f"this adapter was built on a model called {self.model_id!r} whose weights have "
+                "other names, shapes or dtypes than this one's. Build it on this model, or "
+                f"{override}."
             )
 
 

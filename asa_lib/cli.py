@@ -164,6 +164,7 @@ def _generate(args) -> int:
         beta=args.beta,
         alpha_unit=args.alpha_unit,
         prompt=params.prompt,
+        allow_model_mismatch=params.steering.allow_model_mismatch,
     )  # before the model: fails fast
     run_prompt = run_prompt_format(asa.folder)
     if run_prompt is not None and run_prompt != params.prompt:

@@ -34,7 +34,7 @@ from .artifacts import RunDir, atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, decoder_blocks
 from .parallel import launch, shard_units
-from .prefix import PrefixCache, cache_kwarg, lcp, token_ids
+from .prefix import PrefixCache, cache_kwarg, lcp, right_padded, token_ids
 from .progress import progress
 
 STATES_KEY = "states"
@@ -92,21 +92,6 @@ class StreamingSafetensors:
 def _batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
-    """(input_ids, attention_mask incl. the prefix, position_ids, last real index) for suffixes."""
-    S = max(len(x) for x in suffixes)
-    B = len(suffixes)
-    ids = torch.full((B, S), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, prefix_len + S), dtype=torch.long)
-    mask[:, :prefix_len] = 1
-    for i, x in enumerate(suffixes):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, prefix_len : prefix_len + len(x)] = 1
-    pos = (prefix_len + torch.arange(S)).expand(B, S)
-    last = torch.tensor([len(x) - 1 for x in suffixes])
-    return ids.to(device), mask.to(device), pos.to(device), last
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Shared-prefix caching: run the common start of every prompt once, reuse its cache.
+"""Shared-prefix caching and batch padding, one owner for extraction and generation.
 
 Every prompt of a run starts with the same system text (tool list) and
 demonstration turns; that prefix is most of its tokens. :class:`PrefixCache`
@@ -15,6 +15,9 @@ Exactness:
   masks it out, but LFM2's convolutions carry it into their state, so for
   models with conv layers batches hold suffixes of equal length only
   (:func:`needs_equal_suffix_lengths`).
+
+:func:`right_padded` (extraction, draft verification) and :func:`left_padded`
+(generation) build those batches.
 """
 
 from __future__ import annotations
@@ -49,6 +52,45 @@ def common_prefix_len(ids: list[list[int]]) -> int:
     for x in ids[1:]:
         n = min(n, lcp(ids[0], x))
     return max(n, 0)
+
+
+def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
+    """(input_ids, attention_mask incl. the prefix, position_ids, last real index) for suffixes.
+
+    Suffixes start at column 0 and padding follows them; ``input_ids`` holds
+    the suffix columns only (the prefix comes from its cache), the mask and
+    the position ids count the ``prefix_len`` cached tokens first.
+    """
+    S = max(len(x) for x in suffixes)
+    B = len(suffixes)
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, prefix_len + S), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for i, x in enumerate(suffixes):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, prefix_len : prefix_len + len(x)] = 1
+    pos = (prefix_len + torch.arange(S)).expand(B, S)
+    last = torch.tensor([len(x) - 1 for x in suffixes])
+    return ids.to(device), mask.to(device), pos.to(device), last
+
+
+def left_padded(suffixes: list[list[int]], pad_id: int, prefix_ids: list[int], device):
+    """(input_ids, attention_mask) of prefix + left-padded suffixes, every row ending at the last column.
+
+    Both are (B, P + S): the prefix ``prefix_ids`` (P tokens, possibly none)
+    in every row, then padding, then the row's suffix; the mask hides the
+    padding between prefix and suffix (``generate`` derives positions from it).
+    """
+    P = len(prefix_ids)
+    S, B = max(len(x) for x in suffixes), len(suffixes)
+    ids = torch.full((B, P + S), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P + S), dtype=torch.long)
+    for i, x in enumerate(suffixes):
+        ids[i, :P] = torch.tensor(prefix_ids, dtype=torch.long)
+        ids[i, P + S - len(x) :] = torch.tensor(x)
+        mask[i, :P] = 1
+        mask[i, P + S - len(x) :] = 1
+    return ids.to(device), mask.to(device)
 
 
 def needs_equal_suffix_lengths(model) -> bool:

@@ -33,7 +33,6 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .cache import GenerationCache, make_key
-from .extract import right_padded
 from .hooks import steer_last_prompt_token
 from .models import LoadedModel, decoder_blocks
 from .parallel import shard_units
@@ -42,7 +41,9 @@ from .prefix import (
     PrefixCache,
     cache_kwarg,
     common_prefix_len,
+    left_padded,
     needs_equal_suffix_lengths,
+    right_padded,
     token_ids,
 )
 from .progress import progress
@@ -175,15 +176,10 @@ def _generate_rows(
         raise ValueError("a prompt does not start with the shared prefix")
     if any(not 0 <= n < max_new_tokens for n in n_gen):
         raise ValueError("every row needs at least one token left to generate")
-    suffixes = [x[P:] for x in ids]
-    S, B = max(len(x) for x in suffixes), len(ids)
-    input_ids = torch.full((B, P + S), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((B, P + S), dtype=torch.long)
-    for i, x in enumerate(suffixes):
-        input_ids[i, :P] = torch.tensor(prefix.ids if prefix is not None else [], dtype=torch.long)
-        input_ids[i, P + S - len(x) :] = torch.tensor(x)
-        mask[i, :P] = 1
-        mask[i, P + S - len(x) :] = 1
+    input_ids, mask = left_padded(
+        [x[P:] for x in ids], tok.pad_token_id, prefix.ids if prefix is not None else [], lm.device
+    )
+    B, S = input_ids.shape[0], input_ids.shape[1] - P
     kw = {cache_kwarg(lm.model): prefix.expand(B)} if prefix is not None else {}
     eos = _eos_ids(lm)
     delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
@@ -193,8 +189,8 @@ def _generate_rows(
     limits = [st + max_new_tokens for st in starts]
     with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, positions):
         out = lm.model.generate(
-            input_ids=input_ids.to(lm.device),
-            attention_mask=mask.to(lm.device),
+            input_ids=input_ids,
+            attention_mask=mask,
             max_new_tokens=max_new_tokens - min(n_gen),
             do_sample=False,
             num_beams=1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Fitted:
     h_eval: np.ndarray  # their states at L*, extracted as stage 02 does
     no_probe: str | None  # a routed domain whose probe was removed (p = 0.5 for it)
     no_vector: str | None  # a domain whose vector was removed (the global vector is used)
+    eval_domains: list[str] = field(default_factory=list)  # true domains of eval_texts
 
 
 def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
@@ -55,7 +56,8 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
         lm.num_layers,
         cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
     )
-    eval_texts = [x.text for x in splits["valid"] + splits["test"]][:n_eval]
+    eval_rows = (splits["valid"] + splits["test"])[:n_eval]
+    eval_texts = [x.text for x in eval_rows]
     # Exercise both fallbacks: the least-routed domain loses its probe, another its vector.
     eval_prompts = render_prompts(lm.tokenizer, params.prompt, eval_texts)
     h_eval = extract_states(lm, eval_prompts, batch_size=8)[:, layer]
@@ -69,7 +71,16 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
         if others:
             no_vector = max(others, key=lambda dm: (counts[dm], dm))
             del bundle.vectors[no_vector]
-    return Fitted(bundle, fit, eval_texts, eval_prompts, h_eval, no_probe, no_vector)
+    return Fitted(
+        bundle,
+        fit,
+        eval_texts,
+        eval_prompts,
+        h_eval,
+        no_probe,
+        no_vector,
+        [x.domain for x in eval_rows],
+    )
 
 
 def pick_tau(p: np.ndarray, min_gap: float = 1e-4) -> float:

@@ -152,7 +152,7 @@ def test_the_model_must_be_the_bundles(adapter, tiny_lm):
             {},
             "built on 'other/model'",
         ),
-        (asa, {"model_id": "tiny-lfm2-v2"}, "the model is 'tiny-lfm2-v2'"),
+        (asa, {"model_id": "tiny-lfm2-v2"}, "not on 'tiny-lfm2-v2'.*model_id= vouches"),
         (ASA(_random_bundle(8, 4, "tiny-lfm2"), tau=0.6, alpha=1.0), {}, "hidden size 8, 4 blocks"),
         (
             ASA(_random_bundle(64, 6, "tiny-lfm2"), tau=0.6, alpha=1.0),
@@ -172,6 +172,28 @@ def test_the_model_must_be_the_bundles(adapter, tiny_lm):
     with pytest.raises(ModelMismatchError, match="built on 'tiny-lfm2'"):
         asa.check_model(tiny_lm.model)
     asa.check_model(tiny_lm.model, model_id="tiny-lfm2")
+
+
+def test_the_model_check_is_the_bundles_and_compares_the_fingerprint(adapter, tiny_lm):
+    asa = ASA.load(adapter["folder"])
+    fp = tiny_lm.fingerprint
+    same = replace(asa, bundle=replace(asa.bundle, model_fingerprint=fp))
+    same.check_model(tiny_lm)
+    same.check_model(tiny_lm.model, model_id="tiny-lfm2")  # a bare module, vouched for
+    other = replace(asa, bundle=replace(asa.bundle, model_fingerprint="0" * 64))
+    for kw in ({}, {"model_id": "tiny-lfm2"}):  # vouching names the model, not its weights
+        with pytest.raises(ModelMismatchError, match="other names, shapes or dtypes"):
+            other.check_model(tiny_lm if not kw else tiny_lm.model, **kw)
+    with pytest.raises(ModelMismatchError, match="other names, shapes or dtypes"):
+        other.decide(tiny_lm, None, ["Hi"])
+    # the explicit override checks the shapes only: another id, another fingerprint pass
+    allowed = replace(other, allow_model_mismatch=True)
+    allowed.check_model(tiny_lm)
+    allowed.check_model(tiny_lm, model_id="something-else")
+    wide = ASA(_random_bundle(8, 4, "tiny-lfm2"), tau=0.6, alpha=1.0, allow_model_mismatch=True)
+    with pytest.raises(ModelMismatchError, match="hidden size 8, 4 blocks"):
+        wide.check_model(tiny_lm)  # shapes must fit in any case
+    assert ASA.load(adapter["folder"], allow_model_mismatch=True).allow_model_mismatch
 
 
 def test_decide_generate_and_steering_agree_with_the_two_pass_path(adapter, tiny_lm, tiny_params):

@@ -109,7 +109,7 @@ def test_text_output_and_prompts_from_stdin(setup, capsys, monkeypatch):
         ("not json", "not valid JSON"),
         (
             "other model",
-            "this adapter was built on 'LiquidAI/LFM2.5-1.2B-Instruct'; the model is 'tiny-lfm2'",
+            "this adapter was built on 'LiquidAI/LFM2.5-1.2B-Instruct', not on 'tiny-lfm2'",
         ),
         ("bad tau", "tau 1.5 is outside the allowed range"),
         ("no prompts", "no prompts"),
@@ -143,3 +143,14 @@ def test_generate_help():
         [sys.executable, "-m", "asa_lib.cli", "generate", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--adapter" in out.stdout and "--json" in out.stdout
+
+
+def test_the_params_can_allow_an_adapter_from_another_model(setup, capsys, tmp_path):
+    d = yaml.safe_load(open(setup["params"]).read())
+    d["steering"]["allow_model_mismatch"] = True
+    params = tmp_path / "allow.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    code, out, err = run_cli(
+        capsys, "--adapter", setup["other"], "--params", params, "--max-new-tokens", "2", "Hi"
+    )
+    assert code == 0 and "output: " in out, err

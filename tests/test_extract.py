@@ -96,3 +96,18 @@ def test_capture_accepts_tuple_outputs():
     with capture_last_token(blocks) as cap:
         blocks[0](x)
     assert torch.equal(cap[0], torch.tensor([[8.0, 10.0]]))
+
+
+def test_padding_helpers_lay_out_prefix_padding_and_suffixes():
+    from asa_lib.prefix import left_padded, right_padded
+
+    ids, mask, pos, last = right_padded([[5, 6, 7], [8]], 0, 2, "cpu")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert pos.tolist() == [[2, 3, 4], [2, 3, 4]]
+    assert last.tolist() == [2, 0]
+    ids, mask = left_padded([[5, 6, 7], [8]], 0, [1, 2], "cpu")
+    assert ids.tolist() == [[1, 2, 5, 6, 7], [1, 2, 0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 1]]
+    ids, mask = left_padded([[5, 6], [8]], 0, [], "cpu")
+    assert ids.tolist() == [[5, 6], [0, 8]] and mask.tolist() == [[1, 1], [0, 1]]

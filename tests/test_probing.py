@@ -93,7 +93,9 @@ def test_bundle_refuses_another_model_and_tampered_files(tmp_path):
     _, b = _fit(h, y, d)
     save_bundle(b, tmp_path)
     lb = load_bundle(tmp_path)
-    with pytest.raises(BundleError, match="hidden size 12; the model has hidden size 64"):
+    with pytest.raises(
+        BundleError, match=r"hidden size 12, 3 blocks\); the model has hidden size 64"
+    ):
         lb.check_model(64, 3)
     with pytest.raises(BundleError, match="steers block 1 .* only 1 blocks"):
         lb.check_model(12, 1)

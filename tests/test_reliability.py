@@ -347,3 +347,34 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
     assert fp == tiny_lm.fingerprint and len(fp) == 64
     save_bundle(b, bundle_dir)
     assert load_bundle(bundle_dir).model_fingerprint == "a" * 64
+
+
+def test_one_table_says_what_each_stage_writes_and_what_later_stages_require(tmp_path):
+    from asa_lib.artifacts import (
+        STAGE_OUTPUTS,
+        MissingInputError,
+        require,
+        stage_outputs,
+        stage_writes,
+    )
+
+    # the recorded output hashes are keyed by these paths: they must not move
+    assert {s: stage_writes(s) for s in STAGE_OUTPUTS} == {
+        "01_data": ["data"],
+        "02_extraction": ["states"],
+        "03_probing": ["probing"],
+        "04_vectors": ["vectors"],
+        "05_routing": ["bundle"],
+        "07_analysis": ["results.json", "chosen_adapter"],
+    }
+    assert stage_writes("06_sweep__paper") == ["sweep/paper.json"]
+    for stage, out in STAGE_OUTPUTS.items():
+        for f in out.needed:  # what require checks lies in what the stage writes
+            assert any(f == w or f.startswith(w + "/") for w in out.writes), (stage, f)
+    for stage in ("01_data", "02_extraction", "03_probing", "04_vectors", "05_routing"):
+        with pytest.raises(MissingInputError, match=f"run stage {stage} first"):
+            require(tmp_path, stage)
+        for f in stage_outputs(stage).needed:
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / f).write_text("x")
+        require(tmp_path, stage)
