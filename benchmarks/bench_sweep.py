@@ -18,9 +18,15 @@ times per stage, generations run, sweep tokens forwarded (a FLOP proxy),
 draft-verified decoding counts (``--draft auto|on|off``, the project path's
 ``generation.draft``), output and decision agreement.
 
-    python benchmarks/bench_sweep.py            # SmolLM2, about 10 minutes for the reference path
-    python benchmarks/bench_sweep.py --quick    # tiny random LFM2, about a minute
-    python benchmarks/bench_sweep.py --max-new-tokens 128 --draft off   # the seed's 128 tokens, no drafts
+    python benchmarks/bench_sweep.py                  # demo model (SmolLM2 + the tool-calling LoRA), 128 new tokens
+    python benchmarks/bench_sweep.py --model smollm2 --max-new-tokens 32   # plain SmolLM2 (never calls a tool)
+    python benchmarks/bench_sweep.py --quick          # tiny random LFM2, about a minute
+    python benchmarks/bench_sweep.py --ref-every 3    # the seed loop on every 3rd prompt, its time scaled up
+
+``--ref-every K`` runs the seed loop's sweep on every K-th VALID/TEST prompt
+of every config (generations are independent, so its time and tokens are
+scaled by generations run / generations sampled; the table says so) and
+compares decisions and outputs on those; extraction always runs in full.
     python benchmarks/bench_sweep.py --memory   # peak RSS of streamed extraction, 2k vs 20k prompts (tiny LFM2)
 """
 
@@ -61,13 +67,15 @@ def peak_rss_mb() -> float:
 
 def setup(args):
     params = load_params(ROOT / "params" / ("tiny.yaml" if args.quick else "demo.yaml"))
+    if args.quick or args.model == "smollm2":
+        params.model.adapter = None  # the base model
     params.data.per_split_per_class = args.per_split
     params.data.test_multiplier = 2
     params.model.dtype = args.dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         splits = make_splits_from_params(params).samples
-    lm = load_model(params.model, seed=params.data.seed)
+    lm = load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
     prompts = {
         s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
         for s, xs in splits.items()
@@ -135,10 +143,13 @@ def reference(args) -> dict:
         return v / (np.linalg.norm(v) + 1e-8)
 
     t1 = time.time()
-    decisions, outputs, forwarded = {}, {}, 0
+    decisions, outputs, forwarded, total = {}, {}, 0, 0
     for cfg in configs:
         for s in ("valid", "test"):
-            for text, x in zip(prompts[s], splits[s]):
+            for j, (text, x) in enumerate(zip(prompts[s], splits[s])):
+                total += 1
+                if j % args.ref_every:
+                    continue  # not in the sample: its time is estimated from the others
                 state = {"injected": False}
 
                 def asa_hook(module, inp, out, cfg=cfg, state=state):  # the seed's asa_hook
@@ -181,14 +192,17 @@ def reference(args) -> dict:
                     out.shape[1] - 1
                 )  # prefill of the prompt, then one token per decode step
     t_sweep = time.time() - t1
+    scale = total / len(decisions)
     return {
         "extract_s": t_extract,
-        "sweep_s": t_sweep,
+        "sweep_s": t_sweep * scale,
+        "sweep_measured_s": t_sweep,
+        "sampled": len(decisions),
         "layer": layer,
         "decisions": decisions,
         "outputs": outputs,
-        "tokens_forwarded": int(forwarded),
-        "generations": len(decisions),
+        "tokens_forwarded": int(round(forwarded * scale)),
+        "generations": total,
         "peak_rss_mb": peak_rss_mb(),
         "states": states,
     }
@@ -331,6 +345,10 @@ def run_child(args, path: str, extra: list[str] | None = None) -> dict:
             args.dtype,
             "--draft",
             args.draft,
+            "--model",
+            args.model,
+            "--ref-every",
+            str(args.ref_every),
         ]
         + (["--quick"] if args.quick else [])
         + (extra or [])
@@ -376,13 +394,27 @@ def main():
         choices=["auto", "on", "off"],
         help="generation.draft for the project path (default auto)",
     )
+    ap.add_argument(
+        "--model",
+        default="demo",
+        choices=["demo", "smollm2"],
+        help="demo: SmolLM2 + the tool-calling LoRA adapter (params/demo.yaml); smollm2: without it",
+    )
+    ap.add_argument(
+        "--ref-every",
+        type=int,
+        default=1,
+        help="run the seed loop's sweep on every K-th prompt and scale its time (default 1: all)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--out-json", help=argparse.SUPPRESS)
     ap.add_argument("--n-prompts", type=int, default=2000, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.per_split = args.per_split or 2
-    args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 32)
+    args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 128)
+    if args.ref_every < 1:
+        ap.error("--ref-every needs K >= 1")
     if args.path:
         return child(args)
     if args.memory:
@@ -390,7 +422,7 @@ def main():
 
     ref = run_child(args, "reference")
     proj = run_child(args, "project")
-    keys = sorted(ref["decisions"])
+    keys = sorted(ref["decisions"])  # the sampled generations
     agree = sum(ref["decisions"][k] == proj["decisions"].get(k) for k in keys)
     same = sum(ref["outputs"][k] == proj["outputs"].get(k) for k in keys)
     prefix = sum(ref["outputs"][k].startswith(proj["outputs"].get(k, "\x00")) for k in keys)
@@ -409,6 +441,18 @@ def main():
         "tiny random LFM2 (4 blocks, hidden 64)"
         if args.quick
         else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+        + (
+            " + the demo's tool-calling LoRA adapter (models/smollm2-135m-tools-lora, merged)"
+            if args.model == "demo"
+            else ""
+        )
+    )
+    sampled = (
+        f"; the reference sweep ran {ref['sampled']} of its {ref['generations']} generations "
+        f"(one prompt in {args.ref_every}, {ref['sweep_measured_s']:.1f} s) and its time and tokens "
+        "are scaled by generations"
+        if args.ref_every > 1
+        else ""
     )
     n = {s: len(ref["states"][s]) for s in SPLITS}
     rows = [
@@ -426,7 +470,7 @@ def main():
         + ", ".join(f"{s} {n[s]}" for s in SPLITS)
         + f" (bundled Alpaca rows, {args.per_split} per split per class, test x2)",
         f"- generation: greedy, max {args.max_new_tokens} new tokens, configs: baseline + the seed's eight (absolute alpha)",
-        f"- project batch size: {args.batch_size}",
+        f"- project batch size: {args.batch_size}{sampled}",
         "",
         "| stage | reference (s) | project (s) | speed-up |",
         "|---|---:|---:|---:|",
@@ -440,11 +484,13 @@ def main():
         f"- draft-verified decoding (generation.draft: {args.draft}): {g['drafted']} steered generations verified "
         f"against their baseline, {g['accepted_tokens']}/{g['draft_tokens']} draft tokens accepted, "
         f"{g['done_by_draft']} decided by the verify pass alone, {g['drafts_dropped']} drafts dropped (too few accepted)",
-        f"- outputs: project output identical to the reference's {same}/{len(keys)}, "
+        f"- outputs (sampled generations): project output identical to the reference's {same}/{len(keys)}, "
         f"a prefix of it (the project stops at a complete call) {prefix}/{len(keys)}",
         f"- peak RSS: reference {ref['peak_rss_mb']:.0f} MB, project {proj['peak_rss_mb']:.0f} MB",
         f"- L*: reference {ref['layer']}, project {proj['layer']}; max relative difference of extracted states {rel:.2e}",
         f"- per-prompt triggered decisions identical: {agree}/{len(keys)} ({100 * agree / len(keys):.1f}%)",
+        f"- tool calls triggered (sampled generations): reference {sum(ref['decisions'].values())}, "
+        f"project {sum(proj['decisions'][k] for k in keys)} of {len(keys)}",
     ]
     if diff:
         lines.append(f"- differing decisions: {', '.join(diff[:20])}")
@@ -453,6 +499,8 @@ def main():
     out = Path(args.out)
     if args.quick:
         out = out.with_name(out.stem + "_quick.md")
+    elif args.model == "smollm2":
+        out = out.with_name(out.stem + "_smollm2.md")
     write_keeping_notes(out, text)
     print(f"written to {out}")
 
