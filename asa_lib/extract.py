@@ -32,7 +32,7 @@ from safetensors import safe_open
 
 from .artifacts import RunDir, atomic_path, write_json
 from .hooks import capture_last_token
-from .models import LoadedModel, decoder_blocks
+from .models import LoadedModel, accepts_logits_to_keep, decoder_blocks
 from .parallel import launch, shard_units
 from .prefix import PrefixCache, cache_kwarg, lcp, right_padded, token_ids
 from .progress import progress
@@ -126,6 +126,8 @@ def iter_last_token_states(
     if shard is not None:
         batches = shard_units(batches, *shard)
     total = sum(len(b) for b in batches)
+    # only the blocks' states are read: the LM head runs at one position per row, not all
+    head = {"logits_to_keep": 1} if accepts_logits_to_keep(lm.model) else {}
     with capture_last_token(blocks) as captured, progress(total, desc) as bar:
         for idx in batches:
             batch_ids = token_ids(lm, [prompts[i] for i in idx])
@@ -136,7 +138,7 @@ def iter_last_token_states(
                 if prefix
                 else {"use_cache": False}
             )
-            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw)
+            lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw, **head)
             states = torch.stack([captured[l] for l in range(len(blocks))], dim=1)  # (B, L, H)
             yield idx, states.float().cpu().numpy()
             bar.update(len(idx))

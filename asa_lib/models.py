@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -100,6 +101,11 @@ def _device_map(device: torch.device):
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` can skip the LM head except at the last positions."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:

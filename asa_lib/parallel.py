@@ -88,7 +88,7 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
     processes = check_processes(processes)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for old in work.glob("result.rank*.json"):
+    for old in [*work.glob("result.rank*.json"), *work.glob("error.rank*.txt")]:
         old.unlink()
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
@@ -114,10 +114,15 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
             cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False
         ).returncode
     if rc != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        errors = [
+            f"worker {p.name[len('error.rank') : -len('.txt')]}: {p.read_text(encoding='utf-8')}"
+            for p in sorted(work.glob("error.rank*.txt"))
+        ]
+        if not errors:  # died without a Python error (killed, out of memory): torchrun's lines
+            errors = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise ParallelError(
             f"{processes} {task} workers failed (exit {rc}) after {time.time() - t0:.0f} s; "
-            f"their output is in {log}. Last lines:\n" + "\n".join(tail)
+            f"their output is in {log}:\n" + "\n".join(errors)
         )
     results = []
     for r in range(processes):
@@ -162,10 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    import traceback
     import warnings
 
     warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
-    _worker(*argv)
+    try:
+        _worker(*argv)
+    except BaseException as e:  # the coordinator reports each worker's error in one line
+        traceback.print_exc()
+        rank = os.environ.get("RANK", "0")
+        msg = traceback.format_exception_only(type(e), e)[-1].strip()
+        (Path(argv[1]).parent / f"error.rank{rank}.txt").write_text(msg, encoding="utf-8")
+        return 1
     return 0
 
 

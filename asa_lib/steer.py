@@ -24,7 +24,6 @@ stepwise decoding sum in different orders) can tell them apart, at a near-tie.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -34,7 +33,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .cache import GenerationCache, make_key
 from .hooks import steer_last_prompt_token
-from .models import LoadedModel, decoder_blocks
+from .models import LoadedModel, accepts_logits_to_keep, decoder_blocks
 from .parallel import shard_units
 from .params import PromptParams
 from .prefix import (
@@ -60,6 +59,12 @@ class _StopAtCallEnd(StoppingCriteria):
     one per row (a row continued from accepted draft tokens starts earlier:
     its text includes them). ``limits[b]``: the sequence length at which row
     ``b`` has all its new tokens.
+
+    A call completes on the step whose token ends its end marker, so each step
+    first decodes only each row's last few tokens (enough to hold the marker)
+    and decodes the whole row only where the marker is there: per step, the
+    cost stays flat instead of growing with the row (256-row GPU batches
+    decode every row on every step).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class _StopAtCallEnd(StoppingCriteria):
         limits: list[int] | None = None,
     ):
         self.tok, self.prompt_len, self.pp, self.limits = tokenizer, prompt_len, pp, limits
+        self.window = len(pp.tool_call_end) + 8  # tokens: every token decodes to >= 1 character
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         n = input_ids.shape[1]
@@ -84,8 +90,14 @@ class _StopAtCallEnd(StoppingCriteria):
             if self.limits is not None and n >= self.limits[b]:
                 done.append(True)
             else:
+                tail = self.tok.decode(
+                    row[max(start, n - self.window) :], skip_special_tokens=False
+                )
                 done.append(
-                    call_complete(self.tok.decode(row[start:], skip_special_tokens=False), self.pp)
+                    self.pp.tool_call_end in tail
+                    and call_complete(
+                        self.tok.decode(row[start:], skip_special_tokens=False), self.pp
+                    )
                 )
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -236,10 +248,6 @@ def generate_batch(
     return [lm.tokenizer.decode(r, skip_special_tokens=False) for r in rows]
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 @torch.no_grad()
 def verify_drafts(
     lm: LoadedModel,
@@ -272,7 +280,7 @@ def verify_drafts(
         if prefix is not None
         else {"use_cache": False}
     )
-    if _accepts_logits_to_keep(lm.model):
+    if accepts_logits_to_keep(lm.model):
         kw["logits_to_keep"] = W - first
     else:
         first = 0

@@ -14,7 +14,7 @@ import pytest
 from test_draft import LAYER, MAX_NEW, own_tokens, tiny_case  # noqa: F401 (a fixture)
 
 from asa_lib.cli import main
-from asa_lib.parallel import check_processes, launch, shard_units
+from asa_lib.parallel import ParallelError, check_processes, launch, shard_units
 from asa_lib.steer import CHUNK_BATCHES, GenerationStats, generate_all
 
 
@@ -101,3 +101,13 @@ def test_generation_stats_add():
         "forward_passes": 4,
     }
     assert np.isscalar(a.generated)
+
+
+def test_a_failing_worker_raises_naming_its_log(tmp_path):
+    """torchrun's exit status reaches the caller as one error with the log's path and last lines."""
+    with pytest.raises(ParallelError, match=r"2 extract workers failed .*worker\.log") as e:
+        launch("extract", {"params": {}}, 2, tmp_path / "work")
+    # each worker's own error, in one line each
+    assert "worker 0: KeyError: 'base_dir'" in str(e.value)
+    assert "worker 1: KeyError: 'base_dir'" in str(e.value)
+    assert (tmp_path / "work" / "worker.log").is_file()
