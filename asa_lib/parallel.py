@@ -24,7 +24,7 @@ takes ``cores / processes`` CPU threads, or on GPUs the GPU of its local rank.
 Accelerate: ``PartialState(cpu=True)`` gives each worker its rank and the
 world size over gloo (without ``cpu=True`` it reports one process under
 torchrun on a CPU-only machine), on CPUs and GPUs alike; the workers never
-exchange tensors, they only wait for each other (``wait_for_everyone``): in
+exchange tensors, they only wait for each other (a gloo barrier): in
 generation, after reading the cache and before writing to it, so that they all
 deal out the same rows.
 """
@@ -133,6 +133,19 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
     return results
 
 
+def barrier() -> None:
+    """Wait for every worker.
+
+    Not ``PartialState.wait_for_everyone``: it passes ``device_ids=[local rank]``
+    to the barrier, which fails on a machine with fewer GPUs than workers (seen
+    with 2 workers on one H200); the gloo barrier needs no device.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _worker(task: str, spec_path: str) -> None:
     import torch
     from accelerate import PartialState
@@ -151,12 +164,12 @@ def _worker(task: str, spec_path: str) -> None:
     else:
         from .sweep import generate_shard
 
-        result = generate_shard(spec, (rank, world), state.wait_for_everyone)
+        result = generate_shard(spec, (rank, world), barrier)
     out = Path(spec_path).parent / f"result.rank{rank}.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     os.replace(tmp, out)
-    state.wait_for_everyone()
+    barrier()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ def main() -> int:
 
     from asa_lib.cache import GenerationCache
     from asa_lib.models import load_model
-    from asa_lib.parallel import RANK_ENV
+    from asa_lib.parallel import RANK_ENV, barrier
     from asa_lib.params import ModelParams, load_params
     from asa_lib.prompts import render_prompts
     from asa_lib.steer import GenerationStats, generate_all
@@ -52,18 +52,18 @@ def main() -> int:
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "gen.sqlite").unlink(missing_ok=True)
-    state.wait_for_everyone()
+    barrier()
     cache = GenerationCache(folder / "gen.sqlite", {"check": "parallel"})
     ok = True
     for name, d in (("unsteered", None), ("steered", deltas)):
         stats = GenerationStats()
-        state.wait_for_everyone()
+        barrier()
         _, n = generate_all(
             lm, prompts, d, 1, 4, 8, pp, cache, stats=stats,
-            shard=(rank, world), sync=state.wait_for_everyone,
+            shard=(rank, world), sync=barrier,
         )  # fmt: skip
         print(f"rank {rank}/{world} on {lm.device}: {name}, generated {n}", flush=True)
-        state.wait_for_everyone()
+        barrier()
         if rank == 0:
             merged, left = generate_all(lm, prompts, d, 1, 4, 8, pp, cache)
             alone, _ = generate_all(lm, prompts, d, 1, 4, 8, pp)
@@ -75,7 +75,7 @@ def main() -> int:
             )
             ok &= same == len(prompts) and left == 0
     cache.close()
-    state.wait_for_everyone()
+    barrier()
     if rank == 0:
         print(f"device {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
         print("ALL EQUAL" if ok else "DIFFERENT")
