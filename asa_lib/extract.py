@@ -34,7 +34,7 @@ from .artifacts import RunDir, atomic_path, write_json
 from .hooks import capture_last_token
 from .models import LoadedModel, accepts_logits_to_keep, decoder_blocks
 from .parallel import launch, shard_units
-from .prefix import PrefixCache, cache_kwarg, lcp, right_padded, token_ids
+from .prefix import cache_kwarg, cached_prefix, lcp, right_padded, token_ids
 from .progress import progress
 
 STATES_KEY = "states"
@@ -89,9 +89,26 @@ class StreamingSafetensors:
         self.f.close()
 
 
-def _batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+# A batch is closed early where the next row would be padded by more than this share of
+# the batch's longest row (every padded token costs a full token's compute on a CPU).
+MAX_PADDING = 0.25
+
+
+def _batches(
+    lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING
+) -> list[np.ndarray]:
+    """Batches of row indices, longest first: at most ``batch_size`` rows, and none padded by
+    more than ``max_padding`` of the batch's longest row (``lengths``: the tokens each row runs)."""
     order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) == batch_size or lengths[i] < (1 - max_padding) * lengths[cur[0]]):
+            batches.append(np.asarray(cur))
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(np.asarray(cur))
+    return batches
 
 
 @torch.no_grad()
@@ -119,10 +136,10 @@ def iter_last_token_states(
             for x in ids:
                 prefix_ids = x if prefix_ids is None else prefix_ids[: lcp(prefix_ids, x)]
     P = min(len(prefix_ids), min(lengths) - 1) if share_prefix and len(prompts) > 1 else 0
-    prefix = PrefixCache(lm, prefix_ids[:P]) if P > 0 else None
+    prefix = cached_prefix(lm, prefix_ids[:P]) if P > 0 else None  # once for all splits
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
-    batches = _batches(lengths, batch_size)
+    batches = _batches([n - P for n in lengths], batch_size)  # the suffixes run
     if shard is not None:
         batches = shard_units(batches, *shard)
     total = sum(len(b) for b in batches)

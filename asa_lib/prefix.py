@@ -158,3 +158,15 @@ def _expand_layer(layer, b: int):
     for k, v in vars(layer).items():
         setattr(new, k, _expand_tensor(v, b))
     return new
+
+
+def cached_prefix(lm, ids: list[int]) -> PrefixCache:
+    """The prefix cache of ``ids`` for ``lm``, computed once per model and token prefix.
+
+    Extraction (each split) and generation (each call) share it; ``lm.prefixes``
+    holds them (cleared where the weights change).
+    """
+    key = tuple(ids)
+    if key not in lm.prefixes:
+        lm.prefixes[key] = PrefixCache(lm, list(key))
+    return lm.prefixes[key]

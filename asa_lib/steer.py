@@ -39,6 +39,7 @@ from .params import PromptParams
 from .prefix import (
     PrefixCache,
     cache_kwarg,
+    cached_prefix,
     common_prefix_len,
     left_padded,
     needs_equal_suffix_lengths,
@@ -331,10 +332,7 @@ def shared_prefix(lm: LoadedModel, pp: PromptParams) -> PrefixCache | None:
     P = common_prefix_len(probe)
     if P == 0:
         return None
-    key = tuple(probe[0][:P])
-    if key not in lm.prefixes:  # computed once per model and format, not once per call
-        lm.prefixes[key] = PrefixCache(lm, list(key))
-    return lm.prefixes[key]
+    return cached_prefix(lm, probe[0][:P])  # computed once per model and format
 
 
 def delta_key(delta: np.ndarray | None) -> str:

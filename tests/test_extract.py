@@ -111,3 +111,18 @@ def test_padding_helpers_lay_out_prefix_padding_and_suffixes():
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 1]]
     ids, mask = left_padded([[5, 6], [8]], 0, [], "cpu")
     assert ids.tolist() == [[5, 6], [0, 8]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_batches_bound_rows_and_padding():
+    from asa_lib.extract import MAX_PADDING, _batches
+
+    lengths = [56, 14, 30, 29, 55, 40, 41, 15, 16, 22, 28, 50, 49, 48, 47, 46, 45, 44, 43, 42]
+    batches = _batches(lengths, 8)
+    rows = [i for b in batches for i in b]
+    assert sorted(rows) == list(range(len(lengths)))  # every row once
+    assert [lengths[i] for i in rows] == sorted(lengths, reverse=True)  # longest first
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 8 and min(lengths[i] for i in b) >= (1 - MAX_PADDING) * longest
+    assert max(len(b) for b in batches) == 8  # full batches where lengths allow
+    assert [len(b) for b in _batches([10] * 5, 2)] == [2, 2, 1]

@@ -8,6 +8,7 @@ The two-process run of the whole tiny pipeline through ``asa run --processes 2``
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,27 @@ def test_a_failing_worker_raises_naming_its_log(tmp_path):
     assert "worker 0: KeyError: 'base_dir'" in str(e.value)
     assert "worker 1: KeyError: 'base_dir'" in str(e.value)
     assert (tmp_path / "work" / "worker.log").is_file()
+
+
+def test_failed_workers_leave_no_states_file(tiny_lm, tiny_params, tmp_path, monkeypatch):
+    """The coordinator creates the states files under temporary names; a failure removes them."""
+    import warnings
+
+    from asa_lib import data, extract
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data.write_splits(tmp_path, data.make_splits_from_params(tiny_params))
+    seen = {}
+
+    def failing_launch(task, spec, processes, work_dir):
+        seen.update(spec["files"])
+        assert all(Path(f).is_file() for f in spec["files"].values())  # ready for the workers
+        raise ParallelError("2 extract workers failed")
+
+    monkeypatch.setattr(extract, "launch", failing_launch)
+    with pytest.raises(ParallelError):
+        extract.extract_run(tiny_lm, tiny_params, tmp_path, processes=2)
+    assert set(seen) == {"cal", "train", "valid", "test"}
+    assert not any(Path(f).exists() for f in seen.values())
+    assert not list((tmp_path / "states").glob("*"))  # no states file, final or temporary
