@@ -404,3 +404,28 @@ def test_gpu_drafts_equal_the_oracle(tiny_params, tmp_path):
         lm, prompts, deltas, LAYER, 8, MAX_NEW, pp, cache, share_prefix=share, draft=True
     )
     assert got == oracle_all(lm, pp, prompts, deltas, MAX_NEW)
+
+
+@pytest.mark.slow
+def test_demo_model_drafts_equal_plain_and_oracle(demo_lm, demo_params, tmp_path):
+    """The demo model writes tool calls: drafts through a complete call stop where the oracle does."""
+    pp = demo_params.prompt
+    texts = ["What is 17 * 23?", "Say hello."]  # the first gets a calculator call
+    prompts = render_prompts(demo_lm.tokenizer, pp, texts)
+    v = np.random.default_rng(3).standard_normal(demo_lm.hidden_size).astype(np.float32)
+    v /= np.linalg.norm(v)
+    deltas = np.stack([0.05 * v, -3.0 * v])  # barely steered (keeps its call), and steered
+    max_new = 40
+    want_base = oracle_all(demo_lm, pp, prompts, None, max_new)
+    want = oracle_all(demo_lm, pp, prompts, deltas, max_new)
+    assert any(pp.tool_call_end in o for o in want_base + want)  # a complete call was written
+    cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "demo"})
+    assert generate_all(demo_lm, prompts, None, LAYER, 3, max_new, pp, cache)[0] == want_base
+    st = GenerationStats()
+    got, _ = generate_all(
+        demo_lm, prompts, deltas, LAYER, 3, max_new, pp, cache, draft=True, stats=st
+    )
+    assert got == want
+    assert st.drafted == len(prompts) and st.accepted_tokens > 0
+    assert st.done_by_draft >= (want[0] == want_base[0])  # an unchanged call: decided by its draft
+    cache.close()
