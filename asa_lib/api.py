@@ -5,10 +5,10 @@ probes, vectors at L*) and the config chosen on VALID (tau, alpha, beta,
 alpha_unit, alpha_eff). :class:`ASA` loads it, checks that a model is the one
 the bundle was built on (model id, hidden size, block count, weights'
 fingerprint: :meth:`Bundle.check_model`), and steers
-``model.generate`` in one pass (see :mod:`asa_lib.online`)::
+``model.generate`` in one pass (see :mod:`asa_lib.method.online`)::
 
     from asa_lib import ASA
-    from asa_lib.models import load_params_model
+    from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
 
     params = load_params("params/demo.yaml")
@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 
-from .bundle import Bundle, BundleError, load_bundle
-from .gate import alpha_effective
-from .models import LoadedModel, decoder_blocks, weights_fingerprint
-from .online import (
+from asa_lib.engine.generate import share_prefix_for
+from asa_lib.method.bundle import Bundle, BundleError, load_bundle
+from asa_lib.method.gate import alpha_effective
+from asa_lib.method.online import (
     Decision,
     OnlineGate,
     SteeringSession,
@@ -51,9 +51,9 @@ from .online import (
     generate_online,
     online_steering,
 )
-from .params import ALPHA_UNITS, Params, ParamsError, PromptParams, load_params
-from .prompts import render_prompt
-from .steer import share_prefix_for
+from asa_lib.model.load import LoadedModel, decoder_blocks, weights_fingerprint
+from asa_lib.params import ALPHA_UNITS, Params, ParamsError, PromptParams, load_params
+from asa_lib.prompts import render_prompt
 
 Messages = list[dict[str, str]]
 PromptInput = str | Messages

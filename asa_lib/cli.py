@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .bundle import BundleError
-from .data import DataError
-from .models import ModelLoadError
-from .online import SteeringError
-from .parallel import check_processes
-from .params import ParamsError
-from .runner import RunError, run
+from asa_lib.data.splits import DataError
+from asa_lib.method.bundle import BundleError
+from asa_lib.method.online import SteeringError
+from asa_lib.model.load import ModelLoadError
+from asa_lib.params import ParamsError
+from asa_lib.run.parallel import check_processes
+from asa_lib.run.runner import RunError, run
 
 
 class UsageError(ValueError):
@@ -126,9 +126,9 @@ def _processes(text: str) -> int:
 
 
 def _train_demo_model(params_path: str, out: str) -> int:
-    from .demo_model import train_adapter
-    from .models import load_model
-    from .params import load_params
+    from asa_lib.demo.train import train_adapter
+    from asa_lib.model.load import load_model
+    from asa_lib.params import load_params
 
     params = load_params(params_path, check_files=False)
     lm = load_model(params.model, seed=params.data.seed)  # the base model, without any adapter
@@ -150,11 +150,12 @@ def _train_demo_model(params_path: str, out: str) -> int:
 def _generate(args) -> int:
     import json
 
-    from .api import ASA, run_prompt_format
-    from .models import load_params_model
-    from .params import load_params
-    from .prompts import call_validity, render_prompts, triggered
-    from .steer import generate_all, share_prefix_for
+    from asa_lib.api import ASA, run_prompt_format
+    from asa_lib.engine.generate import generate_all, share_prefix_for
+    from asa_lib.model.load import load_params_model
+    from asa_lib.params import load_params
+    from asa_lib.prompts import render_prompts
+    from asa_lib.tools import call_validity, triggered
 
     params = load_params(args.params)
     asa = ASA.load(

@@ -21,115 +21,35 @@ from typing import Any
 
 import yaml
 
+from asa_lib.seed import SEED_DOMAINS, SEED_TOOLS
+
 
 class ParamsError(ValueError):
     """A params file that cannot be used; the message says which key and why."""
 
 
-# The seed notebook's four tools (same order, same JSON schema).
-SEED_TOOLS: list[dict[str, Any]] = [
-    {
-        "name": "calculator",
-        "description": "Evaluate a mathematical expression and return the numeric result.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string", "description": "Math expression"}},
-            "required": ["expression"],
-        },
-    },
-    {
-        "name": "python_interpreter",
-        "description": "Execute Python code and return the output.",
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "Python source code"}},
-            "required": ["code"],
-        },
-    },
-    {
-        "name": "web_search",
-        "description": "Search the web for up-to-date information.",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string", "description": "Search query"}},
-            "required": ["query"],
-        },
-    },
-    {
-        "name": "translator",
-        "description": "Translate text from one language to another.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "text": {"type": "string", "description": "Text to translate"},
-                "target_language": {"type": "string", "description": "Target language"},
-            },
-            "required": ["text", "target_language"],
-        },
-    },
-]
-
-# The seed notebook's four keyword domains, in its order (classify() takes the first match).
-SEED_DOMAINS: dict[str, list[str]] = {
-    "math": [
-        "calculate",
-        "compute",
-        "solve",
-        "equation",
-        "sum",
-        "average",
-        "percentage",
-        "convert",
-        "ratio",
-        "divide",
-        "multiply",
-    ],
-    "code": [
-        "write a program",
-        "code",
-        "function",
-        "algorithm",
-        "implement",
-        "script",
-        "debug",
-        "compile",
-        "class",
-        "method",
-    ],
-    "search": [
-        "search",
-        "find",
-        "look up",
-        "latest",
-        "current",
-        "news",
-        "recent",
-        "who is",
-        "what happened",
-        "when did",
-    ],
-    "translation": [
-        "translate",
-        "translation",
-        "say in",
-        "convert to",
-        "how do you say",
-        "in french",
-        "in spanish",
-        "in german",
-        "in japanese",
-        "in chinese",
-    ],
-}
 # "global" names the all-domain steering vector in the bundle; no domain may take it.
 RESERVED_DOMAINS = ("global",)
 
+
 MODEL_KINDS = ("hub", "gguf", "tiny")
+
+
 DATA_KINDS = ("alpaca_keywords", "labelled")
+
+
 DTYPES = ("float32", "float16", "bfloat16")
+
+
 DEVICES = ("auto", "cpu", "cuda")
+
+
 ALPHA_UNITS = ("absolute", "relative")
+
+
 SHARE_PREFIX = ("auto", "always", "never")
+
+
 DRAFT = ("auto", "on", "off")
 
 
@@ -236,7 +156,11 @@ class SteeringParams:
 
 
 GATES = ("probe", "oracle", "always", "none")
+
+
 VECTORS = ("mixture", "random")
+
+
 BASELINE = "baseline"
 
 
@@ -248,7 +172,7 @@ class SweepConfig:
     (the true domain instead of the router), always (+1 for every prompt: the
     paper's "no gate"), none (no steering: the baseline). ``vector``: mixture
     (``normalize(beta * v_global + (1 - beta) * v_d)``) or random (a unit
-    vector from ``seed``). See :mod:`asa_lib.gate`.
+    vector from ``seed``). See :mod:`asa_lib.method.gate`.
     """
 
     name: str
@@ -339,10 +263,6 @@ class Params:
         return d
 
 
-# ---------------------------------------------------------------------------
-# Generic, strict conversion from plain YAML data to the dataclasses above.
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -415,6 +335,8 @@ def _check(cond: bool, msg: str) -> None:
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
 
 
@@ -617,6 +539,8 @@ def _validate_data(p: Params) -> None:
 
 
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.xz", ".jsonl.xz")
+
+
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 
 

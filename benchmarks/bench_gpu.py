@@ -35,7 +35,7 @@ Phases:
    generation path -- ``share_prefix`` auto (whole-prompt batches for conv
    models on a GPU) and always (shared prefix, equal suffix lengths), plain and
    draft-verified -- against the independent oracle of tests/test_exactness.py.
-2. project path: ``asa_lib.steer.generate_all`` as stage 06 runs it (batches,
+2. project path: ``asa_lib.engine.generate.generate_all`` as stage 06 runs it (batches,
    ``share_prefix`` auto, the generation cache across configs), baseline + 8
    configs on VALID + TEST, 128 new tokens, drafts off.
 3. seed loop: one prompt at a time, ``model.generate`` with the seed's prefill
@@ -83,17 +83,18 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asa_lib.cache import GenerationCache  # noqa: E402
-from asa_lib.models import LoadedModel, build_tiny_lfm2, decoder_blocks  # noqa: E402
-from asa_lib.params import SweepConfig, load_params  # noqa: E402
-from asa_lib.prompts import render_prompts, triggered  # noqa: E402
-from asa_lib.steer import (  # noqa: E402
+from asa_lib.engine.cache import GenerationCache  # noqa: E402
+from asa_lib.engine.generate import (  # noqa: E402
     GenerationStats,
     delta_key,
     generate_all,
     identity,
     share_prefix_for,
 )
+from asa_lib.model.load import LoadedModel, build_tiny_lfm2, decoder_blocks  # noqa: E402
+from asa_lib.params import SweepConfig, load_params  # noqa: E402
+from asa_lib.prompts import render_prompts  # noqa: E402
+from asa_lib.tools import triggered  # noqa: E402
 
 ATTENTION_BLOCKS = (2, 5, 8, 10, 12, 14)
 DOMAINS = ("math", "code", "search", "translation")

@@ -4,7 +4,7 @@
   states (prefix-cached, batched forward over every block), gate them in
   numpy (``compute_gates`` + ``steering_deltas``), then generate with the
   deltas (``generate_all``, no generation cache);
-- one-pass (``asa_lib.online.generate_online``, what ``ASA.generate`` and
+- one-pass (``asa_lib.method.online.generate_online``, what ``ASA.generate`` and
   ``asa generate`` run): the gate is computed inside the generation's prefill.
 
 Both use the same model, prompts, bundle, config, batches and shared-prefix
@@ -38,15 +38,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
-from asa_lib import probing  # noqa: E402
 from asa_lib.data import make_splits_from_params  # noqa: E402
-from asa_lib.extract import extract_states  # noqa: E402
-from asa_lib.gate import alpha_effective, compute_gates, steering_deltas  # noqa: E402
-from asa_lib.models import load_params_model  # noqa: E402
-from asa_lib.online import OnlineGate, decide_prompts, generate_online  # noqa: E402
+from asa_lib.engine.extract import extract_states  # noqa: E402
+from asa_lib.engine.generate import generate_all  # noqa: E402
+from asa_lib.method import probing  # noqa: E402
+from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas  # noqa: E402
+from asa_lib.method.online import OnlineGate, decide_prompts, generate_online  # noqa: E402
+from asa_lib.model.load import load_params_model  # noqa: E402
 from asa_lib.params import load_params  # noqa: E402
 from asa_lib.prompts import render_prompts  # noqa: E402
-from asa_lib.steer import generate_all  # noqa: E402
 
 
 def fit(lm, params, layer: int):

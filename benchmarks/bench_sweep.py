@@ -12,7 +12,7 @@ subprocess (so peak memory is measured per path):
   prefix-cached batched generation with early stop, shared across configs
   through the generation cache.
 
-Both fit L*, vectors, router and probes with the same ``asa_lib.probing`` code
+Both fit L*, vectors, router and probes with the same ``asa_lib.method.probing`` code
 on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``:
 times per stage, generations run, sweep tokens forwarded (a FLOP proxy),
 draft-verified decoding counts (``--draft auto|on|off``, the project path's
@@ -52,11 +52,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
-from asa_lib import probing  # noqa: E402
 from asa_lib.data import make_splits_from_params  # noqa: E402
-from asa_lib.models import decoder_blocks, load_model  # noqa: E402
+from asa_lib.method import probing  # noqa: E402
+from asa_lib.model.load import decoder_blocks, load_model  # noqa: E402
 from asa_lib.params import baseline_config, load_params  # noqa: E402
-from asa_lib.prompts import render_prompts, triggered  # noqa: E402
+from asa_lib.prompts import render_prompts  # noqa: E402
+from asa_lib.tools import triggered  # noqa: E402
 
 SPLITS = ("cal", "train", "valid", "test")
 
@@ -214,10 +215,11 @@ def reference(args) -> dict:
 def project(args) -> dict:
     from dataclasses import asdict
 
-    from asa_lib.cache import GenerationCache
-    from asa_lib.extract import extract_states
-    from asa_lib.gate import compute_gates, steering_deltas
-    from asa_lib.steer import GenerationStats, draft_for, draft_min_acceptance_for, generate_all
+    from asa_lib.engine.cache import GenerationCache
+    from asa_lib.engine.draft import draft_for, draft_min_acceptance_for
+    from asa_lib.engine.extract import extract_states
+    from asa_lib.engine.generate import GenerationStats, generate_all
+    from asa_lib.method.gate import compute_gates, steering_deltas
 
     params, splits, lm, prompts, configs = setup(args)
     t0 = time.time()
@@ -274,8 +276,8 @@ def project(args) -> dict:
 
 
 def memory(args) -> dict:
-    from asa_lib.extract import extract_to_file
-    from asa_lib.models import build_tiny_tokenizer  # noqa: F401 (tiny model below)
+    from asa_lib.engine.extract import extract_to_file
+    from asa_lib.model.load import build_tiny_tokenizer  # noqa: F401 (tiny model below)
     from asa_lib.params import ModelParams
 
     lm = load_model(ModelParams(kind="tiny", device="cpu"), seed=0)

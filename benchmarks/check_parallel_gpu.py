@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/check_parallel_gpu.py
 
-Each worker takes the GPU of its local rank (``asa_lib.models.resolve_device``;
+Each worker takes the GPU of its local rank (``asa_lib.model.load.resolve_device``;
 with one GPU both share it) and generates its chunks of rows
 (``generate_all(shard=...)``) into one SQLite generation cache, with Accelerate's
 barrier between reading the cache and writing to it, as ``asa run --processes N``
@@ -30,12 +30,12 @@ def main() -> int:
     import torch
     from accelerate import PartialState
 
-    from asa_lib.cache import GenerationCache
-    from asa_lib.models import load_model
-    from asa_lib.parallel import RANK_ENV, barrier
+    from asa_lib.engine.cache import GenerationCache
+    from asa_lib.engine.generate import GenerationStats, generate_all
+    from asa_lib.model.load import RANK_ENV, load_model
     from asa_lib.params import ModelParams, load_params
     from asa_lib.prompts import render_prompts
-    from asa_lib.steer import GenerationStats, generate_all
+    from asa_lib.run.parallel import barrier
 
     state = PartialState(cpu=True)
     rank, world = state.process_index, state.num_processes

@@ -21,9 +21,10 @@ import warnings
 
 import pandas as pd
 
-from asa_lib import data, nb, plots
+from asa_lib import data, nb
+from asa_lib.report import plots
 
-params, run = nb.open_stage(params_path, run_dir)
+params, run = nb.open_stage("01_data", params_path, run_dir)
 print(
     f"kind: {params.data.kind}  source: {params.data.source}  per split per class: "
     f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}"

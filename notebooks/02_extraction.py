@@ -19,11 +19,12 @@ processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run -
 import numpy as np
 import pandas as pd
 
-from asa_lib import data, extract, nb
-from asa_lib.models import load_params_model
+from asa_lib import data, nb
+from asa_lib.engine import extract
+from asa_lib.model.load import load_params_model
 from asa_lib.prompts import render_prompts
 
-params, run = nb.open_stage(params_path, run_dir, needs=("01_data",))
+params, run = nb.open_stage("02_extraction", params_path, run_dir)
 lm = load_params_model(params)
 print(
     f"{lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {params.model.dtype} on {lm.device}"

@@ -15,9 +15,12 @@ run_dir = "reports/tiny"
 import numpy as np
 import pandas as pd
 
-from asa_lib import extract, nb, plots, probing
+from asa_lib import nb
+from asa_lib.engine import extract
+from asa_lib.method import probing
+from asa_lib.report import plots
 
-params, run = nb.open_stage(params_path, run_dir, needs=("02_extraction",))
+params, run = nb.open_stage("03_probing", params_path, run_dir)
 cal, valid = extract.load_states(run, "cal"), extract.load_states(run, "valid")
 y_cal = np.array(extract.load_meta(run, "cal")["labels"])
 y_valid = np.array(extract.load_meta(run, "valid")["labels"])

@@ -16,9 +16,12 @@ run_dir = "reports/tiny"
 import numpy as np
 import pandas as pd
 
-from asa_lib import data, extract, nb, plots, probing
+from asa_lib import data, nb
+from asa_lib.engine import extract
+from asa_lib.method import probing
+from asa_lib.report import plots
 
-params, run = nb.open_stage(params_path, run_dir, needs=("03_probing",))
+params, run = nb.open_stage("04_vectors", params_path, run_dir)
 layer = probing.load_layers(run)["best_layer"]
 h = extract.load_states(run, "cal", layer)
 meta = extract.load_meta(run, "cal")

@@ -18,10 +18,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from asa_lib import data, extract, nb, plots, probing
-from asa_lib.bundle import load_bundle, save_bundle
+from asa_lib import data, nb
+from asa_lib.engine import extract
+from asa_lib.method import probing
+from asa_lib.method.bundle import load_bundle, save_bundle
+from asa_lib.report import plots
 
-params, run = nb.open_stage(params_path, run_dir, needs=("04_vectors",))
+params, run = nb.open_stage("05_routing", params_path, run_dir)
 layers = probing.load_layers(run)
 layer, num_layers = layers["best_layer"], layers["num_layers"]
 vectors = probing.load_vectors(run)

@@ -19,12 +19,13 @@ processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run -
 # %%
 import pandas as pd
 
-from asa_lib import nb, plots
-from asa_lib.bundle import load_bundle
-from asa_lib.models import load_params_model
-from asa_lib.sweep import run_config
+from asa_lib import nb
+from asa_lib.method.bundle import load_bundle
+from asa_lib.model.load import load_params_model
+from asa_lib.report import plots
+from asa_lib.run.sweep import run_config
 
-params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
+params, run = nb.open_stage("06_sweep", params_path, run_dir)
 config = params.config(config_name)
 bundle = load_bundle(run.bundle)
 lm = load_params_model(params)
@@ -103,9 +104,9 @@ pd.crosstab(
 # the baseline and steered outputs side by side (escaped).
 
 # %%
-from asa_lib import analysis
-from asa_lib.artifacts import read_json
-from asa_lib.sweep import BASELINE, sweep_path
+from asa_lib.files import read_json
+from asa_lib.run import analysis
+from asa_lib.run.sweep import BASELINE, sweep_path
 
 if config_name == BASELINE:
     print("This is the baseline: nothing to compare.")

@@ -15,9 +15,11 @@ run_dir = "reports/tiny"
 # %%
 import pandas as pd
 
-from asa_lib import analysis, nb, plots
+from asa_lib import nb
+from asa_lib.report import plots
+from asa_lib.run import analysis
 
-params, run = nb.open_stage(params_path, run_dir, needs=("05_routing",))
+params, run = nb.open_stage("07_analysis", params_path, run_dir)
 res = analysis.collect(params, run)
 table = analysis.summary_table(res)
 chosen = analysis.choose_config(res)
@@ -146,8 +148,8 @@ nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
 
 # %%
 from asa_lib import ASA
-from asa_lib.data import read_splits
-from asa_lib.models import load_params_model
+from asa_lib.data.splits import read_splits
+from asa_lib.model.load import load_params_model
 
 adapter_dir = run.chosen_adapter
 if chosen == "baseline" or not (adapter_dir / "adapter.json").is_file():

@@ -29,14 +29,14 @@ def demo_params():
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_params):
-    from asa_lib.models import load_model
+    from asa_lib.model.load import load_model
 
     return load_model(tiny_params.model, seed=0)
 
 
 @pytest.fixture(scope="session")
 def smol_lm(demo_params):
-    from asa_lib.models import load_model
+    from asa_lib.model.load import load_model
 
     return load_model(demo_params.model)
 
@@ -69,6 +69,6 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def demo_lm(demo_params):
     """The demo model: SmolLM2-135M with the project's tool-call LoRA adapter merged in."""
-    from asa_lib.models import load_params_model
+    from asa_lib.model.load import load_params_model
 
     return load_params_model(demo_params)

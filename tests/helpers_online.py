@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from asa_lib import probing
-from asa_lib.bundle import Bundle
 from asa_lib.data import make_splits_from_params
-from asa_lib.extract import extract_states
+from asa_lib.engine.extract import extract_states
+from asa_lib.method import probing
+from asa_lib.method.bundle import Bundle
 from asa_lib.prompts import render_prompts
 
 
@@ -116,8 +116,8 @@ def write_adapter(
 
     import yaml
 
-    from asa_lib.bundle import save_bundle
-    from asa_lib.gate import alpha_effective, compute_gates
+    from asa_lib.method.bundle import save_bundle
+    from asa_lib.method.gate import alpha_effective, compute_gates
 
     f = fit_bundle(lm, params, layer, per_split=3, n_eval=12)
     if model_id is not None:

@@ -3,7 +3,7 @@
 A bundle is fitted on the tiny LFM2 by the project's own code (stages 03-05,
 ``helpers_online.fit_bundle``), saved and loaded as stage 07 would. For each
 mode (gate probe / oracle / always / none, vector random, beta 1 = global only,
-beta 0 = domain only) :mod:`asa_lib.gate` computes gates and deltas on real
+beta 0 = domain only) :mod:`asa_lib.method.gate` computes gates and deltas on real
 eval-prompt states; the test recomputes them in plain numpy from the tensors in
 ``adapter.safetensors`` (read directly, not through :class:`Bundle`) and
 checks that a steered generation changes exactly the rows with a non-zero gate.
@@ -18,10 +18,10 @@ import pytest
 from helpers_online import fit_bundle, pick_tau
 from safetensors.numpy import load_file
 
-from asa_lib.bundle import load_bundle, save_bundle
-from asa_lib.gate import alpha_effective, compute_gates, steering_deltas
+from asa_lib.engine.generate import generate_all
+from asa_lib.method.bundle import load_bundle, save_bundle
+from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
 from asa_lib.params import SweepConfig
-from asa_lib.steer import generate_all
 
 LAYER, PER_SPLIT, N_EVAL = 2, 3, 12
 ALPHA = 2.0  # relative to the mean CAL state norm: large enough to move the tiny model's outputs

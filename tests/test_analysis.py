@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from asa_lib import analysis
 from asa_lib.params import params_from_dict
+from asa_lib.run import analysis
 
 
 def rec(i, label, triggered, gate=0, output=None, split="valid"):

@@ -11,11 +11,11 @@ import torch
 from helpers_online import write_adapter
 
 from asa_lib import ASA, AdapterError, ModelMismatchError
-from asa_lib.bundle import Bundle, save_bundle
-from asa_lib.gate import compute_gates, steering_deltas
-from asa_lib.models import decoder_blocks
+from asa_lib.engine.generate import generate_all
+from asa_lib.method.bundle import Bundle, save_bundle
+from asa_lib.method.gate import compute_gates, steering_deltas
+from asa_lib.model.load import decoder_blocks
 from asa_lib.prompts import messages_for
-from asa_lib.steer import generate_all
 
 
 @pytest.fixture(scope="module")

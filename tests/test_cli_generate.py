@@ -22,7 +22,7 @@ TEXTS = ["Calculate 2 + 2", "Write a poem about the sea", "Translate 'cat' into 
 @pytest.fixture(scope="module")
 def cli_lm(tiny_params):
     """The model the command loads (load_params_model: the tiny model with the params' seed)."""
-    from asa_lib.models import load_params_model
+    from asa_lib.model.load import load_params_model
 
     return load_params_model(tiny_params)
 

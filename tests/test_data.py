@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from asa_lib import data
-from asa_lib.data import DataError, build_splits, classify, label_for, read_local_rows
+from asa_lib.data.alpaca import build_splits, classify, label_for
+from asa_lib.data.sources import read_local_rows
+from asa_lib.data.splits import DataError
 from conftest import ROOT
 
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asa_lib.demo_model import ADAPTER_FILE, RECORD_FILE, Recipe, synthetic_requests, train_adapter
-from asa_lib.models import ModelLoadError, load_model
+from asa_lib.demo.synthetic import synthetic_requests
+from asa_lib.demo.train import Recipe, train_adapter
+from asa_lib.model.load import ModelLoadError, load_model
+from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE
 from asa_lib.params import ModelParams, ParamsError, params_from_dict
 
 TINY_RECIPE = dict(

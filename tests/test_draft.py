@@ -18,21 +18,19 @@ import pytest
 import torch
 from test_exactness import instructions, mixed_deltas, oracle
 
-from asa_lib.cache import GenerationCache
-from asa_lib.hooks import steer_last_prompt_token
-from asa_lib.models import LoadedModel, decoder_blocks, load_model
-from asa_lib.prompts import render_prompts
-from asa_lib.steer import (
-    CHUNK_BATCHES,
+from asa_lib.engine.batching import CHUNK_BATCHES
+from asa_lib.engine.cache import GenerationCache
+from asa_lib.engine.draft import accept, draft_for, draft_min_acceptance_for
+from asa_lib.engine.generate import (
     GenerationStats,
-    accept,
     delta_key,
-    draft_for,
-    draft_min_acceptance_for,
     generate_all,
     identity,
     share_prefix_for,
 )
+from asa_lib.model.hooks import steer_last_prompt_token
+from asa_lib.model.load import LoadedModel, decoder_blocks, load_model
+from asa_lib.prompts import render_prompts
 
 LAYER = 1
 MAX_NEW = 10
@@ -390,7 +388,7 @@ def test_smollm2_drafts_equal_plain_and_oracle(smol_lm, demo_params, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_drafts_equal_the_oracle(tiny_params, tmp_path):
-    from asa_lib.models import build_tiny_lfm2
+    from asa_lib.model.load import build_tiny_lfm2
 
     model, tok = build_tiny_lfm2(seed=0)
     lm = LoadedModel(model.to("cuda"), tok, "tiny-lfm2", torch.device("cuda"))

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from asa_lib.cache import GenerationCache
-from asa_lib.models import LoadedModel
-from asa_lib.prefix import needs_equal_suffix_lengths
+from asa_lib.engine.cache import GenerationCache
+from asa_lib.engine.decode import generate_batch
+from asa_lib.engine.generate import generate_all, share_prefix_for, shared_prefix
+from asa_lib.engine.prefix import needs_equal_suffix_lengths
+from asa_lib.model.load import LoadedModel
 from asa_lib.prompts import render_prompts
-from asa_lib.steer import generate_all, generate_batch, share_prefix_for, shared_prefix
 from conftest import ROOT
 
 LAYER = 1
@@ -227,7 +228,7 @@ def test_smollm2_every_generation_path_equals_the_oracle(smol_lm, demo_params, t
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_auto_path_equals_the_oracle(tiny_params, tmp_path):
-    from asa_lib.models import build_tiny_lfm2
+    from asa_lib.model.load import build_tiny_lfm2
 
     model, tok = build_tiny_lfm2(seed=0)
     lm = LoadedModel(model.to("cuda"), tok, "tiny-lfm2", torch.device("cuda"))

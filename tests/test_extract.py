@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from asa_lib.extract import extract_states, extract_to_file, load_states, states_shape
-from asa_lib.hooks import capture_last_token
-from asa_lib.models import decoder_blocks
+from asa_lib.engine.extract import extract_states, extract_to_file, load_states, states_shape
+from asa_lib.model.hooks import capture_last_token
+from asa_lib.model.load import decoder_blocks
 from asa_lib.prompts import render_prompts
 from conftest import PROMPTS
 
@@ -99,7 +99,7 @@ def test_capture_accepts_tuple_outputs():
 
 
 def test_padding_helpers_lay_out_prefix_padding_and_suffixes():
-    from asa_lib.prefix import left_padded, right_padded
+    from asa_lib.engine.prefix import left_padded, right_padded
 
     ids, mask, pos, last = right_padded([[5, 6, 7], [8]], 0, 2, "cpu")
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -114,7 +114,7 @@ def test_padding_helpers_lay_out_prefix_padding_and_suffixes():
 
 
 def test_batches_bound_rows_and_padding():
-    from asa_lib.extract import MAX_PADDING, _batches
+    from asa_lib.engine.extract import MAX_PADDING, _batches
 
     lengths = [56, 14, 30, 29, 55, 40, 41, 15, 16, 22, 28, 50, 49, 48, 47, 46, 45, 44, 43, 42]
     batches = _batches(lengths, 8)

@@ -10,16 +10,12 @@ import pytest
 import yaml
 
 from asa_lib import data
-from asa_lib.data import (
-    DataError,
-    build_labelled_splits,
-    build_splits,
-    classify,
-    parse_label,
-    read_labelled,
-)
-from asa_lib.example_data import labelled_example_rows
-from asa_lib.params import SEED_DOMAINS, ColumnMap, ParamsError, load_params, params_from_dict
+from asa_lib.data.alpaca import build_splits, classify
+from asa_lib.data.labelled import build_labelled_splits, parse_label, read_labelled
+from asa_lib.data.splits import DataError
+from asa_lib.demo.example_data import labelled_example_rows
+from asa_lib.params import ColumnMap, ParamsError, load_params, params_from_dict
+from asa_lib.seed import SEED_DOMAINS
 from conftest import PARAMS, ROOT
 
 

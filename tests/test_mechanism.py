@@ -14,10 +14,11 @@ import random
 import numpy as np
 import pytest
 
-from asa_lib.demo_model import synthetic_requests
-from asa_lib.extract import extract_states
-from asa_lib.prompts import render_prompts, triggered
-from asa_lib.steer import generate_all
+from asa_lib.demo.synthetic import synthetic_requests
+from asa_lib.engine.extract import extract_states
+from asa_lib.engine.generate import generate_all
+from asa_lib.prompts import render_prompts
+from asa_lib.tools import triggered
 
 pytestmark = pytest.mark.slow
 

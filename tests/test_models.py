@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asa_lib.models import ModelLoadError, build_tiny_lfm2, decoder_blocks, load_model
+from asa_lib.model.load import ModelLoadError, build_tiny_lfm2, decoder_blocks, load_model
 from asa_lib.params import ModelParams
 
 

@@ -12,7 +12,7 @@ import jupytext
 import nbformat
 import pytest
 
-from asa_lib.runner import KERNEL, NOTEBOOK_DIR
+from asa_lib.run.runner import KERNEL, NOTEBOOK_DIR
 from conftest import ROOT
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))

@@ -1,7 +1,7 @@
 """One-pass (online) ASA against the two-pass path the sweep uses, and against hand computations.
 
 Two-pass (the reference): states from extraction -> compute_gates -> steering_deltas
--> generate_all. One-pass: asa_lib.online computes the gate inside the prefill.
+-> generate_all. One-pass: asa_lib.method.online computes the gate inside the prefill.
 The bundles are fitted by the project's own code (stages 03-05) on a few prompts;
 p(tool) is also checked against scikit-learn's predict_proba on the same states.
 """
@@ -13,17 +13,17 @@ import pytest
 import torch
 from helpers_online import fit_bundle, pick_tau
 
-from asa_lib.bundle import Bundle
-from asa_lib.gate import alpha_effective, compute_gates, steering_deltas
-from asa_lib.models import decoder_blocks
-from asa_lib.online import (
+from asa_lib.engine.generate import generate_all
+from asa_lib.method.bundle import Bundle
+from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
+from asa_lib.method.online import (
     OnlineGate,
     SteeringError,
     decide_prompts,
     generate_online,
     online_steering,
 )
-from asa_lib.steer import generate_all
+from asa_lib.model.load import decoder_blocks
 
 # model -> (L*, rows per split per class for fitting, eval prompts, relative alpha, beta, new tokens)
 SETUPS = {

@@ -15,8 +15,9 @@ import pytest
 from test_draft import LAYER, MAX_NEW, own_tokens, tiny_case  # noqa: F401 (a fixture)
 
 from asa_lib.cli import main
-from asa_lib.parallel import ParallelError, check_processes, launch, shard_units
-from asa_lib.steer import CHUNK_BATCHES, GenerationStats, generate_all
+from asa_lib.engine.batching import CHUNK_BATCHES, shard_units
+from asa_lib.engine.generate import GenerationStats, generate_all
+from asa_lib.run.parallel import ParallelError, check_processes, launch
 
 
 def test_shards_deal_units_round_robin_and_cover_each_once():
@@ -118,7 +119,8 @@ def test_failed_workers_leave_no_states_file(tiny_lm, tiny_params, tmp_path, mon
     """The coordinator creates the states files under temporary names; a failure removes them."""
     import warnings
 
-    from asa_lib import data, extract
+    from asa_lib import data
+    from asa_lib.engine import extract
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

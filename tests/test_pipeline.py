@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from asa_lib.runner import run
+from asa_lib.run.runner import run
 from conftest import PARAMS, ROOT
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from asa_lib.params import SEED_DOMAINS
-from asa_lib.runner import run
+from asa_lib.run.runner import run
+from asa_lib.seed import SEED_DOMAINS
 from conftest import PARAMS, ROOT
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from asa_lib import probing
-from asa_lib.bundle import BundleError, load_bundle, save_bundle
+from asa_lib.method import probing
+from asa_lib.method.bundle import BundleError, load_bundle, save_bundle
 
 DOMS = ["code", "math", "search", "translation"]
 

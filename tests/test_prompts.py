@@ -1,13 +1,6 @@
 from asa_lib.params import PromptParams, load_params
-from asa_lib.prompts import (
-    call_payload,
-    call_validity,
-    messages_for,
-    parse_calls,
-    render_prompt,
-    system_text,
-    triggered,
-)
+from asa_lib.prompts import messages_for, render_prompt, system_text
+from asa_lib.tools import call_payload, call_validity, parse_calls, triggered
 from conftest import PARAMS
 
 

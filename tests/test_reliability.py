@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from asa_lib.bundle import BundleError, load_bundle, save_bundle
+from asa_lib.method.bundle import BundleError, load_bundle, save_bundle
 from asa_lib.params import PromptParams
-from asa_lib.prompts import call_validity
+from asa_lib.tools import call_validity
 from test_pipeline import make_tiny_run
 from test_probing import _fit, synthetic
 
@@ -117,7 +117,7 @@ def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path, capfd,
     after the fault is gone the rerun brings the config back and re-runs the analysis."""
     import shutil
 
-    from asa_lib.runner import run
+    from asa_lib.run.runner import run
     from conftest import ROOT
     from test_pipeline import comparable
 
@@ -157,7 +157,7 @@ def test_a_recovered_failure_leaves_no_stale_analysis(tiny_run, tmp_path, capfd,
 
 @pytest.mark.slow
 def test_changed_or_missing_outputs_are_rerun_and_say_why(tiny_run, tmp_path):
-    from asa_lib.runner import run
+    from asa_lib.run.runner import run
     from test_pipeline import comparable
 
     run_dir = _copy_run(tiny_run["dir"], tmp_path / "run")
@@ -187,7 +187,7 @@ def test_changed_or_missing_outputs_are_rerun_and_say_why(tiny_run, tmp_path):
 
 
 def test_editing_the_library_changes_every_fingerprint(tiny_params, monkeypatch, tmp_path):
-    from asa_lib import runner
+    from asa_lib.run import runner
 
     before = [s.fingerprint for s in runner.plan(tiny_params, tmp_path / "p.yaml", tmp_path)]
     monkeypatch.setattr(runner, "library_source_hash", lambda: "edited")
@@ -238,7 +238,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
 
 
 def test_an_invalid_utf8_line_is_skipped_and_counted(tmp_path):
-    from asa_lib.data import read_local_rows
+    from asa_lib.data.sources import read_local_rows
 
     good = json.dumps({"instruction": "Calculate 2+2", "input": "", "output": "4"}).encode()
     p = tmp_path / "rows.jsonl"
@@ -253,7 +253,8 @@ def test_a_damaged_compressed_file_names_the_file(tmp_path, suffix):
     import gzip
     import lzma
 
-    from asa_lib.data import DataError, read_local_rows
+    from asa_lib.data.sources import read_local_rows
+    from asa_lib.data.splits import DataError
 
     blob = (
         "\n".join(
@@ -273,8 +274,8 @@ def test_a_full_disk_gives_one_line(tiny_params, tmp_path, monkeypatch, capsys):
 
     import yaml
 
-    from asa_lib import runner
     from asa_lib.cli import main
+    from asa_lib.run import runner
     from conftest import PARAMS, ROOT
 
     def full(*_a, **_k):
@@ -298,8 +299,8 @@ def test_a_full_disk_gives_one_line(tiny_params, tmp_path, monkeypatch, capsys):
 
 
 def test_no_steered_config_leaves_no_chosen_adapter(tiny_run, tmp_path):
-    from asa_lib import analysis
     from asa_lib.params import load_params
+    from asa_lib.run import analysis
 
     run_dir = _copy_run(tiny_run["dir"], tmp_path / "run")
     assert (run_dir / "chosen_adapter" / "adapter.json").is_file()
@@ -329,7 +330,7 @@ def test_written_files_honour_the_umask(tiny_run):
 
 
 def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
-    from asa_lib.models import weights_fingerprint
+    from asa_lib.model.load import weights_fingerprint
 
     b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
     b.model_fingerprint = "a" * 64
@@ -350,16 +351,18 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
 
 
 def test_one_table_says_what_each_stage_writes_and_what_later_stages_require(tmp_path):
-    from asa_lib.artifacts import (
-        STAGE_OUTPUTS,
+    from asa_lib.run.stages import (
+        CORE_STAGES,
+        STAGES,
         MissingInputError,
         require,
         stage_outputs,
         stage_writes,
+        sweep_stage,
     )
 
     # the recorded output hashes are keyed by these paths: they must not move
-    assert {s: stage_writes(s) for s in STAGE_OUTPUTS} == {
+    assert {s.key: stage_writes(s.key) for s in STAGES if not s.per_config} == {
         "01_data": ["data"],
         "02_extraction": ["states"],
         "03_probing": ["probing"],
@@ -367,14 +370,18 @@ def test_one_table_says_what_each_stage_writes_and_what_later_stages_require(tmp
         "05_routing": ["bundle"],
         "07_analysis": ["results.json", "chosen_adapter"],
     }
-    assert stage_writes("06_sweep__paper") == ["sweep/paper.json"]
-    for stage, out in STAGE_OUTPUTS.items():
-        for f in out.needed:  # what require checks lies in what the stage writes
-            assert any(f == w or f.startswith(w + "/") for w in out.writes), (stage, f)
-    for stage in ("01_data", "02_extraction", "03_probing", "04_vectors", "05_routing"):
-        with pytest.raises(MissingInputError, match=f"run stage {stage} first"):
+    assert stage_writes(sweep_stage("paper")) == ["sweep/paper.json"]
+    assert CORE_STAGES == ("01_data", "02_extraction", "03_probing", "04_vectors", "05_routing")
+    for s in STAGES:
+        for f in s.outputs.needed:  # what require checks lies in what the stage writes
+            assert any(f == w or f.startswith(w + "/") for w in s.outputs.writes), (s.key, f)
+    # each stage checks the outputs of the stages it needs, and names the one to run first
+    require(tmp_path, "01_data")
+    for before, stage in zip(CORE_STAGES, [*CORE_STAGES[1:], sweep_stage("paper")]):
+        with pytest.raises(MissingInputError, match=f"run stage {before} first"):
             require(tmp_path, stage)
-        for f in stage_outputs(stage).needed:
+        for f in stage_outputs(before).needed:
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f).write_text("x")
         require(tmp_path, stage)
+    require(tmp_path, "07_analysis")

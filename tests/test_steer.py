@@ -2,14 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from asa_lib.bundle import Bundle
-from asa_lib.cache import GenerationCache
-from asa_lib.gate import Gates, compute_gates, random_unit_vector, steering_deltas
-from asa_lib.hooks import steer_last_prompt_token
-from asa_lib.models import decoder_blocks
+from asa_lib.engine.cache import GenerationCache
+from asa_lib.engine.decode import generate_batch
+from asa_lib.engine.generate import generate_all
+from asa_lib.method.bundle import Bundle
+from asa_lib.method.gate import Gates, compute_gates, random_unit_vector, steering_deltas
+from asa_lib.model.hooks import steer_last_prompt_token
+from asa_lib.model.load import decoder_blocks
 from asa_lib.params import SweepConfig
 from asa_lib.prompts import render_prompts
-from asa_lib.steer import generate_all, generate_batch
 from conftest import PROMPTS
 
 LAYER = 1
@@ -239,7 +240,7 @@ def test_prefix_shared_batched_generation_equals_the_simple_path(
 
 
 def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_params):
-    from asa_lib.steer import _clean
+    from asa_lib.engine.generate import _clean
 
     tok, pp = tiny_lm.tokenizer, tiny_params.prompt
     ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -254,7 +255,7 @@ def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_pa
 
 
 def test_share_prefix_setting(tiny_lm, smol_lm):
-    from asa_lib.steer import share_prefix_for
+    from asa_lib.engine.generate import share_prefix_for
 
     assert share_prefix_for("auto", tiny_lm) and share_prefix_for(
         "auto", smol_lm

@@ -28,7 +28,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from .models import LoadedModel
+from asa_lib.model.load import LoadedModel
 
 
 def token_ids(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """Online ASA: the gate is computed and applied inside the prefill pass of ``generate``.
 
-The sweep (:mod:`asa_lib.steer`) takes two passes: stage 02 stores each
+The sweep (:mod:`asa_lib.engine.generate`) takes two passes: stage 02 stores each
 prompt's state at L*, the gate is computed from it in numpy, and generation
 then adds the resulting delta. Here one pass does both. A forward hook on block
 L* reads every row's state at the last prompt position (position -1: batches
@@ -14,7 +14,7 @@ are left-padded), and computes, in torch and float64:
 It then adds ``gate * alpha_eff * v_d`` to that row's state in the same forward
 pass. ``v_d`` is the bundle's mixture ``normalize(beta * v_global + (1 - beta) * v_d)``;
 it does not depend on the state, so the (+1 and -1) deltas of every routed domain
-are tabulated once by :func:`asa_lib.gate.steering_deltas`. They are then
+are tabulated once by :func:`asa_lib.method.gate.steering_deltas`. They are then
 bit-identical to the two-pass path's.
 
 Which pass is steered: inside :func:`online_steering`, ``model.generate`` is
@@ -37,13 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .bundle import Bundle
-from .gate import Gates, steering_deltas
-from .hooks import _hidden, _replace_hidden
-from .models import LoadedModel, decoder_blocks
-from .params import PromptParams
-from .prefix import token_ids
-from .steer import _gen_batches, generate_batch, shared_prefix
+from asa_lib.engine.batching import _gen_batches
+from asa_lib.engine.decode import generate_batch
+from asa_lib.engine.generate import shared_prefix
+from asa_lib.engine.prefix import token_ids
+from asa_lib.method.bundle import Bundle
+from asa_lib.method.gate import Gates, steering_deltas
+from asa_lib.model.hooks import _hidden, _replace_hidden
+from asa_lib.model.load import LoadedModel, decoder_blocks
+from asa_lib.params import PromptParams
 
 
 class SteeringError(RuntimeError):
@@ -179,6 +181,8 @@ class SteeringSession:
 
 
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()
+
+
 _MISSING = object()
 
 
@@ -241,9 +245,6 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
         _ACTIVE.discard(model)
 
 
-# ----------------------------------------------------------------------------- prompt lists
-
-
 def generate_online(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -255,7 +256,7 @@ def generate_online(
 ) -> tuple[list[str], list[Decision]]:
     """Greedy outputs and decisions of rendered ``prompts``, steered in one pass.
 
-    The batching is the sweep's (:func:`asa_lib.steer.generate_all`: length-sorted
+    The batching is the sweep's (:func:`asa_lib.engine.generate.generate_all`: length-sorted
     batches, the prompt format's shared prefix computed once, a row stops once
     its tool call is complete), without its cache: every prompt is generated.
     """

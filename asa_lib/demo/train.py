@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import file_digest, library_versions, write_json
-from .models import LoadedModel
-from .params import PromptParams
-from .prompts import call_validity, render_prompts, triggered
-
-ADAPTER_FILE = "adapter_model.safetensors"
-RECORD_FILE = "training.json"
+from asa_lib.demo.synthetic import Example, synthetic_requests
+from asa_lib.files import library_versions, write_json
+from asa_lib.model.load import LoadedModel
+from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, _peft_version, sha256_file
+from asa_lib.params import PromptParams
+from asa_lib.prompts import render_prompts
+from asa_lib.tools import call_validity, triggered
 
 
 @dataclass
@@ -71,277 +71,11 @@ class Recipe:
     eval_max_new_tokens: int = 40
 
 
-# ----------------------------------------------------------------------------- synthetic data
-
-_NAMES = ["Alice", "Ben", "Chen", "Dara", "Emil", "Farah", "Goro", "Hana"]
-_CITIES = [
-    "Lisbon",
-    "Osaka",
-    "Nairobi",
-    "Toronto",
-    "Krakow",
-    "Lima",
-    "Hanoi",
-    "Oslo",
-    "Cairo",
-    "Perth",
-]
-_TOPICS = [
-    "electric cars",
-    "the Mars rover",
-    "solar panels",
-    "the World Cup",
-    "bird flu",
-    "quantum computers",
-    "the stock market",
-    "the Nobel Prize",
-    "space tourism",
-    "new smartphones",
-    "climate talks",
-    "the Olympics",
-    "AI regulation",
-    "coffee prices",
-]
-_COMPANIES = ["Apple", "Toyota", "Nestle", "Samsung", "Siemens", "Netflix", "Shell", "Sony"]
-_LANGS = ["French", "Spanish", "German", "Japanese", "Italian", "Portuguese", "Chinese", "Korean"]
-_PHRASES = [
-    "good morning",
-    "where is the train station",
-    "thank you very much",
-    "I love reading books",
-    "the weather is nice today",
-    "how much does this cost",
-    "see you tomorrow",
-    "happy birthday",
-    "I am learning to cook",
-    "please open the window",
-    "the museum opens at nine",
-]
-_THINGS = [
-    "the sea",
-    "autumn leaves",
-    "a quiet library",
-    "the city at night",
-    "a cup of tea",
-    "mountains",
-    "an old bicycle",
-    "the first snow",
-    "a lighthouse",
-    "friendship",
-    "a rainy afternoon",
-]
-_ACTIVITIES = [
-    "sleeping better",
-    "learning a language",
-    "staying focused",
-    "running a first 5k",
-    "keeping a plant alive",
-    "public speaking",
-    "saving money",
-    "making new friends",
-]
-_CONCEPTS = [
-    "what a prime number is",
-    "what a variable is in programming",
-    "why the sky is blue",
-    "what photosynthesis is",
-    "what a search engine does",
-    "why we have seasons",
-    "what an algorithm is",
-    "what a fraction is",
-    "how vaccines work",
-    "what inflation means",
-    "why leaves change colour",
-    "what gravity does",
-]
-
-
-def _calc(r: random.Random) -> tuple[str, dict]:
-    a, b, c = r.randint(2, 99), r.randint(2, 99), r.randint(2, 999)
-    forms = [
-        (f"What is {a} * {b} + {c}?", f"{a} * {b} + {c}"),
-        (f"Calculate {c} divided by {a}.", f"{c} / {a}"),
-        (f"Compute the square root of {c}.", f"sqrt({c})"),
-        (f"How much is {a}% of {c}?", f"{a} / 100 * {c}"),
-        (f"Find the sum of {a}, {b} and {c}.", f"{a} + {b} + {c}"),
-        (f"What is {c} minus {b}, times {a}?", f"({c} - {b}) * {a}"),
-        (f"Calculate the average of {a}, {b} and {c}.", f"({a} + {b} + {c}) / 3"),
-        (f"What is {a} to the power of 3?", f"{a} ** 3"),
-    ]
-    q, expr = r.choice(forms)
-    return q, {"name": "calculator", "arguments": {"expression": expr}}
-
-
-def _code(r: random.Random) -> tuple[str, dict]:
-    n = r.randint(3, 12)
-    xs = [r.randint(0, 50) for _ in range(r.randint(3, 6))]
-    w = r.choice(["banana", "level", "python", "racecar", "keyboard"])
-    forms = [
-        (
-            f"Run this Python code and tell me the output: print(sorted({xs}))",
-            f"print(sorted({xs}))",
-        ),
-        (
-            f"Execute a Python program that prints the first {n} square numbers.",
-            f"print([i * i for i in range(1, {n + 1})])",
-        ),
-        (f"Use Python to check whether '{w}' is a palindrome.", f"print('{w}' == '{w}'[::-1])"),
-        (f"Run Python to count the vowels in '{w}'.", f"print(sum(c in 'aeiou' for c in '{w}'))"),
-        (f"Execute this code: print(sum(range({n * 10})))", f"print(sum(range({n * 10})))"),
-        (
-            f"Run a script that prints the factorial of {n}.",
-            f"import math\nprint(math.factorial({n}))",
-        ),
-    ]
-    q, code = r.choice(forms)
-    return q, {"name": "python_interpreter", "arguments": {"code": code}}
-
-
-def _search(r: random.Random) -> tuple[str, dict]:
-    t, city, co = r.choice(_TOPICS), r.choice(_CITIES), r.choice(_COMPANIES)
-    forms = [
-        (f"Search the web for the latest news about {t}.", f"latest news {t}"),
-        (f"Find current information on {t}.", f"{t} current information"),
-        (
-            f"What is the weather forecast for {city} this weekend?",
-            f"weather forecast {city} this weekend",
-        ),
-        (f"Look up today's stock price of {co}.", f"{co} stock price today"),
-        (
-            f"Who won the most recent match in {city}? Look it up.",
-            f"most recent match {city} winner",
-        ),
-        (f"What happened in {city} this week?", f"{city} news this week"),
-        (f"Search for recent articles on {t}.", f"recent articles {t}"),
-        (f"What are today's headlines about {t}?", f"today's headlines {t}"),
-        (
-            f"Look up the opening hours of the main museum in {city}.",
-            f"{city} main museum opening hours",
-        ),
-        (f"Find the current population of {city}.", f"{city} current population"),
-        (f"Search for the latest quarterly results of {co}.", f"{co} latest quarterly results"),
-        (f"Who is the current CEO of {co}? Look it up.", f"{co} current CEO"),
-    ]
-    q, query = r.choice(forms)
-    return q, {"name": "web_search", "arguments": {"query": query}}
-
-
-def _translate(r: random.Random) -> tuple[str, dict]:
-    p, lang = r.choice(_PHRASES), r.choice(_LANGS)
-    forms = [
-        f"Translate '{p}' into {lang}.",
-        f"How do you say '{p}' in {lang}?",
-        f"Please translate this sentence to {lang}: {p}",
-    ]
-    return r.choice(forms), {
-        "name": "translator",
-        "arguments": {"text": p, "target_language": lang},
-    }
-
-
-_FORMS = [
-    "a short poem",
-    "a haiku",
-    "a limerick",
-    "a two-line rhyme",
-    "a very short story",
-    "a slogan",
-]
-_STYLES = ["in simple words", "to a ten-year-old", "in one paragraph", "briefly", "with an example"]
-_ANIMALS = ["cat", "dog", "parrot", "turtle", "rabbit", "hamster", "goldfish"]
-_FACTS = [
-    "octopuses",
-    "honey",
-    "the moon",
-    "penguins",
-    "volcanoes",
-    "bees",
-    "the ocean",
-    "trees",
-    "owls",
-]
-_EVENTS = [
-    "a new job",
-    "a graduation",
-    "moving house",
-    "a wedding",
-    "a retirement",
-    "a first marathon",
-]
-_COUNT = ["two", "three", "four", "five"]
-
-
-def _plain(r: random.Random) -> str:
-    """A request that needs no tool (some use math, code or search words on purpose)."""
-    forms = [
-        lambda: f"Write {r.choice(_FORMS)} about {r.choice(_THINGS)}.",
-        lambda: f"Give me {r.choice(_COUNT)} tips for {r.choice(_ACTIVITIES)}.",
-        lambda: f"Describe {r.choice(_THINGS)} in {r.choice(_COUNT)} sentences.",
-        lambda: f"Explain {r.choice(_CONCEPTS)} {r.choice(_STYLES)}.",
-        lambda: f"Suggest {r.choice(_COUNT)} names for a pet {r.choice(_ANIMALS)}.",
-        lambda: f"What is a good way to start {r.choice(_ACTIVITIES)}?",
-        lambda: f"Write a note to {r.choice(_NAMES)} to congratulate them on {r.choice(_EVENTS)}.",
-        lambda: f"Tell me a fun fact about {r.choice(_FACTS)}.",
-        lambda: f"Why does {r.choice(_ACTIVITIES)} matter? Answer {r.choice(_STYLES)}.",
-    ]
-    return r.choice(forms)()
-
-
-TOOL_MAKERS = {
-    "calculator": _calc,
-    "python_interpreter": _code,
-    "web_search": _search,
-    "translator": _translate,
-}
-
-
-@dataclass
-class Example:
-    text: str  # the user request
-    call: dict | None  # the tool call it needs, or None
-    answer: str = ""  # the assistant's answer (filled in for plain requests by distillation)
-
-
-def synthetic_requests(
-    pp: PromptParams, n_tool: int, n_plain: int, rng: random.Random, seen: set[str]
-) -> list[Example]:
-    """``n_tool`` tool requests (round-robin over the prompt's known tools) and ``n_plain`` plain ones.
-
-    Texts already in ``seen`` are drawn again, so train and validation never share a request.
-    """
-    tools = [t["name"] for t in pp.tools if t["name"] in TOOL_MAKERS]
-    if not tools:
-        raise ValueError(
-            f"none of the prompt's tools has a request template (known: {sorted(TOOL_MAKERS)})"
-        )
-    out: list[Example] = []
-
-    def fresh(make):
-        for _ in range(1000):
-            item = make()
-            text = item[0] if isinstance(item, tuple) else item
-            if text not in seen:
-                seen.add(text)
-                return item
-        raise RuntimeError("the templates ran out of distinct requests; lower the recipe's sizes")
-
-    for i in range(n_tool):
-        q, call = fresh(lambda i=i: TOOL_MAKERS[tools[i % len(tools)]](rng))
-        out.append(Example(q, call, pp.tool_call_start + json.dumps(call) + pp.tool_call_end))
-    for _ in range(n_plain):
-        out.append(Example(fresh(lambda: _plain(rng)), None))
-    rng.shuffle(out)
-    return out
-
-
-# ----------------------------------------------------------------------------- training
-
-
 def _distill(
     lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
 ) -> None:
     """Fill the plain requests' answers with the base model's own greedy answers."""
-    from .steer import generate_all
+    from asa_lib.engine.generate import generate_all
 
     plain = [e for e in examples if e.call is None]
     if not plain:
@@ -401,7 +135,7 @@ def evaluate_tool_use(
     lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
 ) -> dict:
     """Trigger rates and call validity of ``lm`` on synthetic requests (greedy)."""
-    from .steer import generate_all
+    from asa_lib.engine.generate import generate_all
 
     prompts = render_prompts(lm.tokenizer, pp, [e.text for e in examples])
     outs, _ = generate_all(
@@ -521,7 +255,7 @@ def train_adapter(
         "data": {
             "train": {"tool": recipe.n_tool_train, "plain": recipe.n_plain_train},
             "valid": {"tool": recipe.n_tool_valid, "plain": recipe.n_plain_valid},
-            "source": "synthetic templates (asa_lib.demo_model), plain answers self-distilled "
+            "source": "synthetic templates (asa_lib.demo.synthetic), plain answers self-distilled "
             "from the base model; no Alpaca rows",
             "train_tokens": int(sum(len(x) for x, _ in train_items)),
         },
@@ -569,7 +303,7 @@ offline demo's tool-call format, `{record["prompt"]["tool_call_start"]}{{"name":
 so that ASA has a tool-calling decision to steer. It exists for the project's
 offline demo and tests; it is not a general tool-calling model.
 
-- Trained by `asa train-demo-model` (`make demo-model`), code in `asa_lib/demo_model.py`.
+- Trained by `asa train-demo-model` (`make demo-model`), code in `asa_lib/demo/`.
 - Data: {record["data"]["train"]["tool"]} templated tool requests + {record["data"]["train"]["plain"]} plain
   requests (answers self-distilled from the base model), seed {r["seed"]}; no Alpaca rows.
 - LoRA r={r["rank"]}, alpha={r["lora_alpha"]} on {", ".join(r["target_modules"]) if isinstance(r["target_modules"], list) else r["target_modules"]};
@@ -596,53 +330,3 @@ offline demo and tests; it is not a general tool-calling model.
         if f.is_file():
             f.chmod(0o666 & ~umask)
     return path
-
-
-def _peft_version() -> str:
-    import peft
-
-    return peft.__version__
-
-
-def sha256_file(path: str | Path) -> str:
-    return file_digest(path)
-
-
-def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torch.nn.Module, str]:
-    """The base ``model`` with the LoRA adapter in ``adapter_dir`` merged in; and the adapter's sha256.
-
-    Only safetensors adapter weights are accepted (never a pickle).
-    """
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    weights = adapter_dir / ADAPTER_FILE
-    if not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"model.adapter: {adapter_dir} holds no LoRA adapter (expected {ADAPTER_FILE} and "
-            "adapter_config.json; `make demo-model` trains the demo's)"
-        )
-    digest = sha256_file(weights)
-    record = adapter_dir / RECORD_FILE
-    if record.is_file():
-        rec = json.loads(record.read_text(encoding="utf-8"))
-        if not isinstance(rec, dict):
-            raise ValueError(f"model.adapter: {record} is not a JSON object")
-        want = rec.get("adapter_sha256")
-        if want and want != digest:
-            raise ValueError(
-                f"model.adapter: {weights} does not match the sha256 in {record} "
-                "(the file was changed after training)"
-            )
-    try:
-        peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
-    except (
-        RuntimeError,
-        KeyError,
-        ValueError,
-        TypeError,
-    ) as e:  # e.g. an adapter for another base model
-        raise ValueError(
-            f"model.adapter: {adapter_dir} does not fit this model ({str(e).splitlines()[0]})"
-        ) from None
-    return peft_model.merge_and_unload(), digest

@@ -3,7 +3,7 @@
 Papermill stays the orchestrator: stage 02 (and each stage 06 config) is still
 one executed notebook. With ``processes > 1`` the notebook's process
 launches ``processes`` workers (``python -m torch.distributed.run --standalone
---nproc_per_node N -m asa_lib.parallel <task> <spec.json>``), waits for them
+--nproc_per_node N -m asa_lib.run.worker <task> <spec.json>``), waits for them
 and merges their results in order:
 
 - **extraction**: the batches (longest prompts first) are dealt out round
@@ -36,28 +36,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 TASKS = ("extract", "generate")
-RANK_ENV = "ASA_WORKER_RANK"  # set in workers (rank/world) so that models pick their device
 
 
 class ParallelError(RuntimeError):
     """A data-parallel worker failed; the message names the log with its output."""
-
-
-def shard_units(units: Sequence[T], rank: int, world: int) -> list[T]:
-    """The units worker ``rank`` of ``world`` takes: every ``world``-th, starting at ``rank``.
-
-    Units come longest first, so dealing them out round robin balances the work.
-    """
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in a world of {world} processes")
-    return list(units[rank::world])
 
 
 def check_processes(processes: Any) -> int:
@@ -101,7 +87,7 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
         "--nproc_per_node",
         str(processes),
         "-m",
-        "asa_lib.parallel",
+        "asa_lib.run.worker",
         task,
         str(spec_path),
     ]
@@ -144,56 +130,3 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _worker(task: str, spec_path: str) -> None:
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=True)  # rank and world over gloo, CPU-only machines included
-    rank, world = state.process_index, state.num_processes
-    os.environ[RANK_ENV] = f"{state.local_process_index}/{state.num_processes}"
-    torch.set_num_threads(worker_threads(state.num_processes))
-    if rank != 0:  # one progress line for the console: rank 0's
-        os.environ.pop("ASA_PROGRESS_FILE", None)
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    if task == "extract":
-        from .extract import extract_shard
-
-        result = extract_shard(spec, (rank, world))
-    else:
-        from .sweep import generate_shard
-
-        result = generate_shard(spec, (rank, world), barrier)
-    out = Path(spec_path).parent / f"result.rank{rank}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, out)
-    barrier()
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in TASKS:
-        print(
-            f"usage: torchrun ... -m asa_lib.parallel {{{'|'.join(TASKS)}}} SPEC.json",
-            file=sys.stderr,
-        )
-        return 2
-    import traceback
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
-    try:
-        _worker(*argv)
-    except BaseException as e:  # the coordinator reports each worker's error in one line
-        traceback.print_exc()
-        rank = os.environ.get("RANK", "0")
-        msg = traceback.format_exception_only(type(e), e)[-1].strip()
-        (Path(argv[1]).parent / f"error.rank{rank}.txt").write_text(msg, encoding="utf-8")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

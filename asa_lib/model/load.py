@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .parallel import RANK_ENV
-from .params import ModelParams
+from asa_lib.params import ModelParams
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -37,6 +36,8 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
 TINY_SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -56,7 +57,7 @@ class LoadedModel:
     tokenizer: object
     model_id: str  # what the results record (hub id, package/file, "tiny-lfm2")
     device: torch.device
-    # shared-prefix caches already computed for this model (see asa_lib.steer.shared_prefix)
+    # shared-prefix caches already computed for this model (see asa_lib.engine.generate.shared_prefix)
     prefixes: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -86,7 +87,7 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("model.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
-    worker = os.environ.get(RANK_ENV)  # "local_rank/world", set by asa_lib.parallel
+    worker = os.environ.get(RANK_ENV)  # "local_rank/world", set by asa_lib.run.worker
     if device == "cuda" and worker:
         return torch.device("cuda", int(worker.split("/")[0]) % torch.cuda.device_count())
     return torch.device(device)
@@ -121,7 +122,7 @@ def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
             return obj
     raise ModelLoadError(
         f"cannot find the decoder blocks of {type(model).__name__}: expected model.model.layers "
-        "(LFM2, Llama, Qwen2). Add its path to asa_lib.models.decoder_blocks."
+        "(LFM2, Llama, Qwen2). Add its path to asa_lib.model.load.decoder_blocks."
     )
 
 
@@ -129,9 +130,6 @@ def _prepare_tokenizer(tok) -> None:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-
-
-# ----------------------------------------------------------------------------- tiny
 
 
 def build_tiny_tokenizer():
@@ -187,9 +185,6 @@ def build_tiny_lfm2(seed: int = 0, vocab_size: int | None = None):
     return model, tok
 
 
-# ----------------------------------------------------------------------------- gguf
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get("ASA_CACHE_DIR", Path.home() / ".cache" / "asa_lib"))
 
@@ -241,9 +236,6 @@ def _load_gguf(mp: ModelParams, dtype: torch.dtype):
     return model, tok
 
 
-# ----------------------------------------------------------------------------- entry point
-
-
 def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None) -> LoadedModel:
     """Load the model and tokenizer that ``mp`` describes, in eval mode.
 
@@ -280,7 +272,7 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
     else:  # pragma: no cover - validated in params
         raise ModelLoadError(f"unknown model.kind {mp.kind!r}")
     if adapter is not None:
-        from .demo_model import merge_adapter
+        from asa_lib.model.lora import merge_adapter
 
         try:
             model, digest = merge_adapter(model, adapter)
@@ -298,3 +290,6 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
 def load_params_model(params) -> LoadedModel:
     """The model a run uses: ``params.model`` with its LoRA adapter (if any) merged in."""
     return load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
+
+
+RANK_ENV = "ASA_WORKER_RANK"  # set in workers (rank/world) so that models pick their device

@@ -31,9 +31,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .artifacts import _json_default, atomic_path, library_versions, write_json
+from asa_lib.files import _json_default, atomic_path, library_versions, write_json
 
 FORMAT = "asa-adapter/1"
+
+
 HOOK_POINT = "output of model.model.layers[L*] (before the final norm), last prompt token"
 
 
@@ -209,6 +211,8 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
 
 
 MAX_MEAN_NORM = 1e6  # hidden-state norms of real models are far below this
+
+
 UNIT_TOL = 1e-3
 
 

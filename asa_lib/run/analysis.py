@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import RunDir, library_versions, read_json, write_json
-from .bundle import load_bundle, save_bundle
-from .metrics import METRICS as metric_registry
-from .metrics import paired_bootstrap_diff
-from .params import BASELINE, Params
-from .probing import load_layers
-from .sweep import sweep_path
+from asa_lib.files import library_versions, read_json, write_json
+from asa_lib.layout import RunDir
+from asa_lib.method.bundle import load_bundle, save_bundle
+from asa_lib.method.probing import load_layers
+from asa_lib.metrics import METRICS as metric_registry
+from asa_lib.metrics import paired_bootstrap_diff
+from asa_lib.params import BASELINE, Params
+from asa_lib.run.sweep import sweep_path
 
 METRICS = tuple(metric_registry)  # every metric, in the registry's order
 
@@ -295,7 +296,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
     results = {
         "params": params.to_dict(),
         "versions": library_versions(),
-        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "git_commit": git_commit(Path(__file__).resolve().parents[1]),
         "model_id": bundle.model_id,
         "trust_remote_code": params.model.trust_remote_code,
         "L_star": probing["best_layer"],

@@ -13,26 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import RunDir, file_digest, write_json
-from .bundle import Bundle
-from .cache import GenerationCache
-from .data import read_splits
-from .extract import load_meta, load_states
-from .gate import alpha_effective, compute_gates, steering_deltas
-from .metrics import evaluate_records
-from .models import LoadedModel
-from .parallel import launch
-from .params import BASELINE, Params, SweepConfig
-from .prompts import call_validity, render_prompts, triggered
-from .steer import (
-    GenerationStats,
-    draft_for,
-    draft_min_acceptance_for,
-    generate_all,
-    share_prefix_for,
-)
+from asa_lib.data.splits import read_splits
+from asa_lib.engine.cache import GenerationCache
+from asa_lib.engine.draft import draft_for, draft_min_acceptance_for
+from asa_lib.engine.extract import load_meta, load_states
+from asa_lib.engine.generate import GenerationStats, generate_all, share_prefix_for
+from asa_lib.files import file_digest, write_json
+from asa_lib.layout import RunDir
+from asa_lib.method.bundle import Bundle
+from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
+from asa_lib.metrics import evaluate_records
+from asa_lib.model.load import LoadedModel
+from asa_lib.params import BASELINE, Params, SweepConfig
+from asa_lib.prompts import render_prompts
+from asa_lib.run.parallel import launch
+from asa_lib.run.stages import sweep_stage
+from asa_lib.tools import call_validity, triggered
 
 EVAL_SPLITS = ("valid", "test")
+
+
 # Unsteered configs still record each prompt's routed domain and p(tool), gate 0.
 _RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 
@@ -120,7 +120,7 @@ def run_config(
     """Evaluate one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline).
 
     ``processes > 1``: the generations run in that many data-parallel workers
-    (:mod:`asa_lib.parallel`) that fill the generation cache; this process
+    (:mod:`asa_lib.run.parallel`) that fill the generation cache; this process
     then reads every output from it. The results equal one process's.
     """
     run = RunDir(run_dir)
@@ -135,7 +135,7 @@ def run_config(
             "config": config.name,
             "splits": list(splits),
         }
-        workers = launch("generate", spec, processes, run.parallel_work(f"06_sweep__{config.name}"))
+        workers = launch("generate", spec, processes, run.parallel_work(sweep_stage(config.name)))
     cache = open_cache(run, params, lm)
     out = {
         "name": config.name,
@@ -201,9 +201,9 @@ def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], Non
     ``barrier`` waits for every worker: before a split (the previous one is
     written) and between reading the cache and writing to it.
     """
-    from .bundle import load_bundle
-    from .models import load_params_model
-    from .params import params_from_dict
+    from asa_lib.method.bundle import load_bundle
+    from asa_lib.model.load import load_params_model
+    from asa_lib.params import params_from_dict
 
     params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
     run = RunDir(spec["run_dir"])

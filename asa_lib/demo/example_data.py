@@ -16,7 +16,7 @@ no steering vector (the gate never steers prompts routed there).
 
 Regenerate (the output is identical for the same ``seed`` and sizes)::
 
-    python -m asa_lib.example_data data/labelled_example.jsonl
+    python -m asa_lib.demo.example_data data/labelled_example.jsonl
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ CITIES = [
     "Bergen",
     "Adelaide",
 ]
+
+
 DAYS = [
     "today",
     "tomorrow",
@@ -55,8 +57,14 @@ DAYS = [
     "on Saturday morning",
     "next Sunday",
 ]
+
+
 TIMES = ["8am", "9:30am", "noon", "2pm", "3:15pm", "5pm", "6:30pm"]
+
+
 NAMES = ["Alice", "Ben", "Chen", "Dara", "Emil", "Farah", "Goro", "Hana", "Ines", "Jonas"]
+
+
 EVENTS = [
     "dentist appointment",
     "team meeting",
@@ -67,7 +75,11 @@ EVENTS = [
     "parent-teacher meeting",
     "haircut",
 ]
+
+
 PHENOMENA = ["fog", "hail", "rainbows", "thunder", "snowflakes", "dew", "sea breezes", "monsoons"]
+
+
 WEATHER_THINGS = [
     "a summer storm",
     "the first snow",
@@ -76,7 +88,11 @@ WEATHER_THINGS = [
     "a heat wave",
     "autumn wind",
 ]
+
+
 MONTHS = ["January", "February", "April", "July", "September", "November"]
+
+
 THINGS = [
     "the sea",
     "a quiet library",
@@ -88,6 +104,8 @@ THINGS = [
     "friendship",
     "a garden",
 ]
+
+
 ACTIVITIES = [
     "sleeping better",
     "learning a language",
@@ -97,6 +115,8 @@ ACTIVITIES = [
     "keeping a plant alive",
     "cooking for one",
 ]
+
+
 CONCEPTS = [
     "what a prime number is",
     "why the sky is blue",
@@ -106,7 +126,11 @@ CONCEPTS = [
     "how a bicycle stays upright",
     "what an algorithm is",
 ]
+
+
 ANIMALS = ["cat", "dog", "parrot", "turtle", "rabbit", "goldfish"]
+
+
 COUNTS = ["two", "three", "four", "five"]
 
 

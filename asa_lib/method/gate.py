@@ -17,7 +17,7 @@ vector; ``beta: 1`` is global only and ``beta: 0`` domain only. ``vector:
 random`` (ablation) is one random unit vector (the steering vectors are unit
 too, so it is norm-matched) drawn from ``config.seed``.
 
-``delta = gate * alpha_eff * v`` is what :mod:`asa_lib.steer` adds to the
+``delta = gate * alpha_eff * v`` is what :mod:`asa_lib.engine.generate` adds to the
 output of block L* at the last prompt position on the prefill pass.
 Adding a gate mode or a vector kind is a change to this module and to the
 schema in :mod:`asa_lib.params` only.
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bundle import Bundle
-from .params import SweepConfig
+from asa_lib.method.bundle import Bundle
+from asa_lib.params import SweepConfig
 
 
 @dataclass

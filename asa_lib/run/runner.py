@@ -27,25 +27,30 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .artifacts import (
-    RunDir,
+from asa_lib.files import file_digest, library_versions, read_json, write_json, write_text
+from asa_lib.layout import RunDir
+from asa_lib.params import BASELINE, Params, SweepConfig, load_params
+from asa_lib.progress import ENV as PROGRESS_ENV
+from asa_lib.progress import describe as describe_progress
+from asa_lib.run.parallel import check_processes
+from asa_lib.run.stages import (
+    CORE_STAGES,
+    STAGE,
+    STAGES,
+    SWEEP_STAGE,
     changed_output,
-    file_digest,
     hash_outputs,
-    library_versions,
-    read_json,
-    write_json,
-    write_text,
+    spec_of,
+    sweep_stage,
 )
-from .parallel import check_processes
-from .params import BASELINE, Params, SweepConfig, load_params
-from .progress import ENV as PROGRESS_ENV
-from .progress import describe as describe_progress
-from .sweep import sweep_path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LIBRARY_ROOT = Path(__file__).resolve().parents[1]  # asa_lib/
+PROJECT_ROOT = LIBRARY_ROOT.parent
+
+
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-CORE_STAGES = ("01_data", "02_extraction", "03_probing", "04_vectors", "05_routing")
+
+
 KERNEL = "python3"
 
 
@@ -65,10 +70,6 @@ class Stage:
     config: SweepConfig | None = None
 
 
-# Notebooks with a ``processes`` parameter (data-parallel workers, asa_lib.parallel).
-PARALLEL_NOTEBOOKS = ("02_extraction", "06_sweep")
-
-
 def _h(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -84,79 +85,80 @@ def _file_hash(path: Path | None) -> str:
 def plan(
     params: Params, params_path: Path, run_dir: Path, notebook_dir: Path = NOTEBOOK_DIR
 ) -> list[Stage]:
-    """The stages of a run with their parameters and fingerprints."""
+    """The stages of a run (:data:`~asa_lib.run.stages.STAGES`, per-config stages once per
+    config) with their parameters and fingerprints.
+
+    A stage's fingerprint covers its key, the fingerprints of the stages it
+    needs, the params sections it reads, its notebook's source, the library
+    versions and source, and, for 01, the data file, for 02, the LoRA adapter.
+    """
     common = {"params_path": str(params_path), "run_dir": str(run_dir)}
     src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
     vers = {**library_versions(), "asa_lib_source": library_source_hash()}
     d = params.to_dict()
-    fp = {}
-    fp["01_data"] = _h(
-        "01",
-        d["data"],
-        _file_hash(params.data_path()),
-        src["01_data"],
-        vers["asa_lib"],
-        vers["asa_lib_source"],
-    )
     adapter = params.adapter_path()
-    adapter_hash = (
-        [
+    extra = {
+        "01_data": _file_hash(params.data_path()),
+        "02_extraction": [
             _file_hash(adapter / "adapter_model.safetensors"),
             _file_hash(adapter / "adapter_config.json"),
         ]
         if adapter
-        else "none"
-    )
-    fp["02_extraction"] = _h(
-        "02",
-        fp["01_data"],
-        d["model"],
-        adapter_hash,
-        d["prompt"],
-        d["extraction"],
-        src["02_extraction"],
-        vers,
-    )
-    fp["03_probing"] = _h("03", fp["02_extraction"], src["03_probing"], vers)
-    fp["04_vectors"] = _h("04", fp["03_probing"], src["04_vectors"], vers)
-    fp["05_routing"] = _h("05", fp["04_vectors"], src["05_routing"], vers)
-    stages = [Stage(k, k, dict(common), fp[k]) for k in CORE_STAGES]
-    sweep_fps = []
-    for c in params.configs():
-        f = _h("06", fp["05_routing"], d["generation"], d["steering"], asdict(c), src["06_sweep"])
-        sweep_fps.append(f)
-        stages.append(
-            Stage(f"06_sweep__{c.name}", "06_sweep", {**common, "config_name": c.name}, f, config=c)
-        )
-    stages.append(
-        Stage(
-            "07_analysis",
-            "07_analysis",
-            dict(common),
-            _h("07", sweep_fps, d["reference"], src["07_analysis"], vers),
-        )
-    )
+        else "none",
+    }
+    fps: dict[str, list[str]] = {}  # table key -> the fingerprints of its stages
+    stages: list[Stage] = []
+    for spec in STAGES:
+        before = [f for n in spec.needs for f in fps[n]]
+        base = [spec.key, before, [d[k] for k in spec.sections], extra.get(spec.key)]
+        base += [src[spec.key], vers]
+        if not spec.per_config:
+            stages.append(Stage(spec.key, spec.key, dict(common), _h(*base)))
+            fps[spec.key] = [stages[-1].fingerprint]
+            continue
+        fps[spec.key] = []
+        for c in params.configs():
+            f = _h(*base, asdict(c))
+            fps[spec.key].append(f)
+            stages.append(
+                Stage(
+                    sweep_stage(c.name),
+                    spec.key,
+                    {**common, "config_name": c.name},
+                    f,
+                    config=c,
+                )
+            )
     return stages
 
 
-def library_source_hash() -> str:
-    """Hash of the asa_lib source files: editing the library invalidates what it computed."""
+def library_source_hash(root: Path = LIBRARY_ROOT) -> str:
+    """Hash of every asa_lib source file, sub-packages included: editing the library invalidates what it computed."""
     h = hashlib.sha256()
-    for p in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(p.name.encode())
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:20]
 
 
 def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
-    """The stages whose outputs ``stage`` reads: every core stage before it; for 07 also the
-    sweep configs that produced a result (a failed config has none)."""
-    if stage.key in CORE_STAGES:
-        return [s for s in stages if s.key in CORE_STAGES[: CORE_STAGES.index(stage.key)]]
-    deps = [s for s in stages if s.key in CORE_STAGES]
-    if stage.key == "07_analysis":
-        deps += [s for s in stages if s.config is not None and s.status in ("ok", "skipped")]
-    return deps
+    """The stages whose outputs ``stage`` reads: what it needs in the stage table, and what
+    those need in turn; of a per-config stage, the configs that produced a result (a
+    failed config has none)."""
+    wanted: set[str] = set()
+    todo = list(spec_of(stage.key).needs)
+    while todo:
+        n = todo.pop()
+        if n not in wanted:
+            wanted.add(n)
+            todo.extend(STAGE[n].needs)
+    return [
+        s
+        for s in stages
+        if s.notebook in wanted
+        and (s.config is None or s.status in ("ok", "skipped"))
+        and s.key != stage.key
+    ]
 
 
 def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool = True) -> None:
@@ -290,7 +292,7 @@ def run(
     """Run every stage that is not up to date. Returns (exit code, index path).
 
     ``processes > 1`` runs extraction and each sweep config in that many
-    data-parallel workers (:mod:`asa_lib.parallel`); results are the same, so
+    data-parallel workers (:mod:`asa_lib.run.parallel`); results are the same, so
     it is not part of any fingerprint.
     """
     try:
@@ -334,7 +336,7 @@ def _run_locked(
     stages = plan(params, params_path, run_dir, notebook_dir)
     if processes > 1:  # a papermill parameter of the stages that can use workers
         for s in stages:
-            if s.notebook in PARALLEL_NOTEBOOKS:
+            if STAGE[s.notebook].parallel:
                 s.parameters["processes"] = processes
     for p in (run.notebooks, run.html, run.stages):
         p.mkdir(parents=True, exist_ok=True)
@@ -355,8 +357,8 @@ def _run_locked(
         label = f"[{i}/{len(stages)}] {s.key}"
         rec = run.record(s.key)
         if core_failed or (
-            s.key == "07_analysis"
-            and any(x.status == "failed" and x.key == f"06_sweep__{BASELINE}" for x in stages)
+            SWEEP_STAGE in spec_of(s.key).needs
+            and any(x.status == "failed" and x.key == sweep_stage(BASELINE) for x in stages)
         ):
             s.status = "blocked"
             log(f"{label}: not run (an earlier stage failed)")
@@ -384,7 +386,7 @@ def _run_locked(
         t0 = time.time()
         rec.unlink(missing_ok=True)
         if s.config is not None:  # a failed re-run must not leave the previous result behind
-            sweep_path(run_dir, s.config.name).unlink(missing_ok=True)
+            RunDir(run_dir).sweep(s.config.name).unlink(missing_ok=True)
         try:
             with _ProgressWatcher(run.progress, lambda line: log(f"    {line}")):
                 _execute(s, notebook_dir, run.notebook(s.key), progress)
@@ -474,8 +476,6 @@ def _read_record(path: Path) -> dict:
         return {}
     return rec if isinstance(rec, dict) else {}
 
-
-# ----------------------------------------------------------------------------- index.html
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}

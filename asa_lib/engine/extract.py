@@ -4,7 +4,7 @@ For each prompt: the output of every decoder block ``l`` (before the final
 norm) at the last real prompt token, i.e. the token that ends the chat
 template's generation prompt. The token prefix shared by all prompts (system
 text, tool list, demonstrations) runs once and its cache is reused (see
-:mod:`asa_lib.prefix`); prompts then run in batches sorted by length, their
+:mod:`asa_lib.engine.prefix`); prompts then run in batches sorted by length, their
 suffixes right-padded with an attention mask and explicit position ids, each
 row read at its own last real token. A batched, prefix-cached result equals a
 one-at-a-time full-prompt result within float tolerance (tests pin this at
@@ -23,19 +23,19 @@ from __future__ import annotations
 import json
 import os
 import struct
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
-from .artifacts import RunDir, atomic_path, write_json
-from .hooks import capture_last_token
-from .models import LoadedModel, accepts_logits_to_keep, decoder_blocks
-from .parallel import launch, shard_units
-from .prefix import cache_kwarg, cached_prefix, lcp, right_padded, token_ids
-from .progress import progress
+from asa_lib.engine.batching import shard_units
+from asa_lib.engine.prefix import cache_kwarg, cached_prefix, lcp, right_padded, token_ids
+from asa_lib.files import atomic_path, write_json
+from asa_lib.layout import RunDir
+from asa_lib.model.hooks import capture_last_token
+from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
+from asa_lib.progress import progress
 
 STATES_KEY = "states"
 
@@ -123,7 +123,7 @@ def iter_last_token_states(
     """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
 
     With ``share_prefix`` the tokens common to all prompts run once (see
-    :mod:`asa_lib.prefix`) and each batch runs only its right-padded suffixes;
+    :mod:`asa_lib.engine.prefix`) and each batch runs only its right-padded suffixes;
     otherwise whole prompts run. Both read each row at its last real token.
     ``shard=(rank, world)``: only every ``world``-th batch from ``rank`` (a
     data-parallel worker); the batches are those of one process.
@@ -230,93 +230,3 @@ def _states_metadata(model_id: str) -> dict[str, str]:
         "layout": "(samples, layers, hidden); output of block l at the last prompt token",
         "model_id": model_id,
     }
-
-
-def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, list[str]]]:
-    """split -> (samples, rendered prompts), in the order stage 01 wrote them."""
-    from .data import read_splits
-    from .prompts import render_prompts
-
-    return {
-        split: (xs, render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]))
-        for split, xs in read_splits(run_dir).items()
-    }
-
-
-def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1) -> list[dict]:
-    """Stage 02: extract and store the states of every split; returns one summary row per split.
-
-    ``processes > 1``: that many data-parallel workers (:mod:`asa_lib.parallel`)
-    each write their batches' rows into the split's file; the files equal the
-    one-process files byte for byte.
-    """
-    run = RunDir(run_dir)
-    jobs = _split_prompts(lm, params, run)
-    if processes > 1:
-        with ExitStack() as stack:  # every file renamed into place only if all workers succeed
-            files = {}
-            for split, (xs, _) in jobs.items():
-                tmp = stack.enter_context(atomic_path(run.states(split)))
-                shape = (len(xs), lm.num_layers, lm.hidden_size)
-                StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id)).close()
-                files[split] = str(tmp)
-            spec = {
-                "params": params.to_dict(),
-                "base_dir": params.base_dir,
-                "run_dir": str(run.root),
-                "files": files,
-            }
-            launch("extract", spec, processes, run.parallel_work("02_extraction"))
-    rows = []
-    for split, (xs, prompts) in jobs.items():
-        path = run.states(split)
-        meta = {
-            "ids": [x.id for x in xs],
-            "labels": [x.label for x in xs],
-            "domains": [x.domain for x in xs],
-            "model_id": lm.model_id,
-            "model_fingerprint": lm.fingerprint,
-        }
-        if processes > 1:
-            write_json(run.states_meta(split), meta)
-        else:
-            extract_to_file(
-                lm, prompts, path, batch_size=params.extraction.batch_size, desc=split, meta=meta
-            )
-        n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        rows.append(
-            {
-                "split": split,
-                "samples": len(xs),
-                "file": str(path.relative_to(run.root)),
-                "MB": round(path.stat().st_size / 2**20, 2),
-                "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}",
-            }
-        )
-    return rows
-
-
-def extract_shard(spec: dict, shard: tuple[int, int]) -> dict:
-    """A data-parallel worker's part of stage 02: its batches' rows, written into ``spec["files"]``."""
-    from .models import load_params_model
-    from .params import params_from_dict
-
-    params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
-    lm = load_params_model(params)
-    jobs = _split_prompts(lm, params, spec["run_dir"])
-    done = {}
-    for split, path in spec["files"].items():
-        xs, prompts = jobs[split]
-        shape = (len(xs), lm.num_layers, lm.hidden_size)
-        w = StreamingSafetensors(Path(path), shape, _states_metadata(lm.model_id), create=False)
-        n = 0
-        try:
-            for idx, states in iter_last_token_states(
-                lm, prompts, params.extraction.batch_size, f"{split} [rank {shard[0]}]", shard=shard
-            ):
-                w.write_rows(states, idx)
-                n += len(idx)
-        finally:
-            w.close()
-        done[split] = n
-    return {"rows": done}

@@ -21,8 +21,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from .artifacts import RunDir, atomic_path, read_json, write_json
-from .bundle import Bundle
+from asa_lib.files import atomic_path, read_json, write_json
+from asa_lib.layout import RunDir
+from asa_lib.method.bundle import Bundle
 
 LR_KW = {"max_iter": 2000, "C": 1.0}
 
@@ -176,9 +177,6 @@ def make_bundle(
         cal_mean_norm=float(cal_mean_norm),
         model_fingerprint=model_fingerprint,
     )
-
-
-# ----------------------------------------------------------------------------- stage artifacts
 
 
 def save_layers(run_dir, sweep: LayerSweep, num_layers: int) -> None:

@@ -1,0 +1,307 @@
+"""Rows that carry their own text, label and domain (``data.kind: labelled``).
+
+Columns are mapped by ``data.columns``; bad rows are skipped and counted with
+the file, the line and the field; errors name the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asa_lib.data.sources import _INVALID_JSON, _hub_records, _load_hub, _read_labelled_file
+from asa_lib.data.splits import (
+    LABELS,
+    MAX_EXAMPLES,
+    SPLIT_ALIASES,
+    SPLITS,
+    DataError,
+    Sample,
+    SplitResult,
+    _check_splits,
+    _slice_buckets,
+)
+from asa_lib.params import ColumnMap
+
+# Accepted label values of labelled data (strings compared stripped and lower-cased).
+LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
+
+
+@dataclass
+class LabelledRow:
+    idx: int  # position in the source (0-based, blank lines not counted)
+    id: str
+    text: str
+    label: int  # 1 = needs a tool
+    domain: str
+    split: str | None  # from the split column, or None
+    where: str  # "<file>, line <n>" or "hub dataset ..., row <i>"
+
+
+@dataclass
+class LabelledData:
+    rows: list[LabelledRow]
+    origin: str  # the file or hub dataset the rows came from
+    rows_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    skipped_examples: list[dict[str, Any]] = field(default_factory=list)  # first few per reason
+    split_column: str = ""  # the split column in use, "" if none
+    id_column: str = ""  # the id column in use, "" if none
+
+
+def parse_label(value: Any) -> int | None:
+    """1 (needs a tool), 0, or None for a value that is not a label.
+
+    Accepted: 0/1 (int, a float equal to 0 or 1, or string), true/false (bool or
+    string), tool/non_tool (also non-tool); strings compare stripped and
+    case-insensitively.
+    """
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return int(value) if value in (0, 1) else None
+    if isinstance(value, str):
+        return LABEL_VALUES.get(value.strip().lower())
+    return None
+
+
+def _short(value: Any, n: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def read_labelled(
+    source: str, local_path: Path | None, columns: ColumnMap | None = None, hub_split: str = "train"
+) -> LabelledData:
+    """Rows of a labelled data set: a local JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset.
+
+    Rows with no text, an unknown label or an empty domain are skipped and
+    counted (the first few of each reason are kept with their row and field).
+    Errors (:class:`DataError`) name the file, the row and the field: a column
+    missing from the data, a reserved domain name, an empty or duplicate id,
+    an unknown split.
+    """
+    cols = columns or ColumnMap()
+    defaults = ColumnMap()
+    class_names: dict[str, list[str]] = {}
+    if local_path is not None:
+        local_path = Path(local_path)
+        if not local_path.is_file():
+            raise DataError(f"data file not found: {local_path}")
+        origin = str(local_path)
+        records, header, header_where = _read_labelled_file(local_path)
+    else:
+        origin = f"hub dataset {source!r} (split {hub_split!r})"
+        records, header, class_names = _hub_records(_load_hub(source, hub_split), origin)
+        header_where = f"{origin}, columns"
+    if header is not None:
+        available = set(header)
+    else:
+        available = {k for _, r in records if isinstance(r, dict) for k in r}
+        header_where = records[0][0] if records else origin
+
+    def missing_column(fname: str, col: str) -> DataError:
+        found = ", ".join(repr(c) for c in sorted(available, key=str)) or "none"
+        where = "" if header is not None else "no row has it; "
+        return DataError(
+            f"{header_where}, field '{fname}': no column {col!r} in the data "
+            f"({where}set data.columns.{fname}); columns found: {found}"
+        )
+
+    for fname in ("text", "label", "domain"):
+        col = getattr(cols, fname)
+        if col not in available:
+            raise missing_column(fname, col)
+    used: dict[str, str] = {}
+    for fname in ("id", "split"):
+        col = getattr(cols, fname)
+        if col and col in available:
+            used[fname] = col
+        elif col and col != getattr(defaults, fname):
+            raise missing_column(fname, col)
+
+    def value(rec: dict, fname: str) -> Any:
+        col = used.get(fname) or getattr(cols, fname)
+        v = rec.get(col)
+        if (
+            col in class_names
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            and 0 <= v < len(class_names[col])
+        ):
+            v = class_names[col][v]  # a hub ClassLabel column: its name, not its index
+        return v
+
+    out = LabelledData(
+        rows=[],
+        origin=origin,
+        rows_read=len(records),
+        split_column=used.get("split", ""),
+        id_column=used.get("id", ""),
+    )
+    per_reason: dict[str, int] = {}
+
+    def skip(reason: str, where: str, fname: str = "", v: Any = None) -> None:
+        out.skipped[reason] = out.skipped.get(reason, 0) + 1
+        if per_reason.get(reason, 0) < MAX_EXAMPLES:
+            per_reason[reason] = per_reason.get(reason, 0) + 1
+            out.skipped_examples.append(
+                {
+                    "reason": reason,
+                    "where": where,
+                    "field": fname,
+                    "column": getattr(cols, fname) if fname else "",
+                    "value": _short(v) if fname else "",
+                }
+            )
+
+    first_seen: dict[str, str] = {}
+    for idx, (where, rec) in enumerate(records):
+        if rec is _INVALID_JSON:
+            skip("invalid JSON line", where)
+            continue
+        if not isinstance(rec, dict):
+            skip("not an object", where)
+            continue
+        text = value(rec, "text")
+        if not isinstance(text, str) or not text.strip():
+            skip("missing text", where, "text", text)
+            continue
+        raw_label = value(rec, "label")
+        label = parse_label(raw_label)
+        if label is None:
+            skip("unknown label", where, "label", raw_label)
+            continue
+        raw_domain = value(rec, "domain")
+        domain = (
+            raw_domain.strip()
+            if isinstance(raw_domain, str)
+            else (
+                str(raw_domain)
+                if isinstance(raw_domain, int) and not isinstance(raw_domain, bool)
+                else ""
+            )
+        )
+        if not domain:
+            skip("empty domain", where, "domain", raw_domain)
+            continue
+        if domain == "global":
+            raise DataError(
+                f"{where}, field 'domain' (column {cols.domain!r}): 'global' is reserved "
+                "(it names the all-domain steering vector); rename that domain"
+            )
+        split = None
+        if "split" in used:
+            raw = value(rec, "split")
+            split = raw.strip().lower() if isinstance(raw, str) else ""
+            split = SPLIT_ALIASES.get(split, split)
+            if split not in SPLITS:
+                raise DataError(
+                    f"{where}, field 'split' (column {used['split']!r}): {_short(raw)} is not "
+                    f"one of {', '.join(SPLITS)} (or validation); every row needs one when "
+                    "the split column is used"
+                )
+        sid = f"r{idx}"
+        if "id" in used:
+            raw = value(rec, "id")
+            sid = (
+                raw.strip()
+                if isinstance(raw, str)
+                else (str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else "")
+            )
+            if not sid:
+                raise DataError(
+                    f"{where}, field 'id' (column {used['id']!r}): {_short(raw)} is not a "
+                    "usable id (a non-empty string or an integer)"
+                )
+            if sid in first_seen:
+                raise DataError(
+                    f"{where}, field 'id' (column {used['id']!r}): duplicate id {sid!r} "
+                    f"(first at {first_seen[sid]})"
+                )
+            first_seen[sid] = where
+        out.rows.append(
+            LabelledRow(
+                idx=idx, id=sid, text=text, label=label, domain=domain, split=split, where=where
+            )
+        )
+    return out
+
+
+def build_labelled_splits(
+    data: LabelledData, per_split_per_class: int = 40, test_multiplier: int = 2, seed: int = 42
+) -> SplitResult:
+    """CAL/TRAIN/VALID/TEST from labelled rows.
+
+    With a split column the rows keep their split (in file order; the sizes in
+    params do not apply). Without one, the seed's protocol: domain x label
+    buckets (domains in order of first appearance, tool before non-tool)
+    shuffled with ``RandomState(seed)``, sliced and shuffled as for the seed.
+    """
+    if not data.rows:
+        raise DataError(
+            f"{data.origin}: no usable rows ({data.rows_read} read; skipped: "
+            f"{data.skipped or 'none'})"
+        )
+    domains = list(dict.fromkeys(r.domain for r in data.rows))
+    buckets: dict[str, dict[str, list[int]]] = {d: {"tool": [], "non_tool": []} for d in domains}
+    for r in data.rows:
+        buckets[r.domain][LABELS[1 - r.label]].append(r.idx)
+    bucket_sizes = {d: {lb: len(buckets[d][lb]) for lb in LABELS} for d in domains}
+    if data.split_column:
+        samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+        for r in data.rows:
+            samples[r.split].append(
+                Sample(
+                    id=r.id, split=r.split, domain=r.domain, label=r.label, idx=r.idx, text=r.text
+                )
+            )
+        shortfalls: list[dict[str, Any]] = []
+    else:
+        items = {r.idx: (r.id, r.text) for r in data.rows}
+        samples, shortfalls = _slice_buckets(
+            buckets, items, per_split_per_class, test_multiplier, seed
+        )
+    result = SplitResult(
+        samples=samples,
+        bucket_sizes=bucket_sizes,
+        shortfalls=shortfalls,
+        skipped=dict(data.skipped),
+        rows_read=data.rows_read,
+        domains=domains,
+        kind="labelled",
+        split_column=data.split_column,
+        skipped_examples=list(data.skipped_examples),
+    )
+    if data.skipped:
+        shown = "; ".join(
+            f"{e['where']}"
+            + (
+                f", field '{e['field']}' (column {e['column']!r}) = {e['value']}"
+                if e["field"]
+                else ""
+            )
+            + f": {e['reason']}"
+            for e in data.skipped_examples
+        )
+        warnings.warn(
+            f"skipped {sum(data.skipped.values())} of {data.rows_read} rows of {data.origin} "
+            f"({data.skipped}); e.g. {shown}",
+            stacklevel=2,
+        )
+    _check_splits(result)
+    seen: dict[str, str] = {}
+    leaks = 0
+    for s in SPLITS:
+        for x in result.samples[s]:
+            if seen.setdefault(x.text, s) != s:
+                leaks += 1
+    if leaks:
+        warnings.warn(
+            f"{leaks} prompt(s) appear in more than one split (identical text); "
+            "de-duplicate the data to keep VALID and TEST unseen",
+            stacklevel=2,
+        )
+    return result

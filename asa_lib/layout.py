@@ -1,0 +1,96 @@
+"""The run folder's layout: every path of a run, built by :class:`RunDir` and nowhere else.
+
+Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
+
+    run.json                      which params file made this run
+    params.yaml                   the validated params, as used
+    data/splits.jsonl             01: one sample per line (id, split, domain, label, idx, text)
+    data/summary.json             01: data kind, domains (in order), counts, shortfalls, skipped rows
+    states/<split>.safetensors    02: tensor "states", float32 (samples, layers, hidden):
+                                      output of decoder block l at the last prompt token
+    states/<split>.json           02: ids, labels, domains in the same row order
+    probing/layers.json           03: AUC/accuracy per layer and L*
+    vectors/vectors.safetensors   04: unit steering vectors ("global", one per domain)
+    bundle/adapter.{json,safetensors}  05: everything the gate needs at inference
+    sweep/<config>.json           06: per-prompt records and metrics of one config
+    cache/generations.sqlite      06: generation cache shared by all configs
+    parallel/<stage>/             02, 06 with processes > 1: workers' spec, results, worker.log
+    results.json                  07: all configs side by side, chosen config
+    chosen_adapter/               07: the bundle plus the chosen tau/alpha/beta
+    stages/<stage>.json           fingerprints of finished stages
+    notebooks/*.ipynb, html/*.html, index.html: executed notebooks and reports
+
+What each stage writes and needs is :mod:`asa_lib.run.stages`'s table; how files are
+written (atomically) is :mod:`asa_lib.files`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class RunDir:
+    """Every path of a run folder, built here and nowhere else (the layout above).
+
+    Accepted wherever a path is (``os.PathLike``); ``RunDir(x)`` of a RunDir is the same folder.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # run bookkeeping
+    run_json = property(lambda self: self.root / "run.json")
+    params_yaml = property(lambda self: self.root / "params.yaml")
+    lock = property(lambda self: self.root / ".asa-run.lock")
+    stages = property(lambda self: self.root / "stages")
+    notebooks = property(lambda self: self.root / "notebooks")
+    html = property(lambda self: self.root / "html")
+    index = property(lambda self: self.root / "index.html")
+    progress = property(lambda self: self.root / "stages" / ".progress.json")
+
+    def record(self, stage: str) -> Path:
+        return self.stages / f"{stage}.json"
+
+    def notebook(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.ipynb"
+
+    def report(self, stage: str) -> Path:
+        return self.html / f"{stage}.html"
+
+    # stage artifacts
+    splits = property(lambda self: self.root / "data" / "splits.jsonl")
+    data_summary = property(lambda self: self.root / "data" / "summary.json")
+    layers = property(lambda self: self.root / "probing" / "layers.json")
+    vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
+    vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")
+    bundle = property(lambda self: self.root / "bundle")
+    bundle_json = property(lambda self: self.root / "bundle" / "adapter.json")
+    cache = property(lambda self: self.root / "cache" / "generations.sqlite")
+    results = property(lambda self: self.root / "results.json")
+    chosen_adapter = property(lambda self: self.root / "chosen_adapter")
+
+    def states(self, split: str) -> Path:
+        return self.root / "states" / f"{split}.safetensors"
+
+    def states_meta(self, split: str) -> Path:
+        return self.root / "states" / f"{split}.json"
+
+    def sweep(self, config: str) -> Path:
+        return self.root / "sweep" / f"{config}.json"
+
+    def parallel_work(self, stage: str) -> Path:
+        """Spec, per-rank results and log of a stage's data-parallel workers."""
+        return self.root / "parallel" / stage

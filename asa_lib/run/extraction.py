@@ -1,0 +1,109 @@
+"""Stage 02's driver: every split's states, in one process or in data-parallel workers."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from asa_lib.engine.extract import (
+    StreamingSafetensors,
+    _states_metadata,
+    extract_to_file,
+    iter_last_token_states,
+)
+from asa_lib.files import atomic_path, write_json
+from asa_lib.layout import RunDir
+from asa_lib.model.load import LoadedModel
+from asa_lib.run.parallel import launch
+
+
+def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, list[str]]]:
+    """split -> (samples, rendered prompts), in the order stage 01 wrote them."""
+    from asa_lib.data.splits import read_splits
+    from asa_lib.prompts import render_prompts
+
+    return {
+        split: (xs, render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]))
+        for split, xs in read_splits(run_dir).items()
+    }
+
+
+def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1) -> list[dict]:
+    """Stage 02: extract and store the states of every split; returns one summary row per split.
+
+    ``processes > 1``: that many data-parallel workers (:mod:`asa_lib.run.parallel`)
+    each write their batches' rows into the split's file; the files equal the
+    one-process files byte for byte.
+    """
+    run = RunDir(run_dir)
+    jobs = _split_prompts(lm, params, run)
+    if processes > 1:
+        with ExitStack() as stack:  # every file renamed into place only if all workers succeed
+            files = {}
+            for split, (xs, _) in jobs.items():
+                tmp = stack.enter_context(atomic_path(run.states(split)))
+                shape = (len(xs), lm.num_layers, lm.hidden_size)
+                StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id)).close()
+                files[split] = str(tmp)
+            spec = {
+                "params": params.to_dict(),
+                "base_dir": params.base_dir,
+                "run_dir": str(run.root),
+                "files": files,
+            }
+            launch("extract", spec, processes, run.parallel_work("02_extraction"))
+    rows = []
+    for split, (xs, prompts) in jobs.items():
+        path = run.states(split)
+        meta = {
+            "ids": [x.id for x in xs],
+            "labels": [x.label for x in xs],
+            "domains": [x.domain for x in xs],
+            "model_id": lm.model_id,
+            "model_fingerprint": lm.fingerprint,
+        }
+        if processes > 1:
+            write_json(run.states_meta(split), meta)
+        else:
+            extract_to_file(
+                lm, prompts, path, batch_size=params.extraction.batch_size, desc=split, meta=meta
+            )
+        n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        rows.append(
+            {
+                "split": split,
+                "samples": len(xs),
+                "file": str(path.relative_to(run.root)),
+                "MB": round(path.stat().st_size / 2**20, 2),
+                "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}",
+            }
+        )
+    return rows
+
+
+def extract_shard(spec: dict, shard: tuple[int, int]) -> dict:
+    """A data-parallel worker's part of stage 02: its batches' rows, written into ``spec["files"]``."""
+    from asa_lib.model.load import load_params_model
+    from asa_lib.params import params_from_dict
+
+    params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
+    lm = load_params_model(params)
+    jobs = _split_prompts(lm, params, spec["run_dir"])
+    done = {}
+    for split, path in spec["files"].items():
+        xs, prompts = jobs[split]
+        shape = (len(xs), lm.num_layers, lm.hidden_size)
+        w = StreamingSafetensors(Path(path), shape, _states_metadata(lm.model_id), create=False)
+        n = 0
+        try:
+            for idx, states in iter_last_token_states(
+                lm, prompts, params.extraction.batch_size, f"{split} [rank {shard[0]}]", shard=shard
+            ):
+                w.write_rows(states, idx)
+                n += len(idx)
+        finally:
+            w.close()
+        done[split] = n
+    return {"rows": done}
