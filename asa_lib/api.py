@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from asa_lib.engine.generate import share_prefix_for
+from asa_lib.engine.generate import GenerationSettings
 from asa_lib.method.bundle import Bundle, BundleError, load_bundle
 from asa_lib.method.gate import alpha_effective
 from asa_lib.method.online import (
@@ -52,7 +52,14 @@ from asa_lib.method.online import (
     online_steering,
 )
 from asa_lib.model.load import LoadedModel, decoder_blocks, weights_fingerprint
-from asa_lib.params import ALPHA_UNITS, Params, ParamsError, PromptParams, load_params
+from asa_lib.params import (
+    ALPHA_UNITS,
+    GenerationParams,
+    Params,
+    ParamsError,
+    PromptParams,
+    load_params,
+)
 from asa_lib.prompts import render_prompt
 
 Messages = list[dict[str, str]]
@@ -338,24 +345,25 @@ class ASA:
         model_id: str | None = None,
         batch_size: int = 8,
         share_prefix: str = "auto",
+        settings: GenerationSettings | None = None,
     ) -> list[Generation]:
         """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete.
 
         Batched as the sweep batches (``share_prefix``: ``generation.share_prefix``'s
         auto|always|never). The tool-call markers that stop a row early come from
-        the prompt format (LFM2's by default).
+        the prompt format (LFM2's by default). ``settings`` (a
+        :class:`~asa_lib.engine.generate.GenerationSettings`, e.g. resolved from a
+        params file) replaces ``max_new_tokens``, ``batch_size`` and ``share_prefix``.
         """
         lm = self._lm(model, tokenizer, model_id)
         prompts = self.render(lm.tokenizer, inputs, rendered)
-        outs, decisions = generate_online(
-            lm,
-            prompts,
-            self.gate,
-            batch_size,
-            max_new_tokens,
-            self.prompt or PromptParams(),
-            share_prefix=share_prefix_for(share_prefix, lm),
-        )
+        if settings is None:
+            settings = GenerationSettings.resolve(
+                GenerationParams(max_new_tokens, batch_size, share_prefix, draft="off"),
+                self.prompt or PromptParams(),
+                lm,
+            )
+        outs, decisions = generate_online(lm, prompts, self.gate, settings)
         return [Generation(o, d) for o, d in zip(outs, decisions)]
 
 

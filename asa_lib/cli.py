@@ -151,7 +151,7 @@ def _generate(args) -> int:
     import json
 
     from asa_lib.api import ASA, run_prompt_format
-    from asa_lib.engine.generate import generate_all, share_prefix_for
+    from asa_lib.engine.generate import GenerationSettings, generate_all
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
     from asa_lib.prompts import render_prompts
@@ -190,27 +190,18 @@ def _generate(args) -> int:
         )
     lm = load_params_model(params)
     asa.check_model(lm)
-    max_new = args.max_new_tokens or params.generation.max_new_tokens
-    gens = asa.generate(
-        lm,
-        None,
-        prompts,
-        max_new_tokens=max_new,
-        batch_size=params.generation.batch_size,
-        share_prefix=params.generation.share_prefix,
+    settings = GenerationSettings.resolve(
+        params.generation, params.prompt, lm, max_new_tokens=args.max_new_tokens
     )
+    max_new = settings.max_new_tokens
+    gens = asa.generate(lm, None, prompts, settings=settings)
     base = None
     if args.baseline:
         base, _ = generate_all(
             lm,
             render_prompts(lm.tokenizer, params.prompt, prompts),
-            None,
-            asa.bundle.layer,
-            params.generation.batch_size,
-            max_new,
-            params.prompt,
+            settings,
             desc="baseline",
-            share_prefix=share_prefix_for(params.generation.share_prefix, lm),
         )
     pp = params.prompt
     results = []

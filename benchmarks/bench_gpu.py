@@ -85,6 +85,7 @@ sys.path.insert(0, str(ROOT))
 
 from asa_lib.engine.cache import GenerationCache  # noqa: E402
 from asa_lib.engine.generate import (  # noqa: E402
+    GenerationSettings,
     GenerationStats,
     delta_key,
     generate_all,
@@ -327,28 +328,41 @@ def exactness(device: torch.device, n_prompts: int, max_new: int) -> list[dict]:
             cache = GenerationCache(Path(tmp) / "g.sqlite", {"tiny": setting})
             check(
                 f"{where}, unsteered",
-                generate_all(lm, prompts, None, layer, 8, max_new, pp, cache, share_prefix=share)[
-                    0
-                ],
+                generate_all(
+                    lm,
+                    prompts,
+                    GenerationSettings(
+                        max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share
+                    ),
+                    None,
+                    layer=layer,
+                    cache=cache,
+                )[0],
                 want_plain,
             )
             check(
                 f"{where}, steered",
-                generate_all(lm, prompts, deltas, layer, 8, max_new, pp, share_prefix=share)[0],
+                generate_all(
+                    lm,
+                    prompts,
+                    GenerationSettings(
+                        max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share
+                    ),
+                    deltas,
+                    layer=layer,
+                )[0],
                 want_steer,
             )
             st = GenerationStats()  # drafts: the cached baseline
             got, _ = generate_all(
                 lm,
                 prompts,
+                GenerationSettings(
+                    max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share, draft=True
+                ),
                 deltas,
-                layer,
-                8,
-                max_new,
-                pp,
-                cache,
-                share_prefix=share,
-                draft=True,
+                layer=layer,
+                cache=cache,
                 stats=st,
             )
             check(f"{where}, steered, draft-verified (baseline drafts)", got, want_steer, st)
@@ -365,13 +379,11 @@ def exactness(device: torch.device, n_prompts: int, max_new: int) -> list[dict]:
         got, _ = generate_all(
             lm,
             prompts,
+            GenerationSettings(
+                max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share, draft=True
+            ),
             deltas,
-            layer,
-            8,
-            max_new,
-            pp,
-            share_prefix=share,
-            draft=True,
+            layer=layer,
             drafts=part,
             stats=st,
         )
@@ -408,15 +420,17 @@ def project_sweep(
             o, _ = generate_all(
                 lm,
                 prompts[split],
+                GenerationSettings(
+                    max_new_tokens=max_new,
+                    batch_size=batch,
+                    markers=pp,
+                    share_prefix=share,
+                    draft=draft,
+                ),
                 gates[split].deltas(cfg),
-                layer,
-                batch,
-                max_new,
-                pp,
-                cache,
+                layer=layer,
+                cache=cache,
                 desc=f"{cfg.name}/{split}",
-                share_prefix=share,
-                draft=draft,
                 stats=st,
             )
             out["outputs"][cfg.name, split] = o
@@ -679,7 +693,13 @@ def main() -> None:
         f"phase 2: project path (generate_all, cache, share_prefix auto = "
         f"{'prefix' if share_prefix_for('auto', lm) else 'whole prompts'}), drafts off"
     )
-    warm = generate_all(lm, prompts["valid"][:2], None, layer, 2, 4, pp)  # CUDA/cuBLAS warm-up
+    warm = generate_all(
+        lm,
+        prompts["valid"][:2],
+        GenerationSettings(max_new_tokens=4, batch_size=2, markers=pp),
+        None,
+        layer=layer,
+    )  # CUDA/cuBLAS warm-up
     del warm
     tmp = tempfile.TemporaryDirectory()
     cache_off = GenerationCache(Path(tmp.name) / "off.sqlite", {"bench": "gpu", "max_new": max_new})

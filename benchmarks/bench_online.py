@@ -40,7 +40,10 @@ warnings.filterwarnings("ignore")
 
 from asa_lib.data import make_splits_from_params  # noqa: E402
 from asa_lib.engine.extract import extract_states  # noqa: E402
-from asa_lib.engine.generate import generate_all  # noqa: E402
+from asa_lib.engine.generate import (  # noqa: E402
+    GenerationSettings,
+    generate_all,  # noqa: E402
+)
 from asa_lib.method import probing  # noqa: E402
 from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas  # noqa: E402
 from asa_lib.method.online import OnlineGate, decide_prompts, generate_online  # noqa: E402
@@ -119,12 +122,20 @@ def main() -> None:
         g = compute_gates(bundle, h, args.tau)
         deltas = steering_deltas(bundle, g, a_eff, args.beta)
         t1 = time.perf_counter()
-        outs, _ = generate_all(lm, prompts, deltas, L, B, max_new, pp)
+        outs, _ = generate_all(
+            lm,
+            prompts,
+            GenerationSettings(max_new_tokens=max_new, batch_size=B, markers=pp),
+            deltas,
+            layer=L,
+        )
         return time.perf_counter() - t0, t1 - t0, outs, g.gate.tolist()
 
     def one_pass(max_new: int):
         t0 = time.perf_counter()
-        outs, dec = generate_online(lm, prompts, gate, B, max_new, pp)
+        outs, dec = generate_online(
+            lm, prompts, gate, GenerationSettings(max_new_tokens=max_new, batch_size=B, markers=pp)
+        )
         return time.perf_counter() - t0, outs, [d.gate for d in dec]
 
     def decide_two():

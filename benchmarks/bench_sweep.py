@@ -53,6 +53,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
 from asa_lib.data import make_splits_from_params  # noqa: E402
+from asa_lib.engine.generate import GenerationSettings  # noqa: E402
 from asa_lib.method import probing  # noqa: E402
 from asa_lib.model.load import decoder_blocks, load_model  # noqa: E402
 from asa_lib.params import baseline_config, load_params  # noqa: E402
@@ -242,14 +243,16 @@ def project(args) -> dict:
                 outs, n = generate_all(
                     lm,
                     prompts[s],
+                    GenerationSettings(
+                        max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size,
+                        markers=params.prompt,
+                        draft=draft_for(args.draft, lm),
+                        draft_min_acceptance=draft_min_acceptance_for(args.draft, lm),
+                    ),
                     deltas,
-                    layer,
-                    args.batch_size,
-                    args.max_new_tokens,
-                    params.prompt,
-                    cache,
-                    draft=draft_for(args.draft, lm),
-                    draft_min_acceptance=draft_min_acceptance_for(args.draft, lm),
+                    layer=layer,
+                    cache=cache,
                     stats=stats,
                 )
                 generated += n

@@ -31,7 +31,7 @@ def main() -> int:
     from accelerate import PartialState
 
     from asa_lib.engine.cache import GenerationCache
-    from asa_lib.engine.generate import GenerationStats, generate_all
+    from asa_lib.engine.generate import GenerationSettings, GenerationStats, generate_all
     from asa_lib.model.load import RANK_ENV, load_model
     from asa_lib.params import ModelParams, load_params
     from asa_lib.prompts import render_prompts
@@ -58,15 +58,25 @@ def main() -> int:
     for name, d in (("unsteered", None), ("steered", deltas)):
         stats = GenerationStats()
         barrier()
-        _, n = generate_all(
-            lm, prompts, d, 1, 4, 8, pp, cache, stats=stats,
-            shard=(rank, world), sync=barrier,
-        )  # fmt: skip
+        _, n = generate_all(lm, prompts, GenerationSettings(max_new_tokens=8, batch_size=4, markers=pp), d, layer=1, cache=cache, stats=stats, shard=(rank, world), sync=barrier)  # fmt: skip
         print(f"rank {rank}/{world} on {lm.device}: {name}, generated {n}", flush=True)
         barrier()
         if rank == 0:
-            merged, left = generate_all(lm, prompts, d, 1, 4, 8, pp, cache)
-            alone, _ = generate_all(lm, prompts, d, 1, 4, 8, pp)
+            merged, left = generate_all(
+                lm,
+                prompts,
+                GenerationSettings(max_new_tokens=8, batch_size=4, markers=pp),
+                d,
+                layer=1,
+                cache=cache,
+            )
+            alone, _ = generate_all(
+                lm,
+                prompts,
+                GenerationSettings(max_new_tokens=8, batch_size=4, markers=pp),
+                d,
+                layer=1,
+            )
             same = sum(a == b for a, b in zip(merged, alone))
             print(
                 f"{name}: {same}/{len(prompts)} outputs equal to one process; "

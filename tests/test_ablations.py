@@ -18,7 +18,10 @@ import pytest
 from helpers_online import fit_bundle, pick_tau
 from safetensors.numpy import load_file
 
-from asa_lib.engine.generate import generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    generate_all,
+)
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
 from asa_lib.params import SweepConfig
@@ -38,7 +41,11 @@ def tiny_setup(tiny_lm, tiny_params, tmp_path_factory):
     meta = json.loads((folder / "adapter.json").read_text())
     tau = pick_tau(compute_gates(bundle, f.h_eval, 0.5).p_tool)
     base, _ = generate_all(
-        tiny_lm, f.eval_prompts, None, LAYER, 8, MAX_NEW, tiny_params.prompt
+        tiny_lm,
+        f.eval_prompts,
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=tiny_params.prompt),
+        None,
+        layer=LAYER,
     )  # unsteered
     return dict(
         lm=tiny_lm,
@@ -213,7 +220,13 @@ def test_gates_and_deltas_match_plain_numpy(tiny_setup, mode):
 def test_steered_generation_changes_only_rows_with_a_gate(tiny_setup, mode):
     s = tiny_setup
     _, gates, _, deltas = _computed(s, mode)
-    out, _ = generate_all(s["lm"], s["f"].eval_prompts, deltas, LAYER, 8, MAX_NEW, s["pp"])
+    out, _ = generate_all(
+        s["lm"],
+        s["f"].eval_prompts,
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=s["pp"]),
+        deltas,
+        layer=LAYER,
+    )
     g = gates.gate
     for i, (o, b) in enumerate(zip(out, s["base"])):
         if g[i] == 0:

@@ -11,7 +11,10 @@ import torch
 from helpers_online import write_adapter
 
 from asa_lib import ASA, AdapterError, ModelMismatchError
-from asa_lib.engine.generate import generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    generate_all,
+)
 from asa_lib.method.bundle import Bundle, save_bundle
 from asa_lib.method.gate import compute_gates, steering_deltas
 from asa_lib.model.load import decoder_blocks
@@ -214,7 +217,13 @@ def test_decide_generate_and_steering_agree_with_the_two_pass_path(adapter, tiny
 
     gens = asa.generate(tiny_lm, None, texts, max_new_tokens=6)
     deltas = steering_deltas(asa.bundle, two, asa.alpha_eff, asa.beta)
-    want, _ = generate_all(tiny_lm, prompts, deltas, asa.bundle.layer, 8, 6, pp)
+    want, _ = generate_all(
+        tiny_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=6, batch_size=8, markers=pp),
+        deltas,
+        layer=asa.bundle.layer,
+    )
     assert [g.output for g in gens] == want
     assert [g.decision.gate for g in gens] == two.gate.tolist()
 

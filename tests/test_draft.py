@@ -22,6 +22,7 @@ from asa_lib.engine.batching import CHUNK_BATCHES
 from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.draft import accept, draft_for, draft_min_acceptance_for
 from asa_lib.engine.generate import (
+    GenerationSettings,
     GenerationStats,
     delta_key,
     generate_all,
@@ -64,7 +65,14 @@ def own_tokens(
 ) -> list[list[int]]:
     """Each row's greedy output tokens (plain path, no drafts), read back from the generation cache."""
     cache = GenerationCache(tmp_path / f"{name}.sqlite", {"own": name})
-    generate_all(lm, prompts, deltas, LAYER, 8, max_new, pp, cache)
+    generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp),
+        deltas,
+        layer=LAYER,
+        cache=cache,
+    )
     toks = cache.get_tokens_many([cache.key(p, delta_key(d)) for p, d in zip(prompts, deltas)])
     out = [toks[cache.key(p, delta_key(d))] for p, d in zip(prompts, deltas)]
     cache.close()
@@ -124,23 +132,34 @@ def test_drafts_from_the_cache_equal_plain_and_oracle(
     pp = tiny_params.prompt
     prompts, deltas, want_base, want = tiny_case
     cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "tiny"})
-    base, _ = generate_all(tiny_lm, prompts, None, LAYER, 8, MAX_NEW, pp, cache, share_prefix=share)
+    base, _ = generate_all(
+        tiny_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share),
+        None,
+        layer=LAYER,
+        cache=cache,
+    )
     assert base == want_base
     st = GenerationStats()
     got, n = generate_all(
         tiny_lm,
         prompts,
+        GenerationSettings(
+            max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share, draft=True
+        ),
         deltas,
-        LAYER,
-        8,
-        MAX_NEW,
-        pp,
-        cache,
-        share_prefix=share,
-        draft=True,
+        layer=LAYER,
+        cache=cache,
         stats=st,
     )
-    plain, _ = generate_all(tiny_lm, prompts, deltas, LAYER, 8, MAX_NEW, pp, share_prefix=share)
+    plain, _ = generate_all(
+        tiny_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share),
+        deltas,
+        layer=LAYER,
+    )
     bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
     assert not bad, f"{len(bad)} differ, first {bad[0]}: {got[bad[0]]!r} != {want[bad[0]]!r}"
     assert plain == want
@@ -168,7 +187,15 @@ def test_drafts_from_the_cache_equal_plain_and_oracle(
     assert st.done_by_draft >= full
     assert 0 < st.accepted_tokens < st.draft_tokens
     assert (
-        generate_all(tiny_lm, prompts, deltas, LAYER, 8, MAX_NEW, pp, cache, draft=True)[1] == 0
+        generate_all(
+            tiny_lm,
+            prompts,
+            GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp, draft=True),
+            deltas,
+            layer=LAYER,
+            cache=cache,
+        )[1]
+        == 0
     )  # all cached
     cache.close()
 
@@ -187,13 +214,11 @@ def test_explicit_drafts_of_every_kind(tiny_lm, tiny_params, tiny_case, tmp_path
         got, _ = generate_all(
             tiny_lm,
             prompts,
+            GenerationSettings(
+                max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share, draft=True
+            ),
             deltas,
-            LAYER,
-            8,
-            MAX_NEW,
-            pp,
-            share_prefix=share,
-            draft=True,
+            layer=LAYER,
             drafts=drafts,
             stats=st,
         )
@@ -257,13 +282,11 @@ def test_drafts_through_eos_and_complete_calls(tiny_params, tmp_path, share):
         got, _ = generate_all(
             lm,
             prompts,
+            GenerationSettings(
+                max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share, draft=True
+            ),
             deltas,
-            LAYER,
-            8,
-            max_new,
-            pp,
-            share_prefix=share,
-            draft=True,
+            layer=LAYER,
             drafts=drafts,
             stats=st,
         )
@@ -271,7 +294,13 @@ def test_drafts_through_eos_and_complete_calls(tiny_params, tmp_path, share):
         assert st.accepted_tokens > 0
         if whole:  # every row decided by its verify pass: cut at its stop, nothing decoded
             assert st.done_by_draft == len(prompts)
-    plain, _ = generate_all(lm, prompts, deltas, LAYER, 8, max_new, pp, share_prefix=share)
+    plain, _ = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp, share_prefix=share),
+        deltas,
+        layer=LAYER,
+    )
     assert plain == want
 
 
@@ -285,9 +314,21 @@ def test_no_drafts_where_generate_is_not_plain_argmax(tiny_params, tiny_case, tm
     own = own_tokens(lm, pp, prompts[:8], deltas[:8], MAX_NEW, tmp_path, "own")
     st = GenerationStats()
     got, _ = generate_all(
-        lm, prompts[:8], deltas[:8], LAYER, 8, MAX_NEW, pp, draft=True, drafts=own, stats=st
+        lm,
+        prompts[:8],
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp, draft=True),
+        deltas[:8],
+        layer=LAYER,
+        drafts=own,
+        stats=st,
     )
-    plain, _ = generate_all(lm, prompts[:8], deltas[:8], LAYER, 8, MAX_NEW, pp)
+    plain, _ = generate_all(
+        lm,
+        prompts[:8],
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp),
+        deltas[:8],
+        layer=LAYER,
+    )
     assert got == plain and st.drafted == 0
 
 
@@ -309,15 +350,17 @@ def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp
         got, _ = generate_all(
             tiny_lm,
             prompts,
+            GenerationSettings(
+                max_new_tokens=MAX_NEW,
+                batch_size=8,
+                markers=pp,
+                draft=True,
+                draft_min_acceptance=min_acc,
+            ),
             deltas,
-            LAYER,
-            8,
-            MAX_NEW,
-            pp,
-            draft=True,
+            layer=LAYER,
             drafts=wrong,
             stats=st,
-            draft_min_acceptance=min_acc,
         )
         assert got == want
         assert st.drafted == verified and st.drafts_dropped == len(prompts) - verified
@@ -325,15 +368,13 @@ def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp
     got, _ = generate_all(
         tiny_lm,
         prompts,
+        GenerationSettings(
+            max_new_tokens=MAX_NEW, batch_size=8, markers=pp, draft=True, draft_min_acceptance=0.99
+        ),
         deltas,
-        LAYER,
-        8,
-        MAX_NEW,
-        pp,
-        draft=True,
+        layer=LAYER,
         drafts=own,
         stats=st,
-        draft_min_acceptance=0.99,
     )
     assert got == want and st.drafted == len(prompts) and st.drafts_dropped == 0
 
@@ -358,10 +399,26 @@ def test_smollm2_drafts_equal_plain_and_oracle(smol_lm, demo_params, tmp_path):
     want_base = oracle_all(smol_lm, pp, prompts, None, max_new)
     want = oracle_all(smol_lm, pp, prompts, deltas, max_new)
     cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "smol"})
-    assert generate_all(smol_lm, prompts, None, LAYER, 3, max_new, pp, cache)[0] == want_base
+    assert (
+        generate_all(
+            smol_lm,
+            prompts,
+            GenerationSettings(max_new_tokens=max_new, batch_size=3, markers=pp),
+            None,
+            layer=LAYER,
+            cache=cache,
+        )[0]
+        == want_base
+    )
     st = GenerationStats()
     got, _ = generate_all(
-        smol_lm, prompts, deltas, LAYER, 3, max_new, pp, cache, draft=True, stats=st
+        smol_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=max_new, batch_size=3, markers=pp, draft=True),
+        deltas,
+        layer=LAYER,
+        cache=cache,
+        stats=st,
     )
     assert got == want
     assert st.drafted == sum(bool(np.any(d)) for d in deltas) and st.accepted_tokens > 0
@@ -372,13 +429,11 @@ def test_smollm2_drafts_equal_plain_and_oracle(smol_lm, demo_params, tmp_path):
     got, _ = generate_all(
         smol_lm,
         prompts,
+        GenerationSettings(
+            max_new_tokens=max_new, batch_size=3, markers=pp, share_prefix=False, draft=True
+        ),
         deltas,
-        LAYER,
-        3,
-        max_new,
-        pp,
-        share_prefix=False,
-        draft=True,
+        layer=LAYER,
         drafts=part,
         stats=st,
     )
@@ -397,9 +452,23 @@ def test_gpu_drafts_equal_the_oracle(tiny_params, tmp_path):
     deltas = graded_deltas(len(prompts), lm.hidden_size, seed=5)
     share = share_prefix_for("auto", lm)
     cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "tiny"})
-    generate_all(lm, prompts, None, LAYER, 8, MAX_NEW, pp, cache, share_prefix=share)
+    generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share),
+        None,
+        layer=LAYER,
+        cache=cache,
+    )
     got, _ = generate_all(
-        lm, prompts, deltas, LAYER, 8, MAX_NEW, pp, cache, share_prefix=share, draft=True
+        lm,
+        prompts,
+        GenerationSettings(
+            max_new_tokens=MAX_NEW, batch_size=8, markers=pp, share_prefix=share, draft=True
+        ),
+        deltas,
+        layer=LAYER,
+        cache=cache,
     )
     assert got == oracle_all(lm, pp, prompts, deltas, MAX_NEW)
 
@@ -418,10 +487,26 @@ def test_demo_model_drafts_equal_plain_and_oracle(demo_lm, demo_params, tmp_path
     want = oracle_all(demo_lm, pp, prompts, deltas, max_new)
     assert any(pp.tool_call_end in o for o in want_base + want)  # a complete call was written
     cache = GenerationCache(tmp_path / "gen.sqlite", {"model": "demo"})
-    assert generate_all(demo_lm, prompts, None, LAYER, 3, max_new, pp, cache)[0] == want_base
+    assert (
+        generate_all(
+            demo_lm,
+            prompts,
+            GenerationSettings(max_new_tokens=max_new, batch_size=3, markers=pp),
+            None,
+            layer=LAYER,
+            cache=cache,
+        )[0]
+        == want_base
+    )
     st = GenerationStats()
     got, _ = generate_all(
-        demo_lm, prompts, deltas, LAYER, 3, max_new, pp, cache, draft=True, stats=st
+        demo_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=max_new, batch_size=3, markers=pp, draft=True),
+        deltas,
+        layer=LAYER,
+        cache=cache,
+        stats=st,
     )
     assert got == want
     assert st.drafted == len(prompts) and st.accepted_tokens > 0

@@ -20,8 +20,8 @@ import torch
 
 from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.decode import generate_batch
-from asa_lib.engine.generate import generate_all, share_prefix_for, shared_prefix
-from asa_lib.engine.prefix import needs_equal_suffix_lengths
+from asa_lib.engine.generate import GenerationSettings, generate_all, share_prefix_for
+from asa_lib.engine.prefix import needs_equal_suffix_lengths, shared_prefix, token_ids
 from asa_lib.model.load import LoadedModel
 from asa_lib.prompts import render_prompts
 from conftest import ROOT
@@ -133,14 +133,20 @@ def check_all_paths(
         oracle(lm.model, lm.tokenizer, p, d, LAYER, max_new, pp.tool_call_start, pp.tool_call_end)
         for p, d in zip(prompts, deltas)
     ]
-    prefix = shared_prefix(lm, pp)
+    prefix = shared_prefix(lm, token_ids(lm, prompts))  # what generate_all shares
     assert prefix is not None and prefix.length > 0
     snap = snapshot(prefix)
 
     for share in (False, True):  # plain batched, then prefix-shared
         for deltas_, want in ((None, want_plain), (deltas, want_steer)):
             got, _ = generate_all(
-                lm, prompts, deltas_, LAYER, batch_size, max_new, pp, share_prefix=share
+                lm,
+                prompts,
+                GenerationSettings(
+                    max_new_tokens=max_new, batch_size=batch_size, markers=pp, share_prefix=share
+                ),
+                deltas_,
+                layer=LAYER,
             )
             bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
             assert not bad, (
@@ -160,9 +166,36 @@ def check_all_paths(
         )
         for i, (p, d, w) in enumerate(zip(prompts, deltas_b, want_steer))
     ]
-    assert generate_all(lm, prompts, None, LAYER, batch_size, max_new, pp, cache)[0] == want_plain
-    assert generate_all(lm, prompts, deltas, LAYER, batch_size, max_new, pp, cache)[0] == want_steer
-    got_b, n_new = generate_all(lm, prompts, deltas_b, LAYER, batch_size, max_new, pp, cache)
+    assert (
+        generate_all(
+            lm,
+            prompts,
+            GenerationSettings(max_new_tokens=max_new, batch_size=batch_size, markers=pp),
+            None,
+            layer=LAYER,
+            cache=cache,
+        )[0]
+        == want_plain
+    )
+    assert (
+        generate_all(
+            lm,
+            prompts,
+            GenerationSettings(max_new_tokens=max_new, batch_size=batch_size, markers=pp),
+            deltas,
+            layer=LAYER,
+            cache=cache,
+        )[0]
+        == want_steer
+    )
+    got_b, n_new = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=max_new, batch_size=batch_size, markers=pp),
+        deltas_b,
+        layer=LAYER,
+        cache=cache,
+    )
     assert got_b == want_b and n_new < len(prompts)
     cache.close()
 
@@ -208,7 +241,10 @@ def test_issue_13_repro_one_row_batch_repeats(tiny_lm, tiny_params):
     p = render_prompts(
         tiny_lm.tokenizer, pp, ["Calculate the circumference of a circle with a radius of 4 cm. "]
     )
-    pref = shared_prefix(tiny_lm, pp)
+    # the prefix this prompt shares with every other prompt of the format
+    pref = shared_prefix(
+        tiny_lm, token_ids(tiny_lm, p + render_prompts(tiny_lm.tokenizer, pp, ["Zulu?"]))
+    )
     snap = snapshot(pref)
     outs = [generate_batch(tiny_lm, p, None, 1, 6, pp, prefix=pref)[0] for _ in range(3)]
     assert outs[0] == outs[1] == outs[2]
@@ -236,7 +272,13 @@ def test_gpu_auto_path_equals_the_oracle(tiny_params, tmp_path):
     prompts = render_prompts(tok, pp, instructions(24))
     deltas = mixed_deltas(len(prompts), lm.hidden_size, 50.0, seed=1)
     share = share_prefix_for("auto", lm)  # whole-prompt batches for conv models on a GPU
-    got, _ = generate_all(lm, prompts, deltas, LAYER, 8, 6, pp, share_prefix=share)
+    got, _ = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=6, batch_size=8, markers=pp, share_prefix=share),
+        deltas,
+        layer=LAYER,
+    )
     want = [
         oracle(model, tok, p, d, LAYER, 6, pp.tool_call_start, pp.tool_call_end)
         for p, d in zip(prompts, deltas)

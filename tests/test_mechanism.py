@@ -16,7 +16,10 @@ import pytest
 
 from asa_lib.demo.synthetic import synthetic_requests
 from asa_lib.engine.extract import extract_states
-from asa_lib.engine.generate import generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    generate_all,
+)
 from asa_lib.prompts import render_prompts
 from asa_lib.tools import triggered
 
@@ -56,14 +59,26 @@ def setup(demo_lm, demo_params):
     v /= np.linalg.norm(v)
     mean_norm = float(np.linalg.norm(h, axis=1).mean())
     prompts = render_prompts(demo_lm.tokenizer, pp, PROMPTS)
-    base, _ = generate_all(demo_lm, prompts, None, LAYER, 16, 24, pp)
+    base, _ = generate_all(
+        demo_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=24, batch_size=16, markers=pp),
+        None,
+        layer=LAYER,
+    )
     return pp, prompts, v.astype(np.float32), mean_norm, base
 
 
 def _run(demo_lm, setup, signs: np.ndarray, alpha: float) -> list[str]:
     pp, prompts, v, mean_norm, _ = setup
     deltas = signs[:, None].astype(np.float32) * np.float32(alpha * mean_norm) * v[None, :]
-    return generate_all(demo_lm, prompts, deltas, LAYER, 16, 24, pp)[0]
+    return generate_all(
+        demo_lm,
+        prompts,
+        GenerationSettings(max_new_tokens=24, batch_size=16, markers=pp),
+        deltas,
+        layer=LAYER,
+    )[0]
 
 
 def test_gates_move_decisions_in_their_direction(demo_lm, setup):

@@ -13,7 +13,10 @@ import pytest
 import torch
 from helpers_online import fit_bundle, pick_tau
 
-from asa_lib.engine.generate import generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    generate_all,
+)
 from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
 from asa_lib.method.online import (
@@ -78,11 +81,25 @@ def test_one_pass_equals_the_two_pass_sweep_path(which, request):
     # two-pass: the sweep's path
     two = compute_gates(b, h, tau)
     deltas = steering_deltas(b, two, s["a_eff"], s["beta"])
-    want, _ = generate_all(lm, prompts, deltas, s["layer"], 8, s["max_new"], pp)
-    baseline, _ = generate_all(lm, prompts, None, s["layer"], 8, s["max_new"], pp)
+    want, _ = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp),
+        deltas,
+        layer=s["layer"],
+    )
+    baseline, _ = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp),
+        None,
+        layer=s["layer"],
+    )
     # one pass
     gate = OnlineGate(b, tau, s["a_eff"], s["beta"])
-    got, dec = generate_online(lm, prompts, gate, 8, s["max_new"], pp)
+    got, dec = generate_online(
+        lm, prompts, gate, GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp)
+    )
     p1 = np.array([d.p_tool for d in dec])
     # independent reference: the scikit-learn objects the bundle was made from
     X = f.fit.scaler.transform(h.astype(np.float64))
@@ -196,14 +213,32 @@ def test_no_state_leaks_between_rows_or_calls(tiny_lm, request):
     other = OnlineGate(b, 0.5, 3 * s["a_eff"], 0.0)  # another config: steers every row, harder
     block = decoder_blocks(lm.model)[b.layer]
     n_hooks = len(block._forward_hooks)
-    baseline, _ = generate_all(lm, prompts, None, b.layer, 8, s["max_new"], pp)
+    baseline, _ = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp),
+        None,
+        layer=b.layer,
+    )
 
-    batch = generate_online(lm, prompts, gate, 8, s["max_new"], pp)
-    alone = [generate_online(lm, [p], gate, 1, s["max_new"], pp) for p in prompts]
+    batch = generate_online(
+        lm, prompts, gate, GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp)
+    )
+    alone = [
+        generate_online(
+            lm, [p], gate, GenerationSettings(max_new_tokens=s["max_new"], batch_size=1, markers=pp)
+        )
+        for p in prompts
+    ]
     generate_online(
-        lm, prompts[::-1], other, 3, s["max_new"], pp
+        lm,
+        prompts[::-1],
+        other,
+        GenerationSettings(max_new_tokens=s["max_new"], batch_size=3, markers=pp),
     )  # a call with other gates in between
-    after = generate_online(lm, prompts, gate, 4, s["max_new"], pp)
+    after = generate_online(
+        lm, prompts, gate, GenerationSettings(max_new_tokens=s["max_new"], batch_size=4, markers=pp)
+    )
     for i in range(len(prompts)):
         for out, dec in ((alone[i][0][0], alone[i][1][0]), (after[0][i], after[1][i])):
             assert out == batch[0][i]
@@ -234,7 +269,16 @@ def test_no_state_leaks_between_rows_or_calls(tiny_lm, request):
     with pytest.raises(RuntimeError, match="boom"), online_steering(lm.model, gate):
         raise RuntimeError("boom")
     assert len(block._forward_hooks) == n_hooks and "generate" not in vars(lm.model)
-    assert generate_all(lm, prompts, None, b.layer, 8, s["max_new"], pp)[0] == baseline
+    assert (
+        generate_all(
+            lm,
+            prompts,
+            GenerationSettings(max_new_tokens=s["max_new"], batch_size=8, markers=pp),
+            None,
+            layer=b.layer,
+        )[0]
+        == baseline
+    )
 
 
 def test_misuse_is_refused(tiny_lm, request):

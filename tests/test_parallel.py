@@ -16,7 +16,11 @@ from test_draft import LAYER, MAX_NEW, own_tokens, tiny_case  # noqa: F401 (a fi
 
 from asa_lib.cli import main
 from asa_lib.engine.batching import CHUNK_BATCHES, shard_units
-from asa_lib.engine.generate import GenerationStats, generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    GenerationStats,
+    generate_all,
+)
 from asa_lib.run.parallel import ParallelError, check_processes, launch
 
 
@@ -67,10 +71,7 @@ def test_sharded_generation_equals_one_process(tiny_lm, tiny_params, tiny_case, 
 
     def gen(shard=None):
         st = GenerationStats()
-        out, n = generate_all(
-            tiny_lm, prompts, deltas, LAYER, batch, MAX_NEW, pp, draft=True, drafts=drafts,
-            stats=st, draft_min_acceptance=0.5, shard=shard,
-        )  # fmt: skip
+        out, n = generate_all(tiny_lm, prompts, GenerationSettings(max_new_tokens=MAX_NEW, batch_size=batch, markers=pp, draft=True, draft_min_acceptance=0.5), deltas, layer=LAYER, drafts=drafts, stats=st, shard=shard)  # fmt: skip
         return out, n, st
 
     one, n_one, st_one = gen()

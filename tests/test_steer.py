@@ -4,7 +4,10 @@ import torch
 
 from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.decode import generate_batch
-from asa_lib.engine.generate import generate_all
+from asa_lib.engine.generate import (
+    GenerationSettings,
+    generate_all,
+)
 from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, compute_gates, random_unit_vector, steering_deltas
 from asa_lib.model.hooks import steer_last_prompt_token
@@ -202,7 +205,14 @@ def test_cache_reuses_outputs_and_equals_fresh_generation(tiny_lm, tiny_params, 
     d[[0, 4]] = 0
 
     def gen(deltas, cache):
-        return generate_all(tiny_lm, prompts, deltas, LAYER, 3, 8, tiny_params.prompt, cache)
+        return generate_all(
+            tiny_lm,
+            prompts,
+            GenerationSettings(max_new_tokens=8, batch_size=3, markers=tiny_params.prompt),
+            deltas,
+            layer=LAYER,
+            cache=cache,
+        )
 
     fresh_base, n0 = gen(None, None)
     fresh_steer, _ = gen(d, None)
@@ -231,7 +241,13 @@ def test_prefix_shared_batched_generation_equals_the_simple_path(
     prompts = _prompts(lm, params, texts)
     d = _delta(lm, len(prompts), scale=50.0 if which == "tiny" else 2.0, seed=7).numpy()
     d[0] = 0
-    fast, n = generate_all(lm, prompts, d, LAYER, 4, 12, params.prompt)  # shared prefix, batched
+    fast, n = generate_all(
+        lm,
+        prompts,
+        GenerationSettings(max_new_tokens=12, batch_size=4, markers=params.prompt),
+        d,
+        layer=LAYER,
+    )  # shared prefix, batched
     simple = [
         generate_batch(lm, [p], d[i : i + 1], LAYER, 12, params.prompt)[0]
         for i, p in enumerate(prompts)

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from asa_lib.demo.templates import draw_new
+
 CITIES = [
     "Lisbon",
     "Osaka",
@@ -225,13 +227,7 @@ def labelled_example_rows(per_bucket: int = 40, seed: int = 0) -> list[dict[str,
     rows = []
     for domain, label, make in BUCKETS:
         for i in range(per_bucket):
-            for _ in range(1000):
-                text = make(r)
-                if text not in seen:
-                    break
-            else:
-                raise RuntimeError(f"the {domain}/{label} templates ran out of distinct requests")
-            seen.add(text)
+            text = draw_new(lambda make=make: make(r), seen, f"{domain}/{label}")
             rows.append(
                 {"id": f"{domain}-{label}-{i:03d}", "text": text, "label": label, "domain": domain}
             )

@@ -10,6 +10,7 @@ import json
 import random
 from dataclasses import dataclass
 
+from asa_lib.demo.templates import draw_new
 from asa_lib.params import PromptParams
 
 _NAMES = ["Alice", "Ben", "Chen", "Dara", "Emil", "Farah", "Goro", "Hana"]
@@ -282,13 +283,12 @@ def synthetic_requests(
     out: list[Example] = []
 
     def fresh(make):
-        for _ in range(1000):
-            item = make()
-            text = item[0] if isinstance(item, tuple) else item
-            if text not in seen:
-                seen.add(text)
-                return item
-        raise RuntimeError("the templates ran out of distinct requests; lower the recipe's sizes")
+        return draw_new(
+            make,
+            seen,
+            "demo model's (lower the recipe's sizes)",
+            text=lambda item: item[0] if isinstance(item, tuple) else item,
+        )
 
     for i in range(n_tool):
         q, call = fresh(lambda i=i: TOOL_MAKERS[tools[i % len(tools)]](rng))

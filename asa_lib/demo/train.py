@@ -75,13 +75,15 @@ def _distill(
     lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
 ) -> None:
     """Fill the plain requests' answers with the base model's own greedy answers."""
-    from asa_lib.engine.generate import generate_all
+    from asa_lib.engine.generate import GenerationSettings, generate_all
 
     plain = [e for e in examples if e.call is None]
     if not plain:
         return
     prompts = render_prompts(lm.tokenizer, pp, [e.text for e in plain])
-    outs, _ = generate_all(lm, prompts, None, 0, 16, max_new_tokens, pp, desc="self-distillation")
+    outs, _ = generate_all(
+        lm, prompts, GenerationSettings(max_new_tokens, 16, pp), desc="self-distillation"
+    )
     for e, o in zip(plain, outs):
         e.answer = o
 
@@ -135,11 +137,11 @@ def evaluate_tool_use(
     lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
 ) -> dict:
     """Trigger rates and call validity of ``lm`` on synthetic requests (greedy)."""
-    from asa_lib.engine.generate import generate_all
+    from asa_lib.engine.generate import GenerationSettings, generate_all
 
     prompts = render_prompts(lm.tokenizer, pp, [e.text for e in examples])
     outs, _ = generate_all(
-        lm, prompts, None, 0, 16, max_new_tokens, pp, desc="synthetic validation"
+        lm, prompts, GenerationSettings(max_new_tokens, 16, pp), desc="synthetic validation"
     )
     tool = [o for e, o in zip(examples, outs) if e.call is not None]
     plain = [o for e, o in zip(examples, outs) if e.call is None]

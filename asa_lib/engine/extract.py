@@ -30,7 +30,13 @@ import torch
 from safetensors import safe_open
 
 from asa_lib.engine.batching import shard_units
-from asa_lib.engine.prefix import cache_kwarg, cached_prefix, lcp, right_padded, token_ids
+from asa_lib.engine.prefix import (
+    cache_kwarg,
+    cached_prefix,
+    right_padded,
+    shared_prefix_len,
+    token_ids,
+)
 from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
 from asa_lib.model.hooks import capture_last_token
@@ -128,15 +134,24 @@ def iter_last_token_states(
     ``shard=(rank, world)``: only every ``world``-th batch from ``rank`` (a
     data-parallel worker); the batches are those of one process.
     """
-    lengths, prefix_ids = [], None
-    for s in range(0, len(prompts), 1024):  # token ids are not kept: memory stays at one batch
-        ids = token_ids(lm, prompts[s : s + 1024])
-        lengths += [len(x) for x in ids]
-        if share_prefix:
-            for x in ids:
-                prefix_ids = x if prefix_ids is None else prefix_ids[: lcp(prefix_ids, x)]
-    P = min(len(prefix_ids), min(lengths) - 1) if share_prefix and len(prompts) > 1 else 0
-    prefix = cached_prefix(lm, prefix_ids[:P]) if P > 0 else None  # once for all splits
+    lengths: list[int] = []
+    first: list[int] = []
+
+    def rows():  # token ids are not kept: memory stays at one chunk
+        for s in range(0, len(prompts), 1024):
+            for x in token_ids(lm, prompts[s : s + 1024]):
+                if not lengths:
+                    first.extend(x)
+                lengths.append(len(x))
+                yield x
+
+    if share_prefix:
+        P = shared_prefix_len(rows())
+    else:
+        P = 0
+        for _ in rows():
+            pass
+    prefix = cached_prefix(lm, first[:P]) if P > 0 else None  # once for all splits
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
     batches = _batches([n - P for n in lengths], batch_size)  # the suffixes run

@@ -25,24 +25,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from asa_lib.engine.batching import CHUNK_BATCHES, _gen_batches, shard_units
 from asa_lib.engine.cache import GenerationCache, make_key
 from asa_lib.engine.decode import GenerationStats, _clean, _eos_ids, _finished, _generate_rows
-from asa_lib.engine.draft import accept, greedy_is_argmax, verify_drafts
-from asa_lib.engine.prefix import (
-    PrefixCache,
-    cached_prefix,
-    common_prefix_len,
-    needs_equal_suffix_lengths,
-    token_ids,
+from asa_lib.engine.draft import (
+    accept,
+    draft_for,
+    draft_min_acceptance_for,
+    greedy_is_argmax,
+    verify_drafts,
 )
+from asa_lib.engine.prefix import needs_equal_suffix_lengths, shared_prefix, token_ids
 from asa_lib.model.load import LoadedModel
-from asa_lib.params import PromptParams
+from asa_lib.params import GenerationParams
 from asa_lib.progress import progress
-from asa_lib.prompts import render_prompts
 from asa_lib.tools import triggered
 
 
@@ -53,13 +54,58 @@ def share_prefix_for(setting: str, lm: LoadedModel) -> bool:
     return setting == "always"
 
 
-def shared_prefix(lm: LoadedModel, pp: PromptParams) -> PrefixCache | None:
-    """The prefix every prompt of this format starts with (system text, demonstrations), cached."""
-    probe = token_ids(lm, render_prompts(lm.tokenizer, pp, ["Alpha.", "Zulu?"]))
-    P = common_prefix_len(probe)
-    if P == 0:
-        return None
-    return cached_prefix(lm, probe[0][:P])  # computed once per model and format
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How generation decodes, resolved once for one model: the driver's only settings.
+
+    ``markers``: the tool-call markers (anything with ``tool_call_start`` and
+    ``tool_call_end``); a row stops once its call is complete. Build it from
+    params (plus CLI or API overrides) with :meth:`resolve`; tests and
+    benchmarks may set fields directly.
+    """
+
+    max_new_tokens: int
+    batch_size: int
+    markers: Any
+    share_prefix: bool = True
+    draft: bool = False
+    draft_min_acceptance: float = 0.0
+
+    def __post_init__(self):
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0):
+            raise ValueError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    @classmethod
+    def resolve(
+        cls,
+        generation: GenerationParams,
+        markers: Any,
+        lm: LoadedModel,
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+        share_prefix: str | None = None,
+        draft: str | None = None,
+    ) -> GenerationSettings:
+        """The settings of ``params.generation`` for ``lm``; keyword arguments override it."""
+        draft_setting = generation.draft if draft is None else draft
+        return cls(
+            max_new_tokens=generation.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            batch_size=generation.batch_size if batch_size is None else batch_size,
+            markers=markers,
+            share_prefix=share_prefix_for(
+                generation.share_prefix if share_prefix is None else share_prefix, lm
+            ),
+            draft=draft_for(draft_setting, lm),
+            draft_min_acceptance=draft_min_acceptance_for(draft_setting, lm),
+        )
+
+    def without_drafts(self) -> GenerationSettings:
+        return replace(self, draft=False, draft_min_acceptance=0.0)
 
 
 def delta_key(delta: np.ndarray | None) -> str:
@@ -69,13 +115,13 @@ def delta_key(delta: np.ndarray | None) -> str:
     return hashlib.sha256(np.ascontiguousarray(delta, dtype=np.float32).tobytes()).hexdigest()[:32]
 
 
-def identity(a: list[str], b: list[str], pp: PromptParams) -> dict[str, float]:
+def identity(a: list[str], b: list[str], markers: Any) -> dict[str, float]:
     """Output identity and decision (tool call triggered or not) identity of two output lists."""
     if len(a) != len(b):
         raise ValueError("the two output lists differ in length")
     n = len(a)
     same = sum(x == y for x, y in zip(a, b))
-    dec = sum(triggered(x, pp) == triggered(y, pp) for x, y in zip(a, b))
+    dec = sum(triggered(x, markers) == triggered(y, markers) for x, y in zip(a, b))
     return {
         "n": n,
         "outputs_identical": same,
@@ -88,29 +134,35 @@ def identity(a: list[str], b: list[str], pp: PromptParams) -> dict[str, float]:
 def generate_all(
     lm: LoadedModel,
     prompts: list[str],
-    deltas: np.ndarray | None,
-    layer: int,
-    batch_size: int,
-    max_new_tokens: int,
-    pp: PromptParams,
+    settings: GenerationSettings,
+    deltas: np.ndarray | None = None,
+    layer: int = 0,
     cache: GenerationCache | None = None,
+    *,
     desc: str = "generate",
-    share_prefix: bool = True,
-    draft: bool = False,
     drafts: list[str | list[int] | None] | None = None,
     stats: GenerationStats | None = None,
-    draft_min_acceptance: float = 0.0,
     shard: tuple[int, int] | None = None,
     sync: Callable[[], None] | None = None,
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> tuple[list[str], int]:
     """Outputs for every prompt, reusing ``cache``; returns (outputs, number generated now).
 
-    Each distinct (prompt, delta) pair is generated at most once; batches are
-    sorted by prompt length, and the prompt format's shared prefix is computed
-    once (``share_prefix``). Results are written to the cache after each batch,
-    so an interrupted run loses at most one batch.
+    The one generation driver: the sweep, ``asa generate``, the online adapter
+    (:func:`asa_lib.method.online.generate_online`) and the demo model's
+    training all call it, with one :class:`GenerationSettings`. ``deltas[i]``
+    is added at block ``layer`` to prompt ``i``'s last token on the prefill
+    pass (None: no precomputed steering; an online gate steers ``generate``
+    itself).
 
-    With ``draft``, a steered row whose prompt has an unsteered (baseline)
+    Each distinct (prompt, delta) pair is generated at most once; batches are
+    sorted by prompt length, and the tokens every prompt starts with are
+    computed once (``settings.share_prefix``, :func:`asa_lib.engine.prefix.shared_prefix`).
+    Results are written to the cache after each batch, so an interrupted run
+    loses at most one batch. ``on_batch(rows)`` is called after each batch
+    that ``generate`` decoded (not after verify passes), with the indices of its rows.
+
+    With ``settings.draft``, a steered row whose prompt has an unsteered (baseline)
     output in ``cache`` is verified against that output first (see the module
     docstring); ``drafts`` gives the drafts explicitly instead (one per
     prompt: token ids, a text, or None; any row may use one). Drafts are
@@ -118,7 +170,7 @@ def generate_all(
     (a repetition penalty, suppressed tokens, ...: :func:`greedy_is_argmax`),
     since a verify pass takes the plain argmax. Once the
     batches verified so far in a chunk accepted less than
-    ``draft_min_acceptance`` of their draft tokens, the chunk's remaining rows
+    ``settings.draft_min_acceptance`` of their draft tokens, the chunk's remaining rows
     decode plainly. ``stats`` collects counts. The cache keeps each output's
     token ids beside its text.
 
@@ -146,18 +198,16 @@ def generate_all(
         sync()
     if not todo:
         return [results[k] for k in keys], 0
-    prefix = shared_prefix(lm, pp) if share_prefix else None
     ids = token_ids(lm, prompts)
+    prefix = shared_prefix(lm, ids) if settings.share_prefix else None
     P = prefix.length if prefix is not None else 0
-    if prefix is not None and any(ids[i][:P] != prefix.ids for i in todo.values()):
-        prefix, P = None, 0  # a prompt that does not start with the format's prefix: no sharing
     tok, eos = lm.tokenizer, _eos_ids(lm)
 
     # The work is cut into chunks of rows (longest prompts first), each decoded on its own:
     # with ``shard`` a worker takes every ``world``-th chunk, and every batch is then the
     # batch one process would have run, so sharded results equal one process's bit for bit.
     order = sorted(todo.values(), key=lambda i: -len(ids[i]))
-    chunk_rows = batch_size * CHUNK_BATCHES
+    chunk_rows = settings.batch_size * CHUNK_BATCHES
     chunks = [order[s : s + chunk_rows] for s in range(0, len(order), chunk_rows)]
     if shard is not None:
         chunks = shard_units(chunks, *shard)
@@ -175,7 +225,7 @@ def generate_all(
     # Drafts: explicit ones, else the cached baseline output of each steered row's prompt
     # (its token ids where the cache has them, else its text re-encoded).
     found: dict[int, str | list[int]] = {}
-    draft = draft and greedy_is_argmax(lm.model)
+    draft = settings.draft and greedy_is_argmax(lm.model)
     if draft and drafts is not None:
         found = {i: drafts[i] for i in mine if drafts[i] is not None}
     elif draft and cache is not None and deltas is not None:
@@ -192,7 +242,7 @@ def generate_all(
     as_text = [i for i, d in found.items() if isinstance(d, str)]
     for i, d in zip(as_text, token_ids(lm, [found[i] for i in as_text]) if as_text else []):
         found[i] = d
-    draft_ids = {i: list(d)[:max_new_tokens] for i, d in found.items() if len(d) > 0}
+    draft_ids = {i: list(d)[: settings.max_new_tokens] for i, d in found.items() if len(d) > 0}
 
     full: dict[int, list[int]] = {i: ids[i] for i in mine}  # prompt + tokens accepted so far
     n_gen: dict[int, int] = dict.fromkeys(mine, 0)
@@ -203,12 +253,12 @@ def generate_all(
                 key=lambda i: -(len(ids[i]) + len(draft_ids[i])),
             )
             offered = accepted = 0
-            for s in range(0, len(verify), batch_size):
-                if offered and accepted < draft_min_acceptance * offered:
+            for s in range(0, len(verify), settings.batch_size):
+                if offered and accepted < settings.draft_min_acceptance * offered:
                     if stats is not None:
                         stats.drafts_dropped += len(verify) - s
                     break  # drafts do not pay here: the chunk's remaining rows decode plainly
-                b = verify[s : s + batch_size]
+                b = verify[s : s + settings.batch_size]
                 d = None if deltas is None else deltas[b]
                 greedy = verify_drafts(
                     lm, [ids[i] for i in b], [draft_ids[i] for i in b], d, layer, prefix, stats
@@ -222,10 +272,12 @@ def generate_all(
                         stats.drafted += 1
                         stats.draft_tokens += len(draft_ids[i])
                         stats.accepted_tokens += len(acc) - 1
-                    # a fully accepted draft of max_new_tokens: no extra token
-                    acc = acc[:max_new_tokens]
-                    if len(acc) >= max_new_tokens or _finished(acc, eos, tok, pp):
-                        new[i] = _clean(acc, eos, tok.pad_token_id, tok, pp)
+                    # a fully accepted draft of settings.max_new_tokens: no extra token
+                    acc = acc[: settings.max_new_tokens]
+                    if len(acc) >= settings.max_new_tokens or _finished(
+                        acc, eos, tok, settings.markers
+                    ):
+                        new[i] = _clean(acc, eos, tok.pad_token_id, tok, settings.markers)
                         if stats is not None:
                             stats.done_by_draft += 1
                     else:
@@ -233,7 +285,7 @@ def generate_all(
                 if new:
                     done(new, bar)
             rest = [i for i in chunk if keys[i] not in results]
-            for b in _gen_batches(lm, full, rest, P, batch_size):
+            for b in _gen_batches(lm, full, rest, P, settings.batch_size):
                 d = None if deltas is None else deltas[b]
                 rows = _generate_rows(
                     lm,
@@ -241,12 +293,14 @@ def generate_all(
                     [n_gen[i] for i in b],
                     d,
                     layer,
-                    max_new_tokens,
-                    pp,
+                    settings.max_new_tokens,
+                    settings.markers,
                     prefix,
                     stats,
                 )
                 done(dict(zip(b, rows)), bar)
+                if on_batch is not None:
+                    on_batch(b)
     if shard is not None:
         return [results.get(k) for k in keys], len(mine)
     return [results[k] for k in keys], len(mine)

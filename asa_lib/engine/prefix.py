@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterable
 
 import torch
 from transformers import DynamicCache
@@ -42,16 +43,6 @@ def lcp(a: list[int], b: list[int]) -> int:
     while k < n and a[k] == b[k]:
         k += 1
     return k
-
-
-def common_prefix_len(ids: list[list[int]]) -> int:
-    """Length of the longest common token prefix, leaving at least one suffix token per prompt."""
-    if not ids:
-        return 0
-    n = min(len(x) for x in ids) - 1
-    for x in ids[1:]:
-        n = min(n, lcp(ids[0], x))
-    return max(n, 0)
 
 
 def right_padded(suffixes: list[list[int]], pad_id: int, prefix_len: int, device):
@@ -160,13 +151,50 @@ def _expand_layer(layer, b: int):
     return new
 
 
+# Prefix caches kept per model (the most recently used ones): each holds the keys and
+# values of a whole shared prefix, so a long-lived model must not collect one per call.
+MAX_CACHED_PREFIXES = 8
+
+
 def cached_prefix(lm, ids: list[int]) -> PrefixCache:
     """The prefix cache of ``ids`` for ``lm``, computed once per model and token prefix.
 
-    Extraction (each split) and generation (each call) share it; ``lm.prefixes``
-    holds them (cleared where the weights change).
+    ``lm.prefixes`` holds the last :data:`MAX_CACHED_PREFIXES` of them (cleared
+    where the weights change).
     """
     key = tuple(ids)
-    if key not in lm.prefixes:
+    if key in lm.prefixes:
+        lm.prefixes[key] = lm.prefixes.pop(key)  # most recently used last
+    else:
         lm.prefixes[key] = PrefixCache(lm, list(key))
+        while len(lm.prefixes) > MAX_CACHED_PREFIXES:
+            lm.prefixes.pop(next(iter(lm.prefixes)))
     return lm.prefixes[key]
+
+
+def shared_prefix_len(ids: Iterable[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own.
+
+    0 for fewer than two rows (a prefix run once for one row saves nothing).
+    ``ids`` may be a stream of rows (extraction reads them in chunks).
+    """
+    prefix: list[int] | None = None
+    shortest, n = None, 0
+    for x in ids:
+        n += 1
+        prefix = list(x) if prefix is None else prefix[: lcp(prefix, x)]
+        shortest = len(x) if shortest is None else min(shortest, len(x))
+    if n < 2 or prefix is None:
+        return 0
+    return max(min(len(prefix), shortest - 1), 0)
+
+
+def shared_prefix(lm, ids: list[list[int]]) -> PrefixCache | None:
+    """The one way extraction and generation share a prefix: the cache of the tokens every row
+    of ``ids`` starts with (:func:`shared_prefix_len`), or None when they share none.
+
+    The prefix comes from the rows themselves, not from the prompt format, so rows that
+    bring their own system text or tools still share what they have in common.
+    """
+    P = shared_prefix_len(ids)
+    return cached_prefix(lm, ids[0][:P]) if P > 0 else None

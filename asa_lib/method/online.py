@@ -37,15 +37,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asa_lib.engine.batching import _gen_batches
-from asa_lib.engine.decode import generate_batch
-from asa_lib.engine.generate import shared_prefix
-from asa_lib.engine.prefix import token_ids
+from asa_lib.engine.generate import GenerationSettings, generate_all
+from asa_lib.engine.prefix import left_padded, token_ids
 from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, steering_deltas
-from asa_lib.model.hooks import _hidden, _replace_hidden
+from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
-from asa_lib.params import PromptParams
 
 
 class SteeringError(RuntimeError):
@@ -157,14 +154,14 @@ class _OnlineHook:
         if not self.armed:  # decode steps, plain forward calls
             return out
         self.armed = False
-        h = _hidden(out)
+        h = block_output(out)
         idx, p, gate = self.gate.decide(h[:, -1, :])
         self.session.calls.append(self.gate.decisions(idx, p, gate))
         if self.gate.alpha_eff == 0 or not bool((gate != 0).any()):
             return out  # nothing to add: the output stays bit-identical to an unhooked pass
         h = h.clone()
         h[:, -1, :] += self.gate.delta(idx, gate, h.device, h.dtype)
-        return _replace_hidden(out, h)
+        return with_block_output(out, h)
 
 
 @dataclass
@@ -249,45 +246,42 @@ def generate_online(
     lm: LoadedModel,
     prompts: Sequence[str],
     gate: OnlineGate,
-    batch_size: int,
-    max_new_tokens: int,
-    pp: PromptParams,
-    share_prefix: bool = True,
+    settings: GenerationSettings,
 ) -> tuple[list[str], list[Decision]]:
     """Greedy outputs and decisions of rendered ``prompts``, steered in one pass.
 
-    The batching is the sweep's (:func:`asa_lib.engine.generate.generate_all`: length-sorted
-    batches, the prompt format's shared prefix computed once, a row stops once
-    its tool call is complete), without its cache: every prompt is generated.
+    Generation is the sweep's driver (:func:`asa_lib.engine.generate.generate_all`:
+    length-sorted batches, the shared prefix computed once, a row stops once its
+    tool call is complete) inside :func:`online_steering`, without a cache and
+    without drafts (a verify pass is not a ``generate`` call, so the online gate
+    would not steer it): every prompt is generated, and each batch's prefill is
+    checked to have been steered exactly once.
     """
     prompts = list(prompts)
     if not prompts:
         return [], []
-    ids = token_ids(lm, prompts)
-    prefix = shared_prefix(lm, pp) if share_prefix else None
-    P = prefix.length if prefix is not None else 0
-    if prefix is not None and any(x[:P] != prefix.ids for x in ids):
-        prefix, P = None, 0
-    outputs: list[str] = [""] * len(prompts)
     decisions: list[Decision | None] = [None] * len(prompts)
     with online_steering(lm.model, gate) as session:
-        for b in _gen_batches(lm, ids, list(range(len(prompts))), P, batch_size):
-            n_calls = len(session.calls)
-            outs = generate_batch(
-                lm,
-                [prompts[i] for i in b],
-                None,
-                gate.layer,
-                max_new_tokens,
-                pp,
-                prefix,
-                ids=[ids[i] for i in b],
-            )
-            if len(session.calls) != n_calls + 1 or len(session.last) != len(b):
+
+        def record(rows: list[int]) -> None:
+            if len(session.calls) != record.calls + 1 or len(session.last) != len(rows):
                 raise SteeringError("the prefill of a batch was not steered exactly once")
-            for i, o, d in zip(b, outs, session.last):
-                outputs[i], decisions[i] = o, d
-    return outputs, decisions  # type: ignore[return-value]
+            record.calls += 1
+            for i, d in zip(rows, session.last):
+                decisions[i] = d
+
+        record.calls = len(session.calls)
+        outputs, _ = generate_all(
+            lm, prompts, settings.without_drafts(), layer=gate.layer, on_batch=record
+        )
+    # a prompt given twice is generated once: its copies take that row's decision
+    first = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(p, i)
+    return outputs, [
+        decisions[i] if decisions[i] is not None else decisions[first[p]]
+        for i, p in enumerate(prompts)
+    ]  # type: ignore[misc]
 
 
 class _StopForward(Exception):
@@ -311,27 +305,17 @@ def decide_prompts(
     captured: list[torch.Tensor] = []
 
     def grab(_module, _inp, o):
-        captured.append(_hidden(o)[:, -1, :].detach())
+        captured.append(block_output(o)[:, -1, :].detach())
         raise _StopForward
 
     for s in range(0, len(order), batch_size):
         b = order[s : s + batch_size]
-        S = max(len(ids[i]) for i in b)
-        x = torch.full((len(b), S), pad, dtype=torch.long)
-        mask = torch.zeros((len(b), S), dtype=torch.long)
-        for r, i in enumerate(b):
-            x[r, S - len(ids[i]) :] = torch.tensor(ids[i])
-            mask[r, S - len(ids[i]) :] = 1
+        x, mask = left_padded([ids[i] for i in b], pad, [], lm.device)
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate derives them
         captured.clear()
         handle = block.register_forward_hook(grab)
         try:
-            lm.model(
-                input_ids=x.to(lm.device),
-                attention_mask=mask.to(lm.device),
-                position_ids=pos.to(lm.device),
-                use_cache=False,
-            )
+            lm.model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=False)
         except _StopForward:
             pass
         finally:

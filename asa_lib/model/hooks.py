@@ -15,11 +15,13 @@ from contextlib import contextmanager
 import torch
 
 
-def _hidden(out):
+def block_output(out):
+    """The hidden states a decoder block returned (its output, or the first item of a tuple)."""
     return out[0] if isinstance(out, tuple) else out
 
 
-def _replace_hidden(out, h):
+def with_block_output(out, h):
+    """A decoder block's output with its hidden states replaced by ``h``."""
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
@@ -28,7 +30,7 @@ class _Capture:
         self.layer, self.store, self.owner = layer, store, owner
 
     def __call__(self, _module, _inp, out):
-        h = _hidden(out)
+        h = block_output(out)
         pos = self.owner.positions
         if pos is None:
             self.store[self.layer] = h[:, -1, :].detach().clone()  # a copy, not a view into h
@@ -73,7 +75,7 @@ class _PrefillSteer:
         if self.fired:  # decode steps: never touched
             return out
         self.fired = True
-        h = _hidden(out)
+        h = block_output(out)
         h = h.clone()
         d = self.delta.to(device=h.device, dtype=h.dtype)
         if self.positions is None:
@@ -81,7 +83,7 @@ class _PrefillSteer:
         else:
             rows = torch.arange(h.shape[0], device=h.device)
             h[rows, self.positions.to(h.device)] += d
-        return _replace_hidden(out, h)
+        return with_block_output(out, h)
 
 
 @contextmanager

@@ -15,9 +15,9 @@ import numpy as np
 
 from asa_lib.data.splits import read_splits
 from asa_lib.engine.cache import GenerationCache
-from asa_lib.engine.draft import draft_for, draft_min_acceptance_for
+from asa_lib.engine.decode import GenerationStats
 from asa_lib.engine.extract import load_meta, load_states
-from asa_lib.engine.generate import GenerationStats, generate_all, share_prefix_for
+from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.files import file_digest, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import Bundle
@@ -76,20 +76,16 @@ def _split_inputs(
 
 
 def _generate(params, lm, bundle, prompts, deltas, cache, desc, stats, shard=None, sync=None):
+    settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
     return generate_all(
         lm,
         prompts,
+        settings,
         deltas,
         bundle.layer,
-        params.generation.batch_size,
-        params.generation.max_new_tokens,
-        params.prompt,
         cache,
         desc=desc,
-        share_prefix=share_prefix_for(params.generation.share_prefix, lm),
-        draft=draft_for(params.generation.draft, lm),
         stats=stats,
-        draft_min_acceptance=draft_min_acceptance_for(params.generation.draft, lm),
         shard=shard,
         sync=sync,
     )

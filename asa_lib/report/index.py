@@ -1,0 +1,109 @@
+"""The run's ``index.html``: the summary table, the chosen config and a link to every stage report.
+
+The runner writes it after every run, from the results (``results.json``) and
+the stages' statuses; every value from a run is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from asa_lib.files import read_json, write_text
+from asa_lib.layout import RunDir
+from asa_lib.params import Params
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td.l{text-align:left}.ok{color:#1a7f37}.failed,.blocked{color:#c00;font-weight:bold}
+.skipped{color:#666}.chosen{background:#fff7d6}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
+    """``index.html``: summary table, chosen config, and links to every report (all text escaped).
+
+    ``stages``: the runner's stages (``key``, ``status``, ``seconds``, ``error``), in run order.
+    """
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"
+    ]
+    run = RunDir(run_dir)
+    results = read_json(run.results) if run.results.is_file() else None
+    parts.append(
+        f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
+        f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
+        f"alpha unit: {_e(params.steering.alpha_unit)}</p>"
+    )
+    if results:
+        c = results["chosen"]
+        t = c["test"]
+        parts.append(
+            f"<h2>Chosen on VALID: <code>{_e(c['name'])}</code> (tau={_e(c['tau'])}, alpha={_e(c['alpha'])}, "
+            f"beta={_e(c['beta'])}, alpha_eff={c['alpha_eff']:.4g})</h2><p>TEST: "
+            + ", ".join(
+                f"{m.upper()} {t[m]:.3f} [{t['ci95'][m][0]:.3f}, {t['ci95'][m][1]:.3f}]"
+                for m in ("f1", "recall", "fpr")
+            )
+            + f"; precision {t['precision']:.3f}. L* = {_e(results['L_star'])} "
+            f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
+        )
+        parts.append(
+            "<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
+            "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
+            "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th>"
+            "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR [95% CI]</th>"
+            "<th>decisions flipped (VALID / TEST)</th></tr>"
+        )
+        diffs, flips = results.get("vs_baseline", {}).get("test", {}), results.get("flips", {})
+        for name, r in results["configs"].items():
+            v, t = r["splits"]["valid"], r["splits"]["test"]
+            cls = " class='chosen'" if name == c["name"] else ""
+            d = diffs.get(name)
+            dcells = (
+                "<td>{d_f1:+.3f} [{d_f1_lo:+.3f}, {d_f1_hi:+.3f}]</td>"
+                "<td>{d_fpr:+.3f} [{d_fpr_lo:+.3f}, {d_fpr_hi:+.3f}]</td>".format(**d)
+                if d
+                else "<td>-</td><td>-</td>"
+            )
+            fl = {x["split"]: x["decision flips"] for x in flips.get(name, [])}
+            fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else "-"
+            parts.append(
+                f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
+                f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
+                f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
+                f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td>{dcells}"
+                f"<td>{fcell}</td></tr>"
+            )
+        parts.append(
+            "</table><p>Selection uses VALID only; TEST columns are reported, never used to choose. "
+            "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
+            "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
+            "against the baseline; each config's report lists them.</p>"
+        )
+    else:
+        parts.append("<p><b>No results yet</b>: the analysis stage has not finished.</p>")
+    parts.append(
+        "<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
+        "<th>notebook</th><th>note</th></tr>"
+    )
+    for s in stages:
+        html_p, nb_p = run.report(s.key), run.notebook(s.key)
+        html_rel, nb_rel = (
+            html_p.relative_to(run.root).as_posix(),
+            nb_p.relative_to(run.root).as_posix(),
+        )
+        link = f"<a href='{_e(html_rel)}'>HTML</a>" if html_p.is_file() else ""
+        nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if nb_p.is_file() else ""
+        parts.append(
+            f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
+            f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>"
+        )
+    parts.append("</table></body></html>")
+    return write_text(run.index, "\n".join(parts))
