@@ -2,17 +2,20 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from asa_lib.demo.example_data import labelled_example_rows
 from asa_lib.demo.synthetic import synthetic_requests
 from asa_lib.demo.train import Recipe, train_adapter
 from asa_lib.model.load import ModelLoadError, load_model
 from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE
 from asa_lib.params import ModelParams, ParamsError, params_from_dict
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "labelled_example.jsonl"
 TINY_RECIPE = dict(
     n_tool_train=8,
     n_plain_train=8,
@@ -48,6 +51,24 @@ def test_synthetic_requests_are_seeded_distinct_and_in_the_prompt_format(demo_pa
     assert all(
         e.call is None and e.answer == "" for e in a if e.call is None
     )  # filled by distillation
+
+
+def test_the_demo_models_requests_and_the_labelled_example_share_no_request(demo_params):
+    # exactly the draws train_adapter makes (train, then validation, one RNG and one seen-set)
+    r = Recipe()
+    rng, seen = random.Random(r.seed), set()
+    pp = demo_params.prompt
+    demo = synthetic_requests(pp, r.n_tool_train, r.n_plain_train, rng, seen)
+    demo += synthetic_requests(pp, r.n_tool_valid, r.n_plain_valid, rng, seen)
+    texts = {e.text.strip().lower() for e in demo}
+    assert len(texts) == len(demo)
+    example = [json.loads(x)["text"] for x in EXAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert len(example) == 200
+    assert not texts & {t.strip().lower() for t in example}
+    # and the generator with other seeds draws none of them either
+    for seed in (1, 2):
+        rows = labelled_example_rows(per_bucket=40, seed=seed)
+        assert not texts & {x["text"].strip().lower() for x in rows}
 
 
 def test_training_runs_saves_a_record_and_loads_merged(tiny_params, tmp_path):

@@ -84,7 +84,7 @@ PHENOMENA = ["fog", "hail", "rainbows", "thunder", "snowflakes", "dew", "sea bre
 
 WEATHER_THINGS = [
     "a summer storm",
-    "the first snow",
+    "the first frost",
     "a foggy morning",
     "spring rain",
     "a heat wave",
@@ -195,14 +195,16 @@ def _calendar_plain(r: random.Random) -> str:
 
 
 def _none_plain(r: random.Random) -> str:
+    # Sentence frames of their own: the demo model's plain training requests
+    # (asa_lib.demo.synthetic) use others, so the two sets share no request (tested).
     return r.choice(
         [
-            f"Write a short poem about {r.choice(THINGS)}.",
-            f"Give me {r.choice(COUNTS)} tips for {r.choice(ACTIVITIES)}.",
-            f"Explain {r.choice(CONCEPTS)} in simple words.",
-            f"Suggest {r.choice(COUNTS)} names for a pet {r.choice(ANIMALS)}.",
-            f"Describe {r.choice(THINGS)} in {r.choice(COUNTS)} sentences.",
-            f"What is a good way to start {r.choice(ACTIVITIES)}?",
+            f"Compose a little poem on the theme of {r.choice(THINGS)}.",
+            f"List {r.choice(COUNTS)} pieces of advice about {r.choice(ACTIVITIES)}.",
+            f"In plain language, what is {r.choice(CONCEPTS)}?",
+            f"I need {r.choice(COUNTS)} name ideas for a pet {r.choice(ANIMALS)}.",
+            f"Paint a picture of {r.choice(THINGS)} in {r.choice(COUNTS)} sentences.",
+            f"How do I get started with {r.choice(ACTIVITIES)}?",
         ]
     )
 
