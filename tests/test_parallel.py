@@ -121,7 +121,7 @@ def test_failed_workers_leave_no_states_file(tiny_lm, tiny_params, tmp_path, mon
     import warnings
 
     from asa_lib import data
-    from asa_lib.engine import extract
+    from asa_lib.run import extraction
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,9 +133,9 @@ def test_failed_workers_leave_no_states_file(tiny_lm, tiny_params, tmp_path, mon
         assert all(Path(f).is_file() for f in spec["files"].values())  # ready for the workers
         raise ParallelError("2 extract workers failed")
 
-    monkeypatch.setattr(extract, "launch", failing_launch)
+    monkeypatch.setattr(extraction, "launch", failing_launch)
     with pytest.raises(ParallelError):
-        extract.extract_run(tiny_lm, tiny_params, tmp_path, processes=2)
+        extraction.extract_run(tiny_lm, tiny_params, tmp_path, processes=2)
     assert set(seen) == {"cal", "train", "valid", "test"}
     assert not any(Path(f).exists() for f in seen.values())
     assert not list((tmp_path / "states").glob("*"))  # no states file, final or temporary
