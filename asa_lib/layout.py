@@ -6,6 +6,7 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     params.yaml                   the validated params, as used
     data/splits.jsonl             01: one sample per line (id, split, domain, label, idx, text)
     data/summary.json             01: data kind, domains (in order), counts, shortfalls, skipped rows
+    data/tools.json               01: tool-set id -> tools, where rows bring their own tools
     states/<split>.safetensors    02: tensor "states", float32 (samples, layers, hidden):
                                       output of decoder block l at the last prompt token
     states/<split>.json           02: ids, labels, domains in the same row order
@@ -73,6 +74,7 @@ class RunDir:
     # stage artifacts
     splits = property(lambda self: self.root / "data" / "splits.jsonl")
     data_summary = property(lambda self: self.root / "data" / "summary.json")
+    tool_sets = property(lambda self: self.root / "data" / "tools.json")
     layers = property(lambda self: self.root / "probing" / "layers.json")
     vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
     vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")

@@ -48,6 +48,7 @@ ALPHA_UNITS = ("absolute", "relative")
 
 
 SHARE_PREFIX = ("auto", "always", "never")
+TOOLS_IN = ("system_text", "chat_template")
 
 
 DRAFT = ("auto", "on", "off")
@@ -82,6 +83,11 @@ class PromptParams:
     # Optional demonstration turns placed between the system prompt and the
     # user prompt: a list of {"role": "user"|"assistant", "content": str}.
     demonstrations: list[dict[str, str]] = field(default_factory=list)
+    # Where a prompt's tools go: "system_text" fills {tools_json} in the system
+    # template; "chat_template" passes them to the tokenizer's chat template
+    # (apply_chat_template(..., tools=...)), for models whose template renders
+    # tools natively (LFM2.5, Qwen2.5); the template must then not hold {tools_json}.
+    tools_in: str = "system_text"
 
 
 @dataclass
@@ -95,6 +101,9 @@ class ColumnMap:
     # than the default must exist in the data.
     id: str = "id"  # sample ids (unique); default r<row index>
     split: str = "split"  # cal/train/valid/test (or validation): respected as given
+    # The row's own tools (a list of tool schemas, or its JSON text in a CSV); rows
+    # without one use prompt.tools.
+    tools: str = "tools"
 
 
 @dataclass
@@ -349,32 +358,54 @@ def _safe_name(name: str, key: str) -> None:
     )
 
 
-def _check_tool(t: Any, key: str) -> None:
-    """A tool is {name, description?, parameters: a JSON Schema object}."""
-    _check(isinstance(t, dict), f"{key}: expected a mapping with name and parameters")
-    _check(
-        isinstance(t.get("name"), str) and bool(t["name"]),
-        f"{key}.name: each tool needs a non-empty name",
-    )
-    _check(isinstance(t.get("description", ""), str), f"{key}.description: must be a string")
+def _short(value: Any, n: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def tool_problem(t: Any, key: str) -> str | None:
+    """What is wrong with one tool schema ({name, description?, parameters: a JSON Schema
+    object}), or None. Values are formatted only for a message, and cut short."""
+    if not isinstance(t, dict):
+        return f"{key}: expected a mapping with name and parameters"
+    if not (isinstance(t.get("name"), str) and t["name"]):
+        return f"{key}.name: each tool needs a non-empty name"
+    if not isinstance(t.get("description", ""), str):
+        return f"{key}.description: must be a string"
     ps = t.get("parameters", {"type": "object", "properties": {}})
-    _check(
-        isinstance(ps, dict),
-        f"{key}.parameters: must be a JSON Schema object (a mapping), got {ps!r}",
-    )
-    _check(ps.get("type", "object") == "object", f"{key}.parameters.type: must be 'object'")
+    if not isinstance(ps, dict):
+        return f"{key}.parameters: must be a JSON Schema object (a mapping), got {_short(ps)}"
+    if ps.get("type", "object") != "object":
+        return f"{key}.parameters.type: must be 'object'"
     props = ps.get("properties", {})
-    _check(
-        isinstance(props, dict) and all(isinstance(v, dict) for v in props.values()),
-        f"{key}.parameters.properties: must map each argument name to a schema (a mapping)",
-    )
+    if not (isinstance(props, dict) and all(isinstance(v, dict) for v in props.values())):
+        return f"{key}.parameters.properties: must map each argument name to a schema (a mapping)"
     req = ps.get("required", [])
-    _check(
-        isinstance(req, list) and all(isinstance(r, str) for r in req),
-        f"{key}.parameters.required: must be a list of argument names, got {req!r}",
-    )
+    if not (isinstance(req, list) and all(isinstance(r, str) for r in req)):
+        return f"{key}.parameters.required: must be a list of argument names, got {_short(req)}"
     unknown = [r for r in req if r not in props]
-    _check(not unknown, f"{key}.parameters.required: {unknown} are not in parameters.properties")
+    if unknown:
+        return f"{key}.parameters.required: {unknown} are not in parameters.properties"
+    return None
+
+
+def tool_list_problem(tools: Any, key: str) -> str | None:
+    """What is wrong with a tool list (non-empty, valid schemas, distinct names), or None."""
+    if not isinstance(tools, list) or not tools:
+        return f"{key}: at least one tool is required (a list of tool schemas)"
+    for i, t in enumerate(tools):
+        msg = tool_problem(t, f"{key}[{i}]")
+        if msg:
+            return msg
+    names = [t["name"] for t in tools]
+    if len(set(names)) != len(names):
+        return f"{key}: duplicate tool names in {names}"
+    return None
+
+
+def _check_tool(t: Any, key: str) -> None:
+    msg = tool_problem(t, key)
+    _check(msg is None, msg or "")
 
 
 def validate(p: Params, check_files: bool = True) -> Params:
@@ -401,9 +432,20 @@ def validate(p: Params, check_files: bool = True) -> Params:
     names = [t["name"] for t in pr.tools]
     _check(len(set(names)) == len(names), f"prompt.tools: duplicate tool names in {names}")
     _check(
-        "{tools_json}" in pr.system_template,
-        "prompt.system_template: must contain the placeholder {tools_json} (the tool list)",
+        pr.tools_in in TOOLS_IN,
+        f"prompt.tools_in: {pr.tools_in!r} is not one of {', '.join(TOOLS_IN)}",
     )
+    if pr.tools_in == "system_text":
+        _check(
+            "{tools_json}" in pr.system_template,
+            "prompt.system_template: must contain the placeholder {tools_json} (the tool list)",
+        )
+    else:
+        _check(
+            "{tools_json}" not in pr.system_template,
+            "prompt.system_template: holds {tools_json}, but prompt.tools_in is chat_template "
+            "(the chat template renders the tools); remove the placeholder",
+        )
     for i, turn in enumerate(pr.demonstrations):
         _check(
             set(turn) == {"role", "content"}

@@ -9,28 +9,53 @@ Recognising a tool call in the output is :mod:`asa_lib.tools`.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from asa_lib.params import PromptParams
 
-
-def system_text(pp: PromptParams) -> str:
-    return pp.system_template.replace("{tools_json}", json.dumps(pp.tools))
+Tools = list[dict[str, Any]]
 
 
-def messages_for(pp: PromptParams, user_text: str) -> list[dict[str, str]]:
+def system_text(pp: PromptParams, tools: Tools | None = None) -> str:
+    """The system text: the template with ``{tools_json}`` filled by ``tools`` (default: ``pp.tools``).
+
+    With ``prompt.tools_in: chat_template`` the template holds no placeholder and is used as is.
+    """
+    if pp.tools_in == "chat_template":
+        return pp.system_template
+    return pp.system_template.replace(
+        "{tools_json}", json.dumps(pp.tools if tools is None else tools)
+    )
+
+
+def messages_for(
+    pp: PromptParams, user_text: str, tools: Tools | None = None
+) -> list[dict[str, str]]:
     return [
-        {"role": "system", "content": system_text(pp)},
+        {"role": "system", "content": system_text(pp, tools)},
         *[dict(t) for t in pp.demonstrations],
         {"role": "user", "content": user_text},
     ]
 
 
-def render_prompt(tokenizer, pp: PromptParams, user_text: str) -> str:
-    """The full prompt text, ending with the chat template's generation prompt."""
+def render_prompt(tokenizer, pp: PromptParams, user_text: str, tools: Tools | None = None) -> str:
+    """The full prompt text of one request with its tools (default: ``pp.tools``), ending with
+    the chat template's generation prompt."""
+    kw = {}
+    if pp.tools_in == "chat_template":
+        kw["tools"] = pp.tools if tools is None else tools
     return tokenizer.apply_chat_template(
-        messages_for(pp, user_text), tokenize=False, add_generation_prompt=True
+        messages_for(pp, user_text, tools), tokenize=False, add_generation_prompt=True, **kw
     )
 
 
-def render_prompts(tokenizer, pp: PromptParams, texts: list[str]) -> list[str]:
-    return [render_prompt(tokenizer, pp, t) for t in texts]
+def render_prompts(
+    tokenizer, pp: PromptParams, texts: list[str], tools: list[Tools | None] | None = None
+) -> list[str]:
+    """:func:`render_prompt` of each text; ``tools[i]`` is text ``i``'s own tool list (None: ``pp.tools``)."""
+    if tools is not None and len(tools) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(tools)} tool lists")
+    return [
+        render_prompt(tokenizer, pp, t, None if tools is None else tools[i])
+        for i, t in enumerate(texts)
+    ]

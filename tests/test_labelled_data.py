@@ -375,13 +375,26 @@ def test_a_split_without_a_class_is_an_error_with_a_split_column(tmp_path):
         build_labelled_splits(read_labelled(str(path), path))
 
 
-def test_train_with_a_single_domain_is_an_error(tmp_path):
+def test_one_domain_for_every_row_makes_splits_without_a_router(tmp_path):
     rows = labelled_rows(8, domains=("weather",))
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    res = build_labelled_splits(read_labelled(str(path), path), 1, 1, 0)
+    assert res.domains == ["weather"]
+    assert {x.domain for xs in res.samples.values() for x in xs} == {"weather"}
+
+
+def test_train_with_one_domain_of_several_is_an_error(tmp_path):
+    splits = ["cal", "train", "valid", "test"]
+    rows = labelled_rows(
+        8,
+        domains=("weather", "calendar"),
+        split=lambda i, r: "test" if r["domain"] == "calendar" else splits[(i // 4) % 4],
+    )
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(
-        DataError, match=r"rows of 1 domain\(s\) \['weather'\]; the router needs at least two"
+        DataError, match=r"rows of 1 domain\(s\) \['weather'\] of \['weather', 'calendar'\]"
     ):
-        build_labelled_splits(read_labelled(str(path), path), 1, 1, 0)
+        build_labelled_splits(read_labelled(str(path), path))
 
 
 # ----------------------------------------------------------------------------- errors name file, row, field

@@ -41,10 +41,16 @@ from asa_lib.data.splits import (
     SplitResult,
     read_domains,
     read_splits,
+    read_tool_sets,
+    sample_tools,
+    tool_set_id,
     write_splits,
 )
 
 __all__ = [
+    "read_tool_sets",
+    "sample_tools",
+    "tool_set_id",
     "DataError",
     "KeywordDomains",
     "LABELS",

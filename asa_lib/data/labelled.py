@@ -6,6 +6,7 @@ the file, the line and the field; errors name the file, the row and the field.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from asa_lib.data.splits import (
     SplitResult,
     _check_splits,
     _slice_buckets,
+    tool_set_id,
 )
-from asa_lib.params import ColumnMap
+from asa_lib.params import ColumnMap, tool_list_problem
 
 # Accepted label values of labelled data (strings compared stripped and lower-cased).
 LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
@@ -38,6 +40,7 @@ class LabelledRow:
     domain: str
     split: str | None  # from the split column, or None
     where: str  # "<file>, line <n>" or "hub dataset ..., row <i>"
+    tools: list[dict[str, Any]] | None = None  # the row's own tools (None: prompt.tools)
 
 
 @dataclass
@@ -115,7 +118,7 @@ def read_labelled(
         if col not in available:
             raise missing_column(fname, col)
     used: dict[str, str] = {}
-    for fname in ("id", "split"):
+    for fname in ("id", "split", "tools"):
         col = getattr(cols, fname)
         if col and col in available:
             used[fname] = col
@@ -222,9 +225,29 @@ def read_labelled(
                     f"(first at {first_seen[sid]})"
                 )
             first_seen[sid] = where
+        tools = None
+        if "tools" in used and value(rec, "tools") not in (None, ""):
+            tools = value(rec, "tools")
+            if isinstance(tools, str):  # a CSV cell (or a hub string column): the list as JSON
+                try:
+                    tools = json.loads(tools)
+                except (ValueError, RecursionError):
+                    skip("bad tools", where, "tools", tools)
+                    continue
+            problem = tool_list_problem(tools, "tools")
+            if problem is not None:
+                skip(f"bad tools ({problem})", where, "tools", tools)
+                continue
         out.rows.append(
             LabelledRow(
-                idx=idx, id=sid, text=text, label=label, domain=domain, split=split, where=where
+                idx=idx,
+                id=sid,
+                text=text,
+                label=label,
+                domain=domain,
+                split=split,
+                where=where,
+                tools=tools,
             )
         )
     return out
@@ -264,7 +287,18 @@ def build_labelled_splits(
         samples, shortfalls = _slice_buckets(
             buckets, items, per_split_per_class, test_multiplier, seed
         )
+    tool_sets: dict[str, list[dict[str, Any]]] = {}
+    row_tools: dict[int, str] = {}
+    for r in data.rows:
+        if r.tools is not None:
+            tid = tool_set_id(r.tools)
+            tool_sets.setdefault(tid, r.tools)
+            row_tools[r.idx] = tid
+    for xs in samples.values():
+        for x in xs:
+            x.tools = row_tools.get(x.idx)
     result = SplitResult(
+        tool_sets=tool_sets,
         samples=samples,
         bucket_sizes=bucket_sizes,
         shortfalls=shortfalls,

@@ -19,8 +19,9 @@ Two kinds of data (``data.kind``):
 Differences from the seed, all visible to the user: rows with missing or
 unusable fields are skipped and counted (the seed would crash or mis-read
 them); buckets that cannot fill a split are reported as shortfalls; a split
-with no example of a class, or a TRAIN split with fewer than two domains (the
-router needs two), is an error.
+with no example of a class, or a TRAIN split with one domain where the data
+has several (the router needs two), is an error. Data of one domain has no
+router: every prompt uses that domain's probe and vector.
 
 Sample ids are ``r<row index>`` (the row's position in the source), stable for
 a given source, or a labelled data set's own ``id`` column.
@@ -28,6 +29,7 @@ a given source, or a labelled data set's own ``id`` column.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -63,6 +65,9 @@ class Sample:
     label: int  # 1 = needs a tool
     idx: int  # row index in the source
     text: str
+    # The row's own tools: the id of its tool set in data/tools.json (``tool_set_id``);
+    # None: the prompt format's tools (``prompt.tools``). Left out of splits.jsonl when None.
+    tools: str | None = None
 
 
 @dataclass
@@ -76,6 +81,7 @@ class SplitResult:
     kind: str = "alpaca_keywords"
     split_column: str = ""  # labelled: the split column that was respected, "" if none
     skipped_examples: list[dict[str, Any]] = field(default_factory=list)  # where and why
+    tool_sets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # id -> tools
 
     def __post_init__(self) -> None:
         if not self.domains:
@@ -162,10 +168,11 @@ def _check_splits(result: SplitResult) -> None:
                     )
                 )
     train_domains = list(dict.fromkeys(x.domain for x in result.samples["train"]))
-    if len(train_domains) < 2:
+    if len(result.domains) > 1 and len(train_domains) < 2:
         raise DataError(
-            f"split 'train' has rows of {len(train_domains)} domain(s) {train_domains}; the router "
-            "needs at least two. Add rows of another domain (e.g. a catch-all domain such as 'none')."
+            f"split 'train' has rows of {len(train_domains)} domain(s) {train_domains} of "
+            f"{result.domains}; the router needs TRAIN rows of at least two. Add rows of another "
+            "domain, or give every row one domain (then there is no router)."
         )
     if result.shortfalls:
         lines = ", ".join(
@@ -177,11 +184,31 @@ def _check_splits(result: SplitResult) -> None:
         )
 
 
+def tool_set_id(tools: list[dict[str, Any]]) -> str:
+    """A tool list's id: the first 12 hex digits of the sha256 of its canonical JSON."""
+    canon = json.dumps(tools, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "t" + hashlib.sha256(canon.encode("utf-8")).hexdigest()[:12]
+
+
+def _sample_json(x: Sample) -> str:
+    d = asdict(x)
+    if d["tools"] is None:  # the prompt format's tools: the line stays as before
+        del d["tools"]
+    return json.dumps(d, ensure_ascii=False)
+
+
 def write_splits(run_dir: str | Path, result: SplitResult) -> Path:
-    """Write ``data/splits.jsonl`` (one sample a line, split order) and ``data/summary.json``."""
+    """Write ``data/splits.jsonl`` (one sample a line, split order), ``data/summary.json``
+    and, where rows bring their own tools, ``data/tools.json`` (tool-set id -> tools)."""
     run_dir = Path(run_dir)
-    lines = [json.dumps(asdict(x), ensure_ascii=False) for s in SPLITS for x in result.samples[s]]
+    lines = [_sample_json(x) for s in SPLITS for x in result.samples[s]]
     path = write_text(RunDir(run_dir).splits, "\n".join(lines) + "\n")
+    used = {x.tools for s in SPLITS for x in result.samples[s] if x.tools is not None}
+    tools_file = RunDir(run_dir).tool_sets
+    if used:
+        write_json(tools_file, {k: result.tool_sets[k] for k in sorted(used)})
+    else:
+        tools_file.unlink(missing_ok=True)
     write_json(
         RunDir(run_dir).data_summary,
         {
@@ -194,9 +221,23 @@ def write_splits(run_dir: str | Path, result: SplitResult) -> Path:
             "bucket_sizes": result.bucket_sizes,
             "shortfalls": result.shortfalls,
             "split_sizes": {s: len(result.samples[s]) for s in SPLITS},
+            **({"tool_sets": len(used)} if used else {}),
         },
     )
     return path
+
+
+def read_tool_sets(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The run's tool sets (``data/tools.json``); empty when every row uses ``prompt.tools``."""
+    path = RunDir(run_dir).tool_sets
+    return read_json(path) if path.is_file() else {}
+
+
+def sample_tools(
+    samples: list[Sample], tool_sets: dict[str, list[dict[str, Any]]]
+) -> list[list[dict[str, Any]] | None]:
+    """Each sample's own tool list (None: the prompt format's), for rendering and scoring."""
+    return [None if x.tools is None else tool_sets[x.tools] for x in samples]
 
 
 def read_domains(run_dir: str | Path) -> list[str]:

@@ -4,7 +4,8 @@
 
     scaler.mean, scaler.scale       (H,)    StandardScaler fitted on CAL at L*
     router.coef, router.intercept   (C, H), (C,)  multinomial logistic regression
-                                            (C = 1 row when the router has two classes)
+                                            (1 row when the router has two classes; 0 rows
+                                            for one domain: no router)
     probe.<domain>.coef             (H,)    binary probe of that domain
     probe.<domain>.intercept        (1,)
     vector.global, vector.<domain>  (H,)    float32 unit steering vectors (raw CAL states)
@@ -66,8 +67,15 @@ class Bundle:
     def scale(self, h: np.ndarray) -> np.ndarray:
         return (np.asarray(h, dtype=np.float64) - self.scaler_mean) / self.scaler_scale
 
+    @property
+    def has_router(self) -> bool:
+        """False for a bundle of one domain: no router, every prompt is that domain's."""
+        return len(self.router_classes) > 1
+
     def router_proba(self, h: np.ndarray) -> np.ndarray:
-        """(N, C) probabilities over ``router_classes`` (as sklearn's predict_proba)."""
+        """(N, C) probabilities over ``router_classes`` (as sklearn's predict_proba; all 1 for one domain)."""
+        if not self.has_router:
+            return np.ones((len(np.asarray(h)), 1))
         z = self.scale(h) @ self.router_coef.T + self.router_intercept
         if self.router_coef.shape[0] == 1:  # binary: sigmoid of the single score
             p1 = _sigmoid(z[:, 0])
@@ -286,8 +294,8 @@ def load_bundle(folder: str | Path) -> Bundle:
                 f"{jpath}: field {key!r} names {sorted(set(names) - set(domains))}, "
                 "which are not in 'domains'"
             )
-    if len(router_classes) < 2:
-        raise BundleError(f"{jpath}: field 'router_classes' needs at least two classes")
+    if len(router_classes) < 1:
+        raise BundleError(f"{jpath}: field 'router_classes' needs at least one class")
     if not set(vectors) <= set(domains) | {"global"}:
         raise BundleError(
             f"{jpath}: field 'vectors' names unknown domains "
@@ -306,8 +314,9 @@ def load_bundle(folder: str | Path) -> Bundle:
     expected_shapes = {
         "scaler.mean": (H,),
         "scaler.scale": (H,),
-        "router.coef": (1 if C == 2 else C, H),
-        "router.intercept": (1 if C == 2 else C,),
+        # one class: no router (zero rows); two: one row (binary); else one row per class
+        "router.coef": ({1: 0, 2: 1}.get(C, C), H),
+        "router.intercept": ({1: 0, 2: 1}.get(C, C),),
     }
     for d in probes:
         expected_shapes[f"probe.{d}.coef"] = (H,)

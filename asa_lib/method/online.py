@@ -7,7 +7,7 @@ L* reads every row's state at the last prompt position (position -1: batches
 are left-padded), and computes, in torch and float64:
 
     x = (h - scaler.mean) / scaler.scale
-    d = argmax router(x)                  (the bundle's router classes)
+    d = argmax router(x)                  (the bundle's router classes; its one domain without a router)
     p = sigmoid(x . coef_d + b_d)         (0.5 where d has no probe)
     gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (always 0 where d has no probe)
 
@@ -113,14 +113,17 @@ class OnlineGate:
         """(router class index, p(tool) float64, gate in {-1, 0, 1}) per row of ``h`` (B, H)."""
         mean, scale, rc, rb, pc, pb, has, _ = self._tensors(h.device)
         x = (h.to(torch.float64) - mean) / scale
-        z = x @ rc.T + rb
-        if rc.shape[0] == 1:  # binary router: sigmoid of the single score (as Bundle.router_proba)
-            p1 = 1.0 / (1.0 + torch.exp(-z[:, 0]))
-            proba = torch.stack([1 - p1, p1], dim=1)
+        if rc.shape[0] == 0:  # one domain: no router, every row is that domain's
+            idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         else:
-            e = torch.exp(z - z.max(dim=1, keepdim=True).values)
-            proba = e / e.sum(dim=1, keepdim=True)
-        idx = proba.argmax(dim=1)  # the first maximum on ties, as numpy
+            z = x @ rc.T + rb
+            if rc.shape[0] == 1:  # binary router: sigmoid of the single score (as Bundle.router_proba)
+                p1 = 1.0 / (1.0 + torch.exp(-z[:, 0]))
+                proba = torch.stack([1 - p1, p1], dim=1)
+            else:
+                e = torch.exp(z - z.max(dim=1, keepdim=True).values)
+                proba = e / e.sum(dim=1, keepdim=True)
+            idx = proba.argmax(dim=1)  # the first maximum on ties, as numpy
         p = 1.0 / (1.0 + torch.exp(-((x * pc[idx]).sum(dim=1) + pb[idx])))
         p = torch.where(has[idx], p, torch.full_like(p, 0.5))
         one = torch.ones_like(idx)

@@ -1,0 +1,432 @@
+"""Read BFCL (Berkeley Function-Calling Leaderboard) relevance data.
+
+BFCL ships each test category as a JSON Lines file (one JSON object per
+line, despite the ``.json`` suffix). An entry looks like::
+
+    {"id": "simple_python_0",
+     "question": [[{"role": "user", "content": "Find the area of ..."}]],
+     "function": [{"name": "...", "description": "...",
+                   "parameters": {"type": "dict", "properties": {...},
+                                  "required": [...]}}]}
+
+``read_bfcl`` turns such a file into rows
+``{"id", "text", "label", "tools", "category"}``, where ``tools`` holds
+the entry's functions converted to JSON-Schema-flavoured tool schemas.
+
+Labels
+------
+``simple_python`` and ``multiple``: label 1 (one of the listed functions
+fits the request). ``irrelevance``: label 0 (none of them does). Any other
+category is refused with ``ValueError``.
+
+Entries kept
+------------
+Only single-turn entries: ``question`` is a list holding exactly one turn,
+that turn is a non-empty list of messages, and every message is
+``{"role": "user", "content": <non-empty str>}``. The text is the content
+of the last user message. Entries with a ``system`` message are skipped,
+not merged: the row has no place for a system prompt, and dropping it
+silently would change the task. (No system message occurs in the three
+supported files; they do occur in BFCL's ``live_*`` categories.)
+
+Anything else (a line that is not JSON, not an object, a bad ``id``,
+multi-turn, a non-user message, non-string content, a missing or empty
+function list, a malformed function) is skipped. It is recorded in
+``BFCLResult.skipped`` as ``{"file", "line", "field", "reason"}``, with a
+1-based line number, and never raised. Blank lines are ignored without
+being recorded.
+
+Type conversion
+---------------
+BFCL uses Python-flavoured type names. ``BFCL_TYPE_MAP`` maps them to JSON
+Schema types:
+
+    dict -> object      float -> number      integer -> integer
+    string -> string    boolean -> boolean   array -> array
+    tuple -> array      list -> array        any -> (no "type" key)
+
+``list`` does not occur in BFCL v4 single-turn data, but it is in the map
+anyway. Any other type name (e.g. Java's ``HashMap``) raises
+``BFCLShapeError``. Conversion recurses into ``properties`` and ``items``.
+Note that BFCL's own converter (``bfcl_eval/constants/type_mappings.py``)
+maps ``any`` to ``string``. We leave the type open instead.
+
+Keywords kept: ``description``, ``enum``, ``default``, ``required``,
+``format``, plus the scalar JSON Schema keywords in
+``EXTRA_SCHEMA_KEYWORDS`` (``minimum``, ``maximum``, ``minItems``, ...)
+when their value has the right JSON type. All other keys are dropped.
+In the three supported files that means only BFCL's non-standard
+``optional`` marker (41 occurrences, with values such as ``true``,
+``"true"``, ``"yes"``, ``[]``). ``required`` is left as BFCL wrote it,
+whatever ``optional`` says. ``default`` is copied unchanged, so it may not
+match the declared type (BFCL writes e.g. ``"default": "None"``).
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "BFCL_TYPE_MAP",
+    "CATEGORY_LABELS",
+    "BFCLResult",
+    "BFCLShapeError",
+    "convert_function",
+    "convert_schema",
+    "infer_category",
+    "read_bfcl",
+]
+
+#: BFCL type name -> JSON Schema type; ``None`` means "no type constraint".
+BFCL_TYPE_MAP: dict[str, str | None] = {
+    "dict": "object",
+    "float": "number",
+    "integer": "integer",
+    "string": "string",
+    "boolean": "boolean",
+    "array": "array",
+    "tuple": "array",
+    "list": "array",
+    "any": None,
+}
+
+#: Supported categories and their labels (1: a listed function fits).
+CATEGORY_LABELS: dict[str, int] = {
+    "simple_python": 1,
+    "multiple": 1,
+    "irrelevance": 0,
+}
+
+#: Scalar JSON Schema keywords copied as is, with the JSON type their value needs.
+EXTRA_SCHEMA_KEYWORDS: dict[str, str] = {
+    "title": "string",
+    "pattern": "string",
+    "minimum": "number",
+    "maximum": "number",
+    "exclusiveMinimum": "number",
+    "exclusiveMaximum": "number",
+    "multipleOf": "number",
+    "minLength": "integer",
+    "maxLength": "integer",
+    "minItems": "integer",
+    "maxItems": "integer",
+    "minProperties": "integer",
+    "maxProperties": "integer",
+    "uniqueItems": "boolean",
+}
+
+_FILE_NAME = re.compile(r"^bfcl_v\d+_(?P<category>[a-z0-9_]+)\.jsonl?$", re.IGNORECASE)
+
+
+class BFCLShapeError(ValueError):
+    """A BFCL function or schema does not have the expected shape.
+
+    ``field`` is a dotted path to the bad part, e.g.
+    ``"parameters.properties.coord1.type"``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class BFCLResult:
+    """Rows read from one BFCL file, and the entries that were skipped."""
+
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _has_json_type(value: Any, json_type: str) -> bool:
+    """True when ``value`` is a JSON ``json_type`` (bool is not a number)."""
+    if json_type == "string":
+        return isinstance(value, str)
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if json_type == "integer":
+        return isinstance(value, int)
+    return isinstance(value, (int, float))  # "number"
+
+
+def convert_schema(schema: Any, path: str) -> dict:
+    """Convert one BFCL (sub)schema to JSON Schema, recursively.
+
+    ``path`` names the schema in error messages.
+    """
+    if not isinstance(schema, dict):
+        raise BFCLShapeError(path, f"schema must be an object, got {type(schema).__name__}")
+    if "type" not in schema:
+        raise BFCLShapeError(f"{path}.type", "missing type")
+    bfcl_type = schema["type"]
+    if not isinstance(bfcl_type, str) or bfcl_type not in BFCL_TYPE_MAP:
+        raise BFCLShapeError(
+            f"{path}.type",
+            f"unknown type {bfcl_type!r}; known: {sorted(BFCL_TYPE_MAP)}",
+        )
+
+    out: dict[str, Any] = {}
+    json_type = BFCL_TYPE_MAP[bfcl_type]
+    if json_type is not None:
+        out["type"] = json_type
+
+    if "description" in schema:
+        if not isinstance(schema["description"], str):
+            raise BFCLShapeError(f"{path}.description", "must be a string")
+        out["description"] = schema["description"]
+
+    if "properties" in schema:
+        properties = schema["properties"]
+        if not isinstance(properties, dict):
+            raise BFCLShapeError(f"{path}.properties", "must be an object")
+        out["properties"] = {
+            name: convert_schema(sub, f"{path}.properties.{name}")
+            for name, sub in properties.items()
+        }
+
+    if "items" in schema:
+        out["items"] = convert_schema(schema["items"], f"{path}.items")
+
+    if "required" in schema:
+        required = schema["required"]
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise BFCLShapeError(f"{path}.required", "must be a list of strings")
+        unknown = [r for r in required if r not in out.get("properties", {})]
+        if unknown:
+            raise BFCLShapeError(f"{path}.required", f"names no such property: {unknown}")
+        out["required"] = list(required)
+
+    if "enum" in schema:
+        if not isinstance(schema["enum"], list):
+            raise BFCLShapeError(f"{path}.enum", "must be a list")
+        out["enum"] = list(schema["enum"])
+
+    if "default" in schema:
+        out["default"] = schema["default"]
+
+    if "format" in schema:
+        if not isinstance(schema["format"], str):
+            raise BFCLShapeError(f"{path}.format", "must be a string")
+        out["format"] = schema["format"]
+
+    for keyword, json_type in EXTRA_SCHEMA_KEYWORDS.items():
+        if keyword in schema and _has_json_type(schema[keyword], json_type):
+            out[keyword] = schema[keyword]
+    return out
+
+
+def convert_function(fn: dict) -> dict:
+    """Convert one BFCL function into a JSON-Schema-flavoured tool schema.
+
+    Returns ``{"name", "description", "parameters": {"type": "object",
+    "properties": {...}, "required": [...]}}``; ``properties`` and
+    ``required`` are always present (empty when BFCL gives none).
+    Raises ``BFCLShapeError`` when the function is malformed.
+    """
+    if not isinstance(fn, dict):
+        raise BFCLShapeError("function", f"must be an object, got {type(fn).__name__}")
+    name = fn.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise BFCLShapeError("name", "must be a non-empty string")
+    description = fn.get("description")
+    if not isinstance(description, str):
+        raise BFCLShapeError("description", "must be a string")
+    parameters = fn.get("parameters")
+    if not isinstance(parameters, dict):
+        raise BFCLShapeError("parameters", "must be an object")
+    if parameters.get("type") != "dict":
+        raise BFCLShapeError("parameters.type", f"must be 'dict', got {parameters.get('type')!r}")
+
+    converted = convert_schema(parameters, "parameters")
+    converted.setdefault("properties", {})
+    converted.setdefault("required", [])
+    return {"name": name, "description": description, "parameters": converted}
+
+
+def infer_category(path: str | Path) -> str:
+    """Infer the category from a file name like ``BFCL_v4_multiple.json.xz``."""
+    name = Path(path).name
+    for suffix in (".xz", ".gz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    match = _FILE_NAME.match(name)
+    if match is None:
+        raise ValueError(
+            f"cannot infer a BFCL category from file name {Path(path).name!r}; "
+            "expected BFCL_v<N>_<category>.json[l][.xz|.gz], or pass category="
+        )
+    return match.group("category").lower()
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open a plain, .xz or .gz file for reading bytes."""
+    suffix = path.suffix.lower()
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _user_text(question: Any) -> tuple[str | None, str, str]:
+    """Return ``(text, field, reason)``; ``text`` is None when unusable."""
+    if not isinstance(question, list):
+        return None, "question", "must be a list of turns"
+    if len(question) != 1:
+        return None, "question", f"expected exactly one turn, got {len(question)}"
+    turn = question[0]
+    if not isinstance(turn, list) or not turn:
+        return None, "question[0]", "turn must be a non-empty list of messages"
+    for i, message in enumerate(turn):
+        where = f"question[0][{i}]"
+        if not isinstance(message, dict):
+            return None, where, "message must be an object"
+        role = message.get("role")
+        if role != "user":
+            return None, f"{where}.role", f"only user messages are supported, got {role!r}"
+        content = message.get("content")
+        if not isinstance(content, str):
+            return None, f"{where}.content", f"must be a string, got {type(content).__name__}"
+        if not content.strip():
+            return None, f"{where}.content", "empty user message"
+    return turn[-1]["content"], "", ""
+
+
+def _convert_functions(functions: list) -> list[dict]:
+    """Convert an entry's functions; error fields get a ``function[i]`` prefix."""
+    tools = []
+    for i, fn in enumerate(functions):
+        try:
+            tools.append(convert_function(fn))
+        except BFCLShapeError as exc:
+            where = f"function[{i}]" if exc.field == "function" else f"function[{i}].{exc.field}"
+            raise BFCLShapeError(where, exc.message) from None
+    return tools
+
+
+def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
+    """Read one BFCL file (.json/.jsonl, optionally .xz/.gz) into rows.
+
+    ``category`` defaults to the one in the file name. Raises ``ValueError``
+    for a category with no label rule. Bad entries are skipped and recorded
+    in ``BFCLResult.skipped``, never raised.
+    """
+    path = Path(path)
+    if category is None:
+        category = infer_category(path)
+    if category not in CATEGORY_LABELS:
+        raise ValueError(
+            f"unsupported BFCL category {category!r}; supported: {sorted(CATEGORY_LABELS)}"
+        )
+    label = CATEGORY_LABELS[category]
+    result = BFCLResult()
+
+    def skip(line: int, field_name: str, reason: str) -> None:
+        result.skipped.append(
+            {"file": str(path), "line": line, "field": field_name, "reason": reason}
+        )
+
+    with _open_binary(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                skip(line_no, "line", f"not UTF-8: {exc}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                skip(line_no, "line", f"not JSON: {exc}")
+                continue
+            if not isinstance(entry, dict):
+                skip(line_no, "line", f"not a JSON object: {type(entry).__name__}")
+                continue
+
+            entry_id = entry.get("id")
+            if not isinstance(entry_id, str) or not entry_id:
+                skip(line_no, "id", "must be a non-empty string")
+                continue
+
+            text, field_name, reason = _user_text(entry.get("question"))
+            if text is None:
+                skip(line_no, field_name, reason)
+                continue
+
+            functions = entry.get("function")
+            if not isinstance(functions, list) or not functions:
+                skip(line_no, "function", "must be a non-empty list of functions")
+                continue
+            try:
+                tools = _convert_functions(functions)
+            except BFCLShapeError as exc:
+                skip(line_no, exc.field, exc.message)
+                continue
+
+            result.rows.append(
+                {
+                    "id": entry_id,
+                    "text": text,
+                    "label": label,
+                    "tools": tools,
+                    "category": category,
+                }
+            )
+    return result
+
+
+#: The one domain of converted BFCL rows. Domains are never derived from the category or
+#: the label (either would hand the router the answer); with one domain there is no router.
+BFCL_DOMAIN = "all"
+
+
+def labelled_rows(paths: list[str | Path], domain: str = BFCL_DOMAIN) -> BFCLResult:
+    """The rows of several BFCL files as labelled rows (``data.kind: labelled``), in file order.
+
+    Each row: ``{"id", "text", "label", "domain", "tools", "category"}``; the
+    pipeline reads ``tools`` as the row's own tool list and ignores ``category``
+    (kept for the reader). Skipped entries of every file are collected.
+    """
+    out = BFCLResult()
+    for p in paths:
+        r = read_bfcl(p)
+        out.rows += [{**row, "domain": domain} for row in r.rows]
+        out.skipped += r.skipped
+    return out
+
+
+def write_labelled(
+    out: str | Path, paths: list[str | Path], domain: str = BFCL_DOMAIN
+) -> BFCLResult:
+    """Write :func:`labelled_rows` as JSONL (``.xz`` compressed when ``out`` ends so), reproducibly."""
+    result = labelled_rows(paths, domain)
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in result.rows)
+    out = Path(out)
+    data = text.encode("utf-8")
+    out.write_bytes(lzma.compress(data, preset=9) if out.suffix == ".xz" else data)
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3:
+        print("usage: python -m asa_lib.data.bfcl OUT.jsonl[.xz] BFCL_FILE...", file=sys.stderr)
+        raise SystemExit(2)
+    res = write_labelled(sys.argv[1], sys.argv[2:])
+    print(f"wrote {len(res.rows)} rows to {sys.argv[1]}; skipped {len(res.skipped)}")
+    for s in res.skipped[:10]:
+        print(f"  skipped {s['file']}, line {s['line']}, field {s['field']}: {s['reason']}")

@@ -1,0 +1,344 @@
+"""The BFCL reader (asa_lib/data/bfcl.py), on real lines of BFCL v4 (see fixtures/README.md)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+from asa_lib.data import bfcl
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE / "fixtures" / "bfcl_sample.jsonl"
+DATA = HERE.parent / "data" / "bfcl"
+
+# id -> raw line (no newline), exactly as upstream.
+LINES: dict[str, str] = {
+    json.loads(line)["id"]: line for line in FIXTURE.read_text(encoding="utf-8").splitlines()
+}
+
+
+def entry(entry_id: str) -> dict:
+    return json.loads(LINES[entry_id])
+
+
+def write(tmp_path: Path, name: str, lines: list[str]) -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# --- type conversion -------------------------------------------------------
+
+
+def test_type_map_is_documented_mapping():
+    assert bfcl.BFCL_TYPE_MAP == {
+        "dict": "object",
+        "float": "number",
+        "integer": "integer",
+        "string": "string",
+        "boolean": "boolean",
+        "array": "array",
+        "tuple": "array",
+        "list": "array",
+        "any": None,
+    }
+
+
+def test_tuple_of_float_becomes_array_of_number():
+    fn = entry("simple_python_83")["function"][0]
+    assert bfcl.convert_function(fn) == {
+        "name": "calculate_distance",
+        "description": "Calculate the distance between two GPS coordinates.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "coord1": {
+                    "type": "array",
+                    "description": "The first coordinate as (latitude, longitude).",
+                    "items": {"type": "number"},
+                },
+                "coord2": {
+                    "type": "array",
+                    "description": "The second coordinate as (latitude, longitude).",
+                    "items": {"type": "number"},
+                },
+                "unit": {
+                    "type": "string",
+                    "description": "The unit of distance. Options: 'miles', 'kilometers'.",
+                },
+            },
+            "required": ["coord1", "coord2", "unit"],
+        },
+    }
+
+
+def test_any_has_no_type_constraint():
+    fn = entry("simple_python_109")["function"][0]
+    params = bfcl.convert_function(fn)["parameters"]
+    assert params["properties"]["data"] == {"description": "The training data for the model."}
+    assert params["properties"]["n_estimators"] == {
+        "type": "integer",
+        "description": "The number of trees in the forest.",
+    }
+
+
+def test_nested_dict_with_float_converted_exactly():
+    fn = entry("irrelevance_238")["function"][0]
+    point = {
+        "type": "object",
+        "properties": {
+            "latitude": {
+                "type": "number",
+                "description": "Latitude of Point {p}. (Range from -90 to 90)",
+            },
+            "longitude": {
+                "type": "number",
+                "description": "Longitude of Point {p}. (Range from -180 to 180)",
+            },
+        },
+        "required": ["latitude", "longitude"],
+    }
+
+    def for_point(p: str) -> dict:
+        return json.loads(json.dumps(point).replace("{p}", p))
+
+    assert bfcl.convert_function(fn) == {
+        "name": "map_coordinates.distance_calculate",
+        "description": "Calculate the straight-line distance between two points "
+        "given their longitude and latitude.",
+        "parameters": {
+            "type": "object",
+            "properties": {"pointA": for_point("A"), "pointB": for_point("B")},
+            "required": ["pointA", "pointB"],
+        },
+    }
+
+
+def test_optional_marker_dropped_and_required_untouched():
+    fn = entry("irrelevance_173")["function"][0]
+    params = bfcl.convert_function(fn)["parameters"]
+    assert params["properties"]["num_chords"] == {
+        "type": "integer",
+        "description": "The number of top common chords to return.",
+    }
+    assert params["required"] == ["genre", "num_chords"]
+
+
+def test_format_kept_and_every_function_converted():
+    functions = entry("multiple_5")["function"]
+    tools = [bfcl.convert_function(fn) for fn in functions]
+    assert [t["name"] for t in tools] == [
+        "weather.get_by_city_date",
+        "weather.get_forecast_by_coordinates",
+        "weather.get_by_coordinates_date",
+    ]
+    assert tools[0]["parameters"]["properties"]["date"]["format"] == "date"
+    assert tools[1]["parameters"]["properties"]["coordinates"]["items"] == {"type": "number"}
+
+
+def test_convert_function_does_not_modify_its_input():
+    fn = entry("irrelevance_238")["function"][0]
+    before = json.dumps(fn, sort_keys=True)
+    bfcl.convert_function(fn)
+    assert json.dumps(fn, sort_keys=True) == before
+
+
+def test_unknown_type_raises_shape_error_with_field():
+    fn = entry("simple_python_83")["function"][0]
+    fn["parameters"]["properties"]["coord1"]["items"]["type"] = "HashMap"
+    with pytest.raises(bfcl.BFCLShapeError) as info:
+        bfcl.convert_function(fn)
+    assert isinstance(info.value, ValueError)
+    assert info.value.field == "parameters.properties.coord1.items.type"
+
+
+def test_required_naming_missing_property_raises():
+    fn = entry("simple_python_0")["function"][0]
+    fn["parameters"]["required"].append("depth")
+    with pytest.raises(bfcl.BFCLShapeError) as info:
+        bfcl.convert_function(fn)
+    assert info.value.field == "parameters.required"
+
+
+# --- labels and rows --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "category, entry_id, label",
+    [
+        ("simple_python", "simple_python_0", 1),
+        ("multiple", "multiple_5", 1),
+        ("irrelevance", "irrelevance_0", 0),
+    ],
+)
+def test_label_per_category(tmp_path, category, entry_id, label):
+    path = write(tmp_path, f"BFCL_v4_{category}.json", [LINES[entry_id]])
+    result = bfcl.read_bfcl(path)
+    assert result.skipped == []
+    [row] = result.rows
+    assert set(row) == {"id", "text", "label", "tools", "category"}
+    assert row["id"] == entry_id
+    assert row["label"] == label
+    assert row["category"] == category
+    assert row["text"] == entry(entry_id)["question"][0][-1]["content"]
+    assert len(row["tools"]) == len(entry(entry_id)["function"])
+
+
+def test_category_argument_overrides_file_name():
+    result = bfcl.read_bfcl(FIXTURE, category="irrelevance")
+    assert [r["id"] for r in result.rows] == [
+        "simple_python_0",
+        "simple_python_83",
+        "simple_python_109",
+        "multiple_5",
+        "irrelevance_0",
+        "irrelevance_173",
+        "irrelevance_238",
+        "live_irrelevance_527-162-2",
+    ]
+    assert {r["label"] for r in result.rows} == {0}
+    assert [s["line"] for s in result.skipped] == [8, 9, 10]
+
+
+def test_text_is_last_user_message(tmp_path):
+    path = write(tmp_path, "BFCL_v4_irrelevance.json", [LINES["live_irrelevance_527-162-2"]])
+    [row] = bfcl.read_bfcl(path).rows
+    assert row["text"] == "My name is Sara , I am Daniel's Wife"
+
+
+# --- skipped entries ---------------------------------------------------------
+
+
+def test_other_shapes_skipped_with_line_numbers(tmp_path):
+    path = write(
+        tmp_path,
+        "BFCL_v4_irrelevance.json",
+        [
+            LINES["irrelevance_0"],
+            LINES["multi_turn_miss_param_46"],  # two turns
+            LINES["live_simple_256-137-0"],  # system message first
+            LINES["live_irrelevance_292-72-1"],  # assistant message in the turn
+            LINES["irrelevance_173"],
+        ],
+    )
+    result = bfcl.read_bfcl(path)
+    assert [r["id"] for r in result.rows] == ["irrelevance_0", "irrelevance_173"]
+    assert [(s["line"], s["field"]) for s in result.skipped] == [
+        (2, "question"),
+        (3, "question[0][0].role"),
+        (4, "question[0][9].role"),
+    ]
+    assert all(s["file"] == str(path) for s in result.skipped)
+    assert "exactly one turn, got 2" in result.skipped[0]["reason"]
+    assert "'system'" in result.skipped[1]["reason"]
+
+
+def test_non_json_and_non_object_lines_skipped(tmp_path):
+    path = write(
+        tmp_path,
+        "BFCL_v4_simple_python.json",
+        [
+            LINES["simple_python_0"],
+            '{"id": "simple_python_x", "question": [[',  # truncated line
+            "[1, 2, 3]",
+            "",  # blank lines are ignored, not recorded
+            LINES["simple_python_83"],
+        ],
+    )
+    result = bfcl.read_bfcl(path)
+    assert [r["id"] for r in result.rows] == ["simple_python_0", "simple_python_83"]
+    assert [(s["line"], s["field"]) for s in result.skipped] == [(2, "line"), (3, "line")]
+    assert result.skipped[0]["reason"].startswith("not JSON")
+    assert result.skipped[1]["reason"] == "not a JSON object: list"
+
+
+def test_bad_content_and_functions_skipped(tmp_path):
+    no_functions = entry("simple_python_0")
+    no_functions["function"] = []
+    list_content = entry("simple_python_0")
+    list_content["question"][0][0]["content"] = ["Find the area"]
+    bad_type = entry("multiple_5")
+    bad_type["function"][2]["parameters"]["properties"]["date"]["type"] = "String"
+    path = write(
+        tmp_path,
+        "BFCL_v4_multiple.json",
+        [json.dumps(no_functions), json.dumps(list_content), json.dumps(bad_type)],
+    )
+    result = bfcl.read_bfcl(path)
+    assert result.rows == []
+    assert [(s["line"], s["field"]) for s in result.skipped] == [
+        (1, "function"),
+        (2, "question[0][0].content"),
+        (3, "function[2].parameters.properties.date.type"),
+    ]
+
+
+# --- compression and categories --------------------------------------------
+
+
+@pytest.mark.parametrize("opener, suffix", [(lzma.open, ".xz"), (gzip.open, ".gz")])
+def test_compressed_file_reads_like_plain(tmp_path, opener, suffix):
+    lines = [LINES["multiple_5"], LINES["simple_python_0"]]
+    plain = write(tmp_path, "BFCL_v4_multiple.json", lines)
+    packed = tmp_path / f"BFCL_v4_multiple.jsonl{suffix}"
+    with opener(packed, "wb") as handle:
+        handle.write("\n".join(lines).encode("utf-8"))
+    assert bfcl.read_bfcl(packed).rows == bfcl.read_bfcl(plain).rows
+    assert len(bfcl.read_bfcl(packed).rows) == 2
+
+
+def test_unknown_category_refused(tmp_path):
+    path = write(tmp_path, "BFCL_v4_live_simple.json", [LINES["live_simple_256-137-0"]])
+    with pytest.raises(ValueError, match="live_simple") as info:
+        bfcl.read_bfcl(path)
+    assert "simple_python" in str(info.value) and "irrelevance" in str(info.value)
+    with pytest.raises(ValueError, match="parallel"):
+        bfcl.read_bfcl(FIXTURE, category="parallel")
+
+
+def test_category_not_inferable_from_name():
+    with pytest.raises(ValueError, match="cannot infer"):
+        bfcl.read_bfcl(FIXTURE)
+
+
+@pytest.mark.parametrize(
+    "name, category",
+    [
+        ("BFCL_v4_simple_python.json", "simple_python"),
+        ("bfcl_v4_multiple.json.xz", "multiple"),
+        ("BFCL_v3_irrelevance.jsonl.gz", "irrelevance"),
+    ],
+)
+def test_infer_category(name, category):
+    assert bfcl.infer_category(name) == category
+
+
+# --- the shipped files ---------------------------------------------------------
+
+# Observed at gorilla commit 6ea57973c7a6097fd7c5915698c54c17c5b1b6c8.
+SHIPPED = {
+    "simple_python": (400, 1, "82dd63ba502eb2520c6b5d1d9a5c4b590e03ff261565175561f6228a367d1991"),
+    "multiple": (200, 1, "aef168155ebd74b7ac2401198b201343bc7d16d7a3d7e0d4e6d8ee82c6969b2a"),
+    "irrelevance": (240, 0, "2b6ed4c2e992cdcf5f1678a701851f944bef7550ee026ed1ddb89efed5be01a6"),
+}
+
+
+@pytest.mark.parametrize("category", sorted(SHIPPED))
+def test_shipped_xz_files(category):
+    n_rows, label, sha256 = SHIPPED[category]
+    path = DATA / f"bfcl_v4_{category}.json.xz"
+    raw = lzma.decompress(path.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == sha256
+
+    result = bfcl.read_bfcl(path)
+    assert len(result.rows) == n_rows
+    assert result.skipped == []
+    assert {r["label"] for r in result.rows} == {label}
+    assert {r["category"] for r in result.rows} == {category}
+    assert len({r["id"] for r in result.rows}) == n_rows
+    assert [r["id"] for r in result.rows][:2] == [f"{category}_0", f"{category}_1"]
