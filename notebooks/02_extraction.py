@@ -22,7 +22,6 @@ import pandas as pd
 from asa_lib import data, nb
 from asa_lib.engine import extract
 from asa_lib.model.load import load_params_model
-from asa_lib.prompts import render_prompts
 from asa_lib.run import extraction
 
 params, run = nb.open_stage("02_extraction", params_path, run_dir)
@@ -38,7 +37,7 @@ pd.DataFrame(extraction.extract_run(lm, params, run, processes=processes))
 # An example prompt as the model sees it (the first CAL prompt):
 
 # %%
-print(render_prompts(lm.tokenizer, params.prompt, [data.read_splits(run)["cal"][0].text])[0])
+print(data.render_samples(lm.tokenizer, params.prompt, data.read_splits(run)["cal"][:1], run)[0])
 
 # %% [markdown]
 # ## Mean state norm per layer (CAL)

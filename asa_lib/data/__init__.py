@@ -42,12 +42,14 @@ from asa_lib.data.splits import (
     read_domains,
     read_splits,
     read_tool_sets,
+    render_samples,
     sample_tools,
     tool_set_id,
     write_splits,
 )
 
 __all__ = [
+    "render_samples",
     "read_tool_sets",
     "sample_tools",
     "tool_set_id",

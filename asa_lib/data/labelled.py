@@ -326,15 +326,15 @@ def build_labelled_splits(
             stacklevel=2,
         )
     _check_splits(result)
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str | None], str] = {}
     leaks = 0
     for s in SPLITS:
-        for x in result.samples[s]:
-            if seen.setdefault(x.text, s) != s:
+        for x in result.samples[s]:  # a prompt is its text with its tools
+            if seen.setdefault((x.text, x.tools), s) != s:
                 leaks += 1
     if leaks:
         warnings.warn(
-            f"{leaks} prompt(s) appear in more than one split (identical text); "
+            f"{leaks} prompt(s) appear in more than one split (identical text and tools); "
             "de-duplicate the data to keep VALID and TEST unseen",
             stacklevel=2,
         )

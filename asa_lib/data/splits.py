@@ -233,6 +233,14 @@ def read_tool_sets(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
     return read_json(path) if path.is_file() else {}
 
 
+def render_samples(tokenizer, pp, samples: list[Sample], run_dir: str | Path) -> list[str]:
+    """The prompts of ``samples``, each rendered with its own tools (the run's tool sets)."""
+    from asa_lib.prompts import render_prompts
+
+    tools = sample_tools(samples, read_tool_sets(run_dir))
+    return render_prompts(tokenizer, pp, [x.text for x in samples], tools)
+
+
 def sample_tools(
     samples: list[Sample], tool_sets: dict[str, list[dict[str, Any]]]
 ) -> list[list[dict[str, Any]] | None]:

@@ -117,7 +117,9 @@ class OnlineGate:
             idx = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         else:
             z = x @ rc.T + rb
-            if rc.shape[0] == 1:  # binary router: sigmoid of the single score (as Bundle.router_proba)
+            if (
+                rc.shape[0] == 1
+            ):  # binary router: sigmoid of the single score (as Bundle.router_proba)
                 p1 = 1.0 / (1.0 + torch.exp(-z[:, 0]))
                 proba = torch.stack([1 - p1, p1], dim=1)
             else:

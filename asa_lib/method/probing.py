@@ -105,7 +105,7 @@ def cosine_matrix(vectors: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray
 @dataclass
 class RouterFit:
     scaler: StandardScaler
-    router: LogisticRegression
+    router: LogisticRegression | None  # None for one domain: no router
     router_classes: list[str]
     probes: dict[str, LogisticRegression]
     notes: list[str]
@@ -125,10 +125,12 @@ def fit_router_and_probes(
     d = np.asarray(d_train)
     y = np.asarray(y_train)
     present = [dom for dom in domain_names if (d == dom).any()]
-    if len(present) < 2:
+    if len(present) < 2 and len(domain_names) > 1:
         raise ValueError(f"the router needs TRAIN rows of at least two domains; found {present}")
-    router = _fit_lr(X, np.array([present.index(x) for x in d]))
-    notes = [
+    # one domain: no router, every prompt is that domain's
+    router = _fit_lr(X, np.array([present.index(x) for x in d])) if len(present) > 1 else None
+    notes = [f"{present[0]}: the only domain, so there is no router"] if router is None else []
+    notes += [
         f"{dom}: not in TRAIN, the router never picks it"
         for dom in domain_names
         if dom not in present
@@ -164,8 +166,14 @@ def make_bundle(
         router_classes=fit.router_classes,
         scaler_mean=fit.scaler.mean_.astype(np.float64),
         scaler_scale=fit.scaler.scale_.astype(np.float64),
-        router_coef=fit.router.coef_.astype(np.float64),
-        router_intercept=fit.router.intercept_.astype(np.float64),
+        router_coef=(
+            fit.router.coef_.astype(np.float64)
+            if fit.router is not None
+            else np.zeros((0, fit.scaler.mean_.shape[0]))
+        ),
+        router_intercept=(
+            fit.router.intercept_.astype(np.float64) if fit.router is not None else np.zeros(0)
+        ),
         probes={
             dm: (p.coef_[0].astype(np.float64), float(p.intercept_[0]))
             for dm, p in fit.probes.items()

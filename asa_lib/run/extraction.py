@@ -21,11 +21,10 @@ from asa_lib.run.parallel import launch
 
 def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, list[str]]]:
     """split -> (samples, rendered prompts), in the order stage 01 wrote them."""
-    from asa_lib.data.splits import read_splits
-    from asa_lib.prompts import render_prompts
+    from asa_lib.data.splits import read_splits, render_samples
 
     return {
-        split: (xs, render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs]))
+        split: (xs, render_samples(lm.tokenizer, params.prompt, xs, run_dir))
         for split, xs in read_splits(run_dir).items()
     }
 
