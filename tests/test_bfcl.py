@@ -342,3 +342,26 @@ def test_shipped_xz_files(category):
     assert {r["category"] for r in result.rows} == {category}
     assert len({r["id"] for r in result.rows}) == n_rows
     assert [r["id"] for r in result.rows][:2] == [f"{category}_0", f"{category}_1"]
+
+
+def test_the_shipped_relevance_set_is_what_the_converter_writes(tmp_path):
+    files = [DATA / f"bfcl_v4_{c}.json.xz" for c in ("simple_python", "multiple", "irrelevance")]
+    out = bfcl.write_labelled(tmp_path / "rel.jsonl.xz", files)
+    shipped = HERE.parent / "data" / "bfcl_relevance.jsonl.xz"
+    assert len(out.rows) == 840 and not out.skipped
+    written = (tmp_path / "rel.jsonl.xz").read_bytes()
+    assert lzma.decompress(shipped.read_bytes()) == lzma.decompress(written)
+    rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
+    assert len(rows) == 840 and {r["domain"] for r in rows} == {"all"}
+    assert sum(r["label"] for r in rows) == 600  # simple_python + multiple
+
+
+def test_bfcl_rows_read_as_labelled_rows_with_their_own_tools(tmp_path):
+    from asa_lib import data
+    from asa_lib.params import ColumnMap
+
+    shipped = HERE.parent / "data" / "bfcl_relevance.jsonl.xz"
+    got = data.read_labelled(str(shipped), shipped, ColumnMap())
+    assert len(got.rows) == 840 and not got.skipped
+    first = got.rows[0]
+    assert first.tools == bfcl.read_bfcl(DATA / "bfcl_v4_simple_python.json.xz").rows[0]["tools"]
