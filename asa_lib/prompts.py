@@ -8,6 +8,7 @@ Recognising a tool call in the output is :mod:`asa_lib.tools`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from asa_lib.params import PromptParams
@@ -34,3 +35,20 @@ def render_prompt(tokenizer, pp: PromptParams, user_text: str) -> str:
 
 def render_prompts(tokenizer, pp: PromptParams, texts: list[str]) -> list[str]:
     return [render_prompt(tokenizer, pp, t) for t in texts]
+
+
+def prompt_format_sha256(pp: PromptParams) -> str:
+    """A stable sha256 of the prompt format: system template, tools, call markers, demonstrations.
+
+    Of canonical JSON (keys sorted, no spaces, UTF-8), so it does not depend on
+    the key order of the YAML it came from; it changes with any of the four.
+    """
+    fmt = {
+        "system_template": pp.system_template,
+        "tools": pp.tools,
+        "tool_call_start": pp.tool_call_start,
+        "tool_call_end": pp.tool_call_end,
+        "demonstrations": pp.demonstrations,
+    }
+    text = json.dumps(fmt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
