@@ -51,13 +51,14 @@ from asa_lib.method.online import (
     generate_online,
     online_steering,
 )
-from asa_lib.model.load import LoadedModel, decoder_blocks, weights_fingerprint
+from asa_lib.model.load import LoadedModel, model_facts
 from asa_lib.params import (
     ALPHA_UNITS,
     GenerationParams,
     Params,
     ParamsError,
     PromptParams,
+    check_config_values,
     load_params,
 )
 from asa_lib.prompts import render_prompt
@@ -102,18 +103,10 @@ class ASA:
         where = f"{self.folder}: " if self.folder else ""
         if self.alpha_unit not in ALPHA_UNITS:
             raise AdapterError(f"{where}alpha_unit {self.alpha_unit!r} is not one of {ALPHA_UNITS}")
-        for key, v, ok, rng in (
-            ("tau", self.tau, lambda x: 0.5 <= x < 1.0, "[0.5, 1)"),
-            ("alpha", self.alpha, lambda x: x >= 0, ">= 0"),
-            ("beta", self.beta, lambda x: 0.0 <= x <= 1.0, "[0, 1]"),
-        ):
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or not ok(v)
-            ):
-                raise AdapterError(f"{where}{key} {v!r} is outside the allowed range {rng}")
+        try:
+            check_config_values(f"{where}{{name}}", tau=self.tau, alpha=self.alpha, beta=self.beta)
+        except ParamsError as e:
+            raise AdapterError(str(e)) from None
         expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
         if self.alpha_eff is not None and (
             isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, (int, float))
@@ -239,18 +232,15 @@ class ASA:
                 if isinstance(model, LoadedModel)
                 else str(getattr(module.config, "name_or_path", "") or "")
             )
-        b, hidden, blocks = self.bundle, _hidden_size(module), len(decoder_blocks(module))
+        b, facts = self.bundle, model_facts(module, model_id)
         try:
-            b.check_model(
-                hidden,
-                blocks,
-                model_id,
-                weights_fingerprint(module) if b.model_fingerprint else None,
-                allow_mismatch=self.allow_model_mismatch,
-            )
+            b.check_facts(facts, allow_mismatch=self.allow_model_mismatch)
         except BundleError as e:
             hint = ""
-            if model_id != b.model_id and (hidden, blocks) == (b.hidden_size, b.num_layers):
+            if model_id != b.model_id and (facts.hidden_size, facts.num_layers) == (
+                b.hidden_size,
+                b.num_layers,
+            ):
                 hint = " In Python, model_id= vouches for the same model under another name."
             raise ModelMismatchError(f"{e}{hint}") from None
 
@@ -371,14 +361,6 @@ def _is_messages(x: Any) -> bool:
     return (
         isinstance(x, list) and len(x) > 0 and all(isinstance(m, dict) and "role" in m for m in x)
     )
-
-
-def _hidden_size(module: torch.nn.Module) -> int:
-    cfg = module.config
-    h = getattr(cfg, "hidden_size", None)
-    if h is None and hasattr(cfg, "get_text_config"):
-        h = getattr(cfg.get_text_config(), "hidden_size", None)
-    return int(h) if h is not None else -1
 
 
 def run_prompt_format(folder: str | Path) -> PromptParams | None:

@@ -155,7 +155,8 @@ def _generate(args) -> int:
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
     from asa_lib.prompts import render_prompts
-    from asa_lib.tools import call_validity, triggered
+    from asa_lib.run.records import PromptRecord
+    from asa_lib.tools import CallMarkers, score_output
 
     params = load_params(args.params)
     asa = ASA.load(
@@ -203,27 +204,30 @@ def _generate(args) -> int:
             settings,
             desc="baseline",
         )
-    pp = params.prompt
+    markers, tools = CallMarkers.of(params.prompt), params.prompt.tools
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):
-        r = {
-            "prompt": text,
-            "routed": g.decision.routed,
-            "p_tool": g.decision.p_tool,
-            "gate": g.decision.gate,
-            "output": g.output,
-            "triggered": triggered(g.output, pp),
-            **call_validity(g.output, pp),
-        }
+        d = g.decision
+        rec = PromptRecord.scored(
+            score_output(g.output, markers, tools),
+            id=None,  # free prompts: no row of a split
+            split=None,
+            domain=None,
+            label=None,
+            routed=d.routed,
+            has_probe=d.routed in asa.bundle.probes,
+            p_tool=d.p_tool,
+            gate=d.gate,
+            output=g.output,
+        )
+        r = {"prompt": text, **rec.to_dict(GENERATE_FIELDS)}
         if base is not None:
-            v = call_validity(base[i], pp)
+            b = score_output(base[i], markers, tools)
             r.update(
-                {
-                    "baseline_output": base[i],
-                    "baseline_triggered": triggered(base[i], pp),
-                    "baseline_format_valid": v["format_valid"],
-                    "baseline_valid": v["valid"],
-                }
+                baseline_output=base[i],
+                baseline_triggered=b.triggered,
+                baseline_format_valid=b.format_valid,
+                baseline_valid=b.valid,
             )
         results.append(r)
     if args.json:
@@ -260,6 +264,10 @@ def _generate(args) -> int:
 
 
 GATE_WORDS = {1: "push towards a tool call", -1: "suppress a tool call", 0: "not steered"}
+
+# The fields of a PromptRecord that ``asa generate --json`` prints per prompt (after "prompt";
+# with --baseline, the baseline's output and score follow as baseline_<field>).
+GENERATE_FIELDS = ("routed", "p_tool", "gate", "output", "triggered", "format_valid", "valid")
 
 
 def _call_summary(trig: bool, format_valid: bool, valid: bool) -> str:

@@ -13,7 +13,8 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     probing/layers.json           03: AUC/accuracy per layer and L*
     vectors/vectors.safetensors   04: unit steering vectors ("global", one per domain)
     bundle/adapter.{json,safetensors}  05: everything the gate needs at inference
-    sweep/<config>.json           06: per-prompt records and metrics of one config
+    sweep/<config>.json           06: per-prompt records and metrics of one config; model id,
+                                      bundle and prompt-format sha256, versions
     cache/generations.sqlite      06: generation cache shared by all configs
     parallel/<stage>/             02, 06 with processes > 1: workers' spec, results, worker.log
     results.json                  07: all configs side by side, chosen config

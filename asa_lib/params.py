@@ -12,9 +12,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +345,36 @@ def _check(cond: bool, msg: str) -> None:
         raise ParamsError(msg)
 
 
+# The allowed values of a config's tau, alpha and beta: (test, what a message says otherwise).
+# alpha_eff (alpha in the model's unit, as OnlineGate takes it) has alpha's range.
+CONFIG_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "tau": (lambda x: 0.5 <= x < 1.0, "is outside the allowed range [0.5, 1)"),
+    "alpha": (lambda x: x >= 0, "is negative (allowed: alpha >= 0)"),
+    "alpha_eff": (lambda x: x >= 0, "is negative (allowed: alpha_eff >= 0)"),
+    "beta": (lambda x: 0.0 <= x <= 1.0, "is outside the allowed range [0, 1]"),
+}
+
+
+def check_config_values(key: str = "{name}", **values: Any) -> None:
+    """The one range check of a config's ``tau``, ``alpha`` (or ``alpha_eff``) and ``beta``.
+
+    For sweep configs here, :class:`asa_lib.api.ASA` and
+    :class:`asa_lib.method.online.OnlineGate`. Each value must be a finite
+    number (not a bool) in its range (:data:`CONFIG_RANGES`); the first that is
+    not raises :class:`ParamsError` ``<key> <value> <why>``, with ``{name}`` in
+    ``key`` standing for the value's name: ``key="sweep[0].{name}:"`` gives
+    ``sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)``, the default
+    ``tau 1.0 is outside ...``.
+    """
+    for name, v in values.items():
+        label = key.replace("{name}", name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ParamsError(f"{label} {v!r} is not a finite number")
+        ok, why = CONFIG_RANGES[name]
+        if not ok(v):
+            raise ParamsError(f"{label} {v} {why}")
+
+
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -500,10 +532,8 @@ def validate(p: Params, check_files: bool = True) -> Params:
         _check(c.vector in VECTORS, f"{key}.vector: {c.vector!r} is not one of {VECTORS}")
         if c.gate in ("probe", "oracle"):
             _check(c.tau is not None, f"{key}.tau: required for gate {c.gate!r}")
-        if c.tau is not None:
-            _check(0.5 <= c.tau < 1.0, f"{key}.tau: {c.tau} is outside the allowed range [0.5, 1)")
-        _check(c.alpha >= 0, f"{key}.alpha: {c.alpha} is negative (allowed: alpha >= 0)")
-        _check(0.0 <= c.beta <= 1.0, f"{key}.beta: {c.beta} is outside the allowed range [0, 1]")
+        tau = {} if c.tau is None else {"tau": c.tau}  # gates none, always, random: no tau
+        check_config_values(f"{key}.{{name}}:", **tau, alpha=c.alpha, beta=c.beta)
         _check(
             0 <= c.seed <= MAX_SEED,
             f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]",

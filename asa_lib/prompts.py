@@ -8,6 +8,7 @@ Recognising a tool call in the output is :mod:`asa_lib.tools`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -59,3 +60,22 @@ def render_prompts(
         render_prompt(tokenizer, pp, t, None if tools is None else tools[i])
         for i, t in enumerate(texts)
     ]
+
+
+def prompt_format_sha256(pp: PromptParams) -> str:
+    """A stable sha256 of the prompt format: system template, default tools, where tools go,
+    call markers, demonstrations (a row's own tools are named per record, by tool-set id).
+
+    Of canonical JSON (keys sorted, no spaces, UTF-8), so it does not depend on
+    the key order of the YAML it came from; it changes with any of the four.
+    """
+    fmt = {
+        "system_template": pp.system_template,
+        "tools": pp.tools,
+        "tool_call_start": pp.tool_call_start,
+        "tool_call_end": pp.tool_call_end,
+        "demonstrations": pp.demonstrations,
+        "tools_in": pp.tools_in,
+    }
+    text = json.dumps(fmt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

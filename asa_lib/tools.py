@@ -1,10 +1,17 @@
 """Tool calls in a model's output: detection, parsing and post-trigger validity.
 
-A generation *triggered* a tool when the start marker (``prompt.tool_call_start``)
-occurs in the decoded output (decoded with special tokens kept). A trigger is
-*valid* when its payload parses (the Liquid Python-style list ``[name(arg="v")]``
-or the JSON style ``{"name": ..., "arguments": {...}}``), every called tool is
-one of the listed tools, and each call has its required arguments, non-empty.
+A generation *triggered* a tool when the start marker (:class:`CallMarkers`,
+``prompt.tool_call_start``) occurs in the decoded output (decoded with special
+tokens kept). A trigger is *valid* when its payload parses (the Liquid
+Python-style list ``[name(arg="v")]`` or the JSON style
+``{"name": ..., "arguments": {...}}``), every called tool is one of the listed
+tools, and each call has its required arguments, non-empty. :func:`score_output`
+is the one scoring of an output (the sweep, ``asa generate`` and the demo
+model's evaluation).
+
+The functions take the markers (a :class:`CallMarkers`, or anything with
+``tool_call_start``/``tool_call_end`` such as a ``PromptParams``) and, for
+validity, the tool list: generation needs only the markers.
 """
 
 from __future__ import annotations
@@ -12,29 +19,60 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass
-from typing import Any
-
-from asa_lib.params import PromptParams
+from typing import Any, Protocol
 
 
-def triggered(output: str, pp: PromptParams) -> bool:
-    return pp.tool_call_start in output
+class HasMarkers(Protocol):
+    """Anything that carries the call markers (``PromptParams``)."""
+
+    tool_call_start: str
+    tool_call_end: str
 
 
-def call_payload(output: str, pp: PromptParams) -> str | None:
+@dataclass(frozen=True)
+class CallMarkers:
+    """The text that opens and the text that closes a tool call in a model's output."""
+
+    start: str
+    end: str
+
+    @classmethod
+    def of(cls, source: CallMarkers | HasMarkers) -> CallMarkers:
+        """The markers of ``source``: a ``CallMarkers`` as it is, else its ``tool_call_start/_end``."""
+        if isinstance(source, CallMarkers):
+            return source
+        return cls(source.tool_call_start, source.tool_call_end)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One output, scored: a tool call was started; its payload parses; it is a valid call."""
+
+    triggered: bool
+    format_valid: bool
+    valid: bool
+
+
+def triggered(output: str, markers: CallMarkers | HasMarkers) -> bool:
+    return CallMarkers.of(markers).start in output
+
+
+def call_payload(output: str, markers: CallMarkers | HasMarkers) -> str | None:
     """The text between the first start marker and the end marker (or the end of output)."""
-    start = output.find(pp.tool_call_start)
+    m = CallMarkers.of(markers)
+    start = output.find(m.start)
     if start < 0:
         return None
-    rest = output[start + len(pp.tool_call_start) :]
-    end = rest.find(pp.tool_call_end)
+    rest = output[start + len(m.start) :]
+    end = rest.find(m.end)
     return (rest if end < 0 else rest[:end]).strip()
 
 
-def call_complete(output: str, pp: PromptParams) -> bool:
+def call_complete(output: str, markers: CallMarkers | HasMarkers) -> bool:
     """True once a start marker has been followed by an end marker."""
-    start = output.find(pp.tool_call_start)
-    return start >= 0 and output.find(pp.tool_call_end, start + len(pp.tool_call_start)) >= 0
+    m = CallMarkers.of(markers)
+    start = output.find(m.start)
+    return start >= 0 and output.find(m.end, start + len(m.start)) >= 0
 
 
 @dataclass
@@ -104,23 +142,28 @@ def _non_empty(v: Any) -> bool:
     return True
 
 
-def call_validity(output: str, pp: PromptParams) -> dict[str, bool]:
-    """``format_valid``: the payload parses; ``valid``: plus known tools with required args."""
-    payload = call_payload(output, pp)
-    if payload is None:
-        return {"format_valid": False, "valid": False}
-    calls = parse_calls(payload)
-    if calls is None:
-        return {"format_valid": False, "valid": False}
-    tools = {t["name"]: t for t in pp.tools}
-    ok = True
+def _known_calls(calls: list[ToolCall], tools: list[dict[str, Any]]) -> bool:
+    """Every call names a listed tool and gives its required arguments, non-empty."""
+    by_name = {t["name"]: t for t in tools}
     for c in calls:
-        tool = tools.get(c.name)
+        tool = by_name.get(c.name)
         if tool is None:
-            ok = False
-            break
+            return False
         required = tool.get("parameters", {}).get("required", [])
         if not all(_non_empty(c.arguments.get(r)) for r in required):
-            ok = False
-            break
-    return {"format_valid": True, "valid": ok}
+            return False
+    return True
+
+
+def score_output(
+    output: str, markers: CallMarkers | HasMarkers, tools: list[dict[str, Any]]
+) -> Score:
+    """``triggered``: a start marker occurs; ``format_valid``: its payload parses;
+    ``valid``: plus every call names one of ``tools`` with its required arguments."""
+    payload = call_payload(output, markers)
+    if payload is None:
+        return Score(triggered=False, format_valid=False, valid=False)
+    calls = parse_calls(payload)
+    if calls is None:
+        return Score(triggered=True, format_valid=False, valid=False)
+    return Score(triggered=True, format_valid=True, valid=_known_calls(calls, tools))

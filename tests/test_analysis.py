@@ -5,19 +5,24 @@ import pandas as pd
 
 from asa_lib.params import params_from_dict
 from asa_lib.run import analysis
+from asa_lib.run.records import PromptRecord
 
 
 def rec(i, label, triggered, gate=0, output=None, split="valid"):
-    return {
-        "id": f"r{i}",
-        "split": split,
-        "domain": "math",
-        "label": label,
-        "p_tool": 0.5,
-        "gate": gate,
-        "triggered": triggered,
-        "output": output if output is not None else ("<call>" if triggered else "text"),
-    }
+    return PromptRecord(
+        id=f"r{i}",
+        split=split,
+        domain="math",
+        label=label,
+        routed="math",
+        has_probe=True,
+        p_tool=0.5,
+        gate=gate,
+        output=output if output is not None else ("<call>" if triggered else "text"),
+        triggered=triggered,
+        format_valid=False,
+        valid=False,
+    ).to_dict()
 
 
 def result(name, records, tau=0.6, alpha=0.5, beta=0.0):
@@ -113,11 +118,7 @@ def test_reference_row_only_where_it_applies(tmp_path):
 
 
 def test_ablation_table_labels_each_config_and_the_paper_model():
-    recs = [
-        {**rec(i, i % 2, bool(i % 3), split=s), "format_valid": False, "valid": False}
-        for s in ("valid", "test")
-        for i in range(10)
-    ]
+    recs = [rec(i, i % 2, bool(i % 3), split=s) for s in ("valid", "test") for i in range(10)]
     cfgs = {
         "baseline": {"gate": "none"},
         "asa": {"gate": "probe", "vector": "mixture", "beta": 0.5},

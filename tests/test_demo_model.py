@@ -114,3 +114,40 @@ def test_params_adapter_path_is_checked(tmp_path):
     p = params_from_dict(base, base_dir=tmp_path)
     assert p.adapter_path() == (tmp_path / "nowhere").resolve()
     assert ModelParams().adapter == ""
+
+
+def test_evaluate_tool_use_scores_each_output_once(tiny_lm, monkeypatch):
+    """The demo model's figures from fixed outputs, counted by hand (generation replaced)."""
+    from asa_lib.demo import train
+    from asa_lib.demo.synthetic import Example
+    from asa_lib.engine import generate
+    from asa_lib.params import PromptParams
+
+    pp = PromptParams(tool_call_start="<tool_call>", tool_call_end="</tool_call>")
+    calc = {"name": "calculator", "arguments": {"expression": "1+1"}}
+    examples = [
+        Example("add", calc),  # right tool, valid
+        Example("add", calc),  # another tool, valid
+        Example("add", calc),  # triggered, does not parse
+        Example("add", calc),  # no call
+        Example("poem", None),  # a call where none is needed
+        Example("poem", None),
+    ]
+    outputs = [
+        '<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call>',
+        '<tool_call>{"name": "web_search", "arguments": {"query": "q"}}</tool_call>',
+        "<tool_call>calculator 1+1</tool_call>",
+        "2",
+        '<tool_call>{"name": "translator", "arguments": {"text": "x"}}</tool_call>',
+        "Roses are red",
+    ]
+    monkeypatch.setattr(generate, "generate_all", lambda *a, **k: (outputs, len(outputs)))
+    m = train.evaluate_tool_use(tiny_lm, pp, examples, max_new_tokens=4)
+    assert m == {
+        "tool_requests": 4,
+        "plain_requests": 2,
+        "trigger_rate_tool": 3 / 4,
+        "trigger_rate_plain": 1 / 2,
+        "valid_call_rate_tool": 2 / 4,  # calculator and web_search: listed, with their arguments
+        "right_tool_rate": 1 / 4,
+    }

@@ -8,6 +8,8 @@ from sklearn.metrics import (
 )
 
 from asa_lib.metrics import binary_metrics, bootstrap_ci, evaluate_records
+from asa_lib.run.records import PromptRecord
+from asa_lib.tools import Score
 
 
 def test_metrics_match_sklearn_on_random_predictions():
@@ -36,11 +38,26 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 
 
 def test_evaluate_records_per_domain_and_validity():
+    def rec(label, domain, *score):
+        s = Score(*score)
+        return PromptRecord.scored(
+            s,
+            id="r",
+            split="valid",
+            domain=domain,
+            label=label,
+            routed=domain,
+            has_probe=True,
+            p_tool=0.5,
+            gate=0,
+            output="<call>" if s.triggered else "",
+        ).to_dict()
+
     recs = [
-        {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": True},
-        {"label": 1, "triggered": True, "domain": "math", "format_valid": True, "valid": False},
-        {"label": 0, "triggered": True, "domain": "code", "format_valid": False, "valid": False},
-        {"label": 0, "triggered": False, "domain": "code", "format_valid": False, "valid": False},
+        rec(1, "math", True, True, True),
+        rec(1, "math", True, True, False),
+        rec(0, "code", True, False, False),
+        rec(0, "code", False, False, False),
     ]
     m = evaluate_records(recs)
     assert m["triggers"] == 3 and m["format_valid_rate"] == 2 / 3 and m["valid_call_rate"] == 1 / 3

@@ -126,3 +126,54 @@ def test_good_values_round_trip():
     assert p.sweep[0].beta == 0.0 and p.sweep[0].alpha == 1.0
     assert isinstance(p.sweep[0].alpha, float)
     assert yaml.safe_dump(p.to_dict())  # plain data
+
+
+@pytest.mark.parametrize(
+    "name, value, why",
+    [
+        ("tau", 1.0, "is outside the allowed range [0.5, 1)"),
+        ("tau", 0.45, "is outside the allowed range [0.5, 1)"),
+        ("alpha", -0.5, "is negative (allowed: alpha >= 0)"),
+        ("beta", 1.5, "is outside the allowed range [0, 1]"),
+        ("beta", -0.25, "is outside the allowed range [0, 1]"),
+    ],
+)
+def test_params_the_api_and_the_online_gate_refuse_the_same_values_alike(
+    params_file, name, value, why
+):
+    """One range check (params.check_config_values) behind sweep configs, ASA and OnlineGate."""
+    from test_api import _random_bundle
+
+    from asa_lib import ASA, AdapterError
+    from asa_lib.method.online import OnlineGate
+
+    good = {"tau": 0.6, "alpha": 1.0, "beta": 0.0}
+    d = base()
+    d["sweep"][0].update(good, **{name: value})
+    with pytest.raises(ParamsError) as e:
+        load_params(params_file(d))
+    assert str(e.value).endswith(f".yaml: sweep[0].{name}: {value} {why}")  # after the file
+    bundle = _random_bundle(8, 4, "m")
+    with pytest.raises(AdapterError) as e:
+        ASA(bundle, **{**good, name: value})
+    assert str(e.value) == f"{name} {value} {why}"
+    online = {"tau": 0.6, "alpha_eff": 1.0, "beta": 0.0}
+    key = "alpha_eff" if name == "alpha" else name
+    with pytest.raises(ValueError) as e:
+        OnlineGate(bundle, **{**online, key: value})
+    assert str(e.value) == f"{key} {value} {why.replace('alpha', key)}"
+    for ok in (good, {**good, "tau": 0.5, "beta": 1.0}, {**good, "alpha": 0.0}):  # the edges
+        d = base()
+        d["sweep"][0].update(ok)
+        load_params(params_file(d))
+        ASA(bundle, **ok)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.6", None])
+def test_config_values_must_be_finite_numbers(bad):
+    from asa_lib.params import check_config_values
+
+    for name in ("tau", "alpha", "alpha_eff", "beta"):
+        with pytest.raises(ParamsError, match=f"^x.{name} .* is not a finite number$"):
+            check_config_values("x.{name}", **{name: bad})
+    check_config_values(tau=0.5, alpha=0, alpha_eff=3, beta=1)  # ints are numbers

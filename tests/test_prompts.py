@@ -1,6 +1,18 @@
+import dataclasses
+
+import pytest
+
 from asa_lib.params import PromptParams, load_params
 from asa_lib.prompts import messages_for, render_prompt, system_text
-from asa_lib.tools import call_payload, call_validity, parse_calls, triggered
+from asa_lib.tools import (
+    CallMarkers,
+    Score,
+    call_complete,
+    call_payload,
+    parse_calls,
+    score_output,
+    triggered,
+)
 from conftest import PARAMS
 
 
@@ -57,28 +69,51 @@ def test_detection_and_payload():
     )
 
 
-def test_validity_liquid_and_json_styles():
+def test_call_markers_come_from_a_prompt_format_and_serve_generation():
+    pp = PromptParams(tool_call_start="<tool_call>", tool_call_end="</tool_call>")
+    m = CallMarkers.of(pp)
+    assert m == CallMarkers("<tool_call>", "</tool_call>") and CallMarkers.of(m) is m
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.start = "x"  # type: ignore[misc]
+    out = 'ok <tool_call>{"name": "calculator"}'
+    for markers in (m, pp):  # a CallMarkers, or a PromptParams (the engine passes one)
+        assert triggered(out, markers) and not call_complete(out, markers)
+        assert call_complete(out + "</tool_call>", markers)
+        assert call_payload(out + "</tool_call> more", markers) == '{"name": "calculator"}'
+    # the seed's markers are not these: nothing is found with them
+    assert not triggered(out, CallMarkers.of(PromptParams()))
+    assert not call_complete("</tool_call><tool_call>", m)  # the end must follow the start
+
+
+def test_score_output_liquid_and_json_styles():
     pp = PromptParams()  # the seed's four tools
-    ok = call_validity(
-        '<|tool_call_start|>[translator(text="hi", target_language="fr")]<|tool_call_end|>', pp
-    )
-    assert ok == {"format_valid": True, "valid": True}
-    missing = call_validity('<|tool_call_start|>[translator(text="hi")]<|tool_call_end|>', pp)
-    assert missing == {"format_valid": True, "valid": False}
-    empty = call_validity('<|tool_call_start|>[calculator(expression="  ")]<|tool_call_end|>', pp)
-    assert empty["valid"] is False
-    unknown = call_validity('<|tool_call_start|>[weather(city="x")]<|tool_call_end|>', pp)
-    assert unknown == {"format_valid": True, "valid": False}
-    garbage = call_validity("<|tool_call_start|>calculator expression 2+2<|tool_call_end|>", pp)
-    assert garbage == {"format_valid": False, "valid": False}
-    assert call_validity("no call", pp) == {"format_valid": False, "valid": False}
-    js = PromptParams(tool_call_start="<tool_call>", tool_call_end="</tool_call>")
+    m, tools = CallMarkers.of(pp), pp.tools
+
+    def score(out, markers=m, tools=tools):
+        return score_output(out, markers, tools)
+
+    S = Score
+    ok = '<|tool_call_start|>[translator(text="hi", target_language="fr")]<|tool_call_end|>'
+    assert score(ok) == S(triggered=True, format_valid=True, valid=True)
+    missing = '<|tool_call_start|>[translator(text="hi")]<|tool_call_end|>'
+    assert score(missing) == S(True, True, False)
+    empty = '<|tool_call_start|>[calculator(expression="  ")]<|tool_call_end|>'
+    assert score(empty) == S(True, True, False)
+    unknown = '<|tool_call_start|>[weather(city="x")]<|tool_call_end|>'
+    assert score(unknown) == S(True, True, False)
+    garbage = "<|tool_call_start|>calculator expression 2+2<|tool_call_end|>"
+    assert score(garbage) == S(True, False, False)
+    assert score("no call") == S(False, False, False)
+    # the tool list is the one given, not the prompt format's
+    weather = [{"name": "weather", "parameters": {"required": ["city"]}}]
+    assert score(unknown, tools=weather) == S(True, True, True)
+    assert score(ok, tools=weather) == S(True, True, False)
+    js = CallMarkers("<tool_call>", "</tool_call>")
     good = '<tool_call>{"name": "web_search", "arguments": {"query": "news"}}</tool_call>'
-    assert call_validity(good, js) == {"format_valid": True, "valid": True}
-    assert (
-        call_validity('<tool_call>{"name": "web_search", "arguments": {}}</tool_call>', js)["valid"]
-        is False
-    )
+    assert score(good, js) == S(True, True, True)
+    assert score(good) == S(False, False, False)  # other markers: no call at all
+    no_args = '<tool_call>{"name": "web_search", "arguments": {}}</tool_call>'
+    assert score(no_args, js) == S(True, True, False)
     calls = parse_calls('[calculator(expression="1"), web_search(query="q")]')
     assert [c.name for c in calls] == ["calculator", "web_search"]
     assert (

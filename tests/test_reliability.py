@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 from asa_lib.method.bundle import BundleError, load_bundle, save_bundle
 from asa_lib.params import PromptParams
-from asa_lib.tools import call_validity
+from asa_lib.tools import CallMarkers, Score, score_output
 from test_pipeline import make_tiny_run
 from test_probing import _fit, synthetic
 
@@ -93,10 +93,9 @@ def test_bundle_missing_tensor_and_garbage_file(bundle_dir):
 @pytest.mark.parametrize("payload", ["[" * 1000, "[" * 100_000, '{"a":' * 5000, "f(" * 3000])
 def test_deeply_nested_model_output_is_an_invalid_call_not_a_crash(payload):
     pp = PromptParams()
-    assert call_validity(pp.tool_call_start + payload, pp) == {
-        "format_valid": False,
-        "valid": False,
-    }
+    assert score_output(pp.tool_call_start + payload, CallMarkers.of(pp), pp.tools) == Score(
+        triggered=True, format_valid=False, valid=False
+    )
 
 
 # ----------------------------------------------------------------------------- end to end (tiny model)
@@ -348,6 +347,29 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
     assert fp == tiny_lm.fingerprint and len(fp) == 64
     save_bundle(b, bundle_dir)
     assert load_bundle(bundle_dir).model_fingerprint == "a" * 64
+
+
+def test_the_model_check_reads_one_set_of_facts(bundle_dir, tiny_lm):
+    """LoadedModel.facts (the sweep) and model_facts of a bare module (the API) feed Bundle.check_facts."""
+    from asa_lib.model.load import ModelFacts, model_facts, weights_fingerprint
+
+    fp = weights_fingerprint(tiny_lm.model)
+    assert tiny_lm.facts() == ModelFacts("tiny-lfm2", 64, 4, fp)  # the tiny LFM2: 64 wide, 4 blocks
+    assert model_facts(tiny_lm.model, "vouched") == ModelFacts("vouched", 64, 4, fp)
+    b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
+    b.model_fingerprint = "a" * 64
+    b.check_facts(ModelFacts("synthetic", 12, 3, "a" * 64))
+    for facts, msg in (
+        (ModelFacts("other", 12, 3, "a" * 64), "not on 'other'"),
+        (ModelFacts("synthetic", 12, 3, "b" * 64), "other names, shapes or dtypes"),
+        (ModelFacts("synthetic", 12, 4, "a" * 64), "the model has 4 blocks"),
+        (tiny_lm.facts(), "the model has hidden size 64"),
+    ):
+        with pytest.raises(BundleError, match=msg):
+            b.check_facts(facts)
+    b.check_facts(ModelFacts("other", 12, 4, "b" * 64), allow_mismatch=True)
+    with pytest.raises(BundleError, match="hidden size 64"):
+        b.check_facts(tiny_lm.facts(), allow_mismatch=True)  # shapes must fit in any case
 
 
 def test_one_table_says_what_each_stage_writes_and_what_later_stages_require(tmp_path):

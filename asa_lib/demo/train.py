@@ -45,7 +45,7 @@ from asa_lib.model.load import LoadedModel
 from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, _peft_version, sha256_file
 from asa_lib.params import PromptParams
 from asa_lib.prompts import render_prompts
-from asa_lib.tools import call_validity, triggered
+from asa_lib.tools import CallMarkers, score_output
 
 
 @dataclass
@@ -143,21 +143,17 @@ def evaluate_tool_use(
     outs, _ = generate_all(
         lm, prompts, GenerationSettings(max_new_tokens, 16, pp), desc="synthetic validation"
     )
-    tool = [o for e, o in zip(examples, outs) if e.call is not None]
-    plain = [o for e, o in zip(examples, outs) if e.call is None]
-    trig_tool = [triggered(o, pp) for o in tool]
-    right_tool = 0
-    for e, o in zip([e for e in examples if e.call is not None], tool):
-        if call_validity(o, pp)["valid"] and f'"name": "{e.call["name"]}"' in o:
-            right_tool += 1
+    markers = CallMarkers.of(pp)
+    scores = [score_output(o, markers, pp.tools) for o in outs]
+    tool = [(e, o, s) for e, o, s in zip(examples, outs, scores) if e.call is not None]
+    plain = [s for e, s in zip(examples, scores) if e.call is None]
+    right_tool = sum(s.valid and f'"name": "{e.call["name"]}"' in o for e, o, s in tool)
     return {
         "tool_requests": len(tool),
         "plain_requests": len(plain),
-        "trigger_rate_tool": float(np.mean(trig_tool)) if tool else 0.0,
-        "trigger_rate_plain": float(np.mean([triggered(o, pp) for o in plain])) if plain else 0.0,
-        "valid_call_rate_tool": float(np.mean([call_validity(o, pp)["valid"] for o in tool]))
-        if tool
-        else 0.0,
+        "trigger_rate_tool": float(np.mean([s.triggered for _, _, s in tool])) if tool else 0.0,
+        "trigger_rate_plain": float(np.mean([s.triggered for s in plain])) if plain else 0.0,
+        "valid_call_rate_tool": float(np.mean([s.valid for _, _, s in tool])) if tool else 0.0,
         "right_tool_rate": right_tool / max(len(tool), 1),
     }
 

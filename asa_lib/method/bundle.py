@@ -27,12 +27,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from asa_lib.files import _json_default, atomic_path, library_versions, write_json
+
+if TYPE_CHECKING:  # no torch import for reading a bundle
+    from asa_lib.model.load import ModelFacts
 
 FORMAT = "asa-adapter/1"
 
@@ -62,6 +65,8 @@ class Bundle:
     # sha256 of the model's parameter names, shapes and dtypes (models.weights_fingerprint)
     model_fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # the sha256 recorded in adapter.json (load_bundle); "" for a bundle not read from a folder
+    sha256: str = ""
 
     # ------------------------------------------------------------------ gate inputs
     def scale(self, h: np.ndarray) -> np.ndarray:
@@ -105,6 +110,16 @@ class Bundle:
         return (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
 
     # ------------------------------------------------------------------ checks
+    def check_facts(self, facts: ModelFacts, allow_mismatch: bool = False) -> None:
+        """:meth:`check_model` on a model's facts (:meth:`asa_lib.model.load.LoadedModel.facts`)."""
+        self.check_model(
+            facts.hidden_size,
+            facts.num_layers,
+            facts.model_id,
+            facts.fingerprint,
+            allow_mismatch=allow_mismatch,
+        )
+
     def check_model(
         self,
         hidden_size: int,
@@ -393,4 +408,5 @@ def load_bundle(folder: str | Path) -> Bundle:
         cal_mean_norm=float(norm),
         model_fingerprint=fingerprint,
         extra={k: v for k, v in meta.items() if k not in known},
+        sha256=str(meta.get("sha256", "")),
     )

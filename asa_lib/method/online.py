@@ -43,6 +43,7 @@ from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
+from asa_lib.params import check_config_values
 
 
 class SteeringError(RuntimeError):
@@ -62,12 +63,7 @@ class OnlineGate:
     """A bundle and one (tau, alpha_eff, beta) config, as torch tensors for the prefill hook."""
 
     def __init__(self, bundle: Bundle, tau: float, alpha_eff: float, beta: float):
-        if not 0.5 <= tau < 1.0:
-            raise ValueError(f"tau {tau} is outside the allowed range [0.5, 1)")
-        if not (alpha_eff >= 0 and np.isfinite(alpha_eff)):
-            raise ValueError(f"alpha_eff {alpha_eff} must be a finite number >= 0")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta {beta} is outside the allowed range [0, 1]")
+        check_config_values(tau=tau, alpha_eff=alpha_eff, beta=beta)  # a ParamsError (ValueError)
         self.bundle = bundle
         self.layer = bundle.layer
         self.tau, self.alpha_eff, self.beta = float(tau), float(alpha_eff), float(beta)

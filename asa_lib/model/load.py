@@ -51,6 +51,32 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a bundle checks a model against (:meth:`asa_lib.method.bundle.Bundle.check_facts`)."""
+
+    model_id: str
+    hidden_size: int  # -1 where the config names none
+    num_layers: int  # decoder blocks
+    fingerprint: str  # weights_fingerprint: names, shapes and dtypes of the weights
+
+
+def model_facts(model: torch.nn.Module, model_id: str) -> ModelFacts:
+    """The facts of ``model`` (a bare module, or a :class:`LoadedModel`'s ``model``) under ``model_id``."""
+    return ModelFacts(
+        model_id, hidden_size_of(model), len(decoder_blocks(model)), weights_fingerprint(model)
+    )
+
+
+def hidden_size_of(model: torch.nn.Module) -> int:
+    """``config.hidden_size``, or its text config's (multimodal models); -1 where there is none."""
+    cfg = model.config
+    h = getattr(cfg, "hidden_size", None)
+    if h is None and hasattr(cfg, "get_text_config"):
+        h = getattr(cfg.get_text_config(), "hidden_size", None)
+    return int(h) if h is not None else -1
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -71,6 +97,10 @@ class LoadedModel:
     @property
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
+
+    def facts(self) -> ModelFacts:
+        """Id, hidden size, block count and weights' fingerprint: what a bundle checks."""
+        return model_facts(self.model, self.model_id)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

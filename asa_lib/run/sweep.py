@@ -1,8 +1,10 @@
 """One sweep config (or the unsteered baseline) evaluated on VALID and TEST.
 
 Writes ``sweep/<name>.json``: the config, alpha_eff, per-split metrics with
-bootstrap intervals, and per-prompt records (id, split, domain, label, routed
-domain, p(tool), gate, output text, triggered, format_valid, valid).
+bootstrap intervals, per-prompt records (:class:`~asa_lib.run.records.PromptRecord`:
+id, split, domain, label, routed domain, p(tool), gate, output text,
+triggered, format_valid, valid), and what the results came from: the model id,
+the bundle's sha256, the prompt format's sha256 and library versions.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.decode import GenerationStats
 from asa_lib.engine.extract import load_meta, load_states
 from asa_lib.engine.generate import GenerationSettings, generate_all
-from asa_lib.files import file_digest, write_json
+from asa_lib.files import file_digest, library_versions, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
 from asa_lib.metrics import evaluate_records
 from asa_lib.model.load import LoadedModel
 from asa_lib.params import BASELINE, Params, SweepConfig
-from asa_lib.prompts import render_prompts
+from asa_lib.prompts import prompt_format_sha256, render_prompts
 from asa_lib.run.parallel import launch
+from asa_lib.run.records import PromptRecord
 from asa_lib.run.stages import sweep_stage
-from asa_lib.tools import call_validity, triggered
+from asa_lib.tools import CallMarkers, score_output
 
 EVAL_SPLITS = ("valid", "test")
 
@@ -92,13 +95,7 @@ def _generate(params, lm, bundle, prompts, deltas, cache, desc, stats, shard=Non
 
 
 def _prepare(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfig):
-    bundle.check_model(
-        lm.hidden_size,
-        lm.num_layers,
-        lm.model_id,
-        lm.fingerprint,
-        allow_mismatch=params.steering.allow_model_mismatch,
-    )
+    bundle.check_facts(lm.facts(), allow_mismatch=params.steering.allow_model_mismatch)
     return (
         alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if config.steers else 0.0
     )
@@ -144,7 +141,12 @@ def run_config(
         "config": asdict(config),
         "splits": {},
         "records": [],
+        "model_id": lm.model_id,
+        "bundle_sha256": bundle.sha256 or None,  # None: a bundle not loaded from its folder
+        "prompt_format_sha256": prompt_format_sha256(params.prompt),
+        "versions": library_versions(),
     }
+    markers, tools = CallMarkers.of(params.prompt), params.prompt.tools
     try:
         for split in splits:
             xs, gates, deltas, prompts = _split_inputs(
@@ -158,26 +160,23 @@ def run_config(
             for w in workers:
                 n_new += w[split]["generated"]
                 stats.add(GenerationStats(**w[split]["stats"]))
-            records = []
-            for x, d, p, g, hp, o in zip(
-                xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
-            ):
-                v = call_validity(o, params.prompt)
-                records.append(
-                    {
-                        "id": x.id,
-                        "split": split,
-                        "domain": x.domain,
-                        "label": x.label,
-                        "routed": d,
-                        "has_probe": bool(hp),
-                        "p_tool": float(p),
-                        "gate": int(g),
-                        "output": o,
-                        "triggered": triggered(o, params.prompt),
-                        **v,
-                    }
+            records = [
+                PromptRecord.scored(
+                    score_output(o, markers, tools),
+                    id=x.id,
+                    split=split,
+                    domain=x.domain,
+                    label=x.label,
+                    routed=d,
+                    has_probe=bool(hp),
+                    p_tool=float(p),
+                    gate=int(g),
+                    output=o,
+                ).to_dict()
+                for x, d, p, g, hp, o in zip(
+                    xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
                 )
+            ]
             out["splits"][split] = {
                 "metrics": evaluate_records(records, seed=params.data.seed),
                 "generated_now": n_new,
