@@ -23,6 +23,7 @@ from asa_lib import data, nb
 from asa_lib.engine import extract
 from asa_lib.model.load import load_params_model
 from asa_lib.prompts import render_prompts
+from asa_lib.run import extraction
 
 params, run = nb.open_stage("02_extraction", params_path, run_dir)
 lm = load_params_model(params)
@@ -31,7 +32,7 @@ print(
 )
 
 # %%
-pd.DataFrame(extract.extract_run(lm, params, run, processes=processes))
+pd.DataFrame(extraction.extract_run(lm, params, run, processes=processes))
 
 # %% [markdown]
 # An example prompt as the model sees it (the first CAL prompt):
