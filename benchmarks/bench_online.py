@@ -10,10 +10,11 @@
 Both use the same model, prompts, bundle, config, batches and shared-prefix
 cache, and must give the same gates and outputs (checked). Also timed: the
 decision alone, from extraction (two-pass) against ``decide_prompts`` (a pass
-stopped at block L*). The bundle is fitted by the project's code (stages 03-05)
-on a few CAL/TRAIN prompts, outside the timings. Each path runs once to warm
-up, then ``--repeats`` times alternately; the table gives the median and the
-minimum, and the file records the machine's load average before and after.
+stopped at block L*). The bundle is fitted by the project's code (stages 04-05,
+``probing.fit_bundle``, at the given L*) on a few CAL/TRAIN prompts, outside
+the timings. Each path runs once to warm up, then ``--repeats`` times
+alternately; the table gives the median and the minimum, and the file records
+the machine's load average before and after.
 
     python benchmarks/bench_online.py                 # SmolLM2 (params/demo.yaml), about 5 minutes
     python benchmarks/bench_online.py --params P.yaml # another model (e.g. the LoRA demo model)
@@ -53,8 +54,9 @@ from asa_lib.prompts import render_prompts  # noqa: E402
 
 
 def fit(lm, params, layer: int):
-    """Bundle from CAL/TRAIN at ``layer``; returns (bundle, VALID + TEST texts)."""
-    splits = make_splits_from_params(params).samples
+    """Bundle from CAL/TRAIN at ``layer`` (``probing.fit_bundle``); returns (bundle, VALID + TEST texts)."""
+    result = make_splits_from_params(params)
+    splits = result.samples
     h = {
         s: extract_states(
             lm, render_prompts(lm.tokenizer, params.prompt, [x.text for x in splits[s]])
@@ -63,17 +65,8 @@ def fit(lm, params, layer: int):
     }
     y = {s: np.array([x.label for x in splits[s]]) for s in ("cal", "train")}
     d = {s: [x.domain for x in splits[s]] for s in ("cal", "train")}
-    domains = sorted(set(d["cal"]))
-    vectors, _ = probing.steering_vectors(h["cal"], y["cal"], d["cal"], domains)
-    rf = probing.fit_router_and_probes(h["cal"], h["train"], y["train"], d["train"], domains)
-    bundle = probing.make_bundle(
-        rf,
-        vectors,
-        layer,
-        domains,
-        lm.model_id,
-        lm.num_layers,
-        float(np.linalg.norm(h["cal"], axis=1).mean()),
+    bundle, _ = probing.fit_bundle(
+        h, y, d, layer, result.domains, model_id=lm.model_id, num_layers=lm.num_layers
     )
     return bundle, [x.text for x in splits["valid"] + splits["test"]]
 

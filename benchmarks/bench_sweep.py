@@ -12,8 +12,8 @@ subprocess (so peak memory is measured per path):
   prefix-cached batched generation with early stop, shared across configs
   through the generation cache.
 
-Both fit L*, vectors, router and probes with the same ``asa_lib.method.probing`` code
-on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``:
+Both fit L*, vectors, router and probes with ``asa_lib.method.probing.fit_from_states``
+(stages 03-05) on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``:
 times per stage, generations run, sweep tokens forwarded (a FLOP proxy),
 draft-verified decoding counts (``--draft auto|on|off``, the project path's
 ``generation.draft``), output and decision agreement.
@@ -76,7 +76,8 @@ def setup(args):
     params.model.dtype = args.dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        splits = make_splits_from_params(params).samples
+        result = make_splits_from_params(params)
+    splits = result.samples
     lm = load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
     prompts = {
         s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
@@ -84,19 +85,14 @@ def setup(args):
     }
     seed_cfgs = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).sweep
     configs = [baseline_config()] + seed_cfgs
-    return params, splits, lm, prompts, configs
+    return params, splits, lm, prompts, configs, result.domains
 
 
-def fit(states, splits):
+def fit(states, splits, domains, model_id):
+    """Stages 03-05 on one path's own states (``probing.fit_from_states``): (bundle, report)."""
     y = {s: np.array([x.label for x in splits[s]]) for s in SPLITS}
     d = {s: [x.domain for x in splits[s]] for s in SPLITS}
-    layer = probing.layer_sweep(states["cal"], y["cal"], states["valid"], y["valid"]).best_layer
-    domains = sorted(set(d["cal"]))
-    vecs, _ = probing.steering_vectors(states["cal"][:, layer], y["cal"], d["cal"], domains)
-    rf = probing.fit_router_and_probes(
-        states["cal"][:, layer], states["train"][:, layer], y["train"], d["train"], domains
-    )
-    return layer, vecs, rf, domains
+    return probing.fit_from_states(states, y, d, domains, model_id=model_id)
 
 
 # ----------------------------------------------------------------------------- reference (the seed's loops)
@@ -105,7 +101,7 @@ def fit(states, splits):
 def reference(args) -> dict:
     import torch
 
-    params, splits, lm, prompts, configs = setup(args)
+    params, splits, lm, prompts, configs, domains = setup(args)
     model, tok = lm.model, lm.tokenizer
     blocks = decoder_blocks(model)
     L = len(blocks)
@@ -134,7 +130,8 @@ def reference(args) -> dict:
         states[s] = np.stack(rows)
     t_extract = time.time() - t0
 
-    layer, vecs, rf, domains = fit(states, splits)
+    bundle, report = fit(states, splits, domains, lm.model_id)
+    layer, vecs, rf = bundle.layer, report.vectors, report.fit
     classes = rf.router_classes
 
     def steer_vec(dom, beta):
@@ -222,12 +219,12 @@ def project(args) -> dict:
     from asa_lib.engine.generate import GenerationStats, generate_all
     from asa_lib.method.gate import compute_gates, steering_deltas
 
-    params, splits, lm, prompts, configs = setup(args)
+    params, splits, lm, prompts, configs, domains = setup(args)
     t0 = time.time()
     states = {s: extract_states(lm, prompts[s], batch_size=args.batch_size) for s in SPLITS}
     t_extract = time.time() - t0
-    layer, vecs, rf, domains = fit(states, splits)
-    bundle = probing.make_bundle(rf, vecs, layer, domains, lm.model_id, lm.num_layers, 1.0)
+    bundle, _ = fit(states, splits, domains, lm.model_id)
+    layer = bundle.layer
     t1 = time.time()
     decisions, outputs, generated = {}, {}, 0
     stats = GenerationStats()

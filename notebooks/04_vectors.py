@@ -26,7 +26,8 @@ layer = probing.load_layers(run)["best_layer"]
 h = extract.load_states(run, "cal", layer)
 meta = extract.load_meta(run, "cal")
 y, d = np.array(meta["labels"]), meta["domains"]
-domains = sorted(data.read_domains(run))  # the data stage's domains, sorted as the router's classes
+# the data stage's domains, in the router's order (sorted by name: probing.class_order)
+domains = probing.class_order(data.read_domains(run))
 print(f"L* = {layer}; CAL states {h.shape}; domains: {domains} (in CAL: {sorted(set(d))})")
 
 # %%
@@ -34,19 +35,8 @@ vectors, notes = probing.steering_vectors(h, y, d, domains)
 for n in notes:
     print("NOTE:", n)
 probing.save_vectors(run, vectors, layer, notes)
-cal_norm = float(np.linalg.norm(h, axis=1).mean())
-pd.DataFrame(
-    [
-        {
-            "vector": k,
-            "cos with global": float(v @ vectors["global"]),
-            "CAL rows (tool/non-tool)": "all"
-            if k == "global"
-            else f"{int(((np.array(d) == k) & (y == 1)).sum())}/{int(((np.array(d) == k) & (y == 0)).sum())}",
-        }
-        for k, v in vectors.items()
-    ]
-)
+cal_norm = probing.cal_mean_norm(h)
+pd.DataFrame(probing.vector_rows(vectors, y, d))
 
 # %% [markdown]
 # The mean L2 norm of the CAL states at L* sets the scale: a unit vector

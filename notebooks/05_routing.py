@@ -16,7 +16,6 @@ run_dir = "reports/tiny"
 # %%
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix
 
 from asa_lib import data, nb
 from asa_lib.engine import extract
@@ -30,26 +29,25 @@ layer, num_layers = layers["best_layer"], layers["num_layers"]
 vectors = probing.load_vectors(run)
 h = {s: extract.load_states(run, s, layer) for s in ("cal", "train", "valid")}
 meta = {s: extract.load_meta(run, s) for s in ("cal", "train", "valid")}
-# The data stage's domains (whatever their names), sorted as scikit-learn sorts string classes.
-domains = sorted(data.read_domains(run))
+y = {s: np.array(m["labels"]) for s, m in meta.items()}
+d = {s: m["domains"] for s, m in meta.items()}
+domains = probing.class_order(data.read_domains(run))  # the data stage's domains, sorted by name
 print(f"L* = {layer}; domains: {domains}")
 
 # %%
-fit = probing.fit_router_and_probes(
-    h["cal"], h["train"], np.array(meta["train"]["labels"]), meta["train"]["domains"], domains
-)
-for n in fit.notes:
-    print("NOTE:", n)
-bundle = probing.make_bundle(
-    fit,
-    vectors,
+bundle, report = probing.fit_bundle(
+    h,
+    y,
+    d,
     layer,
     domains,
-    meta["cal"]["model_id"],
-    num_layers,
-    cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+    model_id=meta["cal"]["model_id"],
+    num_layers=num_layers,
     model_fingerprint=meta["cal"].get("model_fingerprint", ""),
+    vectors=vectors,  # stage 04's
 )
+for n in report.notes:
+    print("NOTE:", n)
 save_bundle(bundle, run.bundle)
 bundle = load_bundle(run.bundle)  # everything below uses the reloaded bundle
 print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
@@ -58,31 +56,10 @@ print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
 # ## Accuracy on VALID
 
 # %%
-yv, dv = np.array(meta["valid"]["labels"]), np.array(meta["valid"]["domains"])
-routed = np.array(bundle.route(h["valid"]))
-rows = [
-    {"model": "router", "domain": "all", "n": len(dv), "accuracy": float((routed == dv).mean())}
-]
-for dom in domains:
-    m = dv == dom
-    if not m.any():
-        continue
-    if dom in bundle.probes:
-        acc = float(((bundle.probe_proba(dom, h["valid"][m]) >= 0.5).astype(int) == yv[m]).mean())
-    else:
-        acc = float("nan")
-    rows.append(
-        {
-            "model": f"probe {dom}" + ("" if dom in bundle.probes else " (none: p = 0.5)"),
-            "domain": dom,
-            "n": int(m.sum()),
-            "accuracy": acc,
-        }
-    )
-pd.DataFrame(rows)
+pd.DataFrame(probing.validation_accuracy(bundle, h["valid"], y["valid"], d["valid"]))
 
 # %%
-cm = confusion_matrix(dv, routed, labels=domains)
+cm = probing.router_confusion(bundle, h["valid"], d["valid"])
 nb.show(
     plots.confusion_heatmap(cm, domains, "Router on VALID", xlabel="routed", ylabel="true domain")
 )

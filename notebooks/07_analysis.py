@@ -148,44 +148,27 @@ nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
 
 # %%
 from asa_lib import ASA
-from asa_lib.data.splits import read_splits
 from asa_lib.model.load import load_params_model
 
-adapter_dir = run.chosen_adapter
-if chosen == "baseline" or not (adapter_dir / "adapter.json").is_file():
+adapter_dir = analysis.chosen_adapter(run, chosen)
+if adapter_dir is None:
     print("No chosen adapter: the unsteered baseline was chosen, so there is nothing to apply.")
 else:
     asa = ASA.load(adapter_dir, prompt=params.prompt)
     print(asa.config)
-    test = read_splits(run)["test"]
-    picked = [x for x in test if x.label == 1][:3] + [x for x in test if x.label == 0][:3]
-    gens = asa.generate(
-        load_params_model(params),
-        None,
-        [x.text for x in picked],
-        max_new_tokens=params.generation.max_new_tokens,
-        batch_size=params.generation.batch_size,
-        share_prefix=params.generation.share_prefix,
+    lm, gen = load_params_model(params), params.generation
+    check = analysis.one_pass_agreement(
+        run,
+        res,
+        chosen,
+        lambda texts: asa.generate(
+            lm,
+            None,
+            texts,
+            max_new_tokens=gen.max_new_tokens,
+            batch_size=gen.batch_size,
+            share_prefix=gen.share_prefix,
+        ),
     )
-    base = {r["id"]: r["output"] for r in res["baseline"]["records"] if r["split"] == "test"}
-    swept = {r["id"]: r["output"] for r in res[chosen]["records"] if r["split"] == "test"}
-    display(
-        pd.DataFrame(
-            [
-                {
-                    "id": x.id,
-                    "label": "tool" if x.label else "non-tool",
-                    "prompt": x.text[:80],
-                    "routed": g.decision.routed,
-                    "p(tool)": round(g.decision.p_tool, 3),
-                    "gate": g.decision.gate,
-                    "baseline output": base[x.id][:200],
-                    "steered output": g.output[:200],
-                    "= sweep": g.output == swept[x.id],
-                }
-                for x, g in zip(picked, gens)
-            ]
-        )
-    )
-    same = sum(g.output == swept[x.id] for x, g in zip(picked, gens))
-    print(f"one-pass outputs equal to the sweep's: {same}/{len(picked)}")
+    display(check.table)
+    print(check.summary)

@@ -28,12 +28,13 @@ class Fitted:
 
 
 def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
-    """Extract CAL/TRAIN states, fit vectors, router and probes as stages 03-05 do."""
+    """Extract CAL/TRAIN states as stage 02 does, fit the bundle as stages 04-05 do (``probing.fit_bundle``)."""
     params = copy.deepcopy(params)
     params.data.per_split_per_class = per_split
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        splits = make_splits_from_params(params).samples
+        result = make_splits_from_params(params)
+    splits = result.samples
     h = {
         s: extract_states(
             lm,
@@ -44,17 +45,14 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
     }
     y = {s: np.array([x.label for x in splits[s]]) for s in ("cal", "train")}
     d = {s: [x.domain for x in splits[s]] for s in ("cal", "train")}
-    domains = sorted(set(d["cal"]))
-    vectors, _ = probing.steering_vectors(h["cal"], y["cal"], d["cal"], domains)
-    fit = probing.fit_router_and_probes(h["cal"], h["train"], y["train"], d["train"], domains)
-    bundle = probing.make_bundle(
-        fit,
-        vectors,
+    bundle, report = probing.fit_bundle(
+        h,
+        y,
+        d,
         layer,
-        domains,
-        lm.model_id,
-        lm.num_layers,
-        cal_mean_norm=float(np.linalg.norm(h["cal"], axis=1).mean()),
+        result.domains,  # the run's domains, as data.read_domains(run) gives them
+        model_id=lm.model_id,
+        num_layers=lm.num_layers,
     )
     eval_rows = (splits["valid"] + splits["test"])[:n_eval]
     eval_texts = [x.text for x in eval_rows]
@@ -73,7 +71,7 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
             del bundle.vectors[no_vector]
     return Fitted(
         bundle,
-        fit,
+        report.fit,
         eval_texts,
         eval_prompts,
         h_eval,

@@ -169,3 +169,49 @@ def test_ablations_are_reported_but_never_chosen():
     }
     assert analysis.choose_config(res) == "asa"
     assert analysis.choose_config({k: res[k] for k in ("baseline", "oracle")}) == "baseline"
+
+
+def test_one_pass_agreement_picks_tool_and_non_tool_test_prompts_and_compares_with_the_sweep(
+    tmp_path,
+):
+    from types import SimpleNamespace
+
+    from asa_lib.data.splits import Sample, SplitResult, write_splits
+
+    test = [Sample(f"t{i}", "test", "math", int(i % 3 == 0), i, f"text {i}") for i in range(12)]
+    other = {s: [Sample(f"{s}0", s, "math", 1, 0, "x")] for s in ("cal", "train", "valid")}
+    write_splits(tmp_path, SplitResult({**other, "test": test}, {"math": {}}, []))
+    records = [rec(i, int(i % 3 == 0), False, output=f"out {i}", split="test") for i in range(12)]
+    for r in records:
+        r["id"] = f"t{r['id'][1:]}"
+    steered = [dict(r, output=f"steered {r['id']}") for r in records]
+    res = {"baseline": result("baseline", records), "cfg": result("cfg", steered)}
+    asked = []
+
+    def generate(texts):
+        asked.append(texts)
+        # one output differs from the sweep's
+        return [
+            SimpleNamespace(
+                output="different" if t == "text 3" else f"steered t{t.split()[1]}",
+                decision=SimpleNamespace(routed="math", p_tool=0.91234, gate=1),
+            )
+            for t in texts
+        ]
+
+    assert analysis.chosen_adapter(tmp_path, "baseline") is None
+    assert analysis.chosen_adapter(tmp_path, "cfg") is None  # no adapter.json
+    (tmp_path / "chosen_adapter").mkdir()
+    (tmp_path / "chosen_adapter" / "adapter.json").write_text("{}")
+    assert analysis.chosen_adapter(tmp_path, "cfg") == tmp_path / "chosen_adapter"
+    check = analysis.one_pass_agreement(tmp_path, res, "cfg", generate)
+    # the first three tool rows (0, 3, 6), then the first three non-tool rows (1, 2, 4)
+    assert asked == [["text 0", "text 3", "text 6", "text 1", "text 2", "text 4"]]
+    t = check.table
+    assert t["id"].tolist() == ["t0", "t3", "t6", "t1", "t2", "t4"]
+    assert t["label"].tolist() == ["tool"] * 3 + ["non-tool"] * 3
+    assert t["baseline output"].tolist() == [f"out {i}" for i in (0, 3, 6, 1, 2, 4)]
+    assert t["= sweep"].tolist() == [True, False, True, True, True, True]
+    assert t["p(tool)"].tolist() == [0.912] * 6 and t["gate"].tolist() == [1] * 6
+    assert (check.same, check.n) == (5, 6)
+    assert check.summary == "one-pass outputs equal to the sweep's: 5/6"

@@ -77,3 +77,32 @@ def test_reports_show_the_data_s_domains_and_fallbacks(labelled_run):
     assert (
         "none: no probe" in routing and "probe calendar" in routing and "probe weather" in routing
     )
+
+
+def test_fit_bundle_on_the_run_s_states_gives_the_run_s_bundle_files(labelled_run, tmp_path):
+    """``probing.fit_bundle`` in memory (as tests and benchmarks fit) writes what stages 04-05 wrote."""
+    import numpy as np
+
+    from asa_lib.data import read_domains
+    from asa_lib.engine.extract import load_meta, load_states
+    from asa_lib.method import probing
+    from asa_lib.method.bundle import save_bundle
+
+    run_dir = labelled_run["dir"]
+    layers = probing.load_layers(run_dir)
+    layer = layers["best_layer"]
+    meta = {s: load_meta(run_dir, s) for s in ("cal", "train")}
+    bundle, report = probing.fit_bundle(
+        {s: load_states(run_dir, s, layer) for s in meta},
+        {s: np.array(m["labels"]) for s, m in meta.items()},
+        {s: m["domains"] for s, m in meta.items()},
+        layer,
+        read_domains(run_dir),
+        model_id=meta["cal"]["model_id"],
+        num_layers=layers["num_layers"],
+        model_fingerprint=meta["cal"].get("model_fingerprint", ""),
+    )  # vectors computed here, not read from vectors/
+    assert report.vector_notes == read(run_dir, "vectors/vectors.json")["notes"]
+    folder = save_bundle(bundle, tmp_path / "bundle")
+    for f in ("adapter.safetensors", "adapter.json"):
+        assert (folder / f).read_bytes() == (run_dir / "bundle" / f).read_bytes(), f

@@ -62,9 +62,17 @@ def _fit(h, y, d, drop_probe_class=None):
     y = y.copy()
     if drop_probe_class:
         y[np.array(d) == drop_probe_class] = 0
-    fit = probing.fit_router_and_probes(h[:, 1], h[:, 1], y, d, DOMS)
-    vecs, _ = probing.steering_vectors(h[:, 1], y, d, DOMS)
-    return fit, probing.make_bundle(fit, vecs, 1, DOMS, "synthetic", 3, 5.0)
+    split = {"cal": h[:, 1], "train": h[:, 1]}
+    b, report = probing.fit_bundle(
+        split,
+        {"cal": y, "train": y},
+        {"cal": d, "train": d},
+        1,
+        DOMS,
+        model_id="synthetic",
+        num_layers=3,
+    )
+    return report.fit, b
 
 
 def test_bundle_round_trip_matches_sklearn_predict_proba(tmp_path):

@@ -9,16 +9,27 @@
   the domains and one binary probe per domain on TRAIN. A domain whose TRAIN
   rows lack a class (or number fewer than 4, the seed's floor) gets no probe;
   the gate then uses p = 0.5 for it.
+- :func:`fit_bundle`: stages 04-05 from states at L* (vectors, router, probes,
+  :func:`cal_mean_norm`) -> the adapter :class:`Bundle`; :func:`fit_from_states`:
+  stages 03-05 from states of every block (the layer sweep picks L*). The
+  notebooks, the tests and the benchmarks all fit through these.
+- The router's class order has one rule, :func:`class_order`: the run's
+  domains (``data.read_domains(run)``: every domain the data stage knows, also
+  one with no CAL or TRAIN rows), sorted by name, as scikit-learn sorts string
+  classes.
+- What the notebooks show: :func:`vector_rows` (stage 04),
+  :func:`validation_accuracy` and :func:`router_confusion` (stage 05, on VALID).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from asa_lib.files import atomic_path, read_json, write_json
@@ -72,6 +83,23 @@ def layer_sweep(
     return LayerSweep(aucs, accs, best)
 
 
+def class_order(domains: Sequence[str]) -> list[str]:
+    """The router's classes and the bundle's domains, in order: ``domains`` sorted by name.
+
+    ``domains``: the run's domains, ``data.read_domains(run)`` (or a
+    ``SplitResult``'s ``domains``), every domain the data stage knows,
+    whether or not CAL or TRAIN has rows of it. The one rule for the
+    notebooks, the tests and the benchmarks (a domain missing from CAL stays
+    in the bundle's domains, without a vector or probe).
+    """
+    return sorted(domains)
+
+
+def cal_mean_norm(h_cal: np.ndarray) -> float:
+    """The unit of a relative alpha: the mean L2 norm of the raw CAL states at L* (``(N, H)``)."""
+    return float(np.linalg.norm(h_cal, axis=1).mean())
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-8)
 
@@ -94,6 +122,21 @@ def steering_vectors(
                 f"{int(n.sum())} non-tool rows); the gate falls back to the global vector"
             )
     return vecs, notes
+
+
+def vector_rows(vectors: dict[str, np.ndarray], y: np.ndarray, domains: list[str]) -> list[dict]:
+    """Stage 04's table: each vector's cosine with the global one and its CAL rows (tool/non-tool)."""
+    y, d = np.asarray(y), np.asarray(domains)
+    return [
+        {
+            "vector": k,
+            "cos with global": float(v @ vectors["global"]),
+            "CAL rows (tool/non-tool)": "all"
+            if k == "global"
+            else f"{int(((d == k) & (y == 1)).sum())}/{int(((d == k) & (y == 0)).sum())}",
+        }
+        for k, v in vectors.items()
+    ]
 
 
 def cosine_matrix(vectors: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
@@ -185,6 +228,135 @@ def make_bundle(
         cal_mean_norm=float(cal_mean_norm),
         model_fingerprint=model_fingerprint,
     )
+
+
+@dataclass
+class FitReport:
+    """What :func:`fit_bundle` fitted, beside the bundle: for the notebooks, tests and benchmarks."""
+
+    domains: list[str]  # the class order (:func:`class_order`): the bundle's domains
+    vectors: dict[str, np.ndarray]  # the unit vectors in the bundle, by name
+    vector_notes: list[str]  # domains without a vector ([] where the vectors were given)
+    fit: RouterFit  # the scikit-learn scaler, router and probes the bundle's arrays come from
+    cal_mean_norm: float
+    layers: LayerSweep | None = None  # the layer sweep, where :func:`fit_from_states` ran it
+    notes: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notes = [*self.vector_notes, *self.fit.notes]
+
+
+def fit_bundle(
+    h: Mapping[str, np.ndarray],
+    y: Mapping[str, np.ndarray],
+    d: Mapping[str, Sequence[str]],
+    layer: int,
+    domains: Sequence[str],
+    *,
+    model_id: str,
+    num_layers: int,
+    model_fingerprint: str = "",
+    vectors: dict[str, np.ndarray] | None = None,
+) -> tuple[Bundle, FitReport]:
+    """Stages 04-05: the adapter bundle from raw states at L*.
+
+    ``h``, ``y``, ``d``: per split (``"cal"``, ``"train"``; others are
+    ignored) the ``(N, H)`` states at ``layer``, the labels and the domains,
+    in row order. ``domains``: the run's domains (``data.read_domains(run)``),
+    put in :func:`class_order`. ``vectors``: stage 04's vectors (as
+    :func:`load_vectors` reads them back); None computes them here, as stage
+    04 does (:func:`steering_vectors` on CAL). Either way the bundle holds
+    them by name, the order in which stage 05 reads ``vectors/`` back, so an
+    in-memory fit gives the files a run writes.
+    """
+    classes = class_order(domains)
+    notes: list[str] = []
+    if vectors is None:
+        vectors, notes = steering_vectors(h["cal"], y["cal"], list(d["cal"]), classes)
+    vectors = {k: vectors[k] for k in sorted(vectors)}
+    fit = fit_router_and_probes(h["cal"], h["train"], y["train"], list(d["train"]), classes)
+    norm = cal_mean_norm(h["cal"])
+    bundle = make_bundle(
+        fit,
+        vectors,
+        layer,
+        classes,
+        model_id,
+        num_layers,
+        cal_mean_norm=norm,
+        model_fingerprint=model_fingerprint,
+    )
+    return bundle, FitReport(classes, dict(bundle.vectors), notes, fit, norm)
+
+
+def fit_from_states(
+    states: Mapping[str, np.ndarray],
+    y: Mapping[str, np.ndarray],
+    d: Mapping[str, Sequence[str]],
+    domains: Sequence[str],
+    *,
+    model_id: str,
+    num_layers: int | None = None,
+    model_fingerprint: str = "",
+) -> tuple[Bundle, FitReport]:
+    """Stages 03-05: L* by the layer sweep (CAL -> VALID), then :func:`fit_bundle` at L*.
+
+    ``states``: per split (``"cal"``, ``"train"``, ``"valid"``) the
+    ``(N, L, H)`` states of every block; ``num_layers`` defaults to ``L``.
+    The report's ``layers`` holds the sweep.
+    """
+    sweep = layer_sweep(states["cal"], y["cal"], states["valid"], y["valid"])
+    layer = sweep.best_layer
+    bundle, report = fit_bundle(
+        {s: states[s][:, layer] for s in ("cal", "train")},
+        y,
+        d,
+        layer,
+        domains,
+        model_id=model_id,
+        num_layers=states["cal"].shape[1] if num_layers is None else num_layers,
+        model_fingerprint=model_fingerprint,
+    )
+    report.layers = sweep
+    return bundle, report
+
+
+def validation_accuracy(
+    bundle: Bundle, h: np.ndarray, y: np.ndarray, domains: Sequence[str]
+) -> list[dict]:
+    """Stage 05's table on VALID: the router's accuracy, then each domain's probe's.
+
+    One row for the router (all rows), then one per domain of the bundle that
+    has VALID rows: its probe's accuracy at p >= 0.5 on its own rows (the true
+    domain, not the routed one); NaN for a domain without a probe (p = 0.5).
+    """
+    y, d = np.asarray(y), np.asarray(domains)
+    routed = np.array(bundle.route(h))
+    rows = [
+        {"model": "router", "domain": "all", "n": len(d), "accuracy": float((routed == d).mean())}
+    ]
+    for dom in bundle.domains:
+        m = d == dom
+        if not m.any():
+            continue
+        if dom in bundle.probes:
+            acc = float(((bundle.probe_proba(dom, h[m]) >= 0.5).astype(int) == y[m]).mean())
+        else:
+            acc = float("nan")
+        rows.append(
+            {
+                "model": f"probe {dom}" + ("" if dom in bundle.probes else " (none: p = 0.5)"),
+                "domain": dom,
+                "n": int(m.sum()),
+                "accuracy": acc,
+            }
+        )
+    return rows
+
+
+def router_confusion(bundle: Bundle, h: np.ndarray, domains: Sequence[str]) -> np.ndarray:
+    """(C, C) counts of true domain (rows) against routed domain (columns), both in ``bundle.domains``."""
+    return confusion_matrix(np.asarray(domains), np.array(bundle.route(h)), labels=bundle.domains)
 
 
 def save_layers(run_dir, sweep: LayerSweep, num_layers: int) -> None:

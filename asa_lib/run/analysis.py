@@ -1,14 +1,23 @@
-"""Stage 07: configs side by side, selection on VALID, results.json and the chosen adapter."""
+"""Stage 07: configs side by side, selection on VALID, results.json and the chosen adapter.
+
+Also stage 07's one-pass agreement check (:func:`one_pass_agreement`): the
+chosen adapter applied in one pass (online ASA, through the public API) to a
+few TEST prompts, against the outputs the two-pass sweep stored for them.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from asa_lib.data.splits import Sample, read_splits
 from asa_lib.files import library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import load_bundle, save_bundle
@@ -354,3 +363,77 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
             },
         )
     return results
+
+
+# ---------------------------------------------------------------- the one-pass agreement check
+
+
+def chosen_adapter(run_dir: str | Path, chosen: str) -> Path | None:
+    """``chosen_adapter/`` of the run, or None where the baseline was chosen (nothing to apply)."""
+    folder = RunDir(run_dir).chosen_adapter
+    if chosen == BASELINE or not (folder / "adapter.json").is_file():
+        return None
+    return folder
+
+
+def agreement_prompts(samples: Sequence[Sample], n: int = 3) -> list[Sample]:
+    """The first ``n`` tool and the first ``n`` non-tool samples, in that order."""
+    return [x for x in samples if x.label == 1][:n] + [x for x in samples if x.label == 0][:n]
+
+
+@dataclass
+class Agreement:
+    """One-pass outputs against the sweep's, per prompt (``table``), and how many are equal."""
+
+    table: pd.DataFrame
+    same: int
+    n: int
+
+    @property
+    def summary(self) -> str:
+        return f"one-pass outputs equal to the sweep's: {self.same}/{self.n}"
+
+
+def one_pass_agreement(
+    run_dir: str | Path,
+    res: dict[str, dict],
+    chosen: str,
+    generate: Callable[[list[str]], Sequence[Any]],
+    n: int = 3,
+    split: str = "test",
+) -> Agreement:
+    """Apply the chosen config in one pass to a few ``split`` prompts; compare with the sweep.
+
+    ``generate``: user texts -> one result per text with ``output`` and
+    ``decision`` (``routed``, ``p_tool``, ``gate``), e.g. ``ASA.generate`` of
+    the chosen adapter with the run's generation settings. The prompts are
+    :func:`agreement_prompts` of the split (the first ``n`` tool and ``n``
+    non-tool rows); each row shows the baseline's and the chosen config's
+    sweep output (``res``, from :func:`collect`) beside the one-pass output,
+    and ``= sweep`` whether the one-pass output equals the chosen config's.
+    """
+    picked = agreement_prompts(read_splits(run_dir)[split], n)
+    gens = list(generate([x.text for x in picked]))
+    if len(gens) != len(picked):
+        raise ValueError(f"generate gave {len(gens)} results for {len(picked)} prompts")
+
+    def outputs(name: str) -> dict[str, str]:
+        return {r["id"]: r["output"] for r in res[name]["records"] if r["split"] == split}
+
+    base, swept = outputs(BASELINE), outputs(chosen)
+    rows = [
+        {
+            "id": x.id,
+            "label": "tool" if x.label else "non-tool",
+            "prompt": x.text[:80],
+            "routed": g.decision.routed,
+            "p(tool)": round(g.decision.p_tool, 3),
+            "gate": g.decision.gate,
+            "baseline output": base[x.id][:200],
+            "steered output": g.output[:200],
+            "= sweep": g.output == swept[x.id],
+        }
+        for x, g in zip(picked, gens)
+    ]
+    same = sum(g.output == swept[x.id] for x, g in zip(picked, gens))
+    return Agreement(pd.DataFrame(rows), int(same), len(picked))
