@@ -60,11 +60,14 @@ from asa_lib.params import (
     PromptParams,
     check_config_values,
     load_params,
+    tool_list_problem,
 )
 from asa_lib.prompts import render_prompt
 
 Messages = list[dict[str, str]]
-PromptInput = str | Messages
+# A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
+Request = dict[str, Any]
+PromptInput = str | Messages | Request
 
 
 class AdapterError(BundleError):
@@ -284,11 +287,15 @@ class ASA:
         self, tokenizer: Any, inputs: PromptInput | Sequence[PromptInput], rendered: bool = False
     ) -> list[str]:
         """The prompt texts for ``inputs`` (see the module docstring)."""
-        items = [inputs] if isinstance(inputs, str) or _is_messages(inputs) else list(inputs)
+        single = isinstance(inputs, (str, dict)) or _is_messages(inputs)
+        items = [inputs] if single else list(inputs)
         out = []
         for x in items:
+            tools = None
+            if isinstance(x, dict):  # a request with its own tools
+                x, tools = request_text_and_tools(x)
             if isinstance(x, str):
-                if rendered:
+                if rendered and tools is None:
                     out.append(x)
                 elif self.prompt is None:
                     raise AdapterError(
@@ -297,14 +304,15 @@ class ASA:
                         "chat messages, or rendered=True"
                     )
                 else:
-                    out.append(render_prompt(tokenizer, self.prompt, x))
+                    out.append(render_prompt(tokenizer, self.prompt, x, tools))
             elif _is_messages(x):
                 out.append(
                     tokenizer.apply_chat_template(x, tokenize=False, add_generation_prompt=True)
                 )
             else:
                 raise TypeError(
-                    f"expected a string or a list of chat messages, got {type(x).__name__}"
+                    "expected a string, a request {'text', 'tools'} or a list of chat messages, "
+                    f"got {type(x).__name__}"
                 )
         return out
 
@@ -355,6 +363,26 @@ class ASA:
             )
         outs, decisions = generate_online(lm, prompts, self.gate, settings)
         return [Generation(o, d) for o, d in zip(outs, decisions)]
+
+
+def request_text_and_tools(request: Any, where: str = "request") -> tuple[str, list | None]:
+    """``(text, tools)`` of a request ``{"text": ..., "tools": [...]}`` (tools optional), checked.
+
+    Raises ``ValueError`` naming ``where`` and the field for a request that is not usable.
+    """
+    if not isinstance(request, dict) or not isinstance(request.get("text"), str):
+        raise ValueError(f"{where}: expected an object with a string 'text' (and optional 'tools')")
+    if not request["text"].strip():
+        raise ValueError(f"{where}, field 'text': empty")
+    unknown = set(request) - {"text", "tools"}
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)} (expected text, tools)")
+    tools = request.get("tools")
+    if tools is not None:
+        problem = tool_list_problem(tools, "tools")
+        if problem is not None:
+            raise ValueError(f"{where}, field {problem}")
+    return request["text"], tools
 
 
 def _is_messages(x: Any) -> bool:

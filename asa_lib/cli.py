@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--json", action="store_true", help="machine-readable output (one JSON document)"
     )
+    g.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='stdin holds one request a line as JSON: {"text": ..., "tools": [...]} (tools optional)',
+    )
     args = ap.parse_args(argv)
     try:
         if args.cmd == "train-demo-model":
@@ -150,7 +155,8 @@ def _train_demo_model(params_path: str, out: str) -> int:
 def _generate(args) -> int:
     import json
 
-    from asa_lib.api import ASA, run_prompt_format
+    from asa_lib.api import ASA, request_text_and_tools, run_prompt_format
+    from asa_lib.data.splits import tool_set_id
     from asa_lib.engine.generate import GenerationSettings, generate_all
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
@@ -178,6 +184,8 @@ def _generate(args) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise UsageError("--max-new-tokens must be > 0")
     prompts = args.prompts
+    if args.jsonl and prompts:
+        raise UsageError("--jsonl reads the requests from stdin: give no prompts as arguments")
     if not prompts:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("give prompts as arguments, or on stdin (one per line)")
@@ -189,31 +197,47 @@ def _generate(args) -> int:
         raise UsageError(
             "no prompts: give non-empty prompts as arguments, or on stdin (one per line)"
         )
+    own_tools: list[list | None] = [None] * len(prompts)
+    if args.jsonl:
+        requests = []
+        for n, line in enumerate(prompts, 1):
+            try:
+                text, tools = request_text_and_tools(json.loads(line), f"stdin, request {n}")
+            except (ValueError, RecursionError) as e:
+                msg = str(e) if str(e).startswith("stdin") else f"stdin, request {n}: not JSON"
+                raise UsageError(msg) from None
+            requests.append({"text": text, "tools": tools})
+            own_tools[n - 1] = tools
+        prompts = [r["text"] for r in requests]
     lm = load_params_model(params)
     asa.check_model(lm)
     settings = GenerationSettings.resolve(
         params.generation, params.prompt, lm, max_new_tokens=args.max_new_tokens
     )
     max_new = settings.max_new_tokens
-    gens = asa.generate(lm, None, prompts, settings=settings)
+    gens = asa.generate(
+        lm, None, [{"text": t, "tools": k} for t, k in zip(prompts, own_tools)], settings=settings
+    )
     base = None
     if args.baseline:
         base, _ = generate_all(
             lm,
-            render_prompts(lm.tokenizer, params.prompt, prompts),
+            render_prompts(lm.tokenizer, params.prompt, prompts, own_tools),
             settings,
             desc="baseline",
         )
-    markers, tools = CallMarkers.of(params.prompt), params.prompt.tools
+    markers = CallMarkers.of(params.prompt)
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):
         d = g.decision
+        tools = own_tools[i] or params.prompt.tools  # a call is valid against the request's tools
         rec = PromptRecord.scored(
             score_output(g.output, markers, tools),
             id=None,  # free prompts: no row of a split
             split=None,
             domain=None,
             label=None,
+            tools=tool_set_id(own_tools[i]) if own_tools[i] else None,
             routed=d.routed,
             has_probe=d.routed in asa.bundle.probes,
             p_tool=d.p_tool,
@@ -221,6 +245,8 @@ def _generate(args) -> int:
             output=g.output,
         )
         r = {"prompt": text, **rec.to_dict(GENERATE_FIELDS)}
+        if own_tools[i]:
+            r["tools"] = [t["name"] for t in own_tools[i]]
         if base is not None:
             b = score_output(base[i], markers, tools)
             r.update(
@@ -246,6 +272,8 @@ def _generate(args) -> int:
     )
     for i, r in enumerate(results, 1):
         print(f"\n[{i}] {_printable(r['prompt'])}")
+        if "tools" in r:
+            print("    tools: " + _printable(", ".join(r["tools"])))
         print(
             f"    routed: {r['routed']}   p(tool): {r['p_tool']:.4f}   "
             f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 ")

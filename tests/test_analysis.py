@@ -14,6 +14,7 @@ def rec(i, label, triggered, gate=0, output=None, split="valid"):
         split=split,
         domain="math",
         label=label,
+        tools=None,
         routed="math",
         has_probe=True,
         p_tool=0.5,

@@ -46,6 +46,7 @@ def test_evaluate_records_per_domain_and_validity():
             split="valid",
             domain=domain,
             label=label,
+            tools=None,
             routed=domain,
             has_probe=True,
             p_tool=0.5,

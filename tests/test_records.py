@@ -26,12 +26,14 @@ from asa_lib.run.records import PromptRecord
 from asa_lib.run.sweep import run_config
 from asa_lib.tools import Score
 
-# The per-prompt keys of sweep/<config>.json as the runs before the record type wrote them.
+# The per-prompt keys of sweep/<config>.json: those the runs before the record type wrote,
+# with the row's tool-set id ("tools") after its label.
 RECORD_KEYS = [
     "id",
     "split",
     "domain",
     "label",
+    "tools",
     "routed",
     "has_probe",
     "p_tool",
@@ -65,6 +67,7 @@ def test_the_record_has_the_sweeps_keys_in_order_and_is_frozen():
         split="valid",
         domain="math",
         label=1,
+        tools=None,
         routed="math",
         has_probe=True,
         p_tool=0.75,
@@ -76,6 +79,7 @@ def test_the_record_has_the_sweeps_keys_in_order_and_is_frozen():
         "split": "valid",
         "domain": "math",
         "label": 1,
+        "tools": None,
         "routed": "math",
         "has_probe": True,
         "p_tool": 0.75,

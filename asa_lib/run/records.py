@@ -20,6 +20,8 @@ class PromptRecord:
     split: str | None
     domain: str | None
     label: int | None
+    # the row's own tools: its tool-set id (data/tools.json); None: the prompt format's tools
+    tools: str | None
     # the gate's decision
     routed: str  # the router's domain
     has_probe: bool  # that domain has a probe (else p_tool = 0.5 and gate 0)

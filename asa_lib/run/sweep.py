@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asa_lib.data.splits import read_splits
+from asa_lib.data.splits import read_splits, read_tool_sets, render_samples
 from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.decode import GenerationStats
 from asa_lib.engine.extract import load_meta, load_states
@@ -27,7 +27,7 @@ from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
 from asa_lib.metrics import evaluate_records
 from asa_lib.model.load import LoadedModel
 from asa_lib.params import BASELINE, Params, SweepConfig
-from asa_lib.prompts import prompt_format_sha256, render_prompts
+from asa_lib.prompts import prompt_format_sha256
 from asa_lib.run.parallel import launch
 from asa_lib.run.records import PromptRecord
 from asa_lib.run.stages import sweep_stage
@@ -74,7 +74,7 @@ def _split_inputs(
     steer = config.steers
     gates = compute_gates(bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs])
     deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
-    prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+    prompts = render_samples(lm.tokenizer, params.prompt, xs, run_dir)  # each with its own tools
     return xs, gates, deltas, prompts
 
 
@@ -146,7 +146,7 @@ def run_config(
         "prompt_format_sha256": prompt_format_sha256(params.prompt),
         "versions": library_versions(),
     }
-    markers, tools = CallMarkers.of(params.prompt), params.prompt.tools
+    markers, tool_sets = CallMarkers.of(params.prompt), read_tool_sets(run)
     try:
         for split in splits:
             xs, gates, deltas, prompts = _split_inputs(
@@ -162,11 +162,15 @@ def run_config(
                 stats.add(GenerationStats(**w[split]["stats"]))
             records = [
                 PromptRecord.scored(
-                    score_output(o, markers, tools),
+                    # a call is valid only against the row's own tools
+                    score_output(
+                        o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools
+                    ),
                     id=x.id,
                     split=split,
                     domain=x.domain,
                     label=x.label,
+                    tools=x.tools,
                     routed=d,
                     has_probe=bool(hp),
                     p_tool=float(p),
