@@ -20,6 +20,7 @@ draft-verified decoding counts (``--draft auto|on|off``, the project path's
 
     python benchmarks/bench_sweep.py                  # demo model (SmolLM2 + the tool-calling LoRA), 128 new tokens
     python benchmarks/bench_sweep.py --model smollm2 --max-new-tokens 32   # plain SmolLM2 (never calls a tool)
+    python benchmarks/bench_sweep.py --data bfcl --max-new-tokens 32   # BFCL rows, each with its own tools
     python benchmarks/bench_sweep.py --quick          # tiny random LFM2, about a minute
     python benchmarks/bench_sweep.py --ref-every 3    # the seed loop on every 3rd prompt, its time scaled up
 
@@ -52,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore")
 
-from asa_lib.data import make_splits_from_params  # noqa: E402
+from asa_lib.data import make_splits_from_params, sample_tools  # noqa: E402
 from asa_lib.engine.generate import GenerationSettings  # noqa: E402
 from asa_lib.method import probing  # noqa: E402
 from asa_lib.model.load import decoder_blocks, load_model  # noqa: E402
@@ -68,7 +69,8 @@ def peak_rss_mb() -> float:
 
 
 def setup(args):
-    params = load_params(ROOT / "params" / ("tiny.yaml" if args.quick else "demo.yaml"))
+    name = "tiny.yaml" if args.quick else ("bfcl.yaml" if args.data == "bfcl" else "demo.yaml")
+    params = load_params(ROOT / "params" / name)
     if args.quick or args.model == "smollm2":
         params.model.adapter = None  # the base model
     params.data.per_split_per_class = args.per_split
@@ -79,8 +81,10 @@ def setup(args):
         result = make_splits_from_params(params)
     splits = result.samples
     lm = load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
-    prompts = {
-        s: render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs])
+    prompts = {  # each row with its own tools (BFCL), else the prompt format's
+        s: render_prompts(
+            lm.tokenizer, params.prompt, [x.text for x in xs], sample_tools(xs, result.tool_sets)
+        )
         for s, xs in splits.items()
     }
     seed_cfgs = load_params(ROOT / "params" / "lfm25.yaml", check_files=False).sweep
@@ -349,6 +353,8 @@ def run_child(args, path: str, extra: list[str] | None = None) -> dict:
             args.draft,
             "--model",
             args.model,
+            "--data",
+            args.data,
             "--ref-every",
             str(args.ref_every),
         ]
@@ -403,6 +409,13 @@ def main():
         help="demo: SmolLM2 + the tool-calling LoRA adapter (params/demo.yaml); smollm2: without it",
     )
     ap.add_argument(
+        "--data",
+        default="alpaca",
+        choices=["alpaca", "bfcl"],
+        help="alpaca: the demo's Alpaca rows and one tool list (params/demo.yaml); bfcl: BFCL "
+        "relevance rows, each with its own tools (params/bfcl.yaml)",
+    )
+    ap.add_argument(
         "--ref-every",
         type=int,
         default=1,
@@ -446,6 +459,11 @@ def main():
         + (
             " + the demo's tool-calling LoRA adapter (models/smollm2-135m-tools-lora, merged)"
             if args.model == "demo"
+            else ""
+        )
+        + (
+            "; BFCL relevance rows (params/bfcl.yaml), each prompt with its own tools"
+            if args.data == "bfcl"
             else ""
         )
     )
@@ -503,6 +521,8 @@ def main():
         out = out.with_name(out.stem + "_quick.md")
     elif args.model == "smollm2":
         out = out.with_name(out.stem + "_smollm2.md")
+    if args.data == "bfcl" and not args.quick:
+        out = out.with_name(out.stem + "_bfcl.md")
     write_keeping_notes(out, text)
     print(f"written to {out}")
 

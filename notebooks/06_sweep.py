@@ -19,7 +19,7 @@ processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run -
 # %%
 import pandas as pd
 
-from asa_lib import nb
+from asa_lib import data, nb
 from asa_lib.method.bundle import load_bundle
 from asa_lib.model.load import load_params_model
 from asa_lib.report import plots
@@ -113,7 +113,7 @@ if config_name == BASELINE:
 else:
     base = read_json(sweep_path(run, BASELINE))
     display(analysis.flip_counts(base, res))
-    flipped = analysis.flips(base, res)
+    flipped = analysis.flips(base, res, data.read_tool_sets(run))  # with each prompt's tools
     print(f"{len(flipped)} prompts changed their decision" + (":" if len(flipped) else "."))
     display(flipped)
 

@@ -95,8 +95,11 @@ def summary_table(res: dict[str, dict]) -> pd.DataFrame:
 FLIP_KINDS = ("gained a call (+1 gate)", "lost a call (-1 gate)", "changed against its gate")
 
 
-def flips(base: dict, res: dict) -> pd.DataFrame:
+def flips(base: dict, res: dict, tool_sets: dict | None = None) -> pd.DataFrame:
     """Prompts whose decision (tool call or not) differs from the baseline, one row each.
+
+    With ``tool_sets`` (the run's ``data/tools.json``, where rows bring their own
+    tools) a ``tools`` column names each prompt's tools.
 
     ``kind``: gained a call under a +1 gate, lost one under a -1 gate, or changed
     in the other direction than its gate pushed (a gate of 0 reuses the
@@ -121,6 +124,7 @@ def flips(base: dict, res: dict) -> pd.DataFrame:
                 "id": r["id"],
                 "domain": r["domain"],
                 "label": r["label"],
+                "tools": ", ".join(t["name"] for t in (tool_sets or {}).get(r.get("tools"), [])),
                 "p_tool": round(r["p_tool"], 3),
                 "gate": r["gate"],
                 "kind": kind,
@@ -133,6 +137,7 @@ def flips(base: dict, res: dict) -> pd.DataFrame:
         "id",
         "domain",
         "label",
+        *(["tools"] if tool_sets else []),
         "p_tool",
         "gate",
         "kind",
