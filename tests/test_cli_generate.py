@@ -154,3 +154,46 @@ def test_the_params_can_allow_an_adapter_from_another_model(setup, capsys, tmp_p
         capsys, "--adapter", setup["other"], "--params", params, "--max-new-tokens", "2", "Hi"
     )
     assert code == 0 and "output: " in out, err
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Forecast for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def test_jsonl_requests_bring_their_own_tools(setup, capsys, monkeypatch, cli_lm, tiny_params):
+    lines = [json.dumps({"text": TEXTS[0], "tools": [WEATHER]}), json.dumps({"text": TEXTS[1]})]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    code, out, err = run_cli(
+        capsys, "--adapter", setup["adapter"], "--params", setup["params"], "--jsonl", "--json"
+    )
+    assert code == 0, err
+    res = json.loads(out)["results"]
+    assert res[0]["tools"] == ["get_weather"] and "tools" not in res[1]
+    # the same as the API given the same requests (rendered with the request's own tools)
+    asa = ASA.load(setup["adapter"], prompt=tiny_params.prompt)
+    want = asa.generate(
+        cli_lm, None, [{"text": TEXTS[0], "tools": [WEATHER]}, TEXTS[1]], max_new_tokens=6
+    )
+    assert [r["output"] for r in res] == [g.output for g in want]
+    own = asa.render(cli_lm.tokenizer, {"text": TEXTS[0], "tools": [WEATHER]})[0]
+    assert "get_weather" in own and "calculator" not in own
+
+
+@pytest.mark.parametrize(
+    "line, msg",
+    [
+        ("not json", "stdin, request 1: not JSON"),
+        ('{"text": "hi", "tools": [{"name": ""}]}', "stdin, request 1, field tools[0].name"),
+        ('{"prompt": "hi"}', "stdin, request 1: expected an object with a string 'text'"),
+    ],
+)
+def test_bad_jsonl_requests_are_one_line(setup, capsys, monkeypatch, line, msg):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(line + "\n"))
+    code, out, err = run_cli(
+        capsys, "--adapter", setup["adapter"], "--params", setup["params"], "--jsonl"
+    )
+    assert code == 2 and msg in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
