@@ -45,6 +45,17 @@ for w in caught:
 data.write_splits(run, result)
 print(f"rows read: {result.rows_read}; skipped: {result.skipped or 'none'}")
 print(f"domains: {', '.join(result.domains)}")
+if len(result.domains) == 1:
+    print("one domain: there is no router; every prompt uses its probe and steering vector")
+used = sorted({x.tools for xs in result.samples.values() for x in xs if x.tools})
+if used:
+    n_own = sum(x.tools is not None for xs in result.samples.values() for x in xs)
+    print(
+        f"tools: {n_own} prompts bring their own ({len(used)} distinct tool sets, "
+        f"data/tools.json); the others use prompt.tools"
+    )
+else:
+    print(f"tools: every prompt uses prompt.tools ({len(params.prompt.tools)} tools)")
 if result.kind == "labelled":
     print(
         f"splits: {'as given in column ' + repr(result.split_column) if result.split_column else 'the seed protocol'}"
