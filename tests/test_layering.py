@@ -203,3 +203,24 @@ def test_import_forms_are_resolved(tmp_path, text, expected):
         {"__init__.py": text, "api.py": "", "engine/__init__.py": "", "engine/prefix.py": ""},
     )
     assert imports_of(root / "__init__.py", root, "pkg") == expected
+
+
+def test_the_library_hash_covers_every_sub_package(tmp_path):
+    """The fingerprints' library hash: an edit in a sub-package re-runs what the library computed."""
+    import shutil
+
+    from asa_lib.run.runner import library_source_hash
+
+    root = tmp_path / "asa_lib"
+    shutil.copytree(LIBRARY, root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = library_source_hash(root)
+    assert before == library_source_hash(LIBRARY)  # the same sources, wherever they lie
+    for rel in ("engine/prefix.py", "run/sweep.py", "data/splits.py", "params.py"):
+        f = root / rel
+        text = f.read_text()
+        f.write_text(text + "\n# edited\n")
+        assert library_source_hash(root) != before, rel
+        f.write_text(text)
+    assert library_source_hash(root) == before
+    (root / "method" / "new_module.py").write_text("X = 1\n")  # a new file counts too
+    assert library_source_hash(root) != before
