@@ -1,6 +1,8 @@
 import dataclasses
+import json
 
 import pytest
+import yaml
 
 from asa_lib.params import PromptParams, load_params
 from asa_lib.prompts import messages_for, render_prompt, system_text
@@ -119,3 +121,49 @@ def test_score_output_liquid_and_json_styles():
     assert (
         parse_calls("[__import__('os').system('x')]") is None
     )  # positional args / non-literals rejected
+
+
+class _Template:
+    """A tokenizer stand-in that records what apply_chat_template was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kw):
+        self.calls.append((messages, kw))
+        return json.dumps([messages, kw.get("tools")])
+
+
+def test_a_rows_tools_fill_the_system_text_or_go_to_the_chat_template():
+    from asa_lib.params import PromptParams
+    from asa_lib.prompts import render_prompts
+
+    own = [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    pp = PromptParams(system_template="Tools: {tools_json}")
+    tok = _Template()
+    a, b = render_prompts(tok, pp, ["hi", "yo"], [own, None])
+    assert tok.calls[0][0][0]["content"] == "Tools: " + json.dumps(own)
+    assert tok.calls[1][0][0]["content"] == "Tools: " + json.dumps(pp.tools)  # the format's
+    assert "tools" not in tok.calls[0][1]
+    native = PromptParams(system_template="You are helpful.", tools_in="chat_template")
+    tok = _Template()
+    render_prompts(tok, native, ["hi", "yo"], [own, None])
+    assert tok.calls[0][0][0]["content"] == "You are helpful."
+    assert tok.calls[0][1]["tools"] == own and tok.calls[1][1]["tools"] == native.tools
+    with pytest.raises(ValueError, match="2 texts but 1 tool lists"):
+        render_prompts(tok, pp, ["hi", "yo"], [own])
+
+
+def test_tools_in_chat_template_refuses_a_tools_json_placeholder(params_file):
+    from asa_lib.params import ParamsError, load_params
+
+    d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
+    d["data"]["source"] = "data/alpaca_subset.jsonl.xz"
+    d["prompt"]["tools_in"] = "chat_template"
+    with pytest.raises(
+        ParamsError, match=r"holds \{tools_json\}, but prompt.tools_in is chat_template"
+    ):
+        load_params(params_file(d))
+    d["prompt"]["tools_in"] = "nowhere"
+    with pytest.raises(ParamsError, match="prompt.tools_in: 'nowhere' is not one of"):
+        load_params(params_file(d))
