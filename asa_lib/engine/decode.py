@@ -22,7 +22,7 @@ from asa_lib.engine.prefix import (
 from asa_lib.model.hooks import steer_last_prompt_token
 from asa_lib.model.load import LoadedModel, decoder_blocks
 from asa_lib.params import PromptParams
-from asa_lib.tools import call_complete
+from asa_lib.tools import CallMarkers, call_complete
 
 
 class _StopAtCallEnd(StoppingCriteria):
@@ -48,7 +48,8 @@ class _StopAtCallEnd(StoppingCriteria):
         limits: list[int] | None = None,
     ):
         self.tok, self.prompt_len, self.pp, self.limits = tokenizer, prompt_len, pp, limits
-        self.window = len(pp.tool_call_end) + 8  # tokens: every token decodes to >= 1 character
+        self.end = CallMarkers.of(pp).end
+        self.window = len(self.end) + 8  # tokens: every token decodes to >= 1 character
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         n = input_ids.shape[1]
@@ -67,7 +68,7 @@ class _StopAtCallEnd(StoppingCriteria):
                     row[max(start, n - self.window) :], skip_special_tokens=False
                 )
                 done.append(
-                    self.pp.tool_call_end in tail
+                    self.end in tail
                     and call_complete(
                         self.tok.decode(row[start:], skip_special_tokens=False), self.pp
                     )

@@ -44,7 +44,7 @@ from asa_lib.engine.prefix import needs_equal_suffix_lengths, shared_prefix, tok
 from asa_lib.model.load import LoadedModel
 from asa_lib.params import GenerationParams
 from asa_lib.progress import progress
-from asa_lib.tools import triggered
+from asa_lib.tools import CallMarkers, triggered
 
 
 def share_prefix_for(setting: str, lm: LoadedModel) -> bool:
@@ -58,20 +58,22 @@ def share_prefix_for(setting: str, lm: LoadedModel) -> bool:
 class GenerationSettings:
     """How generation decodes, resolved once for one model: the driver's only settings.
 
-    ``markers``: the tool-call markers (anything with ``tool_call_start`` and
-    ``tool_call_end``); a row stops once its call is complete. Build it from
+    ``markers``: the tool-call markers, all generation needs of the prompt format
+    (a :class:`~asa_lib.tools.CallMarkers`; a ``PromptParams`` is turned into
+    one); a row stops once its call is complete. Build it from
     params (plus CLI or API overrides) with :meth:`resolve`; tests and
     benchmarks may set fields directly.
     """
 
     max_new_tokens: int
     batch_size: int
-    markers: Any
+    markers: CallMarkers
     share_prefix: bool = True
     draft: bool = False
     draft_min_acceptance: float = 0.0
 
     def __post_init__(self):
+        object.__setattr__(self, "markers", CallMarkers.of(self.markers))
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0):
             raise ValueError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
