@@ -216,3 +216,34 @@ def test_one_pass_agreement_picks_tool_and_non_tool_test_prompts_and_compares_wi
     assert t["p(tool)"].tolist() == [0.912] * 6 and t["gate"].tolist() == [1] * 6
     assert (check.same, check.n) == (5, 6)
     assert check.summary == "one-pass outputs equal to the sweep's: 5/6"
+
+
+def test_one_pass_agreement_asks_rows_with_their_own_tools(tmp_path):
+    """A row that brought its own tools is asked with them (else the prompt is another one)."""
+    from types import SimpleNamespace
+
+    from asa_lib.data.splits import Sample, SplitResult, tool_set_id, write_splits
+
+    own = [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    tid = tool_set_id(own)
+    test = [
+        Sample("t0", "test", "all", 1, 0, "text 0", tools=tid),
+        Sample("t1", "test", "all", 0, 1, "text 1"),
+    ]
+    other = {s: [Sample(f"{s}0", s, "all", 1, 0, "x")] for s in ("cal", "train", "valid")}
+    write_splits(
+        tmp_path, SplitResult({**other, "test": test}, {"all": {}}, [], tool_sets={tid: own})
+    )
+    records = [rec(0, 1, False, split="test"), rec(1, 0, False, split="test")]
+    for r in records:
+        r["id"] = f"t{r['id'][1:]}"
+    res = {"baseline": result("baseline", records), "cfg": result("cfg", records)}
+    asked = []
+
+    def generate(requests):
+        asked.extend(requests)
+        d = SimpleNamespace(routed="all", p_tool=0.5, gate=0)
+        return [SimpleNamespace(output="text", decision=d) for _ in requests]
+
+    analysis.one_pass_agreement(tmp_path, res, "cfg", generate, n=1)
+    assert asked == [{"text": "text 0", "tools": own}, "text 1"]

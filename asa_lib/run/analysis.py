@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from asa_lib.data.splits import Sample, read_splits
+from asa_lib.data.splits import Sample, read_splits, read_tool_sets
 from asa_lib.files import library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import load_bundle, save_bundle
@@ -403,13 +403,14 @@ def one_pass_agreement(
     run_dir: str | Path,
     res: dict[str, dict],
     chosen: str,
-    generate: Callable[[list[str]], Sequence[Any]],
+    generate: Callable[[list[str | dict]], Sequence[Any]],
     n: int = 3,
     split: str = "test",
 ) -> Agreement:
     """Apply the chosen config in one pass to a few ``split`` prompts; compare with the sweep.
 
-    ``generate``: user texts -> one result per text with ``output`` and
+    ``generate``: user requests (a text, or ``{"text", "tools"}`` for a row with its
+    own tools) -> one result per request with ``output`` and
     ``decision`` (``routed``, ``p_tool``, ``gate``), e.g. ``ASA.generate`` of
     the chosen adapter with the run's generation settings. The prompts are
     :func:`agreement_prompts` of the split (the first ``n`` tool and ``n``
@@ -418,7 +419,12 @@ def one_pass_agreement(
     and ``= sweep`` whether the one-pass output equals the chosen config's.
     """
     picked = agreement_prompts(read_splits(run_dir)[split], n)
-    gens = list(generate([x.text for x in picked]))
+    tool_sets = read_tool_sets(run_dir)  # a row with its own tools is asked with them
+    gens = list(
+        generate(
+            [{"text": x.text, "tools": tool_sets[x.tools]} if x.tools else x.text for x in picked]
+        )
+    )
     if len(gens) != len(picked):
         raise ValueError(f"generate gave {len(gens)} results for {len(picked)} prompts")
 
