@@ -161,7 +161,8 @@ def reference(args) -> dict:
                     state["injected"] = True
                     h = out[0] if isinstance(out, tuple) else out
                     hs = rf.scaler.transform(h[:, -1, :].detach().cpu().double().numpy())
-                    dom = classes[rf.router.predict(hs)[0]]
+                    # one domain: no router (every prompt is that domain's)
+                    dom = classes[0] if rf.router is None else classes[rf.router.predict(hs)[0]]
                     pt = rf.probes[dom].predict_proba(hs)[0, 1] if dom in rf.probes else 0.5
                     gate = 1 if pt >= cfg.tau else (-1 if pt <= 1 - cfg.tau else 0)
                     if gate == 0:
