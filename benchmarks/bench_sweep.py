@@ -489,7 +489,7 @@ def main():
         f"- model: {model}, {args.dtype}",
         "- prompts: "
         + ", ".join(f"{s} {n[s]}" for s in SPLITS)
-        + f" (bundled Alpaca rows, {args.per_split} per split per class, test x2)",
+        + f" ({'BFCL relevance rows' if args.data == 'bfcl' else 'bundled Alpaca rows'}, {args.per_split} per split per class, test x2)",
         f"- generation: greedy, max {args.max_new_tokens} new tokens, configs: baseline + the seed's eight (absolute alpha)",
         f"- project batch size: {args.batch_size}{sampled}",
         "",
