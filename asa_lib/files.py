@@ -83,6 +83,15 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def json_sha256(obj: Any) -> str:
+    """The sha256 of ``obj``'s canonical JSON (keys sorted, no spaces, UTF-8): key order and
+    formatting of where it came from do not change it."""
+    import hashlib
+
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
     import hashlib
 

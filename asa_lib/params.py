@@ -390,7 +390,8 @@ def _safe_name(name: str, key: str) -> None:
     )
 
 
-def _short(value: Any, n: int = 60) -> str:
+def short_repr(value: Any, n: int = 60) -> str:
+    """``repr(value)``, cut to ``n`` characters for a message."""
     r = repr(value)
     return r if len(r) <= n else r[: n - 3] + "..."
 
@@ -406,7 +407,7 @@ def tool_problem(t: Any, key: str) -> str | None:
         return f"{key}.description: must be a string"
     ps = t.get("parameters", {"type": "object", "properties": {}})
     if not isinstance(ps, dict):
-        return f"{key}.parameters: must be a JSON Schema object (a mapping), got {_short(ps)}"
+        return f"{key}.parameters: must be a JSON Schema object (a mapping), got {short_repr(ps)}"
     if ps.get("type", "object") != "object":
         return f"{key}.parameters.type: must be 'object'"
     props = ps.get("properties", {})
@@ -414,7 +415,7 @@ def tool_problem(t: Any, key: str) -> str | None:
         return f"{key}.parameters.properties: must map each argument name to a schema (a mapping)"
     req = ps.get("required", [])
     if not (isinstance(req, list) and all(isinstance(r, str) for r in req)):
-        return f"{key}.parameters.required: must be a list of argument names, got {_short(req)}"
+        return f"{key}.parameters.required: must be a list of argument names, got {short_repr(req)}"
     unknown = [r for r in req if r not in props]
     if unknown:
         return f"{key}.parameters.required: {unknown} are not in parameters.properties"

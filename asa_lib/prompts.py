@@ -8,10 +8,10 @@ Recognising a tool call in the output is :mod:`asa_lib.tools`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from asa_lib.files import json_sha256
 from asa_lib.params import PromptParams
 
 Tools = list[dict[str, Any]]
@@ -77,5 +77,4 @@ def prompt_format_sha256(pp: PromptParams) -> str:
         "demonstrations": pp.demonstrations,
         "tools_in": pp.tools_in,
     }
-    text = json.dumps(fmt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return json_sha256(fmt)

@@ -25,7 +25,7 @@ from asa_lib.data.splits import (
     _slice_buckets,
     tool_set_id,
 )
-from asa_lib.params import ColumnMap, tool_list_problem
+from asa_lib.params import ColumnMap, short_repr, tool_list_problem
 
 # Accepted label values of labelled data (strings compared stripped and lower-cased).
 LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
@@ -68,11 +68,6 @@ def parse_label(value: Any) -> int | None:
     if isinstance(value, str):
         return LABEL_VALUES.get(value.strip().lower())
     return None
-
-
-def _short(value: Any, n: int = 60) -> str:
-    r = repr(value)
-    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def read_labelled(
@@ -156,7 +151,7 @@ def read_labelled(
                     "where": where,
                     "field": fname,
                     "column": getattr(cols, fname) if fname else "",
-                    "value": _short(v) if fname else "",
+                    "value": short_repr(v) if fname else "",
                 }
             )
 
@@ -202,7 +197,7 @@ def read_labelled(
             split = SPLIT_ALIASES.get(split, split)
             if split not in SPLITS:
                 raise DataError(
-                    f"{where}, field 'split' (column {used['split']!r}): {_short(raw)} is not "
+                    f"{where}, field 'split' (column {used['split']!r}): {short_repr(raw)} is not "
                     f"one of {', '.join(SPLITS)} (or validation); every row needs one when "
                     "the split column is used"
                 )
@@ -216,7 +211,7 @@ def read_labelled(
             )
             if not sid:
                 raise DataError(
-                    f"{where}, field 'id' (column {used['id']!r}): {_short(raw)} is not a "
+                    f"{where}, field 'id' (column {used['id']!r}): {short_repr(raw)} is not a "
                     "usable id (a non-empty string or an integer)"
                 )
             if sid in first_seen:

@@ -29,7 +29,6 @@ a given source, or a labelled data set's own ``id`` column.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from asa_lib.files import read_json, write_json, write_text
+from asa_lib.files import json_sha256, read_json, write_json, write_text
 from asa_lib.layout import RunDir
 
 SPLITS = ("cal", "train", "valid", "test")
@@ -186,8 +185,7 @@ def _check_splits(result: SplitResult) -> None:
 
 def tool_set_id(tools: list[dict[str, Any]]) -> str:
     """A tool list's id: the first 12 hex digits of the sha256 of its canonical JSON."""
-    canon = json.dumps(tools, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return "t" + hashlib.sha256(canon.encode("utf-8")).hexdigest()[:12]
+    return "t" + json_sha256(tools)[:12]
 
 
 def _sample_json(x: Sample) -> str:

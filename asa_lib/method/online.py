@@ -261,28 +261,22 @@ def generate_online(
     prompts = list(prompts)
     if not prompts:
         return [], []
-    decisions: list[Decision | None] = [None] * len(prompts)
+    by_prompt: dict[str, Decision] = {}  # a prompt given twice is generated (and decided) once
     with online_steering(lm.model, gate) as session:
+        calls = len(session.calls)
 
-        def record(rows: list[int]) -> None:
-            if len(session.calls) != record.calls + 1 or len(session.last) != len(rows):
+        def record(rows: list[int]) -> None:  # after each batch generate decoded
+            nonlocal calls
+            calls += 1
+            if len(session.calls) != calls or len(session.last) != len(rows):
                 raise SteeringError("the prefill of a batch was not steered exactly once")
-            record.calls += 1
             for i, d in zip(rows, session.last):
-                decisions[i] = d
+                by_prompt[prompts[i]] = d
 
-        record.calls = len(session.calls)
         outputs, _ = generate_all(
             lm, prompts, settings.without_drafts(), layer=gate.layer, on_batch=record
         )
-    # a prompt given twice is generated once: its copies take that row's decision
-    first = {}
-    for i, p in enumerate(prompts):
-        first.setdefault(p, i)
-    return outputs, [
-        decisions[i] if decisions[i] is not None else decisions[first[p]]
-        for i, p in enumerate(prompts)
-    ]  # type: ignore[misc]
+    return outputs, [by_prompt[p] for p in prompts]
 
 
 class _StopForward(Exception):
