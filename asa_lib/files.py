@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,45 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# The deepest nesting of arrays and objects accepted in JSON from a user (data files and
+# lines, adapter.json, requests on stdin). Python's json parser, and everything that walks
+# the result (copy, repr, dataclasses.asdict), recurse once or more per level; real data
+# nests a few levels (BFCL's tool schemas: under 10), so 100 leaves the stack room to spare.
+MAX_JSON_DEPTH = 100
+
+
+class JSONDepthError(ValueError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH` (a ``ValueError``, like a decode error)."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON ``text``, brackets in strings not counted."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def loads_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for text from a user: nesting deeper than ``max_depth`` raises
+    :class:`JSONDepthError` (checked before parsing, so the parser never recurses that
+    deep); invalid JSON raises ``json.JSONDecodeError`` as usual."""
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise JSONDepthError(
+            f"JSON nested deeper than {max_depth} levels (the limit on nesting, "
+            "asa_lib.files.MAX_JSON_DEPTH)"
+        )
+    try:
+        return json.loads(text)
+    except RecursionError:  # a deep call stack already: still one message, never a traceback
+        raise JSONDepthError(
+            f"JSON nested too deeply to parse here (the limit is {max_depth} levels)"
+        ) from None
 
 
 def _json_default(o: Any) -> Any:

@@ -108,6 +108,12 @@ class ColumnMap:
     tools: str = "tools"
 
 
+# Default limits on what the data stage reads (data.max_rows, data.max_bytes, data.max_domains).
+MAX_DATA_ROWS = 1_000_000
+MAX_DATA_BYTES = 256 * 2**20  # 256 MiB of text, decompressed
+MAX_DOMAINS = 64
+
+
 @dataclass
 class DataParams:
     """Where the rows come from, how they get domains and labels, and how the splits are sized."""
@@ -129,6 +135,12 @@ class DataParams:
     per_split_per_class: int = 40
     test_multiplier: int = 2
     seed: int = 42
+    # Limits (each stops the data stage with one line naming it): rows read from a file or
+    # hub split, bytes of a local file (decompressed; also the largest CSV field), and
+    # distinct domains (keyword domains, or those of labelled rows).
+    max_rows: int = MAX_DATA_ROWS
+    max_bytes: int = MAX_DATA_BYTES
+    max_domains: int = MAX_DOMAINS
 
     def keyword_domains(self) -> dict[str, tuple[str, ...]]:
         """``domains`` with lower-cased keywords, in order (what the keyword rule matches)."""
@@ -547,6 +559,8 @@ def _validate_data(p: Params) -> None:
     _check(d.kind in DATA_KINDS, f"data.kind: {d.kind!r} is not one of {DATA_KINDS}")
     _check(d.per_split_per_class > 0, "data.per_split_per_class: must be > 0")
     _check(d.test_multiplier > 0, "data.test_multiplier: must be > 0")
+    for key in ("max_rows", "max_bytes", "max_domains"):
+        _check(getattr(d, key) > 0, f"data.{key}: must be > 0")
     _check(
         0 <= d.seed <= MAX_SEED, f"data.seed: {d.seed} is outside the allowed range [0, 2**32 - 1]"
     )
@@ -569,6 +583,11 @@ def _validate_data(p: Params) -> None:
             len(d.domains) >= 2,
             f"data.domains: at least two domains are required (the router chooses between them), "
             f"got {len(d.domains)}",
+        )
+        _check(
+            len(d.domains) <= d.max_domains,
+            f"data.domains: {len(d.domains)} domains, more than data.max_domains "
+            f"({d.max_domains}, the limit)",
         )
         for name, kws in d.domains.items():
             _check(

@@ -28,6 +28,7 @@ from asa_lib.data.labelled import (
     read_labelled,
 )
 from asa_lib.data.sources import (
+    iter_local_rows,
     load_rows,
     read_local_rows,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "read_domains",
     "read_labelled",
     "read_local_rows",
+    "iter_local_rows",
     "read_splits",
     "write_splits",
 ]
@@ -86,10 +88,18 @@ def make_splits_from_params(params) -> SplitResult:
     """Load the rows named by ``params.data`` and build the splits (either kind)."""
     d = params.data
     if d.kind == "labelled":
-        rows = read_labelled(d.source, params.data_path(), d.columns, d.hub_split)
+        rows = read_labelled(
+            d.source,
+            params.data_path(),
+            d.columns,
+            d.hub_split,
+            d.max_rows,
+            d.max_bytes,
+            d.max_domains,
+        )
         return build_labelled_splits(rows, d.per_split_per_class, d.test_multiplier, d.seed)
-    skipped: dict[str, int] = {}
-    rows = load_rows(d.source, params.data_path(), d.hub_split, skipped)
+    skipped: dict[str, int] = {}  # filled as the rows are read
+    rows = load_rows(d.source, params.data_path(), d.hub_split, skipped, d.max_rows, d.max_bytes)
     return build_splits(
         rows,
         d.per_split_per_class,

@@ -75,7 +75,7 @@ def build_splits(
     ``domains``: ordered name -> lower-case keywords; None: the seed's four.
     """
     domains = SEED_DOMAINS if domains is None else domains
-    skipped = dict(skipped or {})
+    own: dict[str, int] = {}  # ``skipped`` may still be filled while ``rows`` are read
     buckets: dict[str, dict[str, list[int]]] = {d: {"tool": [], "non_tool": []} for d in domains}
     texts: dict[int, str] = {}
     n_read = 0
@@ -85,7 +85,7 @@ def build_splits(
             continue
         reason = check_row(row)
         if reason is not None:
-            skipped[reason] = skipped.get(reason, 0) + 1
+            own[reason] = own.get(reason, 0) + 1
             continue
         text = prompt_text(row)
         dom = classify(text, domains)
@@ -94,6 +94,9 @@ def build_splits(
         buckets[dom][label_for(dom, row["output"], domains)].append(i)
         texts[i] = text
 
+    skipped = dict(skipped or {})
+    for reason, n in own.items():
+        skipped[reason] = skipped.get(reason, 0) + n
     samples, shortfalls = _slice_buckets(
         buckets,
         {i: (f"r{i}", t) for i, t in texts.items()},

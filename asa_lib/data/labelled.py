@@ -6,13 +6,13 @@ the file, the line and the field; errors name the file, the row and the field.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asa_lib.data.sources import _INVALID_JSON, _hub_records, _load_hub, _read_labelled_file
+from asa_lib.data.sources import _hub_records, _labelled_file, _load_hub, _Unreadable
 from asa_lib.data.splits import (
     LABELS,
     MAX_EXAMPLES,
@@ -25,7 +25,15 @@ from asa_lib.data.splits import (
     _slice_buckets,
     tool_set_id,
 )
-from asa_lib.params import ColumnMap, short_repr, tool_list_problem
+from asa_lib.files import loads_json
+from asa_lib.params import (
+    MAX_DATA_BYTES,
+    MAX_DATA_ROWS,
+    MAX_DOMAINS,
+    ColumnMap,
+    short_repr,
+    tool_list_problem,
+)
 
 # Accepted label values of labelled data (strings compared stripped and lower-cased).
 LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
@@ -70,10 +78,24 @@ def parse_label(value: Any) -> int | None:
     return None
 
 
+_NOT_AN_OBJECT = object()  # what is kept of a record that is not an object
+
+
 def read_labelled(
-    source: str, local_path: Path | None, columns: ColumnMap | None = None, hub_split: str = "train"
+    source: str,
+    local_path: Path | None,
+    columns: ColumnMap | None = None,
+    hub_split: str = "train",
+    max_rows: int = MAX_DATA_ROWS,
+    max_bytes: int = MAX_DATA_BYTES,
+    max_domains: int = MAX_DOMAINS,
 ) -> LabelledData:
     """Rows of a labelled data set: a local JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset.
+
+    The rows are read streaming, keeping only the mapped columns, within
+    ``max_rows`` rows and ``max_bytes`` bytes (decompressed; see
+    :mod:`asa_lib.data.sources`); more than ``max_domains`` distinct domains
+    stop at the row that brings one too many.
 
     Rows with no text, an unknown label or an empty domain are skipped and
     counted (the first few of each reason are kept with their row and field).
@@ -89,15 +111,27 @@ def read_labelled(
         if not local_path.is_file():
             raise DataError(f"data file not found: {local_path}")
         origin = str(local_path)
-        records, header, header_where = _read_labelled_file(local_path)
+        stream, header, header_where = _labelled_file(local_path, max_rows, max_bytes)
     else:
         origin = f"hub dataset {source!r} (split {hub_split!r})"
-        records, header, class_names = _hub_records(_load_hub(source, hub_split), origin)
+        stream, header, class_names = _hub_records(_load_hub(source, hub_split, max_rows), origin)
         header_where = f"{origin}, columns"
+    # One pass over the rows, keeping of each record only the columns that can be mapped
+    # (the columns of JSON rows are known only once every row is read).
+    wanted = {c for c in dataclasses.astuple(cols) + dataclasses.astuple(defaults) if c}
+    seen_keys: set[Any] = set()
+    records: list[tuple[str, Any]] = []
+    for where, rec in stream:
+        if isinstance(rec, dict):
+            seen_keys.update(rec)
+            rec = {k: v for k, v in rec.items() if k in wanted}
+        elif not isinstance(rec, _Unreadable):
+            rec = _NOT_AN_OBJECT
+        records.append((where, rec))
     if header is not None:
         available = set(header)
     else:
-        available = {k for _, r in records if isinstance(r, dict) for k in r}
+        available = seen_keys
         header_where = records[0][0] if records else origin
 
     def missing_column(fname: str, col: str) -> DataError:
@@ -156,9 +190,10 @@ def read_labelled(
             )
 
     first_seen: dict[str, str] = {}
+    domains: set[str] = set()
     for idx, (where, rec) in enumerate(records):
-        if rec is _INVALID_JSON:
-            skip("invalid JSON line", where)
+        if isinstance(rec, _Unreadable):
+            skip(rec.reason, where)
             continue
         if not isinstance(rec, dict):
             skip("not an object", where)
@@ -190,6 +225,13 @@ def read_labelled(
                 f"{where}, field 'domain' (column {cols.domain!r}): 'global' is reserved "
                 "(it names the all-domain steering vector); rename that domain"
             )
+        if domain not in domains:
+            if len(domains) >= max_domains:
+                raise DataError(
+                    f"{where}, field 'domain' (column {cols.domain!r}): {short_repr(domain)} is "
+                    f"one domain more than data.max_domains ({max_domains}, the limit)"
+                )
+            domains.add(domain)
         split = None
         if "split" in used:
             raw = value(rec, "split")
@@ -225,7 +267,7 @@ def read_labelled(
             tools = value(rec, "tools")
             if isinstance(tools, str):  # a CSV cell (or a hub string column): the list as JSON
                 try:
-                    tools = json.loads(tools)
+                    tools = loads_json(tools)
                 except (ValueError, RecursionError):
                     skip("bad tools", where, "tools", tools)
                     continue
