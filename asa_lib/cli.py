@@ -158,6 +158,7 @@ def _generate(args) -> int:
     from asa_lib.api import ASA, request_text_and_tools, run_prompt_format
     from asa_lib.data.splits import tool_set_id
     from asa_lib.engine.generate import GenerationSettings, generate_all
+    from asa_lib.files import JSONDepthError, loads_json
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
     from asa_lib.prompts import render_prompts
@@ -202,7 +203,9 @@ def _generate(args) -> int:
         requests = []
         for n, line in enumerate(prompts, 1):
             try:
-                text, tools = request_text_and_tools(json.loads(line), f"stdin, request {n}")
+                text, tools = request_text_and_tools(loads_json(line), f"stdin, request {n}")
+            except JSONDepthError as e:
+                raise UsageError(f"stdin, request {n}: {e}") from None
             except (ValueError, RecursionError) as e:
                 msg = str(e) if str(e).startswith("stdin") else f"stdin, request {n}: not JSON"
                 raise UsageError(msg) from None

@@ -503,6 +503,8 @@ def validate(p: Params, check_files: bool = True) -> Params:
         path = p.data_path()
         if path is not None and not path.is_file():
             raise ParamsError(f"data.source: file not found: {path}")
+        if path is None:
+            _check_hub_id(p.data.source, Path(p.base_dir))
         adapter = p.adapter_path()
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise ParamsError(f"model.adapter: no LoRA adapter (adapter_config.json) in {adapter}")
@@ -568,6 +570,11 @@ def _validate_data(p: Params) -> None:
     path = p.data_path()
     if path is not None:
         allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
+        _check(
+            not path.is_dir(),
+            f"data.source: {path} is a folder, not a data file; name one file "
+            f"({', '.join(allowed)})",
+        )
         _check(
             path.name.endswith(allowed),
             f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
@@ -643,8 +650,22 @@ def resolve_data_path(source: str, base_dir: Path) -> Path | None:
     )
     if not looks_local:
         return None
-    path = Path(source).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
+    return (base_dir / Path(source).expanduser()).resolve()  # absolute paths stay, resolved
+
+
+def _check_hub_id(source: str, base_dir: Path) -> None:
+    """Refuse a hub id that names a local file or folder (beside the params file, or in the
+    working directory, where ``datasets.load_dataset`` would look first): what it reads
+    would depend on the working directory, and no fingerprint would cover its content."""
+    for base in (base_dir, Path.cwd()):
+        local = base / source
+        if local.exists():
+            what = "folder" if local.is_dir() else "file"
+            raise ParamsError(
+                f"data.source: {source!r} names the local {what} {local.resolve()}, not a hub "
+                "dataset; local data is one .json/.jsonl (or, for labelled, .csv) file, "
+                "optionally .gz/.xz: name that file (relative to the params file)"
+            )
 
 
 def params_from_dict(
@@ -657,19 +678,108 @@ def params_from_dict(
     return validate(p, check_files=check_files)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's SafeLoader, except that a key given twice in one mapping is an error (not last-wins)."""
+# The most values (scalars, lists and mappings) a params file may hold once its YAML aliases
+# (``*name``, merge keys ``<<: *name``) are expanded: far above any real params file, far
+# below an alias bomb (nine nested aliases of ten are 10**9 values).
+MAX_YAML_VALUES = 100_000
 
-    def construct_mapping(self, node, deep=False):
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader (merge keys ``<<: *base`` included), except that a key given twice in
+    one mapping is an error (not last-wins; a key beside a merge key overrides the merged one),
+    and that the document, its aliases expanded, holds at most :data:`MAX_YAML_VALUES` values.
+    Both are checked on the composed nodes, before any value is built."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check_nodes(node)
+        return self.construct_document(node)
+
+    def _check_nodes(self, root: yaml.Node) -> None:
+        size: dict[int, int] = {}  # id(node) -> values under it, aliases expanded
+        on_path: set[int] = set()  # the nodes being sized: a child among them is a cycle
+        stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+        while stack:
+            node, sized = stack.pop()
+            children = _children(node)
+            if sized:
+                on_path.discard(id(node))
+                size[id(node)] = 1 + sum(size[id(c)] for c in children)
+                if size[id(node)] > MAX_YAML_VALUES:
+                    raise ParamsError(
+                        f"more than {MAX_YAML_VALUES:,} values once the YAML aliases are expanded "
+                        f"(line {node.start_mark.line + 1}; the limit is params.MAX_YAML_VALUES): "
+                        "use fewer aliases, or write the values out"
+                    )
+                continue
+            if id(node) in size:
+                continue
+            if isinstance(node, yaml.MappingNode):
+                self._check_keys(node)
+            on_path.add(id(node))
+            stack.append((node, True))
+            for c in children:
+                if id(c) in on_path:
+                    raise ParamsError(
+                        f"line {c.start_mark.line + 1}: a YAML alias refers to a list or mapping "
+                        "that contains it (a recursive structure)"
+                    )
+                if id(c) not in size:
+                    stack.append((c, False))
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Merge keys with YAML's precedence: a mapping's own keys override merged ones, and
+        of ``<<: [*a, *b]`` the first wins. (PyYAML's own keeps the first pair of a key that
+        a merged mapping repeats, so a chained merge, ``<<: *strong`` where ``strong`` is
+        ``{<<: *base, alpha: 0.5}``, would lose the override.) The pairs are put lowest
+        precedence first, and the mapping is then built last-wins."""
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:value":
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            subs = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for sub in subs:
+                if not isinstance(sub, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"expected a mapping or a list of mappings for merging, found {sub.id}",
+                        sub.start_mark,
+                    )
+                self.flatten_mapping(sub)
+                merged = sub.value + merged
+        node.value = merged + own
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == _MERGE_TAG:
+                key = "<<"
+            elif isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+            else:
+                continue  # a list or mapping as a key: the constructor refuses it
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def load_params(path: str | Path, check_files: bool = True) -> Params:
@@ -681,6 +791,10 @@ def load_params(path: str | Path, check_files: bool = True) -> Params:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError as e:
         raise ParamsError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: lists or mappings nested too deeply to read") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

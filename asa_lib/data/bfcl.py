@@ -61,7 +61,8 @@ In the three supported files that means only BFCL's non-standard
 whatever ``optional`` says. ``default`` is copied unchanged, so it may not
 match the declared type (BFCL writes e.g. ``"default": "None"``).
 
-Only the standard library is used.
+Only the standard library is used (and :func:`asa_lib.files.loads_json`, which caps
+JSON nesting: a deeper line is skipped like one that is not JSON).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from asa_lib.files import JSONDepthError, loads_json
 
 __all__ = [
     "BFCL_TYPE_MAP",
@@ -348,7 +351,10 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
+                entry = loads_json(line)
+            except JSONDepthError as exc:
+                skip(line_no, "line", str(exc))
+                continue
             except json.JSONDecodeError as exc:
                 skip(line_no, "line", f"not JSON: {exc}")
                 continue

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from asa_lib.files import _json_default, atomic_path, library_versions, write_json
+from asa_lib.files import _json_default, atomic_path, library_versions, loads_json, write_json
 
 if TYPE_CHECKING:  # no torch import for reading a bundle
     from asa_lib.model.load import ModelFacts
@@ -276,8 +276,8 @@ def load_bundle(folder: str | Path) -> Bundle:
         if not p.is_file():
             raise BundleError(f"{p} is missing: not an adapter bundle folder")
     try:
-        meta = json.loads(jpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = loads_json(jpath.read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, not UTF-8, or nested deeper than files.MAX_JSON_DEPTH
         raise BundleError(f"{jpath}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{jpath}: the top level must be an object")

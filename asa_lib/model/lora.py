@@ -6,12 +6,11 @@ the sha256 in the adapter's ``training.json`` where it has one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from asa_lib.files import file_digest
+from asa_lib.files import JSONDepthError, file_digest, loads_json
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -46,7 +45,10 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torc
     digest = sha256_file(weights)
     record = adapter_dir / RECORD_FILE
     if record.is_file():
-        rec = json.loads(record.read_text(encoding="utf-8"))
+        try:
+            rec = loads_json(record.read_text(encoding="utf-8"))
+        except JSONDepthError as e:
+            raise ValueError(f"model.adapter: {record}: {e}") from None
         if not isinstance(rec, dict):
             raise ValueError(f"model.adapter: {record} is not a JSON object")
         want = rec.get("adapter_sha256")

@@ -96,6 +96,8 @@ def plan(
     src = {p.stem: p.read_text(encoding="utf-8") for p in notebook_dir.glob("*.py")}
     vers = {**library_versions(), "asa_lib_source": library_source_hash()}
     d = params.to_dict()
+    if params.data_path() is not None:  # a local file: where it is (resolved), not its spelling
+        d["data"]["source"] = str(params.data_path())
     adapter = params.adapter_path()
     extra = {
         "01_data": _file_hash(params.data_path()),
