@@ -571,7 +571,7 @@ def _validate_data(p: Params) -> None:
     if path is not None:
         allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
         _check(
-            not path.is_dir(),
+            not _exists(path, dir_only=True),
             f"data.source: {path} is a folder, not a data file; name one file "
             f"({', '.join(allowed)})",
         )
@@ -653,13 +653,20 @@ def resolve_data_path(source: str, base_dir: Path) -> Path | None:
     return (base_dir / Path(source).expanduser()).resolve()  # absolute paths stay, resolved
 
 
+def _exists(path: Path, dir_only: bool = False) -> bool:
+    try:
+        return path.is_dir() if dir_only else path.exists()
+    except OSError:  # e.g. a name too long for a file name: nothing there
+        return False
+
+
 def _check_hub_id(source: str, base_dir: Path) -> None:
     """Refuse a hub id that names a local file or folder (beside the params file, or in the
     working directory, where ``datasets.load_dataset`` would look first): what it reads
     would depend on the working directory, and no fingerprint would cover its content."""
     for base in (base_dir, Path.cwd()):
         local = base / source
-        if local.exists():
+        if _exists(local):
             what = "folder" if local.is_dir() else "file"
             raise ParamsError(
                 f"data.source: {source!r} names the local {what} {local.resolve()}, not a hub "

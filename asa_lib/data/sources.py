@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import lzma
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -244,7 +245,7 @@ def _csv_header(path: Path, max_bytes: int) -> tuple[list[str], str]:
 @contextmanager
 def _csv_fields(path: Path, reader, max_bytes: int) -> Iterator[None]:
     """Fields as large as the byte limit (csv's own limit is 128 KiB); a csv error names its line."""
-    old = csv.field_size_limit(max_bytes)
+    old = csv.field_size_limit(min(max_bytes, sys.maxsize))  # a C long
     try:
         yield
     except csv.Error as e:
