@@ -274,9 +274,11 @@ class ASA:
     ) -> Iterator[SteeringSession]:
         """Steer every ``generate`` call on ``model`` inside the ``with`` block, in one pass.
 
-        Batches must be left-padded. The session's ``calls`` hold each call's
-        per-row decisions (``session.last``: the latest call's). ``tokenizer``
-        is not needed; it is accepted for symmetry with :meth:`decide`.
+        Batches must be left-padded, with their ``attention_mask``. The
+        session's ``calls`` hold each call's per-row decisions
+        (``session.last``: this thread's latest call's). Calls from several
+        threads inside one block are each steered once, by their own state.
+        ``tokenizer`` is not needed; it is accepted for symmetry with :meth:`decide`.
         """
         self.check_model(model, model_id)
         module = model.model if isinstance(model, LoadedModel) else model

@@ -1,0 +1,135 @@
+"""Applying an adapter safely: steering per call (threads), padding without a mask, unsigned
+bundles, numpy scalars, empty inputs and batch sizes, and alpha's upper bound."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from helpers_online import write_adapter
+
+from asa_lib import ASA
+from asa_lib.method.online import SteeringError
+from asa_lib.model.load import decoder_blocks
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_lm, tiny_params):
+    run = tmp_path_factory.mktemp("run")
+    folder, f, config = write_adapter(run, tiny_lm, tiny_params)
+    return {"folder": folder, "f": f, "config": config}
+
+
+def _generate(lm, enc):
+    return lm.model.generate(
+        **enc, max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+    )
+
+
+def test_threads_in_one_steering_block_are_each_steered_once(adapter, tiny_lm):
+    asa = ASA.load(adapter["folder"], alpha=2.0)  # strong enough to change every steered output
+    prompts = adapter["f"].eval_prompts
+    gates = [d.gate for d in asa.decide(tiny_lm, None, prompts, rendered=True)]
+    steered = [i for i, g in enumerate(gates) if g != 0]
+    plain = [i for i, g in enumerate(gates) if g == 0]
+    assert len(steered) >= 4 and len(plain) >= 4
+    # four calls of two rows each, every one with a steered row
+    groups = [[steered[k], plain[k]] for k in range(4)]
+    tok = tiny_lm.tokenizer
+    encs = [
+        tok([prompts[i] for i in g], return_tensors="pt", padding=True, add_special_tokens=False)
+        for g in groups
+    ]
+    alone = []  # each call steered on its own: the reference
+    for enc in encs:
+        with asa.steering(tiny_lm) as session:
+            alone.append((_generate(tiny_lm, enc), session.last))
+    for (out, decisions), g, enc in zip(alone, groups, encs):
+        assert [d.gate for d in decisions] == [gates[i] for i in g]
+        assert not torch.equal(out, _generate(tiny_lm, enc))  # steering changes every call
+
+    # All four prefills reach block 0 before any reaches L*: the calls are in flight at once.
+    barrier = threading.Barrier(len(encs), timeout=120)
+    waited = threading.local()
+
+    def meet(_module, _inp):
+        if not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+
+    results: list = [None] * len(encs)
+
+    def work(k):
+        try:
+            results[k] = (_generate(tiny_lm, encs[k]), session.last)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            results[k] = e
+
+    first = decoder_blocks(tiny_lm.model)[0]
+    with asa.steering(tiny_lm) as session:
+        handle = first.register_forward_pre_hook(meet)
+        try:
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(len(encs))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            handle.remove()
+    for k, r in enumerate(results):
+        if isinstance(r, SteeringError):  # refused is allowed; silently unsteered is not
+            continue
+        assert not isinstance(r, BaseException), r
+        out, decisions = r
+        assert torch.equal(out, alone[k][0]), f"call {k} was not steered as it is alone"
+        assert decisions == alone[k][1]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert len(session.calls) == len(done) == len(encs)  # one record per call, none refused here
+    assert sorted(map(str, session.calls)) == sorted(str(a[1]) for a in alone)
+
+
+def test_a_call_whose_prefill_runs_in_another_thread_is_refused(adapter, tiny_lm, monkeypatch):
+    asa = ASA.load(adapter["folder"])
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    forward = model.forward
+
+    def in_a_worker_thread(*args, **kwargs):  # as nn.DataParallel runs its replicas
+        box = []
+        t = threading.Thread(target=lambda: box.append(forward(*args, **kwargs)))
+        t.start()
+        t.join()
+        return box[0]
+
+    enc = tok(adapter["f"].eval_prompts[:2], return_tensors="pt", padding=True)
+    with asa.steering(tiny_lm) as session:
+        monkeypatch.setattr(model, "forward", in_a_worker_thread)
+        with pytest.raises(SteeringError, match="was not steered"):
+            _generate(tiny_lm, enc)
+        monkeypatch.undo()
+        _generate(tiny_lm, enc)  # the same call in this thread: steered
+    assert len(session.calls) == 1 and "forward" not in vars(model)
+
+
+def test_a_padded_batch_without_an_attention_mask_is_refused(adapter, tiny_lm):
+    asa = ASA.load(adapter["folder"])
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    prompts = adapter["f"].eval_prompts[:3]
+    assert len({len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}) > 1
+    for side in ("right", "left"):
+        tok.padding_side = side
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = "left"
+        with asa.steering(tiny_lm) as session:
+            for args, kwargs in (((), {"input_ids": enc["input_ids"]}), ((enc["input_ids"],), {})):
+                with pytest.raises(SteeringError, match="no attention_mask") as e:
+                    model.generate(*args, **kwargs, max_new_tokens=2)  # keyword or positional
+                assert len(str(e.value).splitlines()) == 1
+        assert session.calls == []  # refused before anything ran
+    # one prompt, no padding: a mask is not needed
+    one = tok(prompts[:1], return_tensors="pt", add_special_tokens=False)
+    with asa.steering(tiny_lm) as session:
+        model.generate(input_ids=one["input_ids"], max_new_tokens=2, pad_token_id=0)
+    assert len(session.calls) == 1
