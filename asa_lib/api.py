@@ -138,6 +138,7 @@ class ASA:
         alpha_unit: str | None = None,
         prompt: PromptParams | Params | None = None,
         allow_model_mismatch: bool = False,
+        allow_unsigned: bool = False,
     ) -> ASA:
         """Load a ``chosen_adapter/`` folder (bundle + chosen config); overrides replace its values.
 
@@ -149,6 +150,8 @@ class ASA:
         the folder, where there is one. ``allow_model_mismatch``: use the
         adapter on a model other than the one it was built on (its id, block
         count or weights' fingerprint differ); the shapes still have to fit.
+        ``allow_unsigned``: load a bundle whose ``adapter.json`` has no
+        ``sha256`` (refused by default: its edits cannot be detected).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -157,7 +160,7 @@ class ASA:
                 "reports/<name>/chosen_adapter when stage 07 chooses a steered config)"
             )
         try:
-            bundle = load_bundle(folder)
+            bundle = load_bundle(folder, allow_unsigned=allow_unsigned)
         except AdapterError:
             raise
         except BundleError as e:

@@ -3,21 +3,35 @@ bundles, numpy scalars, empty inputs and batch sizes, and alpha's upper bound.""
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 
 import pytest
 import torch
+import yaml
 from helpers_online import write_adapter
 
-from asa_lib import ASA
+from asa_lib import ASA, AdapterError
+from asa_lib.cli import main
+from asa_lib.method.bundle import BundleError, load_bundle
 from asa_lib.method.online import SteeringError
 from asa_lib.model.load import decoder_blocks
+from conftest import PARAMS, ROOT
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_lm, tiny_params):
+def lm(tiny_params):
+    """The tiny model as ``asa generate`` loads it (load_params_model: the params' seed)."""
+    from asa_lib.model.load import load_params_model
+
+    return load_params_model(tiny_params)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, lm, tiny_params):
     run = tmp_path_factory.mktemp("run")
-    folder, f, config = write_adapter(run, tiny_lm, tiny_params)
+    folder, f, config = write_adapter(run, lm, tiny_params)
     return {"folder": folder, "f": f, "config": config}
 
 
@@ -27,27 +41,27 @@ def _generate(lm, enc):
     )
 
 
-def test_threads_in_one_steering_block_are_each_steered_once(adapter, tiny_lm):
+def test_threads_in_one_steering_block_are_each_steered_once(adapter, lm):
     asa = ASA.load(adapter["folder"], alpha=2.0)  # strong enough to change every steered output
     prompts = adapter["f"].eval_prompts
-    gates = [d.gate for d in asa.decide(tiny_lm, None, prompts, rendered=True)]
+    gates = [d.gate for d in asa.decide(lm, None, prompts, rendered=True)]
     steered = [i for i, g in enumerate(gates) if g != 0]
     plain = [i for i, g in enumerate(gates) if g == 0]
     assert len(steered) >= 4 and len(plain) >= 4
     # four calls of two rows each, every one with a steered row
     groups = [[steered[k], plain[k]] for k in range(4)]
-    tok = tiny_lm.tokenizer
+    tok = lm.tokenizer
     encs = [
         tok([prompts[i] for i in g], return_tensors="pt", padding=True, add_special_tokens=False)
         for g in groups
     ]
     alone = []  # each call steered on its own: the reference
     for enc in encs:
-        with asa.steering(tiny_lm) as session:
-            alone.append((_generate(tiny_lm, enc), session.last))
+        with asa.steering(lm) as session:
+            alone.append((_generate(lm, enc), session.last))
     for (out, decisions), g, enc in zip(alone, groups, encs):
         assert [d.gate for d in decisions] == [gates[i] for i in g]
-        assert not torch.equal(out, _generate(tiny_lm, enc))  # steering changes every call
+        assert not torch.equal(out, _generate(lm, enc))  # steering changes every call
 
     # All four prefills reach block 0 before any reaches L*: the calls are in flight at once.
     barrier = threading.Barrier(len(encs), timeout=120)
@@ -62,12 +76,12 @@ def test_threads_in_one_steering_block_are_each_steered_once(adapter, tiny_lm):
 
     def work(k):
         try:
-            results[k] = (_generate(tiny_lm, encs[k]), session.last)
+            results[k] = (_generate(lm, encs[k]), session.last)
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             results[k] = e
 
-    first = decoder_blocks(tiny_lm.model)[0]
-    with asa.steering(tiny_lm) as session:
+    first = decoder_blocks(lm.model)[0]
+    with asa.steering(lm) as session:
         handle = first.register_forward_pre_hook(meet)
         try:
             threads = [threading.Thread(target=work, args=(k,)) for k in range(len(encs))]
@@ -89,9 +103,9 @@ def test_threads_in_one_steering_block_are_each_steered_once(adapter, tiny_lm):
     assert sorted(map(str, session.calls)) == sorted(str(a[1]) for a in alone)
 
 
-def test_a_call_whose_prefill_runs_in_another_thread_is_refused(adapter, tiny_lm, monkeypatch):
+def test_a_call_whose_prefill_runs_in_another_thread_is_refused(adapter, lm, monkeypatch):
     asa = ASA.load(adapter["folder"])
-    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    model, tok = lm.model, lm.tokenizer
     forward = model.forward
 
     def in_a_worker_thread(*args, **kwargs):  # as nn.DataParallel runs its replicas
@@ -102,18 +116,18 @@ def test_a_call_whose_prefill_runs_in_another_thread_is_refused(adapter, tiny_lm
         return box[0]
 
     enc = tok(adapter["f"].eval_prompts[:2], return_tensors="pt", padding=True)
-    with asa.steering(tiny_lm) as session:
+    with asa.steering(lm) as session:
         monkeypatch.setattr(model, "forward", in_a_worker_thread)
         with pytest.raises(SteeringError, match="was not steered"):
-            _generate(tiny_lm, enc)
+            _generate(lm, enc)
         monkeypatch.undo()
-        _generate(tiny_lm, enc)  # the same call in this thread: steered
+        _generate(lm, enc)  # the same call in this thread: steered
     assert len(session.calls) == 1 and "forward" not in vars(model)
 
 
-def test_a_padded_batch_without_an_attention_mask_is_refused(adapter, tiny_lm):
+def test_a_padded_batch_without_an_attention_mask_is_refused(adapter, lm):
     asa = ASA.load(adapter["folder"])
-    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    model, tok = lm.model, lm.tokenizer
     prompts = adapter["f"].eval_prompts[:3]
     assert len({len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}) > 1
     for side in ("right", "left"):
@@ -122,7 +136,7 @@ def test_a_padded_batch_without_an_attention_mask_is_refused(adapter, tiny_lm):
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tok.padding_side = "left"
-        with asa.steering(tiny_lm) as session:
+        with asa.steering(lm) as session:
             for args, kwargs in (((), {"input_ids": enc["input_ids"]}), ((enc["input_ids"],), {})):
                 with pytest.raises(SteeringError, match="no attention_mask") as e:
                     model.generate(*args, **kwargs, max_new_tokens=2)  # keyword or positional
@@ -130,6 +144,75 @@ def test_a_padded_batch_without_an_attention_mask_is_refused(adapter, tiny_lm):
         assert session.calls == []  # refused before anything ran
     # one prompt, no padding: a mask is not needed
     one = tok(prompts[:1], return_tensors="pt", add_special_tokens=False)
-    with asa.steering(tiny_lm) as session:
+    with asa.steering(lm) as session:
         model.generate(input_ids=one["input_ids"], max_new_tokens=2, pad_token_id=0)
     assert len(session.calls) == 1
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory):
+    """tiny.yaml with its data path made absolute, for ``asa generate``."""
+    d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
+    d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
+    p = tmp_path_factory.mktemp("params") / "tiny.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def run_cli(capsys, *args):
+    code = main(["generate", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip()
+
+
+def _one_line_error(code, out, err, msg):
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.startswith("asa: error:") and msg in err and len(err.splitlines()) == 1, err
+
+
+def _unsign(folder, edit=None):
+    p = folder / "adapter.json"
+    meta = json.loads(p.read_text())
+    del meta["sha256"]
+    if edit:
+        edit(meta)
+    p.write_text(json.dumps(meta))
+
+
+def test_a_bundle_without_its_sha256_is_refused_unless_unsigned_is_allowed(
+    adapter, tmp_path, capsys, params_file
+):
+    folder = tmp_path / "chosen_adapter"
+    shutil.copytree(adapter["folder"], folder)
+    assert len(json.loads((folder / "adapter.json").read_text())["sha256"]) == 64  # as written
+    _unsign(folder, lambda m: m["config"].update(tau=0.51))  # and then edited
+    with pytest.raises(BundleError, match="no sha256: an unsigned bundle"):
+        load_bundle(folder)
+    with pytest.raises(AdapterError, match="no sha256.*allow_unsigned=True"):
+        ASA.load(folder)
+    _one_line_error(
+        *run_cli(capsys, "--adapter", folder, "--params", params_file, "Hi"), "no sha256"
+    )
+    # the documented opt-in loads it (and the edit goes undetected: that is what unsigned means)
+    assert load_bundle(folder, allow_unsigned=True).sha256 == ""
+    assert ASA.load(folder, allow_unsigned=True).tau == 0.51
+    code, out, err = run_cli(
+        capsys,
+        "--adapter",
+        folder,
+        "--params",
+        params_file,
+        "--allow-unsigned",
+        "--max-new-tokens",
+        "2",
+        "--json",
+        "Hi",
+    )
+    assert code == 0 and json.loads(out)["adapter"]["tau"] == 0.51, err
+    # a sha256 that is there must still match, also with the opt-in
+    signed = tmp_path / "signed"
+    shutil.copytree(adapter["folder"], signed)
+    p = signed / "adapter.json"
+    p.write_text(p.read_text().replace('"alpha": 0.5', '"alpha": 0.6'))
+    with pytest.raises(AdapterError, match="sha256 in adapter.json does not match"):
+        ASA.load(signed, allow_unsigned=True)
