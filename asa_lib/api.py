@@ -32,6 +32,7 @@ prompt texts.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from asa_lib.params import (
     Params,
     ParamsError,
     PromptParams,
+    check_batch_size,
     check_config_values,
     load_params,
     tool_list_problem,
@@ -112,7 +114,7 @@ class ASA:
             raise AdapterError(str(e)) from None
         expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
         if self.alpha_eff is not None and (
-            isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, (int, float))
+            isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, numbers.Real)
         ):
             raise AdapterError(f"{where}alpha_eff {self.alpha_eff!r} is not a number")
         if self.alpha_eff is None:
@@ -331,7 +333,11 @@ class ASA:
         model_id: str | None = None,
         batch_size: int = 8,
     ) -> list[Decision]:
-        """Routed domain, p(tool) and gate per input, without generating (one per input, in order)."""
+        """Routed domain, p(tool) and gate per input, without generating (one per input, in order).
+
+        No inputs (``[]``): no decisions. ``batch_size``: a whole number >= 1 (else ParamsError).
+        """
+        check_batch_size(batch_size)
         lm = self._lm(model, tokenizer, model_id)
         return decide_prompts(
             lm, self.render(lm.tokenizer, inputs, rendered), self.gate, batch_size
@@ -358,6 +364,8 @@ class ASA:
         :class:`~asa_lib.engine.generate.GenerationSettings`, e.g. resolved from a
         params file) replaces ``max_new_tokens``, ``batch_size`` and ``share_prefix``.
         """
+        if settings is None:
+            check_batch_size(batch_size)
         lm = self._lm(model, tokenizer, model_id)
         prompts = self.render(lm.tokenizer, inputs, rendered)
         if settings is None:

@@ -304,12 +304,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ParamsError(f"{key}: expected true or false, got {value!r}")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if tp is int:  # numpy integers too (numbers.Integral), as a plain int
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ParamsError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return int(value)
+    if tp is float:  # numpy scalars too (numbers.Real), as a plain float
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ParamsError(f"{key}: expected a finite number, got {value!r}")
@@ -373,6 +373,13 @@ def check_config_values(key: str = "{name}", **values: Any) -> None:
         ok, why = CONFIG_RANGES[name]
         if not ok(v):
             raise ParamsError(f"{label} {v} {why}")
+
+
+def check_batch_size(value: Any, key: str = "batch_size") -> int:
+    """``value`` as a batch size (a whole number >= 1; numpy integers too), else ParamsError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ParamsError(f"{key}: {value!r} is not a whole number >= 1")
+    return int(value)
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -4,9 +4,11 @@ bundles, numpy scalars, empty inputs and batch sizes, and alpha's upper bound.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,9 +16,12 @@ from helpers_online import write_adapter
 
 from asa_lib import ASA, AdapterError
 from asa_lib.cli import main
+from asa_lib.engine.extract import extract_states
+from asa_lib.engine.generate import GenerationSettings
 from asa_lib.method.bundle import BundleError, load_bundle
-from asa_lib.method.online import SteeringError
+from asa_lib.method.online import SteeringError, decide_prompts
 from asa_lib.model.load import decoder_blocks
+from asa_lib.params import ParamsError, PromptParams, check_config_values, params_from_dict
 from conftest import PARAMS, ROOT
 
 
@@ -216,3 +221,63 @@ def test_a_bundle_without_its_sha256_is_refused_unless_unsigned_is_allowed(
     p.write_text(p.read_text().replace('"alpha": 0.5', '"alpha": 0.6'))
     with pytest.raises(AdapterError, match="sha256 in adapter.json does not match"):
         ASA.load(signed, allow_unsigned=True)
+
+
+def test_numpy_scalars_are_numbers_for_tau_alpha_beta(adapter, tiny_params):
+    d = tiny_params.to_dict()
+    d["sweep"][0].update(tau=np.float32(0.7), alpha=np.float32(0.5), beta=np.float64(0.25))
+    d["generation"]["batch_size"] = np.int64(4)
+    p = params_from_dict(d, base_dir=PARAMS, check_files=False)
+    c = p.sweep[0]
+    assert (c.tau, c.alpha, c.beta) == (float(np.float32(0.7)), 0.5, 0.25)
+    assert {type(c.tau), type(c.alpha), type(c.beta)} == {float}
+    assert p.generation.batch_size == 4 and type(p.generation.batch_size) is int
+    check_config_values(tau=np.float32(0.7), alpha=np.int64(2), beta=np.float16(0.5))
+    for value, msg in (
+        (np.float32(1.5), "sweep[0].tau: 1.5 is outside the allowed range [0.5, 1)"),
+        (np.bool_(True), "sweep[0].tau: expected a number"),
+    ):  # still range- and type-checked
+        d["sweep"][0]["tau"] = value
+        with pytest.raises(ParamsError, match=re.escape(msg)):
+            params_from_dict(d, base_dir=PARAMS, check_files=False)
+    # the API: overrides and a whole config in numpy scalars
+    asa = ASA.load(
+        adapter["folder"], tau=np.float32(0.7), alpha=np.float32(0.5), beta=np.float32(0.5)
+    )
+    assert asa.tau == pytest.approx(0.7) and asa.alpha == 0.5 and asa.beta == 0.5
+    assert asa.alpha_eff == pytest.approx(adapter["config"]["alpha_eff"], rel=1e-12)
+    assert {type(v) for v in (asa.tau, asa.alpha, asa.beta, asa.alpha_eff)} == {float}
+    b = asa.bundle
+    mine = ASA(b, tau=np.float64(0.7), alpha=np.float32(1.0), alpha_eff=np.float32(1.0))
+    assert mine.alpha_eff == 1.0 and mine.gate.tau == pytest.approx(0.7)
+    with pytest.raises(AdapterError, match=re.escape("tau 1.0 is outside the allowed range")):
+        ASA.load(adapter["folder"], tau=np.float32(1.0))
+
+
+def test_no_inputs_give_no_decisions_and_a_bad_batch_size_is_one_error(
+    adapter, lm, capsys, params_file, tmp_path
+):
+    asa = ASA.load(adapter["folder"])
+    assert asa.decide(lm, None, []) == [] and asa.generate(lm, None, []) == []
+    assert len(asa.decide(lm, None, ["Hi", "Bye"], batch_size=np.int64(1))) == 2
+    for bad in (0, -1, 2.0, True, "8"):
+        msg = f"^batch_size: {re.escape(repr(bad))} is not a whole number >= 1$"
+        for fn in (asa.decide, asa.generate):
+            with pytest.raises(ParamsError, match=msg):
+                fn(lm, None, ["Hi"], batch_size=bad)
+    with pytest.raises(ParamsError, match="batch_size: 0 is not a whole number >= 1"):
+        decide_prompts(lm, ["Hi"], asa.gate, 0)
+    with pytest.raises(ParamsError, match="batch_size: 0 is not a whole number >= 1"):
+        extract_states(lm, ["Hi"], batch_size=0)
+    with pytest.raises(ParamsError, match="batch_size: 0 is not a whole number >= 1"):
+        GenerationSettings(max_new_tokens=2, batch_size=0, markers=PromptParams())
+    # the command line takes its batch sizes from the params file
+    for section in ("generation", "extraction"):
+        d = yaml.safe_load(params_file.read_text())
+        d[section]["batch_size"] = 0
+        p = tmp_path / f"{section}.yaml"
+        p.write_text(yaml.safe_dump(d, sort_keys=False))
+        _one_line_error(
+            *run_cli(capsys, "--adapter", adapter["folder"], "--params", p, "Hi"),
+            f"{section}.batch_size",
+        )

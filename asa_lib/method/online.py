@@ -47,7 +47,7 @@ from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
-from asa_lib.params import check_config_values
+from asa_lib.params import check_batch_size, check_config_values
 
 
 class SteeringError(RuntimeError):
@@ -365,8 +365,12 @@ def decide_prompts(
     """Decisions for rendered ``prompts`` without generating.
 
     Left-padded batches run only up to block L* (the pass is stopped there).
+    No prompts: no decisions.
     """
+    batch_size = check_batch_size(batch_size)
     prompts = list(prompts)
+    if not prompts:
+        return []
     ids = token_ids(lm, prompts)
     block = decoder_blocks(lm.model)[gate.layer]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
