@@ -109,10 +109,19 @@ class ASA:
         if self.alpha_unit not in ALPHA_UNITS:
             raise AdapterError(f"{where}alpha_unit {self.alpha_unit!r} is not one of {ALPHA_UNITS}")
         try:
-            check_config_values(f"{where}{{name}}", tau=self.tau, alpha=self.alpha, beta=self.beta)
+            check_config_values(
+                f"{where}{{name}}",
+                alpha_unit=self.alpha_unit,
+                tau=self.tau,
+                alpha=self.alpha,
+                beta=self.beta,
+            )
         except ParamsError as e:
             raise AdapterError(str(e)) from None
-        expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+        try:
+            expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+        except ParamsError as e:  # alpha's upper bound for this bundle
+            raise AdapterError(f"{where}{e}") from None
         if self.alpha_eff is not None and (
             isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, numbers.Real)
         ):

@@ -18,10 +18,18 @@ from asa_lib import ASA, AdapterError
 from asa_lib.cli import main
 from asa_lib.engine.extract import extract_states
 from asa_lib.engine.generate import GenerationSettings
-from asa_lib.method.bundle import BundleError, load_bundle
-from asa_lib.method.online import SteeringError, decide_prompts
+from asa_lib.method.bundle import MAX_MEAN_NORM, BundleError, load_bundle
+from asa_lib.method.gate import alpha_effective
+from asa_lib.method.online import OnlineGate, SteeringError, decide_prompts
 from asa_lib.model.load import decoder_blocks
-from asa_lib.params import ParamsError, PromptParams, check_config_values, params_from_dict
+from asa_lib.params import (
+    MAX_ALPHA_EFF,
+    MAX_RELATIVE_ALPHA,
+    ParamsError,
+    PromptParams,
+    check_config_values,
+    params_from_dict,
+)
 from conftest import PARAMS, ROOT
 
 
@@ -280,4 +288,51 @@ def test_no_inputs_give_no_decisions_and_a_bad_batch_size_is_one_error(
         _one_line_error(
             *run_cli(capsys, "--adapter", adapter["folder"], "--params", p, "Hi"),
             f"{section}.batch_size",
+        )
+
+
+def test_alpha_has_an_upper_bound(adapter, tiny_params, capsys, params_file):
+    folder, b = adapter["folder"], adapter["f"].bundle
+    norm = b.cal_mean_norm
+    assert MAX_RELATIVE_ALPHA == 10 and MAX_ALPHA_EFF == MAX_RELATIVE_ALPHA * MAX_MEAN_NORM
+    # at the bound: loads (the adapter's unit is relative)
+    assert ASA.load(folder, alpha=10.0).alpha_eff == pytest.approx(10 * norm, rel=1e-12)
+    assert ASA.load(folder, alpha=10 * norm, alpha_unit="absolute").alpha_eff == 10 * norm
+    for kw, msg in (
+        ({"alpha": 1e40}, "alpha 1e+40 is above the upper bound 10 (relative alpha: alpha_eff"),
+        ({"alpha": 10.5}, "alpha 10.5 is above the upper bound 10 (relative alpha"),
+        ({"alpha": 1e40, "alpha_unit": "absolute"}, "alpha 1e+40 is above the upper bound 1e+07"),
+        (
+            {"alpha": 11 * norm, "alpha_unit": "absolute"},
+            f"is above the upper bound: alpha_eff at most 10 x the mean state norm at L* "
+            f"({norm:.4g}), {10 * norm:.4g}",
+        ),
+    ):
+        with pytest.raises(AdapterError, match=re.escape(msg)):
+            ASA.load(folder, **kw)
+    with pytest.raises(ParamsError, match="alpha_eff .* is above the upper bound"):
+        OnlineGate(b, 0.6, 11 * norm, 0.0)
+    with pytest.raises(
+        ParamsError, match=r"alpha 11 \(relative; alpha_eff .*\) is above the upper"
+    ):
+        alpha_effective(11, "relative", b)  # as the sweep (stage 06) computes alpha_eff
+    # params: relative alpha <= 10; absolute alpha <= 1e7 until the bundle's norm is known
+    for unit, alpha, msg in (
+        ("relative", 10.5, "sweep[0].alpha: 10.5 is above the upper bound 10 (relative alpha"),
+        ("absolute", 2e7, "sweep[0].alpha: 2e+07 is above the upper bound 1e+07 (absolute"),
+    ):
+        d = tiny_params.to_dict()
+        d["steering"]["alpha_unit"] = unit
+        d["sweep"][0]["alpha"] = alpha
+        with pytest.raises(ParamsError, match=re.escape(msg)):
+            params_from_dict(d, base_dir=PARAMS, check_files=False)
+        d["sweep"][0]["alpha"] = 10.0 if unit == "relative" else 1e7
+        params_from_dict(d, base_dir=PARAMS, check_files=False)  # the bound itself is allowed
+    # the command line's overrides: one line naming the bound, before the model is loaded
+    for extra, msg in (
+        (["--alpha", "1e40"], "alpha 1e+40 is above the upper bound 10"),
+        (["--alpha", "1e40", "--alpha-unit", "absolute"], "alpha 1e+40 is above the upper bound"),
+    ):
+        _one_line_error(
+            *run_cli(capsys, "--adapter", folder, "--params", params_file, *extra, "Hi"), msg
         )

@@ -44,7 +44,7 @@ import torch
 from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.engine.prefix import left_padded, token_ids
 from asa_lib.method.bundle import Bundle
-from asa_lib.method.gate import Gates, steering_deltas
+from asa_lib.method.gate import Gates, check_alpha_eff, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
 from asa_lib.params import check_batch_size, check_config_values
@@ -68,6 +68,7 @@ class OnlineGate:
 
     def __init__(self, bundle: Bundle, tau: float, alpha_eff: float, beta: float):
         check_config_values(tau=tau, alpha_eff=alpha_eff, beta=beta)  # a ParamsError (ValueError)
+        check_alpha_eff(alpha_eff, bundle)
         self.bundle = bundle
         self.layer = bundle.layer
         self.tau, self.alpha_eff, self.beta = float(tau), float(alpha_eff), float(beta)
