@@ -22,14 +22,7 @@ from asa_lib.method.bundle import MAX_MEAN_NORM, BundleError, load_bundle
 from asa_lib.method.gate import alpha_effective
 from asa_lib.method.online import OnlineGate, SteeringError, decide_prompts
 from asa_lib.model.load import decoder_blocks
-from asa_lib.params import (
-    MAX_ALPHA_EFF,
-    MAX_RELATIVE_ALPHA,
-    ParamsError,
-    PromptParams,
-    check_config_values,
-    params_from_dict,
-)
+from asa_lib.params import ParamsError, PromptParams, check_config_values, params_from_dict
 from conftest import PARAMS, ROOT
 
 
@@ -294,7 +287,6 @@ def test_no_inputs_give_no_decisions_and_a_bad_batch_size_is_one_error(
 def test_alpha_has_an_upper_bound(adapter, tiny_params, capsys, params_file):
     folder, b = adapter["folder"], adapter["f"].bundle
     norm = b.cal_mean_norm
-    assert MAX_RELATIVE_ALPHA == 10 and MAX_ALPHA_EFF == MAX_RELATIVE_ALPHA * MAX_MEAN_NORM
     # at the bound: loads (the adapter's unit is relative)
     assert ASA.load(folder, alpha=10.0).alpha_eff == pytest.approx(10 * norm, rel=1e-12)
     assert ASA.load(folder, alpha=10 * norm, alpha_unit="absolute").alpha_eff == 10 * norm
@@ -336,3 +328,6 @@ def test_alpha_has_an_upper_bound(adapter, tiny_params, capsys, params_file):
         _one_line_error(
             *run_cli(capsys, "--adapter", folder, "--params", params_file, *extra, "Hi"), msg
         )
+    from asa_lib.params import MAX_ALPHA_EFF, MAX_RELATIVE_ALPHA  # the documented bounds
+
+    assert MAX_RELATIVE_ALPHA == 10 and MAX_ALPHA_EFF == MAX_RELATIVE_ALPHA * MAX_MEAN_NORM
