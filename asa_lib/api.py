@@ -32,6 +32,7 @@ prompt texts.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from asa_lib.params import (
     Params,
     ParamsError,
     PromptParams,
+    check_batch_size,
     check_config_values,
     load_params,
     tool_list_problem,
@@ -107,12 +109,21 @@ class ASA:
         if self.alpha_unit not in ALPHA_UNITS:
             raise AdapterError(f"{where}alpha_unit {self.alpha_unit!r} is not one of {ALPHA_UNITS}")
         try:
-            check_config_values(f"{where}{{name}}", tau=self.tau, alpha=self.alpha, beta=self.beta)
+            check_config_values(
+                f"{where}{{name}}",
+                alpha_unit=self.alpha_unit,
+                tau=self.tau,
+                alpha=self.alpha,
+                beta=self.beta,
+            )
         except ParamsError as e:
             raise AdapterError(str(e)) from None
-        expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+        try:
+            expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+        except ParamsError as e:  # alpha's upper bound for this bundle
+            raise AdapterError(f"{where}{e}") from None
         if self.alpha_eff is not None and (
-            isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, (int, float))
+            isinstance(self.alpha_eff, bool) or not isinstance(self.alpha_eff, numbers.Real)
         ):
             raise AdapterError(f"{where}alpha_eff {self.alpha_eff!r} is not a number")
         if self.alpha_eff is None:
@@ -138,6 +149,7 @@ class ASA:
         alpha_unit: str | None = None,
         prompt: PromptParams | Params | None = None,
         allow_model_mismatch: bool = False,
+        allow_unsigned: bool = False,
     ) -> ASA:
         """Load a ``chosen_adapter/`` folder (bundle + chosen config); overrides replace its values.
 
@@ -149,6 +161,8 @@ class ASA:
         the folder, where there is one. ``allow_model_mismatch``: use the
         adapter on a model other than the one it was built on (its id, block
         count or weights' fingerprint differ); the shapes still have to fit.
+        ``allow_unsigned``: load a bundle whose ``adapter.json`` has no
+        ``sha256`` (refused by default: its edits cannot be detected).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -157,7 +171,7 @@ class ASA:
                 "reports/<name>/chosen_adapter when stage 07 chooses a steered config)"
             )
         try:
-            bundle = load_bundle(folder)
+            bundle = load_bundle(folder, allow_unsigned=allow_unsigned)
         except AdapterError:
             raise
         except BundleError as e:
@@ -274,9 +288,11 @@ class ASA:
     ) -> Iterator[SteeringSession]:
         """Steer every ``generate`` call on ``model`` inside the ``with`` block, in one pass.
 
-        Batches must be left-padded. The session's ``calls`` hold each call's
-        per-row decisions (``session.last``: the latest call's). ``tokenizer``
-        is not needed; it is accepted for symmetry with :meth:`decide`.
+        Batches must be left-padded, with their ``attention_mask``. The
+        session's ``calls`` hold each call's per-row decisions
+        (``session.last``: this thread's latest call's). Calls from several
+        threads inside one block are each steered once, by their own state.
+        ``tokenizer`` is not needed; it is accepted for symmetry with :meth:`decide`.
         """
         self.check_model(model, model_id)
         module = model.model if isinstance(model, LoadedModel) else model
@@ -326,7 +342,11 @@ class ASA:
         model_id: str | None = None,
         batch_size: int = 8,
     ) -> list[Decision]:
-        """Routed domain, p(tool) and gate per input, without generating (one per input, in order)."""
+        """Routed domain, p(tool) and gate per input, without generating (one per input, in order).
+
+        No inputs (``[]``): no decisions. ``batch_size``: a whole number >= 1 (else ParamsError).
+        """
+        check_batch_size(batch_size)
         lm = self._lm(model, tokenizer, model_id)
         return decide_prompts(
             lm, self.render(lm.tokenizer, inputs, rendered), self.gate, batch_size
@@ -353,6 +373,8 @@ class ASA:
         :class:`~asa_lib.engine.generate.GenerationSettings`, e.g. resolved from a
         params file) replaces ``max_new_tokens``, ``batch_size`` and ``share_prefix``.
         """
+        if settings is None:
+            check_batch_size(batch_size)
         lm = self._lm(model, tokenizer, model_id)
         prompts = self.render(lm.tokenizer, inputs, rendered)
         if settings is None:

@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     g.add_argument("--beta", type=float, default=None, help="override beta")
     g.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="load an adapter whose adapter.json has no sha256 (its edits cannot be detected)",
+    )
+    g.add_argument(
         "--max-new-tokens",
         type=int,
         default=None,
@@ -174,6 +179,7 @@ def _generate(args) -> int:
         alpha_unit=args.alpha_unit,
         prompt=params.prompt,
         allow_model_mismatch=params.steering.allow_model_mismatch,
+        allow_unsigned=args.allow_unsigned,
     )  # before the model: fails fast
     run_prompt = run_prompt_format(asa.folder)
     if run_prompt is not None and run_prompt != params.prompt:

@@ -316,12 +316,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ParamsError(f"{key}: expected true or false, got {value!r}")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if tp is int:  # numpy integers too (numbers.Integral), as a plain int
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ParamsError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return int(value)
+    if tp is float:  # numpy scalars too (numbers.Real), as a plain float
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ParamsError(f"{key}: expected a finite number, got {value!r}")
@@ -366,8 +366,30 @@ CONFIG_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "beta": (lambda x: 0.0 <= x <= 1.0, "is outside the allowed range [0, 1]"),
 }
 
+# alpha's upper bound: alpha_eff (the length of the added delta) is at most MAX_RELATIVE_ALPHA x
+# the mean CAL state norm at L*, so relative alpha <= 10 (1.0 already breaks the demo's outputs;
+# far beyond, the delta drowns the state and overflows: 1e40 gave NaN logits, empty outputs).
+# Checked against the bundle's norm where it is known (method.gate.check_alpha_eff); before
+# that (params), absolute alpha and alpha_eff are held to 10 x the largest mean norm a bundle
+# accepts (method.bundle.MAX_MEAN_NORM, 1e6).
+MAX_RELATIVE_ALPHA = 10.0
+MAX_ALPHA_EFF = MAX_RELATIVE_ALPHA * 1e6
 
-def check_config_values(key: str = "{name}", **values: Any) -> None:
+
+def _alpha_bound(name: str, alpha_unit: str) -> tuple[float, str] | None:
+    if name == "alpha" and alpha_unit == "relative":
+        return (
+            MAX_RELATIVE_ALPHA,
+            "relative alpha: alpha_eff at most 10 x the mean state norm at L*",
+        )
+    if name in ("alpha", "alpha_eff"):
+        return MAX_ALPHA_EFF, "absolute: 10 x the largest mean state norm an adapter accepts, 1e6"
+    return None
+
+
+def check_config_values(
+    key: str = "{name}", *, alpha_unit: str = "absolute", **values: Any
+) -> None:
     """The one range check of a config's ``tau``, ``alpha`` (or ``alpha_eff``) and ``beta``.
 
     For sweep configs here, :class:`asa_lib.api.ASA` and
@@ -376,7 +398,9 @@ def check_config_values(key: str = "{name}", **values: Any) -> None:
     not raises :class:`ParamsError` ``<key> <value> <why>``, with ``{name}`` in
     ``key`` standing for the value's name: ``key="sweep[0].{name}:"`` gives
     ``sweep[0].tau: 1.0 is outside the allowed range [0.5, 1)``, the default
-    ``tau 1.0 is outside ...``.
+    ``tau 1.0 is outside ...``. ``alpha`` is in ``alpha_unit``; it and
+    ``alpha_eff`` have an upper bound (:data:`MAX_RELATIVE_ALPHA`,
+    :data:`MAX_ALPHA_EFF`).
     """
     for name, v in values.items():
         label = key.replace("{name}", name)
@@ -385,6 +409,16 @@ def check_config_values(key: str = "{name}", **values: Any) -> None:
         ok, why = CONFIG_RANGES[name]
         if not ok(v):
             raise ParamsError(f"{label} {v} {why}")
+        bound = _alpha_bound(name, alpha_unit)
+        if bound is not None and v > bound[0]:
+            raise ParamsError(f"{label} {v:g} is above the upper bound {bound[0]:g} ({bound[1]})")
+
+
+def check_batch_size(value: Any, key: str = "batch_size") -> int:
+    """``value`` as a batch size (a whole number >= 1; numpy integers too), else ParamsError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ParamsError(f"{key}: {value!r} is not a whole number >= 1")
+    return int(value)
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -548,7 +582,9 @@ def validate(p: Params, check_files: bool = True) -> Params:
         if c.gate in ("probe", "oracle"):
             _check(c.tau is not None, f"{key}.tau: required for gate {c.gate!r}")
         tau = {} if c.tau is None else {"tau": c.tau}  # gates none, always, random: no tau
-        check_config_values(f"{key}.{{name}}:", **tau, alpha=c.alpha, beta=c.beta)
+        check_config_values(
+            f"{key}.{{name}}:", alpha_unit=p.steering.alpha_unit, **tau, alpha=c.alpha, beta=c.beta
+        )
         _check(
             0 <= c.seed <= MAX_SEED,
             f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]",

@@ -41,6 +41,7 @@ from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
 from asa_lib.model.hooks import capture_last_token
 from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
+from asa_lib.params import check_batch_size
 from asa_lib.progress import progress
 
 STATES_KEY = "states"
@@ -134,6 +135,7 @@ def iter_last_token_states(
     ``shard=(rank, world)``: only every ``world``-th batch from ``rank`` (a
     data-parallel worker); the batches are those of one process.
     """
+    batch_size = check_batch_size(batch_size)
     lengths: list[int] = []
     first: list[int] = []
 

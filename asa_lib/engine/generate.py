@@ -42,7 +42,7 @@ from asa_lib.engine.draft import (
 )
 from asa_lib.engine.prefix import needs_equal_suffix_lengths, shared_prefix, token_ids
 from asa_lib.model.load import LoadedModel
-from asa_lib.params import GenerationParams
+from asa_lib.params import GenerationParams, check_batch_size
 from asa_lib.progress import progress
 from asa_lib.tools import CallMarkers, triggered
 
@@ -78,8 +78,7 @@ class GenerationSettings:
             raise ValueError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
             )
-        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        object.__setattr__(self, "batch_size", check_batch_size(self.batch_size))
 
     @classmethod
     def resolve(

@@ -15,9 +15,11 @@ them have a probe and a vector, the model id, hidden size and block count the
 bundle came from, the CAL mean state norm (for relative alpha), library
 versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
 ``adapter.safetensors`` and of every other field of the JSON. The loader checks
-each tensor against that list and then the hash (where the JSON has one:
-bundles written before it was added load without), so a changed tensor or
-field is refused (this detects edits; it is no signature). No pickle anywhere:
+each tensor against that list and then the hash, so a changed tensor or
+field is refused (this detects edits; it is no signature). A bundle without
+its hash is refused too, unless the caller says it accepts an unsigned one
+(``load_bundle(..., allow_unsigned=True)``, ``ASA.load(..., allow_unsigned=True)``,
+``asa generate --allow-unsigned``). No pickle anywhere:
 the gate is recomputed in numpy from these arrays, without scikit-learn objects.
 """
 
@@ -258,15 +260,16 @@ def _names(meta: dict, key: str, where: Path) -> list[str]:
     return v
 
 
-def load_bundle(folder: str | Path) -> Bundle:
+def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
     """Rebuild a bundle, validating every field it reads.
 
     Raises :class:`BundleError` naming the file and the field for: a missing
     file or key, a wrong type, ``layer`` outside ``[0, num_layers)``, a
     non-positive or non-finite (or absurd, > 1e6) ``cal_mean_norm``, tensors
     whose names, shapes or dtypes differ from the JSON, non-finite values, a
-    zero ``scaler.scale``, and steering vectors that are not unit length
-    (within 1e-3).
+    zero ``scaler.scale``, steering vectors that are not unit length
+    (within 1e-3), a ``sha256`` that does not match the files, and a missing
+    ``sha256`` (an unsigned bundle), unless ``allow_unsigned``.
     """
     folder = Path(folder)
     jpath, tpath = folder / "adapter.json", folder / "adapter.safetensors"
@@ -366,6 +369,12 @@ def load_bundle(folder: str | Path) -> Bundle:
     if np.any(tensors["scaler.scale"] <= 0):
         raise BundleError(
             f"{tpath}: tensor scaler.scale must be positive everywhere (a zero scale divides by 0)"
+        )
+    if "sha256" not in meta and not allow_unsigned:
+        raise BundleError(
+            f"{jpath}: no sha256: an unsigned bundle, whose edits cannot be detected; save it "
+            "with save_bundle (as a run does), or load it with allow_unsigned=True "
+            "(asa generate --allow-unsigned)"
         )
     if "sha256" in meta and meta["sha256"] != _digest(tpath, meta):
         raise BundleError(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from asa_lib.method.bundle import Bundle
-from asa_lib.params import SweepConfig
+from asa_lib.params import MAX_RELATIVE_ALPHA, ParamsError, SweepConfig
 
 
 @dataclass
@@ -73,8 +73,24 @@ def compute_gates(
 
 
 def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
-    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*."""
-    return float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
+    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*.
+
+    Checked against alpha's upper bound for this bundle (:func:`check_alpha_eff`).
+    """
+    eff = float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
+    check_alpha_eff(eff, bundle, f"alpha {float(alpha):g} ({unit}; alpha_eff {eff:.4g})")
+    return eff
+
+
+def check_alpha_eff(alpha_eff: float, bundle: Bundle, what: str | None = None) -> None:
+    """ParamsError unless ``alpha_eff`` <= MAX_RELATIVE_ALPHA x the bundle's mean CAL state norm."""
+    bound = MAX_RELATIVE_ALPHA * bundle.cal_mean_norm
+    if alpha_eff > bound * (1 + 1e-9):
+        raise ParamsError(
+            f"{what or f'alpha_eff {alpha_eff:.4g}'} is above the upper bound: alpha_eff at most "
+            f"{MAX_RELATIVE_ALPHA:g} x the mean state norm at L* ({bundle.cal_mean_norm:.4g}), "
+            f"{bound:.4g}"
+        )
 
 
 def random_unit_vector(hidden_size: int, seed: int) -> np.ndarray:

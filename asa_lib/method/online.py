@@ -22,13 +22,17 @@ wrapped so that the *first* pass through block L* of each ``generate`` call
 (its prefill) is steered; its decode steps are not, and neither is a plain
 ``model(...)`` call. Each call's per-row decisions (routed domain, p, gate)
 are recorded on the session. Nothing carries over between rows (every row
-is computed from its own state) or between calls (the hook is re-armed per
-``generate`` call, the decisions of a call are a new list, and the hook and
-the wrapper are removed in ``finally``).
+is computed from its own state) or between calls (each ``generate`` call has
+its own state, held for the calling thread only, so calls from several
+threads inside one ``with`` are each steered once; the decisions of a call
+are a new list, and the hook and the wrapper are removed in ``finally``).
+A call whose prefill did not pass block L* in its own thread, and a padded
+batch without an ``attention_mask``, are refused (:class:`SteeringError`).
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,10 +44,10 @@ import torch
 from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.engine.prefix import left_padded, token_ids
 from asa_lib.method.bundle import Bundle
-from asa_lib.method.gate import Gates, steering_deltas
+from asa_lib.method.gate import Gates, check_alpha_eff, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
-from asa_lib.params import check_config_values
+from asa_lib.params import check_batch_size, check_config_values
 
 
 class SteeringError(RuntimeError):
@@ -64,6 +68,7 @@ class OnlineGate:
 
     def __init__(self, bundle: Bundle, tau: float, alpha_eff: float, beta: float):
         check_config_values(tau=tau, alpha_eff=alpha_eff, beta=beta)  # a ParamsError (ValueError)
+        check_alpha_eff(alpha_eff, bundle)
         self.bundle = bundle
         self.layer = bundle.layer
         self.tau, self.alpha_eff, self.beta = float(tau), float(alpha_eff), float(beta)
@@ -144,20 +149,44 @@ class OnlineGate:
         ]
 
 
+class _Call:
+    """One ``generate`` call's steering state: whether its prefill was steered, and its decisions."""
+
+    __slots__ = ("decisions",)
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] | None = None  # set by its prefill pass
+
+
 class _OnlineHook:
-    """Forward hook on block L*: decide and steer every row, on an armed (prefill) pass only."""
+    """Forward hook on block L*: decide and steer every row, on a call's prefill pass only.
+
+    The state is per call and per thread: each ``generate`` call registers a
+    :class:`_Call` in the calling thread (the thread that runs its forward
+    passes), so calls in other threads never arm, disarm or steer it.
+    """
 
     def __init__(self, gate: OnlineGate, session: SteeringSession):
         self.gate, self.session = gate, session
-        self.armed = False
+        self._local = threading.local()
+
+    @property
+    def call(self) -> _Call | None:
+        """The ``generate`` call running in this thread (None: none, or a plain forward call)."""
+        return getattr(self._local, "call", None)
+
+    @call.setter
+    def call(self, call: _Call | None) -> None:
+        self._local.call = call
 
     def __call__(self, _module, _inp, out):
-        if not self.armed:  # decode steps, plain forward calls
+        call = self.call
+        if call is None or call.decisions is not None:  # plain forward calls, decode steps
             return out
-        self.armed = False
         h = block_output(out)
         idx, p, gate = self.gate.decide(h[:, -1, :])
-        self.session.calls.append(self.gate.decisions(idx, p, gate))
+        call.decisions = self.gate.decisions(idx, p, gate)
+        self.session._record(call.decisions)
         if self.gate.alpha_eff == 0 or not bool((gate != 0).any()):
             return out  # nothing to add: the output stays bit-identical to an unhooked pass
         h = h.clone()
@@ -167,15 +196,33 @@ class _OnlineHook:
 
 @dataclass
 class SteeringSession:
-    """What one ``with online_steering(...)`` block decided: one list of decisions per ``generate`` call."""
+    """What one ``with online_steering(...)`` block decided: one list of decisions per ``generate`` call.
+
+    ``calls`` are in the order the calls' prefills ran (calls from several
+    threads interleave); ``last`` is the calling thread's latest call.
+    """
 
     gate: OnlineGate
     calls: list[list[Decision]] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _record(self, decisions: list[Decision]) -> None:
+        with self._lock:
+            self.calls.append(decisions)
+        self._local.last = decisions
 
     @property
     def last(self) -> list[Decision]:
-        """The per-row decisions of the latest ``generate`` call (empty before the first)."""
-        return self.calls[-1] if self.calls else []
+        """The per-row decisions of this thread's latest ``generate`` call.
+
+        Where this thread made none: the latest call of any thread (empty before the first).
+        """
+        mine = getattr(self._local, "last", None)
+        if mine is not None:
+            return mine
+        with self._lock:
+            return self.calls[-1] if self.calls else []
 
 
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()
@@ -184,7 +231,18 @@ _ACTIVE: weakref.WeakSet = weakref.WeakSet()
 _MISSING = object()
 
 
-def _check_generate_call(model: torch.nn.Module, kwargs: dict) -> None:
+def _pad_id(model: torch.nn.Module, kwargs: dict, gc) -> int | None:
+    for pad in (
+        kwargs.get("pad_token_id"),
+        getattr(gc, "pad_token_id", None),
+        getattr(getattr(model, "config", None), "pad_token_id", None),
+    ):
+        if isinstance(pad, int) and not isinstance(pad, bool):
+            return pad
+    return None
+
+
+def _check_generate_call(model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim == 2 and bool((mask[:, -1] == 0).any()):
         raise SteeringError(
@@ -192,6 +250,15 @@ def _check_generate_call(model: torch.nn.Module, kwargs: dict) -> None:
             "left-pad the batch (tokenizer.padding_side = 'left')."
         )
     gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    pad = _pad_id(model, kwargs, gc)
+    if mask is None and isinstance(ids, torch.Tensor) and ids.ndim == 2 and pad is not None:
+        if ids.numel() and bool(((ids[:, 0] == pad) | (ids[:, -1] == pad)).any()):
+            raise SteeringError(
+                f"a batch with padding (pad token {pad} at the start or end of a row) and no "
+                "attention_mask: ASA cannot tell the padding from the prompt and would steer a "
+                "pad token; pass the tokenizer's attention_mask with a left-padded batch."
+            )
     if kwargs.get("prefill_chunk_size") or getattr(gc, "prefill_chunk_size", None):
         raise SteeringError(
             "chunked prefill splits the prompt over several passes; ASA steers one "
@@ -222,12 +289,21 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
     previous = vars(model).get("generate", _MISSING)
 
     def generate(*args, **kwargs):
-        _check_generate_call(model, kwargs)
-        hook.armed = True
+        _check_generate_call(model, args, kwargs)
+        if hook.call is not None:
+            raise SteeringError("model.generate was called from inside a steered generate call.")
+        call = hook.call = _Call()  # this call's own state, in this thread only
         try:
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
         finally:
-            hook.armed = False
+            hook.call = None
+        if call.decisions is None:
+            raise SteeringError(
+                f"the prefill of this generate call did not pass block {gate.layer} in the "
+                "calling thread (a model run in other threads, e.g. by nn.DataParallel?): "
+                "it was not steered."
+            )
+        return out
 
     handle = blocks[gate.layer].register_forward_hook(hook)
     _ACTIVE.add(model)
@@ -290,8 +366,12 @@ def decide_prompts(
     """Decisions for rendered ``prompts`` without generating.
 
     Left-padded batches run only up to block L* (the pass is stopped there).
+    No prompts: no decisions.
     """
+    batch_size = check_batch_size(batch_size)
     prompts = list(prompts)
+    if not prompts:
+        return []
     ids = token_ids(lm, prompts)
     block = decoder_blocks(lm.model)[gate.layer]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
