@@ -104,7 +104,9 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; one of {TASKS}")
-    processes = check_processes(processes, (spec.get("params") or {}).get("model", {}).get("device"))
+    processes = check_processes(
+        processes, (spec.get("params") or {}).get("model", {}).get("device")
+    )
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     for old in [*work.glob("result.rank*.json"), *work.glob("error.rank*.txt")]:
