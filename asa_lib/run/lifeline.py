@@ -106,10 +106,20 @@ def identity(pid: int | None = None) -> str | None:
     pid = os.getpid() if pid is None else pid
     fields = _stat(pid)
     if fields is None:
-        return None if supported() else f"{pid}:?"
+        return None if supported() or not _exists(pid) else f"{pid}:?"  # no /proc: no start time
     if fields[0] == "Z":  # a zombie has ended; it only waits for its parent to read its status
         return None
     return f"{pid}:{fields[19]}"
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's
+        return True
+    return True
 
 
 def pid_of(ident: str) -> str:
