@@ -23,6 +23,13 @@ params, run = nb.open_stage("07_analysis", params_path, run_dir)
 res = analysis.collect(params, run)
 table = analysis.summary_table(res)
 chosen = analysis.choose_config(res)
+steered = analysis.steered_configs(res)  # [] where the sweep lists no config (or none ran)
+if not steered:
+    print(
+        "No steered config: the sweep has no config with results, only the unsteered "
+        "baseline, so there is nothing to compare with it or to choose; the comparisons "
+        "below are skipped."
+    )
 print(f"chosen on VALID: {chosen}")
 table.round(4)
 
@@ -48,13 +55,15 @@ print(
 # prompts). An interval that excludes 0 is a change beyond resampling noise.
 
 # %%
-for split in ("valid", "test"):
+for split in ("valid", "test") if steered else ():
     diffs = analysis.paired_differences(res, split, seed=params.data.seed)
     print(split.upper())
     display(diffs.round(3))
     nb.show(
         plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI")
     )
+if not steered:
+    print("No steered config: no differences from the baseline.")
 
 # %% [markdown]
 # ## Ablations: what each config's gate and vector correspond to
@@ -70,15 +79,14 @@ analysis.ablation_table(res).round(3)
 # ## Decisions flipped against the baseline, per config
 
 # %%
-flip_table = pd.concat(
-    [
-        analysis.flip_counts(res["baseline"], r).assign(config=n)
-        for n, r in res.items()
-        if n != "baseline"
-    ],
-    ignore_index=True,
-)
-flip_table.set_index(["config", "split"])
+if steered:
+    flip_table = pd.concat(
+        [analysis.flip_counts(res["baseline"], res[n]).assign(config=n) for n in steered],
+        ignore_index=True,
+    )
+    display(flip_table.set_index(["config", "split"]))
+else:
+    print("No steered config: no decision can flip.")
 
 # %% [markdown]
 # ## tau × alpha (VALID), where the configs form a grid
@@ -99,7 +107,7 @@ else:
 # %%
 ref = analysis.reference_row(params)
 print("reference row:", ref["name"] if ref else "none for this model")
-for split in ("valid", "test"):
+for split in ("valid", "test") if steered else ():
     df = analysis.split_frame(res, split)
     base = df[df["config"] == "baseline"].iloc[0].to_dict()
     nb.show(

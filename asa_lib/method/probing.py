@@ -37,6 +37,11 @@ from asa_lib.layout import RunDir
 from asa_lib.method.bundle import Bundle
 
 LR_KW = {"max_iter": 2000, "C": 1.0}
+CHANCE_AUC = 0.5  # a probe at or below it separates nothing (below: the wrong way round on VALID)
+
+
+class ProbingError(ValueError):
+    """The labels give nothing to steer with: no layer separates them, or the classes have one mean."""
 
 
 @dataclass
@@ -73,13 +78,25 @@ def probe_layer(
 def layer_sweep(
     h_cal: np.ndarray, y_cal: np.ndarray, h_valid: np.ndarray, y_valid: np.ndarray
 ) -> LayerSweep:
-    """``h_*``: (N, L, H) states. Returns AUC/accuracy per layer and L*."""
+    """``h_*``: (N, L, H) states. Returns AUC/accuracy per layer and L*.
+
+    Raises :class:`ProbingError` where no layer's VALID AUC is above chance
+    (0.5): there is then no layer to steer at (the first layer would be picked
+    for nothing, and its steering vector could be zero).
+    """
     aucs, accs = [], []
     for layer in range(h_cal.shape[1]):
         auc, acc = probe_layer(h_cal[:, layer], y_cal, h_valid[:, layer], y_valid)
         aucs.append(auc)
         accs.append(acc)
     best = int(np.argmax(aucs))  # argmax takes the first maximum: ties go to the earlier layer
+    if not aucs[best] > CHANCE_AUC:
+        raise ProbingError(
+            f"no layer separates the tool and non-tool labels: the VALID AUC is at most "
+            f"{CHANCE_AUC} at every one of the {len(aucs)} layers (best {aucs[best]:.4f}, layer "
+            f"{best}), so there is no layer to steer at. Check the labels and the data "
+            "(are the two classes' prompts alike?), or use more rows (data.per_split_per_class)."
+        )
     return LayerSweep(aucs, accs, best)
 
 
@@ -110,18 +127,44 @@ def steering_vectors(
     """Unit mean-difference vectors at one layer. Returns (vectors, notes on skipped domains)."""
     y = np.asarray(y)
     d = np.asarray(domains)
-    vecs = {"global": _unit(h[y == 1].mean(axis=0) - h[y == 0].mean(axis=0))}
+    if not ((y == 1).any() and (y == 0).any()):
+        raise ProbingError(
+            f"CAL has {int((y == 1).sum())} tool and {int((y == 0).sum())} non-tool rows: "
+            "a steering vector needs both"
+        )
+    g = _difference(h[y == 1], h[y == 0])
+    if g is None:
+        raise ProbingError(
+            "the tool and non-tool CAL states have the same mean: there is no steering "
+            "direction (are the two classes' prompts the same?)"
+        )
+    vecs = {"global": _unit(g)}
     notes = []
     for dom in domain_names:
         t, n = (d == dom) & (y == 1), (d == dom) & (y == 0)
-        if t.sum() > 0 and n.sum() > 0:
-            vecs[dom] = _unit(h[t].mean(axis=0) - h[n].mean(axis=0))
+        v = _difference(h[t], h[n]) if t.sum() > 0 and n.sum() > 0 else None
+        if v is not None:
+            vecs[dom] = _unit(v)
+        elif t.sum() > 0 and n.sum() > 0:
+            notes.append(
+                f"{dom}: no steering vector (its tool and non-tool CAL states have the same "
+                "mean); the gate falls back to the global vector"
+            )
         else:
             notes.append(
                 f"{dom}: no steering vector (CAL has {int(t.sum())} tool and "
                 f"{int(n.sum())} non-tool rows); the gate falls back to the global vector"
             )
     return vecs, notes
+
+
+def _difference(tool: np.ndarray, non_tool: np.ndarray) -> np.ndarray | None:
+    """mean(tool) - mean(non_tool), or None where it is zero (float rounding) against the states' norm."""
+    v = tool.mean(axis=0) - non_tool.mean(axis=0)
+    rows = np.concatenate([tool, non_tool]).astype(np.float64)
+    scale = float(np.linalg.norm(rows, axis=1).mean())
+    norm = float(np.linalg.norm(np.asarray(v, np.float64)))
+    return v if np.isfinite(norm) and norm > 1e-5 * scale else None
 
 
 def vector_rows(vectors: dict[str, np.ndarray], y: np.ndarray, domains: list[str]) -> list[dict]:

@@ -57,6 +57,11 @@ def collect(params: Params, run_dir: str | Path) -> dict[str, dict]:
     return out
 
 
+def steered_configs(res: dict[str, dict]) -> list[str]:
+    """The configs with results other than the baseline, in order ([] for ``sweep: []``)."""
+    return [n for n in res if n != BASELINE]
+
+
 def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
     rows = []
     for name, r in res.items():

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asa_lib.run.lifeline import LAUNCHER_ENV, wrap
+
 TASKS = ("extract", "generate")
 
 
@@ -46,20 +48,51 @@ class ParallelError(RuntimeError):
     """A data-parallel worker failed; the message names the log with its output."""
 
 
-def check_processes(processes: Any) -> int:
-    """``processes`` as a positive int, or a ValueError naming the value."""
+def check_processes(processes: Any, device: str | None = None) -> int:
+    """``processes`` as a positive int, or a ValueError naming the value.
+
+    With ``device`` (``model.device``): also at most :func:`max_processes`, the
+    ValueError naming that limit.
+    """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a whole number >= 1, got {processes!r}")
+    if device is not None and processes > 1:
+        limit, what = max_processes(device)
+        if processes > limit:
+            raise ValueError(
+                f"processes {processes} is more than the {limit} {what}: use at most {limit}"
+            )
     return processes
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (``os.sched_getaffinity``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def max_processes(device: str) -> tuple[int, str]:
+    """The most workers a run may start on ``model.device``, and what sets that limit.
+
+    On CUDA (``cuda``, or ``auto`` with a GPU visible) one worker per visible GPU;
+    otherwise one per usable CPU core (each worker holds a whole model: more
+    workers than that only multiply the memory).
+    """
+    if device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            return n, f"GPU{'' if n == 1 else 's'} visible (one worker per GPU)"
+    n = usable_cores()
+    return n, f"CPU core{'' if n == 1 else 's'} this process may use (os.sched_getaffinity)"
 
 
 def worker_threads(world: int) -> int:
     """CPU threads per worker: the cores this process may use, shared out (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // world)
+    return max(1, usable_cores() // world)
 
 
 def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path) -> list[dict]:
@@ -71,7 +104,9 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; one of {TASKS}")
-    processes = check_processes(processes)
+    processes = check_processes(
+        processes, (spec.get("params") or {}).get("model", {}).get("device")
+    )
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     for old in [*work.glob("result.rank*.json"), *work.glob("error.rank*.txt")]:
@@ -91,13 +126,14 @@ def launch(task: str, spec: dict[str, Any], processes: int, work_dir: str | Path
         task,
         str(spec_path),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # torchrun dies with this process, and its workers with torchrun (asa_lib.run.lifeline)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHER_ENV: str(os.getpid())}
     t0 = time.time()
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         rc = subprocess.run(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False
+            wrap(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, check=False
         ).returncode
     if rc != 0:
         errors = [

@@ -32,6 +32,7 @@ from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
 from asa_lib.report.index import write_index
+from asa_lib.run import lifeline
 from asa_lib.run.parallel import check_processes
 from asa_lib.run.stages import (
     CORE_STAGES,
@@ -199,7 +200,16 @@ LOCK_NAME = RunDir(".").lock.name
 
 
 class _RunLock:
-    """An exclusive lock on a run folder (filelock), with the holder's pid beside it."""
+    """An exclusive lock on a run folder (filelock), with the holder's identity beside it.
+
+    The identity (``pid:start time``, :func:`asa_lib.run.lifeline.identity`) is
+    what a later run checks when it gets the lock but finds a holder's record
+    (a holder that did not end cleanly): a record whose process still runs (the
+    lock file was deleted under it) or whose processes still run (kernels,
+    torchrun, workers that outlived it) keeps the folder locked; a record whose
+    process is gone (its pid free or reused by another process) is stale and
+    is taken over.
+    """
 
     def __init__(self, run_dir: Path):
         from filelock import FileLock
@@ -207,6 +217,13 @@ class _RunLock:
         self.path = RunDir(run_dir).lock
         self.owner = self.path.with_name(self.path.name + ".pid")
         self.lock = FileLock(str(self.path), timeout=0)
+        self.me = lifeline.identity() or str(os.getpid())
+
+    def _in_use(self, pid: str) -> RunError:
+        return RunError(
+            f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
+            "Wait for it to finish, or use another --run-dir."
+        )
 
     def __enter__(self):
         from filelock import Timeout
@@ -215,14 +232,28 @@ class _RunLock:
             self.lock.acquire()
         except Timeout:
             try:
-                pid = self.owner.read_text().strip()
+                pid = lifeline.pid_of(self.owner.read_text().strip()) or "unknown"
             except OSError:
                 pid = "unknown"
-            raise RunError(
-                f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
-                "Wait for it to finish, or use another --run-dir."
-            ) from None
-        self.owner.write_text(f"{os.getpid()}\n")
+            raise self._in_use(pid) from None
+        try:
+            before = self.owner.read_text().strip()
+        except OSError:
+            before = ""
+        if before and before != self.me:  # its holder ended without releasing it, or lives on
+            if lifeline.alive(before):
+                self.lock.release()
+                raise self._in_use(lifeline.pid_of(before))
+            left = lifeline.started_by(before)
+            if left:
+                self.lock.release()
+                pids = " ".join(map(str, left))
+                raise RunError(
+                    f"{self.path.parent} is still being written by processes of an earlier "
+                    f"`asa run` that was killed (pid {pids}). Wait for them to end or stop "
+                    f"them (kill {pids}), then run again."
+                )
+        self.owner.write_text(f"{self.me}\n")
         return self
 
     def __exit__(self, *exc):
@@ -241,14 +272,27 @@ def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> Non
     # executed notebook and in the stage line.
     pm.execute_notebook(
         nb,
-        str(out),
+        # papermill formats the output path with the parameters: braces in a folder name are text
+        str(out).replace("{", "{{").replace("}", "}}"),
         parameters=stage.parameters,
         kernel_name=KERNEL,
         progress_bar=progress,
         cwd=str(PROJECT_ROOT),
         log_output=False,
         extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        kernel_manager_class=_kernel_manager_class(),
     )
+
+
+def _kernel_manager_class():
+    """jupyter_client's kernel manager, starting the kernel so that it dies with this process."""
+    from jupyter_client import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            return lifeline.wrap(super().format_kernel_cmd(extra_arguments))
+
+    return KernelManager
 
 
 # The lab template loads require.js, MathJax and Mermaid from a CDN; the reports need none
@@ -297,20 +341,21 @@ def run(
     data-parallel workers (:mod:`asa_lib.run.parallel`); results are the same, so
     it is not part of any fingerprint.
     """
-    try:
-        processes = check_processes(processes)
-    except ValueError as e:
-        raise RunError(str(e)) from None
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
+    try:
+        processes = check_processes(processes, params.model.device)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
     _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
     saved = {
-        k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS")
+        k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS", lifeline.HOLDER_ENV)
     }  # set for the kernels
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _RunLock(run_dir):
+        with _RunLock(run_dir) as lock:
+            os.environ[lifeline.HOLDER_ENV] = lock.me  # every process this run starts carries it
             return _run_locked(params, params_path, run_dir, notebook_dir, progress, log, processes)
     except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

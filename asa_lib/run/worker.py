@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from asa_lib.model.load import RANK_ENV
+from asa_lib.run.lifeline import LAUNCHER_ENV, die_with_grandparent
 from asa_lib.run.parallel import TASKS, barrier, worker_threads
 
 
@@ -43,6 +44,8 @@ def _worker(task: str, spec_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if LAUNCHER_ENV in os.environ:  # started by launch(): end with torchrun, whatever kills it
+        die_with_grandparent(int(os.environ[LAUNCHER_ENV]))
     if len(argv) != 2 or argv[0] not in TASKS:
         print(
             f"usage: torchrun ... -m asa_lib.run.worker {{{'|'.join(TASKS)}}} SPEC.json",
