@@ -25,8 +25,9 @@ request, rendered in the run's prompt format (system text with the tool list,
 demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
 or given as ``prompt=``), since the probes were fitted on prompts in that
 format; a list of ``{"role", "content"}`` messages is rendered by the
-tokenizer's chat template as it is; with ``rendered=True`` strings are full
-prompt texts.
+tokenizer's chat template as it is (a control token written in a request, a
+tool or a message stays text: :mod:`asa_lib.prompts`); with ``rendered=True``
+strings are full prompt texts.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from asa_lib.params import (
     load_params,
     tool_list_problem,
 )
-from asa_lib.prompts import render_prompt
+from asa_lib.prompts import render_messages, render_prompt
 
 Messages = list[dict[str, str]]
 # A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
@@ -305,10 +306,8 @@ class ASA:
                     )
                 else:
                     out.append(render_prompt(tokenizer, self.prompt, x, tools))
-            elif _is_messages(x):
-                out.append(
-                    tokenizer.apply_chat_template(x, tokenize=False, add_generation_prompt=True)
-                )
+            elif _is_messages(x):  # data: control tokens in them stay text
+                out.append(render_messages(tokenizer, x))
             else:
                 raise TypeError(
                     "expected a string, a request {'text', 'tools'} or a list of chat messages, "

@@ -30,10 +30,13 @@ import torch
 from transformers import DynamicCache
 
 from asa_lib.model.load import LoadedModel
+from asa_lib.prompts import prompt_token_ids
 
 
 def token_ids(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:
-    return lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    """Token ids of rendered prompts: :func:`asa_lib.prompts.prompt_token_ids` (control tokens
+    from a request or its tools stay text)."""
+    return prompt_token_ids(lm.tokenizer, prompts)
 
 
 def lcp(a: list[int], b: list[int]) -> int:
