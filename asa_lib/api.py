@@ -324,11 +324,20 @@ class ASA:
         rendered: bool = False,
         model_id: str | None = None,
         batch_size: int = 8,
+        max_prompt_tokens: int | None = GenerationParams.max_prompt_tokens,
     ) -> list[Decision]:
-        """Routed domain, p(tool) and gate per input, without generating (one per input, in order)."""
+        """Routed domain, p(tool) and gate per input, without generating (one per input, in order).
+
+        A prompt longer than ``max_prompt_tokens`` (None: no cap) or the model's context raises
+        :class:`~asa_lib.engine.prefix.PromptTooLongError` before the model runs.
+        """
         lm = self._lm(model, tokenizer, model_id)
         return decide_prompts(
-            lm, self.render(lm.tokenizer, inputs, rendered), self.gate, batch_size
+            lm,
+            self.render(lm.tokenizer, inputs, rendered),
+            self.gate,
+            batch_size,
+            max_prompt_tokens,
         )
 
     def generate(
@@ -343,6 +352,7 @@ class ASA:
         batch_size: int = 8,
         share_prefix: str = "auto",
         settings: GenerationSettings | None = None,
+        max_prompt_tokens: int | None = GenerationParams.max_prompt_tokens,
     ) -> list[Generation]:
         """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete.
 
@@ -350,13 +360,22 @@ class ASA:
         auto|always|never). The tool-call markers that stop a row early come from
         the prompt format (LFM2's by default). ``settings`` (a
         :class:`~asa_lib.engine.generate.GenerationSettings`, e.g. resolved from a
-        params file) replaces ``max_new_tokens``, ``batch_size`` and ``share_prefix``.
+        params file) replaces ``max_new_tokens``, ``batch_size``, ``share_prefix`` and
+        ``max_prompt_tokens``. A prompt longer than ``max_prompt_tokens`` (None: no cap) or the
+        model's context less ``max_new_tokens`` raises
+        :class:`~asa_lib.engine.prefix.PromptTooLongError` before the model runs.
         """
         lm = self._lm(model, tokenizer, model_id)
         prompts = self.render(lm.tokenizer, inputs, rendered)
         if settings is None:
             settings = GenerationSettings.resolve(
-                GenerationParams(max_new_tokens, batch_size, share_prefix, draft="off"),
+                GenerationParams(
+                    max_new_tokens,
+                    batch_size,
+                    share_prefix,
+                    draft="off",
+                    max_prompt_tokens=max_prompt_tokens,  # type: ignore[arg-type]
+                ),
                 self.prompt or PromptParams(),
                 lm,
             )
