@@ -301,3 +301,115 @@ def test_json_output_is_valid_ascii_json(evil_setup, capsys):
     doc["results"][0].update(p_tool=float("nan"), extra=[float("inf"), -float("inf"), 1.5])
     back = _strict_json(json_text(doc))
     assert back["results"][0]["p_tool"] is None and back["results"][0]["extra"] == [None, None, 1.5]
+
+
+# ---------------------------------------------------------------- figures
+def _png(fig) -> tuple[int, int, int]:
+    """(width px, height px, bytes) of ``fig`` saved as the notebooks' inline backend saves it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    w, h = Image.open(io.BytesIO(buf.getvalue())).size
+    return w, h, len(buf.getvalue())
+
+
+def _frames(names: list[str]):
+    import numpy as np
+    import pandas as pd
+
+    counts = pd.DataFrame(
+        [
+            {"split": s, "domain": d, "label": lab, "n": 3}
+            for s in ("cal", "train", "valid", "test")
+            for d in names
+            for lab in ("tool", "non_tool")
+        ]
+    )
+    dom = pd.DataFrame(
+        [{"domain": d, "precision": 0.5, "recall": 0.5, "f1": 0.5, "fpr": 0.5} for d in names]
+    )
+    k = len(names)
+    return counts, dom, np.eye(k), np.arange(k * k).reshape(k, k)
+
+
+def _every_plot(names: list[str], title: str | None = None):
+    """Every figure of the notebooks that shows names, on ``names``; ``title`` (default: the first
+    name) in every title."""
+    import pandas as pd
+
+    from asa_lib.report import plots
+
+    counts, dom, cos, cm = _frames(names)
+    configs = pd.DataFrame(
+        [
+            {
+                "config": n,
+                **{m: 0.5 for m in ("f1", "fpr", "recall", "format_valid_rate", "valid_call_rate")},
+                **{f"d_{m}{e}": 0.0 for m in ("f1", "fpr") for e in ("", "_lo", "_hi")},
+            }
+            for n in names
+        ]
+    )
+    base = {"f1": 0.4, "fpr": 0.4, "recall": 0.4}
+    ref = {"name": names[0], "f1": 0.6, "fpr": 0.3, "recall": 0.6}
+    points = pd.concat([configs, pd.DataFrame([{"config": "baseline", **base}])])
+    t = names[0] if title is None else title
+    return {
+        "split_counts": plots.split_counts(counts),
+        "cosine_heatmap": plots.cosine_heatmap(names, cos),
+        "confusion_heatmap": plots.confusion_heatmap(cm, names, f"{t} routed"),
+        "per_domain": plots.per_domain(dom, f"{t} · per domain"),
+        "metric_bars": plots.metric_bars(configs, base, ref, title=t),
+        "fpr_recall": plots.fpr_recall(points, ref, t),
+        "validity": plots.validity(configs, t),
+        "paired_diffs": plots.paired_diffs(configs, t),
+        "trigger_confusions": plots.trigger_confusions(
+            {"valid": {"metrics": {"tn": 1, "fp": 2, "fn": 3, "tp": 4}}}, t
+        ),
+    }
+
+
+def test_a_dollar_in_a_name_is_never_mathtext():
+    names = ["co$t", "a$b$c", r"$\frac{1}{$", "$x^{2}$"]
+    for fig in _every_plot(names).values():
+        _png(fig)  # drawing parses every text: an unescaped "$...$" pair raises here
+    fig = _every_plot(names)["confusion_heatmap"]
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == [n.replace("$", r"\$") for n in names]  # drawn as written
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_figures_are_bounded_however_many_domains_and_however_long_their_names():
+    import matplotlib.pyplot as plt
+
+    from asa_lib.report import plots
+
+    many = [f"domain_{i}" for i in range(120)]
+    for name, fig in _every_plot(many).items():
+        w, h = fig.get_size_inches()
+        assert w <= plots.MAX_FIGURE_INCHES[0] and h <= plots.MAX_FIGURE_INCHES[1], (name, w, h)
+        plt.close(fig)
+    # a 5,000-character name (with newlines) draws as its cut: the same image as the cut name
+    long = "x" * 2500 + "\n" * 10 + "y" * 2490
+    cut = "x" * (plots.MAX_LABEL_CHARS - 1) + "…"
+    figs_long, figs_cut = _every_plot([long, "short"], "t"), _every_plot([cut, "short"], "t")
+    for name in figs_long:
+        assert _png(figs_long[name])[:2] == _png(figs_cut[name])[:2], name
+    fig = _every_plot([long, "short"], "t")["cosine_heatmap"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [cut, "short"]
+    # a title that holds such a name is cut too
+    fig = _every_plot(["a", "b"], long)["confusion_heatmap"]
+    assert len(fig.axes[0].get_title()) == plots.MAX_TITLE_CHARS
+    # names that the cut makes equal stay distinct
+    assert plots.plot_texts(["a" * 50, "a" * 60]) == [
+        "a" * 39 + "…",
+        "a" * 39 + "… #2",
+    ]
+    plt.close("all")
