@@ -25,8 +25,9 @@ request, rendered in the run's prompt format (system text with the tool list,
 demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
 or given as ``prompt=``), since the probes were fitted on prompts in that
 format; a list of ``{"role", "content"}`` messages is rendered by the
-tokenizer's chat template as it is; with ``rendered=True`` strings are full
-prompt texts.
+tokenizer's chat template as it is (a control token written in a request, a
+tool or a message stays text: :mod:`asa_lib.prompts`); with ``rendered=True``
+strings are full prompt texts.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from asa_lib.params import (
     load_params,
     tool_list_problem,
 )
-from asa_lib.prompts import render_prompt
+from asa_lib.prompts import render_messages, render_prompt
 
 Messages = list[dict[str, str]]
 # A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
@@ -321,10 +322,8 @@ class ASA:
                     )
                 else:
                     out.append(render_prompt(tokenizer, self.prompt, x, tools))
-            elif _is_messages(x):
-                out.append(
-                    tokenizer.apply_chat_template(x, tokenize=False, add_generation_prompt=True)
-                )
+            elif _is_messages(x):  # data: control tokens in them stay text
+                out.append(render_messages(tokenizer, x))
             else:
                 raise TypeError(
                     "expected a string, a request {'text', 'tools'} or a list of chat messages, "
@@ -341,15 +340,22 @@ class ASA:
         rendered: bool = False,
         model_id: str | None = None,
         batch_size: int = 8,
+        max_prompt_tokens: int | None = GenerationParams.max_prompt_tokens,
     ) -> list[Decision]:
         """Routed domain, p(tool) and gate per input, without generating (one per input, in order).
 
         No inputs (``[]``): no decisions. ``batch_size``: a whole number >= 1 (else ParamsError).
+        A prompt longer than ``max_prompt_tokens`` (None: no cap) or the model's context raises
+        :class:`~asa_lib.engine.prefix.PromptTooLongError` before the model runs.
         """
         check_batch_size(batch_size)
         lm = self._lm(model, tokenizer, model_id)
         return decide_prompts(
-            lm, self.render(lm.tokenizer, inputs, rendered), self.gate, batch_size
+            lm,
+            self.render(lm.tokenizer, inputs, rendered),
+            self.gate,
+            batch_size,
+            max_prompt_tokens,
         )
 
     def generate(
@@ -364,6 +370,7 @@ class ASA:
         batch_size: int = 8,
         share_prefix: str = "auto",
         settings: GenerationSettings | None = None,
+        max_prompt_tokens: int | None = GenerationParams.max_prompt_tokens,
     ) -> list[Generation]:
         """Steered greedy outputs, in order; a row stops at EOS or once its tool call is complete.
 
@@ -371,7 +378,10 @@ class ASA:
         auto|always|never). The tool-call markers that stop a row early come from
         the prompt format (LFM2's by default). ``settings`` (a
         :class:`~asa_lib.engine.generate.GenerationSettings`, e.g. resolved from a
-        params file) replaces ``max_new_tokens``, ``batch_size`` and ``share_prefix``.
+        params file) replaces ``max_new_tokens``, ``batch_size``, ``share_prefix`` and
+        ``max_prompt_tokens``. A prompt longer than ``max_prompt_tokens`` (None: no cap) or the
+        model's context less ``max_new_tokens`` raises
+        :class:`~asa_lib.engine.prefix.PromptTooLongError` before the model runs.
         """
         if settings is None:
             check_batch_size(batch_size)
@@ -379,7 +389,13 @@ class ASA:
         prompts = self.render(lm.tokenizer, inputs, rendered)
         if settings is None:
             settings = GenerationSettings.resolve(
-                GenerationParams(max_new_tokens, batch_size, share_prefix, draft="off"),
+                GenerationParams(
+                    max_new_tokens,
+                    batch_size,
+                    share_prefix,
+                    draft="off",
+                    max_prompt_tokens=max_prompt_tokens,  # type: ignore[arg-type]
+                ),
                 self.prompt or PromptParams(),
                 lm,
             )

@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         SteeringError,
         UsageError,
     ) as e:
-        print(f"asa: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"asa: error: {_printable(' '.join(str(e).split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asa: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except OSError as e:  # a read-only or full disk, a folder that cannot be created ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"asa: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"asa: error: {_printable(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 1
     return code
 
@@ -163,6 +163,7 @@ def _generate(args) -> int:
     from asa_lib.api import ASA, request_text_and_tools, run_prompt_format
     from asa_lib.data.splits import tool_set_id
     from asa_lib.engine.generate import GenerationSettings, generate_all
+    from asa_lib.engine.prefix import PromptTooLongError
     from asa_lib.files import JSONDepthError, loads_json
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
@@ -200,6 +201,11 @@ def _generate(args) -> int:
             prompts = [line.strip() for line in sys.stdin if line.strip()]
         except UnicodeDecodeError as e:
             raise UsageError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        for n, line in enumerate(prompts, 1):
+            _check_utf8(line, f"stdin, request {n}")
+    else:
+        for n, text in enumerate(prompts, 1):
+            _check_utf8(text, f"prompt {n}")
     if not prompts or any(not p.strip() for p in prompts):
         raise UsageError(
             "no prompts: give non-empty prompts as arguments, or on stdin (one per line)"
@@ -217,6 +223,8 @@ def _generate(args) -> int:
                 raise UsageError(msg) from None
             requests.append({"text": text, "tools": tools})
             own_tools[n - 1] = tools
+        for n, r in enumerate(requests, 1):  # JSON's "\udcff" escapes hold no UTF-8 either
+            _check_utf8(json.dumps(r, ensure_ascii=False), f"stdin, request {n}", at=False)
         prompts = [r["text"] for r in requests]
     lm = load_params_model(params)
     asa.check_model(lm)
@@ -224,17 +232,23 @@ def _generate(args) -> int:
         params.generation, params.prompt, lm, max_new_tokens=args.max_new_tokens
     )
     max_new = settings.max_new_tokens
-    gens = asa.generate(
-        lm, None, [{"text": t, "tools": k} for t, k in zip(prompts, own_tools)], settings=settings
-    )
-    base = None
-    if args.baseline:
-        base, _ = generate_all(
+    try:  # a prompt too long for generation.max_prompt_tokens or the model: one line
+        gens = asa.generate(
             lm,
-            render_prompts(lm.tokenizer, params.prompt, prompts, own_tools),
-            settings,
-            desc="baseline",
+            None,
+            [{"text": t, "tools": k} for t, k in zip(prompts, own_tools)],
+            settings=settings,
         )
+        base = None
+        if args.baseline:
+            base, _ = generate_all(
+                lm,
+                render_prompts(lm.tokenizer, params.prompt, prompts, own_tools),
+                settings,
+                desc="baseline",
+            )
+    except PromptTooLongError as e:
+        raise UsageError(f"{e} (see --params)") from None
     markers = CallMarkers.of(params.prompt)
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):
@@ -272,31 +286,31 @@ def _generate(args) -> int:
             "max_new_tokens": max_new,
             "results": results,
         }
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        print(json_text(doc))
         return 0
-    c = asa.config
+    # The text report: one line per field, every value from a user, a data row, the adapter or
+    # the model escaped (_printable), so none can write a line of its own or a terminal escape.
+    c, e = asa.config, _printable
     print(
-        f"adapter {c['folder']}: config {c['name']} (tau={c['tau']:g}, alpha={c['alpha']:g} {c['alpha_unit']}, "
-        f"alpha_eff={c['alpha_eff']:.4g}, beta={c['beta']:g}), block {c['layer']} of {c['model_id']}"
+        f"adapter {e(c['folder'])}: config {e(c['name'])} (tau={c['tau']:g}, alpha={c['alpha']:g} "
+        f"{c['alpha_unit']}, alpha_eff={c['alpha_eff']:.4g}, beta={c['beta']:g}), block "
+        f"{c['layer']} of {e(c['model_id'])}"
     )
     for i, r in enumerate(results, 1):
-        print(f"\n[{i}] {_printable(r['prompt'])}")
+        print(f"\n[{i}] {e(r['prompt'])}")
         if "tools" in r:
-            print("    tools: " + _printable(", ".join(r["tools"])))
+            print("    tools: " + ", ".join(e(t) for t in r["tools"]))
         print(
-            f"    routed: {r['routed']}   p(tool): {r['p_tool']:.4f}   "
-            f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 ")
+            f"    routed: {e(r['routed'])}   p(tool): {r['p_tool']:.4f}   "
+            + f"gate: {r['gate']:+d} ({GATE_WORDS[r['gate']]})".replace("+0 ", "0 ")
         )
         print(f"    tool call: {_call_summary(r['triggered'], r['format_valid'], r['valid'])}")
-        print("    output: " + _printable(r["output"]).replace("\n", "\n            "))
+        print("    output: " + e(r["output"]))
         if base is not None:
             print(
                 f"    baseline tool call: {_call_summary(r['baseline_triggered'], r['baseline_format_valid'], r['baseline_valid'])}"
             )
-            print(
-                "    baseline: "
-                + _printable(r["baseline_output"]).replace("\n", "\n              ")
-            )
+            print("    baseline: " + e(r["baseline_output"]))
     return 0
 
 
@@ -315,9 +329,46 @@ def _call_summary(trig: bool, format_valid: bool, valid: bool) -> str:
     return "invalid" + ("" if format_valid else " (does not parse)")
 
 
-def _printable(text: str) -> str:
-    """Model output for a terminal: control characters (ANSI escapes included) shown escaped."""
-    return "".join(ch if ch in "\n\t" or ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+def _printable(text: object) -> str:
+    """``text`` on one terminal line: every character that is not printable (newlines, tabs,
+    ANSI / OSC escapes, other control and format characters, undecodable bytes) shown as its
+    Python escape (``\\n``, ``\\x1b``, ``\\u202e``, ``\\udcff``)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def _check_utf8(text: str, where: str, at: bool = True) -> None:
+    """Refuse text that holds bytes that are not UTF-8 (Python keeps them as lone surrogates);
+    ``at``: say which byte, at which character (else: which surrogate, for a JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        if at and "\udc80" <= bad <= "\udcff":
+            what = f"byte 0x{ord(bad) - 0xDC00:02x} at character {e.start}"
+        else:
+            what = f"the lone surrogate {ascii(bad)[1:-1]}"
+        raise UsageError(f"{where} is not UTF-8 text ({what})") from None
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float (NaN, infinities) replaced by None, recursively."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(doc) -> str:
+    """``doc`` as ``asa generate --json`` prints it: valid JSON only (a non-finite number is
+    ``null``), ASCII only (no byte of it is a terminal control)."""
+    import json
+
+    return json.dumps(_finite(doc), indent=2, ensure_ascii=True, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,9 @@ class GenerationParams:
     # disagreement. Same outputs as plain decoding. "auto" stops verifying
     # within a call where few draft tokens are accepted; "on" always verifies.
     draft: str = "auto"  # auto | on | off
+    # The longest prompt (in tokens, tools included) that is run; the model's context less
+    # max_new_tokens caps it too. A longer one is refused with one line before any forward pass.
+    max_prompt_tokens: int = 4096
 
 
 @dataclass
@@ -545,6 +548,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
     _check(p.extraction.batch_size > 0, "extraction.batch_size: must be > 0")
     _check(p.generation.batch_size > 0, "generation.batch_size: must be > 0")
     _check(p.generation.max_new_tokens > 0, "generation.max_new_tokens: must be > 0")
+    _check(p.generation.max_prompt_tokens > 0, "generation.max_prompt_tokens: must be > 0")
     if p.reference is not None:
         for m in ("f1", "precision", "recall", "fpr", "accuracy"):
             v = getattr(p.reference, m)

@@ -44,7 +44,7 @@ from asa_lib.files import library_versions, write_json
 from asa_lib.model.load import LoadedModel
 from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, _peft_version, sha256_file
 from asa_lib.params import PromptParams
-from asa_lib.prompts import render_prompts
+from asa_lib.prompts import prompt_token_ids, render_prompts
 from asa_lib.tools import CallMarkers, score_output
 
 
@@ -95,11 +95,10 @@ def _encode(
     tok = lm.tokenizer
     prompts = render_prompts(tok, pp, [e.text for e in examples])
     out = []
-    for p, e in zip(prompts, examples):
+    for p_ids, e in zip(prompt_token_ids(tok, prompts), examples):
         answer = e.answer
         if e.call is not None:  # a tool call ends the turn
             answer += tok.eos_token
-        p_ids = tok(p, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
         out.append((p_ids + a_ids, len(p_ids)))
     return out

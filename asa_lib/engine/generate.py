@@ -40,7 +40,12 @@ from asa_lib.engine.draft import (
     greedy_is_argmax,
     verify_drafts,
 )
-from asa_lib.engine.prefix import needs_equal_suffix_lengths, shared_prefix, token_ids
+from asa_lib.engine.prefix import (
+    check_prompt_lengths,
+    needs_equal_suffix_lengths,
+    shared_prefix,
+    token_ids,
+)
 from asa_lib.model.load import LoadedModel
 from asa_lib.params import GenerationParams, check_batch_size
 from asa_lib.progress import progress
@@ -71,6 +76,8 @@ class GenerationSettings:
     share_prefix: bool = True
     draft: bool = False
     draft_min_acceptance: float = 0.0
+    # the longest prompt run (None: only the model's context less max_new_tokens limits it)
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "markers", CallMarkers.of(self.markers))
@@ -79,6 +86,9 @@ class GenerationSettings:
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
             )
         object.__setattr__(self, "batch_size", check_batch_size(self.batch_size))
+        m = self.max_prompt_tokens
+        if m is not None and not (isinstance(m, int) and not isinstance(m, bool) and m > 0):
+            raise ValueError(f"max_prompt_tokens must be a positive integer or None, got {m!r}")
 
     @classmethod
     def resolve(
@@ -103,6 +113,7 @@ class GenerationSettings:
             ),
             draft=draft_for(draft_setting, lm),
             draft_min_acceptance=draft_min_acceptance_for(draft_setting, lm),
+            max_prompt_tokens=generation.max_prompt_tokens,
         )
 
     def without_drafts(self) -> GenerationSettings:
@@ -200,6 +211,7 @@ def generate_all(
     if not todo:
         return [results[k] for k in keys], 0
     ids = token_ids(lm, prompts)
+    check_prompt_lengths(lm, ids, settings.max_prompt_tokens, settings.max_new_tokens)
     prefix = shared_prefix(lm, ids) if settings.share_prefix else None
     P = prefix.length if prefix is not None else 0
     tok, eos = lm.tokenizer, _eos_ids(lm)

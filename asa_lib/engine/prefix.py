@@ -30,10 +30,63 @@ import torch
 from transformers import DynamicCache
 
 from asa_lib.model.load import LoadedModel
+from asa_lib.prompts import prompt_token_ids
 
 
 def token_ids(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:
-    return lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    """Token ids of rendered prompts: :func:`asa_lib.prompts.prompt_token_ids` (control tokens
+    from a request or its tools stay text)."""
+    return prompt_token_ids(lm.tokenizer, prompts)
+
+
+# A context length above this is no real one (transformers' "unset" model_max_length is 1e30).
+_NO_REAL_CONTEXT = 10**9
+
+
+class PromptTooLongError(ValueError):
+    """A prompt with more tokens than ``generation.max_prompt_tokens`` or the model's context allows."""
+
+
+def context_length(lm: LoadedModel) -> tuple[int, str] | None:
+    """The model's context in tokens and where it is read: the config's
+    ``max_position_embeddings`` or the tokenizer's ``model_max_length``, whichever is a real
+    number (the smaller where both are); None where neither is."""
+    found = []
+    for value, source in (
+        (getattr(lm.model.config, "max_position_embeddings", None), "max_position_embeddings"),
+        (getattr(lm.tokenizer, "model_max_length", None), "the tokenizer's model_max_length"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_REAL_CONTEXT:
+            found.append((value, source))
+    return min(found) if found else None
+
+
+def check_prompt_lengths(
+    lm: LoadedModel,
+    ids: list[list[int]],
+    max_prompt_tokens: int | None,
+    max_new_tokens: int = 0,
+    name=lambda i: f"prompt {i + 1}",
+) -> None:
+    """Raise :class:`PromptTooLongError` for the first prompt longer than the limit, naming it
+    (``name(i)``), its length and the limit: ``max_prompt_tokens``
+    (``generation.max_prompt_tokens``; None: none) or the model's context less
+    ``max_new_tokens`` (:func:`context_length`), whichever is smaller. Checked before any
+    forward pass, so a huge prompt costs its tokens, not the model's memory for them."""
+    limit, why = max_prompt_tokens, f"generation.max_prompt_tokens is {max_prompt_tokens}"
+    ctx = context_length(lm)
+    if ctx is not None and (limit is None or ctx[0] - max_new_tokens < limit):
+        limit = ctx[0] - max_new_tokens
+        why = f"the model's context is {ctx[0]} tokens ({ctx[1]})" + (
+            f", {max_new_tokens} of them for max_new_tokens" if max_new_tokens else ""
+        )
+    if limit is None:
+        return
+    for i, x in enumerate(ids):
+        if len(x) > limit:
+            raise PromptTooLongError(
+                f"{name(i)} has {len(x)} tokens, more than the {max(limit, 0)} allowed: {why}"
+            )
 
 
 def lcp(a: list[int], b: list[int]) -> int:

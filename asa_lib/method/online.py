@@ -42,12 +42,12 @@ import numpy as np
 import torch
 
 from asa_lib.engine.generate import GenerationSettings, generate_all
-from asa_lib.engine.prefix import left_padded, token_ids
+from asa_lib.engine.prefix import check_prompt_lengths, left_padded, token_ids
 from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, check_alpha_eff, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
-from asa_lib.params import check_batch_size, check_config_values
+from asa_lib.params import GenerationParams, check_batch_size, check_config_values
 
 
 class SteeringError(RuntimeError):
@@ -361,11 +361,16 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def decide_prompts(
-    lm: LoadedModel, prompts: Sequence[str], gate: OnlineGate, batch_size: int = 8
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    gate: OnlineGate,
+    batch_size: int = 8,
+    max_prompt_tokens: int | None = GenerationParams.max_prompt_tokens,
 ) -> list[Decision]:
     """Decisions for rendered ``prompts`` without generating.
 
-    Left-padded batches run only up to block L* (the pass is stopped there).
+    Left-padded batches run only up to block L* (the pass is stopped there). A prompt longer
+    than ``max_prompt_tokens`` or the model's context is refused first (``PromptTooLongError``).
     No prompts: no decisions.
     """
     batch_size = check_batch_size(batch_size)
@@ -373,6 +378,7 @@ def decide_prompts(
     if not prompts:
         return []
     ids = token_ids(lm, prompts)
+    check_prompt_lengths(lm, ids, max_prompt_tokens)
     block = decoder_blocks(lm.model)[gate.layer]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     out: list[Decision | None] = [None] * len(prompts)

@@ -1,4 +1,12 @@
-"""The figures the notebooks show. Each function returns the matplotlib Figure."""
+"""The figures the notebooks show. Each function returns the matplotlib Figure.
+
+Text from the data or the params (domain, config and reference names) goes through
+:func:`plot_text` / :func:`plot_texts`: ``$`` is escaped, so matplotlib never parses it as
+mathtext (a ``$`` in a domain name would otherwise stop the stage), unprintable
+characters are shown escaped, and a long name is cut with an ellipsis. A figure is
+at most :data:`MAX_FIGURE_INCHES` wide and high, however many domains or configs
+it shows; beyond :data:`MAX_ANNOTATED` rows a heat map's cells lose their numbers.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,71 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+# (width, height) in inches: no figure is larger, whatever the number of domains or configs.
+MAX_FIGURE_INCHES = (30.0, 30.0)
+# A name from the data or the params is cut to this many characters in a figure.
+MAX_LABEL_CHARS = 40
+# A title (which may hold such names) is cut to this many.
+MAX_TITLE_CHARS = 120
+# Heat maps with more rows than this show colours only, without a number in each cell.
+MAX_ANNOTATED = 24
+
+
+def plot_text(text, limit: int = MAX_LABEL_CHARS) -> str:
+    """``text`` as matplotlib text: unprintable characters escaped (a newline is ``\\n``), cut to
+    ``limit`` characters with an ellipsis, and ``$`` escaped, so it is never mathtext."""
+    s = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def plot_texts(texts, limit: int = MAX_LABEL_CHARS) -> list[str]:
+    """:func:`plot_text` of each text; names that cutting made equal get a suffix (`` #2``, ...), so
+    that distinct names stay distinct bars and rows."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for t in texts:
+        base = x = plot_text(t, limit)
+        k = 1
+        while x in seen:
+            k += 1
+            x = f"{base} #{k}"
+        seen.add(x)
+        out.append(x)
+    return out
+
+
+def _joined(texts: list[str], limit: int = MAX_TITLE_CHARS) -> str:
+    """Texts already made safe by :func:`plot_texts`, joined with commas and cut to ``limit``."""
+    s = ", ".join(texts)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _relabel(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``df`` with ``column``'s names replaced by their :func:`plot_texts` (one per name)."""
+    names = list(dict.fromkeys(df[column]))
+    return df.assign(**{column: df[column].map(dict(zip(names, plot_texts(names))))})
+
+
+def _figsize(width: float, height: float) -> tuple[float, float]:
+    return min(width, MAX_FIGURE_INCHES[0]), min(height, MAX_FIGURE_INCHES[1])
+
+
+def _bounded(fig):
+    """``fig`` shrunk to :data:`MAX_FIGURE_INCHES` where its layout (a legend, facets) grew it."""
+    w, h = fig.get_size_inches()
+    if w > MAX_FIGURE_INCHES[0] or h > MAX_FIGURE_INCHES[1]:
+        fig.set_size_inches(*_figsize(w, h))
+    return fig
+
 
 def split_counts(counts: pd.DataFrame):
     """Bars of samples per split x domain, split by label (domains in the data's order)."""
+    counts = _relabel(counts, "domain")
     n_dom = counts["domain"].nunique()
+    n_col = counts["split"].nunique()
+    height = 3
     g = sns.catplot(
         data=counts,
         x="domain",
@@ -18,15 +87,15 @@ def split_counts(counts: pd.DataFrame):
         hue="label",
         col="split",
         kind="bar",
-        height=3,
-        aspect=max(1.0, 0.3 * n_dom),
+        height=height,
+        aspect=min(max(1.0, 0.3 * n_dom), MAX_FIGURE_INCHES[0] / (height * max(n_col, 1))),
         palette={"tool": "#2a9d8f", "non_tool": "#e76f51"},
     )
     g.set_axis_labels("", "samples")
     if n_dom > 4 or counts["domain"].astype(str).str.len().max() > 10:
-        g.tick_params(axis="x", rotation=45)
+        g.tick_params(axis="x", rotation=45 if n_dom <= 16 else 90)
     g.figure.suptitle("Samples per split, domain and label", y=1.04)
-    return g.figure
+    return _bounded(g.figure)
 
 
 def layer_auc(table: pd.DataFrame, best_layer: int):
@@ -44,13 +113,13 @@ def layer_auc(table: pd.DataFrame, best_layer: int):
 
 
 def cosine_heatmap(names: list[str], M: np.ndarray):
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 0.9 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=_figsize(1.1 * len(names) + 2, 0.9 * len(names) + 1.5))
     sns.heatmap(
         M,
-        annot=True,
+        annot=len(names) <= MAX_ANNOTATED,
         fmt=".2f",
-        xticklabels=names,
-        yticklabels=names,
+        xticklabels=plot_texts(names),
+        yticklabels=plot_texts(names),
         vmin=-1,
         vmax=1,
         cmap="vlag",
@@ -64,20 +133,21 @@ def cosine_heatmap(names: list[str], M: np.ndarray):
 def confusion_heatmap(
     cm: np.ndarray, labels: list[str], title: str, xlabel="predicted", ylabel="true"
 ):
-    fig, ax = plt.subplots(figsize=(0.9 * len(labels) + 2.2, 0.8 * len(labels) + 1.6))
+    names = plot_texts(labels)
+    fig, ax = plt.subplots(figsize=_figsize(0.9 * len(names) + 2.2, 0.8 * len(names) + 1.6))
     sns.heatmap(
         cm,
-        annot=True,
+        annot=len(names) <= MAX_ANNOTATED,
         fmt="d",
-        xticklabels=labels,
-        yticklabels=labels,
+        xticklabels=names,
+        yticklabels=names,
         cmap="Blues",
         ax=ax,
         cbar=False,
     )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xlabel(plot_text(xlabel))
+    ax.set_ylabel(plot_text(ylabel))
+    ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
@@ -98,7 +168,7 @@ def trigger_confusions(splits: dict[str, dict], title: str):
             xticklabels=["no call", "call"],
             yticklabels=["non-tool", "tool"],
         )
-        ax.set_title(f"{title} · {split.upper()}")
+        ax.set_title(plot_text(f"{title} · {split.upper()}", MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
@@ -111,8 +181,9 @@ def metric_bars(
     title: str = "",
 ):
     """Horizontal bars per config with baseline (grey) and reference (orange) lines."""
+    df = _relabel(df, "config")
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
+        1, len(metrics), figsize=_figsize(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
     )
     for ax, m in zip(np.atleast_1d(axes), metrics):
         err = None
@@ -126,12 +197,12 @@ def metric_bars(
                 reference[m],
                 color="orange",
                 ls="--",
-                label=f"{reference.get('name', 'reference')} {reference[m]:.3f}",
+                label=f"{plot_text(reference.get('name', 'reference'))} {reference[m]:.3f}",
             )
         ax.set_xlabel(m.upper() + (" (lower is better)" if m == "fpr" else ""))
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title)
+    fig.suptitle(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
@@ -167,7 +238,7 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
     # configs at the same point share one label
     for (fpr, rec), grp in steered.groupby(["fpr", "recall"], sort=False):
         ax.annotate(
-            ", ".join(grp["config"]),
+            _joined(plot_texts(grp["config"])),
             (fpr, rec),
             textcoords="offset points",
             xytext=(6, 4),
@@ -182,7 +253,7 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
             marker="D",
             color="orange",
             s=90,
-            label=reference.get("name", "reference"),
+            label=plot_text(reference.get("name", "reference")),
         )
     ax.set_xlabel("FPR (lower is better)")
     ax.set_ylabel("recall (higher is better)")
@@ -190,37 +261,42 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title)
+    ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
 
 def per_domain(df: pd.DataFrame, title: str):
+    df = _relabel(df, "domain")
     long = df.melt(
         id_vars="domain",
         value_vars=["precision", "recall", "f1", "fpr"],
         var_name="metric",
         value_name="value",
     )
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    n_dom = df["domain"].nunique()
+    fig, ax = plt.subplots(figsize=_figsize(max(8, 0.5 * n_dom + 2), 3.5))
     sns.barplot(data=long, x="domain", y="value", hue="metric", ax=ax)
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    if n_dom > 8:
+        ax.tick_params(axis="x", rotation=90)
+    ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
 
 def validity(df: pd.DataFrame, title: str):
+    df = _relabel(df, "config")
     long = df.melt(
         id_vars="config",
         value_vars=["format_valid_rate", "valid_call_rate"],
         var_name="rate",
         value_name="share of triggers",
     )
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(df) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=_figsize(max(6, 0.8 * len(df) + 2), 3.5))
     sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
@@ -228,7 +304,7 @@ def validity(df: pd.DataFrame, title: str):
 
 def grid_heatmaps(grids: dict[str, pd.DataFrame], title: str):
     """One tau x alpha heat map per metric (``{metric: pivot table}``), values annotated."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 3.6))
+    fig, axes = plt.subplots(1, len(grids), figsize=_figsize(4.6 * len(grids), 3.6))
     for ax, (m, g) in zip(np.atleast_1d(axes), grids.items()):
         sns.heatmap(
             g,
@@ -243,15 +319,16 @@ def grid_heatmaps(grids: dict[str, pd.DataFrame], title: str):
         ax.set_title(m.upper() + (" (lower is better)" if m == "fpr" else ""))
         ax.set_xlabel("alpha")
         ax.set_ylabel("tau")
-    fig.suptitle(title)
+    fig.suptitle(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
 
 
 def paired_diffs(df: pd.DataFrame, title: str, metrics=("f1", "fpr")):
     """Each config's difference from the baseline with its paired bootstrap 95% interval."""
+    df = _relabel(df, "config")
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
+        1, len(metrics), figsize=_figsize(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
     )
     for ax, m in zip(np.atleast_1d(axes), metrics):
         d, lo, hi = df[f"d_{m}"], df[f"d_{m}_lo"], df[f"d_{m}_hi"]
@@ -266,6 +343,6 @@ def paired_diffs(df: pd.DataFrame, title: str, metrics=("f1", "fpr")):
         ax.axvline(0, color="grey", ls=":")
         ax.set_xlabel(f"{m.upper()} − baseline" + (" (lower is better)" if m == "fpr" else ""))
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title)
+    fig.suptitle(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig

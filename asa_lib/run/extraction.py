@@ -13,6 +13,7 @@ from asa_lib.engine.extract import (
     extract_to_file,
     iter_last_token_states,
 )
+from asa_lib.engine.prefix import check_prompt_lengths, token_ids
 from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
 from asa_lib.model.load import LoadedModel
@@ -35,9 +36,25 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1
     ``processes > 1``: that many data-parallel workers (:mod:`asa_lib.run.parallel`)
     each write their batches' rows into the split's file; the files equal the
     one-process files byte for byte.
+
+    A row whose prompt is longer than ``generation.max_prompt_tokens`` or the model's context
+    (less ``max_new_tokens``, the room its generation needs) stops the stage before any
+    extraction, naming the row: the data stage kept it, and leaving it out here would change
+    the splits.
     """
     run = RunDir(run_dir)
     jobs = _split_prompts(lm, params, run)
+    n_tok = {}
+    for split, (xs, prompts) in jobs.items():
+        ids = token_ids(lm, prompts)
+        check_prompt_lengths(
+            lm,
+            ids,
+            params.generation.max_prompt_tokens,
+            params.generation.max_new_tokens,
+            name=lambda i, xs=xs, split=split: f"{split} row {xs[i].id!r}",
+        )
+        n_tok[split] = [len(x) for x in ids]
     if processes > 1:
         with ExitStack() as stack:  # every file renamed into place only if all workers succeed
             files = {}
@@ -69,14 +86,14 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1
             extract_to_file(
                 lm, prompts, path, batch_size=params.extraction.batch_size, desc=split, meta=meta
             )
-        n_tok = [len(t) for t in lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        n = n_tok[split]
         rows.append(
             {
                 "split": split,
                 "samples": len(xs),
                 "file": str(path.relative_to(run.root)),
                 "MB": round(path.stat().st_size / 2**20, 2),
-                "prompt tokens min/median/max": f"{min(n_tok)}/{int(np.median(n_tok))}/{max(n_tok)}",
+                "prompt tokens min/median/max": f"{min(n)}/{int(np.median(n))}/{max(n)}",
             }
         )
     return rows
