@@ -8,10 +8,10 @@ Recognising a tool call in the output is :mod:`asa_lib.tools`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
-from asa_lib.files import json_sha256
 from asa_lib.params import PromptParams
 
 Tools = list[dict[str, Any]]
@@ -66,8 +66,10 @@ def prompt_format_sha256(pp: PromptParams) -> str:
     """A stable sha256 of the prompt format: system template, default tools, where tools go,
     call markers, demonstrations (a row's own tools are named per record, by tool-set id).
 
-    Of canonical JSON (keys sorted, no spaces, UTF-8), so it does not depend on
-    the key order of the YAML it came from; it changes with any of the four.
+    Of compact JSON (UTF-8) that keeps the key order *inside* the tool schemas and
+    demonstrations: ``{tools_json}`` renders them in that order, so two tool lists
+    that differ only in key order render different prompts and hash differently.
+    It changes with any field above; the order of the fields in the YAML does not matter.
     """
     fmt = {
         "system_template": pp.system_template,
@@ -77,4 +79,5 @@ def prompt_format_sha256(pp: PromptParams) -> str:
         "demonstrations": pp.demonstrations,
         "tools_in": pp.tools_in,
     }
-    return json_sha256(fmt)
+    text = json.dumps(fmt, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -244,12 +244,47 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
 
 
-def test_bfcl_rows_with_their_own_tools_are_evaluated(cli_lm, tmp_path):
-    """Rows that bring their own tools render with them; a call is scored against them."""
-    from asa_lib.data import read_all_samples
+def test_rows_with_their_own_tools_render_and_score_against_them(light, cli_lm, tmp_path):
+    """BFCL rows (data/bfcl_live_relevance.jsonl.xz) bring their own tools: each prompt lists them,
+    and each call is scored against them."""
+    import lzma
 
-    src = ROOT / "tests" / "fixtures" / "bfcl_sample.jsonl"
-    params = load_params(_labelled_params(tmp_path, src))
-    ds = read_all_samples(params, str(src), src)
-    assert ds.samples and ds.tool_sets and all(x.tools for x in ds.samples)
-    assert {x.split for x in ds.samples} == {"eval"}
+    from asa_lib.data import tool_set_id
+    from asa_lib.prompts import render_prompt
+    from asa_lib.tools import CallMarkers, score_output
+
+    shipped = ROOT / "data" / "bfcl_live_relevance.jsonl.xz"
+    rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
+    rows = rows[:3] + rows[-3:]  # both labels
+    data = _write_rows(tmp_path / "bfcl.jsonl", rows)
+    params = load_params(light["params"])
+    res = evaluate(params, light["adapter"], str(data), tmp_path / "out", lm=cli_lm)
+    markers = CallMarkers.of(params.prompt)
+    for r in res["configs"].values():
+        for row, rec in zip(rows, r["records"]):
+            assert rec["id"] == row["id"] and rec["tools"] == tool_set_id(row["tools"])
+            assert res["tool_sets"][rec["tools"]] == row["tools"]
+            score = score_output(rec["output"], markers, row["tools"])
+            assert (rec["triggered"], rec["format_valid"], rec["valid"]) == (
+                score.triggered,
+                score.format_valid,
+                score.valid,
+            )
+    # the prompt of a row names that row's functions, not prompt.tools
+    text = render_prompt(cli_lm.tokenizer, params.prompt, rows[0]["text"], rows[0]["tools"])
+    assert rows[0]["tools"][0]["name"] in text and "calculator" not in text
+
+
+def test_the_prompt_format_hash_sees_the_key_order_the_prompt_renders(tiny_params, tiny_lm):
+    """{tools_json} keeps each tool's key order: another order is another prompt, and another hash."""
+    import copy
+
+    from asa_lib.prompts import prompt_format_sha256, render_prompts
+
+    other = copy.deepcopy(tiny_params.prompt)
+    other.tools = [dict(sorted(t.items())) for t in other.tools]
+    assert other == tiny_params.prompt  # equal as data ...
+    a = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, ["hi"])
+    b = render_prompts(tiny_lm.tokenizer, other, ["hi"])
+    assert a != b  # ... but not as a prompt
+    assert prompt_format_sha256(other) != prompt_format_sha256(tiny_params.prompt)
