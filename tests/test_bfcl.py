@@ -371,7 +371,9 @@ def test_bfcl_rows_read_as_labelled_rows_with_their_own_tools(tmp_path):
 def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     """data/bfcl_live_relevance.jsonl.xz (asa evaluate's transfer example): 60 rows of each file."""
     files = [DATA / f"bfcl_v4_{c}.json.xz" for c in ("live_simple", "live_irrelevance")]
-    out = bfcl.write_labelled(tmp_path / "live.jsonl.xz", files, per_file=60, seed=0)
+    out = bfcl.write_labelled(
+        tmp_path / "live.jsonl.xz", files, per_file=60, seed=0, max_chars=3000
+    )
     shipped = HERE.parent / "data" / "bfcl_live_relevance.jsonl.xz"
     assert lzma.decompress(shipped.read_bytes()) == lzma.decompress(
         (tmp_path / "live.jsonl.xz").read_bytes()
@@ -379,7 +381,8 @@ def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
     assert len(rows) == 120 and sum(r["label"] for r in rows) == 60
     assert {r["category"] for r in rows} == {"live_simple", "live_irrelevance"}
-    # a sample of the readable entries, in file order, none of them from the demo's categories
+    # a sample of the readable entries up to 3,000 characters (text + tools), in file order
+    assert max(len(r["text"]) + len(json.dumps(r["tools"])) for r in rows) <= 3000
     full = {c: [r["id"] for r in bfcl.read_bfcl(f).rows] for c, f in zip(("s", "i"), files)}
     ids = [r["id"] for r in rows]
     assert ids[:60] == [i for i in full["s"] if i in set(ids)]

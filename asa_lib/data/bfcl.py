@@ -403,6 +403,7 @@ def labelled_rows(
     domain: str = BFCL_DOMAIN,
     per_file: int | None = None,
     seed: int = 0,
+    max_chars: int | None = None,
 ) -> BFCLResult:
     """The rows of several BFCL files as labelled rows (``data.kind: labelled``), in file order.
 
@@ -411,12 +412,17 @@ def labelled_rows(
     (kept for the reader). Skipped entries of every file are collected.
     ``per_file``: keep a seeded random sample of that many rows of each file
     (``random.Random(seed)``, one stream over the files in order), in file order.
+    ``max_chars``: before sampling, leave out rows whose text and tools (as JSON)
+    are longer than that together (a few BFCL "live" rows list tools of 20k
+    characters; on a CPU one such prompt dominates a batch).
     """
     rng = random.Random(seed)
     out = BFCLResult()
     for p in paths:
         r = read_bfcl(p)
         rows = r.rows
+        if max_chars is not None:
+            rows = [x for x in rows if len(x["text"]) + len(json.dumps(x["tools"])) <= max_chars]
         if per_file is not None and per_file < len(rows):
             rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), per_file))]
         out.rows += [{**row, "domain": domain} for row in rows]
@@ -430,9 +436,10 @@ def write_labelled(
     domain: str = BFCL_DOMAIN,
     per_file: int | None = None,
     seed: int = 0,
+    max_chars: int | None = None,
 ) -> BFCLResult:
     """Write :func:`labelled_rows` as JSONL (``.xz`` compressed when ``out`` ends so), reproducibly."""
-    result = labelled_rows(paths, domain, per_file, seed)
+    result = labelled_rows(paths, domain, per_file, seed, max_chars)
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in result.rows)
     out = Path(out)
     data = text.encode("utf-8")
@@ -453,8 +460,14 @@ if __name__ == "__main__":
         "--per-file", type=int, default=None, help="a seeded random sample of N rows of each file"
     )
     ap.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    ap.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="leave out rows whose text + tools JSON is longer (before sampling)",
+    )
     a = ap.parse_args()
-    res = write_labelled(a.out, a.files, per_file=a.per_file, seed=a.seed)
+    res = write_labelled(a.out, a.files, per_file=a.per_file, seed=a.seed, max_chars=a.max_chars)
     print(f"wrote {len(res.rows)} rows to {a.out}; skipped {len(res.skipped)}")
     for s in res.skipped[:10]:
         print(f"  skipped {s['file']}, line {s['line']}, field {s['field']}: {s['reason']}")
