@@ -17,7 +17,8 @@ params_path = "params/tiny.yaml"
 adapter = "reports/tiny/chosen_adapter"
 data = "data/labelled_example.jsonl"
 out_dir = "reports/tiny-eval"
-taus = ""  # overrides, comma-separated ("" = the adapter's own)
+# overrides, comma-separated; empty: the adapter's own
+taus = ""
 alphas = ""
 betas = ""
 
