@@ -4,6 +4,9 @@
 - ``asa generate --adapter reports/demo/chosen_adapter --params params/demo.yaml "prompt" ...``:
   apply a tuned adapter to prompts (or stdin, one per line): per prompt the
   routed domain, p(tool), gate, the output and whether it made a valid tool call;
+- ``asa evaluate --adapter reports/bfcl/chosen_adapter --params params/bfcl.yaml --data FILE``:
+  apply a tuned adapter, unchanged, to every row of a labelled set; baseline and
+  steered metrics with bootstrap intervals, and an HTML report (``reports/<name>/``);
 - ``asa train-demo-model``: the demo model's LoRA adapter.
 """
 
@@ -100,8 +103,43 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help='stdin holds one request a line as JSON: {"text": ..., "tools": [...]} (tools optional)',
     )
+    e_ = sub.add_parser(
+        "evaluate",
+        help="apply a tuned adapter, unchanged, to a labelled set: metrics, intervals, a report",
+    )
+    e_.add_argument(
+        "--adapter", required=True, help="adapter folder, e.g. reports/bfcl/chosen_adapter"
+    )
+    e_.add_argument(
+        "--params",
+        required=True,
+        help="params YAML of the run the adapter came from (model, prompt format, data columns)",
+    )
+    e_.add_argument(
+        "--data",
+        required=True,
+        help="labelled rows: a JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset id, read "
+        "as the params' data section says (kind, columns); every row is used",
+    )
+    e_.add_argument(
+        "--name", default=None, help="evaluation name (default: <adapter run>-eval-<data name>)"
+    )
+    e_.add_argument("--out-dir", default=None, help="report folder (default: reports/<name>)")
+    for flag, what in (
+        ("tau", "tau"),
+        ("alpha", "alpha (in the adapter's alpha unit)"),
+        ("beta", "beta"),
+    ):
+        e_.add_argument(
+            f"--{flag}",
+            default=None,
+            metavar="X[,Y...]",
+            help=f"override {what}; several values, comma-separated, share one baseline",
+        )
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "evaluate":
+            return _evaluate(args)
         if args.cmd == "train-demo-model":
             return _train_demo_model(args.params, args.out)
         if args.cmd == "generate":
@@ -154,6 +192,67 @@ def _train_demo_model(params_path: str, out: str) -> int:
             f"  {who:>12}: triggers on {m['trigger_rate_tool']:.0%} of tool requests, "
             f"{m['trigger_rate_plain']:.0%} of plain ones; valid calls {m['valid_call_rate_tool']:.0%}"
         )
+    return 0
+
+
+def _evaluate(args) -> int:
+    import re
+    from pathlib import Path
+
+    from asa_lib.evaluate import EvaluateError, run_evaluation
+    from asa_lib.params import BASELINE
+    from asa_lib.run.runner import PROJECT_ROOT
+
+    name = args.name
+    if name is None:
+        stem = re.sub(r"\.(jsonl|json|csv)(\.(gz|xz))?$", "", Path(args.data).name)
+        name = f"{Path(args.adapter).resolve().parent.name}-eval-{stem}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise UsageError(f"--name {name!r}: names are letters, digits, '_', '.', '-'")
+    out = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "reports" / name
+    try:
+        res, report = run_evaluation(
+            args.params, args.adapter, args.data, out, args.tau, args.alpha, args.beta
+        )
+    except EvaluateError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the report notebook failed: say where to look
+        if type(e).__module__.startswith("asa_lib") or isinstance(e, (ValueError, OSError)):
+            raise
+        print(
+            f"asa: error: the report notebook failed ({type(e).__name__}: {e}); "
+            f"see {out / 'notebooks' / '08_evaluate.ipynb'}",
+            file=sys.stderr,
+        )
+        return 1
+    base = res["configs"][BASELINE]
+    print(
+        f"{res['rows_used']} rows of {res['data']}"
+        + (
+            f" ({len(res['domains']['unseen'])} of an unseen domain)"
+            if res["domains"]["unseen"]
+            else ""
+        )
+        + f"; {res['seconds']:.0f} s ({res['seconds'] / res['rows_used']:.2f} s per prompt)"
+    )
+    for cname, r in res["configs"].items():
+        m, ci = r["splits"]["eval"]["metrics"], r["intervals"]["overall"]["ci95"]
+        line = f"  {cname:<28} " + "  ".join(
+            f"{k.upper()} {m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+            for k in ("f1", "recall", "fpr")
+        )
+        if r is not base:
+            d = res["vs_baseline"][cname]
+            line += "  ΔF1 {:+.3f} [{:+.3f}, {:+.3f}]  ΔFPR {:+.3f} [{:+.3f}, {:+.3f}]".format(
+                d["f1"]["diff"],
+                d["f1"]["lo"],
+                d["f1"]["hi"],
+                d["fpr"]["diff"],
+                d["fpr"]["lo"],
+                d["fpr"]["hi"],
+            )
+        print(_printable(line))
+    print(f"report: {report}")
     return 0
 
 

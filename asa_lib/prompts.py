@@ -17,12 +17,12 @@ without such text renders and tokenizes exactly as without this step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from functools import lru_cache
 from typing import Any
 
-from asa_lib.files import json_sha256
 from asa_lib.params import PromptParams
 
 Tools = list[dict[str, Any]]
@@ -220,8 +220,10 @@ def prompt_format_sha256(pp: PromptParams) -> str:
     call markers, demonstrations (a row's own tools are named per record, by tool-set id), and
     how prompts are tokenized (:data:`PROMPT_TOKENIZATION`).
 
-    Of canonical JSON (keys sorted, no spaces, UTF-8), so it does not depend on
-    the key order of the YAML it came from; it changes with any of them.
+    Of compact JSON (UTF-8) that keeps the key order *inside* the tool schemas and
+    demonstrations: ``{tools_json}`` renders them in that order, so two tool lists
+    that differ only in key order render different prompts and hash differently.
+    It changes with any field above; the order of the fields in the YAML does not matter.
     """
     fmt = {
         "system_template": pp.system_template,
@@ -232,4 +234,5 @@ def prompt_format_sha256(pp: PromptParams) -> str:
         "tools_in": pp.tools_in,
         "tokenization": PROMPT_TOKENIZATION,
     }
-    return json_sha256(fmt)
+    text = json.dumps(fmt, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -293,10 +293,11 @@ def test_compressed_file_reads_like_plain(tmp_path, opener, suffix):
 
 
 def test_unknown_category_refused(tmp_path):
-    path = write(tmp_path, "BFCL_v4_live_simple.json", [LINES["live_simple_256-137-0"]])
-    with pytest.raises(ValueError, match="live_simple") as info:
+    path = write(tmp_path, "BFCL_v4_live_multiple.json", [LINES["live_simple_256-137-0"]])
+    with pytest.raises(ValueError, match="live_multiple") as info:
         bfcl.read_bfcl(path)
     assert "simple_python" in str(info.value) and "irrelevance" in str(info.value)
+
     with pytest.raises(ValueError, match="parallel"):
         bfcl.read_bfcl(FIXTURE, category="parallel")
 
@@ -365,3 +366,26 @@ def test_bfcl_rows_read_as_labelled_rows_with_their_own_tools(tmp_path):
     assert len(got.rows) == 840 and not got.skipped
     first = got.rows[0]
     assert first.tools == bfcl.read_bfcl(DATA / "bfcl_v4_simple_python.json.xz").rows[0]["tools"]
+
+
+def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
+    """data/bfcl_live_relevance.jsonl.xz (asa evaluate's transfer example): 60 rows of each file."""
+    files = [DATA / f"bfcl_v4_{c}.json.xz" for c in ("live_simple", "live_irrelevance")]
+    out = bfcl.write_labelled(
+        tmp_path / "live.jsonl.xz", files, per_file=60, seed=0, max_chars=3000
+    )
+    shipped = HERE.parent / "data" / "bfcl_live_relevance.jsonl.xz"
+    assert lzma.decompress(shipped.read_bytes()) == lzma.decompress(
+        (tmp_path / "live.jsonl.xz").read_bytes()
+    )
+    rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
+    assert len(rows) == 120 and sum(r["label"] for r in rows) == 60
+    assert {r["category"] for r in rows} == {"live_simple", "live_irrelevance"}
+    # a sample of the readable entries up to 3,000 characters (text + tools), in file order
+    assert max(len(r["text"]) + len(json.dumps(r["tools"])) for r in rows) <= 3000
+    full = {c: [r["id"] for r in bfcl.read_bfcl(f).rows] for c, f in zip(("s", "i"), files)}
+    ids = [r["id"] for r in rows]
+    assert ids[:60] == [i for i in full["s"] if i in set(ids)]
+    assert ids[60:] == [i for i in full["i"] if i in set(ids)]
+    # entries with a system or assistant message are skipped, never merged
+    assert all(s["reason"] for s in out.skipped) and len(out.skipped) == 64

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("run",),
     ("demo",),
     ("api", "nb"),
+    ("evaluate",),  # asa evaluate: applies an adapter (api) to a labelled set
     ("cli",),
     ("__init__",),  # the public face: lazy imports of the API
 ]

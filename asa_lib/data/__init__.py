@@ -38,6 +38,7 @@ from asa_lib.data.splits import (
     SPLIT_ALIASES,
     SPLITS,
     DataError,
+    LabelledSet,
     Sample,
     SplitResult,
     read_domains,
@@ -73,6 +74,8 @@ __all__ = [
     "label_for",
     "load_rows",
     "make_splits_from_params",
+    "read_all_samples",
+    "LabelledSet",
     "parse_label",
     "prompt_text",
     "read_domains",
@@ -108,3 +111,68 @@ def make_splits_from_params(params) -> SplitResult:
         skipped=skipped,
         domains=d.keyword_domains(),
     )
+
+
+def read_all_samples(params, source: str, local_path) -> LabelledSet:
+    """Every usable row of ``source`` as one labelled set: nothing is split, nothing dropped but bad rows.
+
+    The rows get their domains and labels the way ``params.data`` says (its
+    ``kind``, ``columns`` or keyword domains), as the data stage would; a row's own
+    tools come with it. ``local_path``: the file (None for a hub dataset id).
+    Raises :class:`DataError` when no row is usable.
+    """
+    d = params.data
+    if d.kind == "labelled":
+        data = read_labelled(source, local_path, d.columns, d.hub_split)
+        tool_sets: dict = {}
+        samples = []
+        for r in data.rows:
+            tid = None
+            if r.tools is not None:
+                tid = tool_set_id(r.tools)
+                tool_sets.setdefault(tid, r.tools)
+            samples.append(
+                Sample(
+                    id=r.id,
+                    split="eval",
+                    domain=r.domain,
+                    label=r.label,
+                    idx=r.idx,
+                    text=r.text,
+                    tools=tid,
+                )
+            )
+        out = LabelledSet(
+            samples,
+            tool_sets,
+            data.rows_read,
+            dict(data.skipped),
+            list(data.skipped_examples),
+            data.origin,
+        )
+    else:
+        skipped: dict[str, int] = {}
+        domains = d.keyword_domains()
+        samples, n_read = [], 0
+        for i, row in enumerate(load_rows(source, local_path, d.hub_split, skipped)):
+            n_read += 1
+            if row is None:  # an invalid JSON line, already counted
+                continue
+            reason = check_row(row)
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            text = prompt_text(row)
+            dom = classify(text, domains)
+            if dom is None:  # the seed's rule: a prompt without a keyword domain is not used
+                skipped["no keyword domain"] = skipped.get("no keyword domain", 0) + 1
+                continue
+            label = int(label_for(dom, row["output"], domains) == "tool")
+            samples.append(Sample(f"r{i}", "eval", dom, label, i, text))
+        origin = str(local_path) if local_path is not None else f"hub dataset {source!r}"
+        out = LabelledSet(samples, {}, n_read, skipped, [], origin)
+    if not out.samples:
+        raise DataError(
+            f"{out.origin}: no usable rows ({out.rows_read} read; skipped: {out.skipped or 'none'})"
+        )
+    return out

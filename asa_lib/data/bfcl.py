@@ -70,6 +70,7 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,10 @@ CATEGORY_LABELS: dict[str, int] = {
     "simple_python": 1,
     "multiple": 1,
     "irrelevance": 0,
+    # BFCL's "live" categories: user-contributed requests and functions (asa evaluate's
+    # transfer example, data/bfcl_live_relevance.jsonl.xz)
+    "live_simple": 1,
+    "live_irrelevance": 0,
 }
 
 #: Scalar JSON Schema keywords copied as is, with the JSON type their value needs.
@@ -399,26 +404,48 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
 BFCL_DOMAIN = "all"
 
 
-def labelled_rows(paths: list[str | Path], domain: str = BFCL_DOMAIN) -> BFCLResult:
+def labelled_rows(
+    paths: list[str | Path],
+    domain: str = BFCL_DOMAIN,
+    per_file: int | None = None,
+    seed: int = 0,
+    max_chars: int | None = None,
+) -> BFCLResult:
     """The rows of several BFCL files as labelled rows (``data.kind: labelled``), in file order.
 
     Each row: ``{"id", "text", "label", "domain", "tools", "category"}``; the
     pipeline reads ``tools`` as the row's own tool list and ignores ``category``
     (kept for the reader). Skipped entries of every file are collected.
+    ``per_file``: keep a seeded random sample of that many rows of each file
+    (``random.Random(seed)``, one stream over the files in order), in file order.
+    ``max_chars``: before sampling, leave out rows whose text and tools (as JSON)
+    are longer than that together (a few BFCL "live" rows list tools of 20k
+    characters; on a CPU one such prompt dominates a batch).
     """
+    rng = random.Random(seed)
     out = BFCLResult()
     for p in paths:
         r = read_bfcl(p)
-        out.rows += [{**row, "domain": domain} for row in r.rows]
+        rows = r.rows
+        if max_chars is not None:
+            rows = [x for x in rows if len(x["text"]) + len(json.dumps(x["tools"])) <= max_chars]
+        if per_file is not None and per_file < len(rows):
+            rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), per_file))]
+        out.rows += [{**row, "domain": domain} for row in rows]
         out.skipped += r.skipped
     return out
 
 
 def write_labelled(
-    out: str | Path, paths: list[str | Path], domain: str = BFCL_DOMAIN
+    out: str | Path,
+    paths: list[str | Path],
+    domain: str = BFCL_DOMAIN,
+    per_file: int | None = None,
+    seed: int = 0,
+    max_chars: int | None = None,
 ) -> BFCLResult:
     """Write :func:`labelled_rows` as JSONL (``.xz`` compressed when ``out`` ends so), reproducibly."""
-    result = labelled_rows(paths, domain)
+    result = labelled_rows(paths, domain, per_file, seed, max_chars)
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in result.rows)
     out = Path(out)
     data = text.encode("utf-8")
@@ -427,12 +454,26 @@ def write_labelled(
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    if len(sys.argv) < 3:
-        print("usage: python -m asa_lib.data.bfcl OUT.jsonl[.xz] BFCL_FILE...", file=sys.stderr)
-        raise SystemExit(2)
-    res = write_labelled(sys.argv[1], sys.argv[2:])
-    print(f"wrote {len(res.rows)} rows to {sys.argv[1]}; skipped {len(res.skipped)}")
+    ap = argparse.ArgumentParser(
+        prog="python -m asa_lib.data.bfcl",
+        description="BFCL files -> labelled rows with their own tools (JSONL, .xz when OUT says so)",
+    )
+    ap.add_argument("out", metavar="OUT.jsonl[.xz]")
+    ap.add_argument("files", nargs="+", metavar="BFCL_FILE")
+    ap.add_argument(
+        "--per-file", type=int, default=None, help="a seeded random sample of N rows of each file"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    ap.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="leave out rows whose text + tools JSON is longer (before sampling)",
+    )
+    a = ap.parse_args()
+    res = write_labelled(a.out, a.files, per_file=a.per_file, seed=a.seed, max_chars=a.max_chars)
+    print(f"wrote {len(res.rows)} rows to {a.out}; skipped {len(res.skipped)}")
     for s in res.skipped[:10]:
         print(f"  skipped {s['file']}, line {s['line']}, field {s['field']}: {s['reason']}")

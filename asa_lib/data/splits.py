@@ -97,6 +97,26 @@ class SplitResult:
         return out
 
 
+@dataclass
+class LabelledSet:
+    """Every usable row of a data set, unsplit (``asa evaluate``): samples of split ``eval``."""
+
+    samples: list[Sample]
+    tool_sets: dict[str, list[dict[str, Any]]]  # id -> tools, for the rows that bring their own
+    rows_read: int
+    skipped: dict[str, int]  # reason -> count
+    skipped_examples: list[dict[str, Any]]
+    origin: str  # the file or hub dataset, for messages
+
+    @property
+    def domains(self) -> list[str]:
+        """The rows' domains, in order of first appearance."""
+        return list(dict.fromkeys(x.domain for x in self.samples))
+
+    def labels(self) -> list[int]:
+        return [x.label for x in self.samples]
+
+
 def _slice_buckets(
     buckets: dict[str, dict[str, list[int]]],
     items: dict[int, tuple[str, str]],

@@ -7,11 +7,12 @@ the stages' statuses; every value from a run is escaped.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from asa_lib.files import read_json, write_text
+from asa_lib.files import read_json, write_json, write_text
 from asa_lib.layout import RunDir
 from asa_lib.params import Params
 
@@ -105,5 +106,73 @@ def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
             f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
             f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>"
         )
-    parts.append("</table></body></html>")
+    parts.append("</table>")
+    parts.append(_evaluations_html(run))
+    parts.append("</body></html>")
+    # the stage rows, so that `asa evaluate` can re-render this page (refresh_index)
+    write_json(
+        run.root / STAGE_ROWS,
+        [
+            {"key": s.key, "status": s.status, "seconds": s.seconds, "error": s.error}
+            for s in stages
+        ],
+    )
     return write_text(run.index, "\n".join(parts))
+
+
+STAGE_ROWS = "index_stages.json"  # beside index.html: the stage rows it shows
+EVALUATIONS = "evaluations.json"  # written by `asa evaluate` (asa_lib.evaluate)
+
+
+def _evaluations_html(run: RunDir) -> str:
+    """Links to every evaluation made from this run's adapter (``asa evaluate``), newest last."""
+    path = run.root / EVALUATIONS
+    try:
+        items = read_json(path) if path.is_file() else []
+    except (OSError, ValueError):
+        items = []
+    items = [e for e in items if isinstance(e, dict)] if isinstance(items, list) else []
+    if not items:
+        return ""
+    rows = []
+    for e in items:
+        report = Path(str(e.get("report", "")))
+        try:
+            href = os.path.relpath(report, run.root)
+        except ValueError:  # another drive
+            href = str(report)
+        link = (
+            f"<a href='{_e(Path(href).as_posix())}'>{_e(e.get('name'))}</a>"
+            if report.is_file()
+            else f"{_e(e.get('name'))} (report missing)"
+        )
+        rows.append(
+            f"<tr><td class='l'>{link}</td><td class='l'>{_e(e.get('data'))}</td>"
+            f"<td>{_e(e.get('rows'))}</td><td class='l'>{_e(', '.join(map(str, e.get('configs', []))))}</td>"
+            f"<td>{_e(e.get('finished'))}</td></tr>"
+        )
+    return (
+        "<h2>Evaluations of the chosen adapter</h2><p>Made with <code>asa evaluate</code>: the "
+        "adapter applied unchanged to another labelled set.</p><table><tr><th>evaluation</th>"
+        "<th>data</th><th>rows</th><th>configs</th><th>finished</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def refresh_index(run_dir: str | Path) -> Path | None:
+    """Re-render ``index.html`` of a finished run (e.g. after an evaluation); None if it has none."""
+    from types import SimpleNamespace
+
+    from asa_lib.params import ParamsError, load_params
+
+    run = RunDir(run_dir)
+    rows_path = run.root / STAGE_ROWS
+    if not (run.params_yaml.is_file() and rows_path.is_file()):
+        return None
+    try:
+        params = load_params(run.params_yaml, check_files=False)
+        rows = read_json(rows_path)
+    except (OSError, ValueError, ParamsError):
+        return None
+    return write_index(params, run.root, [SimpleNamespace(**r) for r in rows])

@@ -346,3 +346,22 @@ def paired_diffs(df: pd.DataFrame, title: str, metrics=("f1", "fpr")):
     fig.suptitle(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
+
+
+def p_tool_histograms(records: list[dict], tau: float | None, title: str):
+    """p(tool) of the probe each prompt was routed to, by label (tool / non-tool), with the gate's tau."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    bins = np.linspace(0, 1, 21)
+    for lab, name, color in ((1, "needs a tool", "#1f77b4"), (0, "needs none", "#d62728")):
+        p = [r["p_tool"] for r in records if r["label"] == lab]
+        ax.hist(p, bins=bins, alpha=0.55, color=color, label=f"{name} (n={len(p)})")
+    if tau is not None:
+        for x in sorted({tau, 1 - tau}):
+            ax.axvline(x, color="#444", ls="--", lw=1)
+        ax.text(tau, ax.get_ylim()[1] * 0.95, " tau", va="top", fontsize=8)
+    ax.set_xlabel("p(tool)")
+    ax.set_ylabel("prompts")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -101,6 +101,43 @@ def _prepare(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfi
     )
 
 
+def score_records(
+    xs: list, gates, outputs: list[str], split: str, markers: CallMarkers, tool_sets, params: Params
+) -> list[dict]:
+    """One :class:`~asa_lib.run.records.PromptRecord` per sample, as JSON: row, decision, output, score.
+
+    A call is valid only against the row's own tools (``tool_sets``), else ``prompt.tools``.
+    """
+    return [
+        PromptRecord.scored(
+            score_output(o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools),
+            id=x.id,
+            split=split,
+            domain=x.domain,
+            label=x.label,
+            tools=x.tools,
+            routed=d,
+            has_probe=bool(hp),
+            p_tool=float(p),
+            gate=int(g),
+            output=o,
+        ).to_dict()
+        for x, d, p, g, hp, o in zip(
+            xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
+        )
+    ]
+
+
+def split_result(records: list[dict], seed: int, n_new: int, gates, stats: GenerationStats) -> dict:
+    """One split's entry of a sweep result: metrics with intervals, counts, generation stats."""
+    return {
+        "metrics": evaluate_records(records, seed=seed),
+        "generated_now": n_new,
+        "steered": int(np.count_nonzero(gates.gate)),
+        "generation": asdict(stats),
+    }
+
+
 def run_config(
     params: Params,
     run_dir: str | Path,
@@ -160,33 +197,8 @@ def run_config(
             for w in workers:
                 n_new += w[split]["generated"]
                 stats.add(GenerationStats(**w[split]["stats"]))
-            records = [
-                PromptRecord.scored(
-                    # a call is valid only against the row's own tools
-                    score_output(
-                        o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools
-                    ),
-                    id=x.id,
-                    split=split,
-                    domain=x.domain,
-                    label=x.label,
-                    tools=x.tools,
-                    routed=d,
-                    has_probe=bool(hp),
-                    p_tool=float(p),
-                    gate=int(g),
-                    output=o,
-                ).to_dict()
-                for x, d, p, g, hp, o in zip(
-                    xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
-                )
-            ]
-            out["splits"][split] = {
-                "metrics": evaluate_records(records, seed=params.data.seed),
-                "generated_now": n_new,
-                "steered": int(np.count_nonzero(gates.gate)),
-                "generation": asdict(stats),
-            }
+            records = score_records(xs, gates, outputs, split, markers, tool_sets, params)
+            out["splits"][split] = split_result(records, params.data.seed, n_new, gates, stats)
             out["records"].extend(records)
     finally:
         cache.close()

@@ -1,0 +1,546 @@
+"""Apply a tuned adapter, unchanged, to any labelled set: ``asa evaluate``.
+
+Nothing is fitted and nothing is split: every usable row of the data is one
+prompt of the ``eval`` split. For each prompt the state at the bundle's block
+L* is read once; the gate (router, probe, tau) and the delta
+(``gate * alpha_eff * v``) are computed from it exactly as the sweep computes
+them from its stored states, and the outputs come from the sweep's generation
+driver (:func:`~asa_lib.engine.generate.generate_all`: batched, the shared
+prefix once, cached in ``<out>/cache/generations.sqlite``, steered rows drafted
+from the baseline). Given the rows, config and adapter of a sweep, the records
+and metrics are the sweep's (``tests/test_evaluate.py``).
+
+The unsteered baseline is generated once and shared by every config given
+(``--tau 0.6,0.75`` is two configs). Rows of a domain the bundle has never
+seen are kept: the router sends them to a domain it knows, and their labels
+count.
+
+:func:`evaluate` returns (and writes to ``<out>/evaluation.json``) one result
+per config in the shape of a sweep result (``splits.eval`` and ``records``),
+so the analysis helpers (:mod:`asa_lib.run.analysis`) read it as they read a
+sweep, plus the paired differences against the baseline, intervals per domain,
+and what the figures came from (model id, bundle sha256, data sha256, versions).
+``notebooks/08_evaluate.py`` is the report; :func:`run_evaluation` executes it
+with papermill and renders its HTML.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa_lib.api import ASA, AdapterError, run_prompt_format
+from asa_lib.data import DataError, LabelledSet, read_all_samples, sample_tools
+from asa_lib.engine.decode import GenerationStats
+from asa_lib.engine.extract import iter_last_token_states
+from asa_lib.engine.generate import GenerationSettings, generate_all
+from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
+from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
+from asa_lib.layout import RunDir
+from asa_lib.method.gate import compute_gates, steering_deltas
+from asa_lib.metrics import METRICS, binary_metrics, bootstrap_ci, paired_bootstrap_diff
+from asa_lib.model.load import LoadedModel, load_params_model
+from asa_lib.params import BASELINE, Params, SweepConfig, resolve_data_path
+from asa_lib.prompts import prompt_format_sha256, render_prompts
+from asa_lib.report.index import EVALUATIONS
+from asa_lib.run.runner import library_source_hash
+from asa_lib.run.sweep import open_cache, score_records, split_result
+from asa_lib.tools import CallMarkers
+
+SPLIT = "eval"
+RESULTS = "evaluation.json"
+NOTEBOOK = "08_evaluate"
+_RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
+
+
+class EvaluateError(ValueError):
+    """An evaluation that cannot run as asked; the message says what to change."""
+
+
+def parse_values(text: str | None, flag: str) -> list[float] | None:
+    """``"0.6,0.75"`` -> ``[0.6, 0.75]`` (None stays None: the adapter's own value)."""
+    if text is None:
+        return None
+    try:
+        vals = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise EvaluateError(f"{flag}: expected numbers separated by commas, got {text!r}") from None
+    if not vals:
+        raise EvaluateError(f"{flag}: no value given")
+    return vals
+
+
+def adapter_configs(
+    adapter: str | Path,
+    params: Params,
+    taus: Sequence[float] | None = None,
+    alphas: Sequence[float] | None = None,
+    betas: Sequence[float] | None = None,
+) -> list[ASA]:
+    """The adapter under each combination of overrides (none given: its chosen config alone)."""
+    out, names = [], set()
+    for t, a, b in itertools.product(taus or [None], alphas or [None], betas or [None]):
+        asa = ASA.load(
+            adapter,
+            tau=t,
+            alpha=a,
+            beta=b,
+            prompt=params.prompt,
+            allow_model_mismatch=params.steering.allow_model_mismatch,
+        )
+        if (t, a, b) != (None, None, None):
+            asa.name = f"tau={asa.tau:g} alpha={asa.alpha:g} beta={asa.beta:g}"
+        if asa.name in names:
+            raise EvaluateError(f"the override {asa.name!r} is given twice")
+        names.add(asa.name)
+        out.append(asa)
+    return out
+
+
+def check_prompt_format(adapter: str | Path, params: Params) -> str | None:
+    """Refuse ``params`` whose prompt format is not the adapter's run's; a note where unknown."""
+    fmt = run_prompt_format(adapter)
+    if fmt is None:
+        return (
+            f"the prompt format of the run {adapter} came from is unknown (no readable "
+            "params.yaml beside it): the prompts are rendered in --params' format"
+        )
+    if prompt_format_sha256(fmt) != prompt_format_sha256(params.prompt):
+        raise EvaluateError(
+            f"--params renders prompts in another format than the run the adapter came from "
+            f"({Path(adapter).parent / 'params.yaml'}); its probes were fitted on that format: "
+            "evaluate with that run's params (the prompt section must be the same)"
+        )
+    return None
+
+
+def read_eval_data(params: Params, data: str) -> tuple[LabelledSet, Path | None]:
+    """Every usable row of ``data`` (a file, or a hub dataset id), checked: both labels present."""
+    local = resolve_data_path(data, Path.cwd())
+    if local is None and Path(data).is_file():
+        local = Path(data).resolve()  # a file whose suffix does not say so: read it as it is
+    if local is not None and not local.is_file():
+        raise EvaluateError(f"--data: no such file: {data}")
+    ds = read_all_samples(params, data, local)
+    labels = set(ds.labels())
+    if len(labels) < 2:
+        only = "needs a tool (label 1)" if labels == {1} else "needs no tool (label 0)"
+        raise EvaluateError(
+            f"{ds.origin}: every one of the {len(ds.samples)} usable rows {only}; recall, "
+            "FPR and F1 need rows of both labels"
+        )
+    return ds, local
+
+
+def _interval_table(records: list[dict], seed: int) -> dict[str, Any]:
+    """Each metric and post-trigger validity with a 95% bootstrap interval, overall and per domain."""
+
+    def one(rs: list[dict]) -> dict[str, Any]:
+        y = [r["label"] for r in rs]
+        p = [int(r["triggered"]) for r in rs]
+        ci = bootstrap_ci(y, p, metrics=tuple(METRICS), seed=seed)
+        trig = [r for r in rs if r["triggered"]]
+        valid = np.array([r["valid"] for r in trig], dtype=float)
+        if len(valid):
+            idx = np.random.default_rng(seed).integers(0, len(valid), size=(1000, len(valid)))
+            boot = valid[idx].mean(1)
+            ci["valid_call_rate"] = [
+                float(np.percentile(boot, 2.5)),
+                float(np.percentile(boot, 97.5)),
+            ]
+        else:
+            ci["valid_call_rate"] = [0.0, 0.0]
+        return {"n": len(rs), "tool": sum(y), "ci95": ci}
+
+    out = {"overall": one(records), "per_domain": {}}
+    for d in sorted({r["domain"] for r in records}):
+        out["per_domain"][d] = one([r for r in records if r["domain"] == d])
+    return out
+
+
+def evaluate(
+    params: Params,
+    adapter: str | Path,
+    data: str,
+    out_dir: str | Path,
+    taus: Sequence[float] | None = None,
+    alphas: Sequence[float] | None = None,
+    betas: Sequence[float] | None = None,
+    lm: LoadedModel | None = None,
+    name: str | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Baseline and steered outputs of every row of ``data`` under the adapter; written to ``out_dir``.
+
+    Raises :class:`EvaluateError` / :class:`~asa_lib.data.DataError` /
+    :class:`~asa_lib.api.AdapterError` (a one-line message each) for a prompt
+    format other than the adapter's, a model other than the bundle's, an empty
+    set or a set of one label.
+    """
+    t0 = time.time()
+    run = RunDir(out_dir)
+    asas = adapter_configs(adapter, params, taus, alphas, betas)
+    note = check_prompt_format(adapter, params)
+    ds, local = read_eval_data(params, data)
+    bundle = asas[0].bundle
+    if lm is None:
+        lm = load_params_model(params)
+    asas[0].check_model(lm)
+    xs = ds.samples
+    tools = sample_tools(xs, ds.tool_sets)
+    prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs], tools)
+    settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
+    try:  # before any forward pass, as stage 02 does: a row too long is named, not truncated
+        check_prompt_lengths(
+            lm,
+            token_ids(lm, prompts),
+            settings.max_prompt_tokens,
+            settings.max_new_tokens,
+            name=lambda i: f"{ds.origin}, row {xs[i].id!r}",
+        )
+    except PromptTooLongError as e:
+        raise EvaluateError(str(e)) from None
+    h = np.zeros((len(xs), bundle.hidden_size), dtype=np.float32)
+    for idx, states in iter_last_token_states(
+        lm, prompts, params.extraction.batch_size, desc=f"states at block {bundle.layer}"
+    ):
+        h[idx] = states[:, bundle.layer]
+    domains = [x.domain for x in xs]
+    markers = CallMarkers.of(params.prompt)
+    tool_sets = ds.tool_sets
+    seed = params.data.seed
+    cache = open_cache(run, params, lm)
+    results: dict[str, dict] = {}
+    try:
+        for asa in [None, *asas]:
+            config = (
+                _RECORD_ONLY
+                if asa is None
+                else SweepConfig(asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta)
+            )
+            gates = compute_gates(bundle, h, config, domains)
+            a_eff = 0.0 if asa is None else float(asa.alpha_eff)
+            deltas = None if asa is None else steering_deltas(bundle, gates, a_eff, config)
+            stats = GenerationStats()
+            cname = BASELINE if asa is None else asa.name
+            outputs, n_new = generate_all(
+                lm,
+                prompts,
+                settings,
+                deltas,
+                bundle.layer,
+                cache,
+                desc=f"{cname}/{SPLIT}",
+                stats=stats,
+            )
+            records = score_records(xs, gates, outputs, SPLIT, markers, tool_sets, params)
+            results[cname] = {
+                "name": cname,
+                "tau": None if asa is None else asa.tau,
+                "alpha": 0.0 if asa is None else asa.alpha,
+                "beta": 0.0 if asa is None else asa.beta,
+                "alpha_unit": "absolute" if asa is None else asa.alpha_unit,
+                "alpha_eff": a_eff,
+                "layer": bundle.layer,
+                "config": asdict(config),
+                "splits": {SPLIT: split_result(records, seed, n_new, gates, stats)},
+                "records": records,
+                "intervals": _interval_table(records, seed),
+            }
+    finally:
+        cache.close()
+    base = results[BASELINE]["records"]
+    vs: dict[str, dict] = {}
+    for cname, r in results.items():
+        if cname == BASELINE:
+            continue
+        d = paired_bootstrap_diff(
+            [x["label"] for x in base],
+            [int(x["triggered"]) for x in base],
+            [int(x["triggered"]) for x in r["records"]],
+            metrics=("f1", "fpr", "recall", "precision"),
+            seed=seed,
+        )
+        vs[cname] = d
+    seen = set(bundle.router_classes) | set(bundle.probes)
+    out = {
+        "name": name or run.root.name,
+        "adapter": str(Path(adapter).resolve()),
+        "adapter_config": asas[0].config | {"name": asas[0].name},
+        "configs_evaluated": [a.name for a in asas],
+        "data": str(local) if local is not None else data,
+        "data_sha256": file_digest(local) if local is not None else None,
+        "tool_sets_sha256": json_sha256(tool_sets) if tool_sets else None,
+        "rows_read": ds.rows_read,
+        "rows_used": len(xs),
+        "skipped": ds.skipped,
+        "skipped_examples": ds.skipped_examples,
+        "domains": {
+            "in_data": ds.domains,
+            "known_to_bundle": sorted(seen),
+            "unseen": [d for d in ds.domains if d not in seen],
+        },
+        "model_id": lm.model_id,
+        "bundle_sha256": bundle.sha256 or None,
+        "prompt_format_sha256": prompt_format_sha256(params.prompt),
+        "prompt_format_note": note,
+        "max_new_tokens": settings.max_new_tokens,
+        "versions": library_versions(),
+        "seconds": round(time.time() - t0, 2),
+        "configs": results,
+        "vs_baseline": vs,
+        "tool_sets": tool_sets,
+        "inputs": inputs,
+    }
+    write_json(run.root / RESULTS, out)
+    return out
+
+
+def inputs_of(
+    params: Params, adapter: str | Path, data: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """What an evaluation's results depend on (a rerun with equal inputs reuses them)."""
+    local = resolve_data_path(data, Path.cwd())
+    d = params.to_dict()
+    return {
+        "params": {k: d[k] for k in ("model", "prompt", "data", "extraction", "generation")},
+        "adapter": str(Path(adapter).resolve()),
+        "bundle": {f.name: file_digest(f) for f in sorted(Path(adapter).glob("adapter.*"))},
+        "data": str(local) if local is not None else data,
+        "data_sha256": file_digest(local) if local is not None and local.is_file() else None,
+        "overrides": overrides,
+        "versions": library_versions(),
+        "asa_lib_source": library_source_hash(),
+    }
+
+
+def load_evaluation(out_dir: str | Path) -> dict[str, Any]:
+    """The results an evaluation wrote to ``out_dir``."""
+    return read_json(Path(out_dir) / RESULTS)
+
+
+def open_evaluation(
+    params_path: str,
+    adapter: str,
+    data: str,
+    out_dir: str,
+    taus: str = "",
+    alphas: str = "",
+    betas: str = "",
+) -> tuple[Params, dict[str, Any]]:
+    """08's first cell: the results in ``out_dir`` if made from these inputs, else evaluate now."""
+    from asa_lib.params import load_params
+
+    params = load_params(params_path)
+    over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
+    want = inputs_of(params, adapter, data, over)
+    path = Path(out_dir) / RESULTS
+    if path.is_file():
+        res = load_evaluation(out_dir)
+        if res.get("inputs") == want:
+            return params, res
+    res = evaluate(
+        params,
+        adapter,
+        data,
+        out_dir,
+        parse_values(over["tau"], "taus"),
+        parse_values(over["alpha"], "alphas"),
+        parse_values(over["beta"], "betas"),
+        inputs=want,
+    )
+    return params, res
+
+
+def metric_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per config: each metric and post-trigger validity with its 95% interval, as text."""
+    rows = []
+    for name, r in res["configs"].items():
+        m, ci = r["splits"][SPLIT]["metrics"], r["intervals"]["overall"]["ci95"]
+        row: dict[str, Any] = {"config": name, "tau": r["tau"], "alpha": r["alpha"]}
+        for k in (*METRICS, "valid_call_rate"):
+            row[k] = f"{m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+        row["calls"] = m["triggers"]
+        rows.append(row)
+    return rows
+
+
+def domain_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per config x domain, as :func:`metric_rows` (validity of that domain's calls)."""
+    rows = []
+    for name, r in res["configs"].items():
+        recs = r["records"]
+        for d, iv in r["intervals"]["per_domain"].items():
+            rs = [x for x in recs if x["domain"] == d]
+            m = binary_metrics([x["label"] for x in rs], [int(x["triggered"]) for x in rs])
+            trig = [x for x in rs if x["triggered"]]
+            m["valid_call_rate"] = sum(x["valid"] for x in trig) / len(trig) if trig else 0.0
+            row: dict[str, Any] = {"config": name, "domain": d, "n": iv["n"], "tool": iv["tool"]}
+            for k in (*METRICS, "valid_call_rate"):
+                lo, hi = iv["ci95"][k]
+                row[k] = f"{m[k]:.3f} [{lo:.3f}, {hi:.3f}]"
+            rows.append(row)
+    return rows
+
+
+def routing_mix(res: dict[str, Any]):
+    """Rows per (data domain, routed domain); a domain the bundle never saw is marked."""
+    import pandas as pd
+
+    recs = res["configs"][BASELINE]["records"]
+    unseen = set(res["domains"]["unseen"])
+    df = pd.DataFrame(
+        {
+            "domain": [r["domain"] + (" (unseen)" if r["domain"] in unseen else "") for r in recs],
+            "routed to": [r["routed"] for r in recs],
+        }
+    )
+    return pd.crosstab(df["domain"], df["routed to"])
+
+
+MARKER = "evaluation_dir.json"  # marks a folder as an evaluation's (a rerun may reuse it)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise EvaluateError(f"{out} is a file, not a folder. Choose another --out-dir.")
+    if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+        raise EvaluateError(
+            f"{out} is not empty and is not an evaluation folder. Choose another --out-dir "
+            "(or --name), or an empty folder."
+        )
+
+
+def run_evaluation(
+    params_path: str | Path,
+    adapter: str | Path,
+    data: str,
+    out_dir: str | Path,
+    taus: str | None = None,
+    alphas: str | None = None,
+    betas: str | None = None,
+    log=print,
+) -> tuple[dict[str, Any], Path]:
+    """``asa evaluate``: evaluate here (one-line errors), then run 08 as the report.
+
+    Returns the results and the HTML report's path. The report goes to
+    ``<out>/html/08_evaluate.html`` (the executed notebook to ``<out>/notebooks/``),
+    and the adapter's run folder lists it (its ``index.html`` links it).
+    """
+    from asa_lib.params import load_params
+    from asa_lib.report.index import refresh_index
+    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, Stage, _execute, _RunLock, render_html
+
+    params_path, out = Path(params_path).resolve(), Path(out_dir).resolve()
+    params = load_params(params_path)
+    lists = [
+        parse_values(x, f"--{n}") for x, n in ((taus, "tau"), (alphas, "alpha"), (betas, "beta"))
+    ]
+    adapter_configs(adapter, params, *lists)  # refuse bad overrides before anything is written
+    check_prompt_format(adapter, params)
+    local = resolve_data_path(data, Path.cwd())
+    data_arg = str(local) if local is not None else data  # the kernel starts in the project root
+    read_eval_data(params, data_arg)
+    _check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"tool": "asa_lib evaluate", "params_file": str(params_path)})
+    run = RunDir(out)
+    try:
+        lock = _RunLock(out)
+        with lock:
+            over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
+            t0 = time.time()
+            res = evaluate(
+                params,
+                adapter,
+                data_arg,
+                out,
+                *lists,
+                name=out.name,
+                inputs=inputs_of(params, Path(adapter).resolve(), data_arg, over),
+            )
+            log(
+                f"evaluated {res['rows_used']} rows in {time.time() - t0:.0f} s; writing the report ..."
+            )
+            for p in (run.notebooks, run.html):
+                p.mkdir(parents=True, exist_ok=True)
+            stage = Stage(
+                NOTEBOOK,
+                NOTEBOOK,
+                {
+                    "params_path": str(params_path),
+                    "adapter": str(Path(adapter).resolve()),
+                    "data": data_arg,
+                    "out_dir": str(out),
+                    "taus": taus or "",
+                    "alphas": alphas or "",
+                    "betas": betas or "",
+                },
+            )
+            try:
+                _execute(stage, NOTEBOOK_DIR, run.notebook(NOTEBOOK), progress=False)
+            finally:
+                if run.notebook(NOTEBOOK).is_file():
+                    render_html(run.notebook(NOTEBOOK), run.report(NOTEBOOK))
+    except RunError as e:
+        raise EvaluateError(str(e)) from None
+    listed = register_evaluation(adapter, out, res)
+    if listed is not None:
+        refresh_index(listed.parent)
+    return res, run.report(NOTEBOOK)
+
+
+def tool_sets(res: dict[str, Any]) -> dict[str, list]:
+    """The rows' own tool lists (id -> tools), for the flip table."""
+    return res.get("tool_sets") or {}
+
+
+def register_evaluation(adapter: str | Path, out_dir: str | Path, result: dict) -> Path | None:
+    """List this evaluation in the adapter's run folder (its ``index.html`` links each one).
+
+    None where the adapter does not sit in a run folder (no ``run.json`` beside it).
+    """
+    run = RunDir(Path(adapter).resolve().parent)
+    if not run.run_json.is_file():
+        return None
+    path = run.root / EVALUATIONS
+    try:
+        items = read_json(path) if path.is_file() else []
+    except (OSError, ValueError):
+        items = []
+    if not isinstance(items, list):
+        items = []
+    report = Path(out_dir).resolve() / "html" / f"{NOTEBOOK}.html"
+    entry = {
+        "name": result["name"],
+        "report": str(report),
+        "data": result["data"],
+        "rows": result["rows_used"],
+        "configs": result["configs_evaluated"],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    items = [e for e in items if isinstance(e, dict) and e.get("report") != entry["report"]]
+    write_json(path, [*items, entry])
+    return path
+
+
+__all__ = [
+    "AdapterError",
+    "DataError",
+    "EvaluateError",
+    "adapter_configs",
+    "check_prompt_format",
+    "evaluate",
+    "load_evaluation",
+    "open_evaluation",
+    "parse_values",
+    "read_eval_data",
+    "register_evaluation",
+    "run_evaluation",
+]

@@ -1,0 +1,97 @@
+# %% [markdown]
+# # 08 · Evaluate a tuned adapter on a labelled set
+#
+# The adapter (a run's `chosen_adapter/`) is applied **unchanged** to every usable
+# row of the data: nothing is fitted, nothing is split. Each row's state at the
+# bundle's block L* decides the gate (router, probe, tau); the unsteered baseline
+# and every config given (the adapter's own, or `--tau/--alpha/--beta` overrides)
+# are generated with the sweep's batched, cached driver. Rows of a domain the
+# bundle never saw are routed to a domain it knows, and their labels count.
+#
+# `asa evaluate` runs the evaluation, then this notebook as its report
+# (`reports/<name>/`). Run by hand, it evaluates when `evaluation.json` is missing
+# or was made from other inputs.
+
+# %% tags=["parameters"]
+params_path = "params/tiny.yaml"
+adapter = "reports/tiny/chosen_adapter"
+data = "data/labelled_example.jsonl"
+out_dir = "reports/tiny-eval"
+# overrides, comma-separated; empty: the adapter's own
+taus = ""
+alphas = ""
+betas = ""
+
+# %%
+import pandas as pd
+
+from asa_lib import evaluate as ev
+from asa_lib import nb
+from asa_lib.params import BASELINE
+from asa_lib.report import plots
+from asa_lib.run import analysis
+
+params, res = ev.open_evaluation(params_path, adapter, data, out_dir, taus, alphas, betas)
+configs = res["configs"]
+print(f"adapter {res['adapter']}")
+print(
+    f"  block {configs[BASELINE]['layer']} of {res['model_id']}; bundle sha256 {res['bundle_sha256']}"
+)
+print(f"data {res['data']} (sha256 {res['data_sha256']})")
+print(
+    f"  {res['rows_used']} rows used of {res['rows_read']} read; skipped: {res['skipped'] or 'none'}"
+)
+if res["prompt_format_note"]:
+    print("NOTE:", res["prompt_format_note"])
+unseen = res["domains"]["unseen"]
+if unseen:
+    print(
+        f"NOTE: {len(unseen)} domain(s) the bundle never saw: {', '.join(unseen)}. Their rows are "
+        "routed to a domain it knows, and their labels count in every figure below."
+    )
+print(f"{res['seconds']:.0f} s, {res['seconds'] / max(res['rows_used'], 1):.2f} s per prompt")
+
+# %% [markdown]
+# ## Baseline and steered, with bootstrap 95% intervals
+
+# %%
+pd.DataFrame(ev.metric_rows(res)).set_index("config")
+
+# %% [markdown]
+# ## Did steering help beyond noise? Steered minus baseline, paired bootstrap 95% CI
+#
+# Both are scored on the same resampled prompts; an interval that excludes 0 is a
+# change beyond resampling noise.
+
+# %%
+diffs = analysis.paired_differences(configs, ev.SPLIT, seed=params.data.seed)
+display(diffs.round(3))
+if len(diffs):
+    nb.show(plots.paired_diffs(diffs, "steered − baseline, paired bootstrap 95% CI"))
+
+# %% [markdown]
+# ## Per domain (with intervals)
+
+# %%
+pd.DataFrame(ev.domain_rows(res)).set_index(["config", "domain"])
+
+# %% [markdown]
+# ## Where the router sent the rows, and p(tool) by label
+
+# %%
+display(ev.routing_mix(res))
+chosen = res["configs_evaluated"][0]
+nb.show(
+    plots.p_tool_histograms(
+        configs[chosen]["records"], configs[chosen]["tau"], f"p(tool) by label · {chosen}"
+    )
+)
+
+# %% [markdown]
+# ## Flipped decisions (against the baseline), with both outputs
+
+# %%
+for name in res["configs_evaluated"]:
+    print(name)
+    display(analysis.flip_counts(configs[BASELINE], configs[name]))
+    display(analysis.flips(configs[BASELINE], configs[name], ev.tool_sets(res)))

@@ -1,0 +1,297 @@
+"""``asa evaluate``: a tuned adapter applied unchanged to a labelled set; one-line errors; the report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from helpers_online import write_adapter
+
+from asa_lib.cli import main
+from asa_lib.evaluate import evaluate
+from asa_lib.params import load_params
+from conftest import PARAMS, ROOT
+
+
+def _labelled_params(tmp, source, base="tiny.yaml", **data):
+    """The tiny preset with labelled data (text, label, domain columns) from ``source``."""
+    d = yaml.safe_load((PARAMS / base).read_text())
+    d["data"] = {"kind": "labelled", "source": str(source), "seed": 42, **data}
+    p = tmp / "labelled.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_lm(tiny_params):
+    from asa_lib.model.load import load_params_model
+
+    return load_params_model(tiny_params)
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory, cli_lm, tiny_params):
+    """An adapter fitted in-process on a few prompts (no pipeline) and rows of both labels."""
+    tmp = tmp_path_factory.mktemp("eval")
+    folder, fitted, _ = write_adapter(tmp / "run", cli_lm, tiny_params)
+    domains = sorted(fitted.bundle.probes) or ["math"]
+    rows = [
+        {"text": t, "label": i % 2, "domain": domains[i % len(domains)]}
+        for i, t in enumerate(fitted.eval_texts)
+    ]
+    data = _write_rows(tmp / "rows.jsonl", rows)
+    # the run's own params.yaml (write_adapter) is the format; with labelled data it is the same
+    d = yaml.safe_load((tmp / "run" / "params.yaml").read_text())
+    d["data"] = {"kind": "labelled", "source": str(data), "seed": 42}
+    params = tmp / "p.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    return {"tmp": tmp, "adapter": folder, "rows": rows, "data": data, "params": params}
+
+
+def _cli(capsys, *args):
+    code = main(["evaluate", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(code, err, msg):
+    err = err.strip()
+    assert code == 2, err
+    assert err.startswith("asa: error:") and msg in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["format", "model", "empty", "one class", "no file", "too long"])
+def test_bad_evaluations_are_one_line(light, capsys, tmp_path, case):
+    d = yaml.safe_load(light["params"].read_text())
+    data = light["data"]
+    msg = {
+        "format": "another format than the run the adapter came from",
+        "model": "this adapter was built on",
+        "empty": "no usable rows",
+        "one class": "recall, FPR and F1 need rows of both labels",
+        "no file": "no such file",
+        "too long": "generation.max_prompt_tokens is 4096",
+    }[case]
+    if case == "format":
+        d["prompt"]["system_template"] = "You may call: {tools_json}"
+    elif case == "model":
+        d["model"]["id"] = "someone/else"
+    elif case == "empty":
+        data = _write_rows(tmp_path / "empty.jsonl", [{"text": " ", "label": 1, "domain": "x"}])
+    elif case == "one class":
+        data = _write_rows(tmp_path / "ones.jsonl", [dict(r, label=1) for r in light["rows"]])
+    elif case == "no file":
+        data = tmp_path / "missing.jsonl"
+    elif (
+        case == "too long"
+    ):  # the tiny model's tokenizer is byte-level: 20,000 bytes, 20,000 tokens
+        rows = [*light["rows"], {"text": "x" * 20_000, "label": 1, "domain": "math"}]
+        data = _write_rows(tmp_path / "long.jsonl", rows)
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    out_dir = tmp_path / "out"
+    code, _, err = _cli(
+        capsys,
+        "--adapter",
+        light["adapter"],
+        "--params",
+        params,
+        "--data",
+        data,
+        "--out-dir",
+        out_dir,
+    )
+    _one_line_error(code, err, msg)
+    if case not in ("model", "too long"):  # refused before anything is written (these two
+        # are checked once the model is loaded)
+        assert not out_dir.exists()
+
+
+def test_an_unseen_domain_is_routed_and_counted(light, cli_lm, tmp_path):
+    rows = [dict(r, domain="never_seen") if i % 3 == 0 else r for i, r in enumerate(light["rows"])]
+    data = _write_rows(tmp_path / "rows.jsonl", rows)
+    params = load_params(light["params"])
+    res = evaluate(params, light["adapter"], str(data), tmp_path / "out", lm=cli_lm)
+    assert res["domains"]["unseen"] == ["never_seen"]
+    for r in res["configs"].values():
+        recs = r["records"]
+        assert len(recs) == len(rows)  # nothing dropped
+        unseen = [x for x in recs if x["domain"] == "never_seen"]
+        assert len(unseen) == sum(x["domain"] == "never_seen" for x in rows)
+        assert all(x["routed"] in res["domains"]["known_to_bundle"] for x in unseen)
+        m = r["splits"]["eval"]["metrics"]
+        assert m["n"] == len(rows) and m["per_domain"]["never_seen"]["n"] == len(unseen)
+
+
+def test_several_overrides_share_one_baseline(light, cli_lm, tmp_path):
+    params = load_params(light["params"])
+    res = evaluate(
+        params, light["adapter"], str(light["data"]), tmp_path / "out", taus=[0.55, 0.9], lm=cli_lm
+    )
+    names = res["configs_evaluated"]
+    assert len(names) == 2 and all(n.startswith("tau=") for n in names)
+    assert set(res["configs"]) == {"baseline", *names} and set(res["vs_baseline"]) == set(names)
+    base = res["configs"]["baseline"]["records"]
+    for n in names:  # a prompt left alone reuses the one baseline output
+        for b, s in zip(base, res["configs"][n]["records"]):
+            if s["gate"] == 0:
+                assert s["output"] == b["output"]
+    # the paired difference is recomputed here by hand for F1: steered minus baseline
+    for n in names:
+        recs = res["configs"][n]["records"]
+
+        def f1(trig):
+            tp = sum(1 for r, t in zip(base, trig) if r["label"] == 1 and t)
+            fp = sum(1 for r, t in zip(base, trig) if r["label"] == 0 and t)
+            fn = sum(1 for r, t in zip(base, trig) if r["label"] == 1 and not t)
+            return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+        want = f1([r["triggered"] for r in recs]) - f1([r["triggered"] for r in base])
+        assert res["vs_baseline"][n]["f1"]["diff"] == pytest.approx(want)
+
+
+# ---------------------------------------------------------------- against a real sweep
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from test_pipeline import make_tiny_run
+
+    run = make_tiny_run(tmp_path_factory.mktemp("run"))
+    assert run["code"] == 0, run["logs"]
+    return run
+
+
+def _split_rows(run_dir, split):
+    """The split's rows in the order of its stored states (the sweep's order)."""
+    meta = json.loads((run_dir / "states" / f"{split}.json").read_text())
+    rows = {
+        r["id"]: r
+        for r in map(json.loads, (run_dir / "data" / "splits.jsonl").read_text().splitlines())
+    }
+    return [
+        {"id": i, "text": rows[i]["text"], "label": rows[i]["label"], "domain": rows[i]["domain"]}
+        for i in meta["ids"]
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_evaluate_equals_the_sweep_on_the_same_rows(tiny_run, cli_lm, tmp_path, split):
+    run_dir = tiny_run["dir"]
+    results = json.loads((run_dir / "results.json").read_text())
+    chosen = results["chosen"]["name"]
+    data = _write_rows(tmp_path / f"{split}.jsonl", _split_rows(run_dir, split))
+    params = load_params(_labelled_params(tmp_path, data))
+    res = evaluate(params, run_dir / "chosen_adapter", str(data), tmp_path / "out", lm=cli_lm)
+    assert res["configs_evaluated"] == [chosen]
+    for name in ("baseline", chosen):
+        sweep = json.loads((run_dir / "sweep" / f"{name}.json").read_text())
+        want = [r for r in sweep["records"] if r["split"] == split]
+        got = res["configs"][name]["records"]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            # p(tool) from states read here, not the stored ones: equal to float32 precision
+            assert g["p_tool"] == pytest.approx(w["p_tool"], abs=1e-5)
+            assert {k: v for k, v in g.items() if k not in ("split", "p_tool")} == {
+                k: v for k, v in w.items() if k not in ("split", "p_tool")
+            }
+        m_got = res["configs"][name]["splits"]["eval"]["metrics"]
+        assert m_got == sweep["splits"][split]["metrics"]
+    if split == "test":  # the analysis' TEST differences are the evaluation's
+        d = results["vs_baseline"]["test"][chosen]
+        assert res["vs_baseline"][chosen]["f1"]["diff"] == pytest.approx(d["d_f1"])
+        assert res["vs_baseline"][chosen]["fpr"]["diff"] == pytest.approx(d["d_fpr"])
+
+
+@pytest.mark.slow
+def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
+    tiny_run, tmp_path, capsys
+):
+    run_dir = tiny_run["dir"]
+    shutil.copytree(run_dir, tmp_path / "tiny", ignore=shutil.ignore_patterns("cache"))
+    run_dir = tmp_path / "tiny"
+    data = _write_rows(tmp_path / "rows.jsonl", _split_rows(run_dir, "valid"))
+    params = _labelled_params(tmp_path, data)
+    out_dir = tmp_path / "reports" / "tiny-eval"
+    args = ["--adapter", run_dir / "chosen_adapter", "--params", params, "--data", data]
+    code, out, err = _cli(capsys, *args, "--out-dir", out_dir, "--tau", "0.55,0.6")
+    assert code == 0, err
+    assert re.search(r"baseline\s+F1 \d\.\d{3} \[", out) and out.count("ΔF1") == 2
+    res = json.loads((out_dir / "evaluation.json").read_text())
+    assert res["data_sha256"] and res["bundle_sha256"] and res["model_id"] == "tiny-lfm2"
+    assert res["versions"]["torch"] and len(res["configs"]["baseline"]["records"]) == len(
+        _split_rows(run_dir, "valid")
+    )
+    html = (out_dir / "html" / "08_evaluate.html").read_text()
+    assert "paired bootstrap" in html and "data:image/png;base64" in html
+    assert not re.search(r"<script[^>]+src=['\"]https?://", html)
+    assert not re.search(r"<link[^>]+href=['\"]https?://", html)
+    index = (run_dir / "index.html").read_text()
+    assert "Evaluations of the chosen adapter" in index and "tiny-eval" in index
+    # a rerun with the same inputs reuses the results: nothing is generated again
+    code, out2, err = _cli(capsys, *args, "--out-dir", out_dir, "--tau", "0.55,0.6")
+    assert code == 0, err
+    res2 = json.loads((out_dir / "evaluation.json").read_text())
+    gen = [r["splits"]["eval"]["generated_now"] for r in res2["configs"].values()]
+    assert gen == [0, 0, 0]
+    # a folder that is not an evaluation's is refused untouched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    code, _, err = _cli(capsys, *args, "--out-dir", other)
+    _one_line_error(code, err, "is not an evaluation folder")
+    assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+
+
+def test_rows_with_their_own_tools_render_and_score_against_them(light, cli_lm, tmp_path):
+    """BFCL rows (data/bfcl_live_relevance.jsonl.xz) bring their own tools: each prompt lists them,
+    and each call is scored against them."""
+    import lzma
+
+    from asa_lib.data import tool_set_id
+    from asa_lib.prompts import render_prompt
+    from asa_lib.tools import CallMarkers, score_output
+
+    shipped = ROOT / "data" / "bfcl_live_relevance.jsonl.xz"
+    rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
+    rows = rows[:3] + rows[-3:]  # both labels
+    data = _write_rows(tmp_path / "bfcl.jsonl", rows)
+    params = load_params(light["params"])
+    res = evaluate(params, light["adapter"], str(data), tmp_path / "out", lm=cli_lm)
+    markers = CallMarkers.of(params.prompt)
+    for r in res["configs"].values():
+        for row, rec in zip(rows, r["records"]):
+            assert rec["id"] == row["id"] and rec["tools"] == tool_set_id(row["tools"])
+            assert res["tool_sets"][rec["tools"]] == row["tools"]
+            score = score_output(rec["output"], markers, row["tools"])
+            assert (rec["triggered"], rec["format_valid"], rec["valid"]) == (
+                score.triggered,
+                score.format_valid,
+                score.valid,
+            )
+    # the prompt of a row names that row's functions, not prompt.tools
+    text = render_prompt(cli_lm.tokenizer, params.prompt, rows[0]["text"], rows[0]["tools"])
+    assert rows[0]["tools"][0]["name"] in text and "calculator" not in text
+
+
+def test_the_prompt_format_hash_sees_the_key_order_the_prompt_renders(tiny_params, tiny_lm):
+    """{tools_json} keeps each tool's key order: another order is another prompt, and another hash."""
+    import copy
+
+    from asa_lib.prompts import prompt_format_sha256, render_prompts
+
+    other = copy.deepcopy(tiny_params.prompt)
+    other.tools = [dict(sorted(t.items())) for t in other.tools]
+    assert other == tiny_params.prompt  # equal as data ...
+    a = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, ["hi"])
+    b = render_prompts(tiny_lm.tokenizer, other, ["hi"])
+    assert a != b  # ... but not as a prompt
+    assert prompt_format_sha256(other) != prompt_format_sha256(tiny_params.prompt)
