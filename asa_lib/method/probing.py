@@ -201,6 +201,7 @@ def make_bundle(
     num_layers: int,
     cal_mean_norm: float,
     model_fingerprint: str = "",
+    model_weights: str = "",
 ) -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
@@ -227,6 +228,7 @@ def make_bundle(
         num_layers=num_layers,
         cal_mean_norm=float(cal_mean_norm),
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
 
 
@@ -256,6 +258,7 @@ def fit_bundle(
     model_id: str,
     num_layers: int,
     model_fingerprint: str = "",
+    model_weights: str = "",
     vectors: dict[str, np.ndarray] | None = None,
 ) -> tuple[Bundle, FitReport]:
     """Stages 04-05: the adapter bundle from raw states at L*.
@@ -285,6 +288,7 @@ def fit_bundle(
         num_layers,
         cal_mean_norm=norm,
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
     return bundle, FitReport(classes, dict(bundle.vectors), notes, fit, norm)
 
@@ -298,6 +302,7 @@ def fit_from_states(
     model_id: str,
     num_layers: int | None = None,
     model_fingerprint: str = "",
+    model_weights: str = "",
 ) -> tuple[Bundle, FitReport]:
     """Stages 03-05: L* by the layer sweep (CAL -> VALID), then :func:`fit_bundle` at L*.
 
@@ -316,6 +321,7 @@ def fit_from_states(
         model_id=model_id,
         num_layers=states["cal"].shape[1] if num_layers is None else num_layers,
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
     report.layers = sweep
     return bundle, report
