@@ -159,9 +159,7 @@ def generation_keys(
     Without a cache the keys only tell equal rows apart (each is generated once).
     """
     ctx = (
-        f"{cache.context}:{context_hash(output_context(lm, settings))}"
-        if cache is not None
-        else ""
+        f"{cache.context}:{context_hash(output_context(lm, settings))}" if cache is not None else ""
     )
     return [
         make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i], layer))
