@@ -26,7 +26,13 @@ from asa_lib import data
 from asa_lib.engine.cache import CacheError, GenerationCache
 from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.layout import RunDir
-from asa_lib.model.load import LoadedModel, build_tiny_lfm2, load_params_model
+from asa_lib.model.load import (
+    LoadedModel,
+    build_tiny_lfm2,
+    build_tiny_tokenizer,
+    load_params_model,
+    tokenizer_digest,
+)
 from asa_lib.params import SweepConfig, baseline_config
 from asa_lib.prompts import render_prompts
 from asa_lib.run.extraction import extract_run
@@ -102,6 +108,15 @@ def test_each_input_of_an_output_regenerates_exactly_its_rows(tiny_lm, tiny_para
         assert rows(tiny_lm, prompts, how, deltas, 1) == set()
     finally:
         cache.close()
+
+
+def test_the_tokenizer_is_in_the_key_but_not_the_padding_a_call_leaves_behind():
+    tok = build_tiny_tokenizer()
+    d = tokenizer_digest(tok)
+    tok(["a", "bbb"], padding=True, truncation=True, max_length=2)  # sets the backend's state
+    assert tokenizer_digest(tok) == d == tokenizer_digest(build_tiny_tokenizer())
+    tok.add_tokens(["<|new|>"])
+    assert tokenizer_digest(tok) != d
 
 
 @pytest.fixture(scope="module")

@@ -166,11 +166,23 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest
 
 
+# tokenizer -> (its size and special tokens, its digest): see tokenizer_digest
+_TOKENIZER_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_digest(tok) -> str:
     """sha256 of a tokenizer: its definition (a fast tokenizer's JSON), or its vocabulary and special tokens.
 
-    Not the padding and truncation a call leaves behind in a fast tokenizer's state.
+    Not the padding and truncation a call leaves behind in a fast tokenizer's
+    state. Remembered per tokenizer until its size or special tokens change.
     """
+    key = (len(tok), tuple(map(str, tok.all_special_tokens)))
+    try:
+        memo = _TOKENIZER_DIGESTS.get(tok)
+    except TypeError:  # not weakly referenceable
+        memo = None
+    if memo is not None and memo[0] == key:
+        return memo[1]
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
         spec = json.loads(backend.to_str())
@@ -181,7 +193,12 @@ def tokenizer_digest(tok) -> str:
         text = json.dumps(
             [sorted(tok.get_vocab().items()), sorted(map(str, tok.all_special_tokens))]
         )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        _TOKENIZER_DIGESTS[tok] = (key, digest)
+    except TypeError:
+        pass
+    return digest
 
 
 def resolve_device(device: str) -> torch.device:
