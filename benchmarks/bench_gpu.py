@@ -821,7 +821,14 @@ def main() -> None:
         cache_on = GenerationCache(
             Path(tmp.name) / "on.sqlite", {"bench": "gpu", "max_new": max_new}
         )
-        keys = [cache_off.key(p, "none") for s in ("valid", "test") for p in prompts[s]]
+        keys = generation_keys(  # the baseline rows (both caches have one context)
+            lm,
+            GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp),
+            [p for s in ("valid", "test") for p in prompts[s]],
+            None,
+            layer,
+            cache_off,
+        )
         cache_on.put_many(cache_off.get_many(keys), cache_off.get_tokens_many(keys))
         t_base = off["configs"][0]["seconds"]
 
