@@ -12,7 +12,7 @@
 
 ``adapter.json`` records the layer L*, the hook point, the domains, which of
 them have a probe and a vector, the model id, hidden size and block count the
-bundle came from (and the digest of its weights, ``model_weights``), the CAL mean state norm (for relative alpha), library
+bundle came from, the CAL mean state norm (for relative alpha), library
 versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
 ``adapter.safetensors`` and of every other field of the JSON. The loader checks
 each tensor against that list and then the hash (where the JSON has one:
@@ -183,9 +183,9 @@ class Bundle:
         if not self.model_weights:
             raise BundleError(
                 f"this adapter, built on {self.model_id!r}, records no digest of its model's "
-                "weights (it was written before adapters recorded one), so it cannot tell this "
-                "model from another with the same name and other weights. Rebuild it on this "
-                f"model (stages 02-05), or {override}."
+                "weights (written before adapters recorded one, or built without it), so it "
+                "cannot tell this model from another with the same name and other weights. "
+                f"Rebuild it on this model (stages 02-05), or {override}."
             )
         if weights != self.model_weights:
             raise BundleError(
