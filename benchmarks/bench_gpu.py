@@ -87,8 +87,8 @@ from asa_lib.engine.cache import GenerationCache  # noqa: E402
 from asa_lib.engine.generate import (  # noqa: E402
     GenerationSettings,
     GenerationStats,
-    delta_key,
     generate_all,
+    generation_keys,
     identity,
     share_prefix_for,
 )
@@ -366,10 +366,16 @@ def exactness(device: torch.device, n_prompts: int, max_new: int) -> list[dict]:
                 stats=st,
             )
             check(f"{where}, steered, draft-verified (baseline drafts)", got, want_steer, st)
-            own = cache.get_tokens_many(
-                [cache.key(p, delta_key(d)) for p, d in zip(prompts, deltas)]
+            keys = generation_keys(
+                lm,
+                GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp),
+                prompts,
+                deltas,
+                layer,
+                cache,
             )
-            own = [own[cache.key(p, delta_key(d))] for p, d in zip(prompts, deltas)]
+            own = cache.get_tokens_many(keys)
+            own = [own[k] for k in keys]
             cache.close()
         # drafts: each row's own output with a wrong token in the middle (accepted in part, then decoded on)
         part = [
@@ -815,7 +821,14 @@ def main() -> None:
         cache_on = GenerationCache(
             Path(tmp.name) / "on.sqlite", {"bench": "gpu", "max_new": max_new}
         )
-        keys = [cache_off.key(p, "none") for s in ("valid", "test") for p in prompts[s]]
+        keys = generation_keys(  # the baseline rows (both caches have one context)
+            lm,
+            GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp),
+            [p for s in ("valid", "test") for p in prompts[s]],
+            None,
+            layer,
+            cache_off,
+        )
         cache_on.put_many(cache_off.get_many(keys), cache_off.get_tokens_many(keys))
         t_base = off["configs"][0]["seconds"]
 

@@ -44,6 +44,7 @@ bundle, report = probing.fit_bundle(
     model_id=meta["cal"]["model_id"],
     num_layers=num_layers,
     model_fingerprint=meta["cal"].get("model_fingerprint", ""),
+    model_weights=meta["cal"].get("model_weights", ""),
     vectors=vectors,  # stage 04's
 )
 for n in report.notes:

@@ -53,6 +53,7 @@ def fit_bundle(lm, params, layer: int, per_split: int, n_eval: int) -> Fitted:
         result.domains,  # the run's domains, as data.read_domains(run) gives them
         model_id=lm.model_id,
         num_layers=lm.num_layers,
+        model_weights=lm.weights,
     )
     eval_rows = (splits["valid"] + splits["test"])[:n_eval]
     eval_texts = [x.text for x in eval_rows]

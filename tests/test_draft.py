@@ -24,8 +24,8 @@ from asa_lib.engine.draft import accept, draft_for, draft_min_acceptance_for
 from asa_lib.engine.generate import (
     GenerationSettings,
     GenerationStats,
-    delta_key,
     generate_all,
+    generation_keys,
     identity,
     share_prefix_for,
 )
@@ -65,16 +65,11 @@ def own_tokens(
 ) -> list[list[int]]:
     """Each row's greedy output tokens (plain path, no drafts), read back from the generation cache."""
     cache = GenerationCache(tmp_path / f"{name}.sqlite", {"own": name})
-    generate_all(
-        lm,
-        prompts,
-        GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp),
-        deltas,
-        layer=LAYER,
-        cache=cache,
-    )
-    toks = cache.get_tokens_many([cache.key(p, delta_key(d)) for p, d in zip(prompts, deltas)])
-    out = [toks[cache.key(p, delta_key(d))] for p, d in zip(prompts, deltas)]
+    settings = GenerationSettings(max_new_tokens=max_new, batch_size=8, markers=pp)
+    generate_all(lm, prompts, settings, deltas, layer=LAYER, cache=cache)
+    keys = generation_keys(lm, settings, prompts, deltas, LAYER, cache)
+    toks = cache.get_tokens_many(keys)
+    out = [toks[k] for k in keys]
     cache.close()
     return out
 
@@ -168,16 +163,13 @@ def test_drafts_from_the_cache_equal_plain_and_oracle(
     assert n == len(steered) and st.generated == n
     assert st.drafted == len(steered)  # every steered row had its prompt's baseline as a draft
     # the drafts were accepted in full and not at all
-    toks = cache.get_tokens_many(
-        [cache.key(p, delta_key(d)) for p, d in zip(prompts, deltas)]
-        + [cache.key(p, "none") for p in prompts]
-    )
+    settings = GenerationSettings(max_new_tokens=MAX_NEW, batch_size=8, markers=pp)
+    steer_keys = generation_keys(tiny_lm, settings, prompts, deltas, LAYER, cache)
+    base_keys = generation_keys(tiny_lm, settings, prompts, None, LAYER, cache)
+    toks = cache.get_tokens_many(steer_keys + base_keys)
     full = part = none = 0
     for i in steered:
-        a, b = (
-            toks[cache.key(prompts[i], delta_key(deltas[i]))],
-            toks[cache.key(prompts[i], "none")],
-        )
+        a, b = toks[steer_keys[i]], toks[base_keys[i]]
         k = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         full += a == b
         part += 0 < k and a != b
@@ -422,8 +414,16 @@ def test_smollm2_drafts_equal_plain_and_oracle(smol_lm, demo_params, tmp_path):
     )
     assert got == want
     assert st.drafted == sum(bool(np.any(d)) for d in deltas) and st.accepted_tokens > 0
-    own = cache.get_tokens_many([cache.key(p, delta_key(d)) for p, d in zip(prompts, deltas)])
-    own = [own[cache.key(p, delta_key(d))] for p, d in zip(prompts, deltas)]
+    keys = generation_keys(
+        smol_lm,
+        GenerationSettings(max_new_tokens=max_new, batch_size=3, markers=pp),
+        prompts,
+        deltas,
+        LAYER,
+        cache,
+    )
+    own = cache.get_tokens_many(keys)
+    own = [own[k] for k in keys]
     part = [x[:2] + [(x[2] + 1) % len(smol_lm.tokenizer)] + x[3:] if len(x) > 2 else x for x in own]
     st = GenerationStats()
     got, _ = generate_all(

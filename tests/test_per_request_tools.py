@@ -76,7 +76,12 @@ def run(tiny_params, tiny_lm, tmp_path_factory):
     y = {s: np.array([x.label for x in splits[s]]) for s in states}
     dom = {s: [x.domain for x in splits[s]] for s in states}
     bundle, _ = probing.fit_from_states(
-        states, y, dom, data.read_domains(run_dir), model_id=tiny_lm.model_id
+        states,
+        y,
+        dom,
+        data.read_domains(run_dir),
+        model_id=tiny_lm.model_id,
+        model_weights=tiny_lm.weights,
     )
     save_bundle(bundle, run_dir / "bundle")
     return {

@@ -132,6 +132,7 @@ def _bundle_on(lm, domains: list[str]) -> Bundle:
         num_layers=lm.num_layers,
         cal_mean_norm=1.0,
         model_fingerprint=lm.fingerprint,
+        model_weights=lm.weights,
     )
 
 

@@ -332,14 +332,16 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
     from asa_lib.model.load import weights_fingerprint
 
     b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
-    b.model_fingerprint = "a" * 64
-    b.check_model(12, 3, "synthetic", "a" * 64)  # the same model: fine
+    b.model_fingerprint, b.model_weights = "a" * 64, "w" * 64
+    b.check_model(12, 3, "synthetic", "a" * 64, weights="w" * 64)  # the same model: fine
     with pytest.raises(
         BundleError, match="built on 'synthetic', not on 'other'.*allow_model_mismatch"
     ):
-        b.check_model(12, 3, "other", "a" * 64)
+        b.check_model(12, 3, "other", "a" * 64, weights="w" * 64)
     with pytest.raises(BundleError, match="other names, shapes or dtypes"):
-        b.check_model(12, 3, "synthetic", "b" * 64)
+        b.check_model(12, 3, "synthetic", "b" * 64, weights="w" * 64)
+    with pytest.raises(BundleError, match="other weights than this one's"):
+        b.check_model(12, 3, "synthetic", "a" * 64, weights="v" * 64)
     b.check_model(12, 3, "other", "b" * 64, allow_mismatch=True)  # explicitly overridden
     with pytest.raises(BundleError, match="hidden size"):
         b.check_model(64, 3, "synthetic", allow_mismatch=True)  # shapes must fit in any case
@@ -347,22 +349,25 @@ def test_a_bundle_refuses_another_model_unless_allowed(bundle_dir, tiny_lm):
     assert fp == tiny_lm.fingerprint and len(fp) == 64
     save_bundle(b, bundle_dir)
     assert load_bundle(bundle_dir).model_fingerprint == "a" * 64
+    assert load_bundle(bundle_dir).model_weights == "w" * 64
 
 
 def test_the_model_check_reads_one_set_of_facts(bundle_dir, tiny_lm):
     """LoadedModel.facts (the sweep) and model_facts of a bare module (the API) feed Bundle.check_facts."""
-    from asa_lib.model.load import ModelFacts, model_facts, weights_fingerprint
+    from asa_lib.model.load import ModelFacts, model_facts, weights_digest, weights_fingerprint
 
-    fp = weights_fingerprint(tiny_lm.model)
-    assert tiny_lm.facts() == ModelFacts("tiny-lfm2", 64, 4, fp)  # the tiny LFM2: 64 wide, 4 blocks
-    assert model_facts(tiny_lm.model, "vouched") == ModelFacts("vouched", 64, 4, fp)
+    fp, w = weights_fingerprint(tiny_lm.model), weights_digest(tiny_lm.model)
+    # the tiny LFM2: 64 wide, 4 blocks
+    assert tiny_lm.facts() == ModelFacts("tiny-lfm2", 64, 4, fp, w)
+    assert model_facts(tiny_lm.model, "vouched") == ModelFacts("vouched", 64, 4, fp, w)
     b = load_bundle(bundle_dir)  # built on "synthetic", hidden size 12, 3 blocks
-    b.model_fingerprint = "a" * 64
-    b.check_facts(ModelFacts("synthetic", 12, 3, "a" * 64))
+    b.model_fingerprint, b.model_weights = "a" * 64, "w" * 64
+    b.check_facts(ModelFacts("synthetic", 12, 3, "a" * 64, "w" * 64))
     for facts, msg in (
-        (ModelFacts("other", 12, 3, "a" * 64), "not on 'other'"),
-        (ModelFacts("synthetic", 12, 3, "b" * 64), "other names, shapes or dtypes"),
-        (ModelFacts("synthetic", 12, 4, "a" * 64), "the model has 4 blocks"),
+        (ModelFacts("other", 12, 3, "a" * 64, "w" * 64), "not on 'other'"),
+        (ModelFacts("synthetic", 12, 3, "b" * 64, "w" * 64), "other names, shapes or dtypes"),
+        (ModelFacts("synthetic", 12, 3, "a" * 64, "v" * 64), "other weights than this one's"),
+        (ModelFacts("synthetic", 12, 4, "a" * 64, "w" * 64), "the model has 4 blocks"),
         (tiny_lm.facts(), "the model has hidden size 64"),
     ):
         with pytest.raises(BundleError, match=msg):

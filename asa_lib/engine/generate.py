@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from asa_lib.engine.batching import CHUNK_BATCHES, _gen_batches, shard_units
-from asa_lib.engine.cache import GenerationCache, make_key
+from asa_lib.engine.cache import GenerationCache, context_hash, make_key
 from asa_lib.engine.decode import GenerationStats, _clean, _eos_ids, _finished, _generate_rows
 from asa_lib.engine.draft import (
     accept,
@@ -46,7 +46,7 @@ from asa_lib.engine.prefix import (
     shared_prefix,
     token_ids,
 )
-from asa_lib.model.load import LoadedModel
+from asa_lib.model.load import LoadedModel, tokenizer_digest
 from asa_lib.params import GenerationParams, check_batch_size
 from asa_lib.progress import progress
 from asa_lib.tools import CallMarkers, triggered
@@ -120,11 +120,61 @@ class GenerationSettings:
         return replace(self, draft=False, draft_min_acceptance=0.0)
 
 
-def delta_key(delta: np.ndarray | None) -> str:
-    """Cache key part for a signed steering: 'none' for no steering, else a hash of the exact delta."""
+def delta_key(delta: np.ndarray | None, layer: int) -> str:
+    """Cache key part for a signed steering: 'none' for no steering, else a hash of the block and the exact delta.
+
+    The same delta added at another block is another output (a ``vector: random``
+    config with an absolute alpha has the same delta at every L*).
+    """
     if delta is None or not np.any(delta):
         return "none"
-    return hashlib.sha256(np.ascontiguousarray(delta, dtype=np.float32).tobytes()).hexdigest()[:32]
+    h = hashlib.sha256(f"block {int(layer)};".encode())
+    h.update(np.ascontiguousarray(delta, dtype=np.float32).tobytes())
+    return h.hexdigest()[:32]
+
+
+def output_context(lm: LoadedModel, settings: GenerationSettings) -> dict[str, Any]:
+    """What decides an output besides its prompt and its steering: part of every cache key.
+
+    The model's weights (:func:`~asa_lib.model.load.weights_digest`: the tiny
+    model's seed, a checkpoint, an adapter, the dtype), its tokenizer and
+    generation config, the device, and the settings' ``max_new_tokens`` and
+    call markers (a row stops at its end marker). Not the batch size, the
+    shared prefix or drafts: they change how an output is computed, not which
+    (the plain greedy output; tests/test_exactness.py, tests/test_draft.py).
+    """
+    gen_cfg = getattr(lm.model, "generation_config", None)
+    gen = gen_cfg.to_diff_dict() if gen_cfg is not None else {}
+    gen.pop("transformers_version", None)
+    return {
+        "weights": lm.weights,
+        "tokenizer": tokenizer_digest(lm.tokenizer),
+        "generation_config": gen,
+        "device": lm.device.type,
+        "max_new_tokens": settings.max_new_tokens,
+        "markers": [settings.markers.start, settings.markers.end],
+    }
+
+
+def generation_keys(
+    lm: LoadedModel,
+    settings: GenerationSettings,
+    prompts: list[str],
+    deltas: np.ndarray | None,
+    layer: int,
+    cache: GenerationCache | None,
+) -> list[str]:
+    """The cache key of each row: the cache's context, :func:`output_context`, the prompt, the steering.
+
+    Without a cache the keys only tell equal rows apart (each is generated once).
+    """
+    ctx = (
+        f"{cache.context}:{context_hash(output_context(lm, settings))}" if cache is not None else ""
+    )
+    return [
+        make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i], layer))
+        for i in range(len(prompts))
+    ]
 
 
 def identity(a: list[str], b: list[str], markers: Any) -> dict[str, float]:
@@ -195,12 +245,7 @@ def generate_all(
     has been read and before anything is written to it, so that every worker
     sees the same rows to generate and deals out the same chunks.
     """
-    n = len(prompts)
-    ctx = cache.context if cache is not None else ""
-    keys = [
-        make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i]))
-        for i in range(n)
-    ]
+    keys = generation_keys(lm, settings, prompts, deltas, layer, cache)
     results: dict[str, str] = cache.get_many(keys) if cache is not None else {}
     todo: dict[str, int] = {}
     for i, k in enumerate(keys):
@@ -242,9 +287,8 @@ def generate_all(
     if draft and drafts is not None:
         found = {i: drafts[i] for i in mine if drafts[i] is not None}
     elif draft and cache is not None and deltas is not None:
-        base = {
-            i: make_key(ctx, prompts[i], "none") for i in mine if delta_key(deltas[i]) != "none"
-        }
+        plain = generation_keys(lm, settings, prompts, None, layer, cache)
+        base = {i: plain[i] for i in mine if keys[i] != plain[i]}
         base_ids = cache.get_tokens_many(list(base.values()))
         base_text = cache.get_many([k for k in base.values() if k not in base_ids])
         found = {

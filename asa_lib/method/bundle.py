@@ -66,6 +66,8 @@ class Bundle:
     cal_mean_norm: float
     # sha256 of the model's parameter names, shapes and dtypes (models.weights_fingerprint)
     model_fingerprint: str = ""
+    # sha256 of the model's weights, values included (models.weights_digest); "" in older bundles
+    model_weights: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # the sha256 recorded in adapter.json (load_bundle); "" for a bundle not read from a folder
     sha256: str = ""
@@ -120,6 +122,7 @@ class Bundle:
             facts.model_id,
             facts.fingerprint,
             allow_mismatch=allow_mismatch,
+            weights=facts.weights,
         )
 
     def check_model(
@@ -129,6 +132,7 @@ class Bundle:
         model_id: str | None = None,
         fingerprint: str | None = None,
         allow_mismatch: bool = False,
+        weights: str | None = None,
     ) -> None:
         """Refuse a model this bundle was not built on (the one check, for the sweep and the API).
 
@@ -136,9 +140,13 @@ class Bundle:
         The model's identity has to match too, unless ``allow_mismatch``
         (``steering.allow_model_mismatch`` in params, ``allow_model_mismatch``
         in :meth:`asa_lib.api.ASA.load`): its id where one is given, its block
-        count, and the fingerprint of its weights' names, shapes and dtypes
+        count, the fingerprint of its weights' names, shapes and dtypes
         where both sides have one (bundles written before it was recorded
-        have none).
+        have none), and the digest of its weights' values (``weights``,
+        :func:`asa_lib.model.load.weights_digest`): another seed, checkpoint
+        or adapter under the same id is refused. A bundle that records no
+        weights digest (written before it was recorded) cannot tell them
+        apart, and is refused too unless ``allow_mismatch``: rebuild it.
         """
         built_on = f"{self.model_id!r} (hidden size {self.hidden_size}, {self.num_layers} blocks)"
         override = (
@@ -173,6 +181,19 @@ class Bundle:
                 f"this adapter was built on a model called {self.model_id!r} whose weights have "
                 "other names, shapes or dtypes than this one's. Build it on this model, or "
                 f"{override}."
+            )
+        if not self.model_weights:
+            raise BundleError(
+                f"this adapter, built on {self.model_id!r}, records no digest of its model's "
+                "weights (written before adapters recorded one, or built without it), so it "
+                "cannot tell this model from another with the same name and other weights. "
+                f"Rebuild it on this model (stages 02-05), or {override}."
+            )
+        if weights != self.model_weights:
+            raise BundleError(
+                f"this adapter was built on a model called {self.model_id!r} with other weights "
+                "than this one's (the same names and shapes, other values: another seed, "
+                f"checkpoint, adapter or dtype). Build it on this model, or {override}."
             )
 
 
@@ -222,6 +243,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "num_layers": b.num_layers,
         "cal_mean_norm": b.cal_mean_norm,
         "model_fingerprint": b.model_fingerprint,
+        "model_weights": b.model_weights,
         "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra,
@@ -302,6 +324,9 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
     fingerprint = meta.get("model_fingerprint", "")
     if not isinstance(fingerprint, str):
         raise BundleError(f"{jpath}: field 'model_fingerprint' must be str, got {fingerprint!r}")
+    weights = meta.get("model_weights", "")  # absent in bundles written before it was recorded
+    if not isinstance(weights, str):
+        raise BundleError(f"{jpath}: field 'model_weights' must be str, got {weights!r}")
     domains = _names(meta, "domains", jpath)
     router_classes = _names(meta, "router_classes", jpath)
     probes = _names(meta, "probes", jpath)
@@ -396,6 +421,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         "versions",
         "tensors",
         "model_fingerprint",
+        "model_weights",
         "sha256",
     }
     return Bundle(
@@ -416,6 +442,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         num_layers=L,
         cal_mean_norm=float(norm),
         model_fingerprint=fingerprint,
+        model_weights=weights,
         extra={k: v for k, v in meta.items() if k not in known},
         sha256=str(meta.get("sha256", "")),
     )

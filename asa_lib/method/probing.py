@@ -244,6 +244,7 @@ def make_bundle(
     num_layers: int,
     cal_mean_norm: float,
     model_fingerprint: str = "",
+    model_weights: str = "",
 ) -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
@@ -270,6 +271,7 @@ def make_bundle(
         num_layers=num_layers,
         cal_mean_norm=float(cal_mean_norm),
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
 
 
@@ -299,6 +301,7 @@ def fit_bundle(
     model_id: str,
     num_layers: int,
     model_fingerprint: str = "",
+    model_weights: str = "",
     vectors: dict[str, np.ndarray] | None = None,
 ) -> tuple[Bundle, FitReport]:
     """Stages 04-05: the adapter bundle from raw states at L*.
@@ -328,6 +331,7 @@ def fit_bundle(
         num_layers,
         cal_mean_norm=norm,
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
     return bundle, FitReport(classes, dict(bundle.vectors), notes, fit, norm)
 
@@ -341,6 +345,7 @@ def fit_from_states(
     model_id: str,
     num_layers: int | None = None,
     model_fingerprint: str = "",
+    model_weights: str = "",
 ) -> tuple[Bundle, FitReport]:
     """Stages 03-05: L* by the layer sweep (CAL -> VALID), then :func:`fit_bundle` at L*.
 
@@ -359,6 +364,7 @@ def fit_from_states(
         model_id=model_id,
         num_layers=states["cal"].shape[1] if num_layers is None else num_layers,
         model_fingerprint=model_fingerprint,
+        model_weights=model_weights,
     )
     report.layers = sweep
     return bundle, report

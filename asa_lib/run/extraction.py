@@ -79,6 +79,7 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1
             "domains": [x.domain for x in xs],
             "model_id": lm.model_id,
             "model_fingerprint": lm.fingerprint,
+            "model_weights": lm.weights,
         }
         if processes > 1:
             write_json(run.states_meta(split), meta)

@@ -41,6 +41,10 @@ _RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 
 
 def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> GenerationCache:
+    """The run's generation cache. Its context is what the params say; every key adds what
+    decides an output (:func:`~asa_lib.engine.generate.output_context`: the weights' digest,
+    so the tiny model's seed ``data.seed`` too, the settings, the markers) and the block."""
+    import torch
     import transformers
 
     context = {
@@ -51,6 +55,7 @@ def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> Generati
         "start": params.prompt.tool_call_start,
         "end": params.prompt.tool_call_end,
         "transformers": transformers.__version__,
+        "torch": torch.__version__,
     }
     adapter = params.adapter_path()
     if (
