@@ -33,7 +33,7 @@ from asa_lib.model.load import (
     load_params_model,
     tokenizer_digest,
 )
-from asa_lib.params import SweepConfig, baseline_config
+from asa_lib.params import MAX_RELATIVE_ALPHA, SweepConfig, baseline_config
 from asa_lib.prompts import render_prompts
 from asa_lib.run.extraction import extract_run
 from asa_lib.run.sweep import run_config
@@ -175,7 +175,9 @@ def test_a_random_vector_moved_to_another_block_generates_anew(sweep_run):
     params = dataclasses.replace(
         params, steering=dataclasses.replace(params.steering, alpha_unit="absolute")
     )
-    config = SweepConfig("rnd", alpha=30.0, gate="always", vector="random", seed=3)
+    # as strong as the alpha bound allows (10 x the mean state norm at L*)
+    strong = MAX_RELATIVE_ALPHA * bundle.cal_mean_norm
+    config = SweepConfig("rnd", alpha=strong, gate="always", vector="random", seed=3)
     _drop_cache(run)
     at1 = run_config(params, run, lm, bundle, config)
     moved = dataclasses.replace(bundle, layer=2)
