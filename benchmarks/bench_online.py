@@ -66,7 +66,14 @@ def fit(lm, params, layer: int):
     y = {s: np.array([x.label for x in splits[s]]) for s in ("cal", "train")}
     d = {s: [x.domain for x in splits[s]] for s in ("cal", "train")}
     bundle, _ = probing.fit_bundle(
-        h, y, d, layer, result.domains, model_id=lm.model_id, num_layers=lm.num_layers
+        h,
+        y,
+        d,
+        layer,
+        result.domains,
+        model_id=lm.model_id,
+        num_layers=lm.num_layers,
+        model_weights=lm.weights,  # the model check compares the weights digest
     )
     return bundle, [x.text for x in splits["valid"] + splits["test"]]
 
