@@ -19,7 +19,17 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))
 
 
 def test_every_notebook_reads_and_writes_back_unchanged():
-    assert len(NOTEBOOKS) == 7
+    # the seven stages of a run, and `asa evaluate`'s report
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_data",
+        "02_extraction",
+        "03_probing",
+        "04_vectors",
+        "05_routing",
+        "06_sweep",
+        "07_analysis",
+        "08_evaluate",
+    ]
     for path in NOTEBOOKS:
         text = path.read_text(encoding="utf-8")
         nb = jupytext.reads(text, fmt="py:percent")

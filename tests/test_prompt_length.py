@@ -96,8 +96,11 @@ def test_asa_generate_names_the_limit_in_one_line(tmp_path, capsys, tiny_lm, tin
     from helpers_online import write_adapter
 
     from asa_lib.cli import main
+    from asa_lib.model.load import load_params_model
 
-    folder, _, _ = write_adapter(tmp_path / "run", tiny_lm, tiny_params)
+    # the adapter is built on the model the command loads (the tiny model of the params' seed:
+    # the model check compares the weights)
+    folder, _, _ = write_adapter(tmp_path / "run", load_params_model(tiny_params), tiny_params)
     d = yaml.safe_load((PARAMS / "tiny.yaml").read_text())
     d["data"]["source"] = str(ROOT / "data" / "alpaca_subset.jsonl.xz")
     d["generation"]["max_prompt_tokens"] = 500
