@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asa_lib.files import file_digest, library_versions, read_json, write_json, write_text
-from asa_lib.layout import RunDir
+from asa_lib.layout import RunDir, RunFolderError, check_run_folder
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
@@ -348,6 +348,10 @@ def run(
     except ValueError as e:
         raise RunError(str(e)) from None
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
+    try:
+        check_run_folder(run_dir, PROJECT_ROOT)
+    except RunFolderError as e:
+        raise RunError(str(e)) from None
     _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
     saved = {
         k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS", lifeline.HOLDER_ENV)
