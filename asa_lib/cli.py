@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         "--progress", action="store_true", help="show papermill's per-cell progress bars"
     )
     r.add_argument(
+        "--reports",
+        choices=["reader", "full"],
+        default="reader",
+        help="HTML reports for a reader (default: code folded, paths relative to the project) "
+        "or in full (every cell as executed)",
+    )
+    r.add_argument(
         "--processes",
         type=_processes,
         default=1,
@@ -144,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train_demo_model(args.params, args.out)
         if args.cmd == "generate":
             return _generate(args)
-        code, _ = run(args.params, args.run_dir, progress=args.progress, processes=args.processes)
+        code, _ = run(
+            args.params,
+            args.run_dir,
+            progress=args.progress,
+            processes=args.processes,
+            reports=args.reports,
+        )
     except (
         ParamsError,
         DataError,
