@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from asa_lib.layout import RunDir, check_run_folder, project_root, resolve_in_project
 from asa_lib.params import Params, load_params
+from asa_lib.report.tables import baseline_na, table  # noqa: F401 (the notebooks' tidy tables)
 from asa_lib.run.stages import require
 
 
@@ -45,6 +47,25 @@ def open_stage(stage: str, params_path: str, run_dir: str) -> tuple[Params, RunD
     run.root.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.max_colwidth", 120)
     return params, run
+
+
+def verdict(results: dict):
+    """The run's verdict sentence (:func:`asa_lib.report.verdict.verdict`), for display."""
+    from IPython.display import HTML
+
+    from asa_lib.report.verdict import verdict as sentence
+
+    return HTML(f"<p class='asa-verdict'><b>{html.escape(sentence(results))}</b></p>")
+
+
+def folded(obj, summary: str):
+    """``obj`` (a table, text) folded into a closed ``<details>`` under ``summary``."""
+    from IPython.display import HTML
+
+    inner = (
+        obj._repr_html_() if hasattr(obj, "_repr_html_") else f"<pre>{html.escape(str(obj))}</pre>"
+    )
+    return HTML(f"<details><summary>{html.escape(summary)}</summary>{inner}</details>")
 
 
 def show(fig) -> None:

@@ -68,7 +68,7 @@ if result.kind == "labelled":
 skipped = pd.DataFrame(
     result.skipped_examples, columns=["reason", "where", "field", "column", "value"]
 )
-skipped if len(skipped) else "none listed" + (
+nb.table(skipped) if len(skipped) else "none listed" + (
     f" (counts: {result.skipped})" if result.skipped else ""
 )
 
@@ -76,7 +76,7 @@ skipped if len(skipped) else "none listed" + (
 # ## Rows available per domain and label
 
 # %%
-pd.DataFrame(result.bucket_sizes).T
+nb.table(pd.DataFrame(result.bucket_sizes).T.rename_axis("domain"), index=True)
 
 # %% [markdown]
 # ## Shortfalls: buckets that could not fill a split
@@ -85,14 +85,15 @@ pd.DataFrame(result.bucket_sizes).T
 shortfalls = pd.DataFrame(
     result.shortfalls, columns=["domain", "label", "split", "needed", "got", "available"]
 )
-shortfalls if len(shortfalls) else "none: every bucket filled every split"
+nb.table(shortfalls) if len(shortfalls) else "none: every bucket filled every split"
 
 # %% [markdown]
 # ## Samples per split × domain × label
 
 # %%
 counts = pd.DataFrame(result.counts())
-counts.pivot_table(index=["split"], columns=["domain", "label"], values="n", sort=False)
+per_split = counts.pivot_table(index=["split"], columns=["domain", "label"], values="n", sort=False)
+nb.table(per_split, index=True, counts=list(per_split.columns))
 
 # %%
 nb.show(plots.split_counts(counts))
