@@ -93,10 +93,10 @@ nb.show(
 
 # %%
 rec = pd.DataFrame(res["records"])
+gate_names = {-1: "gate −1 (suppress)", 0: "gate 0 (none)", 1: "gate +1 (push)"}
 gates = pd.crosstab(
-    [rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})],
-    rec["gate"].map({-1: "gate −1 (suppress)", 0: "gate 0 (none)", 1: "gate +1 (push)"}),
-)
+    [rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})], rec["gate"].map(gate_names)
+).reindex(columns=[g for g in gate_names.values() if g in set(rec["gate"].map(gate_names))])
 nb.table(gates, index=True, counts=list(gates.columns))
 
 # %% [markdown]
@@ -145,6 +145,8 @@ def samples(df, n=4):
         "valid",
         "output",
     ]
+    if not len(df):
+        return "none"
     out = df.assign(prompt=df["id"].map(prompts))[cols].head(n)
     return nb.table(out, labels={"routed": "routed to", "valid": "valid call"})
 

@@ -71,7 +71,8 @@ _READER = (
 
 _CSS = """
 details.asa-code{margin:.2em 0 .2em var(--jp-cell-prompt-width,64px)}
-details.asa-code>summary{cursor:pointer;color:#777;font-size:85%;list-style-position:inside}
+details.asa-code>summary{cursor:pointer;color:#888;font:12px system-ui,sans-serif;
+ list-style-position:inside;margin:.1em 0}
 details.asa-code:not([open])+*{margin-top:0}
 nav.asa-nav{font-family:system-ui,sans-serif;font-size:90%;margin:.5em 0 1em;
  padding:.5em .8em;background:#f6f8fa;border:1px solid #ddd;border-radius:4px}
@@ -157,16 +158,27 @@ def _scrub(obj, fix: Callable[[str], str]):
     return obj
 
 
-def _injected_source(params: dict, base: Path, is_root: bool) -> str:
-    """The parameters papermill injected, paths shown relative to ``base``."""
-    lines = [
-        "# the parameters of this run; paths relative to "
-        + ("the project root" if is_root else "this run's folder")
-    ]
+def _shown_path(p: str, run_root: Path | None, root: Path | None) -> tuple[str, str]:
+    """(path as a reader sees it, what it is relative to): relative to the project root where
+    it is in the project, else to the run folder."""
+    r = Path(p).resolve()
+    if root is not None and (r == root.resolve() or root.resolve() in r.parents):
+        return _rel(r, root.resolve()), "the project root"
+    if run_root is not None:
+        return _rel(r, Path(run_root).resolve()), "this run's folder"
+    return Path(p).name, "its folder"
+
+
+def _injected_source(params: dict, run_root: Path | None, root: Path | None) -> str:
+    """The parameters papermill injected, each path relative to the project root (or, outside
+    the project, to the run folder), said in a comment."""
+    lines = ["# the parameters of this run"]
     for k, v in params.items():
         if isinstance(v, str) and os.path.isabs(v):
-            v = _rel(v, base)
-        lines.append(f"{k} = {v!r}")
+            shown, base = _shown_path(v, run_root, root)
+            lines.append(f"{k} = {shown!r}  # relative to {base}")
+        else:
+            lines.append(f"{k} = {v!r}")
     return "\n".join(lines)
 
 
@@ -176,13 +188,12 @@ def reader_notebook(nb, run_root: Path | None):
 
     root = project_root(run_root) if run_root is not None else project_root()
     pairs = path_replacements(run_root, root)
-    base = _relative_base(Path(run_root), root) if run_root is not None else (root or Path.cwd())
-    is_root = root is not None and base == root.resolve()
     injected = nb.metadata.get("papermill", {}).get("parameters", {})
 
     for v in injected.values():  # where the run's files came from, e.g. outside the project
         if isinstance(v, str) and os.path.isabs(v):
-            extra = [(v, _rel(v, base)), (str(Path(v).parent), _rel(Path(v).parent, base))]
+            extra = [(v, _shown_path(v, run_root, root)[0])]
+            extra.append((str(Path(v).parent), _shown_path(str(Path(v).parent), run_root, root)[0]))
             pairs = sorted(dict(extra + pairs).items(), key=lambda kv: -len(kv[0]))  # longest first
             pairs = [(a, b) for a, b in pairs if len(a) > 1]
 
@@ -199,13 +210,15 @@ def reader_notebook(nb, run_root: Path | None):
         tags = c.get("metadata", {}).get("tags", [])
         if "parameters" in tags:
             continue  # the notebook's defaults; the injected cell says what this run used
-        if "injected-parameters" in tags and injected:
-            c["source"] = _injected_source(injected, base, is_root)
         c.get("metadata", {}).pop("papermill", None)
         c.get("metadata", {}).pop("execution", None)
         cells.append(c)
     data["cells"] = cells
-    return nbformat.reads(json.dumps(_scrub(data, fix)), as_version=4)
+    data = _scrub(data, fix)
+    for c in data["cells"]:  # after the scrub: these are relative already
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []) and injected:
+            c["source"] = _injected_source(injected, run_root, root)
+    return nbformat.reads(json.dumps(data), as_version=4)
 
 
 _HEADING = re.compile(r"<h([1-3])\s+id=\"([^\"]+)\"[^>]*>(.*?)</h\1>", re.S)
@@ -278,6 +291,9 @@ def render_html(
         nb.metadata["title"] = title
     template = _READER if mode == "reader" else _OFFLINE
     exporter = HTMLExporter(
+        # a reader needs no In [n] / Out[n] prompts
+        exclude_input_prompt=mode == "reader",
+        exclude_output_prompt=mode == "reader",
         template_name="lab",
         template_file="asa_page.html.j2",
         extra_loaders=[jinja2.DictLoader({"asa_page.html.j2": template})],
@@ -285,7 +301,14 @@ def render_html(
     body, _ = exporter.from_notebook_node(nb, resources={"asa_css": _CSS})
     head = f"<meta name='asa-report' content='{html.escape(f'{mode} {signature}'.strip())}'>"
     body = body.replace("<head>", "<head>\n" + head, 1)
-    body = body.replace(_MARKER, nav + _toc(body), 1)
+    # the navigation first; the contents after the page's introduction (before its first code cell)
+    body = body.replace(_MARKER, nav, 1)
+    toc = _toc(body)
+    first_code = re.search(r"<div[^>]*class=\"jp-Cell jp-CodeCell", body)
+    if toc and first_code:
+        body = body[: first_code.start()] + toc + body[first_code.start() :]
+    elif toc:
+        body = body.replace(nav, nav + toc, 1)
     return write_text(out, body)
 
 

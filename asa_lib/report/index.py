@@ -19,6 +19,7 @@ from asa_lib.report.verdict import signed, verdict
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:74em;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+td{white-space:nowrap}
 th{background:#f3f3f3;vertical-align:bottom}td.l,th.l{text-align:left}.ok{color:#1a7f37}
 .failed,.blocked{color:#c00;font-weight:bold}.skipped{color:#666}.chosen{background:#fff7d6}
 code{background:#f3f3f3;padding:0 .2em}p.verdict{font-size:115%;font-weight:600;background:#fff7d6;

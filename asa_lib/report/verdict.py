@@ -28,6 +28,11 @@ def _ci_word(lo: float, hi: float) -> str:
     return "CI includes 0"
 
 
+def _fpr_word(lo: float, hi: float) -> str:
+    word = _ci_word(lo, hi)
+    return f" {word}" if word.startswith("CI") else f": {word}"
+
+
 def verdict(results: dict[str, Any]) -> str:
     """The run's verdict in one or two short sentences (module docstring).
 
@@ -65,6 +70,6 @@ def verdict(results: dict[str, Any]) -> str:
     return first + (
         f" Chosen {chosen}: TEST ΔF1 {signed(d['d_f1'])} [{signed(d['d_f1_lo'])}, "
         f"{signed(d['d_f1_hi'])}] ({_ci_word(d['d_f1_lo'], d['d_f1_hi'])}); "
-        f"FPR {bt['fpr']:.2f} → {ct['fpr']:.2f} (ΔFPR {_ci_word(d['d_fpr_lo'], d['d_fpr_hi'])}), "
+        f"FPR {bt['fpr']:.2f} → {ct['fpr']:.2f} (ΔFPR{_fpr_word(d['d_fpr_lo'], d['d_fpr_hi'])}), "
         f"recall {bt['recall']:.2f} → {ct['recall']:.2f}."
     )
