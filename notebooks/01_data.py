@@ -68,9 +68,10 @@ if result.kind == "labelled":
 skipped = pd.DataFrame(
     result.skipped_examples, columns=["reason", "where", "field", "column", "value"]
 )
-nb.table(skipped) if len(skipped) else "none listed" + (
-    f" (counts: {result.skipped})" if result.skipped else ""
-)
+if len(skipped):
+    display(nb.table(skipped))
+else:
+    print("none listed" + (f" (counts: {result.skipped})" if result.skipped else ""))
 
 # %% [markdown]
 # ## Rows available per domain and label
@@ -85,7 +86,10 @@ nb.table(pd.DataFrame(result.bucket_sizes).T.rename_axis("domain"), index=True)
 shortfalls = pd.DataFrame(
     result.shortfalls, columns=["domain", "label", "split", "needed", "got", "available"]
 )
-nb.table(shortfalls) if len(shortfalls) else "none: every bucket filled every split"
+if len(shortfalls):
+    display(nb.table(shortfalls))
+else:
+    print("none: every bucket filled every split")
 
 # %% [markdown]
 # ## Samples per split × domain × label

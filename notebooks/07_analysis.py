@@ -145,7 +145,15 @@ nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 val = analysis.split_frame(res, "test")[
     ["config", "triggers", "format_valid_rate", "valid_call_rate"]
 ]
-display(nb.table(val.assign(valid_call_rate=val["valid_call_rate"].where(val["triggers"] > 0))))
+called = val["triggers"] > 0  # a share of calls does not apply where there was none
+display(
+    nb.table(
+        val.assign(
+            format_valid_rate=val["format_valid_rate"].where(called),
+            valid_call_rate=val["valid_call_rate"].where(called),
+        )
+    )
+)
 nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
 
 # %% [markdown]

@@ -366,6 +366,8 @@ def validity(df: pd.DataFrame, title: str):
         var_name="rate",
         value_name="share of triggers",
     )
+    names = {"format_valid_rate": "parseable calls", "valid_call_rate": "valid calls"}
+    long["rate"] = long["rate"].map(names)
     fig, ax = plt.subplots(figsize=_figsize(max(6, 0.8 * len(df) + 2), 3.5))
     sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
     _legend_outside(ax, fontsize=8)
