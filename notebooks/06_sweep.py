@@ -146,7 +146,8 @@ def samples(df, n=4):
         "output",
     ]
     if not len(df):
-        return "none"
+        print("none")
+        return None
     out = df.assign(prompt=df["id"].map(prompts))[cols].head(n)
     return nb.table(out, labels={"routed": "routed to", "valid": "valid call"})
 

@@ -17,7 +17,8 @@ from asa_lib.layout import RunDir
 from asa_lib.params import BASELINE, Params
 from asa_lib.report.verdict import signed, verdict
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:74em;color:#222;padding:0 1em}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:96em;color:#222;padding:0 1em}
+div.wide{overflow-x:auto}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 td{white-space:nowrap}
 th{background:#f3f3f3;vertical-align:bottom}td.l,th.l{text-align:left}.ok{color:#1a7f37}
@@ -105,7 +106,7 @@ def write_index(
             f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
         )
         parts.append(
-            "<table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th>"
+            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
             "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th>"
             "<th>TEST valid calls (share of calls)</th>"
@@ -151,7 +152,7 @@ def write_index(
                 f"<td>{fcell}</td></tr>"
             )
         parts.append(
-            "</table><p class='note'>Selection uses VALID only; TEST columns are reported, never "
+            "</table></div><p class='note'>Selection uses VALID only; TEST columns are reported, never "
             "used to choose. Valid calls: the share of TEST tool calls that parse, name a listed "
             "tool and carry its required arguments (— where the config made no call). "
             "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
