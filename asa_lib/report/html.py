@@ -302,13 +302,12 @@ def render_html(
     head = f"<meta name='asa-report' content='{html.escape(f'{mode} {signature}'.strip())}'>"
     body = body.replace("<head>", "<head>\n" + head, 1)
     # the navigation first; the contents after the page's introduction (before its first code cell)
-    body = body.replace(_MARKER, nav, 1)
     toc = _toc(body)
     first_code = re.search(r"<div[^>]*class=\"jp-Cell jp-CodeCell", body)
     if toc and first_code:
         body = body[: first_code.start()] + toc + body[first_code.start() :]
-    elif toc:
-        body = body.replace(nav, nav + toc, 1)
+        toc = ""
+    body = body.replace(_MARKER, nav + toc, 1)
     return write_text(out, body)
 
 
