@@ -280,3 +280,48 @@ def test_a_verdict_names_the_configs_that_beat_the_baseline():
     _check_verdict_against(sentence, results)
     assert "the best, t60_a50, raises F1 from 0.400 to 0.520" in sentence
     assert "(ΔFPR CI below 0)" in sentence and "FPR 0.50 → 0.15" in sentence
+
+
+def test_tables_for_a_reader():
+    """No index column; counts as integers, rates at 3 decimals, knobs as given, — where not
+    applicable; text left-aligned, escaped and cut with its full text kept in a tooltip."""
+    import pandas as pd
+
+    from asa_lib.report.tables import baseline_na, table
+
+    df = pd.DataFrame(
+        {
+            "config": ["baseline", "t60_a50"],
+            "tau": [0.0, 0.6],
+            "n": [24.0, float("nan")],  # a count pandas stored as float beside a missing value
+            "p_tool": [0.123456, 0.5],
+            "valid_call_rate": [None, 0.25],
+            "output": ["<script>x</script>", "y" * 300],
+        },
+        index=[7, 8],
+    )
+    out = table(baseline_na(df))._repr_html_()
+    cells = re.findall(r"<td style='([^']*)'>(.*?)</td>", out)
+    assert [c for _, c in cells[:6]] == [
+        "baseline",
+        "—",
+        "24",
+        "0.123",
+        "—",
+        "&lt;script&gt;x&lt;/script&gt;",
+    ]
+    assert [c for _, c in cells[6:11]] == ["t60_a50", "0.6", "—", "0.500", "0.250"]
+    assert cells[0][0] == "text-align:left" and cells[2][0] == "text-align:right"
+    assert cells[5][0] == "text-align:left"
+    long_cell = cells[11][1]
+    assert long_cell.endswith("…</span>") and f"title='{'y' * 300}'" in long_cell
+    assert ">7<" not in out and ">8<" not in out  # no index column
+    heads = re.findall(r"<th style='[^']*'>(.*?)</th>", out)
+    assert heads == [
+        "config",
+        "tau",
+        "prompts",
+        "p(tool)",
+        "valid calls (share of calls)",
+        "output",
+    ]
