@@ -72,9 +72,14 @@ $(LAB_STAMP): $(STAMP)
 		> $(LAB_SETTINGS)/overrides.json
 	touch $@
 
+# Jupyter refuses to start as root ("Running as root is not recommended. Use --allow-root"),
+# which is what a Docker container or a root shell is: --allow-root is passed then, and only
+# then (`id -u` is 0), so that an ordinary user keeps Jupyter's guard.
+LAB_ROOT_FLAG = $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: lab-setup
 	@echo "JupyterLab on notebooks/ (kernel 'Python 3 (asa)'); stop it with Ctrl-C."
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ROOT_FLAG)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         "--progress", action="store_true", help="show papermill's per-cell progress bars"
     )
     r.add_argument(
+        "--reports",
+        choices=["reader", "full"],
+        default="reader",
+        help="HTML reports for a reader (default: code folded, paths relative to the project) "
+        "or in full (every cell as executed)",
+    )
+    r.add_argument(
         "--processes",
         type=_processes,
         default=1,
@@ -125,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         "--name", default=None, help="evaluation name (default: <adapter run>-eval-<data name>)"
     )
     e_.add_argument("--out-dir", default=None, help="report folder (default: reports/<name>)")
+    e_.add_argument(
+        "--reports",
+        choices=["reader", "full"],
+        default="reader",
+        help="the HTML report for a reader (default) or in full (every cell as executed)",
+    )
     for flag, what in (
         ("tau", "tau"),
         ("alpha", "alpha (in the adapter's alpha unit)"),
@@ -144,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train_demo_model(args.params, args.out)
         if args.cmd == "generate":
             return _generate(args)
-        code, _ = run(args.params, args.run_dir, progress=args.progress, processes=args.processes)
+        code, _ = run(
+            args.params,
+            args.run_dir,
+            progress=args.progress,
+            processes=args.processes,
+            reports=args.reports,
+        )
     except (
         ParamsError,
         DataError,
@@ -212,7 +231,14 @@ def _evaluate(args) -> int:
     out = Path(args.out_dir) if args.out_dir else PROJECT_ROOT / "reports" / name
     try:
         res, report = run_evaluation(
-            args.params, args.adapter, args.data, out, args.tau, args.alpha, args.beta
+            args.params,
+            args.adapter,
+            args.data,
+            out,
+            args.tau,
+            args.alpha,
+            args.beta,
+            reports=args.reports,
         )
     except EvaluateError as e:
         raise UsageError(str(e)) from None

@@ -426,16 +426,20 @@ def run_evaluation(
     alphas: str | None = None,
     betas: str | None = None,
     log=print,
+    reports: str = "reader",
 ) -> tuple[dict[str, Any], Path]:
     """``asa evaluate``: evaluate here (one-line errors), then run 08 as the report.
+
+    ``reports``: the HTML's mode, ``reader`` or ``full`` (:mod:`asa_lib.report.html`).
 
     Returns the results and the HTML report's path. The report goes to
     ``<out>/html/08_evaluate.html`` (the executed notebook to ``<out>/notebooks/``),
     and the adapter's run folder lists it (its ``index.html`` links it).
     """
     from asa_lib.params import load_params
+    from asa_lib.report.html import page_title, render_html
     from asa_lib.report.index import refresh_index
-    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, Stage, _execute, _RunLock, render_html
+    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, Stage, _execute, _RunLock
 
     params_path, out = Path(params_path).resolve(), Path(out_dir).resolve()
     params = load_params(params_path)
@@ -487,7 +491,12 @@ def run_evaluation(
                 _execute(stage, NOTEBOOK_DIR, run.notebook(NOTEBOOK), progress=False)
             finally:
                 if run.notebook(NOTEBOOK).is_file():
-                    render_html(run.notebook(NOTEBOOK), run.report(NOTEBOOK))
+                    render_html(
+                        run.notebook(NOTEBOOK),
+                        run.report(NOTEBOOK),
+                        mode=reports,
+                        title=page_title(out.name, NOTEBOOK),
+                    )
     except RunError as e:
         raise EvaluateError(str(e)) from None
     listed = register_evaluation(adapter, out, res)

@@ -29,7 +29,70 @@ written (atomically) is :mod:`asa_lib.files`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+PROJECT_NAME = "asa-lib"  # [project] name in the project's pyproject.toml
+
+_NAME = re.compile(r'^\s*name\s*=\s*["\']([^"\']+)["\']', re.M)
+
+
+def _is_project_root(folder: Path) -> bool:
+    """A folder whose pyproject.toml names this project (``[project] name = "asa-lib"``)."""
+    try:
+        text = (folder / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    m = _NAME.search(text.split("[project]", 1)[1]) if "[project]" in text else None
+    return bool(m) and m.group(1) == PROJECT_NAME
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The project's folder (the one holding its pyproject.toml), or None outside a checkout.
+
+    Searched upwards from ``start`` (default: the working folder, e.g. ``notebooks/``
+    where JupyterLab and VS Code start a kernel), then from this library's own folder
+    (an editable install run from anywhere). Relative paths in a stage's parameters
+    (``params_path``, ``run_dir``) are taken relative to this folder, so a notebook runs
+    the same wherever its kernel starts.
+    """
+    here = Path(start) if start is not None else Path.cwd()
+    for base in (here, Path(__file__).resolve().parent):
+        base = base.resolve()
+        for folder in (base, *base.parents):
+            if _is_project_root(folder):
+                return folder
+    return None
+
+
+class RunFolderError(ValueError):
+    """A run folder that may not be used (e.g. one inside ``notebooks/``)."""
+
+
+def resolve_in_project(path: str | os.PathLike, root: Path | None = None) -> Path:
+    """``path`` made absolute: a relative one against the project root (the working folder
+    outside a checkout); ``~`` is expanded."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    root = root if root is not None else project_root()
+    return ((root if root is not None else Path.cwd()) / p).resolve()
+
+
+def check_run_folder(run_dir: str | os.PathLike, root: Path | None = None) -> Path:
+    """Refuse a run folder inside the project's ``notebooks/`` (sources, not outputs)."""
+    run_dir = Path(run_dir).resolve()
+    root = root if root is not None else project_root()
+    if root is not None:
+        nbs = (root / "notebooks").resolve()
+        if run_dir == nbs or nbs in run_dir.parents:
+            rel = run_dir.relative_to(root).as_posix()
+            raise RunFolderError(
+                f"run folder {rel} is inside notebooks/, which holds the notebooks' sources: "
+                "run folders go under reports/, e.g. run_dir = 'reports/tiny' (a relative "
+                "run_dir is taken relative to the project root)"
+            )
+    return run_dir
 
 
 class RunDir:

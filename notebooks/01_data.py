@@ -68,15 +68,16 @@ if result.kind == "labelled":
 skipped = pd.DataFrame(
     result.skipped_examples, columns=["reason", "where", "field", "column", "value"]
 )
-skipped if len(skipped) else "none listed" + (
-    f" (counts: {result.skipped})" if result.skipped else ""
-)
+if len(skipped):
+    display(nb.table(skipped))
+else:
+    print("none listed" + (f" (counts: {result.skipped})" if result.skipped else ""))
 
 # %% [markdown]
 # ## Rows available per domain and label
 
 # %%
-pd.DataFrame(result.bucket_sizes).T
+nb.table(pd.DataFrame(result.bucket_sizes).T.rename_axis("domain"), index=True)
 
 # %% [markdown]
 # ## Shortfalls: buckets that could not fill a split
@@ -85,14 +86,18 @@ pd.DataFrame(result.bucket_sizes).T
 shortfalls = pd.DataFrame(
     result.shortfalls, columns=["domain", "label", "split", "needed", "got", "available"]
 )
-shortfalls if len(shortfalls) else "none: every bucket filled every split"
+if len(shortfalls):
+    display(nb.table(shortfalls))
+else:
+    print("none: every bucket filled every split")
 
 # %% [markdown]
 # ## Samples per split × domain × label
 
 # %%
 counts = pd.DataFrame(result.counts())
-counts.pivot_table(index=["split"], columns=["domain", "label"], values="n", sort=False)
+per_split = counts.pivot_table(index=["split"], columns=["domain", "label"], values="n", sort=False)
+nb.table(per_split, index=True, counts=list(per_split.columns))
 
 # %%
 nb.show(plots.split_counts(counts))

@@ -34,7 +34,14 @@ print(
     f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
     f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})"
 )
-table.style.format({"auc": "{:.4f}", "accuracy": "{:.4f}"}).highlight_max(subset=["auc"])
+nb.show(plots.layer_auc(table, sweep.best_layer))
 
 # %%
-nb.show(plots.layer_auc(table, sweep.best_layer))
+nb.folded(
+    nb.table(
+        table.assign(best=["L*" if b else "" for b in table["best"]]),
+        labels={"auc": "VALID AUC", "accuracy": "VALID accuracy", "best": "chosen"},
+        decimals=4,
+    ),
+    f"AUC and accuracy per layer ({len(table)} layers)",
+)

@@ -36,7 +36,7 @@ for n in notes:
     print("NOTE:", n)
 probing.save_vectors(run, vectors, layer, notes)
 cal_norm = probing.cal_mean_norm(h)
-pd.DataFrame(probing.vector_rows(vectors, y, d))
+nb.table(pd.DataFrame(probing.vector_rows(vectors, y, d)))
 
 # %% [markdown]
 # The mean L2 norm of the CAL states at L* sets the scale: a unit vector

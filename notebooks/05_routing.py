@@ -57,7 +57,7 @@ print(f"bundle saved: {sorted(p.name for p in run.bundle.iterdir())}")
 # ## Accuracy on VALID
 
 # %%
-pd.DataFrame(probing.validation_accuracy(bundle, h["valid"], y["valid"], d["valid"]))
+nb.table(pd.DataFrame(probing.validation_accuracy(bundle, h["valid"], y["valid"], d["valid"])))
 
 # %%
 cm = probing.router_confusion(bundle, h["valid"], d["valid"])

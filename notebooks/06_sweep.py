@@ -36,7 +36,7 @@ print(
 # %%
 res = run_config(params, run, lm, bundle, config, processes=processes)
 print(f"alpha_eff = {res['alpha_eff']:.4g}")
-pd.DataFrame(
+split_table = pd.DataFrame(
     [
         {
             "split": s,
@@ -59,7 +59,10 @@ pd.DataFrame(
         }
         for s, v in res["splits"].items()
     ]
-).round(4)
+)
+# a share of calls where there was no call does not apply
+split_table.loc[split_table["triggers"] == 0, "valid_call_rate"] = None
+nb.table(split_table)
 
 # %% [markdown]
 # ## Confusion matrices (rows: label, columns: triggered)
@@ -78,7 +81,7 @@ per_dom = pd.DataFrame(
         for d, m in v["metrics"]["per_domain"].items()
     ]
 )
-per_dom.round(3)
+nb.table(per_dom)
 
 # %%
 nb.show(
@@ -90,10 +93,11 @@ nb.show(
 
 # %%
 rec = pd.DataFrame(res["records"])
-pd.crosstab(
-    [rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})],
-    rec["gate"].map({-1: "−1 suppress", 0: "0 none", 1: "+1 push"}),
-)
+gate_names = {-1: "gate −1 (suppress)", 0: "gate 0 (none)", 1: "gate +1 (push)"}
+gates = pd.crosstab(
+    [rec["split"], rec["label"].map({1: "tool", 0: "non-tool"})], rec["gate"].map(gate_names)
+).reindex(columns=[g for g in gate_names.values() if g in set(rec["gate"].map(gate_names))])
+nb.table(gates, index=True, counts=list(gates.columns))
 
 # %% [markdown]
 # ## What steering changed against the baseline
@@ -108,14 +112,17 @@ from asa_lib.files import read_json
 from asa_lib.run import analysis
 from asa_lib.run.sweep import BASELINE, sweep_path
 
+prompts = {x.id: x.text for xs in data.read_splits(run).values() for x in xs}
 if config_name == BASELINE:
     print("This is the baseline: nothing to compare.")
 else:
     base = read_json(sweep_path(run, BASELINE))
-    display(analysis.flip_counts(base, res))
-    flipped = analysis.flips(base, res, data.read_tool_sets(run))  # with each prompt's tools
+    display(nb.table(analysis.flip_counts(base, res)))
+    # with each prompt's text and tools
+    flipped = analysis.flips(base, res, data.read_tool_sets(run), prompts)
     print(f"{len(flipped)} prompts changed their decision" + (":" if len(flipped) else "."))
-    display(flipped)
+    if len(flipped):
+        display(nb.table(flipped))
 
 # %% [markdown]
 # ## Sample outputs
@@ -127,6 +134,7 @@ else:
 def samples(df, n=4):
     cols = [
         "id",
+        "prompt",
         "split",
         "domain",
         "label",
@@ -137,9 +145,11 @@ def samples(df, n=4):
         "valid",
         "output",
     ]
-    out = df[cols].head(n).copy()
-    out["output"] = out["output"].str.slice(0, 300)
-    return out
+    if not len(df):
+        print("none")
+        return None
+    out = df.assign(prompt=df["id"].map(prompts))[cols].head(n)
+    return nb.table(out, labels={"routed": "routed to", "valid": "valid call"})
 
 
 print("triggered:")

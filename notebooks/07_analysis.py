@@ -21,9 +21,15 @@ from asa_lib.run import analysis
 
 params, run = nb.open_stage("07_analysis", params_path, run_dir)
 res = analysis.collect(params, run)
-table = analysis.summary_table(res)
 chosen = analysis.choose_config(res)
 steered = analysis.steered_configs(res)  # [] where the sweep lists no config (or none ran)
+results = analysis.write_results(params, run, res, chosen)
+nb.verdict(results)
+
+# %% [markdown]
+# ## Every config on VALID and TEST
+
+# %%
 if not steered:
     print(
         "No steered config: the sweep has no config with results, only the unsteered "
@@ -31,10 +37,6 @@ if not steered:
         "below are skipped."
     )
 print(f"chosen on VALID: {chosen}")
-table.round(4)
-
-# %%
-results = analysis.write_results(params, run, res, chosen)
 c = results["chosen"]
 print(
     f"{c['name']}: tau={c['tau']} alpha={c['alpha']} ({c['alpha_unit']}, alpha_eff={c['alpha_eff']:.4g}) beta={c['beta']}"
@@ -46,6 +48,7 @@ print(
         for m in ("f1", "recall", "fpr")
     )
 )
+nb.table(nb.baseline_na(analysis.summary_table(res)))
 
 # %% [markdown]
 # ## Did steering help beyond noise? Each config minus the baseline
@@ -58,7 +61,7 @@ print(
 for split in ("valid", "test") if steered else ():
     diffs = analysis.paired_differences(res, split, seed=params.data.seed)
     print(split.upper())
-    display(diffs.round(3))
+    display(nb.table(diffs))
     nb.show(
         plots.paired_diffs(diffs, f"{split.upper()} · config − baseline, paired bootstrap 95% CI")
     )
@@ -73,7 +76,7 @@ if not steered:
 # model or these prompts: read them as the shape of the effect, not as targets.
 
 # %%
-analysis.ablation_table(res).round(3)
+nb.table(analysis.ablation_table(res))
 
 # %% [markdown]
 # ## Decisions flipped against the baseline, per config
@@ -84,7 +87,7 @@ if steered:
         [analysis.flip_counts(res["baseline"], res[n]).assign(config=n) for n in steered],
         ignore_index=True,
     )
-    display(flip_table.set_index(["config", "split"]))
+    display(nb.table(flip_table[["config", *flip_table.columns.drop("config")]]))
 else:
     print("No steered config: no decision can flip.")
 
@@ -132,7 +135,7 @@ nb.show(plots.fpr_recall(analysis.split_frame(res, "valid"), ref, "FPR vs recall
 dom = pd.DataFrame(
     [{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()]
 )
-display(dom[["domain", "n", "precision", "recall", "f1", "fpr"]].round(3))
+display(nb.table(dom[["domain", "n", "precision", "recall", "f1", "fpr"]]))
 nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 
 # %% [markdown]
@@ -142,7 +145,15 @@ nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 val = analysis.split_frame(res, "test")[
     ["config", "triggers", "format_valid_rate", "valid_call_rate"]
 ]
-display(val.round(3))
+called = val["triggers"] > 0  # a share of calls does not apply where there was none
+display(
+    nb.table(
+        val.assign(
+            format_valid_rate=val["format_valid_rate"].where(called),
+            valid_call_rate=val["valid_call_rate"].where(called),
+        )
+    )
+)
 nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
 
 # %% [markdown]
@@ -178,5 +189,5 @@ else:
             share_prefix=gen.share_prefix,
         ),
     )
-    display(check.table)
+    display(nb.table(check.table))
     print(check.summary)

@@ -55,7 +55,7 @@ print(f"{res['seconds']:.0f} s, {res['seconds'] / max(res['rows_used'], 1):.2f} 
 # ## Baseline and steered, with bootstrap 95% intervals
 
 # %%
-pd.DataFrame(ev.metric_rows(res)).set_index("config")
+nb.table(pd.DataFrame(ev.metric_rows(res)))
 
 # %% [markdown]
 # ## Did steering help beyond noise? Steered minus baseline, paired bootstrap 95% CI
@@ -65,7 +65,7 @@ pd.DataFrame(ev.metric_rows(res)).set_index("config")
 
 # %%
 diffs = analysis.paired_differences(configs, ev.SPLIT, seed=params.data.seed)
-display(diffs.round(3))
+display(nb.table(diffs))
 if len(diffs):
     nb.show(plots.paired_diffs(diffs, "steered − baseline, paired bootstrap 95% CI"))
 
@@ -73,13 +73,14 @@ if len(diffs):
 # ## Per domain (with intervals)
 
 # %%
-pd.DataFrame(ev.domain_rows(res)).set_index(["config", "domain"])
+nb.table(pd.DataFrame(ev.domain_rows(res)))
 
 # %% [markdown]
 # ## Where the router sent the rows, and p(tool) by label
 
 # %%
-display(ev.routing_mix(res))
+mix = ev.routing_mix(res)
+display(nb.table(mix, index=True, counts=list(mix.columns)))
 chosen = res["configs_evaluated"][0]
 nb.show(
     plots.p_tool_histograms(
@@ -93,5 +94,5 @@ nb.show(
 # %%
 for name in res["configs_evaluated"]:
     print(name)
-    display(analysis.flip_counts(configs[BASELINE], configs[name]))
-    display(analysis.flips(configs[BASELINE], configs[name], ev.tool_sets(res)))
+    display(nb.table(analysis.flip_counts(configs[BASELINE], configs[name])))
+    display(nb.table(analysis.flips(configs[BASELINE], configs[name], ev.tool_sets(res))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,5 @@ def test_make_lab_installs_jupyterlab_registers_the_kernel_and_starts_on_the_not
     assert '-m pip install -q "jupyterlab>=4,<5" "jupytext>=1.16"' in out
     assert f"-m ipykernel install --sys-prefix --name {KERNEL}" in out
     assert "Jupytext Notebook" in out and "jupyter lab --ServerApp.root_dir=" in out
+    # Jupyter refuses root without --allow-root (Docker, a root shell); an ordinary user keeps its guard
+    assert ("--allow-root" in out) == (os.getuid() == 0)

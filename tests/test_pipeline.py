@@ -220,10 +220,10 @@ def test_a_failing_config_does_not_stop_the_others(tiny_run, tmp_path):
     ran = [x for x in logs if "running" in x]
     assert not any("01_data" in x or "05_routing" in x for x in ran)  # up to date, skipped
     html = index.read_text()
-    assert re.search(r"06_sweep__mild</td><td class='failed'>failed", html)
+    assert re.search(r"06_sweep__mild(</a>)?</td><td class='[^']*\bfailed'>failed", html)
     assert "AssertionError: injected failure" in html and "notebooks/06_sweep__mild.ipynb" in html
-    assert re.search(r"06_sweep__strong</td><td class='ok'>ok", html)
-    assert re.search(r"07_analysis</td><td class='ok'>ok", html)
+    assert re.search(r"06_sweep__strong(</a>)?</td><td class='[^']*\bok'>ok", html)
+    assert re.search(r"07_analysis(</a>)?</td><td class='[^']*\bok'>ok", html)
     res = json.loads((run_dir / "results.json").read_text())
     assert "mild" not in res["configs"] and res["chosen"]["name"] == "strong"
 

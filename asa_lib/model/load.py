@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 import weakref
@@ -389,12 +390,31 @@ def _load_gguf(mp: ModelParams, dtype: torch.dtype):
     return model, tok
 
 
+class _KernelFallbackNote(logging.Filter):
+    """Drops transformers' note that a model (LFM2's short convolution) runs its reference
+    PyTorch kernel because ``causal_conv1d`` is not installed: results are the same, and
+    the note sat in every report whose stage runs the model (02, each 06, 07)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is falling back to its reference PyTorch implementation" not in record.getMessage()
+
+
+_KERNEL_LOGGER = "transformers.integrations.hub_kernels"
+
+
+def _quiet_kernel_fallback() -> None:
+    log = logging.getLogger(_KERNEL_LOGGER)
+    if not any(isinstance(f, _KernelFallbackNote) for f in log.filters):
+        log.addFilter(_KernelFallbackNote())
+
+
 def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None) -> LoadedModel:
     """Load the model and tokenizer that ``mp`` describes, in eval mode.
 
     ``adapter``: a LoRA adapter folder (``Params.adapter_path()``) merged into the
     weights; the model id then names the adapter and its sha256.
     """
+    _quiet_kernel_fallback()
     device = resolve_device(mp.device)
     dtype = torch_dtype(mp.dtype)
     if mp.kind == "tiny":

@@ -6,6 +6,7 @@ the sha256 in the adapter's ``training.json`` where it has one.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,7 +59,14 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> tuple[torc
                 "(the file was changed after training)"
             )
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
+        with warnings.catch_warnings():
+            # peft reads the model's `is_gradient_checkpointing`, which transformers 5
+            # deprecates (FutureWarning): peft's business, not the user's, and it would
+            # sit in every report of a run with an adapter (02, each 06, 07).
+            warnings.filterwarnings(
+                "ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning
+            )
+            peft_model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
     except (
         RuntimeError,
         KeyError,

@@ -14,34 +14,84 @@ from typing import Any
 
 from asa_lib.files import read_json, write_json, write_text
 from asa_lib.layout import RunDir
-from asa_lib.params import Params
+from asa_lib.params import BASELINE, Params
+from asa_lib.report.verdict import signed, verdict
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:96em;color:#222;padding:0 1em}
+div.wide{overflow-x:auto}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3}td.l{text-align:left}.ok{color:#1a7f37}.failed,.blocked{color:#c00;font-weight:bold}
-.skipped{color:#666}.chosen{background:#fff7d6}code{background:#f3f3f3;padding:0 .2em}"""
+td{white-space:nowrap}
+th{background:#f3f3f3;vertical-align:bottom}td.l,th.l{text-align:left}.ok{color:#1a7f37}
+.failed,.blocked{color:#c00;font-weight:bold}.skipped{color:#666}.chosen{background:#fff7d6}
+code{background:#f3f3f3;padding:0 .2em}p.verdict{font-size:115%;font-weight:600;background:#fff7d6;
+padding:.5em .8em;border-left:4px solid #e0b000;margin:.4em 0}p.meta{color:#444;font-size:90%}
+p.note{color:#444;font-size:90%;max-width:60em}"""
+
+NA = "—"  # not applicable (the baseline's tau, a rate of no calls)
 
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
-    """``index.html``: summary table, chosen config, and links to every report (all text escaped).
+def _num(x, fmt: str = ".3f") -> str:
+    return NA if x is None else format(x, fmt)
+
+
+def _meta_line(params: Params, results: dict | None, info: dict) -> str:
+    """Date, commit, model, versions and run time, in one line."""
+    versions = info.get("versions") or (results or {}).get("versions") or {}
+    commit = info.get("commit") or (results or {}).get("git_commit") or "unknown"
+    if len(commit) == 40:
+        commit = commit[:12]
+    model = params.model.id or params.model.kind
+    if params.model.adapter:
+        model += f" + LoRA {Path(params.model.adapter).name}"
+    parts = [
+        f"finished {_e(info.get('finished') or (results or {}).get('created') or 'unknown')}",
+        f"commit <code>{_e(commit)}</code>",
+        f"model <code>{_e(model)}</code> ({_e(params.model.dtype)}, trust_remote_code "
+        f"{_e(params.model.trust_remote_code)})",
+        f"alpha unit {_e(params.steering.alpha_unit)}",
+        "versions " + ", ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items()),
+    ]
+    if info.get("stage_seconds") is not None:
+        parts.append(f"stages took {info['stage_seconds']:.0f} s")
+    if info.get("wall_seconds") is not None:
+        parts.append(f"this run {info['wall_seconds']:.0f} s")
+    return "<p class='meta'>" + " · ".join(parts) + "</p>"
+
+
+def write_index(
+    params: Params, run_dir: Path, stages: Sequence[Any], info: dict | None = None
+) -> Path:
+    """``index.html``: verdict, run details, summary table, chosen config, links to every
+    report (all text escaped).
 
     ``stages``: the runner's stages (``key``, ``status``, ``seconds``, ``error``), in run order.
+    ``info``: date, commit, versions and wall time of the run (kept beside the index, so that
+    a re-render without it, :func:`refresh_index`, shows the same).
     """
+    run = RunDir(run_dir)
+    if info is None:
+        try:
+            info = read_json(run.root / RUN_INFO) if (run.root / RUN_INFO).is_file() else {}
+        except (OSError, ValueError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+    else:
+        info = {**info, "stage_seconds": round(sum(s.seconds for s in stages), 1)}
+        write_json(run.root / RUN_INFO, info)
+    results = read_json(run.results) if run.results.is_file() else None
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>ASA run {_e(params.name)}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ASA {_e(params.name)} · index</title>"
         f"<style>{_CSS}</style></head><body><h1>ASA run <code>{_e(params.name)}</code></h1>"
     ]
-    run = RunDir(run_dir)
-    results = read_json(run.results) if run.results.is_file() else None
-    parts.append(
-        f"<p>model <code>{_e(params.model.id or params.model.kind)}</code>, "
-        f"{_e(params.model.dtype)}; trust_remote_code: <b>{_e(params.model.trust_remote_code)}</b>; "
-        f"alpha unit: {_e(params.steering.alpha_unit)}</p>"
-    )
+    # One plain sentence each, first on the page: the run's verdict, then further findings
+    # (a line per check that adds one).
+    lines = [verdict(results)] if results else []
+    parts += [f"<p class='verdict'>{_e(x)}</p>" for x in lines]
+    parts.append(_meta_line(params, results, info))
     if results:
         c = results["chosen"]
         t = c["test"]
@@ -56,43 +106,65 @@ def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
             f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
         )
         parts.append(
-            "<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
+            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
-            "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th><th>TEST valid calls</th>"
-            "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR [95% CI]</th>"
+            "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th>"
+            "<th>TEST valid calls (share of calls)</th>"
+            "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR vs baseline [95% CI]</th>"
             "<th>decisions flipped (VALID / TEST)</th></tr>"
         )
         diffs, flips = results.get("vs_baseline", {}).get("test", {}), results.get("flips", {})
+        # a per-config stage's key is <notebook>__<config>: each config's own report
+        pages = {s.key.partition("__")[2]: run.report(s.key) for s in stages if "__" in s.key}
         for name, r in results["configs"].items():
             v, t = r["splits"]["valid"], r["splits"]["test"]
             cls = " class='chosen'" if name == c["name"] else ""
             d = diffs.get(name)
             dcells = (
-                "<td>{d_f1:+.3f} [{d_f1_lo:+.3f}, {d_f1_hi:+.3f}]</td>"
-                "<td>{d_fpr:+.3f} [{d_fpr_lo:+.3f}, {d_fpr_hi:+.3f}]</td>".format(**d)
+                "<td>{} [{}, {}]</td><td>{} [{}, {}]</td>".format(
+                    *(
+                        signed(d[k])
+                        for k in ("d_f1", "d_f1_lo", "d_f1_hi", "d_fpr", "d_fpr_lo", "d_fpr_hi")
+                    )
+                )
                 if d
-                else "<td>-</td><td>-</td>"
+                else f"<td>{NA}</td><td>{NA}</td>"
             )
             fl = {x["split"]: x["decision flips"] for x in flips.get(name, [])}
-            fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else "-"
+            fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else NA
+            page = pages.get(name)
+            label = (
+                f"<a href='{_e(page.relative_to(run.root).as_posix())}'>{_e(name)}</a>"
+                if page is not None and page.is_file()
+                else _e(name)
+            )
+            base = name == BASELINE
+            knobs = "".join(
+                f"<td>{NA if base or r.get(k) is None else _e(r[k])}</td>"
+                for k in ("tau", "alpha", "beta")
+            )
+            vcalls = _num(t["valid_call_rate"]) if t.get("triggers") else NA
             parts.append(
-                f"<tr{cls}><td class='l'>{_e(name)}</td><td>{_e(r['tau'])}</td><td>{_e(r['alpha'])}</td>"
-                f"<td>{_e(r['beta'])}</td><td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
+                f"<tr{cls}><td class='l'>{label}</td>{knobs}"
+                f"<td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
                 f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
-                f"<td>{t['recall']:.3f}</td><td>{t['valid_call_rate']:.2f}</td>{dcells}"
+                f"<td>{t['recall']:.3f}</td><td>{vcalls}</td>{dcells}"
                 f"<td>{fcell}</td></tr>"
             )
         parts.append(
-            "</table><p>Selection uses VALID only; TEST columns are reported, never used to choose. "
+            "</table></div><p class='note'>Selection uses VALID only; TEST columns are reported, never "
+            "used to choose. Valid calls: the share of TEST tool calls that parse, name a listed "
+            "tool and carry its required arguments (— where the config made no call). "
             "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
             "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
-            "against the baseline; each config's report lists them.</p>"
+            "against the baseline; each config's report lists them. — : not applicable "
+            "(the baseline has no tau, alpha or beta, and is not compared with itself).</p>"
         )
     else:
         parts.append("<p><b>No results yet</b>: the analysis stage has not finished.</p>")
     parts.append(
-        "<h2>Reports</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>report</th>"
-        "<th>notebook</th><th>note</th></tr>"
+        "<h2>Reports</h2><table><tr><th class='l'>stage (its report)</th><th class='l'>status</th>"
+        "<th>seconds</th><th class='l'>executed notebook</th><th class='l'>note</th></tr>"
     )
     for s in stages:
         html_p, nb_p = run.report(s.key), run.notebook(s.key)
@@ -100,11 +172,11 @@ def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
             html_p.relative_to(run.root).as_posix(),
             nb_p.relative_to(run.root).as_posix(),
         )
-        link = f"<a href='{_e(html_rel)}'>HTML</a>" if html_p.is_file() else ""
+        link = f"<a href='{_e(html_rel)}'>{_e(s.key)}</a>" if html_p.is_file() else _e(s.key)
         nbl = f"<a href='{_e(nb_rel)}'>ipynb</a>" if nb_p.is_file() else ""
         parts.append(
-            f"<tr><td class='l'>{_e(s.key)}</td><td class='{_e(s.status)}'>{_e(s.status)}</td>"
-            f"<td>{s.seconds:.1f}</td><td>{link}</td><td>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>"
+            f"<tr><td class='l'>{link}</td><td class='l {_e(s.status)}'>{_e(s.status)}</td>"
+            f"<td>{s.seconds:.1f}</td><td class='l'>{nbl}</td><td class='l'>{_e(s.error)}</td></tr>"
         )
     parts.append("</table>")
     parts.append(_evaluations_html(run))
@@ -120,6 +192,7 @@ def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
     return write_text(run.index, "\n".join(parts))
 
 
+RUN_INFO = "index_run.json"  # beside index.html: date, commit, versions, run time
 STAGE_ROWS = "index_stages.json"  # beside index.html: the stage rows it shows
 EVALUATIONS = "evaluations.json"  # written by `asa evaluate` (asa_lib.evaluate)
 

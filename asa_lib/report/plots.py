@@ -74,6 +74,64 @@ def _bounded(fig):
     return fig
 
 
+def _legend_outside(ax, **kw) -> None:
+    """The axes' legend to its right, off the data (nothing if nothing is labelled)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+            frameon=False,
+            **kw,
+        )
+
+
+# where a point's label may go, in points from the point (first free one is taken)
+_LABEL_OFFSETS = [(7, 5), (7, -13), (-7, 5), (-7, -13), (7, 16), (7, -24), (-7, 16), (-7, -24)]
+
+
+def _place_labels(ax, xs, ys, labels, fontsize: float = 8) -> None:
+    """Label each point, choosing for each the first offset whose text box overlaps no box
+    already placed and no point (greedy, in display space; the axes' limits must be set)."""
+    fig = ax.figure
+    fig.canvas.draw()  # the transforms at the final size
+    to_px = fig.dpi / 72.0
+    pts = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    placed: list[tuple[float, float, float, float]] = [
+        (px - 6 * to_px, py - 6 * to_px, px + 6 * to_px, py + 6 * to_px) for px, py in pts
+    ]
+
+    def overlaps(b) -> bool:
+        return any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in placed)
+
+    for (px, py), text in zip(pts, labels):
+        w, h = 0.6 * fontsize * len(text) * to_px, 1.2 * fontsize * to_px
+        choice = _LABEL_OFFSETS[0]
+        for dx, dy in _LABEL_OFFSETS:
+            x0 = px + dx * to_px - (w if dx < 0 else 0)
+            box = (x0, py + dy * to_px, x0 + w, py + dy * to_px + h)
+            if not overlaps(box):
+                choice = (dx, dy)
+                break
+        dx, dy = choice
+        x0 = px + dx * to_px - (w if dx < 0 else 0)
+        placed.append((x0, py + dy * to_px, x0 + w, py + dy * to_px + h))
+        ax.annotate(
+            text,
+            (ax.transData.inverted().transform((px, py))),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="right" if dx < 0 else "left",
+            va="bottom",
+            fontsize=fontsize,
+        )
+
+
 def split_counts(counts: pd.DataFrame):
     """Bars of samples per split x domain, split by label (domains in the data's order)."""
     counts = _relabel(counts, "domain")
@@ -106,7 +164,7 @@ def layer_auc(table: pd.DataFrame, best_layer: int):
     ax.set_xlabel("decoder block (output)")
     ax.set_ylabel("probe score")
     ax.set_title("Tool-need probe per layer (trained on CAL)")
-    ax.legend()
+    _legend_outside(ax, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -183,7 +241,7 @@ def metric_bars(
     """Horizontal bars per config with baseline (grey) and reference (orange) lines."""
     df = _relabel(df, "config")
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=_figsize(5 * len(metrics), 0.45 * len(df) + 1.8), sharey=True
+        1, len(metrics), figsize=_figsize(5 * len(metrics), 0.45 * len(df) + 2.6), sharey=True
     )
     for ax, m in zip(np.atleast_1d(axes), metrics):
         err = None
@@ -201,7 +259,8 @@ def metric_bars(
             )
         ax.set_xlabel(m.upper() + (" (lower is better)" if m == "fpr" else ""))
         ax.set_xlim(0, 1)
-        ax.legend(fontsize=8, loc="lower right")
+        # below its panel, off the bars
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
     fig.suptitle(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
     return fig
@@ -222,7 +281,7 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     base = points[points["config"] == "baseline"]
     steered = points[points["config"] != "baseline"]
     ax.scatter(steered["fpr"], steered["recall"], s=60, zorder=3, label="configs")
@@ -235,17 +294,21 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
         zorder=4,
         label="baseline (no ASA)",
     )
-    # configs at the same point share one label
-    for (fpr, rec), grp in steered.groupby(["fpr", "recall"], sort=False):
-        ax.annotate(
-            _joined(plot_texts(grp["config"])),
-            (fpr, rec),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=8,
-        )
     front = pareto_front(points)
-    ax.plot(front["fpr"], front["recall"], color="crimson", lw=1.5, label="Pareto front", zorder=2)
+    # the front as drawn: its points ringed, and a line only where it joins two or more
+    ax.scatter(
+        front["fpr"],
+        front["recall"],
+        s=260,
+        facecolors="none",
+        edgecolors="crimson",
+        lw=1.5,
+        zorder=5,
+        label="on the Pareto front"
+        + (" (the baseline alone)" if list(front["config"]) == ["baseline"] else ""),
+    )
+    if len(front) > 1:
+        ax.plot(front["fpr"], front["recall"], color="crimson", lw=1.2, zorder=2)
     if reference is not None and reference.get("fpr") is not None:
         ax.scatter(
             [reference["fpr"]],
@@ -260,9 +323,17 @@ def fpr_recall(points: pd.DataFrame, reference: dict | None, title: str):
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_outside(ax, fontsize=8)
     ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     fig.tight_layout()
+    # configs at the same point share one label; labels are placed where they do not overlap
+    groups = list(steered.groupby(["fpr", "recall"], sort=False))
+    _place_labels(
+        ax,
+        [k[0] for k, _ in groups],
+        [k[1] for k, _ in groups],
+        [_joined(plot_texts(g["config"])) for _, g in groups],
+    )
     return fig
 
 
@@ -274,9 +345,11 @@ def per_domain(df: pd.DataFrame, title: str):
         var_name="metric",
         value_name="value",
     )
+    long["metric"] = long["metric"].map({"f1": "F1", "fpr": "FPR"}).fillna(long["metric"])
     n_dom = df["domain"].nunique()
     fig, ax = plt.subplots(figsize=_figsize(max(8, 0.5 * n_dom + 2), 3.5))
     sns.barplot(data=long, x="domain", y="value", hue="metric", ax=ax)
+    _legend_outside(ax, fontsize=8)
     ax.set_ylim(0, 1)
     if n_dom > 8:
         ax.tick_params(axis="x", rotation=90)
@@ -293,8 +366,11 @@ def validity(df: pd.DataFrame, title: str):
         var_name="rate",
         value_name="share of triggers",
     )
+    names = {"format_valid_rate": "parseable calls", "valid_call_rate": "valid calls"}
+    long["rate"] = long["rate"].map(names)
     fig, ax = plt.subplots(figsize=_figsize(max(6, 0.8 * len(df) + 2), 3.5))
     sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
+    _legend_outside(ax, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(plot_text(title, MAX_TITLE_CHARS))
     ax.tick_params(axis="x", rotation=30)
@@ -362,6 +438,6 @@ def p_tool_histograms(records: list[dict], tau: float | None, title: str):
     ax.set_xlabel("p(tool)")
     ax.set_ylabel("prompts")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig

@@ -100,11 +100,14 @@ def summary_table(res: dict[str, dict]) -> pd.DataFrame:
 FLIP_KINDS = ("gained a call (+1 gate)", "lost a call (-1 gate)", "changed against its gate")
 
 
-def flips(base: dict, res: dict, tool_sets: dict | None = None) -> pd.DataFrame:
+def flips(
+    base: dict, res: dict, tool_sets: dict | None = None, prompts: dict | None = None
+) -> pd.DataFrame:
     """Prompts whose decision (tool call or not) differs from the baseline, one row each.
 
     With ``tool_sets`` (the run's ``data/tools.json``, where rows bring their own
-    tools) a ``tools`` column names each prompt's tools.
+    tools) a ``tools`` column names each prompt's tools; with ``prompts`` (id -> the
+    request's text) a ``prompt`` column shows it.
 
     ``kind``: gained a call under a +1 gate, lost one under a -1 gate, or changed
     in the other direction than its gate pushed (a gate of 0 reuses the
@@ -127,6 +130,7 @@ def flips(base: dict, res: dict, tool_sets: dict | None = None) -> pd.DataFrame:
             {
                 "split": r["split"],
                 "id": r["id"],
+                "prompt": (prompts or {}).get(r["id"], ""),
                 "domain": r["domain"],
                 "label": r["label"],
                 "tools": ", ".join(t["name"] for t in (tool_sets or {}).get(r.get("tools"), [])),
@@ -140,6 +144,7 @@ def flips(base: dict, res: dict, tool_sets: dict | None = None) -> pd.DataFrame:
     cols = [
         "split",
         "id",
+        *(["prompt"] if prompts else []),
         "domain",
         "label",
         *(["tools"] if tool_sets else []),

@@ -27,10 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asa_lib.files import file_digest, library_versions, read_json, write_json, write_text
-from asa_lib.layout import RunDir
+from asa_lib.layout import RunDir, RunFolderError, check_run_folder
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
+from asa_lib.report.html import MODES as REPORT_MODES
+from asa_lib.report.html import report_signature
 from asa_lib.report.index import write_index
 from asa_lib.run import lifeline
 from asa_lib.run.parallel import check_processes
@@ -295,29 +297,39 @@ def _kernel_manager_class():
     return KernelManager
 
 
-# The lab template loads require.js, MathJax and Mermaid from a CDN; the reports need none
-# of them (figures are embedded PNGs, tables are HTML), so they open with no network access.
-_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-"""
+def render_html(ipynb: Path, out: Path, mode: str = "reader", **kw) -> Path:
+    """A stage's self-contained HTML report (:func:`asa_lib.report.html.render_html`)."""
+    from asa_lib.report.html import render_html as render
+
+    return render(ipynb, out, mode=mode, **kw)
 
 
-def render_html(ipynb: Path, out: Path) -> Path:
-    """Self-contained HTML (figures embedded as base64 PNG, no CDN scripts) of an executed notebook."""
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
+def _page(run: RunDir, params: Params, stages: list[Stage], i: int, mode: str) -> dict:
+    """What :func:`render_html` is given for stage ``i``: title, navigation, mode."""
+    from asa_lib.report.html import nav_html, page_title, stage_label
 
-    nb = nbformat.read(str(ipynb), as_version=4)
-    exporter = HTMLExporter(
-        template_name="lab",
-        template_file="asa_offline.html.j2",
-        extra_loaders=[jinja2.DictLoader({"asa_offline.html.j2": _OFFLINE_TEMPLATE})],
+    s = stages[i]
+    title = page_title(params.name, s.key)
+    link = lambda t: (f"{t.key}.html", stage_label(t.key))  # noqa: E731 (pages share html/)
+    nav = nav_html(
+        title,
+        index="../index.html",
+        prev=link(stages[i - 1]) if i > 0 else None,
+        next_=link(stages[i + 1]) if i + 1 < len(stages) else None,
+        notebook=f"../notebooks/{s.key}.ipynb",
     )
-    body, _ = exporter.from_notebook_node(nb)
-    return write_text(out, body)
+    sig = hashlib.sha256(f"{mode}\0{title}\0{nav}".encode()).hexdigest()[:12]
+    return {"mode": mode, "title": title, "nav": nav, "run_root": run.root, "signature": sig}
+
+
+def _render_stage(run: RunDir, params: Params, stages: list[Stage], i: int, mode: str, log):
+    s = stages[i]
+    if not run.notebook(s.key).is_file():
+        return
+    try:
+        render_html(run.notebook(s.key), run.report(s.key), **_page(run, params, stages, i, mode))
+    except Exception as e:  # noqa: BLE001
+        log(f"    (HTML rendering of {s.key} failed: {_error_summary(e)})")
 
 
 def _error_summary(exc: Exception) -> str:
@@ -334,8 +346,12 @@ def run(
     progress: bool = False,
     log=print,
     processes: int = 1,
+    reports: str = "reader",
 ) -> tuple[int, Path]:
     """Run every stage that is not up to date. Returns (exit code, index path).
+
+    ``reports``: how the HTML pages are rendered, ``reader`` (code folded, paths relative,
+    the default) or ``full`` (every cell as executed); :mod:`asa_lib.report.html`.
 
     ``processes > 1`` runs extraction and each sweep config in that many
     data-parallel workers (:mod:`asa_lib.run.parallel`); results are the same, so
@@ -343,11 +359,17 @@ def run(
     """
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
+    if reports not in REPORT_MODES:
+        raise RunError(f"--reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
     try:
         processes = check_processes(processes, params.model.device)
     except ValueError as e:
         raise RunError(str(e)) from None
     run_dir = Path(run_dir or PROJECT_ROOT / "reports" / params.name).resolve()
+    try:
+        check_run_folder(run_dir, PROJECT_ROOT)
+    except RunFolderError as e:
+        raise RunError(str(e)) from None
     _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
     saved = {
         k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS", lifeline.HOLDER_ENV)
@@ -356,7 +378,9 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=True)
         with _RunLock(run_dir) as lock:
             os.environ[lifeline.HOLDER_ENV] = lock.me  # every process this run starts carries it
-            return _run_locked(params, params_path, run_dir, notebook_dir, progress, log, processes)
+            return _run_locked(
+                params, params_path, run_dir, notebook_dir, progress, log, processes, reports
+            )
     except OSError as e:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}{where}") from None
@@ -376,6 +400,7 @@ def _run_locked(
     progress: bool,
     log,
     processes: int = 1,
+    reports: str = "reader",
 ) -> tuple[int, Path]:
     _check_run_dir(params, params_path, run_dir)
     run = RunDir(run_dir)
@@ -441,11 +466,7 @@ def _run_locked(
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)
         s.seconds = time.time() - t0
-        if run.notebook(s.key).is_file():
-            try:
-                render_html(run.notebook(s.key), run.report(s.key))
-            except Exception as e:  # noqa: BLE001
-                log(f"    (HTML rendering failed: {_error_summary(e)})")
+        _render_stage(run, params, stages, i - 1, reports, log)
         if s.status == "ok":
             outputs[s.key] = hash_outputs(run_dir, s.key)
             write_json(
@@ -464,13 +485,54 @@ def _run_locked(
             )
             if s.key in CORE_STAGES:
                 core_failed = True
-    index = write_index(params, run_dir, stages)
+    # Pages of skipped stages rendered another way (another --reports, or their neighbours
+    # changed: a config added) are rendered again; their notebooks are not re-run.
+    for j, s in enumerate(stages):
+        if s.status == "skipped" and run.notebook(s.key).is_file():
+            page = _page(run, params, stages, j, reports)
+            if report_signature(run.report(s.key)) != f"{reports} {page['signature']}":
+                _render_stage(run, params, stages, j, reports, log)
+    index = write_index(params, run_dir, stages, info=_run_info(t_all))
     failed = [s.key for s in stages if s.status in ("failed", "blocked")]
     log(
         f"{'FAILED: ' + ', '.join(failed) if failed else 'all stages done'} in {time.time() - t_all:.0f} s"
     )
     log(f"index: {index}")
     return (1 if failed else 0), index
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str | None:
+    """The project's commit (short), ``+changes`` where the work tree differs; None outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if dirty else head or None
+
+
+def _run_info(t_all: float) -> dict:
+    """What the index shows at its top: when, which code, which library versions, how long."""
+    return {
+        "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": git_commit(),
+        "versions": library_versions(),
+        "wall_seconds": round(time.time() - t_all, 1),
+    }
 
 
 class _ProgressWatcher:

@@ -1,0 +1,75 @@
+"""One plain sentence from a run's measured numbers (``results.json``): what the run found.
+
+The index and the analysis page (07) open with it. VALID decides (as the choice
+does); TEST is reported with the paired bootstrap interval of the difference from
+the unsteered baseline on the same prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASELINE = "baseline"
+
+
+def signed(x: float) -> str:
+    """``+0.012`` / ``−0.017`` (a true minus sign); ``+0.000`` for zero."""
+    s = f"{x:+.3f}"
+    return s.replace("-", "−") if s != "-0.000" else "+0.000"
+
+
+def _ci_word(lo: float, hi: float) -> str:
+    if lo == hi == 0:
+        return "no change on any resample"
+    if lo > 0:
+        return "CI above 0"
+    if hi < 0:
+        return "CI below 0"
+    return "CI includes 0"
+
+
+def _fpr_word(lo: float, hi: float) -> str:
+    word = _ci_word(lo, hi)
+    return f" {word}" if word.startswith("CI") else f": {word}"
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """The run's verdict in one or two short sentences (module docstring).
+
+    Examples: "No config beats the baseline on VALID (F1 0.400). Chosen t75_a25: TEST ΔF1
+    −0.017 [−0.047, +0.012] (CI includes 0); FPR 0.50 → 0.48, recall 0.94 → 0.90."
+    """
+    configs = results.get("configs", {})
+    base = configs.get(BASELINE)
+    steered = [n for n in configs if n != BASELINE]
+    if base is None:
+        return "The unsteered baseline has no results: nothing to compare."
+    bv, bt = base["splits"]["valid"], base["splits"]["test"]
+    if not steered:
+        return (
+            f"Only the unsteered baseline ran (VALID F1 {bv['f1']:.3f}, TEST F1 {bt['f1']:.3f}): "
+            "no steered config to compare."
+        )
+    dv = results.get("vs_baseline", {}).get("valid", {})
+    better = [n for n in steered if n in dv and dv[n]["d_f1"] > 0]
+    if not better:
+        first = f"No config beats the baseline on VALID (F1 {bv['f1']:.3f})."
+    else:
+        best = max(better, key=lambda n: dv[n]["d_f1"])
+        first = (
+            f"{len(better)} of {len(steered)} configs beat the baseline on VALID; the best, "
+            f"{best}, raises F1 from {bv['f1']:.3f} to {configs[best]['splits']['valid']['f1']:.3f}."
+        )
+    chosen = results.get("chosen", {}).get("name")
+    if chosen is None or chosen == BASELINE or chosen not in configs:
+        return first + f" The baseline is kept: TEST F1 {bt['f1']:.3f}."
+    ct = configs[chosen]["splits"]["test"]
+    d = results.get("vs_baseline", {}).get("test", {}).get(chosen)
+    if d is None:
+        return first + f" Chosen {chosen}: TEST F1 {ct['f1']:.3f}."
+    return first + (
+        f" Chosen {chosen}: TEST ΔF1 {signed(d['d_f1'])} [{signed(d['d_f1_lo'])}, "
+        f"{signed(d['d_f1_hi'])}] ({_ci_word(d['d_f1_lo'], d['d_f1_hi'])}); "
+        f"FPR {bt['fpr']:.2f} → {ct['fpr']:.2f} (ΔFPR{_fpr_word(d['d_fpr_lo'], d['d_fpr_hi'])}), "
+        f"recall {bt['recall']:.2f} → {ct['recall']:.2f}."
+    )

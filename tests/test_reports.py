@@ -1,0 +1,327 @@
+"""Notebooks that run where they are opened, and reports for their reader (issue 24)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    """A copy of the project's sources (pyproject.toml, notebooks, params, data) in tmp_path."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", proj)
+    for d in ("notebooks", "params"):
+        shutil.copytree(ROOT / d, proj / d)
+    (proj / "data").mkdir()
+    shutil.copy(ROOT / "data" / "alpaca_subset.jsonl.xz", proj / "data")
+    return proj
+
+
+def test_relative_stage_paths_are_taken_from_the_project_root_wherever_the_kernel_starts(
+    tmp_path, monkeypatch
+):
+    from asa_lib.layout import RunFolderError
+    from asa_lib.nb import stage_paths
+
+    proj = _project_copy(tmp_path)
+    for cwd in (proj, proj / "notebooks", proj / "params"):
+        monkeypatch.chdir(cwd)
+        params, run = stage_paths("params/tiny.yaml", "reports/tiny")
+        assert params == proj / "params" / "tiny.yaml" and run == proj / "reports" / "tiny"
+    monkeypatch.chdir(proj / "notebooks")
+    for bad in ("notebooks/reports/tiny", "notebooks"):
+        with pytest.raises(RunFolderError, match="inside notebooks/"):
+            stage_paths("params/tiny.yaml", bad)
+    with pytest.raises(RunFolderError, match="inside notebooks/"):
+        stage_paths("params/tiny.yaml", str(proj / "notebooks" / "x"))
+
+
+def test_asa_run_refuses_a_run_folder_inside_notebooks(tmp_path):
+    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, run
+
+    target = NOTEBOOK_DIR / "reports" / "tiny"
+    with pytest.raises(RunError, match="inside notebooks/"):
+        run(ROOT / "params" / "tiny.yaml", target, log=lambda *_: None)
+    assert not (NOTEBOOK_DIR / "reports").exists()
+
+
+@pytest.mark.slow
+def test_01_data_runs_with_its_defaults_from_inside_notebooks(tmp_path):
+    """As JupyterLab and VS Code run it: the kernel's working folder is notebooks/."""
+    import jupytext
+    import papermill as pm
+
+    from asa_lib.run.runner import KERNEL
+
+    proj = _project_copy(tmp_path)
+    nb = jupytext.read(proj / "notebooks" / "01_data.py")
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    env = {"PYTHONPATH": str(ROOT)}  # the kernel imports this checkout's asa_lib
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        pm.execute_notebook(
+            nb,
+            str(tmp_path / "out.ipynb"),
+            kernel_name=KERNEL,
+            cwd=str(proj / "notebooks"),
+            progress_bar=False,
+            log_output=False,
+        )
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert (proj / "reports" / "tiny" / "data" / "splits.jsonl").is_file()
+    assert not (proj / "notebooks" / "reports").exists()
+
+
+# --- the reports of a tiny run, as a reader gets them ---------------------------------------
+
+_IMAGE = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=]+")
+_CODE_DETAILS = re.compile(r"<details class=\"asa-code[^\"]*\"[^>]*>.*?</details>", re.S)
+
+
+@pytest.fixture(scope="module")
+def tiny_reports(tmp_path_factory):
+    from test_pipeline import make_tiny_run
+
+    tmp = tmp_path_factory.mktemp("reports")
+    made = make_tiny_run(tmp)
+    assert made["code"] == 0, "\n".join(made["logs"])
+    return made
+
+
+def _text(path: Path) -> str:
+    """A page without its embedded images (base64 may hold any short string by chance)."""
+    return _IMAGE.sub("data:image/png;base64,", path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_reader_pages_fold_code_leak_no_path_and_name_their_run_and_stage(tiny_reports):
+    run_dir = tiny_reports["dir"]
+    pages = sorted((run_dir / "html").glob("*.html"))
+    keys = [json_key["key"] for json_key in _stage_rows(run_dir)]
+    assert [p.stem for p in pages] == sorted(keys)
+    machine = {
+        str(run_dir),
+        str(run_dir.resolve()),
+        str(tiny_reports["tmp"]),
+        str(ROOT),
+        str(ROOT.resolve()),
+        str(Path.home()),
+        os.path.dirname(str(tiny_reports["tmp"])),  # the pytest base folder
+    }
+    for page in pages:
+        text = _text(page)
+        outside = _CODE_DETAILS.sub("", text)
+        # every code cell's input is inside a <details>: none is left outside
+        editor = 'class="jp-CodeMirrorEditor'  # a code cell's input (the CSS names it too)
+        assert editor in text and editor not in outside, page.name
+        assert 'class="highlight hl-ipython3"' not in outside, page.name
+        for p in machine:
+            assert p not in text, (page.name, p)
+        for w in ("FutureWarning", "DeprecationWarning"):
+            assert w not in text, (page.name, w)
+        stem, _, config = page.stem.partition("__")
+        label = stem.replace("_", " ") + (f" · {config}" if config else "")
+        assert f"<title>ASA tiny · {label}</title>" in text, page.name
+        # no default-parameter cell; the injected one, open, paths relative to the run
+        assert "celltag_parameters" not in text and "celltag_injected-parameters" in text
+        assert len(re.findall(r'<details class="asa-code asa-params" open', text)) == 1, page.name
+        assert "href='../index.html'" in text and f"../notebooks/{page.stem}.ipynb" in text
+    first, last = keys[0], keys[-1]
+    assert f"href='{keys[1]}.html'" in _text(run_dir / "html" / f"{first}.html")
+    assert f"href='{keys[-2]}.html'" in _text(run_dir / "html" / f"{last}.html")
+    analysis_page = _text(run_dir / "html" / "07_analysis.html")
+    assert "<nav class='asa-toc'>" in analysis_page and "Ablations" in analysis_page
+    index = _text(run_dir / "index.html")
+    for p in machine:
+        assert p not in index, p
+
+
+def _stage_rows(run_dir: Path) -> list[dict]:
+    import json
+
+    return json.loads((run_dir / "index_stages.json").read_text())
+
+
+@pytest.mark.slow
+def test_full_reports_keep_every_cell(tiny_reports, tmp_path):
+    from asa_lib.report.html import render_html
+
+    run_dir = tiny_reports["dir"]
+    out = render_html(run_dir / "notebooks" / "03_probing.ipynb", tmp_path / "03.html", mode="full")
+    text = _text(out)
+    assert "celltag_parameters" in text and '<details class="asa-code' not in text
+    assert 'class="jp-CodeMirrorEditor' in text
+
+
+_NUM = r"([+−-]?\d+\.\d+)"
+
+
+def _signed(s: str) -> float:
+    return float(s.replace("−", "-"))
+
+
+def _check_verdict_against(sentence: str, results: dict) -> None:
+    """The numbers and claims of a verdict sentence, recomputed from results.json."""
+    configs = results["configs"]
+    base_valid = configs["baseline"]["splits"]["valid"]["f1"]
+    beat = [
+        n for n, c in configs.items() if n != "baseline" and c["splits"]["valid"]["f1"] > base_valid
+    ]
+    if beat:
+        m = re.match(r"(\d+) of (\d+) configs beat the baseline on VALID", sentence)
+        assert m and int(m.group(1)) == len(beat) and int(m.group(2)) == len(configs) - 1
+    else:
+        m = re.match(rf"No config beats the baseline on VALID \(F1 {_NUM}\)\.", sentence)
+        assert m and float(m.group(1)) == pytest.approx(base_valid, abs=5e-4)
+    chosen = results["chosen"]["name"]
+    m = re.search(
+        rf"Chosen (\S+): TEST ΔF1 {_NUM} \[{_NUM}, {_NUM}\].*?FPR {_NUM} → {_NUM}.*?"
+        rf"recall {_NUM} → {_NUM}\.",
+        sentence,
+    )
+    assert m, sentence
+    assert m.group(1) == chosen
+    d = results["vs_baseline"]["test"][chosen]
+    got = [_signed(g) for g in m.groups()[1:]]
+    want = [d["d_f1"], d["d_f1_lo"], d["d_f1_hi"]]
+    bt, ct = configs["baseline"]["splits"]["test"], configs[chosen]["splits"]["test"]
+    want += [bt["fpr"], ct["fpr"], bt["recall"], ct["recall"]]
+    assert got == pytest.approx(want, abs=5e-3)
+    # the interval's word follows from its ends
+    lo, hi = d["d_f1_lo"], d["d_f1_hi"]
+    word = (
+        "no change on any resample"
+        if lo == hi == 0
+        else "CI above 0"
+        if lo > 0
+        else "CI below 0"
+        if hi < 0
+        else "CI includes 0"
+    )
+    assert f"] ({word})" in sentence
+
+
+@pytest.mark.slow
+def test_the_index_and_07_open_with_a_verdict_from_results_json(tiny_reports):
+    import html as html_lib
+    import json
+
+    run_dir = tiny_reports["dir"]
+    results = json.loads((run_dir / "results.json").read_text())
+    index = (run_dir / "index.html").read_text()
+    m = re.search(r"</h1>\s*<p class='verdict'>(.*?)</p>", index, re.S)
+    assert m, "the index does not open with a verdict"
+    sentence = html_lib.unescape(m.group(1))
+    _check_verdict_against(sentence, results)
+    # the same sentence at the top of 07, before any table
+    page = (run_dir / "html" / "07_analysis.html").read_text()
+    m7 = re.search(r"<p class=[\"']asa-verdict[\"']><b>(.*?)</b></p>", page, re.S)
+    assert m7 and html_lib.unescape(m7.group(1)) == sentence
+    assert m7.start() < page.index("<table")
+    # date, commit, model and versions come right after it; the baseline's knobs are "—"
+    meta = index[m.end() : index.index("<h2>")]
+    assert "finished 20" in meta and "commit" in meta and "tiny-lfm2" in meta
+    assert "torch" in meta and "transformers" in meta
+    row = re.search(
+        r"<tr><td class='l'><a href='html/06_sweep__baseline.html'>baseline</a>.*?</tr>", index
+    )
+    assert row and row.group(0).count("<td>—</td>") >= 3 and "None" not in index
+    assert "TEST valid calls (share of calls)" in index
+
+
+def test_a_verdict_names_the_configs_that_beat_the_baseline():
+    """The wording where configs do beat the baseline (numbers made up for the sentence only)."""
+    from asa_lib.report.verdict import verdict
+
+    def split(f1, fpr, recall):
+        return {"f1": f1, "fpr": fpr, "recall": recall}
+
+    results = {
+        "configs": {
+            "baseline": {
+                "splits": {"valid": split(0.40, 0.50, 0.94), "test": split(0.41, 0.50, 0.94)}
+            },
+            "t60_a50": {
+                "splits": {"valid": split(0.52, 0.15, 0.90), "test": split(0.50, 0.15, 0.90)}
+            },
+            "t75_a25": {
+                "splits": {"valid": split(0.38, 0.40, 0.92), "test": split(0.39, 0.41, 0.93)}
+            },
+        },
+        "chosen": {"name": "t60_a50"},
+        "vs_baseline": {
+            "valid": {
+                "t60_a50": {"d_f1": 0.12, "d_f1_lo": 0.05, "d_f1_hi": 0.2},
+                "t75_a25": {"d_f1": -0.02, "d_f1_lo": -0.05, "d_f1_hi": 0.01},
+            },
+            "test": {
+                "t60_a50": {
+                    "d_f1": 0.09,
+                    "d_f1_lo": 0.02,
+                    "d_f1_hi": 0.16,
+                    "d_fpr": -0.35,
+                    "d_fpr_lo": -0.45,
+                    "d_fpr_hi": -0.25,
+                },
+            },
+        },
+    }
+    sentence = verdict(results)
+    _check_verdict_against(sentence, results)
+    assert "the best, t60_a50, raises F1 from 0.400 to 0.520" in sentence
+    assert "(ΔFPR CI below 0)" in sentence and "FPR 0.50 → 0.15" in sentence
+
+
+def test_tables_for_a_reader():
+    """No index column; counts as integers, rates at 3 decimals, knobs as given, — where not
+    applicable; text left-aligned, escaped and cut with its full text kept in a tooltip."""
+    import pandas as pd
+
+    from asa_lib.report.tables import baseline_na, table
+
+    df = pd.DataFrame(
+        {
+            "config": ["baseline", "t60_a50"],
+            "tau": [0.0, 0.6],
+            "n": [24.0, float("nan")],  # a count pandas stored as float beside a missing value
+            "p_tool": [0.123456, 0.5],
+            "valid_call_rate": [None, 0.25],
+            "output": ["<script>x</script>", "y" * 300],
+        },
+        index=[7, 8],
+    )
+    out = table(baseline_na(df))._repr_html_()
+    cells = re.findall(r"<td style='([^']*)'>(.*?)</td>", out)
+    assert [c for _, c in cells[:6]] == [
+        "baseline",
+        "—",
+        "24",
+        "0.123",
+        "—",
+        "&lt;script&gt;x&lt;/script&gt;",
+    ]
+    assert [c for _, c in cells[6:11]] == ["t60_a50", "0.6", "—", "0.500", "0.250"]
+    assert cells[0][0] == "text-align:left" and cells[2][0] == "text-align:right"
+    assert cells[5][0] == "text-align:left"
+    long_cell = cells[11][1]
+    assert long_cell.endswith("…</span>") and f"title='{'y' * 300}'" in long_cell
+    assert ">7<" not in out and ">8<" not in out  # no index column
+    heads = re.findall(r"<th style='[^']*'>(.*?)</th>", out)
+    assert heads == [
+        "config",
+        "tau",
+        "prompts",
+        "p(tool)",
+        "valid calls (share of calls)",
+        "output",
+    ]
