@@ -55,6 +55,11 @@ def write_index(params: Params, run_dir: Path, stages: Sequence[Any]) -> Path:
             + f"; precision {t['precision']:.3f}. L* = {_e(results['L_star'])} "
             f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
         )
+        diag = results.get("diagnostics")
+        if diag:  # stage 04: will ASA work on this model?
+            parts.append(
+                f"<p><b>Diagnostics at L*:</b> {_e(diag['verdict'])} (see 04_vectors).</p>"
+            )
         parts.append(
             "<table><tr><th>config</th><th>tau</th><th>alpha</th><th>beta</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
