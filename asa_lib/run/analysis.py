@@ -300,7 +300,7 @@ def choose_config(res: dict[str, dict]) -> str:
 
 def diagnostics_summary(run_dir: str | Path) -> dict | None:
     """Stage 04's diagnostics for results.json and the index: the verdict, the cosine and AUCs at
-    L*, the two-by-two at L*, the calls and the cost (None for a run from before them)."""
+    L*, the two-by-two at L* and the calls (None for a run from before them)."""
     from asa_lib.method.diagnostics import load_diagnostics
 
     d = load_diagnostics(run_dir)
@@ -313,7 +313,7 @@ def diagnostics_summary(run_dir: str | Path) -> dict | None:
         "behaviour_auc_at_L_star",
         "label_auc_at_L_star",
     )
-    return {k: d.get(k) for k in (*keys, "gap_table", "calls", "cost")}
+    return {k: d.get(k) for k in (*keys, "gap_table", "calls")}  # the cost (seconds) stays there
 
 
 def behaviour_vs_label(
