@@ -361,3 +361,32 @@ def test_the_one_pass_adapter_steers_along_the_behaviour_directions(tiny_lm, tin
     with pytest.raises(Exception, match="behaviour directions"):
         ASA.load(folder)
     assert json.loads((folder / "adapter.json").read_text())["behaviour_vectors"] == []
+
+
+def test_the_index_states_the_verdict_escaped(tmp_path, tiny_params):
+    from asa_lib.files import write_json
+    from asa_lib.layout import RunDir
+    from asa_lib.report.index import write_index
+
+    run = RunDir(tmp_path)
+    metrics = {m: 0.5 for m in ("f1", "recall", "fpr", "precision")}
+    metrics["ci95"] = {m: [0.4, 0.6] for m in ("f1", "recall", "fpr")}
+    verdict = diagnostics.verdict(-0.59) + " <b>"
+    write_json(
+        run.results,
+        {
+            "chosen": {"name": "c", "tau": 0.75, "alpha": 0.25, "beta": 0.0, "alpha_eff": 1.0}
+            | {"test": metrics},
+            "L_star": 3,
+            "L_star_valid_auc": 0.7,
+            "configs": {},
+            "diagnostics": {"verdict": verdict},
+        },
+    )
+    page = write_index(tiny_params, tmp_path, []).read_text()
+    assert (
+        "<b>Diagnostics at L*:</b> label direction anti-aligned with the model&#x27;s call "
+        "direction (cos -0.59): steering along the label vector will push against the "
+        "model&#x27;s calls" in page
+    )
+    assert "&lt;b&gt;" in page and "<b> (see" not in page
