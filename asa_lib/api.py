@@ -46,6 +46,7 @@ from asa_lib.engine.generate import GenerationSettings
 from asa_lib.method.bundle import Bundle, BundleError, load_bundle
 from asa_lib.method.gate import alpha_effective
 from asa_lib.method.online import (
+    ONLINE_VECTORS,
     Decision,
     OnlineGate,
     SteeringSession,
@@ -98,6 +99,8 @@ class ASA:
     alpha: float
     beta: float = 0.0
     alpha_unit: str = "absolute"
+    # "mixture" (the label vectors) or "behaviour" (the bundle's behaviour directions)
+    vector: str = "mixture"
     alpha_eff: float | None = None  # None: computed from alpha and alpha_unit
     name: str = "custom"
     prompt: PromptParams | None = None  # the prompt format the probes were fitted on
@@ -137,7 +140,14 @@ class ASA:
             )
         self.tau, self.alpha, self.beta = float(self.tau), float(self.alpha), float(self.beta)
         self.alpha_eff = float(self.alpha_eff)
-        self.gate = OnlineGate(self.bundle, self.tau, self.alpha_eff, self.beta)
+        if self.vector not in ONLINE_VECTORS:
+            raise AdapterError(f"{where}vector {self.vector!r} is not one of {ONLINE_VECTORS}")
+        if self.vector == "behaviour" and "global" not in self.bundle.behaviour_vectors:
+            raise AdapterError(
+                f"{where}the config steers along the behaviour directions (vector 'behaviour'), "
+                "but the bundle has none"
+            )
+        self.gate = OnlineGate(self.bundle, self.tau, self.alpha_eff, self.beta, self.vector)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -187,10 +197,13 @@ class ASA:
                 f"{folder}: the adapter records no chosen config (tau, alpha); "
                 "pass tau= and alpha= (or use the run's chosen_adapter/ folder)"
             )
-        if config.get("gate", "probe") != "probe" or config.get("vector", "mixture") != "mixture":
+        if config.get("gate", "probe") != "probe" or config.get("vector", "mixture") not in (
+            ONLINE_VECTORS
+        ):
             raise AdapterError(
                 f"{folder}: the chosen config is an ablation (gate {config.get('gate')!r}, vector "
-                f"{config.get('vector')!r}); only gate 'probe' with the mixture vector is applied online"
+                f"{config.get('vector')!r}); only gate 'probe' with the mixture or behaviour "
+                "vector is applied online"
             )
         if alpha_unit is not None and alpha is None:
             raise AdapterError("alpha_unit overrides the unit of an alpha you give: pass alpha too")
@@ -207,6 +220,7 @@ class ASA:
             alpha=config.get("alpha") if alpha is None else alpha,
             beta=config.get("beta", 0.0) if beta is None else beta,
             alpha_unit=unit,
+            vector=str(config.get("vector", "mixture")),
             alpha_eff=config.get("alpha_eff") if keep_eff else None,
             name=name,
             prompt=prompt.prompt if isinstance(prompt, Params) else prompt,
@@ -224,6 +238,7 @@ class ASA:
             "alpha_unit": self.alpha_unit,
             "alpha_eff": self.alpha_eff,
             "beta": self.beta,
+            "vector": self.vector,
             "layer": self.bundle.layer,
             "model_id": self.bundle.model_id,
             "folder": str(self.folder) if self.folder else None,

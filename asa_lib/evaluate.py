@@ -222,7 +222,9 @@ def evaluate(
             config = (
                 _RECORD_ONLY
                 if asa is None
-                else SweepConfig(asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta)
+                else SweepConfig(
+                    asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta, vector=asa.vector
+                )
             )
             gates = compute_gates(bundle, h, config, domains)
             a_eff = 0.0 if asa is None else float(asa.alpha_eff)

@@ -12,10 +12,12 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     states/<split>.json           02: ids, labels, domains in the same row order
     probing/layers.json           03: AUC/accuracy per layer and L*
     vectors/vectors.safetensors   04: unit steering vectors ("global", one per domain)
+    vectors/behaviour.safetensors 04: unit behaviour directions (the unsteered model's calls on CAL)
+    vectors/diagnostics.json      04: per layer label/behaviour probe AUC, cosine, 2x2 at L*, verdict
     bundle/adapter.{json,safetensors}  05: everything the gate needs at inference
     sweep/<config>.json           06: per-prompt records and metrics of one config; model id,
                                       bundle and prompt-format sha256, versions
-    cache/generations.sqlite      06: generation cache shared by all configs
+    cache/generations.sqlite      04, 06: generation cache shared by all configs (04: baseline on CAL, VALID)
     parallel/<stage>/             02, 06 with processes > 1: workers' spec, results, worker.log
     results.json                  07: all configs side by side, chosen config
     chosen_adapter/               07: the bundle plus the chosen tau/alpha/beta
@@ -142,6 +144,8 @@ class RunDir:
     layers = property(lambda self: self.root / "probing" / "layers.json")
     vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
     vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")
+    behaviour_vectors = property(lambda self: self.root / "vectors" / "behaviour.safetensors")
+    diagnostics = property(lambda self: self.root / "vectors" / "diagnostics.json")
     bundle = property(lambda self: self.root / "bundle")
     bundle_json = property(lambda self: self.root / "bundle" / "adapter.json")
     cache = property(lambda self: self.root / "cache" / "generations.sqlite")

@@ -184,7 +184,9 @@ class SteeringParams:
 GATES = ("probe", "oracle", "always", "none")
 
 
-VECTORS = ("mixture", "random")
+# mixture: the label vectors (the method); random: an ablation; behaviour: a variant beyond the
+# paper (the model's own call direction on CAL, asa_lib.method.diagnostics). Never the default.
+VECTORS = ("mixture", "random", "behaviour")
 
 
 BASELINE = "baseline"
@@ -197,8 +199,10 @@ class SweepConfig:
     ``gate``: probe (ASA: router, then the domain's probe against tau), oracle
     (the true domain instead of the router), always (+1 for every prompt: the
     paper's "no gate"), none (no steering: the baseline). ``vector``: mixture
-    (``normalize(beta * v_global + (1 - beta) * v_d)``) or random (a unit
-    vector from ``seed``). See :mod:`asa_lib.method.gate`.
+    (``normalize(beta * v_global + (1 - beta) * v_d)``), random (a unit
+    vector from ``seed``) or behaviour (the same mixture of the *behaviour*
+    directions: the unsteered model's own calls on CAL, called minus not
+    called; a documented variant beyond the paper). See :mod:`asa_lib.method.gate`.
     """
 
     name: str

@@ -19,7 +19,7 @@ import pandas as pd
 
 from asa_lib import data, nb
 from asa_lib.engine import extract
-from asa_lib.method import probing
+from asa_lib.method import diagnostics, probing
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.report import plots
 
@@ -46,6 +46,7 @@ bundle, report = probing.fit_bundle(
     model_fingerprint=meta["cal"].get("model_fingerprint", ""),
     model_weights=meta["cal"].get("model_weights", ""),
     vectors=vectors,  # stage 04's
+    behaviour_vectors=diagnostics.load_behaviour_vectors(run),  # stage 04's, for vector: behaviour
 )
 for n in report.notes:
     print("NOTE:", n)

@@ -79,6 +79,31 @@ if not steered:
 nb.table(analysis.ablation_table(res))
 
 # %% [markdown]
+# ## Will ASA work on this model? (stage 04's diagnostics)
+#
+# The cosine at L* of the label direction (the vector ASA steers with) with the
+# unsteered model's own call direction, the label and behaviour probes per
+# layer, and at L* the label probe's verdict against the model's calls on VALID
+# (see 04_vectors). Then each `vector: behaviour` config (the model's call
+# direction, the same gate) against the label-vector config with the same tau,
+# alpha and beta: behaviour minus label, paired bootstrap 95% CI.
+
+# %%
+from asa_lib.method import diagnostics
+
+diag = diagnostics.load_diagnostics(run)
+if diag is None:
+    print("No diagnostics: this run's stage 04 predates them.")
+else:
+    print("VERDICT:", diag["verdict"])
+    nb.show(plots.diagnostics_layers(diag["layers"], diag["L_star"], diag["verdict"]))
+    display(pd.DataFrame(diag["gap_table"]))
+pairs = analysis.behaviour_pairs(res)
+for split in ("valid", "test") if pairs else ():
+    print(split.upper(), "· behaviour direction − label vector")
+    display(analysis.behaviour_vs_label(res, split, pairs, seed=params.data.seed).round(3))
+
+# %% [markdown]
 # ## Decisions flipped against the baseline, per config
 
 # %%

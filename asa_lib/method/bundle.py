@@ -9,10 +9,14 @@
     probe.<domain>.coef             (H,)    binary probe of that domain
     probe.<domain>.intercept        (1,)
     vector.global, vector.<domain>  (H,)    float32 unit steering vectors (raw CAL states)
+    behaviour.global, behaviour.<domain>  (H,)  float32 unit behaviour directions (``vector:
+                                            behaviour``): the unsteered model's own calls on
+                                            CAL, called minus not called (stage 04)
 
 ``adapter.json`` records the layer L*, the hook point, the domains, which of
 them have a probe and a vector, the model id, hidden size and block count the
-bundle came from, the CAL mean state norm (for relative alpha), library
+bundle came from, which behaviour directions it carries (``behaviour_vectors``;
+absent in bundles written before them: none), the CAL mean state norm (for relative alpha), library
 versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
 ``adapter.safetensors`` and of every other field of the JSON. The loader checks
 each tensor against that list and then the hash, so a changed tensor or
@@ -68,6 +72,8 @@ class Bundle:
     model_fingerprint: str = ""
     # sha256 of the model's weights, values included (models.weights_digest); "" in older bundles
     model_weights: str = ""
+    # "global" and domains -> unit behaviour direction (H,), for ``vector: behaviour``; {} = none
+    behaviour_vectors: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # the sha256 recorded in adapter.json (load_bundle); "" for a bundle not read from a folder
     sha256: str = ""
@@ -104,10 +110,27 @@ class Bundle:
         coef, b = self.probes[domain]
         return _sigmoid(self.scale(h) @ coef + b)
 
-    def steering_vector(self, domain: str, beta: float) -> np.ndarray:
-        """The seed's mixture: normalize(beta * v_global + (1 - beta) * v_domain)."""
-        v_d = self.vectors.get(domain)
-        v_g = self.vectors.get("global")
+    def steering_vector(self, domain: str, beta: float, kind: str = "mixture") -> np.ndarray:
+        """The seed's mixture: normalize(beta * v_global + (1 - beta) * v_domain).
+
+        ``kind="behaviour"``: the same mixture of the behaviour directions
+        (:attr:`behaviour_vectors`); a domain without one falls back to the
+        global behaviour direction, as a domain without a label vector does.
+        """
+        vecs = self.vectors
+        if kind == "behaviour":
+            if "global" not in self.behaviour_vectors:
+                raise BundleError(
+                    "vector 'behaviour' needs the bundle's behaviour directions, and this bundle "
+                    "has none (built before they existed, or the unsteered model called a tool "
+                    "on all or none of the CAL prompts, so there is no call direction; see stage "
+                    "04's diagnostics)"
+                )
+            vecs = self.behaviour_vectors
+        elif kind != "mixture":
+            raise BundleError(f"unknown vector kind {kind!r} for a bundle's steering vector")
+        v_d = vecs.get(domain)
+        v_g = vecs.get("global")
         if v_d is None:
             return v_g
         v = beta * v_g + (1 - beta) * v_d if (v_g is not None and beta > 0) else v_d
@@ -221,6 +244,8 @@ def _tensors(b: Bundle) -> dict[str, np.ndarray]:
         t[f"probe.{d}.intercept"] = np.array([icpt], dtype=np.float64)
     for name, v in b.vectors.items():
         t[f"vector.{name}"] = v.astype(np.float32)
+    for name, v in b.behaviour_vectors.items():
+        t[f"behaviour.{name}"] = v.astype(np.float32)
     return {k: np.ascontiguousarray(v) for k, v in t.items()}
 
 
@@ -238,6 +263,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "router_classes": b.router_classes,
         "probes": sorted(b.probes),
         "vectors": list(b.vectors),
+        "behaviour_vectors": list(b.behaviour_vectors),
         "model_id": b.model_id,
         "hidden_size": b.hidden_size,
         "num_layers": b.num_layers,
@@ -331,6 +357,8 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
     router_classes = _names(meta, "router_classes", jpath)
     probes = _names(meta, "probes", jpath)
     vectors = _names(meta, "vectors", jpath)
+    # absent in bundles written before behaviour directions existed: none
+    behaviour = _names(meta, "behaviour_vectors", jpath) if "behaviour_vectors" in meta else []
     for key, names in (("router_classes", router_classes), ("probes", probes)):
         if not set(names) <= set(domains):
             raise BundleError(
@@ -339,11 +367,12 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
             )
     if len(router_classes) < 1:
         raise BundleError(f"{jpath}: field 'router_classes' needs at least one class")
-    if not set(vectors) <= set(domains) | {"global"}:
-        raise BundleError(
-            f"{jpath}: field 'vectors' names unknown domains "
-            f"{sorted(set(vectors) - set(domains) - {'global'})}"
-        )
+    for key, names in (("vectors", vectors), ("behaviour_vectors", behaviour)):
+        if not set(names) <= set(domains) | {"global"}:
+            raise BundleError(
+                f"{jpath}: field {key!r} names unknown domains "
+                f"{sorted(set(names) - set(domains) - {'global'})}"
+            )
     spec = _field(meta, "tensors", dict, jpath)
     try:
         tensors = load_file(str(tpath))
@@ -366,6 +395,8 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         expected_shapes[f"probe.{d}.intercept"] = (1,)
     for v in vectors:
         expected_shapes[f"vector.{v}"] = (H,)
+    for v in behaviour:
+        expected_shapes[f"behaviour.{v}"] = (H,)
     missing = sorted(set(expected_shapes) - set(tensors))
     if missing:
         raise BundleError(f"{tpath}: missing tensor {missing[0]}")
@@ -384,7 +415,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
             raise BundleError(f"{tpath}: tensor {name} must be finite floats")
         if (
-            name.startswith("vector.")
+            name.startswith(("vector.", "behaviour."))
             and abs(float(np.linalg.norm(arr.astype(np.float64))) - 1) > UNIT_TOL
         ):
             raise BundleError(
@@ -414,6 +445,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         "router_classes",
         "probes",
         "vectors",
+        "behaviour_vectors",
         "model_id",
         "hidden_size",
         "num_layers",
@@ -443,6 +475,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         cal_mean_norm=float(norm),
         model_fingerprint=fingerprint,
         model_weights=weights,
+        behaviour_vectors={v: tensors[f"behaviour.{v}"] for v in behaviour},
         extra={k: v for k, v in meta.items() if k not in known},
         sha256=str(meta.get("sha256", "")),
     )

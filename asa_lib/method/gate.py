@@ -15,7 +15,13 @@ The vector (``vector: mixture``, the seed's rule) is
 ``normalize(beta * v_global + (1 - beta) * v_d)``, ``v_global`` where d has no
 vector; ``beta: 1`` is global only and ``beta: 0`` domain only. ``vector:
 random`` (ablation) is one random unit vector (the steering vectors are unit
-too, so it is norm-matched) drawn from ``config.seed``.
+too, so it is norm-matched) drawn from ``config.seed``. ``vector: behaviour``
+(a documented variant beyond the paper) is the same mixture of the bundle's
+*behaviour* directions (``Bundle.behaviour_vectors``: the unit mean difference
+of the CAL states at L* between prompts the unsteered model called a tool on and
+those it did not, global and per domain, :mod:`asa_lib.method.diagnostics`); a
+domain without one falls back to the global behaviour direction. The gate is
+unchanged: the label probe says *when* to push, the model's calls *which way*.
 
 ``delta = gate * alpha_eff * v`` is what :mod:`asa_lib.engine.generate` adds to the
 output of block L* at the last prompt position on the prefill pass.
@@ -104,16 +110,26 @@ def steering_deltas(
 ) -> np.ndarray:
     """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0).
 
-    A plain number is the seed's mixture vector with that beta.
+    A plain number is the seed's mixture vector with that beta. ``vector:
+    behaviour`` on a bundle without behaviour directions raises
+    :class:`~asa_lib.method.bundle.BundleError`, whether or not a gate fires.
     """
     if not isinstance(config, SweepConfig):
         config = SweepConfig("mixture", tau=0.5, beta=float(config))
     out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
+    if config.vector == "behaviour":
+        bundle.steering_vector("global", config.beta, "behaviour")  # refuses a bundle without
     rand = (
         random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
     )
     for i, (d, g) in enumerate(zip(gates.routed, gates.gate)):
         if g != 0 and alpha_eff != 0:
-            v = rand if rand is not None else bundle.steering_vector(d, config.beta)
+            v = (
+                rand
+                if rand is not None
+                else bundle.steering_vector(
+                    d, config.beta, "behaviour" if config.vector == "behaviour" else "mixture"
+                )
+            )
             out[i] = np.float32(g * alpha_eff) * v
     return out

@@ -12,7 +12,8 @@ are left-padded), and computes, in torch and float64:
     gate = +1 if p >= tau, -1 if p <= 1 - tau, else 0 (always 0 where d has no probe)
 
 It then adds ``gate * alpha_eff * v_d`` to that row's state in the same forward
-pass. ``v_d`` is the bundle's mixture ``normalize(beta * v_global + (1 - beta) * v_d)``;
+pass. ``v_d`` is the bundle's mixture ``normalize(beta * v_global + (1 - beta) * v_d)``
+(of its behaviour directions for ``vector="behaviour"``);
 it does not depend on the state, so the (+1 and -1) deltas of every routed domain
 are tabulated once by :func:`asa_lib.method.gate.steering_deltas`. They are then
 bit-identical to the two-pass path's.
@@ -47,7 +48,15 @@ from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, check_alpha_eff, steering_deltas
 from asa_lib.model.hooks import block_output, with_block_output
 from asa_lib.model.load import LoadedModel, decoder_blocks
-from asa_lib.params import GenerationParams, check_batch_size, check_config_values
+from asa_lib.params import (
+    GenerationParams,
+    ParamsError,
+    SweepConfig,
+    check_batch_size,
+    check_config_values,
+)
+
+ONLINE_VECTORS = ("mixture", "behaviour")  # the vectors an adapter applies online
 
 
 class SteeringError(RuntimeError):
@@ -64,11 +73,21 @@ class Decision:
 
 
 class OnlineGate:
-    """A bundle and one (tau, alpha_eff, beta) config, as torch tensors for the prefill hook."""
+    """A bundle and one (tau, alpha_eff, beta) config, as torch tensors for the prefill hook.
 
-    def __init__(self, bundle: Bundle, tau: float, alpha_eff: float, beta: float):
+    ``vector``: ``"mixture"`` (the label vectors, the method) or ``"behaviour"``
+    (the bundle's behaviour directions, :mod:`asa_lib.method.diagnostics`).
+    """
+
+    def __init__(
+        self, bundle: Bundle, tau: float, alpha_eff: float, beta: float, vector: str = "mixture"
+    ):
         check_config_values(tau=tau, alpha_eff=alpha_eff, beta=beta)  # a ParamsError (ValueError)
         check_alpha_eff(alpha_eff, bundle)
+        if vector not in ONLINE_VECTORS:
+            raise ParamsError(f"vector {vector!r} is not one of {ONLINE_VECTORS} (applied online)")
+        self.vector = vector
+        config = SweepConfig("online", tau=float(tau), beta=float(beta), vector=vector)
         self.bundle = bundle
         self.layer = bundle.layer
         self.tau, self.alpha_eff, self.beta = float(tau), float(alpha_eff), float(beta)
@@ -86,7 +105,7 @@ class OnlineGate:
         table = np.zeros((C, 3, H), dtype=np.float32)
         for i, d in enumerate(self.classes):
             two = steering_deltas(
-                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, self.beta
+                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, config
             )
             table[i, 0], table[i, 2] = two[0], two[1]
         self._deltas = torch.from_numpy(table)

@@ -122,21 +122,32 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def steering_vectors(
-    h: np.ndarray, y: np.ndarray, domains: list[str], domain_names: list[str]
+    h: np.ndarray,
+    y: np.ndarray,
+    domains: list[str],
+    domain_names: list[str],
+    classes: tuple[str, str] = ("tool", "non-tool"),
+    what: str = "steering vector",
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Unit mean-difference vectors at one layer. Returns (vectors, notes on skipped domains)."""
+    """Unit mean-difference vectors at one layer. Returns (vectors, notes on skipped domains).
+
+    ``y``: 1 for the first class, 0 for the second (``classes`` and ``what``
+    only name them in the messages: the label vectors' tool/non-tool, the
+    behaviour directions' called/not called).
+    """
     y = np.asarray(y)
     d = np.asarray(domains)
+    pos, neg = classes
     if not ((y == 1).any() and (y == 0).any()):
         raise ProbingError(
-            f"CAL has {int((y == 1).sum())} tool and {int((y == 0).sum())} non-tool rows: "
-            "a steering vector needs both"
+            f"CAL has {int((y == 1).sum())} {pos} and {int((y == 0).sum())} {neg} rows: "
+            f"a {what} needs both"
         )
     g = _difference(h[y == 1], h[y == 0])
     if g is None:
         raise ProbingError(
-            "the tool and non-tool CAL states have the same mean: there is no steering "
-            "direction (are the two classes' prompts the same?)"
+            f"the {pos} and {neg} CAL states have the same mean: there is no {what} "
+            "(are the two classes' prompts the same?)"
         )
     vecs = {"global": _unit(g)}
     notes = []
@@ -147,13 +158,13 @@ def steering_vectors(
             vecs[dom] = _unit(v)
         elif t.sum() > 0 and n.sum() > 0:
             notes.append(
-                f"{dom}: no steering vector (its tool and non-tool CAL states have the same "
-                "mean); the gate falls back to the global vector"
+                f"{dom}: no {what} (its {pos} and {neg} CAL states have the same "
+                f"mean); the gate falls back to the global {what}"
             )
         else:
             notes.append(
-                f"{dom}: no steering vector (CAL has {int(t.sum())} tool and "
-                f"{int(n.sum())} non-tool rows); the gate falls back to the global vector"
+                f"{dom}: no {what} (CAL has {int(t.sum())} {pos} and "
+                f"{int(n.sum())} {neg} rows); the gate falls back to the global {what}"
             )
     return vecs, notes
 
@@ -245,6 +256,7 @@ def make_bundle(
     cal_mean_norm: float,
     model_fingerprint: str = "",
     model_weights: str = "",
+    behaviour_vectors: dict[str, np.ndarray] | None = None,
 ) -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
@@ -272,6 +284,9 @@ def make_bundle(
         cal_mean_norm=float(cal_mean_norm),
         model_fingerprint=model_fingerprint,
         model_weights=model_weights,
+        behaviour_vectors={
+            k: v.astype(np.float32) for k, v in sorted((behaviour_vectors or {}).items())
+        },
     )
 
 
@@ -303,6 +318,7 @@ def fit_bundle(
     model_fingerprint: str = "",
     model_weights: str = "",
     vectors: dict[str, np.ndarray] | None = None,
+    behaviour_vectors: dict[str, np.ndarray] | None = None,
 ) -> tuple[Bundle, FitReport]:
     """Stages 04-05: the adapter bundle from raw states at L*.
 
@@ -313,7 +329,9 @@ def fit_bundle(
     :func:`load_vectors` reads them back); None computes them here, as stage
     04 does (:func:`steering_vectors` on CAL). Either way the bundle holds
     them by name, the order in which stage 05 reads ``vectors/`` back, so an
-    in-memory fit gives the files a run writes.
+    in-memory fit gives the files a run writes. ``behaviour_vectors``: stage
+    04's behaviour directions (:func:`asa_lib.method.diagnostics.load_behaviour_vectors`),
+    for ``vector: behaviour``; None: the bundle carries none.
     """
     classes = class_order(domains)
     notes: list[str] = []
@@ -332,6 +350,7 @@ def fit_bundle(
         cal_mean_norm=norm,
         model_fingerprint=model_fingerprint,
         model_weights=model_weights,
+        behaviour_vectors=behaviour_vectors,
     )
     return bundle, FitReport(classes, dict(bundle.vectors), notes, fit, norm)
 

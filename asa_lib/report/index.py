@@ -105,6 +105,11 @@ def write_index(
             + f"; precision {t['precision']:.3f}. L* = {_e(results['L_star'])} "
             f"(VALID AUC {results['L_star_valid_auc']:.3f}).</p>"
         )
+        diag = results.get("diagnostics")
+        if diag:  # stage 04: will ASA work on this model?
+            parts.append(
+                f"<p><b>Diagnostics at L*:</b> {_e(diag['verdict'])} (see 04_vectors).</p>"
+            )
         parts.append(
             "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"

@@ -170,6 +170,39 @@ def layer_auc(table: pd.DataFrame, best_layer: int):
     return fig
 
 
+def diagnostics_layers(layers: list[dict], best_layer: int, verdict: str):
+    """The knowing-doing gap per layer: label and behaviour probe AUC (left axis), the cosine of
+    the label direction with the model's call direction (right axis), L* marked.
+
+    ``layers``: :func:`asa_lib.method.diagnostics.layer_diagnostics`'s rows (None: not defined).
+    """
+    x = [r["layer"] for r in layers]
+
+    def col(k):
+        return [np.nan if r[k] is None else r[k] for r in layers]
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(x, col("label_auc"), marker="o", label="label probe AUC (VALID)")
+    ax.plot(x, col("behaviour_auc"), marker="s", label="behaviour probe AUC (VALID calls)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("decoder block (output)")
+    ax.set_ylabel("AUC")
+    ax2 = ax.twinx()
+    ax2.plot(x, col("cos"), marker="^", color="#6a4c93", label="cos(label, call direction)")
+    ax2.axhline(0, color="#6a4c93", lw=0.8, ls=":")
+    ax2.set_ylim(-1.05, 1.05)
+    ax2.set_ylabel("cosine (CAL)")
+    ax.axvline(best_layer, color="crimson", ls="--", label=f"L* = {best_layer}")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    ax.set_title(plot_text(verdict, MAX_TITLE_CHARS), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def cosine_heatmap(names: list[str], M: np.ndarray):
     fig, ax = plt.subplots(figsize=_figsize(1.1 * len(names) + 2, 0.9 * len(names) + 1.5))
     sns.heatmap(

@@ -223,12 +223,18 @@ PAPER_ABLATIONS = {
 }
 
 
+# ``vector: behaviour`` (asa_lib.method.diagnostics): not in the paper, so no paper row.
+BEHAVIOUR_KIND = "behaviour direction (beyond the paper)"
+
+
 def ablation_kind(config: dict) -> str:
     """Which of the paper's ablation rows a config corresponds to (by its gate, vector and beta)."""
     if config.get("gate") == "none":
         return "baseline (no steering)"
     if config.get("vector") == "random":
         return "random vector"
+    if config.get("vector") == "behaviour":
+        return BEHAVIOUR_KIND
     if config.get("gate") == "always":
         return "no gate (always +1)"
     if config.get("gate") == "oracle":
@@ -275,13 +281,18 @@ def choose_config(res: dict[str, dict]) -> str:
 
     Ablations (``gate: oracle`` uses the true domain, ``always`` and ``vector: random``
     are not the method) are reported but never chosen: the chosen adapter must be
-    one that can be applied to new prompts. Falls back to the baseline when no
-    such config has results.
+    one that can be applied to new prompts. ``vector: behaviour`` (the probe gate,
+    the model's own call direction) can be, and is chosen on VALID like any
+    config where the params list one. Falls back to the baseline when no such
+    config has results.
     """
 
     def applicable(r: dict) -> bool:
         c = r.get("config", {})
-        return c.get("gate", "probe") == "probe" and c.get("vector", "mixture") == "mixture"
+        return c.get("gate", "probe") == "probe" and c.get("vector", "mixture") in (
+            "mixture",
+            "behaviour",
+        )
 
     candidates = [n for n, r in res.items() if n != BASELINE and applicable(r)] or [BASELINE]
 
@@ -290,6 +301,62 @@ def choose_config(res: dict[str, dict]) -> str:
         return (-m["f1"], m["fpr"], candidates.index(n))
 
     return min(candidates, key=key)
+
+
+def diagnostics_summary(run_dir: str | Path) -> dict | None:
+    """Stage 04's diagnostics for results.json and the index: the verdict, the cosine and AUCs at
+    L*, the two-by-two at L* and the calls (None for a run from before them)."""
+    from asa_lib.method.diagnostics import load_diagnostics
+
+    d = load_diagnostics(run_dir)
+    if d is None:
+        return None
+    keys = (
+        "verdict",
+        "alignment",
+        "cos_at_L_star",
+        "behaviour_auc_at_L_star",
+        "label_auc_at_L_star",
+    )
+    return {k: d.get(k) for k in (*keys, "gap_table", "calls")}  # the cost (seconds) stays there
+
+
+def behaviour_vs_label(
+    res: dict[str, dict], split: str, pairs: Sequence[tuple[str, str]], seed: int = 0
+) -> pd.DataFrame:
+    """Each (behaviour config, label config) pair: paired bootstrap ΔF1/ΔFPR, behaviour minus label."""
+    rows = []
+    for b, a in pairs:
+        rb = {r["id"]: r for r in res[b]["records"] if r["split"] == split}
+        ra = [r for r in res[a]["records"] if r["split"] == split]
+        d = paired_bootstrap_diff(
+            [r["label"] for r in ra],
+            [int(r["triggered"]) for r in ra],
+            [int(rb[r["id"]]["triggered"]) for r in ra],
+            metrics=("f1", "fpr"),
+            seed=seed,
+        )
+        row = {"behaviour config": b, "label config": a}
+        for m in ("f1", "fpr"):
+            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = d[m]["diff"], d[m]["lo"], d[m]["hi"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def behaviour_pairs(res: dict[str, dict]) -> list[tuple[str, str]]:
+    """(behaviour config, label config) with the same gate, tau, alpha and beta, both with results."""
+    out = []
+    for b, rb in res.items():
+        cb = rb.get("config", {})
+        if cb.get("vector") != "behaviour":
+            continue
+        for a, ra in res.items():
+            ca = ra.get("config", {})
+            same = all(ca.get(k) == cb.get(k) for k in ("gate", "tau", "alpha", "beta"))
+            if a != BASELINE and ca.get("vector", "mixture") == "mixture" and same:
+                out.append((b, a))
+                break
+    return out
 
 
 def git_commit(path: str | Path = ".") -> str:
@@ -345,6 +412,14 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                 }
                 for row in paired_differences(res, s, seed=params.data.seed).to_dict("records")
             }
+            for s in ("valid", "test")
+        },
+        "diagnostics": diagnostics_summary(run),
+        # vector: behaviour against the label vector at the same gate (paired, behaviour - label)
+        "behaviour_vs_label": {
+            s: behaviour_vs_label(res, s, behaviour_pairs(res), seed=params.data.seed).to_dict(
+                "records"
+            )
             for s in ("valid", "test")
         },
         "flips": {

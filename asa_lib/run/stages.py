@@ -77,7 +77,13 @@ STAGES: tuple[StageSpec, ...] = (
         "03_probing", StageOutputs(_rel(_REL.layers.parent), _rel(_REL.layers)), ("02_extraction",)
     ),
     StageSpec(
-        "04_vectors", StageOutputs(_rel(_REL.vectors.parent), _rel(_REL.vectors)), ("03_probing",)
+        "04_vectors",
+        StageOutputs(
+            _rel(_REL.vectors.parent),
+            _rel(_REL.vectors, _REL.behaviour_vectors, _REL.diagnostics),
+        ),
+        ("03_probing",),
+        ("generation",),  # the unsteered CAL/VALID generations (diagnostics, vector: behaviour)
     ),
     StageSpec(
         "05_routing", StageOutputs(_rel(_REL.bundle), _rel(_REL.bundle_json)), ("04_vectors",)

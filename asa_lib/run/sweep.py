@@ -211,6 +211,55 @@ def run_config(
     return out
 
 
+def baseline_calls(
+    params: Params, run_dir: str | Path, lm: LoadedModel, split: str, layer: int
+) -> dict:
+    """The unsteered model's outputs and calls on one split, through the sweep's driver and cache.
+
+    The same prompts, settings and cache keys as the ``baseline`` config
+    (:func:`run_config`), so each output is generated once per run: stage 04
+    generates CAL (for the diagnostics and ``vector: behaviour``) and VALID
+    here, and the sweep's baseline then reads VALID back from the cache.
+    ``layer`` only names the block in the key of a steered row (none here).
+    Returns ``ids``, ``called`` (1 where the output starts a tool call, the
+    sweep's ``triggered``), ``generated_now``, ``seconds`` and ``generation``
+    (:class:`~asa_lib.engine.decode.GenerationStats`), in the row order of
+    the split's stored states.
+    """
+    import time
+
+    run = RunDir(run_dir)
+    samples = {x.id: x for x in read_splits(run)[split]}
+    xs = [samples[i] for i in load_meta(run, split)["ids"]]
+    prompts = render_samples(lm.tokenizer, params.prompt, xs, run)
+    settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
+    markers, tool_sets = CallMarkers.of(params.prompt), read_tool_sets(run)
+    cache = open_cache(run, params, lm)
+    stats = GenerationStats()
+    t0 = time.perf_counter()
+    try:
+        outputs, n_new = generate_all(
+            lm, prompts, settings, None, layer, cache, desc=f"baseline/{split}", stats=stats
+        )
+    finally:
+        cache.close()
+    called = [
+        int(
+            score_output(
+                o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools
+            ).triggered
+        )
+        for x, o in zip(xs, outputs)
+    ]
+    return {
+        "ids": [x.id for x in xs],
+        "called": called,
+        "generated_now": int(n_new),
+        "seconds": time.perf_counter() - t0,
+        "generation": asdict(stats),
+    }
+
+
 def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], None]) -> dict:
     """A data-parallel worker's part of one config: its chunks' outputs, into the run's cache.
 
