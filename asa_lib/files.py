@@ -124,6 +124,26 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def git_commit(root: str | Path, *, short: bool = False) -> str | None:
+    """The commit checked out at ``root``: the full hash, or with ``short`` 12 digits and
+    ``+changes`` where tracked files differ from it; None outside git (or without git)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        if not short:
+            return git("rev-parse", "HEAD") or None
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if dirty else head or None
+
+
 def json_sha256(obj: Any) -> str:
     """The sha256 of ``obj``'s canonical JSON (keys sorted, no spaces, UTF-8): key order and
     formatting of where it came from do not change it."""

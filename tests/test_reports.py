@@ -325,3 +325,41 @@ def test_tables_for_a_reader():
         "valid calls (share of calls)",
         "output",
     ]
+
+
+def test_the_commit_a_run_records_is_the_checked_out_one_and_says_when_files_differ(
+    tmp_path, monkeypatch
+):
+    """results.json keeps the full hash; the index shows 12 digits and ``+changes`` when a
+    tracked file differs from the commit; outside git there is no commit to name."""
+    import subprocess
+
+    from asa_lib.files import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(tmp_path / "repo"), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "outside").mkdir()
+    git("init", "-q")
+    (tmp_path / "repo" / "a.txt").write_text("one\n")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+
+    assert git_commit(tmp_path / "repo") == head
+    assert git_commit(tmp_path / "repo", short=True) == head[:12]
+    (tmp_path / "repo" / "untracked.txt").write_text("not part of the code\n")
+    assert git_commit(tmp_path / "repo", short=True) == head[:12]
+    (tmp_path / "repo" / "a.txt").write_text("two\n")
+    assert git_commit(tmp_path / "repo", short=True) == head[:12] + "+changes"
+    assert git_commit(tmp_path / "repo") == head
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above "outside"
+    assert git_commit(tmp_path / "outside") is None
+    assert git_commit(tmp_path / "outside", short=True) is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from asa_lib.data.splits import Sample, read_splits, read_tool_sets
-from asa_lib.files import library_versions, read_json, write_json
+from asa_lib.files import git_commit, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.method.probing import load_layers
@@ -359,15 +358,6 @@ def behaviour_pairs(res: dict[str, dict]) -> list[tuple[str, str]]:
     return out
 
 
-def git_commit(path: str | Path = ".") -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], chosen: str) -> dict:
     run = RunDir(run_dir)
     probing = load_layers(run)
@@ -387,7 +377,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
     results = {
         "params": params.to_dict(),
         "versions": library_versions(),
-        "git_commit": git_commit(Path(__file__).resolve().parents[1]),
+        "git_commit": git_commit(Path(__file__).resolve().parents[1]) or "unknown",
         "model_id": bundle.model_id,
         "trust_remote_code": params.model.trust_remote_code,
         "L_star": probing["best_layer"],

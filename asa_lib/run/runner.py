@@ -26,7 +26,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from asa_lib.files import file_digest, library_versions, read_json, write_json, write_text
+from asa_lib.files import (
+    file_digest,
+    git_commit,
+    library_versions,
+    read_json,
+    write_json,
+    write_text,
+)
 from asa_lib.layout import RunDir, RunFolderError, check_run_folder
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
@@ -501,28 +508,11 @@ def _run_locked(
     return (1 if failed else 0), index
 
 
-def git_commit(root: Path = PROJECT_ROOT) -> str | None:
-    """The project's commit (short), ``+changes`` where the work tree differs; None outside git."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}+changes" if dirty else head or None
-
-
 def _run_info(t_all: float) -> dict:
     """What the index shows at its top: when, which code, which library versions, how long."""
     return {
         "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "commit": git_commit(),
+        "commit": git_commit(PROJECT_ROOT, short=True),
         "versions": library_versions(),
         "wall_seconds": round(time.time() - t_all, 1),
     }
