@@ -112,7 +112,10 @@ print(
         for s, c in diag["cost"].items()
     )
 )
-pd.DataFrame(diag["layers"]).round(3)
+nb.folded(
+    nb.table(pd.DataFrame(diag["layers"])),
+    "per layer: label probe AUC, behaviour probe AUC, cosine",
+)
 
 # %%
 nb.show(plots.diagnostics_layers(diag["layers"], layer, diag["verdict"]))
@@ -125,12 +128,17 @@ nb.show(plots.diagnostics_layers(diag["layers"], layer, diag["verdict"]))
 # close; `labelled tool` counts the prompts in each cell whose label is tool.
 
 # %%
-gap = pd.DataFrame(diag["gap_table"])
-display(gap)
-gap.pivot(index="knows", columns="calls", values="n").rename(
-    index={1: "knows (p ≥ 0.5)", 0: "does not know"}, columns={1: "calls", 0: "does not call"}
-)
+nb.table(diagnostics.gap_matrix(diag["gap_table"]), index=True)
 
 # %%
-print("cosine of each label vector with its behaviour direction at L*:")
-pd.Series(diag["vector_cos"], name="cos").round(3)
+if diag["vector_cos"]:
+    vcos = diag["vector_cos"]
+    display(
+        nb.table(
+            pd.DataFrame({"vector": list(vcos), "cos": list(vcos.values())}),
+            labels={"cos": "cos(label vector, behaviour direction)"},
+            caption="At L*: each label vector against the behaviour direction of the same name",
+        )
+    )
+else:
+    print("No behaviour direction (see the note above): no label vector to compare it with.")

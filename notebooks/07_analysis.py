@@ -97,11 +97,11 @@ if diag is None:
 else:
     print("VERDICT:", diag["verdict"])
     nb.show(plots.diagnostics_layers(diag["layers"], diag["L_star"], diag["verdict"]))
-    display(pd.DataFrame(diag["gap_table"]))
+    display(nb.table(diagnostics.gap_matrix(diag["gap_table"]), index=True))
 pairs = analysis.behaviour_pairs(res)
 for split in ("valid", "test") if pairs else ():
     print(split.upper(), "· behaviour direction − label vector")
-    display(analysis.behaviour_vs_label(res, split, pairs, seed=params.data.seed).round(3))
+    display(nb.table(analysis.behaviour_vs_label(res, split, pairs, seed=params.data.seed)))
 
 # %% [markdown]
 # ## Decisions flipped against the baseline, per config

@@ -119,6 +119,13 @@ def test_the_two_by_two_at_l_star_against_a_plain_count():
         "does not know, does not call",
     ]
     assert sum(r["n"] for r in rows) == len(yv)
+    # the reader's two-by-two: the probe's verdict down, the behaviour across
+    m = diagnostics.gap_matrix(rows)
+    assert list(m.index) == ["knows (p(tool) ≥ 0.5)", "does not know"]
+    assert list(m.columns) == ["calls", "does not call"]
+    for (k, c), (n, t) in want.items():
+        row = "knows (p(tool) ≥ 0.5)" if k else "does not know"
+        assert m.loc[row, "calls" if c else "does not call"] == f"{n} ({t} labelled tool)"
 
 
 @pytest.mark.parametrize(

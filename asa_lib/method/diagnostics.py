@@ -155,6 +155,22 @@ def gap_table(
     return rows
 
 
+def gap_matrix(rows: list[dict]):
+    """:func:`gap_table`'s rows as the two-by-two a reader reads: the label probe's verdict
+    down (knows, does not know), the model's behaviour across (calls, does not call), each cell
+    ``"n (k labelled tool)"``."""
+    import pandas as pd
+
+    cell = {
+        (r["knows"], r["calls"]): f"{r['n']} ({r['labelled tool']} labelled tool)" for r in rows
+    }
+    return pd.DataFrame(
+        [[cell[(k, c)] for c in (1, 0)] for k in (1, 0)],
+        index=pd.Index(["knows (p(tool) ≥ 0.5)", "does not know"], name="label probe at L*"),
+        columns=["calls", "does not call"],
+    )
+
+
 def alignment(cos: float | None) -> str:
     """The band of a cosine (module docstring): aligned ... anti-aligned, or "undefined"."""
     if cos is None:

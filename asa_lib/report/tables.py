@@ -41,6 +41,9 @@ LABELS = {
     "fpr_lo": "FPR CI low",
     "fpr_hi": "FPR CI high",
     "alpha_eff": "alpha_eff",
+    "label_auc": "label probe AUC (VALID)",
+    "behaviour_auc": "behaviour probe AUC (VALID calls)",
+    "cos": "cos(label direction, call direction)",
     **{
         f"{s}_{m}": f"{s.upper()} {m if m in ('precision', 'recall') else m.upper()}"
         for s in ("valid", "test")
