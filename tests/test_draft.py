@@ -336,7 +336,7 @@ def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp
     own = own_tokens(tiny_lm, pp, prompts, deltas, MAX_NEW, tmp_path, "own")
     wrong = [[other_token(x[0], len(tiny_lm.tokenizer))] + x[1:] for x in own]  # nothing accepted
     chunks = -(-len(prompts) // (8 * CHUNK_BATCHES))
-    # 0.5: only the first batch of 8 in each chunk of rows
+    # 0.5: only the first prompt batches of each chunk of rows, until 8 rows are verified
     for min_acc, verified in ((0.0, len(prompts)), (0.5, 8 * chunks)):
         st = GenerationStats()
         got, _ = generate_all(
@@ -355,7 +355,10 @@ def test_drafts_that_do_not_pay_are_dropped(tiny_lm, tiny_params, tiny_case, tmp
             stats=st,
         )
         assert got == want
-        assert st.drafted == verified and st.drafts_dropped == len(prompts) - verified
+        # prompt batches hold rows of one suffix length (LFM2), so a chunk may verify a few more
+        assert verified <= st.drafted < verified + 8 * chunks
+        assert st.drafted < len(prompts) or min_acc == 0.0
+        assert st.drafts_dropped == len(prompts) - st.drafted
     st = GenerationStats()  # drafts that are accepted are kept at any minimum
     got, _ = generate_all(
         tiny_lm,

@@ -256,18 +256,18 @@ def test_prefix_shared_batched_generation_equals_the_simple_path(
 
 
 def test_a_finished_row_is_cut_where_a_one_row_generation_stops(tiny_lm, tiny_params):
-    from asa_lib.engine.generate import _clean
+    from asa_lib.engine.decode import clean_row
 
     tok, pp = tiny_lm.tokenizer, tiny_params.prompt
     ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     eos, pad = tok.eos_token_id, tok.pad_token_id
     call = ids('ok <|tool_call_start|>[calculator(expression="1")]<|tool_call_end|>')
     # the batch padded the row after the call with the EOS token (pad == eos, as in SmolLM2)
-    assert _clean(call + [eos, eos], {eos}, eos, tok, pp) == call
-    assert _clean(call + [pad, pad], {eos}, pad, tok, pp) == call
+    assert clean_row(call + [eos, eos], {eos}, eos, tok, pp) == call
+    assert clean_row(call + [pad, pad], {eos}, pad, tok, pp) == call
     plain = ids("plain answer")
-    assert _clean(plain + [eos, pad, pad], {eos}, pad, tok, pp) == plain + [eos]
-    assert _clean(plain + [pad], {eos}, pad, tok, pp) == plain
+    assert clean_row(plain + [eos, pad, pad], {eos}, pad, tok, pp) == plain + [eos]
+    assert clean_row(plain + [pad], {eos}, pad, tok, pp) == plain
 
 
 def test_share_prefix_setting(tiny_lm, smol_lm):

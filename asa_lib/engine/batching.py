@@ -14,7 +14,7 @@ from asa_lib.model.load import LoadedModel
 CHUNK_BATCHES = 4
 
 
-def _gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) -> list[list[int]]:
+def gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) -> list[list[int]]:
     """Batches of prompt indices, longest first; equal suffix lengths only where padding would leak."""
     order = sorted(idx, key=lambda i: -len(ids[i]))
     if P > 0 and needs_equal_suffix_lengths(lm.model):

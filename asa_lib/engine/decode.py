@@ -76,7 +76,7 @@ class _StopAtCallEnd(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _clean(
+def clean_row(
     ids: list[int], eos_ids: set[int], pad_id: int | None, tok, pp: PromptParams
 ) -> list[int]:
     """A batch row cut where a one-row generation would have stopped.
@@ -98,7 +98,7 @@ def _clean(
     return ids
 
 
-def _eos_ids(lm: LoadedModel) -> set[int]:
+def eos_ids(lm: LoadedModel) -> set[int]:
     eos = lm.model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if lm.tokenizer.eos_token_id is not None:
@@ -122,6 +122,9 @@ class GenerationStats:
         0  # token positions run through the model, padding included, cached prefix not
     )
     forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
+    padded_tokens: int = 0  # of tokens_forwarded: padding columns of a prompt's prefill
+    prompt_prefills: int = 0  # prompt-major: prompts whose positions 0 .. n-2 were run once
+    forks: int = 0  # prompt-major: rows continued from a prompt's shared prefill
 
     def add(self, other: GenerationStats) -> None:
         """Add another call's counts (a data-parallel worker's) to these."""
@@ -129,7 +132,7 @@ class GenerationStats:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-def _finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
+def finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
     """Would one greedy generation have stopped within ``ids`` (EOS or a complete call)?"""
     return any(t in eos_ids for t in ids) or call_complete(
         tok.decode(ids, skip_special_tokens=False), pp
@@ -137,7 +140,7 @@ def _finished(ids: list[int], eos_ids: set[int], tok, pp: PromptParams) -> bool:
 
 
 @torch.no_grad()
-def _generate_rows(
+def generate_rows(
     lm: LoadedModel,
     ids: list[list[int]],
     n_gen: list[int],
@@ -165,13 +168,62 @@ def _generate_rows(
     input_ids, mask = left_padded(
         [x[P:] for x in ids], tok.pad_token_id, prefix.ids if prefix is not None else [], lm.device
     )
-    B, S = input_ids.shape[0], input_ids.shape[1] - P
-    kw = {cache_kwarg(lm.model): prefix.expand(B)} if prefix is not None else {}
-    eos = _eos_ids(lm)
+    B, T = input_ids.shape
+    cache = prefix.expand(B) if prefix is not None else None
+    return decode_rows(
+        lm,
+        input_ids,
+        mask,
+        cache,
+        P,
+        [T - n for n in n_gen],
+        deltas,
+        layer,
+        max_new_tokens,
+        pp,
+        stats,
+    )
+
+
+@torch.no_grad()
+def decode_rows(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+    cached: int,
+    starts: list[int],
+    deltas: np.ndarray | None,
+    layer: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    stats: GenerationStats | None = None,
+) -> list[list[int]]:
+    """Greedy-continue rows whose first ``cached`` columns are already in ``cache``.
+
+    ``input_ids`` and ``mask`` are (B, T): every row ends at the last column. The
+    generated text of row ``b`` begins at column ``starts[b]`` (tokens already
+    generated, e.g. an accepted draft, sit in ``starts[b] .. T - 1``), so the
+    prompt's last token is column ``starts[b] - 1``: that is where ``deltas[b]``
+    is added to the output of block ``layer``, on the first forward pass only
+    (the columns ``cached .. T - 1``). ``cache`` (None: none) is consumed: the
+    model appends to it. Returns each row's generated tokens from ``starts[b]``,
+    cut where one greedy generation would have stopped, at most
+    ``max_new_tokens``.
+    """
+    tok = lm.tokenizer
+    B, T = input_ids.shape
+    W = T - cached  # the first forward pass's columns
+    if W < 1 or any(not cached < st <= T for st in starts):
+        raise ValueError("every row's prompt must end after the cached columns")
+    n_gen = [T - st for st in starts]
+    if any(not 0 <= n < max_new_tokens for n in n_gen):
+        raise ValueError("every row needs at least one token left to generate")
+    kw = {cache_kwarg(lm.model): cache} if cache is not None else {}
+    eos = eos_ids(lm)
     delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
     # None: position -1 for every row (plain rows), bit-identical to the plain path
-    positions = None if not any(n_gen) else torch.tensor([S - n - 1 for n in n_gen])
-    starts = [P + S - n for n in n_gen]
+    positions = None if not any(n_gen) else torch.tensor([st - 1 - cached for st in starts])
     limits = [st + max_new_tokens for st in starts]
     with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, positions):
         out = lm.model.generate(
@@ -190,12 +242,13 @@ def _generate_rows(
             **kw,
         )
     if stats is not None:
-        steps = out.shape[1] - (P + S)
-        stats.tokens_forwarded += B * S + B * max(steps - 1, 0)
+        steps = out.shape[1] - T
+        stats.tokens_forwarded += B * W + B * max(steps - 1, 0)
         stats.forward_passes += steps
+        stats.padded_tokens += int((mask[:, cached:] == 0).sum())
     rows = out.tolist()
     return [
-        _clean(row[st:lim], eos, tok.pad_token_id, tok, pp)
+        clean_row(row[st:lim], eos, tok.pad_token_id, tok, pp)
         for row, st, lim in zip(rows, starts, limits)
     ]
 
@@ -218,5 +271,5 @@ def generate_batch(
     between prefix and suffix, where the attention mask hides it.
     """
     ids = token_ids(lm, prompts) if ids is None else ids
-    rows = _generate_rows(lm, ids, [0] * len(ids), deltas, layer, max_new_tokens, pp, prefix)
+    rows = generate_rows(lm, ids, [0] * len(ids), deltas, layer, max_new_tokens, pp, prefix)
     return [lm.tokenizer.decode(r, skip_special_tokens=False) for r in rows]

@@ -1,70 +1,14 @@
 """Draft-verified decoding: check a steered row's baseline output in one forward pass.
 
-See :mod:`asa_lib.engine.generate` for how drafts are found and used.
+See :mod:`asa_lib.engine.generate` for how drafts are found and used; the verify pass is
+:meth:`asa_lib.engine.promptmajor.PromptBatch.verify`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from asa_lib.engine.decode import GenerationStats
-from asa_lib.engine.prefix import (
-    PrefixCache,
-    cache_kwarg,
-    right_padded,
-)
-from asa_lib.model.hooks import steer_last_prompt_token
-from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
-
-
-@torch.no_grad()
-def verify_drafts(
-    lm: LoadedModel,
-    ids: list[list[int]],
-    drafts: list[list[int]],
-    deltas: np.ndarray | None,
-    layer: int,
-    prefix: PrefixCache | None = None,
-    stats: GenerationStats | None = None,
-) -> list[list[int]]:
-    """One forward pass over prompt + draft per row; the greedy token at the prompt's end and after each draft token.
-
-    Returns ``g`` with ``len(drafts[b]) + 1`` tokens per row: ``g[b][j]`` is
-    the argmax after ``ids[b] + drafts[b][:j]``, with ``deltas[b]`` added to
-    the output of block ``layer`` at the prompt's last token (as a steered
-    prefill does). Rows are right-padded, so a real token never sees padding
-    (exact for attention and LFM2's causal convolutions alike), with the
-    shared ``prefix`` cache when given.
-    """
-    P = prefix.length if prefix is not None else 0
-    if prefix is not None and any(x[:P] != prefix.ids for x in ids):
-        raise ValueError("a prompt does not start with the shared prefix")
-    B = len(ids)
-    seqs = [x[P:] + list(d) for x, d in zip(ids, drafts)]
-    input_ids, mask, pos, _ = right_padded(seqs, lm.tokenizer.pad_token_id, P, lm.device)
-    ends = [len(x) - P - 1 for x in ids]  # the prompt's last token, in the window's columns
-    W, first = input_ids.shape[1], min(ends)
-    kw = (
-        {cache_kwarg(lm.model): prefix.expand(B), "use_cache": True}
-        if prefix is not None
-        else {"use_cache": False}
-    )
-    if accepts_logits_to_keep(lm.model):
-        kw["logits_to_keep"] = W - first
-    else:
-        first = 0
-    delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
-    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, torch.tensor(ends)):
-        logits = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw).logits
-    if stats is not None:
-        stats.tokens_forwarded += B * W
-        stats.forward_passes += 1
-    out = []
-    for b, (e, d) in enumerate(zip(ends, drafts)):
-        # float32 argmax, as generate takes it (first index on a tie)
-        out.append(logits[b, e - first : e - first + len(d) + 1].float().argmax(-1).tolist())
-    return out
+from asa_lib.model.load import LoadedModel
 
 
 def accept(draft: list[int], greedy: list[int]) -> list[int]:

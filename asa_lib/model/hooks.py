@@ -109,3 +109,32 @@ def steer_last_prompt_token(
         yield hook
     finally:
         handle.remove()
+
+
+class FirstPass:
+    """What :func:`read_first_pass` saw: ``state``, the block's output on the first pass (B, W, H)."""
+
+    state: torch.Tensor | None = None
+
+
+@contextmanager
+def read_first_pass(block: torch.nn.Module, enabled: bool = True) -> Iterator[FirstPass]:
+    """Record ``block``'s output on the first forward pass inside the ``with`` (a copy, detached).
+
+    Registered before a steering hook on the same block, it sees the output before
+    the delta is added. ``enabled=False`` registers nothing.
+    """
+    seen = FirstPass()
+    if not enabled:
+        yield seen
+        return
+
+    def hook(_module, _inp, out):
+        if seen.state is None:
+            seen.state = block_output(out).detach().clone()
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()

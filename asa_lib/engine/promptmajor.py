@@ -1,0 +1,234 @@
+"""Prompt-major execution: a batch of prompts is prefilled once, every config continues from it.
+
+ASA steers only the last prompt position, at block L*, on the prefill pass. So
+the keys, values (and LFM2 conv states) of positions ``0 .. n-2`` are the same
+for the baseline, for every sweep config and for every draft verification.
+:class:`PromptBatch` runs those positions once for a batch of left-padded
+prompts (after the shared prefix, when there is one) and hands out *forks*:
+copies of that state for any selection of its rows (a row may be taken
+several times, once per config), each continued by :func:`decode_rows`
+(the last prompt token with the row's delta, then greedy decoding) or by a
+verify pass over the last prompt token and a draft.
+
+A fork copies the state of the rows it takes (``index_select``: new storage),
+so nothing a continuation writes (attention appends, LFM2's in-place conv
+state updates) reaches the shared state or another fork. Exactness: one
+prefill over ``n - 1`` positions plus one step sums in another order than one
+prefill over ``n``; outputs are the plain greedy ones up to that (tested
+against an independent oracle, ``tests/test_promptmajor.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from asa_lib.engine.decode import GenerationStats, decode_rows
+from asa_lib.engine.prefix import PrefixCache, cache_kwarg, left_padded
+from asa_lib.model.hooks import read_first_pass, steer_last_prompt_token
+from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
+from asa_lib.params import PromptParams
+
+
+def _select(t, idx: torch.Tensor, b: int):
+    """``t`` (a cache layer's attribute) for the rows ``idx`` of a batch of ``b``, in new storage."""
+    if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] == b:
+        return t.index_select(0, idx.to(t.device))
+    if isinstance(t, torch.Tensor):
+        return t.clone()
+    if isinstance(t, (list, tuple)):
+        return type(t)(_select(x, idx, b) for x in t)
+    if isinstance(t, dict):
+        return {k: _select(v, idx, b) for k, v in t.items()}
+    return copy.deepcopy(t)
+
+
+def fork_cache(cache, rows: list[int], batch: int):
+    """A copy of ``cache`` (a batch of ``batch`` rows) holding the rows ``rows``, in that order.
+
+    Every tensor is new storage, so the copy may be appended to or updated in
+    place (LFM2's conv states) without touching ``cache``.
+    """
+    idx = torch.tensor(rows, dtype=torch.long)
+    c = copy.copy(cache)
+    new_layers = []
+    for layer in cache.layers:
+        new = copy.copy(layer)
+        for k, v in vars(layer).items():
+            setattr(new, k, _select(v, idx, batch))
+        new_layers.append(new)
+    c.layers = new_layers
+    return c
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, as ``generate`` derives them from the attention mask."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+class PromptBatch:
+    """Left-padded prompts whose positions ``0 .. n-2`` are computed once.
+
+    ``ids``: each row's prompt tokens (all starting with ``prefix.ids`` when a
+    prefix is given; with LFM2's conv layers and a prefix, all of one length:
+    padding between prefix and suffix would leak into the conv state).
+    Columns ``0 .. T-2`` of the padded batch are in :attr:`cache` (the
+    prefix's from its cache), column ``T - 1`` holds every prompt's last token.
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        lm: LoadedModel,
+        ids: list[list[int]],
+        prefix: PrefixCache | None,
+        stats: GenerationStats | None = None,
+    ):
+        self.lm = lm
+        P = prefix.length if prefix is not None else 0
+        if prefix is not None and any(x[:P] != prefix.ids for x in ids):
+            raise ValueError("a prompt does not start with the shared prefix")
+        if any(len(x) <= P for x in ids):
+            raise ValueError("every prompt needs a token after the shared prefix")
+        self.input_ids, self.mask = left_padded(
+            [x[P:] for x in ids],
+            lm.tokenizer.pad_token_id,
+            prefix.ids if prefix is not None else [],
+            lm.device,
+        )
+        self.B, self.T = self.input_ids.shape
+        self.cached = self.T - 1
+        self.cache = prefix.expand(self.B) if prefix is not None else None
+        if self.cached > P:  # the rows' own tokens before their last one
+            if self.cache is None:
+                self.cache = DynamicCache(config=lm.model.config)
+            kw = {cache_kwarg(lm.model): self.cache, "use_cache": True}
+            if accepts_logits_to_keep(lm.model):
+                kw["logits_to_keep"] = 1  # no logits are read: keep the LM head's work minimal
+            lm.model(
+                input_ids=self.input_ids[:, P : self.cached],
+                attention_mask=self.mask[:, : self.cached],
+                position_ids=position_ids(self.mask)[:, P : self.cached],
+                **kw,
+            )
+            if stats is not None:
+                stats.tokens_forwarded += self.B * (self.cached - P)
+                stats.forward_passes += 1
+                stats.padded_tokens += int((self.mask[:, P : self.cached] == 0).sum())
+        elif self.cache is None:
+            self.cached = 0  # one-token prompts and no prefix: nothing to share
+        if stats is not None:
+            stats.prompt_prefills += self.B
+
+    def fork(self, rows: list[int]):
+        """The shared state of ``rows`` (indices into this batch; repeats allowed), or None."""
+        return None if self.cache is None else fork_cache(self.cache, rows, self.B)
+
+    def decode(
+        self,
+        rows: list[int],
+        deltas: np.ndarray | None,
+        layer: int,
+        max_new_tokens: int,
+        pp: PromptParams,
+        stats: GenerationStats | None = None,
+        accepted: list[list[int]] | None = None,
+        read_state: list | None = None,
+    ) -> list[list[int]]:
+        """Greedy outputs of ``rows``: the last prompt token with ``deltas`` at block ``layer``,
+        then decoding, from a fork of the shared state.
+
+        ``accepted[j]``: tokens already generated for the ``j``-th row (an accepted
+        draft prefix); they are returned first. With LFM2's conv layers they must
+        all be of one length. ``read_state``: a list that receives block ``layer``'s
+        output at the last prompt token, (len(rows), H), before any steering.
+        """
+        acc = accepted if accepted is not None else [[] for _ in rows]
+        n, W = len(rows), max(len(a) for a in acc)
+        # the window after the shared columns: padding (attention-only models; masked out),
+        # the last prompt token, the accepted tokens; every row ends at the last column
+        win = torch.full((n, 1 + W), self.lm.tokenizer.pad_token_id, dtype=torch.long)
+        win_mask = torch.zeros((n, 1 + W), dtype=torch.long)
+        last = self.input_ids[rows, -1].cpu()
+        for j, a in enumerate(acc):
+            gap = W - len(a)
+            win[j, gap] = last[j]
+            win[j, gap + 1 :] = torch.tensor(list(a), dtype=torch.long)
+            win_mask[j, gap:] = 1
+        dev = self.lm.device
+        ids = torch.cat([self.input_ids[rows, : self.cached], win.to(dev)], 1)
+        mask = torch.cat([self.mask[rows, : self.cached], win_mask.to(dev)], 1)
+        T = ids.shape[1]
+        starts = [T - len(a) for a in acc]
+        block = decoder_blocks(self.lm.model)[layer]
+        with read_first_pass(block, enabled=read_state is not None) as seen:
+            out = decode_rows(
+                self.lm,
+                ids,
+                mask,
+                self.fork(rows),
+                self.cached,
+                starts,
+                deltas,
+                layer,
+                max_new_tokens,
+                pp,
+                stats,
+            )
+        if read_state is not None:
+            # the window's column of each row's last prompt token
+            at = torch.tensor([st - 1 - self.cached for st in starts])
+            read_state.append(seen.state[torch.arange(len(rows)), at].float().cpu().numpy())
+        if stats is not None:
+            stats.forks += len(rows)
+        return out
+
+    @torch.no_grad()
+    def verify(
+        self,
+        rows: list[int],
+        drafts: list[list[int]],
+        deltas: np.ndarray | None,
+        layer: int,
+        stats: GenerationStats | None = None,
+    ) -> list[list[int]]:
+        """One forward pass over the last prompt token + draft of each row, from a fork.
+
+        Returns ``len(drafts[j]) + 1`` greedy tokens per row: the argmax after the
+        prompt (steered by ``deltas[j]`` at block ``layer``, as a prefill is) and
+        after each draft token. The drafts are right-padded: a real token never
+        sees the padding after it.
+        """
+        lm = self.lm
+        n = len(rows)
+        W = 1 + max(len(d) for d in drafts)
+        win = torch.full((n, W), lm.tokenizer.pad_token_id, dtype=torch.long)
+        win_mask = torch.zeros((n, W), dtype=torch.long)
+        last = self.input_ids[rows, -1].cpu()
+        for j, d in enumerate(drafts):
+            win[j, 0] = last[j]
+            win[j, 1 : 1 + len(d)] = torch.tensor(list(d), dtype=torch.long)
+            win_mask[j, : 1 + len(d)] = 1
+        mask = torch.cat([self.mask[rows, : self.cached], win_mask.to(lm.device)], 1)
+        first = self.mask[rows].long().sum(-1, keepdim=True) - 1  # the last prompt token's position
+        pos = first + torch.arange(W, device=lm.device)
+        cache = self.fork(rows)
+        kw = {cache_kwarg(lm.model): cache, "use_cache": True} if cache is not None else {}
+        if cache is None:
+            kw["use_cache"] = False
+        delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
+        with steer_last_prompt_token(
+            decoder_blocks(lm.model)[layer], delta, torch.zeros(n, dtype=torch.long)
+        ):
+            logits = lm.model(
+                input_ids=win.to(lm.device), attention_mask=mask, position_ids=pos, **kw
+            ).logits
+        if stats is not None:
+            stats.tokens_forwarded += n * W
+            stats.forward_passes += 1
+            stats.forks += n
+        # float32 argmax, as generate takes it (first index on a tie)
+        return [logits[j, : len(d) + 1].float().argmax(-1).tolist() for j, d in enumerate(drafts)]

@@ -1,0 +1,205 @@
+"""The prompt-major planner (:func:`asa_lib.engine.generate.generate_configs`) against an
+independent reference: a plain per-config greedy loop, one prompt at a time, no KV cache,
+with its own steering hook (``oracle`` of tests/test_exactness.py, written for the tests and
+sharing nothing with the code under test).
+
+Each prompt is prefilled once (positions 0 .. n-2) and every config continues from a fork of
+that state: the outputs must equal the reference's token for token, on the tiny LFM2 (conv
+layers: forks must copy the conv states) and on the demo model (attention only; rows
+continuing from drafts of different lengths share a batch), with and without the shared
+prefix and drafts. The state at L* read on the way must equal the extraction stage's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asa_lib.engine.cache import GenerationCache
+from asa_lib.engine.decode import GenerationStats
+from asa_lib.engine.extract import extract_states
+from asa_lib.engine.generate import ConfigDeltas, GenerationSettings, generate_configs
+from asa_lib.engine.prefix import shared_prefix, token_ids
+from asa_lib.engine.promptmajor import PromptBatch
+from asa_lib.prompts import render_prompts
+from test_exactness import instructions, mixed_deltas, oracle
+
+LAYER = 1
+
+
+def reference(lm, pp, prompts, deltas, max_new):
+    return [
+        oracle(
+            lm.model,
+            lm.tokenizer,
+            p,
+            None if deltas is None else deltas[i],
+            LAYER,
+            max_new,
+            pp.tool_call_start,
+            pp.tool_call_end,
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+
+def three_configs(n: int, hidden: int, scale: float):
+    a = mixed_deltas(n, hidden, scale, seed=1)
+    other = mixed_deltas(n, hidden, scale, seed=7)
+    b = np.where(np.arange(n)[:, None] % 2 == 0, a, other)  # half of its rows equal a's
+    return [ConfigDeltas("baseline"), ConfigDeltas("a", a), ConfigDeltas("b", b)]
+
+
+def check_against_reference(lm, pp, prompts, configs, max_new, batch_size, tmp_path):
+    want = {c.name: reference(lm, pp, prompts, c.deltas, max_new) for c in configs}
+    for share in (False, True):
+        for draft in (False, True):
+            stats = GenerationStats()
+            cache = GenerationCache(tmp_path / f"g{share}{draft}.sqlite", {"m": lm.model_id})
+            s = GenerationSettings(
+                max_new_tokens=max_new,
+                batch_size=batch_size,
+                markers=pp,
+                share_prefix=share,
+                draft=draft,
+            )
+            res = generate_configs(lm, prompts, s, configs, LAYER, cache, stats=stats)
+            cache.close()
+            for c in configs:
+                bad = [
+                    i for i, (x, y) in enumerate(zip(res.outputs[c.name], want[c.name])) if x != y
+                ]
+                assert not bad, (
+                    f"share_prefix={share} draft={draft} config {c.name}: {len(bad)} differ, "
+                    f"first {bad[0]}: {res.outputs[c.name][bad[0]]!r} != {want[c.name][bad[0]]!r}"
+                )
+            distinct = {
+                (i, None if c.deltas is None or not c.deltas[i].any() else c.deltas[i].tobytes())
+                for c in configs
+                for i in range(len(prompts))
+            }
+            assert res.generated_total == stats.generated == len(distinct)
+            # every prompt with several rows prefilled once for all of them; the others whole
+            rows_of = [sum(1 for j, _ in distinct if j == i) for i in range(len(prompts))]
+            assert stats.prompt_prefills == sum(n > 1 for n in rows_of) > 0
+            if draft:
+                assert stats.drafted > 0
+    return want
+
+
+def test_tiny_lfm2_prompt_major_equals_a_plain_per_config_loop(tiny_lm, tiny_params, tmp_path):
+    prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, instructions(24))
+    configs = three_configs(len(prompts), tiny_lm.hidden_size, 50.0)
+    check_against_reference(tiny_lm, tiny_params.prompt, prompts, configs, 6, 8, tmp_path)
+
+
+def test_rows_continuing_from_drafts_of_different_lengths(tiny_lm, tiny_params, tmp_path):
+    """Explicit drafts that go wrong at different tokens: rows continue from accepted prefixes
+    of different lengths (grouped by length for LFM2's conv layers)."""
+    pp = tiny_params.prompt
+    prompts = render_prompts(tiny_lm.tokenizer, pp, instructions(16))
+    deltas = mixed_deltas(len(prompts), tiny_lm.hidden_size, 50.0, seed=3)
+    want = reference(tiny_lm, pp, prompts, deltas, 8)
+    ids = token_ids(tiny_lm, want)
+    drafts = []
+    for i, d in enumerate(ids):
+        d = list(d)
+        if d:
+            d[i % len(d)] = (d[i % len(d)] + 1) % tiny_lm.tokenizer.vocab_size  # wrong from there
+        drafts.append(d)
+    stats = GenerationStats()
+    s = GenerationSettings(max_new_tokens=8, batch_size=4, markers=pp, draft=True)
+    res = generate_configs(
+        tiny_lm,
+        prompts,
+        s,
+        [ConfigDeltas("x", deltas)],
+        LAYER,
+        drafts=drafts,
+        stats=stats,
+    )
+    assert res.outputs["x"] == want
+    assert stats.drafted == len(prompts) and stats.done_by_draft < len(prompts)
+
+
+def test_the_state_at_l_star_read_on_the_way_equals_extraction(tiny_lm, tiny_params):
+    prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, instructions(20))
+    configs = three_configs(len(prompts), tiny_lm.hidden_size, 50.0)
+    s = GenerationSettings(max_new_tokens=3, batch_size=6, markers=tiny_params.prompt)
+    res = generate_configs(tiny_lm, prompts, s, configs, LAYER, read_states=True)
+    want = extract_states(tiny_lm, prompts, batch_size=1)[:, LAYER]
+    assert sorted(res.states) == list(range(len(prompts)))
+    got = np.stack([res.states[i] for i in range(len(prompts))])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _tensors(cache) -> list[torch.Tensor]:
+    out = []
+    for layer in cache.layers:
+        stack = list(vars(layer).values())
+        while stack:
+            x = stack.pop()
+            if isinstance(x, torch.Tensor):
+                out.append(x)
+            elif isinstance(x, (list, tuple)):
+                stack.extend(x)
+            elif isinstance(x, dict):
+                stack.extend(x.values())
+    return out
+
+
+def test_forks_never_write_into_the_shared_prefill(tiny_lm, tiny_params):
+    pp = tiny_params.prompt
+    prompts = render_prompts(tiny_lm.tokenizer, pp, instructions(30))
+    ids = token_ids(tiny_lm, prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    rows = max(by_len.values(), key=len)[:3]  # equal lengths: the prefix may be shared (LFM2)
+    assert len(rows) >= 2
+    prefix = shared_prefix(tiny_lm, ids)
+    pb = PromptBatch(tiny_lm, [ids[i] for i in rows], prefix)
+    snap = [t.clone() for t in _tensors(pb.cache)]
+    d = mixed_deltas(4, tiny_lm.hidden_size, 50.0, seed=5)
+    d[0] = d[1]  # the same row twice, once per config
+    first = pb.decode([0, 0, 1, 1], d, LAYER, 5, pp)
+    again = pb.decode([0, 0, 1, 1], d, LAYER, 5, pp)
+    assert first == again
+    now = _tensors(pb.cache)
+    assert len(now) == len(snap) and all(torch.equal(a, b) for a, b in zip(now, snap))
+    want = reference(tiny_lm, pp, [prompts[rows[j]] for j in (0, 0, 1, 1)], d, 5)
+    got = [tiny_lm.tokenizer.decode(r, skip_special_tokens=False) for r in first]
+    assert got == want
+
+
+def test_padding_is_counted_and_small_when_lengths_are_grouped(tiny_lm, tiny_params):
+    prompts = render_prompts(tiny_lm.tokenizer, tiny_params.prompt, instructions(24))
+    steer = np.random.default_rng(0).standard_normal((len(prompts), tiny_lm.hidden_size))
+    configs = [ConfigDeltas("baseline"), ConfigDeltas("a", 50.0 * steer.astype(np.float32))]
+    stats = GenerationStats()
+    s = GenerationSettings(
+        max_new_tokens=2, batch_size=4, markers=tiny_params.prompt, share_prefix=False
+    )
+    generate_configs(tiny_lm, prompts, s, configs, LAYER, stats=stats)
+    ids = token_ids(tiny_lm, prompts)
+    # the padding of length-sorted batches of 4, counted by hand over positions 0 .. n-2
+    lengths = sorted((len(x) for x in ids), reverse=True)
+    pads = sum(
+        sum(max(b) - n for n in b) for b in (lengths[s : s + 4] for s in range(0, len(lengths), 4))
+    )
+    assert stats.padded_tokens == pads
+    assert stats.padded_tokens < 0.2 * sum(lengths)
+
+
+@pytest.mark.slow
+def test_demo_model_prompt_major_equals_a_plain_per_config_loop(demo_lm, demo_params, tmp_path):
+    pp = demo_params.prompt
+    texts = ["What is 17 times 23?", "Write a haiku about rain.", "Weather in Oslo?", "Hi"]
+    prompts = render_prompts(demo_lm.tokenizer, pp, texts)
+    n, h = len(prompts), demo_lm.hidden_size
+    a = np.zeros((n, h), np.float32)
+    g = np.random.default_rng(0).standard_normal((n, h)).astype(np.float32)
+    a[:2] = 30.0 * g[:2] / np.linalg.norm(g[:2], axis=1, keepdims=True)
+    configs = [ConfigDeltas("baseline"), ConfigDeltas("a", a), ConfigDeltas("b", -a)]
+    check_against_reference(demo_lm, pp, prompts, configs, 12, 3, tmp_path)
