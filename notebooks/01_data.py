@@ -17,12 +17,11 @@ params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
 
 # %%
-import warnings
-
 import pandas as pd
 
-from asa_lib import data, nb
+from asa_lib import nb
 from asa_lib.report import plots
+from asa_lib.run import data as stage
 
 params, run = nb.open_stage("01_data", params_path, run_dir)
 print(
@@ -37,12 +36,10 @@ else:
         print(f"  {name}: {', '.join(keywords)}")
 
 # %%
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    result = data.make_splits_from_params(params)
-for w in caught:
-    print("WARNING:", w.message)
-data.write_splits(run, result)
+made = stage.run(params, run)  # builds the splits, writes data/
+result = made.splits
+for w in made.warnings:
+    print("WARNING:", w)
 print(f"rows read: {result.rows_read}; skipped: {result.skipped or 'none'}")
 print(f"domains: {', '.join(result.domains)}")
 if len(result.domains) == 1:

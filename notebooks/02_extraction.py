@@ -31,7 +31,7 @@ print(
 )
 
 # %%
-nb.table(pd.DataFrame(extraction.extract_run(lm, params, run, processes=processes)))
+nb.table(pd.DataFrame(extraction.run(params, run, lm=lm, processes=processes).rows))
 
 # %% [markdown]
 # An example prompt as the model sees it (the first CAL prompt):

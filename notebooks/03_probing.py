@@ -12,24 +12,19 @@ params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
 
 # %%
-import numpy as np
 import pandas as pd
 
 from asa_lib import nb
-from asa_lib.engine import extract
-from asa_lib.method import probing
 from asa_lib.report import plots
+from asa_lib.run import probing as stage
 
 params, run = nb.open_stage("03_probing", params_path, run_dir)
-cal, valid = extract.load_states(run, "cal"), extract.load_states(run, "valid")
-y_cal = np.array(extract.load_meta(run, "cal")["labels"])
-y_valid = np.array(extract.load_meta(run, "valid")["labels"])
-print(f"CAL {cal.shape}, VALID {valid.shape}")
+done = stage.run(params, run)  # the sweep; writes probing/layers.json
+print(f"CAL {done.cal_shape}, VALID {done.valid_shape}")
 
 # %%
-sweep = probing.layer_sweep(cal, y_cal, valid, y_valid)
+sweep = done.sweep
 table = pd.DataFrame(sweep.table())
-probing.save_layers(run, sweep, num_layers=cal.shape[1])
 print(
     f"L* = {sweep.best_layer}  (VALID AUC {sweep.auc[sweep.best_layer]:.4f}, "
     f"accuracy {sweep.accuracy[sweep.best_layer]:.4f})"

@@ -17,37 +17,32 @@ params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
 
 # %%
-import numpy as np
 import pandas as pd
 
-from asa_lib import data, nb
-from asa_lib.engine import extract
-from asa_lib.method import probing
+from asa_lib import nb
+from asa_lib.method import diagnostics, probing
 from asa_lib.report import plots
+from asa_lib.run import vectors as stage
 
 params, run = nb.open_stage("04_vectors", params_path, run_dir)
-layer = probing.load_layers(run)["best_layer"]
-h = extract.load_states(run, "cal", layer)
-meta = extract.load_meta(run, "cal")
-y, d = np.array(meta["labels"]), meta["domains"]
-# the data stage's domains, in the router's order (sorted by name: probing.class_order)
-domains = probing.class_order(data.read_domains(run))
-print(f"L* = {layer}; CAL states {h.shape}; domains: {domains} (in CAL: {sorted(set(d))})")
+# the whole stage: the vectors, the unsteered CAL/VALID calls, the diagnostics; writes vectors/
+done = stage.run(params, run)
+layer, vectors, diag = done.layer, done.vectors, done.diagnostics
+print(
+    f"L* = {layer}; CAL states {done.cal_shape}; domains: {done.domains} (in CAL: {done.cal_domains})"
+)
 
 # %%
-vectors, notes = probing.steering_vectors(h, y, d, domains)
-for n in notes:
+for n in done.vector_notes:
     print("NOTE:", n)
-probing.save_vectors(run, vectors, layer, notes)
-cal_norm = probing.cal_mean_norm(h)
-nb.table(pd.DataFrame(probing.vector_rows(vectors, y, d)))
+nb.table(pd.DataFrame(done.vector_rows))
 
 # %% [markdown]
 # The mean L2 norm of the CAL states at L* sets the scale: a unit vector
 # times alpha moves the state by alpha, against a typical norm of:
 
 # %%
-print(f"mean |h| at L* on CAL = {cal_norm:.2f}")
+print(f"mean |h| at L* on CAL = {done.cal_mean_norm:.2f}")
 
 # %%
 names, M = probing.cosine_matrix(vectors)
@@ -71,38 +66,8 @@ nb.show(plots.cosine_heatmap(names, M))
 # `vectors/diagnostics.json`.
 
 # %%
-from asa_lib.method import diagnostics
-from asa_lib.model.load import load_params_model
-from asa_lib.run.sweep import baseline_calls
-
-lm = load_params_model(params)
-calls = {s: baseline_calls(params, run, lm, s, layer) for s in ("cal", "valid")}
-states = {s: extract.load_states(run, s) for s in ("cal", "valid")}
-y_valid = np.array(extract.load_meta(run, "valid")["labels"])
-called = {s: np.array(c["called"]) for s, c in calls.items()}
-behaviour, bnotes = diagnostics.behaviour_vectors(h, called["cal"], d, domains)
-for n in bnotes:
+for n in done.behaviour_notes:
     print("NOTE:", n)
-diagnostics.save_behaviour_vectors(run, behaviour)
-diag = diagnostics.diagnostics(
-    states["cal"],
-    y,
-    d,
-    called["cal"],
-    states["valid"],
-    y_valid,
-    called["valid"],
-    [r["auc"] for r in probing.load_layers(run)["layers"]],
-    layer,
-    vectors,
-    behaviour,
-)
-diag["cost"] = {  # the diagnostics' extra generation: CAL (VALID is the sweep baseline's, reused)
-    s: {k: c[k] for k in ("generated_now", "seconds")} | {"prompts": len(c["called"])}
-    for s, c in calls.items()
-}
-diag["behaviour_notes"] = bnotes
-diagnostics.save_diagnostics(run, diag)
 print("VERDICT:", diag["verdict"])
 print(
     f"unsteered calls: CAL {diag['calls']['cal']['called']}/{diag['calls']['cal']['n']}, "

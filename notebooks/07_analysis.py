@@ -20,10 +20,9 @@ from asa_lib.report import plots
 from asa_lib.run import analysis
 
 params, run = nb.open_stage("07_analysis", params_path, run_dir)
-res = analysis.collect(params, run)
-chosen = analysis.choose_config(res)
-steered = analysis.steered_configs(res)  # [] where the sweep lists no config (or none ran)
-results = analysis.write_results(params, run, res, chosen)
+done = analysis.run(params, run)  # chooses on VALID; writes results.json and chosen_adapter/
+res, chosen, results = done.res, done.chosen, done.results
+steered = done.steered  # [] where the sweep lists no config (or none ran)
 nb.verdict(results)
 
 # %% [markdown]

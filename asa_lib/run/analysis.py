@@ -1,5 +1,7 @@
 """Stage 07: configs side by side, selection on VALID, results.json and the chosen adapter.
 
+:func:`run` does the stage's reads and writes; ``notebooks/07_analysis.py`` shows them.
+
 Also stage 07's one-pass agreement check (:func:`one_pass_agreement`): the
 chosen adapter applied in one pass (online ASA, through the public API) to a
 few TEST prompts, against the outputs the two-pass sweep stored for them.
@@ -24,6 +26,7 @@ from asa_lib.method.probing import load_layers
 from asa_lib.metrics import METRICS as metric_registry
 from asa_lib.metrics import paired_bootstrap_diff
 from asa_lib.params import BASELINE, Params
+from asa_lib.run.stages import require
 from asa_lib.run.sweep import sweep_path
 
 METRICS = tuple(metric_registry)  # every metric, in the registry's order
@@ -443,6 +446,27 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
             },
         )
     return results
+
+
+@dataclass
+class AnalysisResult:
+    """What stage 07 read and wrote: every config's sweep results, the choice, ``results.json``."""
+
+    res: dict[str, dict]  # config name -> its sweep/<config>.json (baseline first)
+    chosen: str  # chosen on VALID (:func:`choose_config`)
+    steered: list[str]  # the configs with results other than the baseline
+    results: dict  # what results.json holds
+
+
+def run(params: Params, run_dir: str | Path) -> AnalysisResult:
+    """Stage 07: collect the sweep's results, choose on VALID, write ``results.json`` and
+    ``chosen_adapter/`` (:func:`write_results`)."""
+    require(run_dir, "07_analysis")
+    res = collect(params, run_dir)
+    chosen = choose_config(res)
+    return AnalysisResult(
+        res, chosen, steered_configs(res), write_results(params, run_dir, res, chosen)
+    )
 
 
 # ---------------------------------------------------------------- the one-pass agreement check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ from asa_lib.engine.extract import (
 from asa_lib.engine.prefix import check_prompt_lengths, token_ids
 from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
-from asa_lib.model.load import LoadedModel
+from asa_lib.model.load import LoadedModel, load_params_model
 from asa_lib.run.parallel import launch
+from asa_lib.run.stages import require
 
 
 def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, list[str]]]:
@@ -28,6 +30,23 @@ def _split_prompts(lm: LoadedModel, params, run_dir) -> dict[str, tuple[list, li
         split: (xs, render_samples(lm.tokenizer, params.prompt, xs, run_dir))
         for split, xs in read_splits(run_dir).items()
     }
+
+
+@dataclass
+class ExtractionResult:
+    """What stage 02 did: one summary row per split, and the model it ran (to reuse)."""
+
+    rows: list[dict]  # split, samples, file, MB, prompt tokens min/median/max
+    lm: LoadedModel
+
+
+def run(
+    params, run_dir: str | Path, lm: LoadedModel | None = None, processes: int = 1
+) -> ExtractionResult:
+    """Stage 02: :func:`extract_run` with the run's model (``lm=None``: loaded from ``params``)."""
+    require(run_dir, "02_extraction")
+    lm = load_params_model(params) if lm is None else lm
+    return ExtractionResult(extract_run(lm, params, run_dir, processes=processes), lm)
 
 
 def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1) -> list[dict]:
