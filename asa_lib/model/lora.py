@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from asa_lib.files import JSONDepthError, file_digest, loads_json
+from asa_lib.files import JSONDepthError, loads_json
+from asa_lib.provenance import file_digest
 
 ADAPTER_FILE = "adapter_model.safetensors"
 

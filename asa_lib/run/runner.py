@@ -18,7 +18,6 @@ one, so adding or editing one config re-runs only that config and the analysis.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -26,18 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from asa_lib.files import (
-    file_digest,
-    git_commit,
-    library_versions,
-    read_json,
-    write_json,
-    write_text,
-)
+from asa_lib.files import git_commit, library_versions, read_json, write_json, write_text
 from asa_lib.layout import RunDir, RunFolderError, check_run_folder
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
+from asa_lib.provenance import Hasher, digest, file_digest, legacy_json
 from asa_lib.report.html import MODES as REPORT_MODES
 from asa_lib.report.html import report_signature
 from asa_lib.report.index import write_index
@@ -81,11 +74,10 @@ class Stage:
 
 
 def _h(*parts) -> str:
-    h = hashlib.sha256()
+    h = Hasher()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\x00")
-    return h.hexdigest()[:20]
+        h.update(legacy_json(p), "\0")
+    return h.hexdigest(20)
 
 
 def _file_hash(path: Path | None) -> str:
@@ -146,11 +138,10 @@ def plan(
 
 def library_source_hash(root: Path = LIBRARY_ROOT) -> str:
     """Hash of every asa_lib source file, sub-packages included: editing the library invalidates what it computed."""
-    h = hashlib.sha256()
+    h = Hasher()
     for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:20]
+        h.update(p.relative_to(root).as_posix(), p.read_bytes())
+    return h.hexdigest(20)
 
 
 def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
@@ -279,7 +270,7 @@ def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> Non
     # The kernel's own log (a TCP-transport warning at start, "KeyboardInterrupt caught in
     # kernel" at shutdown) is not the user's business; errors in cells still end up in the
     # executed notebook and in the stage line.
-    pm.execute_notebook(
+    pm._execute(
         nb,
         # papermill formats the output path with the parameters: braces in a folder name are text
         str(out).replace("{", "{{").replace("}", "}}"),
@@ -325,7 +316,7 @@ def _page(run: RunDir, params: Params, stages: list[Stage], i: int, mode: str) -
         next_=link(stages[i + 1]) if i + 1 < len(stages) else None,
         notebook=f"../notebooks/{s.key}.ipynb",
     )
-    sig = hashlib.sha256(f"{mode}\0{title}\0{nav}".encode()).hexdigest()[:12]
+    sig = digest(f"{mode}\0{title}\0{nav}", length=12)
     return {"mode": mode, "title": title, "nav": nav, "run_root": run.root, "signature": sig}
 
 
