@@ -51,9 +51,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -99,7 +97,8 @@ def loads_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         ) from None
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps``'s ``default`` for the files the library writes: numpy values, paths."""
     import numpy as np
 
     if isinstance(o, np.generic):

@@ -118,7 +118,7 @@ class LabelledSet:
         return [x.label for x in self.samples]
 
 
-def _slice_buckets(
+def slice_buckets(
     buckets: dict[str, dict[str, list[int]]],
     items: dict[int, tuple[str, str]],
     per_split_per_class: int,
@@ -174,7 +174,7 @@ def _slice_buckets(
     return samples, shortfalls
 
 
-def _check_splits(result: SplitResult) -> None:
+def check_splits(result: SplitResult) -> None:
     for s in SPLITS:
         labels = {x.label for x in result.samples[s]}
         for lab, name in ((1, "tool"), (0, "non-tool")):

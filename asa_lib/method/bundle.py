@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from asa_lib.files import _json_default, atomic_path, library_versions, loads_json, write_json
+from asa_lib.files import atomic_path, json_default, library_versions, loads_json, write_json
 from asa_lib.provenance import Hasher, legacy_json
 
 if TYPE_CHECKING:  # no torch import for reading a bundle
@@ -274,7 +274,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         **(extra or {}),
     }
     meta = json.loads(
-        json.dumps(meta, default=_json_default)
+        json.dumps(meta, default=json_default)
     )  # hash exactly what the JSON will hold
     meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)

@@ -20,7 +20,7 @@ ADAPTER_FILE = "adapter_model.safetensors"
 RECORD_FILE = "training.json"
 
 
-def _peft_version() -> str:
+def peft_version() -> str:
     import peft
 
     return peft.__version__

@@ -199,7 +199,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
 LOCK_NAME = RunDir(".").lock.name
 
 
-class _RunLock:
+class RunLock:
     """An exclusive lock on a run folder (filelock), with the holder's identity beside it.
 
     The identity (``pid:start time``, :func:`asa_lib.run.lifeline.identity`) is
@@ -261,7 +261,7 @@ class _RunLock:
         self.lock.release()
 
 
-def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
+def execute_notebook(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
     import jupytext
     import papermill as pm
 
@@ -270,7 +270,7 @@ def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> Non
     # The kernel's own log (a TCP-transport warning at start, "KeyboardInterrupt caught in
     # kernel" at shutdown) is not the user's business; errors in cells still end up in the
     # executed notebook and in the stage line.
-    pm._execute(
+    pm.execute_notebook(
         nb,
         # papermill formats the output path with the parameters: braces in a folder name are text
         str(out).replace("{", "{{").replace("}", "}}"),
@@ -374,7 +374,7 @@ def run(
     }  # set for the kernels
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _RunLock(run_dir) as lock:
+        with RunLock(run_dir) as lock:
             os.environ[lifeline.HOLDER_ENV] = lock.me  # every process this run starts carries it
             return _run_locked(
                 params, params_path, run_dir, notebook_dir, progress, log, processes, reports
@@ -459,7 +459,7 @@ def _run_locked(
             RunDir(run_dir).sweep(s.config.name).unlink(missing_ok=True)
         try:
             with _ProgressWatcher(run.progress, lambda line: log(f"    {line}")):
-                _execute(s, notebook_dir, run.notebook(s.key), progress)
+                execute_notebook(s, notebook_dir, run.notebook(s.key), progress)
             s.status = "ok"
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)
