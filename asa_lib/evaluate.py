@@ -441,7 +441,7 @@ def run_evaluation(
     from asa_lib.params import load_params
     from asa_lib.report.html import page_title, render_html
     from asa_lib.report.index import refresh_index
-    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, Stage, _execute, _RunLock
+    from asa_lib.run.runner import NOTEBOOK_DIR, RunError, RunLock, Stage, execute_notebook
 
     params_path, out = Path(params_path).resolve(), Path(out_dir).resolve()
     params = load_params(params_path)
@@ -458,7 +458,7 @@ def run_evaluation(
     write_json(out / MARKER, {"tool": "asa_lib evaluate", "params_file": str(params_path)})
     run = RunDir(out)
     try:
-        lock = _RunLock(out)
+        lock = RunLock(out)
         with lock:
             over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
             t0 = time.time()
@@ -490,7 +490,7 @@ def run_evaluation(
                 },
             )
             try:
-                _execute(stage, NOTEBOOK_DIR, run.notebook(NOTEBOOK), progress=False)
+                execute_notebook(stage, NOTEBOOK_DIR, run.notebook(NOTEBOOK), progress=False)
             finally:
                 if run.notebook(NOTEBOOK).is_file():
                     render_html(

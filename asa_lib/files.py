@@ -1,4 +1,4 @@
-"""Writing and reading files: atomic writes, JSON, sha256 digests, library versions.
+"""Writing and reading files: atomic writes, JSON, library versions (digests: :mod:`asa_lib.provenance`).
 
 Every file is written atomically (temporary file in the same folder, then
 ``os.replace``), so a crash never leaves a half-written file under a final name.
@@ -15,6 +15,11 @@ from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
+
+# evaluate.py and run/sweep.py (being rewritten) import file_digest and json_sha256 from here;
+# the rest of the library imports them from asa_lib.provenance. Drop these once they do too.
+from asa_lib.provenance import file_digest  # noqa: F401
+from asa_lib.provenance import json_digest as json_sha256  # noqa: F401
 
 
 @contextmanager
@@ -46,9 +51,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -94,7 +97,8 @@ def loads_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         ) from None
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps``'s ``default`` for the files the library writes: numpy values, paths."""
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -142,22 +146,3 @@ def git_commit(root: str | Path, *, short: bool = False) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}+changes" if dirty else head or None
-
-
-def json_sha256(obj: Any) -> str:
-    """The sha256 of ``obj``'s canonical JSON (keys sorted, no spaces, UTF-8): key order and
-    formatting of where it came from do not change it."""
-    import hashlib
-
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_digest(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import numbers
 import re
@@ -278,12 +276,6 @@ class Params:
             return None
         path = Path(self.model.adapter).expanduser()
         return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
-
-    def section_hash(self, *names: str) -> str:
-        """Stable hash of some top-level sections (used for stage fingerprints)."""
-        d = self.to_dict()
-        blob = json.dumps({n: d.get(n) for n in names}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``data`` keeps only the keys its kind reads (domains or columns)."""

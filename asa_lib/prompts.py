@@ -17,13 +17,13 @@ without such text renders and tokenizes exactly as without this step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from functools import lru_cache
 from typing import Any
 
 from asa_lib.params import PromptParams
+from asa_lib.provenance import canonical_json, digest
 
 Tools = list[dict[str, Any]]
 
@@ -234,5 +234,4 @@ def prompt_format_sha256(pp: PromptParams) -> str:
         "tools_in": pp.tools_in,
         "tokenization": PROMPT_TOKENIZATION,
     }
-    text = json.dumps(fmt, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest(canonical_json(fmt, sort_keys=False))

@@ -18,7 +18,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "asa_lib"
 
 # Bottom first. "pkg" covers every module of the package asa_lib/pkg/.
 LAYERS: list[tuple[str, ...]] = [
-    ("_version", "files", "layout", "progress", "seed", "metrics"),
+    ("_version", "provenance", "files", "layout", "progress", "seed", "metrics"),
     ("params",),
     ("tools", "prompts"),
     ("data", "model"),

@@ -123,7 +123,7 @@ def test_the_lock_refuses_a_live_holder_and_its_survivors_and_takes_a_stale_one_
     try:
         record.write_text(f"{lifeline.identity(live.pid)}\n")  # a live holder, no lock file
         with pytest.raises(runner.RunError, match=f"in use by another `asa run` .pid {live.pid}"):
-            with runner._RunLock(run_dir):
+            with runner.RunLock(run_dir):
                 pass
         assert main(["run", "--params", str(params), "--run-dir", str(run_dir)]) == 2
         err = capsys.readouterr().err.strip()
@@ -134,7 +134,7 @@ def test_the_lock_refuses_a_live_holder_and_its_survivors_and_takes_a_stale_one_
         survivor = _sleeper(**{lifeline.HOLDER_ENV: dead})
         try:
             record.write_text(f"{dead}\n")
-            with pytest.raises(runner.RunError) as e, runner._RunLock(run_dir):
+            with pytest.raises(runner.RunError) as e, runner.RunLock(run_dir):
                 pass
             msg = str(e.value)
             assert "processes of an earlier `asa run` that was killed" in msg
@@ -142,7 +142,7 @@ def test_the_lock_refuses_a_live_holder_and_its_survivors_and_takes_a_stale_one_
         finally:
             survivor.kill()
             survivor.wait()
-        with runner._RunLock(run_dir) as lock:  # stale: taken over, the record is ours
+        with runner.RunLock(run_dir) as lock:  # stale: taken over, the record is ours
             assert record.read_text().strip() == lock.me == lifeline.identity()
         assert not record.exists()  # a clean exit removes it
     finally:
@@ -215,7 +215,7 @@ def test_braces_in_the_run_folder_are_not_formatted_by_papermill(tmp_path):
         (run_dir / "notebooks").mkdir(parents=True)
         stage = runner.Stage("x", "x", {"run_dir": str(run_dir)})
         out = run_dir / "notebooks" / "x.ipynb"
-        runner._execute(stage, nbs, out, progress=False)
+        runner.execute_notebook(stage, nbs, out, progress=False)
         assert out.is_file() and (run_dir / "ran").read_text() == str(run_dir)
         assert json.loads(out.read_text())["metadata"]["papermill"]["output_path"] == str(out)
 

@@ -5,7 +5,9 @@
 - :mod:`.labelled`: rows that carry their own text, label and domain;
 - :mod:`.splits`: the sample type, the split protocol and ``data/splits.jsonl``.
 
-The public names of all four are importable from here (``from asa_lib import data``).
+The public names of all four are importable from here (``from asa_lib import data``), but for
+the helpers the four share: ``splits.check_splits``, ``splits.slice_buckets`` and the readers
+``sources.load_hub``, ``sources.hub_records``, ``sources.labelled_file`` (``sources.Unreadable``).
 """
 
 from __future__ import annotations

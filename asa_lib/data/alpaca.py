@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from asa_lib.data.splits import LABELS, SplitResult, _check_splits, _slice_buckets
+from asa_lib.data.splits import LABELS, SplitResult, check_splits, slice_buckets
 from asa_lib.seed import SEED_DOMAINS
 
 OUTPUT_TOOL_WORDS = ("result", "output", "answer", "return")
@@ -97,7 +97,7 @@ def build_splits(
     skipped = dict(skipped or {})
     for reason, n in own.items():
         skipped[reason] = skipped.get(reason, 0) + n
-    samples, shortfalls = _slice_buckets(
+    samples, shortfalls = slice_buckets(
         buckets,
         {i: (f"r{i}", t) for i, t in texts.items()},
         per_split_per_class,
@@ -112,5 +112,5 @@ def build_splits(
         rows_read=n_read,
         domains=list(buckets),
     )
-    _check_splits(result)
+    check_splits(result)
     return result

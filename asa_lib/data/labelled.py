@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asa_lib.data.sources import _hub_records, _labelled_file, _load_hub, _Unreadable
+from asa_lib.data.sources import Unreadable, hub_records, labelled_file, load_hub
 from asa_lib.data.splits import (
     LABELS,
     MAX_EXAMPLES,
@@ -21,8 +21,8 @@ from asa_lib.data.splits import (
     DataError,
     Sample,
     SplitResult,
-    _check_splits,
-    _slice_buckets,
+    check_splits,
+    slice_buckets,
     tool_set_id,
 )
 from asa_lib.files import loads_json
@@ -111,10 +111,10 @@ def read_labelled(
         if not local_path.is_file():
             raise DataError(f"data file not found: {local_path}")
         origin = str(local_path)
-        stream, header, header_where = _labelled_file(local_path, max_rows, max_bytes)
+        stream, header, header_where = labelled_file(local_path, max_rows, max_bytes)
     else:
         origin = f"hub dataset {source!r} (split {hub_split!r})"
-        stream, header, class_names = _hub_records(_load_hub(source, hub_split, max_rows), origin)
+        stream, header, class_names = hub_records(load_hub(source, hub_split, max_rows), origin)
         header_where = f"{origin}, columns"
     # One pass over the rows, keeping of each record only the columns that can be mapped
     # (the columns of JSON rows are known only once every row is read).
@@ -125,7 +125,7 @@ def read_labelled(
         if isinstance(rec, dict):
             seen_keys.update(rec)
             rec = {k: v for k, v in rec.items() if k in wanted}
-        elif not isinstance(rec, _Unreadable):
+        elif not isinstance(rec, Unreadable):
             rec = _NOT_AN_OBJECT
         records.append((where, rec))
     if header is not None:
@@ -192,7 +192,7 @@ def read_labelled(
     first_seen: dict[str, str] = {}
     domains: set[str] = set()
     for idx, (where, rec) in enumerate(records):
-        if isinstance(rec, _Unreadable):
+        if isinstance(rec, Unreadable):
             skip(rec.reason, where)
             continue
         if not isinstance(rec, dict):
@@ -321,7 +321,7 @@ def build_labelled_splits(
         shortfalls: list[dict[str, Any]] = []
     else:
         items = {r.idx: (r.id, r.text) for r in data.rows}
-        samples, shortfalls = _slice_buckets(
+        samples, shortfalls = slice_buckets(
             buckets, items, per_split_per_class, test_multiplier, seed
         )
     tool_sets: dict[str, list[dict[str, Any]]] = {}
@@ -362,7 +362,7 @@ def build_labelled_splits(
             f"({data.skipped}); e.g. {shown}",
             stacklevel=2,
         )
-    _check_splits(result)
+    check_splits(result)
     seen: dict[tuple[str, str | None], str] = {}
     leaks = 0
     for s in SPLITS:

@@ -122,7 +122,7 @@ INVALID_UTF8 = "invalid UTF-8 line"
 TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
 
 
-class _Unreadable:
+class Unreadable:
     """The placeholder of a JSONL line that gives no record, with the reason it is skipped."""
 
     def __init__(self, reason: str):
@@ -130,7 +130,7 @@ class _Unreadable:
 
 
 def _jsonl_records(path: Path, max_rows: int, max_bytes: int) -> Iterator[tuple[int, Any]]:
-    """(line number, record or :class:`_Unreadable`) per non-blank line of a JSONL file."""
+    """(line number, record or :class:`Unreadable`) per non-blank line of a JSONL file."""
     n_rows = 0
     with _open_text(path, errors="surrogateescape", max_bytes=max_bytes) as f:
         for n, line in enumerate(f, 1):
@@ -140,14 +140,14 @@ def _jsonl_records(path: Path, max_rows: int, max_bytes: int) -> Iterator[tuple[
             if n_rows > max_rows:
                 raise _too_many_rows(f"{path}, line {n}", max_rows)
             if not _valid_utf8(line):
-                yield n, _Unreadable(INVALID_UTF8)
+                yield n, Unreadable(INVALID_UTF8)
                 continue
             try:
                 yield n, loads_json(line)
             except JSONDepthError:
-                yield n, _Unreadable(TOO_DEEP)
+                yield n, Unreadable(TOO_DEEP)
             except ValueError:  # json.JSONDecodeError
-                yield n, _Unreadable(INVALID_JSON)
+                yield n, Unreadable(INVALID_JSON)
 
 
 def iter_local_rows(
@@ -173,7 +173,7 @@ def iter_local_rows(
                 yield from _json_rows(f, path, max_rows)
             return
         for _, rec in _jsonl_records(path, max_rows, max_bytes):
-            if isinstance(rec, _Unreadable):
+            if isinstance(rec, Unreadable):
                 skipped[rec.reason] = skipped.get(rec.reason, 0) + 1
                 rec = None
             yield rec
@@ -205,10 +205,10 @@ def load_rows(
         if not Path(local_path).is_file():
             raise DataError(f"data file not found: {local_path}")
         return iter_local_rows(local_path, skipped, max_rows, max_bytes)
-    return _load_hub(source, hub_split, max_rows)
+    return load_hub(source, hub_split, max_rows)
 
 
-def _load_hub(source: str, hub_split: str, max_rows: int = MAX_DATA_ROWS):
+def load_hub(source: str, hub_split: str, max_rows: int = MAX_DATA_ROWS):
     from datasets import load_dataset  # the real path for users with network access
 
     try:
@@ -282,10 +282,10 @@ def _csv_records(
                 yield f"{path}, line {start}", rec
 
 
-def _labelled_file(
+def labelled_file(
     path: Path, max_rows: int = MAX_DATA_ROWS, max_bytes: int = MAX_DATA_BYTES
 ) -> tuple[Iterator[tuple[str, Any]], list[str] | None, str]:
-    """(where, record) per row, read streaming (a :class:`_Unreadable` for a JSONL line that
+    """(where, record) per row, read streaming (a :class:`Unreadable` for a JSONL line that
     gives none), the CSV header (None for JSON), and where the header is."""
     name = path.name.removesuffix(".gz").removesuffix(".xz")
     if name.endswith(".csv"):
@@ -312,7 +312,7 @@ def _within(path: Path, records: Iterator[Any]) -> Iterator[Any]:
         yield from records
 
 
-def _hub_records(
+def hub_records(
     ds: Any, origin: str
 ) -> tuple[Iterator[tuple[str, Any]], list[str], dict[str, list[str]]]:
     """(where, record) per row (one at a time), the column names and each ClassLabel column's

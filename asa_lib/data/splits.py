@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from asa_lib.files import json_sha256, read_json, write_json, write_text
+from asa_lib.files import read_json, write_json, write_text
 from asa_lib.layout import RunDir
+from asa_lib.provenance import json_digest
 
 SPLITS = ("cal", "train", "valid", "test")
 
@@ -117,7 +118,7 @@ class LabelledSet:
         return [x.label for x in self.samples]
 
 
-def _slice_buckets(
+def slice_buckets(
     buckets: dict[str, dict[str, list[int]]],
     items: dict[int, tuple[str, str]],
     per_split_per_class: int,
@@ -173,7 +174,7 @@ def _slice_buckets(
     return samples, shortfalls
 
 
-def _check_splits(result: SplitResult) -> None:
+def check_splits(result: SplitResult) -> None:
     for s in SPLITS:
         labels = {x.label for x in result.samples[s]}
         for lab, name in ((1, "tool"), (0, "non-tool")):
@@ -205,7 +206,7 @@ def _check_splits(result: SplitResult) -> None:
 
 def tool_set_id(tools: list[dict[str, Any]]) -> str:
     """A tool list's id: the first 12 hex digits of the sha256 of its canonical JSON."""
-    return "t" + json_sha256(tools)[:12]
+    return "t" + json_digest(tools, length=12)
 
 
 def _sample_json(x: Sample) -> str:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from asa_lib.demo.synthetic import Example, synthetic_requests
 from asa_lib.files import library_versions, write_json
 from asa_lib.model.load import LoadedModel
-from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, _peft_version, sha256_file
+from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, peft_version, sha256_file
 from asa_lib.params import PromptParams
 from asa_lib.prompts import prompt_token_ids, render_prompts
 from asa_lib.tools import CallMarkers, score_output
@@ -271,7 +271,7 @@ def train_adapter(
         },
         "device": str(lm.device),
         "torch_threads": torch.get_num_threads(),
-        "versions": {**library_versions(), "peft": _peft_version()},
+        "versions": {**library_versions(), "peft": peft_version()},
         "adapter_sha256": sha256_file(out_dir / ADAPTER_FILE),
         "examples": {
             "tool": [asdict(e) for e in train if e.call is not None][:3],

@@ -23,8 +23,6 @@ outputs, so deleting it is always safe.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,19 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from asa_lib.provenance import digest, legacy_json
+
 
 def context_hash(context: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    return digest(legacy_json(context), length=16)
 
 
 def make_key(context: str, prompt: str, steer: str) -> str:
-    h = hashlib.sha256()
-    for part in (context, prompt, steer):
-        h.update(part.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
+    return digest(context, "\0", prompt, "\0", steer, "\0")
 
 
 class CacheError(RuntimeError):

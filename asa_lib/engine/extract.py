@@ -205,7 +205,7 @@ def extract_to_file(
     path = Path(path)
     shape = (len(prompts), lm.num_layers, lm.hidden_size)
     with atomic_path(path) as tmp:
-        w = StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id))
+        w = StreamingSafetensors(tmp, shape, states_metadata(lm.model_id))
         try:
             for idx, states in iter_last_token_states(lm, prompts, batch_size, desc, share_prefix):
                 w.write_rows(states, idx)
@@ -242,7 +242,7 @@ def states_shape(run_dir: str | Path, split: str) -> tuple[int, int, int]:
         return tuple(f.get_slice(STATES_KEY).get_shape())
 
 
-def _states_metadata(model_id: str) -> dict[str, str]:
+def states_metadata(model_id: str) -> dict[str, str]:
     return {
         "layout": "(samples, layers, hidden); output of block l at the last prompt token",
         "model_id": model_id,

@@ -23,7 +23,6 @@ stepwise decoding sum in different orders) can tell them apart, at a near-tie.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -128,9 +127,10 @@ def delta_key(delta: np.ndarray | None, layer: int) -> str:
     """
     if delta is None or not np.any(delta):
         return "none"
-    h = hashlib.sha256(f"block {int(layer)};".encode())
-    h.update(np.ascontiguousarray(delta, dtype=np.float32).tobytes())
-    return h.hexdigest()[:32]
+    from asa_lib.provenance import digest
+
+    values = np.ascontiguousarray(delta, dtype=np.float32).tobytes()
+    return digest(f"block {int(layer)};", values, length=32)
 
 
 def output_context(lm: LoadedModel, settings: GenerationSettings) -> dict[str, Any]:

@@ -29,7 +29,6 @@ the gate is recomputed in numpy from these arrays, without scikit-learn objects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from asa_lib.files import _json_default, atomic_path, library_versions, loads_json, write_json
+from asa_lib.files import atomic_path, json_default, library_versions, loads_json, write_json
+from asa_lib.provenance import Hasher, legacy_json
 
 if TYPE_CHECKING:  # no torch import for reading a bundle
     from asa_lib.model.load import ModelFacts
@@ -222,10 +222,8 @@ class Bundle:
 
 def _digest(tensors_file: Path, meta: dict[str, Any]) -> str:
     """sha256 of the tensor file's bytes and of every JSON field but ``sha256`` itself."""
-    h = hashlib.sha256(Path(tensors_file).read_bytes())
     fields = {k: v for k, v in meta.items() if k != "sha256"}
-    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return Hasher().update_file(tensors_file).update(legacy_json(fields)).hexdigest()
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -276,7 +274,7 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         **(extra or {}),
     }
     meta = json.loads(
-        json.dumps(meta, default=_json_default)
+        json.dumps(meta, default=json_default)
     )  # hash exactly what the JSON will hold
     meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)

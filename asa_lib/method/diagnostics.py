@@ -60,7 +60,7 @@ import numpy as np
 
 from asa_lib.files import atomic_path, read_json, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.probing import ProbingError, _fit_lr, probe_layer, steering_vectors
+from asa_lib.method.probing import ProbingError, fit_lr, probe_layer, steering_vectors
 
 ALIGNED = 0.5  # |cos| at or above: aligned / anti-aligned
 WEAK = 0.2  # |cos| below: not aligned (nearly orthogonal); between: weakly (anti-)aligned
@@ -137,7 +137,7 @@ def gap_table(
 
     h_cal, h_valid = np.asarray(h_cal, np.float64), np.asarray(h_valid, np.float64)
     scaler = StandardScaler().fit(h_cal)
-    probe = _fit_lr(scaler.transform(h_cal), np.asarray(y_cal))
+    probe = fit_lr(scaler.transform(h_cal), np.asarray(y_cal))
     knows = (probe.predict_proba(scaler.transform(h_valid))[:, 1] >= 0.5).astype(int)
     calls, y = np.asarray(called_valid).astype(int), np.asarray(y_valid).astype(int)
     rows = []

@@ -57,7 +57,7 @@ class LayerSweep:
         ]
 
 
-def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
+def fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         return LogisticRegression(**LR_KW).fit(X, y)
@@ -69,7 +69,7 @@ def probe_layer(
     """(AUC, accuracy) on VALID of a probe trained on standardized CAL states of one layer."""
     h_cal, h_valid = np.asarray(h_cal, np.float64), np.asarray(h_valid, np.float64)
     scaler = StandardScaler().fit(h_cal)
-    probe = _fit_lr(scaler.transform(h_cal), y_cal)
+    probe = fit_lr(scaler.transform(h_cal), y_cal)
     Xv = scaler.transform(h_valid)
     auc = roc_auc_score(y_valid, probe.predict_proba(Xv)[:, 1])
     return float(auc), float(probe.score(Xv, y_valid))
@@ -225,7 +225,7 @@ def fit_router_and_probes(
     if len(present) < 2 and len(domain_names) > 1:
         raise ValueError(f"the router needs TRAIN rows of at least two domains; found {present}")
     # one domain: no router, every prompt is that domain's
-    router = _fit_lr(X, np.array([present.index(x) for x in d])) if len(present) > 1 else None
+    router = fit_lr(X, np.array([present.index(x) for x in d])) if len(present) > 1 else None
     notes = [f"{present[0]}: the only domain, so there is no router"] if router is None else []
     notes += [
         f"{dom}: not in TRAIN, the router never picks it"
@@ -242,7 +242,7 @@ def fit_router_and_probes(
                 "the gate uses p(tool) = 0.5 for it, so it never steers"
             )
             continue
-        probes[dom] = _fit_lr(X[m], y[m])
+        probes[dom] = fit_lr(X[m], y[m])
     return RouterFit(scaler, router, present, probes, notes)
 
 

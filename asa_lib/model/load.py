@@ -17,7 +17,6 @@ for every row of a batch).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from asa_lib.params import ModelParams
+from asa_lib.provenance import Hasher, text_digest
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -117,9 +117,9 @@ class LoadedModel:
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the parameter names, shapes and dtypes: which architecture and size, not the values."""
-    h = hashlib.sha256()
+    h = Hasher()
     for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};")
     return h.hexdigest()
 
 
@@ -150,14 +150,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     memo = _DIGESTS.get(model)
     if key is not None and memo is not None and memo[0] == key:
         return memo[1]
-    h = hashlib.sha256()
+    h = Hasher()
     seen: dict[tuple, str] = {}
     for name, t in sorted(sd.items()):
         t = t.detach()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};")
         alias = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
         if t.numel() and alias in seen:  # a tied weight: the same storage under another name
-            h.update(f"={seen[alias]};".encode())
+            h.update(f"={seen[alias]};")
             continue
         seen[alias] = name
         h.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy()))
@@ -194,12 +194,12 @@ def tokenizer_digest(tok) -> str:
         text = json.dumps(
             [sorted(tok.get_vocab().items()), sorted(map(str, tok.all_special_tokens))]
         )
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    value = text_digest(text)
     try:
-        _TOKENIZER_DIGESTS[tok] = (key, digest)
+        _TOKENIZER_DIGESTS[tok] = (key, value)
     except TypeError:
         pass
-    return digest
+    return value
 
 
 def resolve_device(device: str) -> torch.device:
@@ -360,15 +360,17 @@ def find_gguf(package: str, filename: str) -> Path:
     return path
 
 
+def gguf_cache_key(gguf_path: Path) -> str:
+    """16 hex digits that name the dequantized copy of a GGUF file: of its name, size and mtime."""
+    stat = gguf_path.stat()
+    return text_digest(f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}", length=16)
+
+
 def _load_gguf(mp: ModelParams, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = find_gguf(mp.gguf_package, mp.gguf_file)
-    stat = gguf_path.stat()
-    key = hashlib.sha256(
-        f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()
-    ).hexdigest()[:16]
-    cached = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    cached = cache_dir() / "models" / f"{gguf_path.stem}-{gguf_cache_key(gguf_path)}"
     if not (cached / "DONE").is_file():
         # First load: dequantize the GGUF once and keep a safetensors copy.
         model = AutoModelForCausalLM.from_pretrained(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from asa_lib.files import JSONDepthError, file_digest, loads_json
+from asa_lib.files import JSONDepthError, loads_json
+from asa_lib.provenance import file_digest
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -19,7 +20,7 @@ ADAPTER_FILE = "adapter_model.safetensors"
 RECORD_FILE = "training.json"
 
 
-def _peft_version() -> str:
+def peft_version() -> str:
     import peft
 
     return peft.__version__

@@ -10,9 +10,9 @@ import numpy as np
 
 from asa_lib.engine.extract import (
     StreamingSafetensors,
-    _states_metadata,
     extract_to_file,
     iter_last_token_states,
+    states_metadata,
 )
 from asa_lib.engine.prefix import check_prompt_lengths, token_ids
 from asa_lib.files import atomic_path, write_json
@@ -80,7 +80,7 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1
             for split, (xs, _) in jobs.items():
                 tmp = stack.enter_context(atomic_path(run.states(split)))
                 shape = (len(xs), lm.num_layers, lm.hidden_size)
-                StreamingSafetensors(tmp, shape, _states_metadata(lm.model_id)).close()
+                StreamingSafetensors(tmp, shape, states_metadata(lm.model_id)).close()
                 files[split] = str(tmp)
             spec = {
                 "params": params.to_dict(),
@@ -131,7 +131,7 @@ def extract_shard(spec: dict, shard: tuple[int, int]) -> dict:
     for split, path in spec["files"].items():
         xs, prompts = jobs[split]
         shape = (len(xs), lm.num_layers, lm.hidden_size)
-        w = StreamingSafetensors(Path(path), shape, _states_metadata(lm.model_id), create=False)
+        w = StreamingSafetensors(Path(path), shape, states_metadata(lm.model_id), create=False)
         n = 0
         try:
             for idx, states in iter_last_token_states(

@@ -18,7 +18,6 @@ one, so adding or editing one config re-runs only that config and the analysis.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -26,18 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from asa_lib.files import (
-    file_digest,
-    git_commit,
-    library_versions,
-    read_json,
-    write_json,
-    write_text,
-)
+from asa_lib.files import git_commit, library_versions, read_json, write_json, write_text
 from asa_lib.layout import RunDir, RunFolderError, check_run_folder
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
+from asa_lib.provenance import Hasher, digest, file_digest, legacy_json
 from asa_lib.report.html import MODES as REPORT_MODES
 from asa_lib.report.html import report_signature
 from asa_lib.report.index import write_index
@@ -81,11 +74,10 @@ class Stage:
 
 
 def _h(*parts) -> str:
-    h = hashlib.sha256()
+    h = Hasher()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\x00")
-    return h.hexdigest()[:20]
+        h.update(legacy_json(p), "\0")
+    return h.hexdigest(20)
 
 
 def _file_hash(path: Path | None) -> str:
@@ -146,11 +138,10 @@ def plan(
 
 def library_source_hash(root: Path = LIBRARY_ROOT) -> str:
     """Hash of every asa_lib source file, sub-packages included: editing the library invalidates what it computed."""
-    h = hashlib.sha256()
+    h = Hasher()
     for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:20]
+        h.update(p.relative_to(root).as_posix(), p.read_bytes())
+    return h.hexdigest(20)
 
 
 def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
@@ -208,7 +199,7 @@ def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool
 LOCK_NAME = RunDir(".").lock.name
 
 
-class _RunLock:
+class RunLock:
     """An exclusive lock on a run folder (filelock), with the holder's identity beside it.
 
     The identity (``pid:start time``, :func:`asa_lib.run.lifeline.identity`) is
@@ -270,7 +261,7 @@ class _RunLock:
         self.lock.release()
 
 
-def _execute(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
+def execute_notebook(stage: Stage, notebook_dir: Path, out: Path, progress: bool) -> None:
     import jupytext
     import papermill as pm
 
@@ -325,7 +316,7 @@ def _page(run: RunDir, params: Params, stages: list[Stage], i: int, mode: str) -
         next_=link(stages[i + 1]) if i + 1 < len(stages) else None,
         notebook=f"../notebooks/{s.key}.ipynb",
     )
-    sig = hashlib.sha256(f"{mode}\0{title}\0{nav}".encode()).hexdigest()[:12]
+    sig = digest(f"{mode}\0{title}\0{nav}", length=12)
     return {"mode": mode, "title": title, "nav": nav, "run_root": run.root, "signature": sig}
 
 
@@ -383,7 +374,7 @@ def run(
     }  # set for the kernels
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _RunLock(run_dir) as lock:
+        with RunLock(run_dir) as lock:
             os.environ[lifeline.HOLDER_ENV] = lock.me  # every process this run starts carries it
             return _run_locked(
                 params, params_path, run_dir, notebook_dir, progress, log, processes, reports
@@ -468,7 +459,7 @@ def _run_locked(
             RunDir(run_dir).sweep(s.config.name).unlink(missing_ok=True)
         try:
             with _ProgressWatcher(run.progress, lambda line: log(f"    {line}")):
-                _execute(s, notebook_dir, run.notebook(s.key), progress)
+                execute_notebook(s, notebook_dir, run.notebook(s.key), progress)
             s.status = "ok"
         except Exception as e:  # noqa: BLE001 - report any failure, keep going where possible
             s.status, s.error = "failed", _error_summary(e)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asa_lib.files import file_digest
 from asa_lib.layout import RunDir
+from asa_lib.provenance import file_digest
 
 
 class MissingInputError(RuntimeError):
