@@ -16,7 +16,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_exactness import instructions, mixed_deltas, oracle
 
 from asa_lib.engine.batching import CHUNK_BATCHES
 from asa_lib.engine.cache import GenerationCache
@@ -32,6 +31,7 @@ from asa_lib.engine.generate import (
 from asa_lib.model.hooks import steer_last_prompt_token
 from asa_lib.model.load import LoadedModel, decoder_blocks, load_model
 from asa_lib.prompts import render_prompts
+from test_exactness import instructions, mixed_deltas, oracle
 
 LAYER = 1
 MAX_NEW = 10
