@@ -19,18 +19,10 @@ from test_layering import LIBRARY, module_name
 REPO = LIBRARY.parent
 SCANNED = ("asa_lib", "notebooks", "benchmarks")
 
-# PENDING: private names defined in files another developer is rewriting now
-# (engine/generate.py, engine/decode.py, engine/draft.py, engine/batching.py,
-# run/sweep.py, evaluate.py). They get public names in that rewrite, which then
-# empties this list; an entry that no longer occurs fails the test, so the list
-# cannot outlive them. (importer, module imported from, name)
-PENDING: set[tuple[str, str, str]] = {
-    ("engine.generate", "engine.batching", "_gen_batches"),
-    ("engine.generate", "engine.decode", "_clean"),
-    ("engine.generate", "engine.decode", "_eos_ids"),
-    ("engine.generate", "engine.decode", "_finished"),
-    ("engine.generate", "engine.decode", "_generate_rows"),
-}
+# Private names still imported from another module, each with the reason it is allowed
+# (none now). An entry that no longer occurs fails the test, so the list cannot outlive
+# its reasons. (importer, module imported from, name)
+PENDING: set[tuple[str, str, str]] = set()
 
 
 def is_private(name: str) -> bool:

@@ -48,6 +48,7 @@ from asa_lib.engine.promptmajor import PromptBatch
 from asa_lib.model.load import LoadedModel, tokenizer_digest
 from asa_lib.params import GenerationParams, check_batch_size
 from asa_lib.progress import progress
+from asa_lib.provenance import digest
 from asa_lib.tools import CallMarkers, triggered
 
 
@@ -127,8 +128,6 @@ def delta_key(delta: np.ndarray | None, layer: int) -> str:
     """
     if delta is None or not np.any(delta):
         return "none"
-    from asa_lib.provenance import digest
-
     values = np.ascontiguousarray(delta, dtype=np.float32).tobytes()
     return digest(f"block {int(layer)};", values, length=32)
 
