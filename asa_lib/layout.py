@@ -149,6 +149,7 @@ class RunDir:
     bundle = property(lambda self: self.root / "bundle")
     bundle_json = property(lambda self: self.root / "bundle" / "adapter.json")
     cache = property(lambda self: self.root / "cache" / "generations.sqlite")
+    generation = property(lambda self: self.root / "generation" / "generation.json")
     results = property(lambda self: self.root / "results.json")
     chosen_adapter = property(lambda self: self.root / "chosen_adapter")
 

@@ -4,8 +4,9 @@
 # papermill runs this notebook once per config (and once as the unsteered
 # `baseline`). Gate decisions come from the stored L* states; the steering
 # delta `gate × alpha_eff × v` is added once, at the last prompt token of
-# block L*, on the prefill pass. Generations are shared across configs through
-# the run's cache (`cache/generations.sqlite`).
+# block L*, on the prefill pass. The outputs were generated for every config at
+# once by stage 06_generate (each prompt prefilled once) into the run's cache
+# (`cache/generations.sqlite`); this notebook reads them back and scores them.
 #
 # Writes `sweep/<config_name>.json` (metrics with bootstrap intervals and every
 # per-prompt record).
@@ -14,7 +15,6 @@
 params_path = "params/tiny.yaml"
 run_dir = "reports/tiny"
 config_name = "baseline"  # "baseline" or the name of a config in the params file's sweep
-processes = 1  # > 1: data-parallel workers (torchrun), same results (`asa run --processes N`)
 
 # %%
 import pandas as pd
@@ -34,7 +34,7 @@ print(
 )
 
 # %%
-res = run_config(params, run, lm, bundle, config, processes=processes)
+res = run_config(params, run, lm, bundle, config)
 print(f"alpha_eff = {res['alpha_eff']:.4g}")
 split_table = pd.DataFrame(
     [
@@ -109,8 +109,9 @@ nb.table(gates, index=True, counts=list(gates.columns))
 
 # %%
 from asa_lib.files import read_json
+from asa_lib.params import BASELINE
 from asa_lib.run import analysis
-from asa_lib.run.sweep import BASELINE, sweep_path
+from asa_lib.run.sweep import sweep_path
 
 prompts = {x.id: x.text for xs in data.read_splits(run).values() for x in xs}
 if config_name == BASELINE:

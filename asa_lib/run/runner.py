@@ -1,7 +1,8 @@
 """Run the notebook chain with papermill, render HTML reports, write the run's index.
 
 Stages, in order: 01_data, 02_extraction, 03_probing, 04_vectors, 05_routing,
-06_sweep once per config (``baseline`` first), 07_analysis. Each stage is the
+06_generate (every config at once, prompt-major), 06_sweep once per config (``baseline``
+first), 07_analysis. Each stage is the
 py:percent notebook in ``notebooks/``, converted with jupytext and executed by
 papermill with ``params_path`` and ``run_dir`` (and, for 06, the config) as
 parameters. Executed notebooks go to ``<run>/notebooks/``, HTML renderings to

@@ -88,13 +88,22 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "05_routing", StageOutputs(_rel(_REL.bundle), _rel(_REL.bundle_json)), ("04_vectors",)
     ),
+    # Every config's outputs at once, prompt-major, into the generation cache. The sweep
+    # configs read them from there: they do not list it in ``needs``, so that editing one
+    # config re-runs this stage (for that config's rows) and that config only.
+    StageSpec(
+        "06_generate",
+        StageOutputs(_rel(_REL.generation)),
+        ("05_routing",),
+        ("generation", "steering", "sweep"),
+        parallel=True,
+    ),
     StageSpec(
         "06_sweep",
         StageOutputs(()),  # per config: sweep/<config>.json (stage_outputs)
         ("05_routing",),
         ("generation", "steering"),
         per_config=True,
-        parallel=True,
     ),
     StageSpec(
         "07_analysis",

@@ -1,4 +1,8 @@
-"""One sweep config (or the unsteered baseline) evaluated on VALID and TEST.
+"""One sweep config (or the unsteered baseline) scored on VALID and TEST.
+
+The outputs come from the run's generation cache, which stage ``06_generate``
+(:mod:`asa_lib.run.generation`) fills for every config at once; gates,
+records and metrics come from the evaluation core (:mod:`asa_lib.run.core`).
 
 Writes ``sweep/<name>.json``: the config, alpha_eff, per-split metrics with
 bootstrap intervals, per-prompt records (:class:`~asa_lib.run.records.PromptRecord`:
@@ -9,7 +13,6 @@ the bundle's sha256, the prompt format's sha256 and library versions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,21 +26,14 @@ from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.files import file_digest, library_versions, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import Bundle
-from asa_lib.method.gate import alpha_effective, compute_gates, steering_deltas
-from asa_lib.metrics import evaluate_records
+from asa_lib.method.gate import alpha_effective
 from asa_lib.model.load import LoadedModel
-from asa_lib.params import BASELINE, Params, SweepConfig
+from asa_lib.params import Params, SweepConfig
 from asa_lib.prompts import prompt_format_sha256
-from asa_lib.run.parallel import launch
-from asa_lib.run.records import PromptRecord
-from asa_lib.run.stages import sweep_stage
+from asa_lib.run.core import ConfigSpec, score_configs, tools_of
 from asa_lib.tools import CallMarkers, score_output
 
 EVAL_SPLITS = ("valid", "test")
-
-
-# Unsteered configs still record each prompt's routed domain and p(tool), gate 0.
-_RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 
 
 def open_cache(run_dir: str | Path, params: Params, lm: LoadedModel) -> GenerationCache:
@@ -69,78 +65,29 @@ def sweep_path(run_dir: str | Path, name: str) -> Path:
     return RunDir(run_dir).sweep(name)
 
 
-def _split_inputs(
-    params: Params, run_dir, lm: LoadedModel, bundle: Bundle, config, a_eff, samples, split
-):
-    """(samples, gates, deltas, prompts) of one split, in the order of its stored states."""
+def split_inputs(
+    params: Params, run_dir, lm: LoadedModel, layer: int, samples: dict, split: str
+) -> tuple[list, list[str], np.ndarray]:
+    """(samples, rendered prompts, states at block ``layer``) of one split, in the order of its
+    stored states; each prompt with its own tools."""
     meta = load_meta(run_dir, split)
     xs = [samples[split][i] for i in meta["ids"]]
-    h = load_states(run_dir, split, bundle.layer)
-    steer = config.steers
-    gates = compute_gates(bundle, h, config if steer else _RECORD_ONLY, [x.domain for x in xs])
-    deltas = steering_deltas(bundle, gates, a_eff, config) if steer else None
-    prompts = render_samples(lm.tokenizer, params.prompt, xs, run_dir)  # each with its own tools
-    return xs, gates, deltas, prompts
+    prompts = render_samples(lm.tokenizer, params.prompt, xs, run_dir)
+    return xs, prompts, load_states(run_dir, split, layer)
 
 
-def _generate(params, lm, bundle, prompts, deltas, cache, desc, stats, shard=None, sync=None):
-    settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
-    return generate_all(
-        lm,
-        prompts,
-        settings,
-        deltas,
-        bundle.layer,
-        cache,
-        desc=desc,
-        stats=stats,
-        shard=shard,
-        sync=sync,
-    )
-
-
-def _prepare(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfig):
+def config_spec(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfig) -> ConfigSpec:
+    """``config`` with its alpha_eff, once the bundle is checked against the model."""
     bundle.check_facts(lm.facts(), allow_mismatch=params.steering.allow_model_mismatch)
-    return (
+    a_eff = (
         alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if config.steers else 0.0
     )
+    return ConfigSpec(config, a_eff)
 
 
-def score_records(
-    xs: list, gates, outputs: list[str], split: str, markers: CallMarkers, tool_sets, params: Params
-) -> list[dict]:
-    """One :class:`~asa_lib.run.records.PromptRecord` per sample, as JSON: row, decision, output, score.
-
-    A call is valid only against the row's own tools (``tool_sets``), else ``prompt.tools``.
-    """
-    return [
-        PromptRecord.scored(
-            score_output(o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools),
-            id=x.id,
-            split=split,
-            domain=x.domain,
-            label=x.label,
-            tools=x.tools,
-            routed=d,
-            has_probe=bool(hp),
-            p_tool=float(p),
-            gate=int(g),
-            output=o,
-        ).to_dict()
-        for x, d, p, g, hp, o in zip(
-            xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
-        )
-    ]
-
-
-def split_result(records: list[dict], seed: int, n_new: int, gates, stats: GenerationStats) -> dict:
-    """One split's entry of a sweep result: metrics with intervals, counts, generation stats."""
-    return {
-        "metrics": evaluate_records(records, seed=seed),
-        "generated_now": n_new,
-        "steered": int(np.count_nonzero(gates.gate)),
-        "generation": asdict(stats),
-    }
+def read_samples(run: RunDir) -> dict[str, dict]:
+    """Every split's samples by id."""
+    return {s: {x.id: x for x in xs} for s, xs in read_splits(run).items()}
 
 
 def run_config(
@@ -150,27 +97,16 @@ def run_config(
     bundle: Bundle,
     config: SweepConfig,
     splits: tuple[str, ...] = EVAL_SPLITS,
-    processes: int = 1,
 ) -> dict:
-    """Evaluate one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline).
+    """Score one config (:func:`~asa_lib.params.baseline_config` is the unsteered baseline)
+    on VALID and TEST, through the evaluation core (:func:`~asa_lib.run.core.score_configs`).
 
-    ``processes > 1``: the generations run in that many data-parallel workers
-    (:mod:`asa_lib.run.parallel`) that fill the generation cache; this process
-    then reads every output from it. The results equal one process's.
+    Stage ``06_generate`` (:mod:`asa_lib.run.generation`) has put every config's outputs in
+    the run's generation cache; they are read back here (anything missing is generated).
     """
     run = RunDir(run_dir)
-    a_eff = _prepare(params, lm, bundle, config)
-    samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run).items()}
-    workers: list[dict] = []
-    if processes > 1:
-        spec = {
-            "params": params.to_dict(),
-            "base_dir": params.base_dir,
-            "run_dir": str(run.root),
-            "config": config.name,
-            "splits": list(splits),
-        }
-        workers = launch("generate", spec, processes, run.parallel_work(sweep_stage(config.name)))
+    spec = config_spec(params, lm, bundle, config)
+    samples = read_samples(run)
     cache = open_cache(run, params, lm)
     out = {
         "name": config.name,
@@ -178,7 +114,7 @@ def run_config(
         "alpha": config.alpha,
         "beta": config.beta,
         "alpha_unit": params.steering.alpha_unit,
-        "alpha_eff": a_eff,
+        "alpha_eff": spec.alpha_eff,
         "layer": bundle.layer,
         "config": asdict(config),
         "splits": {},
@@ -188,23 +124,29 @@ def run_config(
         "prompt_format_sha256": prompt_format_sha256(params.prompt),
         "versions": library_versions(),
     }
+    settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
     markers, tool_sets = CallMarkers.of(params.prompt), read_tool_sets(run)
     try:
         for split in splits:
-            xs, gates, deltas, prompts = _split_inputs(
-                params, run, lm, bundle, config, a_eff, samples, split
+            xs, prompts, h = split_inputs(params, run, lm, bundle.layer, samples, split)
+            [res] = score_configs(
+                lm,
+                xs,
+                prompts,
+                h,
+                bundle,
+                [spec],
+                settings,
+                cache,
+                split=split,
+                markers=markers,
+                tool_sets=tool_sets,
+                default_tools=params.prompt.tools,
+                seed=params.data.seed,
+                desc=f"{config.name}/{split}",
             )
-            stats = GenerationStats()
-            # with workers, every output is in the cache by now (anything missing is generated here)
-            outputs, n_new = _generate(
-                params, lm, bundle, prompts, deltas, cache, f"{config.name}/{split}", stats
-            )
-            for w in workers:
-                n_new += w[split]["generated"]
-                stats.add(GenerationStats(**w[split]["stats"]))
-            records = score_records(xs, gates, outputs, split, markers, tool_sets, params)
-            out["splits"][split] = split_result(records, params.data.seed, n_new, gates, stats)
-            out["records"].extend(records)
+            out["splits"][split] = res.split
+            out["records"].extend(res.records)
     finally:
         cache.close()
     write_json(sweep_path(run, config.name), out)
@@ -244,11 +186,7 @@ def baseline_calls(
     finally:
         cache.close()
     called = [
-        int(
-            score_output(
-                o, markers, tool_sets[x.tools] if x.tools else params.prompt.tools
-            ).triggered
-        )
+        int(score_output(o, markers, tools_of(x, tool_sets, params.prompt.tools)).triggered)
         for x, o in zip(xs, outputs)
     ]
     return {
@@ -258,39 +196,3 @@ def baseline_calls(
         "seconds": time.perf_counter() - t0,
         "generation": asdict(stats),
     }
-
-
-def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], None]) -> dict:
-    """A data-parallel worker's part of one config: its chunks' outputs, into the run's cache.
-
-    ``barrier`` waits for every worker: before a split (the previous one is
-    written) and between reading the cache and writing to it.
-    """
-    from asa_lib.method.bundle import load_bundle
-    from asa_lib.model.load import load_params_model
-    from asa_lib.params import params_from_dict
-
-    params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
-    run = RunDir(spec["run_dir"])
-    config = params.config(spec["config"])
-    bundle = load_bundle(run.bundle)
-    lm = load_params_model(params)
-    a_eff = _prepare(params, lm, bundle, config)
-    samples = {s: {x.id: x for x in xs} for s, xs in read_splits(run).items()}
-    cache = open_cache(run, params, lm)
-    result = {}
-    try:
-        for split in spec["splits"]:
-            _, _, deltas, prompts = _split_inputs(
-                params, run, lm, bundle, config, a_eff, samples, split
-            )
-            stats = GenerationStats()
-            desc = f"{config.name}/{split} [rank {shard[0]}]"
-            barrier()
-            _, n = _generate(
-                params, lm, bundle, prompts, deltas, cache, desc, stats, shard, barrier
-            )
-            result[split] = {"generated": n, "stats": asdict(stats)}
-    finally:
-        cache.close()
-    return result

@@ -32,7 +32,7 @@ def _worker(task: str, spec_path: str) -> None:
 
         result = extract_shard(spec, (rank, world))
     else:
-        from asa_lib.run.sweep import generate_shard
+        from asa_lib.run.generation import generate_shard
 
         result = generate_shard(spec, (rank, world), barrier)
     out = Path(spec_path).parent / f"result.rank{rank}.json"
