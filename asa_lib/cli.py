@@ -270,12 +270,12 @@ def _evaluate(args) -> int:
         if r is not base:
             d = res["vs_baseline"][cname]
             line += "  ΔF1 {:+.3f} [{:+.3f}, {:+.3f}]  ΔFPR {:+.3f} [{:+.3f}, {:+.3f}]".format(
-                d["f1"]["diff"],
-                d["f1"]["lo"],
-                d["f1"]["hi"],
-                d["fpr"]["diff"],
-                d["fpr"]["lo"],
-                d["fpr"]["hi"],
+                d["d_f1"],
+                d["d_f1_lo"],
+                d["d_f1_hi"],
+                d["d_fpr"],
+                d["d_fpr_lo"],
+                d["d_fpr_hi"],
             )
         print(_printable(line))
     print(f"report: {report}")
@@ -292,8 +292,8 @@ def _generate(args) -> int:
     from asa_lib.files import JSONDepthError, loads_json
     from asa_lib.model.load import load_params_model
     from asa_lib.params import load_params
-    from asa_lib.prompts import render_prompts
-    from asa_lib.run.records import PromptRecord
+    from asa_lib.prompts import render_prompts, tools_for
+    from asa_lib.run.core import record
     from asa_lib.tools import CallMarkers, score_output
 
     params = load_params(args.params)
@@ -378,9 +378,11 @@ def _generate(args) -> int:
     results = []
     for i, (text, g) in enumerate(zip(prompts, gens)):
         d = g.decision
-        tools = own_tools[i] or params.prompt.tools  # a call is valid against the request's tools
-        rec = PromptRecord.scored(
-            score_output(g.output, markers, tools),
+        tools = tools_for(params.prompt, own_tools[i])  # valid against the request's tools
+        rec = record(
+            g.output,
+            markers,
+            tools,
             id=None,  # free prompts: no row of a split
             split=None,
             domain=None,
@@ -390,7 +392,6 @@ def _generate(args) -> int:
             has_probe=d.routed in asa.bundle.probes,
             p_tool=d.p_tool,
             gate=d.gate,
-            output=g.output,
         )
         r = {"prompt": text, **rec.to_dict(GENERATE_FIELDS)}
         if own_tools[i]:

@@ -37,26 +37,24 @@ import numpy as np
 
 from asa_lib.api import ASA, AdapterError, run_prompt_format
 from asa_lib.data import DataError, LabelledSet, read_all_samples, sample_tools
-from asa_lib.engine.decode import GenerationStats
 from asa_lib.engine.extract import iter_last_token_states
-from asa_lib.engine.generate import GenerationSettings, generate_all
+from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.gate import compute_gates, steering_deltas
-from asa_lib.metrics import METRICS, binary_metrics, bootstrap_ci, paired_bootstrap_diff
+from asa_lib.metrics import METRICS, binary_metrics, interval_table
 from asa_lib.model.load import LoadedModel, load_params_model
-from asa_lib.params import BASELINE, Params, SweepConfig, resolve_data_path
+from asa_lib.params import BASELINE, Params, SweepConfig, baseline_config, resolve_data_path
 from asa_lib.prompts import prompt_format_sha256, render_prompts
 from asa_lib.report.index import EVALUATIONS
+from asa_lib.run.core import RECORD_ONLY, ConfigSpec, score_configs, vs_baseline
 from asa_lib.run.runner import library_source_hash
-from asa_lib.run.sweep import open_cache, score_records, split_result
+from asa_lib.run.sweep import open_cache
 from asa_lib.tools import CallMarkers
 
 SPLIT = "eval"
 RESULTS = "evaluation.json"
 NOTEBOOK = "08_evaluate"
-_RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 
 
 class EvaluateError(ValueError):
@@ -138,32 +136,6 @@ def read_eval_data(params: Params, data: str) -> tuple[LabelledSet, Path | None]
     return ds, local
 
 
-def _interval_table(records: list[dict], seed: int) -> dict[str, Any]:
-    """Each metric and post-trigger validity with a 95% bootstrap interval, overall and per domain."""
-
-    def one(rs: list[dict]) -> dict[str, Any]:
-        y = [r["label"] for r in rs]
-        p = [int(r["triggered"]) for r in rs]
-        ci = bootstrap_ci(y, p, metrics=tuple(METRICS), seed=seed)
-        trig = [r for r in rs if r["triggered"]]
-        valid = np.array([r["valid"] for r in trig], dtype=float)
-        if len(valid):
-            idx = np.random.default_rng(seed).integers(0, len(valid), size=(1000, len(valid)))
-            boot = valid[idx].mean(1)
-            ci["valid_call_rate"] = [
-                float(np.percentile(boot, 2.5)),
-                float(np.percentile(boot, 97.5)),
-            ]
-        else:
-            ci["valid_call_rate"] = [0.0, 0.0]
-        return {"n": len(rs), "tool": sum(y), "ci95": ci}
-
-    out = {"overall": one(records), "per_domain": {}}
-    for d in sorted({r["domain"] for r in records}):
-        out["per_domain"][d] = one([r for r in records if r["domain"] == d])
-    return out
-
-
 def evaluate(
     params: Params,
     adapter: str | Path,
@@ -211,65 +183,52 @@ def evaluate(
         lm, prompts, params.extraction.batch_size, desc=f"states at block {bundle.layer}"
     ):
         h[idx] = states[:, bundle.layer]
-    domains = [x.domain for x in xs]
-    markers = CallMarkers.of(params.prompt)
-    tool_sets = ds.tool_sets
     seed = params.data.seed
+    specs = [ConfigSpec(baseline_config())] + [
+        ConfigSpec(
+            SweepConfig(asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta, vector=asa.vector),
+            float(asa.alpha_eff),
+        )
+        for asa in asas
+    ]
     cache = open_cache(run, params, lm)
-    results: dict[str, dict] = {}
-    try:
-        for asa in [None, *asas]:
-            config = (
-                _RECORD_ONLY
-                if asa is None
-                else SweepConfig(
-                    asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta, vector=asa.vector
-                )
-            )
-            gates = compute_gates(bundle, h, config, domains)
-            a_eff = 0.0 if asa is None else float(asa.alpha_eff)
-            deltas = None if asa is None else steering_deltas(bundle, gates, a_eff, config)
-            stats = GenerationStats()
-            cname = BASELINE if asa is None else asa.name
-            outputs, n_new = generate_all(
-                lm,
-                prompts,
-                settings,
-                deltas,
-                bundle.layer,
-                cache,
-                desc=f"{cname}/{SPLIT}",
-                stats=stats,
-            )
-            records = score_records(xs, gates, outputs, SPLIT, markers, tool_sets, params)
-            results[cname] = {
-                "name": cname,
-                "tau": None if asa is None else asa.tau,
-                "alpha": 0.0 if asa is None else asa.alpha,
-                "beta": 0.0 if asa is None else asa.beta,
-                "alpha_unit": "absolute" if asa is None else asa.alpha_unit,
-                "alpha_eff": a_eff,
-                "layer": bundle.layer,
-                "config": asdict(config),
-                "splits": {SPLIT: split_result(records, seed, n_new, gates, stats)},
-                "records": records,
-                "intervals": _interval_table(records, seed),
-            }
+    try:  # the baseline and every override in one prompt-major pass (the sweep's core)
+        scored = score_configs(
+            lm,
+            xs,
+            prompts,
+            h,
+            bundle,
+            specs,
+            settings,
+            cache,
+            split=SPLIT,
+            markers=CallMarkers.of(params.prompt),
+            tool_sets=ds.tool_sets,
+            pp=params.prompt,
+            seed=seed,
+            desc=f"{len(specs)} configs/{SPLIT}",
+        )
     finally:
         cache.close()
+    results: dict[str, dict] = {}
+    for asa, r in zip([None, *asas], scored):
+        results[r.name] = {
+            "name": r.name,
+            "tau": None if asa is None else asa.tau,
+            "alpha": 0.0 if asa is None else asa.alpha,
+            "beta": 0.0 if asa is None else asa.beta,
+            "alpha_unit": "absolute" if asa is None else asa.alpha_unit,
+            "alpha_eff": r.spec.alpha_eff,
+            "layer": bundle.layer,
+            "config": asdict(RECORD_ONLY if asa is None else r.spec.config),
+            "splits": {SPLIT: r.split},
+            "records": r.records,
+            "intervals": interval_table(r.records, seed),
+        }
     base = results[BASELINE]["records"]
-    vs: dict[str, dict] = {}
-    for cname, r in results.items():
-        if cname == BASELINE:
-            continue
-        d = paired_bootstrap_diff(
-            [x["label"] for x in base],
-            [int(x["triggered"]) for x in base],
-            [int(x["triggered"]) for x in r["records"]],
-            metrics=("f1", "fpr", "recall", "precision"),
-            seed=seed,
-        )
-        vs[cname] = d
+    vs = {n: vs_baseline(base, r["records"], seed) for n, r in results.items() if n != BASELINE}
+    tool_sets = ds.tool_sets
     seen = set(bundle.router_classes) | set(bundle.probes)
     out = {
         "name": name or run.root.name,

@@ -135,3 +135,39 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
             [r["label"] for r in rs], [int(r["triggered"]) for r in rs]
         )
     return out
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval of a mean (e.g. the valid share of the calls), seeded;
+    [0, 0] for no values."""
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return [0.0, 0.0]
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    boot = v[idx].mean(1)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.percentile(boot, lo)), float(np.percentile(boot, hi))]
+
+
+def interval_table(records: list[dict], seed: int = 0) -> dict:
+    """Each metric and post-trigger validity with a 95% bootstrap interval, overall and per
+    domain: ``{"overall": {"n", "tool", "ci95"}, "per_domain": {domain: ...}}``."""
+
+    def one(rs: list[dict]) -> dict:
+        y = [r["label"] for r in rs]
+        p = [int(r["triggered"]) for r in rs]
+        ci = bootstrap_ci(y, p, metrics=tuple(METRICS), seed=seed)
+        ci["valid_call_rate"] = bootstrap_mean_ci(
+            [r["valid"] for r in rs if r["triggered"]], seed=seed
+        )
+        return {"n": len(rs), "tool": sum(y), "ci95": ci}
+
+    return {
+        "overall": one(records),
+        "per_domain": {
+            d: one([r for r in records if r["domain"] == d])
+            for d in sorted({r["domain"] for r in records})
+        },
+    }

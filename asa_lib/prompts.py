@@ -37,6 +37,14 @@ def _same(text: str) -> str:
     return text
 
 
+def tools_for(pp: PromptParams, tools: Tools | None) -> Tools:
+    """A request's tools: its own (``tools``), else the prompt format's (``prompt.tools``).
+
+    The one rule, for rendering a prompt and for scoring its output.
+    """
+    return pp.tools if tools is None else tools
+
+
 def system_text(pp: PromptParams, tools: Tools | None = None, mark=_same) -> str:
     """The system text: the template with ``{tools_json}`` filled by ``tools`` (default: ``pp.tools``).
 
@@ -45,9 +53,7 @@ def system_text(pp: PromptParams, tools: Tools | None = None, mark=_same) -> str
     """
     if pp.tools_in == "chat_template":
         return pp.system_template
-    return pp.system_template.replace(
-        "{tools_json}", mark(json.dumps(pp.tools if tools is None else tools))
-    )
+    return pp.system_template.replace("{tools_json}", mark(json.dumps(tools_for(pp, tools))))
 
 
 def messages_for(
@@ -110,7 +116,7 @@ def render_prompt(tokenizer, pp: PromptParams, user_text: str, tools: Tools | No
     mark = control_token_marker(tokenizer)
     kw = {}
     if pp.tools_in == "chat_template":
-        kw["tools"] = _mark_values(pp.tools if tools is None else tools, mark)
+        kw["tools"] = _mark_values(tools_for(pp, tools), mark)
     return tokenizer.apply_chat_template(
         messages_for(pp, user_text, tools, mark), tokenize=False, add_generation_prompt=True, **kw
     )

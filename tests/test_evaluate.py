@@ -156,7 +156,7 @@ def test_several_overrides_share_one_baseline(light, cli_lm, tmp_path):
             return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
         want = f1([r["triggered"] for r in recs]) - f1([r["triggered"] for r in base])
-        assert res["vs_baseline"][n]["f1"]["diff"] == pytest.approx(want)
+        assert res["vs_baseline"][n]["d_f1"] == pytest.approx(want)
 
 
 # ---------------------------------------------------------------- against a real sweep
@@ -207,8 +207,8 @@ def test_evaluate_equals_the_sweep_on_the_same_rows(tiny_run, cli_lm, tmp_path, 
         assert m_got == sweep["splits"][split]["metrics"]
     if split == "test":  # the analysis' TEST differences are the evaluation's
         d = results["vs_baseline"]["test"][chosen]
-        assert res["vs_baseline"][chosen]["f1"]["diff"] == pytest.approx(d["d_f1"])
-        assert res["vs_baseline"][chosen]["fpr"]["diff"] == pytest.approx(d["d_fpr"])
+        assert res["vs_baseline"][chosen]["d_f1"] == pytest.approx(d["d_f1"])
+        assert res["vs_baseline"][chosen]["d_fpr"] == pytest.approx(d["d_fpr"])
 
 
 @pytest.mark.slow

@@ -20,13 +20,15 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))
 
 
 def test_every_notebook_reads_and_writes_back_unchanged():
-    # the seven stages of a run, and `asa evaluate`'s report
+    # the stages of a run (06: every config's outputs, then one page per config), and
+    # `asa evaluate`'s report
     assert [p.stem for p in NOTEBOOKS] == [
         "01_data",
         "02_extraction",
         "03_probing",
         "04_vectors",
         "05_routing",
+        "06_generate",
         "06_sweep",
         "07_analysis",
         "08_evaluate",

@@ -77,12 +77,13 @@ def test_chain_runs_and_renders_html_with_images(tiny_run):
         "03_probing",
         "04_vectors",
         "05_routing",
+        "06_generate",
         "06_sweep__baseline",
         "06_sweep__mild",
         "06_sweep__strong",
         "07_analysis",
     ]
-    no_plot = {"06_sweep__baseline"}
+    no_plot = {"06_generate", "06_sweep__baseline"}
     for s in stages:
         html = (run_dir / "html" / f"{s}.html").read_text()
         assert (run_dir / "notebooks" / f"{s}.ipynb").is_file()
@@ -152,7 +153,7 @@ def test_07_applies_the_chosen_adapter_through_the_api(tiny_run):
 
 
 def test_a_second_run_with_two_processes_gives_identical_results(tiny_run, tmp_path):
-    """From scratch again, with 2 data-parallel workers (torchrun) in stages 02 and 06.
+    """From scratch again, with 2 data-parallel workers (torchrun) in stages 02 and 06_generate.
 
     Results, every per-prompt record, the generation counts and the states
     files are those of the first (one-process) run, byte for byte.
@@ -166,10 +167,10 @@ def test_a_second_run_with_two_processes_gives_identical_results(tiny_run, tmp_p
     for p in sorted((first / "states").iterdir()):
         assert (again / "states" / p.name).read_bytes() == p.read_bytes(), p.name
     # the workers ran (both had work), and papermill passed the parameter
-    nb = json.loads((again / "notebooks" / "06_sweep__baseline.ipynb").read_text())
+    nb = json.loads((again / "notebooks" / "06_generate.ipynb").read_text())
     assert "processes = 2" in "".join("".join(c["source"]) for c in nb["cells"])
     ranks = [
-        json.loads((again / "parallel" / "06_sweep__baseline" / f"result.rank{r}.json").read_text())
+        json.loads((again / "parallel" / "06_generate" / f"result.rank{r}.json").read_text())
         for r in (0, 1)
     ]
     assert all(r["test"]["generated"] > 0 for r in ranks)
@@ -272,10 +273,12 @@ def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tm
     code, _ = run(params, run_dir, log=logs.append)
     assert code == 0
     rerun = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
-    assert rerun[0].startswith("06_sweep__") and not any(
+    # killed in 06_generate (every config's outputs): it runs again, nothing before it
+    assert rerun[0] == "06_generate" and not any(
         s.startswith("0" + str(i)) for s in rerun for i in range(1, 6)
     )
-    generated_again = sum(
+    generation = json.loads((run_dir / "generation" / "generation.json").read_text())
+    generated_again = sum(v["generated_now"] for v in generation["splits"].values()) + sum(
         v["generated_now"]
         for name in rerun
         if name.startswith("06_sweep__")
@@ -292,7 +295,7 @@ def test_killed_mid_sweep_then_resumed_matches_an_uninterrupted_run(tiny_run, tm
 def test_second_run_skips_everything_then_only_changed_configs_rerun(tiny_run):
     logs = []
     code, _ = run(tiny_run["params"], tiny_run["dir"], log=logs.append)
-    assert code == 0 and sum("skipped" in x for x in logs) == 9
+    assert code == 0 and sum("skipped" in x for x in logs) == 10
     d = yaml.safe_load(tiny_run["params"].read_text())
     d["sweep"][0]["alpha"] = 1.0  # change "mild"
     d["sweep"].append({"name": "extra", "tau": 0.7, "alpha": 1.0, "beta": 0.0})
@@ -300,7 +303,9 @@ def test_second_run_skips_everything_then_only_changed_configs_rerun(tiny_run):
     logs = []
     code, _ = run(tiny_run["params"], tiny_run["dir"], log=logs.append)
     ran = [x.split("]")[1].split(":")[0].strip() for x in logs if x.endswith("running ...")]
-    assert code == 0 and ran == ["06_sweep__mild", "06_sweep__extra", "07_analysis"]
+    # 06_generate generates the changed and the new config's rows (its fingerprint covers every
+    # config); only those two configs are scored again
+    assert code == 0 and ran == ["06_generate", "06_sweep__mild", "06_sweep__extra", "07_analysis"]
 
 
 def test_a_stage_without_its_inputs_names_the_stage_to_run_first(tmp_path):

@@ -24,8 +24,8 @@ from asa_lib.layout import RunDir
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.method.probing import load_layers
 from asa_lib.metrics import METRICS as metric_registry
-from asa_lib.metrics import paired_bootstrap_diff
 from asa_lib.params import BASELINE, Params
+from asa_lib.run.core import vs_baseline
 from asa_lib.run.stages import require
 from asa_lib.run.sweep import sweep_path
 
@@ -183,24 +183,16 @@ def paired_differences(
     res: dict[str, dict], split: str, seed: int = 0, metrics: tuple[str, ...] = ("f1", "fpr")
 ) -> pd.DataFrame:
     """Every config minus the baseline on ``split``: point difference and paired bootstrap 95% CI."""
-    base = {r["id"]: r for r in res[BASELINE]["records"] if r["split"] == split}
+    base = [r for r in res[BASELINE]["records"] if r["split"] == split]
     rows = []
     for name, r in res.items():
         if name == BASELINE:
             continue
         recs = [x for x in r["records"] if x["split"] == split]
-        y = [x["label"] for x in recs]
-        d = paired_bootstrap_diff(
-            y,
-            [int(base[x["id"]]["triggered"]) for x in recs],
-            [int(x["triggered"]) for x in recs],
-            metrics=metrics,
-            seed=seed,
-        )
-        row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"]}
+        d = vs_baseline(base, recs, seed, metrics)
+        row = {"config": name, "tau": r["tau"], "alpha": r["alpha"], "beta": r["beta"], **d}
         for m in metrics:
-            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = d[m]["diff"], d[m]["lo"], d[m]["hi"]
-            row[f"d_{m} beyond noise"] = d[m]["lo"] > 0 or d[m]["hi"] < 0
+            row[f"d_{m} beyond noise"] = d[f"d_{m}_lo"] > 0 or d[f"d_{m}_hi"] < 0
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -331,17 +323,8 @@ def behaviour_vs_label(
     for b, a in pairs:
         rb = {r["id"]: r for r in res[b]["records"] if r["split"] == split}
         ra = [r for r in res[a]["records"] if r["split"] == split]
-        d = paired_bootstrap_diff(
-            [r["label"] for r in ra],
-            [int(r["triggered"]) for r in ra],
-            [int(rb[r["id"]]["triggered"]) for r in ra],
-            metrics=("f1", "fpr"),
-            seed=seed,
-        )
-        row = {"behaviour config": b, "label config": a}
-        for m in ("f1", "fpr"):
-            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = d[m]["diff"], d[m]["lo"], d[m]["hi"]
-        rows.append(row)
+        d = vs_baseline(ra, [rb[r["id"]] for r in ra], seed, ("f1", "fpr"))
+        rows.append({"behaviour config": b, "label config": a, **d})
     return pd.DataFrame(rows)
 
 

@@ -33,7 +33,8 @@ from asa_lib.method.bundle import Bundle
 from asa_lib.method.gate import Gates, compute_gates, steering_deltas
 from asa_lib.metrics import evaluate_records, paired_bootstrap_diff
 from asa_lib.model.load import LoadedModel
-from asa_lib.params import BASELINE, SweepConfig
+from asa_lib.params import BASELINE, PromptParams, SweepConfig
+from asa_lib.prompts import tools_for
 from asa_lib.run.records import PromptRecord
 from asa_lib.tools import CallMarkers, score_output
 
@@ -44,10 +45,17 @@ RECORD_ONLY = SweepConfig(BASELINE, tau=0.5, gate="none")
 PAIRED_METRICS = ("f1", "fpr", "recall", "precision")
 
 
-def tools_of(x, tool_sets: dict[str, list], default: list) -> list:
-    """The tools a row is scored against: its own (``x.tools`` names a tool set), else
-    ``default`` (``prompt.tools``). The one rule for every path."""
-    return tool_sets[x.tools] if getattr(x, "tools", None) else default
+def tools_of(x, tool_sets: dict[str, list], pp: PromptParams) -> list:
+    """The tools a sample is scored against: its own (``x.tools`` names one of ``tool_sets``),
+    else ``prompt.tools`` (:func:`~asa_lib.prompts.tools_for`, the one rule)."""
+    return tools_for(pp, tool_sets[x.tools] if x.tools else None)
+
+
+def record(output: str, markers: CallMarkers, against: list, /, **fields) -> PromptRecord:
+    """The one record builder: ``output`` scored against the tools ``against``
+    (:func:`~asa_lib.tools.score_output`), with the row's and the decision's ``fields``
+    (:class:`~asa_lib.run.records.PromptRecord`)."""
+    return PromptRecord.scored(score_output(output, markers, against), output=output, **fields)
 
 
 @dataclass(frozen=True)
@@ -129,13 +137,15 @@ def score_records(
     split: str,
     markers: CallMarkers,
     tool_sets: dict[str, list],
-    default_tools: list,
+    pp: PromptParams,
 ) -> list[dict]:
     """One :class:`~asa_lib.run.records.PromptRecord` per sample, as JSON: row, decision, output,
     score (valid only against :func:`tools_of` the row)."""
     return [
-        PromptRecord.scored(
-            score_output(o, markers, tools_of(x, tool_sets, default_tools)),
+        record(
+            o,
+            markers,
+            tools_of(x, tool_sets, pp),
             id=x.id,
             split=split,
             domain=x.domain,
@@ -145,7 +155,6 @@ def score_records(
             has_probe=bool(hp),
             p_tool=float(p),
             gate=int(g),
-            output=o,
         ).to_dict()
         for x, d, p, g, hp, o in zip(
             xs, gates.routed, gates.p_tool, gates.gate, gates.has_probe, outputs
@@ -192,7 +201,7 @@ def score_configs(
     split: str,
     markers: CallMarkers,
     tool_sets: dict[str, list],
-    default_tools: list,
+    pp: PromptParams,
     seed: int,
     desc: str,
     extra_stats: GenerationStats | None = None,
@@ -212,9 +221,7 @@ def score_configs(
         if extra_stats is not None:
             stats.add(extra_stats)
         g = planned.gates[spec.name]
-        records = score_records(
-            xs, g, planned.outputs[spec.name], split, markers, tool_sets, default_tools
-        )
+        records = score_records(xs, g, planned.outputs[spec.name], split, markers, tool_sets, pp)
         n_new = planned.generated[spec.name] + extra_generated
         out.append(ConfigResult(spec, g, records, split_result(records, seed, n_new, g, stats)))
     return out

@@ -141,7 +141,7 @@ def run_config(
                 split=split,
                 markers=markers,
                 tool_sets=tool_sets,
-                default_tools=params.prompt.tools,
+                pp=params.prompt,
                 seed=params.data.seed,
                 desc=f"{config.name}/{split}",
             )
@@ -186,7 +186,7 @@ def baseline_calls(
     finally:
         cache.close()
     called = [
-        int(score_output(o, markers, tools_of(x, tool_sets, params.prompt.tools)).triggered)
+        int(score_output(o, markers, tools_of(x, tool_sets, params.prompt)).triggered)
         for x, o in zip(xs, outputs)
     ]
     return {
