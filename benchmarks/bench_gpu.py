@@ -85,9 +85,11 @@ sys.path.insert(0, str(ROOT))
 
 from asa_lib.engine.cache import GenerationCache  # noqa: E402
 from asa_lib.engine.generate import (  # noqa: E402
+    ConfigDeltas,
     GenerationSettings,
     GenerationStats,
     generate_all,
+    generate_configs,
     generation_keys,
     identity,
     share_prefix_for,
@@ -415,38 +417,36 @@ def project_sweep(
     on_config,
 ) -> dict:
     share = share_prefix_for("auto", lm)
-    out = {"outputs": {}, "configs": []}
-    for cfg in cfgs:
+    out = {"outputs": {}, "configs": [], "complete": True}
+    settings = GenerationSettings(
+        max_new_tokens=max_new, batch_size=batch, markers=pp, share_prefix=share, draft=draft
+    )
+    for split in ("valid", "test"):  # every config at once, prompt-major (stage 06_generate)
         if time.time() > deadline:
-            log(f"  out of time: {cfg.name} and later configs skipped")
+            log(f"  out of time: {split} skipped")
+            out["complete"] = False
             break
         st = GenerationStats()
         t = time.time()
-        for split in ("valid", "test"):
-            o, _ = generate_all(
-                lm,
-                prompts[split],
-                GenerationSettings(
-                    max_new_tokens=max_new,
-                    batch_size=batch,
-                    markers=pp,
-                    share_prefix=share,
-                    draft=draft,
-                ),
-                gates[split].deltas(cfg),
-                layer=layer,
-                cache=cache,
-                desc=f"{cfg.name}/{split}",
-                stats=st,
-            )
-            out["outputs"][cfg.name, split] = o
+        res = generate_configs(
+            lm,
+            prompts[split],
+            settings,
+            [ConfigDeltas(c.name, gates[split].deltas(c)) for c in cfgs],
+            layer,
+            cache,
+            desc=f"{len(cfgs)} configs/{split}",
+            stats=st,
+        )
+        for c in cfgs:
+            out["outputs"][c.name, split] = res.outputs[c.name]
         sync()
-        row = {"config": cfg.name, "seconds": time.time() - t, **asdict(st)}
+        row = {"config": f"{len(cfgs)} configs, {split}", "seconds": time.time() - t, **asdict(st)}
         out["configs"].append(row)
         log(
-            f"  {cfg.name}: {st.generated} generated in {row['seconds']:.1f} s "
-            f"(drafted {st.drafted}, accepted {st.accepted_tokens}/{st.draft_tokens}, "
-            f"tokens forwarded {st.tokens_forwarded})"
+            f"  {split}: {st.generated} generated in {row['seconds']:.1f} s "
+            f"({st.prompt_prefills} prompts prefilled once; drafted {st.drafted}, accepted "
+            f"{st.accepted_tokens}/{st.draft_tokens}, tokens forwarded {st.tokens_forwarded})"
         )
         on_config(out)
     return out
@@ -696,7 +696,7 @@ def main() -> None:
 
     # ---- phase 2: project path, drafts off
     log(
-        f"phase 2: project path (generate_all, cache, share_prefix auto = "
+        f"phase 2: project path (generate_configs: every config at once, prompt-major; cache, share_prefix auto = "
         f"{'prefix' if share_prefix_for('auto', lm) else 'whole prompts'}), drafts off"
     )
     warm = generate_all(
@@ -724,7 +724,7 @@ def main() -> None:
                 f"{r['done_by_draft']} |"
                 for r in res["configs"]
             ],
-            f"| **total** ({len(res['configs'])}/{len(cfgs)} configs) | "
+            f"| **total** ({len(cfgs)} configs, prompt-major) | "
             f"{sum(r['generated'] for r in res['configs'])} | {total:.1f} | "
             f"{sum(r['tokens_forwarded'] for r in res['configs'])} | "
             f"{sum(r['forward_passes'] for r in res['configs'])} | | | |",
@@ -733,7 +733,8 @@ def main() -> None:
 
     def on_off(res):
         lines, _ = project_lines(
-            res, "Project path, drafts off (generate_all with the generation cache)"
+            res,
+            "Project path, drafts off (generate_configs, prompt-major, with the generation cache)",
         )
         rep.set("project", lines)
 
@@ -741,7 +742,7 @@ def main() -> None:
         lm, pp, prompts, cfgs, gates, layer, batch, max_new, cache_off, False, deadline, on_off
     )
     t_off = sum(r["seconds"] for r in off["configs"])
-    complete = len(off["configs"]) == len(cfgs)
+    complete = off["complete"]
 
     # ---- phase 3: seed loop on a subsample
     seed_rows: list[dict] = []
@@ -883,7 +884,7 @@ def main() -> None:
         )
     else:
         lines.append(
-            f"- project path incomplete: {len(off['configs'])}/{len(cfgs)} configs in {t_off:.1f} s"
+            f"- project path incomplete: {len(off['configs'])} of 2 splits in {t_off:.1f} s"
         )
     if seed_rows and complete:
         est = float(np.mean([r["seconds"] for r in seed_rows])) * n_pairs

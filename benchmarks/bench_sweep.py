@@ -9,8 +9,9 @@ subprocess (so peak memory is measured per path):
   at a time with a hook that computes scaler, router, probe and gate on the fly
   at the prefill (the seed's ``evaluate_split``), no reuse between configs.
 - project: prefix-cached batched extraction; gates from the stored L* states;
-  prefix-cached batched generation with early stop, shared across configs
-  through the generation cache.
+  every config of a split in one prompt-major pass (``generate_configs``, as
+  stage 06_generate runs it: each prompt prefilled once, every config continued
+  from it, drafts verified from it), batched, with early stop.
 
 Both fit L*, vectors, router and probes with ``asa_lib.method.probing.fit_from_states``
 (stages 03-05) on their own states. The script prints a table and writes ``benchmarks/RESULTS.md``:
@@ -221,7 +222,7 @@ def project(args) -> dict:
     from asa_lib.engine.cache import GenerationCache
     from asa_lib.engine.draft import draft_for, draft_min_acceptance_for
     from asa_lib.engine.extract import extract_states
-    from asa_lib.engine.generate import GenerationStats, generate_all
+    from asa_lib.engine.generate import ConfigDeltas, GenerationStats, generate_configs
     from asa_lib.method.gate import compute_gates, steering_deltas
 
     params, splits, lm, prompts, configs, domains = setup(args)
@@ -233,32 +234,30 @@ def project(args) -> dict:
     t1 = time.time()
     decisions, outputs, generated = {}, {}, 0
     stats = GenerationStats()
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        markers=params.prompt,
+        draft=draft_for(args.draft, lm),
+        draft_min_acceptance=draft_min_acceptance_for(args.draft, lm),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cache = GenerationCache(Path(tmp) / "gen.sqlite", {"bench": lm.model_id})
-        for cfg in configs:
-            for s in ("valid", "test"):
-                h = states[s][:, layer]
+        for s in ("valid", "test"):  # every config at once, prompt-major (stage 06_generate)
+            h = states[s][:, layer]
+            cds = []
+            for cfg in configs:
                 deltas = None
                 if cfg.steers:
                     gates = compute_gates(bundle, h, cfg)
                     deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
-                outs, n = generate_all(
-                    lm,
-                    prompts[s],
-                    GenerationSettings(
-                        max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size,
-                        markers=params.prompt,
-                        draft=draft_for(args.draft, lm),
-                        draft_min_acceptance=draft_min_acceptance_for(args.draft, lm),
-                    ),
-                    deltas,
-                    layer=layer,
-                    cache=cache,
-                    stats=stats,
-                )
-                generated += n
-                for x, o in zip(splits[s], outs):
+                cds.append(ConfigDeltas(cfg.name, deltas))
+            res = generate_configs(
+                lm, prompts[s], settings, cds, layer, cache, desc=f"all configs/{s}", stats=stats
+            )
+            generated += res.generated_total
+            for cfg in configs:
+                for x, o in zip(splits[s], res.outputs[cfg.name]):
                     decisions[f"{cfg.name}/{x.id}"] = bool(triggered(o, params.prompt))
                     outputs[f"{cfg.name}/{x.id}"] = o
         cache.close()
@@ -502,6 +501,10 @@ def main():
         f"- sweep tokens forwarded (a FLOP proxy; padding included, a cached prefix not): reference "
         f"{ref['tokens_forwarded']}, project {proj['tokens_forwarded']} "
         f"({ref['tokens_forwarded'] / max(proj['tokens_forwarded'], 1):.1f}x fewer)",
+        f"- prompt-major: {g['prompt_prefills']} prompts prefilled once for all their rows, "
+        f"{g['forks']} rows continued from a prompt's shared prefill; padding "
+        f"{g['padded_tokens']} of {g['tokens_forwarded']} tokens forwarded "
+        f"({100 * g['padded_tokens'] / max(g['tokens_forwarded'], 1):.1f}%)",
         f"- draft-verified decoding (generation.draft: {args.draft}): {g['drafted']} steered generations verified "
         f"against their baseline, {g['accepted_tokens']}/{g['draft_tokens']} draft tokens accepted, "
         f"{g['done_by_draft']} decided by the verify pass alone, {g['drafts_dropped']} drafts dropped (too few accepted)",
