@@ -16,14 +16,14 @@ import pytest
 from asa_lib import data
 from asa_lib.engine.cache import GenerationCache
 from asa_lib.engine.extract import load_meta, load_states
-from asa_lib.engine.generate import GenerationSettings, generate_all
+from asa_lib.engine.generate import ConfigOutputs, GenerationSettings, generate_all
 from asa_lib.method import probing
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.method.gate import compute_gates
 from asa_lib.method.online import OnlineGate, decide_prompts
 from asa_lib.params import baseline_config, params_from_dict
 from asa_lib.prompts import render_prompts
-from asa_lib.run import sweep
+from asa_lib.run import core, sweep
 from asa_lib.run.extraction import extract_run
 
 WEATHER = {
@@ -140,13 +140,16 @@ def test_one_domain_has_no_router_and_both_gate_paths_agree(run, tiny_lm):
 def test_records_name_their_tools_and_validity_uses_the_rows_own(run, tiny_lm, monkeypatch):
     sets = data.read_tool_sets(run["dir"])
 
-    def canned(lm, prompts, settings, deltas=None, layer=0, cache=None, **kw):
+    def canned(lm, prompts, settings, configs, layer=0, cache=None, **kw):
         # every output calls get_weather with its argument: valid only where it is listed
         call = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
         out = f"{run['params'].prompt.tool_call_start}{call}{run['params'].prompt.tool_call_end}"
-        return [out] * len(prompts), len(prompts)
+        n = len(prompts)
+        return ConfigOutputs(
+            {c.name: [out] * n for c in configs}, {c.name: n for c in configs}, n, {}
+        )
 
-    monkeypatch.setattr(sweep, "generate_all", canned)
+    monkeypatch.setattr(core, "generate_configs", canned)  # the evaluation core's planner
     res = sweep.run_config(run["params"], run["dir"], tiny_lm, run["bundle"], baseline_config())
     assert res["records"]
     for r in res["records"]:

@@ -21,7 +21,7 @@ from asa_lib.layout import RunDir
 from asa_lib.method import diagnostics, probing
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.params import load_params
-from asa_lib.run import analysis, extraction, routing, vectors
+from asa_lib.run import analysis, extraction, generation, routing, vectors
 from asa_lib.run import data as data_stage
 from asa_lib.run import probing as probing_stage
 from asa_lib.run.stages import (
@@ -42,6 +42,7 @@ def stages(tiny_params, tmp_path_factory):
     out["03"] = probing_stage.run(tiny_params, run)
     out["04"] = vectors.run(tiny_params, run, lm=out["02"].lm)  # a caller's model
     out["05"] = routing.run(tiny_params, run)
+    out["06"] = generation.run(tiny_params, run, lm=out["02"].lm)  # every config, prompt-major
     return out
 
 
@@ -56,6 +57,19 @@ def test_stages_01_to_05_write_their_files_and_they_load(stages, tiny_params):
     for stage in CORE_STAGES:
         assert hash_outputs(run, stage), f"{stage} wrote nothing"
     r1, r2, r3, r4, r5 = (stages[k] for k in ("01", "02", "03", "04", "05"))
+    # 06_generate: every config's rows, each prompt prefilled once, the L* state checked
+    rec = generation.load_generation(run)
+    assert rec == stages["06"].record
+    assert rec["configs"] == [c.name for c in tiny_params.configs()]
+    for split, r in rec["splits"].items():
+        assert r["prompts"] == len(load_meta(run, split)["ids"])
+        # each prompt with rows to generate prefilled once (VALID's baseline is stage 04's)
+        assert 0 < r["generation"]["prompt_prefills"] <= r["prompts"]
+    test = rec["splits"]["test"]
+    assert test["generated_now"] > test["prompts"]  # steered rows beside the baseline
+    assert test["generation"]["prompt_prefills"] == test["prompts"]
+    assert test["state_at_layer"]["compared"] == test["prompts"]  # TEST's baseline ran here
+    assert test["state_at_layer"]["max_rel_diff"] < 1e-4
 
     summary = json.loads(run.data_summary.read_text())
     assert summary["domains"] == r1.splits.domains
@@ -153,6 +167,7 @@ def test_a_stage_function_without_its_inputs_names_the_stage_to_run_first(tiny_p
         "03_probing": lambda: probing_stage.run(tiny_params, tmp_path),
         "04_vectors": lambda: vectors.run(tiny_params, tmp_path, lm=object()),
         "05_routing": lambda: routing.run(tiny_params, tmp_path),
+        "06_generate": lambda: generation.run(tiny_params, tmp_path, lm=object()),
         "07_analysis": lambda: analysis.run(tiny_params, tmp_path),
     }
     before = {
@@ -160,6 +175,7 @@ def test_a_stage_function_without_its_inputs_names_the_stage_to_run_first(tiny_p
         "03_probing": "02_extraction",
         "04_vectors": "03_probing",
         "05_routing": "04_vectors",
+        "06_generate": "05_routing",
         "07_analysis": "05_routing",
     }
     for stage, call in calls.items():
