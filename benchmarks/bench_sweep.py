@@ -9,8 +9,8 @@ subprocess (so peak memory is measured per path):
   at a time with a hook that computes scaler, router, probe and gate on the fly
   at the prefill (the seed's ``evaluate_split``), no reuse between configs.
 - project: prefix-cached batched extraction; gates from the stored L* states;
-  every config of a split in one prompt-major pass (``generate_configs``, as
-  stage 06_generate runs it: each prompt prefilled once, every config continued
+  VALID and TEST with every config in one prompt-major pass (``generate_configs``,
+  as stage 06_generate runs it: each prompt prefilled once, every config continued
   from it, drafts verified from it), batched, with early stop.
 
 Both fit L*, vectors, router and probes with ``asa_lib.method.probing.fit_from_states``
@@ -243,23 +243,23 @@ def project(args) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         cache = GenerationCache(Path(tmp) / "gen.sqlite", {"bench": lm.model_id})
-        for s in ("valid", "test"):  # every config at once, prompt-major (stage 06_generate)
-            h = states[s][:, layer]
-            cds = []
-            for cfg in configs:
-                deltas = None
-                if cfg.steers:
-                    gates = compute_gates(bundle, h, cfg)
-                    deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
-                cds.append(ConfigDeltas(cfg.name, deltas))
-            res = generate_configs(
-                lm, prompts[s], settings, cds, layer, cache, desc=f"all configs/{s}", stats=stats
-            )
-            generated += res.generated_total
-            for cfg in configs:
-                for x, o in zip(splits[s], res.outputs[cfg.name]):
-                    decisions[f"{cfg.name}/{x.id}"] = bool(triggered(o, params.prompt))
-                    outputs[f"{cfg.name}/{x.id}"] = o
+        # VALID and TEST, every config, in one prompt-major pass (as stage 06_generate runs it)
+        rows = [(s, x) for s in ("valid", "test") for x in splits[s]]
+        ps = [p for s in ("valid", "test") for p in prompts[s]]
+        h = np.concatenate([states[s][:, layer] for s in ("valid", "test")])
+        cds = []
+        for cfg in configs:
+            deltas = None
+            if cfg.steers:
+                gates = compute_gates(bundle, h, cfg)
+                deltas = steering_deltas(bundle, gates, cfg.alpha, cfg)
+            cds.append(ConfigDeltas(cfg.name, deltas))
+        res = generate_configs(lm, ps, settings, cds, layer, cache, desc="all configs", stats=stats)
+        generated += res.generated_total
+        for cfg in configs:
+            for (_, x), o in zip(rows, res.outputs[cfg.name]):
+                decisions[f"{cfg.name}/{x.id}"] = bool(triggered(o, params.prompt))
+                outputs[f"{cfg.name}/{x.id}"] = o
         cache.close()
     t_sweep = time.time() - t1
     return {

@@ -14,8 +14,15 @@ from asa_lib.model.load import LoadedModel
 CHUNK_BATCHES = 4
 
 
+# A batch of rows stops growing where padding would be more than this share of its columns
+# (rows are length-sorted, so padding comes only from the spread of lengths within a batch).
+MAX_PADDING = 0.25
+
+
 def gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) -> list[list[int]]:
-    """Batches of prompt indices, longest first; equal suffix lengths only where padding would leak."""
+    """Batches of prompt indices, longest first, of at most ``batch_size`` rows and at most
+    :data:`MAX_PADDING` padding (of the columns after the shared prefix ``P``); equal suffix
+    lengths only where padding would leak (LFM2's conv layers with a shared prefix)."""
     order = sorted(idx, key=lambda i: -len(ids[i]))
     if P > 0 and needs_equal_suffix_lengths(lm.model):
         groups: dict[int, list[int]] = {}
@@ -24,7 +31,21 @@ def gen_batches(lm: LoadedModel, ids, idx: list[int], P: int, batch_size: int) -
         return [
             g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)
         ]
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = real = 0  # the current batch's longest suffix and its real tokens
+    for i in order:
+        n = len(ids[i]) - P
+        if cur and (
+            len(cur) == batch_size or 1 - (real + n) / (width * (len(cur) + 1)) > MAX_PADDING
+        ):
+            batches.append(cur)
+            cur, width, real = [], 0, 0
+        cur.append(i)
+        width, real = max(width, n), real + n
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Stage 06_generate: every sweep config's outputs on VALID and TEST, prompt-major.
 
-The baseline and every sweep config go to the planner
+The baseline and every sweep config, on VALID and TEST together, go to the planner
 (:func:`~asa_lib.run.core.plan_outputs`, :func:`~asa_lib.engine.generate.generate_configs`)
 at once: each prompt is prefilled once (positions ``0 .. n-2``), and every
 config runs the last position with its own delta and decodes (or verifies the
@@ -8,10 +8,10 @@ baseline's output as its draft) from that shared state. The outputs go into
 the run's generation cache under the keys every other path uses; the
 per-config notebooks ``06_sweep__<config>`` then score and report from it.
 
-:func:`run` writes ``generation/generation.json``: per split the prompts,
-the configs' rows wanted and generated now, what the pass did (prompts
-prefilled, tokens forwarded, the share of padding, drafts) and the check that
-the state at L* read on the way equals the extraction stage's.
+:func:`run` writes ``generation/generation.json``: the prompts, the rows
+generated now, what the pass did (prompts prefilled, tokens forwarded, the
+share of padding, drafts) and, per split, the check that the state at L* read
+on the way equals the extraction stage's.
 """
 
 from __future__ import annotations
@@ -46,26 +46,24 @@ class GenerationResult:
     record: dict[str, Any]
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per split, for display."""
-        out = []
-        for split, r in self.record["splits"].items():
-            g = r["generation"]
-            out.append(
-                {
-                    "split": split,
-                    "prompts": r["prompts"],
-                    "configs": len(self.record["configs"]),
-                    "prompt x config rows": r["config_rows"],
-                    "generated now": r["generated_now"],
-                    "prompts prefilled once": g["prompt_prefills"],
-                    "tokens forwarded": g["tokens_forwarded"],
-                    "padding share": r["padding_share"],
-                    "drafts verified": g["drafted"],
-                    "decided by the draft": g["done_by_draft"],
-                    "seconds": r["seconds"],
-                }
-            )
-        return out
+        """The pass in one row, for display."""
+        r, g = self.record, self.record["generation"]
+        return [
+            {
+                "prompts": " + ".join(
+                    f"{v['prompts']} {k.upper()}" for k, v in r["splits"].items()
+                ),
+                "configs": len(r["configs"]),
+                "prompt x config rows": r["config_rows"],
+                "generated now": r["generated_now"],
+                "prompts prefilled once": g["prompt_prefills"],
+                "tokens forwarded": g["tokens_forwarded"],
+                "padding share": r["padding_share"],
+                "drafts verified": g["drafted"],
+                "decided by the draft": g["done_by_draft"],
+                "seconds": r["seconds"],
+            }
+        ]
 
 
 def _padding_share(stats: GenerationStats) -> float | None:
@@ -88,6 +86,20 @@ def _state_check(states: dict[int, np.ndarray], h: np.ndarray) -> dict[str, Any]
     }
 
 
+def joint_inputs(params: Params, folder: RunDir, lm: LoadedModel, layer: int, samples: dict):
+    """VALID and TEST as one set of prompts (one prompt-major pass: the unsteered rows of both
+    splits decode together): samples, prompts, states at ``layer``, and each split's rows
+    ``(start, end)``. Gates are computed row by row, so they are each split's own."""
+    xs, prompts, hs, parts = [], [], [], {}
+    for split in EVAL_SPLITS:
+        x, p, h = split_inputs(params, folder, lm, layer, samples, split)
+        parts[split] = (len(xs), len(xs) + len(x))
+        xs += x
+        prompts += p
+        hs.append(h)
+    return xs, prompts, np.concatenate(hs), parts
+
+
 def run(
     params: Params, run_dir: str | os.PathLike, lm: LoadedModel | None = None, processes: int = 1
 ) -> GenerationResult:
@@ -104,12 +116,10 @@ def run(
             "params": params.to_dict(),
             "base_dir": params.base_dir,
             "run_dir": str(folder.root),
-            "splits": list(EVAL_SPLITS),
         }
         workers = launch("generate", spec, processes, folder.parallel_work(STAGE))
     samples = read_samples(folder)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
-    cache = open_cache(folder, params, lm)
     record: dict[str, Any] = {
         "configs": [s.name for s in specs],
         "layer": bundle.layer,
@@ -122,39 +132,42 @@ def run(
         "processes": processes,
         "splits": {},
     }
+    t0 = time.perf_counter()
+    xs, prompts, h, parts = joint_inputs(params, folder, lm, bundle.layer, samples)
+    cache = open_cache(folder, params, lm)
     try:
-        for split in EVAL_SPLITS:
-            t0 = time.perf_counter()
-            xs, prompts, h = split_inputs(params, folder, lm, bundle.layer, samples, split)
-            planned = plan_outputs(
-                lm,
-                prompts,
-                h,
-                [x.domain for x in xs],
-                bundle,
-                specs,
-                settings,
-                cache,
-                desc=f"all configs/{split}",
-                read_states=True,
-            )
-            stats = planned.stats
-            n_new = planned.generated_total
-            for w in workers:
-                n_new += w[split]["generated"]
-                stats.add(GenerationStats(**w[split]["stats"]))
-            record["splits"][split] = {
-                "prompts": len(prompts),
-                "config_rows": len(prompts) * len(specs),
-                "generated_now": n_new,
-                "generated_by_config": planned.generated,
-                "padding_share": _padding_share(stats),
-                "generation": asdict(stats),
-                "state_at_layer": _state_check(planned.states, h),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
+        planned = plan_outputs(
+            lm,
+            prompts,
+            h,
+            [x.domain for x in xs],
+            bundle,
+            specs,
+            settings,
+            cache,
+            desc=f"{len(specs)} configs/{'+'.join(EVAL_SPLITS)}",
+            read_states=True,
+        )
     finally:
         cache.close()
+    stats, n_new = planned.stats, planned.generated_total
+    for w in workers:
+        n_new += w["generated"]
+        stats.add(GenerationStats(**w["stats"]))
+    record.update(
+        {
+            "prompts": len(prompts),
+            "config_rows": len(prompts) * len(specs),
+            "generated_now": n_new,
+            "generated_by_config": planned.generated,
+            "padding_share": _padding_share(stats),
+            "generation": asdict(stats),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    )
+    for split, (a, b) in parts.items():
+        states = {i - a: v for i, v in planned.states.items() if a <= i < b}
+        record["splits"][split] = {"prompts": b - a, "state_at_layer": _state_check(states, h[a:b])}
     write_json(folder.generation, record)
     return GenerationResult(record)
 
@@ -166,7 +179,7 @@ def load_generation(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], None]) -> dict:
     """A data-parallel worker's part of stage 06_generate: its chunks of prompts, every config,
-    into the run's cache. ``barrier`` waits for every worker (before a split, and between
+    into the run's cache. ``barrier`` waits for every worker (before the pass, and between
     reading the cache and writing to it)."""
     params = params_from_dict(spec["params"], base_dir=spec["base_dir"])
     folder = RunDir(spec["run_dir"])
@@ -175,26 +188,23 @@ def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], Non
     specs = [config_spec(params, lm, bundle, c) for c in params.configs()]
     samples = read_samples(folder)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
+    xs, prompts, h, _ = joint_inputs(params, folder, lm, bundle.layer, samples)
     cache = open_cache(folder, params, lm)
-    result = {}
+    barrier()
     try:
-        for split in spec["splits"]:
-            xs, prompts, h = split_inputs(params, folder, lm, bundle.layer, samples, split)
-            barrier()
-            planned = plan_outputs(
-                lm,
-                prompts,
-                h,
-                [x.domain for x in xs],
-                bundle,
-                specs,
-                settings,
-                cache,
-                desc=f"all configs/{split} [rank {shard[0]}]",
-                shard=shard,
-                sync=barrier,
-            )
-            result[split] = {"generated": planned.generated_total, "stats": asdict(planned.stats)}
+        planned = plan_outputs(
+            lm,
+            prompts,
+            h,
+            [x.domain for x in xs],
+            bundle,
+            specs,
+            settings,
+            cache,
+            desc=f"{len(specs)} configs [rank {shard[0]}]",
+            shard=shard,
+            sync=barrier,
+        )
     finally:
         cache.close()
-    return result
+    return {"generated": planned.generated_total, "stats": asdict(planned.stats)}
