@@ -45,9 +45,11 @@ lint: install
 	$(VENV)/bin/ruff check asa_lib tests notebooks benchmarks
 	$(VENV)/bin/ruff format --check asa_lib tests notebooks benchmarks
 
-# The seed loop against the project path on this CPU (about 35 minutes): the demo model with the
-# seed's 128 new tokens (benchmarks/RESULTS.md), then plain SmolLM2 (RESULTS_smollm2.md).
+# The seed loop against the project path on this CPU (about 40 minutes): BFCL rows, each with its
+# own tools (benchmarks/RESULTS_bfcl.md), the demo model with the seed's 128 new tokens and one
+# tool list (RESULTS.md), then plain SmolLM2 (RESULTS_smollm2.md). Each prints its table.
 bench: install
+	$(PY) benchmarks/bench_sweep.py --data bfcl --max-new-tokens 32 --ref-every 4
 	$(PY) benchmarks/bench_sweep.py --ref-every 4
 	$(PY) benchmarks/bench_sweep.py --model smollm2 --max-new-tokens 32 --ref-every 2
 
