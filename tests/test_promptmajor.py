@@ -203,3 +203,64 @@ def test_demo_model_prompt_major_equals_a_plain_per_config_loop(demo_lm, demo_pa
     a[:2] = 30.0 * g[:2] / np.linalg.norm(g[:2], axis=1, keepdims=True)
     configs = [ConfigDeltas("baseline"), ConfigDeltas("a", a), ConfigDeltas("b", -a)]
     check_against_reference(demo_lm, pp, prompts, configs, 12, 3, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A tiny random Llama (attention only): forks of prompt batches of different widths are
+    merged into one decoding batch there (LFM2's conv states cannot be)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        initializer_range=0.1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    model.eval()
+    return LoadedModel(model, tok, "tiny-llama", torch.device("cpu"))
+
+
+def test_forks_of_several_prompt_batches_decode_as_one_batch(tiny_llama, tiny_params, tmp_path):
+    pp = tiny_params.prompt
+    prompts = render_prompts(tiny_llama.tokenizer, pp, instructions(24))
+    ids = token_ids(tiny_llama, prompts)
+    assert len({len(x) for x in ids}) > 5  # prompt batches of different widths
+    configs = three_configs(len(prompts), tiny_llama.hidden_size, 50.0)
+    check_against_reference(tiny_llama, pp, prompts, configs, 6, 8, tmp_path)
+
+
+def test_decode_forks_merges_prompt_batches_of_different_widths(tiny_llama, tiny_params):
+    from asa_lib.engine.promptmajor import decode_forks, mergeable
+
+    pp = tiny_params.prompt
+    prompts = render_prompts(tiny_llama.tokenizer, pp, instructions(30))
+    ids = token_ids(tiny_llama, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    short, long_ = order[:3], order[-3:]
+    assert len(ids[long_[0]]) > len(ids[short[-1]])
+    prefix = shared_prefix(tiny_llama, ids)
+    a = PromptBatch(tiny_llama, [ids[i] for i in long_], prefix)
+    b = PromptBatch(tiny_llama, [ids[i] for i in short], prefix)
+    assert a.cached != b.cached and mergeable([a, b])
+    rows = [long_[0], long_[2], short[1], short[1]]  # a row twice: two configs
+    d = mixed_deltas(len(rows), tiny_llama.hidden_size, 50.0, seed=11)
+    want = reference(tiny_llama, pp, [prompts[i] for i in rows], d, 6)
+    first = decode_forks([(a, [0, 2], [[], []]), (b, [1, 1], [[], []])], d, LAYER, 6, pp)
+    assert [tiny_llama.tokenizer.decode(r, skip_special_tokens=False) for r in first] == want
+    # rows continuing from accepted prefixes (of one length: the planner groups them so)
+    accs = [r[:2] for r in first]
+    got = decode_forks([(a, [0, 2], accs[:2]), (b, [1, 1], accs[2:])], d, LAYER, 6, pp)
+    assert [tiny_llama.tokenizer.decode(r, skip_special_tokens=False) for r in got] == want

@@ -44,7 +44,7 @@ from asa_lib.engine.prefix import (
     shared_prefix,
     token_ids,
 )
-from asa_lib.engine.promptmajor import PromptBatch
+from asa_lib.engine.promptmajor import PromptBatch, decode_forks, mergeable
 from asa_lib.model.load import LoadedModel, tokenizer_digest
 from asa_lib.params import GenerationParams, check_batch_size
 from asa_lib.progress import progress
@@ -403,48 +403,65 @@ def generate_configs(
                     on_batch(b)
             alone = set(single)
             multi = [i for i in chunk if i not in alone]
+            # The chunk's prompts, prefilled once (positions 0 .. n-2) in padding-capped batches;
+            # their rows decode together across batches where the forks can be merged.
+            pbs: list[tuple[list[int], PromptBatch]] = []
+            where: dict[int, tuple[PromptBatch, int]] = {}
             for R in gen_batches(lm, ids, multi, P, settings.batch_size):
                 pb = PromptBatch(lm, [ids[i] for i in R], prefix, stats)
-                local = {i: j for j, i in enumerate(R)}
-                tasks = [k for i in R for k in row_tasks[i]]
+                pbs.append((R, pb))
+                where.update({i: (pb, j) for j, i in enumerate(R)})
+            merge = mergeable([pb for _, pb in pbs])
 
-                def decode(ks: list[str], accs=None, pb=pb, local=local) -> None:
-                    rows = [local[todo[k][0]] for k in ks]
-                    seen: list | None = [] if read_states else None
-                    unsteered = all(todo[k][1] is None for k in ks)
-                    out = pb.decode(
-                        rows,
-                        stack([todo[k][1] for k in ks]),
+            def decode(ks: list[str], accs=None, where=where, merge=merge) -> None:
+                accs = accs if accs is not None else [[] for _ in ks]
+                parts: list[tuple[PromptBatch, list[int], list[list[int]], list[str]]] = []
+                for k, a in zip(ks, accs):  # runs of rows of one prompt batch, in order
+                    pb, j = where[todo[k][0]]
+                    if not parts or parts[-1][0] is not pb:
+                        parts.append((pb, [], [], []))
+                    parts[-1][1].append(j)
+                    parts[-1][2].append(a)
+                    parts[-1][3].append(k)
+                for g in [parts] if merge else [[x] for x in parts]:
+                    gk = [k for x in g for k in x[3]]
+                    unsteered = all(todo[k][1] is None for k in gk) and not any(
+                        any(x[2]) for x in g
+                    )
+                    seen: list | None = [] if read_states and unsteered else None
+                    out = decode_forks(
+                        [(pb, rows, a) for pb, rows, a, _ in g],
+                        stack([todo[k][1] for k in gk]),
                         layer,
                         cut,
                         settings.markers,
                         stats,
-                        accepted=accs,
-                        read_state=seen if unsteered and accs is None else None,
+                        read_state=seen,
                     )
                     if seen:
-                        for k, h in zip(ks, seen[0]):
+                        for k, h in zip(gk, seen[0]):
                             states[todo[k][0]] = h
-                    done(dict(zip(ks, out)), bar)
+                    done(dict(zip(gk, out)), bar)
                     if on_batch is not None:
-                        on_batch([todo[k][0] for k in ks])
+                        on_batch([todo[k][0] for k in gk])
 
-                # 1. the unsteered rows (the drafts of the steered ones)
-                first = [k for k in tasks if todo[k][1] is None and draft_of(k) is None]
-                for s in range(0, len(first), settings.batch_size):
-                    decode(first[s : s + settings.batch_size])
-                if use_drafts and not explicit:  # drafts made here: the unsteered output's ids
-                    for i in R:
-                        if i not in found and fresh.get(plain[i]):
-                            found[i] = fresh[plain[i]]
-                rest = [k for k in tasks if k not in results]
-                # 2. verify drafts
+            tasks = [k for R, _ in pbs for i in R for k in row_tasks[i]]
+            # 1. the unsteered rows (the drafts of the steered ones)
+            first = [k for k in tasks if todo[k][1] is None and draft_of(k) is None]
+            for s in range(0, len(first), settings.batch_size):
+                decode(first[s : s + settings.batch_size])
+            if use_drafts and not explicit:  # drafts made here: the unsteered output's ids
+                for i in multi:
+                    if i not in found and fresh.get(plain[i]):
+                        found[i] = fresh[plain[i]]
+            # 2. verify drafts, one prompt batch at a time
+            cont: list[tuple[str, list[int]]] = []
+            dropped: set[str] = set()
+            for R, pb in pbs:
                 verify = sorted(
-                    (k for k in rest if draft_of(k)),
+                    (k for i in R for k in row_tasks[i] if k not in results and draft_of(k)),
                     key=lambda k: -len(draft_of(k)[:cut]),
                 )
-                cont: list[tuple[str, list[int]]] = []
-                dropped: set[str] = set()
                 for s in range(0, len(verify), settings.batch_size):
                     if (
                         verified >= settings.batch_size
@@ -457,7 +474,7 @@ def generate_configs(
                     ks = verify[s : s + settings.batch_size]
                     ds = [draft_of(k)[:cut] for k in ks]
                     greedy = pb.verify(
-                        [local[todo[k][0]] for k in ks],
+                        [where[todo[k][0]][1] for k in ks],
                         ds,
                         stack([todo[k][1] for k in ks]),
                         layer,
@@ -482,20 +499,22 @@ def generate_configs(
                             cont.append((k, acc))
                     if new:
                         done(new, bar)
-                # 3. the other steered rows, then the rows continuing from accepted tokens
-                plain_rows = [
-                    k for k in rest if k not in results and (k in dropped or not draft_of(k))
-                ]
-                for s in range(0, len(plain_rows), settings.batch_size):
-                    decode(plain_rows[s : s + settings.batch_size])
-                groups: dict[int, list[tuple[str, list[int]]]] = {}
-                equal = needs_equal_suffix_lengths(lm.model)
-                for k, acc in sorted(cont, key=lambda x: -len(x[1])):
-                    groups.setdefault(len(acc) if equal else 0, []).append((k, acc))
-                for g in groups.values():
-                    for s in range(0, len(g), settings.batch_size):
-                        part = g[s : s + settings.batch_size]
-                        decode([k for k, _ in part], [a for _, a in part])
+            # 3. the other steered rows, then the rows continuing from accepted tokens
+            plain_rows = [
+                k for k in tasks if k not in results and (k in dropped or not draft_of(k))
+            ]
+            for s in range(0, len(plain_rows), settings.batch_size):
+                decode(plain_rows[s : s + settings.batch_size])
+            groups: dict[tuple, list[tuple[str, list[int]]]] = {}
+            for k, acc in sorted(cont, key=lambda x: -len(x[1])):
+                # one accepted length per decode (no padding inside a row); LFM2's conv layers
+                # also one prompt batch
+                key = (len(acc),) if merge else (id(where[todo[k][0]][0]), len(acc))
+                groups.setdefault(key, []).append((k, acc))
+            for g in groups.values():
+                for s in range(0, len(g), settings.batch_size):
+                    part = g[s : s + settings.batch_size]
+                    decode([k for k, _ in part], [a for _, a in part])
     return outputs()
 
 

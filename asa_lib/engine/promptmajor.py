@@ -25,9 +25,15 @@ import copy
 import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from asa_lib.engine.decode import GenerationStats, decode_rows
-from asa_lib.engine.prefix import PrefixCache, cache_kwarg, left_padded
+from asa_lib.engine.prefix import (
+    PrefixCache,
+    cache_kwarg,
+    left_padded,
+    needs_equal_suffix_lengths,
+)
 from asa_lib.model.hooks import read_first_pass, steer_last_prompt_token
 from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
 from asa_lib.params import PromptParams
@@ -138,53 +144,12 @@ class PromptBatch:
         accepted: list[list[int]] | None = None,
         read_state: list | None = None,
     ) -> list[list[int]]:
-        """Greedy outputs of ``rows``: the last prompt token with ``deltas`` at block ``layer``,
-        then decoding, from a fork of the shared state.
-
-        ``accepted[j]``: tokens already generated for the ``j``-th row (an accepted
-        draft prefix); they are returned first. With LFM2's conv layers they must
-        all be of one length. ``read_state``: a list that receives block ``layer``'s
-        output at the last prompt token, (len(rows), H), before any steering.
-        """
+        """Greedy outputs of ``rows`` from a fork of the shared state: :func:`decode_forks`
+        of this batch alone."""
         acc = accepted if accepted is not None else [[] for _ in rows]
-        n, W = len(rows), max(len(a) for a in acc)
-        # the window after the shared columns: padding (attention-only models; masked out),
-        # the last prompt token, the accepted tokens; every row ends at the last column
-        win = torch.full((n, 1 + W), self.lm.tokenizer.pad_token_id, dtype=torch.long)
-        win_mask = torch.zeros((n, 1 + W), dtype=torch.long)
-        last = self.input_ids[rows, -1].cpu()
-        for j, a in enumerate(acc):
-            gap = W - len(a)
-            win[j, gap] = last[j]
-            win[j, gap + 1 :] = torch.tensor(list(a), dtype=torch.long)
-            win_mask[j, gap:] = 1
-        dev = self.lm.device
-        ids = torch.cat([self.input_ids[rows, : self.cached], win.to(dev)], 1)
-        mask = torch.cat([self.mask[rows, : self.cached], win_mask.to(dev)], 1)
-        T = ids.shape[1]
-        starts = [T - len(a) for a in acc]
-        block = decoder_blocks(self.lm.model)[layer]
-        with read_first_pass(block, enabled=read_state is not None) as seen:
-            out = decode_rows(
-                self.lm,
-                ids,
-                mask,
-                self.fork(rows),
-                self.cached,
-                starts,
-                deltas,
-                layer,
-                max_new_tokens,
-                pp,
-                stats,
-            )
-        if read_state is not None:
-            # the window's column of each row's last prompt token
-            at = torch.tensor([st - 1 - self.cached for st in starts])
-            read_state.append(seen.state[torch.arange(len(rows)), at].float().cpu().numpy())
-        if stats is not None:
-            stats.forks += len(rows)
-        return out
+        return decode_forks(
+            [(self, rows, acc)], deltas, layer, max_new_tokens, pp, stats, read_state
+        )
 
     @torch.no_grad()
     def verify(
@@ -232,3 +197,105 @@ class PromptBatch:
             stats.forks += n
         # float32 argmax, as generate takes it (first index on a tie)
         return [logits[j, : len(d) + 1].float().argmax(-1).tolist() for j, d in enumerate(drafts)]
+
+
+def mergeable(batches: list[PromptBatch]) -> bool:
+    """Whether forks of these batches can decode as one batch: every cache layer holds plain
+    attention keys and values (``DynamicLayer``), which can be left-padded to one width;
+    LFM2's conv states cannot (the padding would run through the convolution)."""
+    return all(
+        b.cache is not None
+        and all(
+            type(layer) is DynamicLayer and not needs_equal_suffix_lengths(b.lm.model)
+            for layer in b.cache.layers
+        )
+        for b in batches
+    )
+
+
+def _left_pad_cache(cache, pad: int):
+    """A fork's attention keys and values with ``pad`` empty (masked) positions in front."""
+    if pad == 0:
+        return cache
+    for layer in cache.layers:
+        layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, pad, 0))
+        layer.values = torch.nn.functional.pad(layer.values, (0, 0, pad, 0))
+    return cache
+
+
+def _concat_caches(caches: list):
+    if len(caches) == 1:
+        return caches[0]
+    out = caches[0]
+    for j, layer in enumerate(out.layers):
+        layer.keys = torch.cat([c.layers[j].keys for c in caches], 0)
+        layer.values = torch.cat([c.layers[j].values for c in caches], 0)
+    return out
+
+
+def decode_forks(
+    parts: list[tuple[PromptBatch, list[int], list[list[int]]]],
+    deltas: np.ndarray | None,
+    layer: int,
+    max_new_tokens: int,
+    pp: PromptParams,
+    stats: GenerationStats | None = None,
+    read_state: list | None = None,
+) -> list[list[int]]:
+    """Greedy outputs of rows of one or more prompt batches, decoded as one batch.
+
+    ``parts``: ``(batch, rows, accepted)``: rows of a :class:`PromptBatch` (indices into it;
+    repeats allowed) and, per row, the tokens already generated for it (an accepted draft
+    prefix, returned first; ``[]`` for none). Each row runs its last prompt token with its
+    ``deltas`` row at block ``layer`` (the rows in the order of ``parts``), then decodes,
+    from a fork of its batch's shared state. Batches of different widths are merged by
+    left-padding their forks' keys and values (masked out; only where :func:`mergeable`).
+    The planner gives rows of one accepted length per call; rows with fewer accepted tokens
+    would get masked padding before their last prompt token, which is not exact (a test
+    on a tiny Llama showed it).
+    ``read_state``: a list that receives block ``layer``'s output at each row's last prompt
+    token, (rows, H), before any steering.
+    """
+    if len(parts) > 1 and not mergeable([b for b, _, _ in parts]):
+        raise ValueError("these prompt batches cannot be decoded as one batch")
+    if len({len(a) for _, _, accs in parts for a in accs}) > 1:
+        raise ValueError("rows decoded together need as many accepted tokens each")
+    first = parts[0][0]
+    lm, dev, pad_id = first.lm, first.lm.device, first.lm.tokenizer.pad_token_id
+    C = max(b.cached for b, _, _ in parts)
+    W = max(len(a) for _, _, accs in parts for a in accs)
+    ids_all, mask_all, caches, accs_all = [], [], [], []
+    for b, rows, accs in parts:
+        n = len(rows)
+        # the window after the shared columns: padding (masked out), the last prompt token,
+        # the accepted tokens; every row ends at the last column
+        win = torch.full((n, 1 + W), pad_id, dtype=torch.long)
+        win_mask = torch.zeros((n, 1 + W), dtype=torch.long)
+        last = b.input_ids[rows, -1].cpu()
+        for j, a in enumerate(accs):
+            gap = W - len(a)
+            win[j, gap] = last[j]
+            win[j, gap + 1 :] = torch.tensor(list(a), dtype=torch.long)
+            win_mask[j, gap:] = 1
+        front = C - b.cached  # a narrower batch's columns, left-padded to the widest
+        head = torch.full((n, front), pad_id, dtype=torch.long, device=dev)
+        ids_all.append(torch.cat([head, b.input_ids[rows, : b.cached], win.to(dev)], 1))
+        mask_all.append(
+            torch.cat([torch.zeros_like(head), b.mask[rows, : b.cached], win_mask.to(dev)], 1)
+        )
+        fork = b.fork(rows)
+        caches.append(_left_pad_cache(fork, front) if fork is not None else None)
+        accs_all += accs
+    ids, mask = torch.cat(ids_all, 0), torch.cat(mask_all, 0)
+    cache = _concat_caches(caches) if caches[0] is not None else None
+    T = ids.shape[1]
+    starts = [T - len(a) for a in accs_all]
+    block = decoder_blocks(lm.model)[layer]
+    with read_first_pass(block, enabled=read_state is not None) as seen:
+        out = decode_rows(lm, ids, mask, cache, C, starts, deltas, layer, max_new_tokens, pp, stats)
+    if read_state is not None:
+        at = torch.tensor([st - 1 - C for st in starts])  # the window's last prompt token
+        read_state.append(seen.state[torch.arange(len(starts)), at].float().cpu().numpy())
+    if stats is not None:
+        stats.forks += len(starts)
+    return out
