@@ -23,7 +23,7 @@ from asa_lib.engine.generate import ConfigDeltas, GenerationSettings, generate_c
 from asa_lib.engine.prefix import shared_prefix, token_ids
 from asa_lib.engine.promptmajor import PromptBatch
 from asa_lib.prompts import render_prompts
-from test_exactness import instructions, mixed_deltas, oracle
+from test_exactness import cache_tensors, instructions, mixed_deltas, oracle
 
 LAYER = 1
 
@@ -134,21 +134,6 @@ def test_the_state_at_l_star_read_on_the_way_equals_extraction(tiny_lm, tiny_par
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def _tensors(cache) -> list[torch.Tensor]:
-    out = []
-    for layer in cache.layers:
-        stack = list(vars(layer).values())
-        while stack:
-            x = stack.pop()
-            if isinstance(x, torch.Tensor):
-                out.append(x)
-            elif isinstance(x, (list, tuple)):
-                stack.extend(x)
-            elif isinstance(x, dict):
-                stack.extend(x.values())
-    return out
-
-
 def test_forks_never_write_into_the_shared_prefill(tiny_lm, tiny_params):
     pp = tiny_params.prompt
     prompts = render_prompts(tiny_lm.tokenizer, pp, instructions(30))
@@ -160,13 +145,13 @@ def test_forks_never_write_into_the_shared_prefill(tiny_lm, tiny_params):
     assert len(rows) >= 2
     prefix = shared_prefix(tiny_lm, ids)
     pb = PromptBatch(tiny_lm, [ids[i] for i in rows], prefix)
-    snap = [t.clone() for t in _tensors(pb.cache)]
+    snap = [t.clone() for t in cache_tensors(pb)]  # every tensor of pb.cache
     d = mixed_deltas(4, tiny_lm.hidden_size, 50.0, seed=5)
     d[0] = d[1]  # the same row twice, once per config
     first = pb.decode([0, 0, 1, 1], d, LAYER, 5, pp)
     again = pb.decode([0, 0, 1, 1], d, LAYER, 5, pp)
     assert first == again
-    now = _tensors(pb.cache)
+    now = cache_tensors(pb)
     assert len(now) == len(snap) and all(torch.equal(a, b) for a, b in zip(now, snap))
     want = reference(tiny_lm, pp, [prompts[rows[j]] for j in (0, 0, 1, 1)], d, 5)
     got = [tiny_lm.tokenizer.decode(r, skip_special_tokens=False) for r in first]
