@@ -1,7 +1,6 @@
 """Bad inputs and faults: each ends in one clear error (or a safe result), never a traceback or a silent use."""
 
 import json
-import re
 
 import numpy as np
 import pytest
