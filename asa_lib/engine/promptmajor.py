@@ -250,9 +250,8 @@ def decode_forks(
     ``deltas`` row at block ``layer`` (the rows in the order of ``parts``), then decodes,
     from a fork of its batch's shared state. Batches of different widths are merged by
     left-padding their forks' keys and values (masked out; only where :func:`mergeable`).
-    The planner gives rows of one accepted length per call; rows with fewer accepted tokens
-    would get masked padding before their last prompt token, which is not exact (a test
-    on a tiny Llama showed it).
+    Every row must have as many accepted tokens: padding inside a row (before its last
+    prompt token) was not exact on a tiny Llama, so the planner groups rows by that length.
     ``read_state``: a list that receives block ``layer``'s output at each row's last prompt
     token, (rows, H), before any steering.
     """
@@ -267,16 +266,11 @@ def decode_forks(
     ids_all, mask_all, caches, accs_all = [], [], [], []
     for b, rows, accs in parts:
         n = len(rows)
-        # the window after the shared columns: padding (masked out), the last prompt token,
-        # the accepted tokens; every row ends at the last column
-        win = torch.full((n, 1 + W), pad_id, dtype=torch.long)
-        win_mask = torch.zeros((n, 1 + W), dtype=torch.long)
-        last = b.input_ids[rows, -1].cpu()
-        for j, a in enumerate(accs):
-            gap = W - len(a)
-            win[j, gap] = last[j]
-            win[j, gap + 1 :] = torch.tensor(list(a), dtype=torch.long)
-            win_mask[j, gap:] = 1
+        # the window after the shared columns: the last prompt token, then the accepted tokens
+        # (as many in every row); every row ends at the last column
+        last = b.input_ids[rows, -1:].cpu()
+        win = torch.cat([last, torch.tensor(accs, dtype=torch.long).reshape(n, W)], 1)
+        win_mask = torch.ones((n, 1 + W), dtype=torch.long)
         front = C - b.cached  # a narrower batch's columns, left-padded to the widest
         head = torch.full((n, front), pad_id, dtype=torch.long, device=dev)
         ids_all.append(torch.cat([head, b.input_ids[rows, : b.cached], win.to(dev)], 1))

@@ -100,6 +100,22 @@ def joint_inputs(params: Params, folder: RunDir, lm: LoadedModel, layer: int, sa
     return xs, prompts, np.concatenate(hs), parts
 
 
+def _plan_all(params, folder, lm, bundle, specs, settings, samples, desc, before=None, **kw):
+    """Every config on VALID and TEST in one prompt-major pass, through the run's cache:
+    (planned, prompts, states, split rows). ``before``: called once the cache is open."""
+    xs, prompts, h, parts = joint_inputs(params, folder, lm, bundle.layer, samples)
+    cache = open_cache(folder, params, lm)
+    try:
+        if before is not None:
+            before()
+        planned = plan_outputs(
+            lm, prompts, h, [x.domain for x in xs], bundle, specs, settings, cache, desc=desc, **kw
+        )
+    finally:
+        cache.close()
+    return planned, prompts, h, parts
+
+
 def run(
     params: Params, run_dir: str | os.PathLike, lm: LoadedModel | None = None, processes: int = 1
 ) -> GenerationResult:
@@ -133,23 +149,17 @@ def run(
         "splits": {},
     }
     t0 = time.perf_counter()
-    xs, prompts, h, parts = joint_inputs(params, folder, lm, bundle.layer, samples)
-    cache = open_cache(folder, params, lm)
-    try:
-        planned = plan_outputs(
-            lm,
-            prompts,
-            h,
-            [x.domain for x in xs],
-            bundle,
-            specs,
-            settings,
-            cache,
-            desc=f"{len(specs)} configs/{'+'.join(EVAL_SPLITS)}",
-            read_states=True,
-        )
-    finally:
-        cache.close()
+    planned, prompts, h, parts = _plan_all(
+        params,
+        folder,
+        lm,
+        bundle,
+        specs,
+        settings,
+        samples,
+        desc=f"{len(specs)} configs/{'+'.join(EVAL_SPLITS)}",
+        read_states=True,
+    )
     stats, n_new = planned.stats, planned.generated_total
     for w in workers:
         n_new += w["generated"]
@@ -188,23 +198,17 @@ def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], Non
     specs = [config_spec(params, lm, bundle, c) for c in params.configs()]
     samples = read_samples(folder)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
-    xs, prompts, h, _ = joint_inputs(params, folder, lm, bundle.layer, samples)
-    cache = open_cache(folder, params, lm)
-    barrier()
-    try:
-        planned = plan_outputs(
-            lm,
-            prompts,
-            h,
-            [x.domain for x in xs],
-            bundle,
-            specs,
-            settings,
-            cache,
-            desc=f"{len(specs)} configs [rank {shard[0]}]",
-            shard=shard,
-            sync=barrier,
-        )
-    finally:
-        cache.close()
+    planned, *_ = _plan_all(
+        params,
+        folder,
+        lm,
+        bundle,
+        specs,
+        settings,
+        samples,
+        desc=f"{len(specs)} configs [rank {shard[0]}]",
+        before=barrier,
+        shard=shard,
+        sync=barrier,
+    )
     return {"generated": planned.generated_total, "stats": asdict(planned.stats)}
