@@ -410,11 +410,18 @@ def test_one_table_says_what_each_stage_writes_and_what_later_stages_require(tmp
             assert any(f == w or f.startswith(w + "/") for w in s.outputs.writes), (s.key, f)
     # each stage checks the outputs of the stages it needs, and names the one to run first
     require(tmp_path, "01_data")
-    for before, stage in zip(CORE_STAGES, [*CORE_STAGES[1:], sweep_stage("paper")]):
+    # 06_generate and the sweep configs both need 05_routing's bundle (a sweep config reads
+    # 06_generate's outputs from the generation cache, not as a required input)
+    chain = [*zip(CORE_STAGES[:4], CORE_STAGES[1:5]), ("05_routing", "06_generate")]
+    for before, stage in chain:
         with pytest.raises(MissingInputError, match=f"run stage {before} first"):
             require(tmp_path, stage)
+        if stage == "06_generate":
+            with pytest.raises(MissingInputError, match=f"run stage {before} first"):
+                require(tmp_path, sweep_stage("paper"))
         for f in stage_outputs(before).needed:
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f).write_text("x")
         require(tmp_path, stage)
+    require(tmp_path, sweep_stage("paper"))
     require(tmp_path, "07_analysis")
