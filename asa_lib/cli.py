@@ -218,8 +218,7 @@ def _evaluate(args) -> int:
     import re
     from pathlib import Path
 
-    from asa_lib.evaluate import EvaluateError, run_evaluation
-    from asa_lib.params import BASELINE
+    from asa_lib.evaluate import EvaluateError, console_lines, run_evaluation
     from asa_lib.run.runner import PROJECT_ROOT
 
     name = args.name
@@ -251,32 +250,7 @@ def _evaluate(args) -> int:
             file=sys.stderr,
         )
         return 1
-    base = res["configs"][BASELINE]
-    print(
-        f"{res['rows_used']} rows of {res['data']}"
-        + (
-            f" ({len(res['domains']['unseen'])} of an unseen domain)"
-            if res["domains"]["unseen"]
-            else ""
-        )
-        + f"; {res['seconds']:.0f} s ({res['seconds'] / res['rows_used']:.2f} s per prompt)"
-    )
-    for cname, r in res["configs"].items():
-        m, ci = r["splits"]["eval"]["metrics"], r["intervals"]["overall"]["ci95"]
-        line = f"  {cname:<28} " + "  ".join(
-            f"{k.upper()} {m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
-            for k in ("f1", "recall", "fpr")
-        )
-        if r is not base:
-            d = res["vs_baseline"][cname]
-            line += "  ΔF1 {:+.3f} [{:+.3f}, {:+.3f}]  ΔFPR {:+.3f} [{:+.3f}, {:+.3f}]".format(
-                d["d_f1"],
-                d["d_f1_lo"],
-                d["d_f1_hi"],
-                d["d_fpr"],
-                d["d_fpr_lo"],
-                d["d_fpr_hi"],
-            )
+    for line in console_lines(res):
         print(_printable(line))
     print(f"report: {report}")
     return 0

@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from asa_lib.api import ASA, AdapterError, run_prompt_format
-from asa_lib.data import DataError, LabelledSet, read_all_samples, sample_tools
+from asa_lib.data import (
+    DataError,
+    LabelledSet,
+    describe_skipped,
+    read_all_samples,
+    sample_tools,
+)
 from asa_lib.engine.extract import iter_last_token_states
 from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
@@ -365,6 +371,38 @@ def routing_mix(res: dict[str, Any]):
     return pd.crosstab(df["domain"], df["routed to"])
 
 
+def console_lines(res: dict[str, Any]) -> list[str]:
+    """What ``asa evaluate`` prints of an evaluation: the rows used (and skipped, with the
+    first reasons), then each config's F1, recall and FPR with their intervals and its
+    difference from the baseline."""
+    base = res["configs"][BASELINE]
+    unseen = res["domains"]["unseen"]
+    lines = [
+        f"{res['rows_used']} rows of {res['data']}"
+        + (f" ({len(unseen)} of an unseen domain)" if unseen else "")
+        + f"; {res['seconds']:.0f} s ({res['seconds'] / res['rows_used']:.2f} s per prompt)"
+    ]
+    if res["skipped"]:  # the rows the metrics leave out, as the report lists them
+        lines.append(
+            describe_skipped(
+                res["skipped"], res["skipped_examples"], res["rows_read"], res["data"], first=3
+            )
+        )
+    for cname, r in res["configs"].items():
+        m, ci = r["splits"]["eval"]["metrics"], r["intervals"]["overall"]["ci95"]
+        line = f"  {cname:<28} " + "  ".join(
+            f"{k.upper()} {m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+            for k in ("f1", "recall", "fpr")
+        )
+        if r is not base:
+            d = res["vs_baseline"][cname]
+            line += "  ΔF1 {:+.3f} [{:+.3f}, {:+.3f}]  ΔFPR {:+.3f} [{:+.3f}, {:+.3f}]".format(
+                d["d_f1"], d["d_f1_lo"], d["d_f1_hi"], d["d_fpr"], d["d_fpr_lo"], d["d_fpr_hi"]
+            )
+        lines.append(line)
+    return lines
+
+
 MARKER = "evaluation_dir.json"  # marks a folder as an evaluation's (a rerun may reuse it)
 
 
@@ -417,7 +455,7 @@ def run_evaluation(
     write_json(out / MARKER, {"tool": "asa_lib evaluate", "params_file": str(params_path)})
     run = RunDir(out)
     try:
-        lock = RunLock(out)
+        lock = RunLock(out, command="asa evaluate", flag="--out-dir")
         with lock:
             over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
             t0 = time.time()

@@ -15,6 +15,8 @@ from asa_lib.evaluate import evaluate
 from asa_lib.params import load_params
 from conftest import PARAMS, ROOT
 
+FIXTURES = ROOT / "tests" / "fixtures"
+
 
 def _labelled_params(tmp, source, base="tiny.yaml", **data):
     """The tiny preset with labelled data (text, label, domain columns) from ``source``."""
@@ -67,6 +69,39 @@ def _one_line_error(code, err, msg):
     assert code == 2, err
     assert err.startswith("asa: error:") and msg in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_second_evaluation_into_a_folder_in_use_names_evaluate_and_its_flag(
+    light, capsys, tmp_path
+):
+    """Round 4, u3: the refusal names ``asa evaluate`` and ``--out-dir``, not ``asa run``'s flag."""
+    import subprocess
+
+    from asa_lib.evaluate import MARKER
+    from asa_lib.run import lifeline
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / MARKER).write_text("{}")  # an evaluation folder ...
+    live = subprocess.Popen(["sleep", "120"])
+    try:  # ... held by a live evaluation (its holder record: pid and start time)
+        (out_dir / ".asa-run.lock.pid").write_text(f"{lifeline.identity(live.pid)}\n")
+        code, _, err = _cli(
+            capsys,
+            "--adapter",
+            light["adapter"],
+            "--params",
+            light["params"],
+            "--data",
+            light["data"],
+            "--out-dir",
+            out_dir,
+        )
+    finally:
+        live.kill()
+        live.wait()
+    _one_line_error(code, err, f"is in use by another `asa evaluate` (pid {live.pid})")
+    assert "use another --out-dir" in err and "--run-dir" not in err and "asa run" not in err
 
 
 @pytest.mark.parametrize("case", ["format", "model", "empty", "one class", "no file", "too long"])
@@ -280,6 +315,24 @@ def test_rows_with_their_own_tools_render_and_score_against_them(light, cli_lm, 
     # the prompt of a row names that row's functions, not prompt.tools
     text = render_prompt(cli_lm.tokenizer, params.prompt, rows[0]["text"], rows[0]["tools"])
     assert rows[0]["tools"][0]["name"] in text and "calculator" not in text
+
+
+def test_the_console_counts_the_rows_skipped_for_bad_tools_and_names_the_first(
+    light, cli_lm, tmp_path
+):
+    """Round 4, u2: 10 of the 23 rows bring a bad tool list; the console says so, not only the
+    report."""
+    from asa_lib.evaluate import console_lines
+
+    data = FIXTURES / "redteam4" / "u2_evaluate_console_silent_on_skipped_rows" / "badtools.jsonl"
+    params = load_params(light["params"])
+    res = evaluate(params, light["adapter"], str(data), tmp_path / "out", lm=cli_lm)
+    assert (res["rows_read"], res["rows_used"]) == (23, 13)
+    lines = console_lines(res)
+    assert lines[0].startswith(f"13 rows of {data}")
+    assert lines[1].startswith(f"skipped 10 of 23 rows of {data}")
+    assert "bad tools" in lines[1] and "line 1" in lines[1]
+    assert lines[1].split("; e.g. ")[1].count(", field 'tools'") == 3  # the first 3 of 10
 
 
 def test_the_prompt_format_hash_sees_the_key_order_the_prompt_renders(tiny_params, tiny_lm):

@@ -26,6 +26,7 @@ from asa_lib.data.labelled import (
     LabelledData,
     LabelledRow,
     build_labelled_splits,
+    describe_skipped,
     parse_label,
     read_labelled,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "Sample",
     "SplitResult",
     "build_labelled_splits",
+    "describe_skipped",
     "build_splits",
     "check_row",
     "classify",

@@ -290,6 +290,26 @@ def read_labelled(
     return out
 
 
+def describe_skipped(
+    skipped: dict[str, int],
+    examples: list[dict[str, Any]],
+    rows_read: int,
+    origin: str,
+    first: int | None = None,
+) -> str:
+    """One line: how many rows were skipped and why, with where the first ones are
+    (``first``: at most that many examples; None: all that were kept)."""
+    shown = "; ".join(
+        f"{e['where']}"
+        + (f", field '{e['field']}' (column {e['column']!r}) = {e['value']}" if e["field"] else "")
+        + f": {e['reason']}"
+        for e in examples[:first]
+    )
+    return f"skipped {sum(skipped.values())} of {rows_read} rows of {origin} ({skipped})" + (
+        f"; e.g. {shown}" if shown else ""
+    )
+
+
 def build_labelled_splits(
     data: LabelledData, per_split_per_class: int = 40, test_multiplier: int = 2, seed: int = 42
 ) -> SplitResult:
@@ -347,19 +367,8 @@ def build_labelled_splits(
         skipped_examples=list(data.skipped_examples),
     )
     if data.skipped:
-        shown = "; ".join(
-            f"{e['where']}"
-            + (
-                f", field '{e['field']}' (column {e['column']!r}) = {e['value']}"
-                if e["field"]
-                else ""
-            )
-            + f": {e['reason']}"
-            for e in data.skipped_examples
-        )
         warnings.warn(
-            f"skipped {sum(data.skipped.values())} of {data.rows_read} rows of {data.origin} "
-            f"({data.skipped}); e.g. {shown}",
+            describe_skipped(data.skipped, data.skipped_examples, data.rows_read, data.origin),
             stacklevel=2,
         )
     check_splits(result)

@@ -212,8 +212,10 @@ class RunLock:
     is taken over.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, command: str = "asa run", flag: str = "--run-dir"):
         from filelock import FileLock
+
+        self.command, self.flag = command, flag  # what the refusal names
 
         self.path = RunDir(run_dir).lock
         self.owner = self.path.with_name(self.path.name + ".pid")
@@ -222,8 +224,8 @@ class RunLock:
 
     def _in_use(self, pid: str) -> RunError:
         return RunError(
-            f"{self.path.parent} is in use by another `asa run` (pid {pid}). "
-            "Wait for it to finish, or use another --run-dir."
+            f"{self.path.parent} is in use by another `{self.command}` (pid {pid}). "
+            f"Wait for it to finish, or use another {self.flag}."
         )
 
     def __enter__(self):
@@ -251,7 +253,7 @@ class RunLock:
                 pids = " ".join(map(str, left))
                 raise RunError(
                     f"{self.path.parent} is still being written by processes of an earlier "
-                    f"`asa run` that was killed (pid {pids}). Wait for them to end or stop "
+                    f"`{self.command}` that was killed (pid {pids}). Wait for them to end or stop "
                     f"them (kill {pids}), then run again."
                 )
         self.owner.write_text(f"{self.me}\n")
