@@ -67,6 +67,27 @@ def project_root(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def shown_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """A file's path as a shared page may show it: relative to the project root (``root``,
+    default :func:`project_root`) where it lies inside it, else its name with the first
+    12 digits of its sha256 (a reader elsewhere has neither the folder nor a use for it).
+
+    A path that is not absolute stays as written (it is relative to something the page says).
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    base = Path(root) if root is not None else project_root()
+    r = p.resolve()
+    if base is not None and (r == base.resolve() or base.resolve() in r.parents):
+        return r.relative_to(base.resolve()).as_posix()
+    if r.is_file():
+        from asa_lib.provenance import file_digest
+
+        return f"{p.name} (sha256 {file_digest(r)[:12]})"
+    return p.name
+
+
 class RunFolderError(ValueError):
     """A run folder that may not be used (e.g. one inside ``notebooks/``)."""
 

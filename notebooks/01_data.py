@@ -20,12 +20,13 @@ run_dir = "reports/tiny"
 import pandas as pd
 
 from asa_lib import nb
+from asa_lib.layout import shown_path
 from asa_lib.report import plots
 from asa_lib.run import data as stage
 
 params, run = nb.open_stage("01_data", params_path, run_dir)
 print(
-    f"kind: {params.data.kind}  source: {params.data.source}  per split per class: "
+    f"kind: {params.data.kind}  source: {shown_path(params.data.source)}  per split per class: "
     f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}"
 )
 if params.data.kind == "labelled":

@@ -271,6 +271,8 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     assert not re.search(r"<link[^>]+href=['\"]https?://", html)
     index = (run_dir / "index.html").read_text()
     assert "Evaluations of the chosen adapter" in index and "tiny-eval" in index
+    # round 4, u11: the data outside the project is shown by its name and sha256, not its path
+    assert f"rows.jsonl (sha256 {res['data_sha256'][:12]})" in index and str(tmp_path) not in index
     # a rerun with the same inputs reuses the results: nothing is generated again
     code, out2, err = _cli(capsys, *args, "--out-dir", out_dir, "--tau", "0.55,0.6")
     assert code == 0, err

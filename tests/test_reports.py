@@ -82,6 +82,64 @@ def test_01_data_runs_with_its_defaults_from_inside_notebooks(tmp_path):
     assert not (proj / "notebooks" / "reports").exists()
 
 
+def test_a_data_source_outside_the_project_is_shown_by_name_and_sha256(tmp_path):
+    """Round 4, u11: a reader-mode 01 page never prints ``data.source`` as an absolute path of
+    this machine (here: a folder beside neither the params file nor the run)."""
+    import hashlib
+
+    import jupytext
+    import papermill as pm
+    import yaml
+
+    from asa_lib.report.html import render_html
+    from asa_lib.run.runner import KERNEL
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = elsewhere / "rows.jsonl"
+    shutil.copy(ROOT / "data" / "labelled_example.jsonl", data)
+    d = yaml.safe_load((ROOT / "params" / "labelled_example.yaml").read_text())
+    d["data"]["source"] = str(data)
+    (tmp_path / "p").mkdir()
+    params = tmp_path / "p" / "p.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    run_dir = tmp_path / "run"
+    (run_dir / "notebooks").mkdir(parents=True)
+    nb = jupytext.read(ROOT / "notebooks" / "01_data.py")
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    executed = run_dir / "notebooks" / "01_data.ipynb"
+    pm.execute_notebook(
+        nb,
+        str(executed),
+        parameters={"params_path": str(params), "run_dir": str(run_dir)},
+        kernel_name=KERNEL,
+        cwd=str(ROOT),
+        progress_bar=False,
+        log_output=False,
+    )
+    page = render_html(executed, run_dir / "html" / "01_data.html", mode="reader")
+    text = _text(page)
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:12]
+    assert f"source: rows.jsonl (sha256 {digest})" in text
+    assert str(elsewhere) not in text and str(tmp_path) not in text
+
+
+def test_shown_paths_are_project_relative_or_a_name_with_its_sha256(tmp_path):
+    import hashlib
+
+    from asa_lib.layout import shown_path
+
+    inside = ROOT / "data" / "labelled_example.jsonl"
+    assert shown_path(inside, ROOT) == "data/labelled_example.jsonl"
+    outside = tmp_path / "x.jsonl"
+    outside.write_bytes(b"{}\n")
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()[:12]
+    assert shown_path(outside, ROOT) == f"x.jsonl (sha256 {digest})"
+    assert shown_path("../rows.jsonl", ROOT) == "../rows.jsonl"  # relative: as written
+    assert shown_path("tatsu-lab/alpaca", ROOT) == "tatsu-lab/alpaca"  # a hub id
+    assert shown_path(tmp_path / "missing.jsonl", ROOT) == "missing.jsonl"
+
+
 # --- the reports of a tiny run, as a reader gets them ---------------------------------------
 
 _IMAGE = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=]+")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_lib.files import read_json, write_json, write_text
-from asa_lib.layout import RunDir
+from asa_lib.layout import RunDir, shown_path
 from asa_lib.params import BASELINE, Params
 from asa_lib.report.verdict import signed, verdict
 
@@ -225,7 +225,7 @@ def _evaluations_html(run: RunDir) -> str:
             else f"{_e(e.get('name'))} (report missing)"
         )
         rows.append(
-            f"<tr><td class='l'>{link}</td><td class='l'>{_e(e.get('data'))}</td>"
+            f"<tr><td class='l'>{link}</td><td class='l'>{_e(shown_path(str(e['data'])) if e.get('data') else '')}</td>"
             f"<td>{_e(e.get('rows'))}</td><td class='l'>{_e(', '.join(map(str, e.get('configs', []))))}</td>"
             f"<td>{_e(e.get('finished'))}</td></tr>"
         )
