@@ -27,7 +27,9 @@ or given as ``prompt=``), since the probes were fitted on prompts in that
 format; a list of ``{"role", "content"}`` messages is rendered by the
 tokenizer's chat template as it is (a control token written in a request, a
 tool or a message stays text: :mod:`asa_lib.prompts`); with ``rendered=True``
-strings are full prompt texts.
+strings are full prompt texts. With ``prompt.tools_in: chat_template``
+a chat template that ignores ``tools=`` is refused (``ParamsError``:
+:func:`~asa_lib.prompts.check_template_renders_tools`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from asa_lib.params import (
     load_params,
     tool_list_problem,
 )
-from asa_lib.prompts import render_messages, render_prompt
+from asa_lib.prompts import check_template_renders_tools, render_messages, render_prompt
 
 Messages = list[dict[str, str]]
 # A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
@@ -336,7 +338,8 @@ class ASA:
                         "unknown here: pass prompt= to ASA.load (e.g. params.prompt), "
                         "chat messages, or rendered=True"
                     )
-                else:
+                else:  # a template that drops the tools is refused (checked once per tokenizer)
+                    check_template_renders_tools(tokenizer, self.prompt)
                     out.append(render_prompt(tokenizer, self.prompt, x, tools))
             elif _is_messages(x):  # data: control tokens in them stay text
                 out.append(render_messages(tokenizer, x))
