@@ -277,3 +277,16 @@ def test_a_template_that_ignores_tools_is_refused_by_the_api_evaluate_and_genera
     for err in errs:
         assert err.startswith("asa: error: prompt.tools_in: chat_template")
         assert "tools_in: system_text" in err
+
+
+def test_a_chat_message_without_content_is_one_error_naming_it(adapter, tiny_lm):
+    """u10: a chat message without ``content`` (or not a string) is a ``ValueError`` naming the
+    input and the message, not a jinja ``UndefinedError``."""
+    asa = ASA.load(adapter["folder"])
+    ok = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ValueError, match=r"^input 0, message 0 \(role 'user'\): no 'content'"):
+        asa.decide(tiny_lm, None, [[{"role": "user"}]])
+    with pytest.raises(ValueError, match=r"^input 1, message 1 \(role 'user'\): no 'content'"):
+        asa.generate(tiny_lm, None, [ok, [ok[0], {"role": "user"}]], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"^input 0, message 0 \(role 'user'\): 'content' is"):
+        asa.decide(tiny_lm, None, [[{"role": "user", "content": 3}]])
