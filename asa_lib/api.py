@@ -26,8 +26,11 @@ demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
 or given as ``prompt=``), since the probes were fitted on prompts in that
 format; a list of ``{"role", "content"}`` messages is rendered by the
 tokenizer's chat template as it is (a control token written in a request, a
-tool or a message stays text: :mod:`asa_lib.prompts`); with ``rendered=True``
-strings are full prompt texts.
+tool or a message stays text: :mod:`asa_lib.prompts`; a message without a string
+``role`` and ``content`` is a ``ValueError`` naming it: :func:`check_messages`); with
+``rendered=True`` strings are full prompt texts. With ``prompt.tools_in: chat_template``
+a chat template that ignores ``tools=`` is refused (``ParamsError``:
+:func:`~asa_lib.prompts.check_template_renders_tools`).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from asa_lib.params import (
     load_params,
     tool_list_problem,
 )
-from asa_lib.prompts import render_messages, render_prompt
+from asa_lib.prompts import check_template_renders_tools, render_messages, render_prompt
 
 Messages = list[dict[str, str]]
 # A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
@@ -323,7 +326,7 @@ class ASA:
         single = isinstance(inputs, (str, dict)) or _is_messages(inputs)
         items = [inputs] if single else list(inputs)
         out = []
-        for x in items:
+        for n, x in enumerate(items):
             tools = None
             if isinstance(x, dict):  # a request with its own tools
                 x, tools = request_text_and_tools(x)
@@ -336,9 +339,11 @@ class ASA:
                         "unknown here: pass prompt= to ASA.load (e.g. params.prompt), "
                         "chat messages, or rendered=True"
                     )
-                else:
+                else:  # a template that drops the tools is refused (checked once per tokenizer)
+                    check_template_renders_tools(tokenizer, self.prompt)
                     out.append(render_prompt(tokenizer, self.prompt, x, tools))
             elif _is_messages(x):  # data: control tokens in them stay text
+                check_messages(x, f"input {n}")
                 out.append(render_messages(tokenizer, x))
             else:
                 raise TypeError(
@@ -437,6 +442,23 @@ def request_text_and_tools(request: Any, where: str = "request") -> tuple[str, l
         if problem is not None:
             raise ValueError(f"{where}, field {problem}")
     return request["text"], tools
+
+
+def check_messages(messages: Messages, where: str = "messages") -> None:
+    """Raise ``ValueError`` naming ``where``, the message (index and role) and the field for a
+    chat message whose ``role`` or ``content`` is missing or not a string."""
+    for i, m in enumerate(messages):
+        for key in ("role", "content"):
+            if key not in m:
+                raise ValueError(
+                    f"{where}, message {i} (role {m.get('role')!r}): no {key!r} "
+                    "(a chat message is {'role': str, 'content': str})"
+                )
+            if not isinstance(m[key], str):
+                raise ValueError(
+                    f"{where}, message {i} (role {m.get('role')!r}): {key!r} is "
+                    f"{type(m[key]).__name__}, not a string"
+                )
 
 
 def _is_messages(x: Any) -> bool:

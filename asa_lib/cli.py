@@ -194,11 +194,12 @@ def _processes(text: str) -> int:
 
 def _train_demo_model(params_path: str, out: str) -> int:
     from asa_lib.demo.train import train_adapter
-    from asa_lib.model.load import load_model
+    from asa_lib.model.load import check_prompt_tokenizer, load_model
     from asa_lib.params import load_params
 
     params = load_params(params_path, check_files=False)
     lm = load_model(params.model, seed=params.data.seed)  # the base model, without any adapter
+    check_prompt_tokenizer(params, lm.tokenizer)  # it trains for the prompt format
     rec = train_adapter(lm, params.prompt, out, base_description=params.model.id or lm.model_id)
     v = rec["synthetic_validation"]
     print(

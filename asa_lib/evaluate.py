@@ -49,7 +49,7 @@ from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, toke
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.metrics import METRICS, binary_metrics, interval_table
-from asa_lib.model.load import LoadedModel, load_params_model
+from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
 from asa_lib.params import BASELINE, Params, SweepConfig, baseline_config, resolve_data_path
 from asa_lib.prompts import prompt_format_sha256, render_prompts
 from asa_lib.report.index import EVALUATIONS
@@ -450,6 +450,7 @@ def run_evaluation(
     local = resolve_data_path(data, Path.cwd())
     data_arg = str(local) if local is not None else data  # the kernel starts in the project root
     read_eval_data(params, data_arg)
+    check_prompt_tokenizer(params)  # a chat template that drops the tools: before any file
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MARKER, {"tool": "asa_lib evaluate", "params_file": str(params_path)})

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from functools import lru_cache
 from typing import Any
 
-from asa_lib.params import PromptParams
+from asa_lib.params import ParamsError, PromptParams
 from asa_lib.provenance import canonical_json, digest
 
 Tools = list[dict[str, Any]]
@@ -120,6 +121,45 @@ def render_prompt(tokenizer, pp: PromptParams, user_text: str, tools: Tools | No
     return tokenizer.apply_chat_template(
         messages_for(pp, user_text, tools, mark), tokenize=False, add_generation_prompt=True, **kw
     )
+
+
+# The tool that shows whether a chat template writes the tools it is given (a name no
+# template writes by itself): see check_template_renders_tools.
+SENTINEL_TOOL: dict[str, Any] = {
+    "name": "asa_sentinel_tool_4f1c",
+    "description": "Shows that the chat template writes the tools it is given.",
+    "parameters": {"type": "object", "properties": {}},
+}
+
+# tokenizer -> the (chat template, prompt format sha256) pairs that passed the check
+_TOOLS_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_template_renders_tools(tokenizer, pp: PromptParams) -> None:
+    """Refuse ``prompt.tools_in: chat_template`` with a chat template that ignores ``tools=``.
+
+    Such a template (SmolLM2's, the tiny model's ChatML) drops every tool without a word:
+    rows with different tools render one prompt, with no tool in it. :data:`SENTINEL_TOOL`
+    is rendered once per tokenizer, template and prompt format, and its name must be in the
+    prompt; else :class:`~asa_lib.params.ParamsError`, one line naming
+    ``tools_in: system_text``. Nothing is checked with ``tools_in: system_text``.
+    """
+    if pp.tools_in != "chat_template":
+        return
+    key = (str(getattr(tokenizer, "chat_template", None)), prompt_format_sha256(pp))
+    try:
+        seen = _TOOLS_CHECKED.setdefault(tokenizer, set())
+    except TypeError:  # not weakly referenceable: checked every time
+        seen = set()
+    if key in seen:
+        return
+    if SENTINEL_TOOL["name"] not in render_prompt(tokenizer, pp, "Hi", [SENTINEL_TOOL]):
+        raise ParamsError(
+            "prompt.tools_in: chat_template, but this tokenizer's chat template ignores tools= "
+            "(a tool given to it is not in the prompt), so every tool would be dropped; use "
+            "prompt.tools_in: system_text with {tools_json} in prompt.system_template"
+        )
+    seen.add(key)
 
 
 def render_messages(tokenizer, messages: list[dict[str, Any]]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,51 @@ def test_text_inputs_need_the_prompt_format(adapter, tiny_lm):
     with pytest.raises(AdapterError, match="prompt format"):
         bare.decide(tiny_lm, None, ["Hi"])
     assert len(bare.decide(tiny_lm, None, [[{"role": "user", "content": "Hi"}]])) == 1
+
+
+# ----------------------------------------------------------------------------- round 4
+
+B1 = Path(__file__).parent / "fixtures" / "redteam4" / "b1_chat_template_drops_tools"
+
+
+def test_a_template_that_ignores_tools_is_refused_by_the_api_evaluate_and_generate(
+    adapter, tiny_lm, tmp_path, capsys
+):
+    """b1: ``tools_in: chat_template`` with the tiny template (it ignores ``tools=``): the API
+    refuses text inputs, ``asa evaluate`` and ``asa generate`` refuse in one line naming
+    ``tools_in: system_text``, and evaluate writes no output folder."""
+    import shutil
+
+    from asa_lib.cli import main
+    from asa_lib.params import ParamsError, load_params
+
+    for f in B1.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    params = tmp_path / "params.yaml"
+    pp = load_params(params).prompt
+    with pytest.raises(ParamsError, match="tools_in: system_text"):
+        ASA.load(adapter["folder"], prompt=pp).decide(tiny_lm, None, ["Hi"])
+    lone = shutil.copytree(adapter["folder"], tmp_path / "lone" / "chosen_adapter")
+    out = tmp_path / "eval"
+    argv = ["--adapter", str(lone), "--params", str(params)]
+    data = ["--data", str(tmp_path / "rows.jsonl"), "--out-dir", str(out)]
+    assert main(["evaluate", *argv, *data]) == 2
+    assert main(["generate", *argv, "What is 2 + 2?"]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and not out.exists()
+    for err in errs:
+        assert err.startswith("asa: error: prompt.tools_in: chat_template")
+        assert "tools_in: system_text" in err
+
+
+def test_a_chat_message_without_content_is_one_error_naming_it(adapter, tiny_lm):
+    """u10: a chat message without ``content`` (or not a string) is a ``ValueError`` naming the
+    input and the message, not a jinja ``UndefinedError``."""
+    asa = ASA.load(adapter["folder"])
+    ok = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ValueError, match=r"^input 0, message 0 \(role 'user'\): no 'content'"):
+        asa.decide(tiny_lm, None, [[{"role": "user"}]])
+    with pytest.raises(ValueError, match=r"^input 1, message 1 \(role 'user'\): no 'content'"):
+        asa.generate(tiny_lm, None, [ok, [ok[0], {"role": "user"}]], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"^input 0, message 0 \(role 'user'\): 'content' is"):
+        asa.decide(tiny_lm, None, [[{"role": "user", "content": 3}]])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,57 @@ def test_a_bad_tool_list_is_skipped_and_counted_with_its_line(tmp_path):
         "tools",
     )
     assert reasons[f"{src}, line 3"] == ("bad tools", "tools")
+
+
+B2 = Path(__file__).parent / "fixtures" / "redteam4" / "b2_tool_key_order"
+
+
+def test_a_row_renders_its_own_key_order_whatever_rows_come_before(run, tiny_lm):
+    """b2: ``B_reordered``'s tools are ``A_first``'s with the keys in another order. Read with
+    ``A_first`` before it (AB.jsonl) or without (B.jsonl), it gets one prompt, its own key
+    order, and one p(tool)."""
+    pp, got = run["params"].prompt, {}
+    for name in ("AB.jsonl", "B.jsonl"):
+        ds = data.read_all_samples(run["params"], str(B2 / name), B2 / name)
+        i = [x.id for x in ds.samples].index("B_reordered")
+        tools = data.sample_tools(ds.samples, ds.tool_sets)
+        got[name] = render_prompts(tiny_lm.tokenizer, pp, [ds.samples[i].text], [tools[i]])[0]
+    a_first, b_reordered = [
+        json.loads(line)["tools"] for line in (B2 / "AB.jsonl").read_text().splitlines()[:2]
+    ]
+    assert a_first == b_reordered and json.dumps(a_first) != json.dumps(b_reordered)
+    assert got["AB.jsonl"] == got["B.jsonl"]
+    assert json.dumps(b_reordered) in got["B.jsonl"]
+    gate = OnlineGate(run["bundle"], 0.6, 1.0, 0.0)
+    p = [d.p_tool for d in decide_prompts(tiny_lm, list(got.values()), gate)]
+    assert p[0] == p[1]
+
+
+def test_the_splits_render_each_row_in_its_own_key_order(tiny_params, tiny_lm, tmp_path):
+    """b2, the data stage: rows whose tools differ only in key order get two tool sets, and
+    every sample of the splits renders the tools exactly as its own row wrote them."""
+    reordered = {k: WEATHER[k] for k in reversed(list(WEATHER))}
+    src_rows = rows()
+    for k, r in enumerate(src_rows):
+        if r["tools"] == [WEATHER] and k % 3 == 0:  # rows of both labels, keys reversed
+            r["tools"] = [reordered]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in src_rows))
+    d = tiny_params.to_dict()
+    d["data"] = {"kind": "labelled", "source": str(src), "per_split_per_class": 2, "seed": 0}
+    params = params_from_dict(d, base_dir=str(tmp_path))
+    run_dir = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data.write_splits(run_dir, data.make_splits_from_params(params))
+    splits = data.read_splits(run_dir)
+    xs = [x for s in ("cal", "train", "valid", "test") for x in splits[s]]
+    sets = {json.dumps(src_rows[x.idx]["tools"]) for x in xs}
+    assert len(data.read_tool_sets(run_dir)) == len(sets)
+    prompts = data.render_samples(tiny_lm.tokenizer, params.prompt, xs, run_dir)
+    seen = set()
+    for x, p in zip(xs, prompts):
+        own = json.dumps(src_rows[x.idx]["tools"])
+        assert own in p, x.id
+        seen.add(own)
+    assert json.dumps([reordered]) in seen and json.dumps([WEATHER]) in seen

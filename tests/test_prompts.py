@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -167,3 +169,73 @@ def test_tools_in_chat_template_refuses_a_tools_json_placeholder(params_file):
     d["prompt"]["tools_in"] = "nowhere"
     with pytest.raises(ParamsError, match="prompt.tools_in: 'nowhere' is not one of"):
         load_params(params_file(d))
+
+
+# ----------------------------------------------------------------------------- b1 (round 4)
+
+B1 = Path(__file__).parent / "fixtures" / "redteam4" / "b1_chat_template_drops_tools"
+# A chat template that writes the tools it is given (LFM2's way: a list in the system turn).
+TOOLS_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\nList of tools: ' + (tools | tojson) "
+    "+ '<|im_end|>\\n' }}{% endif %}"
+)
+
+
+def _b1_params(tmp_path):
+    """The red team's b1 params (tiny model, ``tools_in: chat_template``) and rows, in tmp_path."""
+    for f in B1.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path / "params.yaml"
+
+
+def test_a_chat_template_that_ignores_tools_is_refused_at_load(tmp_path):
+    """b1: the tiny ChatML template (like SmolLM2's) ignores ``tools=``: two rows with other
+    tools would render the same prompt, with no tool in it. Loading refuses it in one line."""
+    from asa_lib.model.load import load_params_model
+    from asa_lib.params import ParamsError
+
+    params = load_params(_b1_params(tmp_path))
+    with pytest.raises(ParamsError, match="tools_in: system_text") as e:
+        load_params_model(params)
+    assert "\n" not in str(e.value) and "ignores tools=" in str(e.value)
+
+
+def test_a_chat_template_that_writes_tools_passes_the_check(tmp_path, tiny_lm):
+    """b1: a template that renders tools is accepted, and each row's tools reach its prompt;
+    ``tools_in: system_text`` is never checked against the template."""
+    import copy
+
+    from asa_lib.params import ParamsError
+    from asa_lib.prompts import check_template_renders_tools, render_prompts
+
+    pp = load_params(_b1_params(tmp_path)).prompt
+    tok = copy.deepcopy(tiny_lm.tokenizer)
+    with pytest.raises(ParamsError, match="tools_in: system_text"):
+        check_template_renders_tools(tok, pp)
+    tok.chat_template = TOOLS_TEMPLATE + tok.chat_template
+    check_template_renders_tools(tok, pp)
+    rows = [json.loads(line) for line in (B1 / "rows.jsonl").read_text().splitlines()[:2]]
+    a, b = render_prompts(tok, pp, ["same request"] * 2, [r["tools"] for r in rows])
+    assert a != b
+    assert rows[0]["tools"][0]["name"] in a and rows[1]["tools"][0]["name"] in b
+    check_template_renders_tools(tiny_lm.tokenizer, load_params(PARAMS / "tiny.yaml").prompt)
+
+
+def test_asa_run_with_a_template_that_ignores_tools_writes_nothing(tmp_path, capsys, monkeypatch):
+    """b1: ``asa run`` is refused before stage 01 writes anything (no run folder, no stage)."""
+    from asa_lib.cli import main
+    from asa_lib.run import runner
+
+    ran = []
+
+    def no_stage(stage, *a, **kw):
+        ran.append(stage.key)
+        raise RuntimeError("a stage ran")
+
+    monkeypatch.setattr(runner, "execute_notebook", no_stage)
+    run_dir = tmp_path / "run"
+    assert main(["run", "--params", str(_b1_params(tmp_path)), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asa: error: prompt.tools_in: chat_template")
+    assert len(err.splitlines()) == 1 and "tools_in: system_text" in err
+    assert ran == [] and not run_dir.exists()

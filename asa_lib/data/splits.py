@@ -39,7 +39,7 @@ import numpy as np
 
 from asa_lib.files import read_json, write_json, write_text
 from asa_lib.layout import RunDir
-from asa_lib.provenance import json_digest
+from asa_lib.provenance import canonical_json, digest
 
 SPLITS = ("cal", "train", "valid", "test")
 
@@ -205,8 +205,14 @@ def check_splits(result: SplitResult) -> None:
 
 
 def tool_set_id(tools: list[dict[str, Any]]) -> str:
-    """A tool list's id: the first 12 hex digits of the sha256 of its canonical JSON."""
-    return "t" + json_digest(tools, length=12)
+    """A tool list's id: the first 12 hex digits of the sha256 of its compact JSON, in its own
+    key order.
+
+    The key order counts (as in :func:`~asa_lib.prompts.prompt_format_sha256`): a tool list
+    renders in that order, so two lists that differ only in key order are two tool sets, and
+    each row is rendered from its own (one id, one rendering).
+    """
+    return "t" + digest(canonical_json(tools, sort_keys=False), length=12)
 
 
 def _sample_json(x: Sample) -> str:

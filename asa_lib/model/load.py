@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from asa_lib.params import ModelParams
+from asa_lib.prompts import check_template_renders_tools
 from asa_lib.provenance import Hasher, text_digest
 
 CHATML_TEMPLATE = (
@@ -366,11 +367,16 @@ def gguf_cache_key(gguf_path: Path) -> str:
     return text_digest(f"{gguf_path.name}:{stat.st_size}:{int(stat.st_mtime)}", length=16)
 
 
+def _gguf_paths(mp: ModelParams) -> tuple[Path, Path]:
+    """The GGUF file of ``mp`` and the folder of its dequantized copy (which may not exist yet)."""
+    gguf_path = find_gguf(mp.gguf_package, mp.gguf_file)
+    return gguf_path, cache_dir() / "models" / f"{gguf_path.stem}-{gguf_cache_key(gguf_path)}"
+
+
 def _load_gguf(mp: ModelParams, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path = find_gguf(mp.gguf_package, mp.gguf_file)
-    cached = cache_dir() / "models" / f"{gguf_path.stem}-{gguf_cache_key(gguf_path)}"
+    gguf_path, cached = _gguf_paths(mp)
     if not (cached / "DONE").is_file():
         # First load: dequantize the GGUF once and keep a safetensors copy.
         model = AutoModelForCausalLM.from_pretrained(
@@ -410,6 +416,64 @@ def _quiet_kernel_fallback() -> None:
         log.addFilter(_KernelFallbackNote())
 
 
+def _hub_kwargs(mp: ModelParams) -> dict:
+    """``from_pretrained``'s keywords for a hub model; a folder that is no saved model is refused."""
+    if Path(mp.id).is_dir() and not (Path(mp.id) / "config.json").is_file():
+        raise ModelLoadError(
+            f"model.id {mp.id!r} is a folder without a config.json: not a saved model "
+            "(give a hub id, or a folder that save_pretrained wrote)."
+        )
+    kwargs = {"trust_remote_code": mp.trust_remote_code}
+    if mp.revision:
+        kwargs["revision"] = mp.revision
+    return kwargs
+
+
+def _hub_error(mp: ModelParams, e: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load {mp.id!r} from the hub or the local cache "
+        f"({' '.join(str(e).split())}) "
+        "Without network access use params/demo.yaml (offline SmolLM2)."
+    )
+
+
+def load_tokenizer(mp: ModelParams):
+    """The tokenizer of the model ``mp`` describes, without the model (set up as
+    :func:`load_model` sets it up): for the checks that need only the tokenizer."""
+    if mp.kind == "tiny":
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    if mp.kind == "gguf":
+        gguf_path, cached = _gguf_paths(mp)
+        if (cached / "DONE").is_file():
+            tok = AutoTokenizer.from_pretrained(cached)
+        else:
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    elif mp.kind == "hub":
+        try:
+            tok = AutoTokenizer.from_pretrained(mp.id, **_hub_kwargs(mp))
+        except (OSError, ValueError) as e:
+            raise _hub_error(mp, e) from None
+    else:  # pragma: no cover - validated in params
+        raise ModelLoadError(f"unknown model.kind {mp.kind!r}")
+    _prepare_tokenizer(tok)
+    return tok
+
+
+def check_prompt_tokenizer(params, tokenizer=None) -> None:
+    """The checks of ``params.prompt`` that need the model's tokenizer, before anything runs:
+    with ``prompt.tools_in: chat_template`` the chat template must write the tools
+    (:func:`~asa_lib.prompts.check_template_renders_tools`; ``ParamsError`` otherwise).
+
+    ``tokenizer``: the model's, if loaded; else the tokenizer alone is loaded
+    (:func:`load_tokenizer`), and only where there is something to check.
+    """
+    if params.prompt.tools_in != "chat_template":
+        return
+    check_template_renders_tools(tokenizer or load_tokenizer(params.model), params.prompt)
+
+
 def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None) -> LoadedModel:
     """Load the model and tokenizer that ``mp`` describes, in eval mode.
 
@@ -429,25 +493,14 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
     elif mp.kind == "hub":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = {"trust_remote_code": mp.trust_remote_code}
-        if mp.revision:
-            kwargs["revision"] = mp.revision
-        if Path(mp.id).is_dir() and not (Path(mp.id) / "config.json").is_file():
-            raise ModelLoadError(
-                f"model.id {mp.id!r} is a folder without a config.json: not a saved model "
-                "(give a hub id, or a folder that save_pretrained wrote)."
-            )
+        kwargs = _hub_kwargs(mp)
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 mp.id, dtype=dtype, device_map=_device_map(device), **kwargs
             )
         except (OSError, ValueError) as e:  # not found; a folder or files transformers cannot read
-            raise ModelLoadError(
-                f"could not load {mp.id!r} from the hub or the local cache "
-                f"({' '.join(str(e).split())}) "
-                "Without network access use params/demo.yaml (offline SmolLM2)."
-            ) from None
+            raise _hub_error(mp, e) from None
         model_id = mp.id
     else:  # pragma: no cover - validated in params
         raise ModelLoadError(f"unknown model.kind {mp.kind!r}")
@@ -468,8 +521,13 @@ def load_model(mp: ModelParams, seed: int = 0, adapter: str | Path | None = None
 
 
 def load_params_model(params) -> LoadedModel:
-    """The model a run uses: ``params.model`` with its LoRA adapter (if any) merged in."""
-    return load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
+    """The model a run uses: ``params.model`` with its LoRA adapter (if any) merged in.
+
+    Its tokenizer is checked against the prompt format (:func:`check_prompt_tokenizer`).
+    """
+    lm = load_model(params.model, seed=params.data.seed, adapter=params.adapter_path())
+    check_prompt_tokenizer(params, lm.tokenizer)
+    return lm
 
 
 RANK_ENV = "ASA_WORKER_RANK"  # set in workers (rank/world) so that models pick their device

@@ -372,6 +372,10 @@ def run(
     except RunFolderError as e:
         raise RunError(str(e)) from None
     _check_run_dir(params, params_path, run_dir, write=False)  # refuse before writing anything
+    if params.prompt.tools_in == "chat_template":  # needs the tokenizer (and torch): only then
+        from asa_lib.model.load import check_prompt_tokenizer
+
+        check_prompt_tokenizer(params)  # a chat template that drops the tools: refused now
     saved = {
         k: os.environ.get(k) for k in ("TQDM_DISABLE", "PYTHONWARNINGS", lifeline.HOLDER_ENV)
     }  # set for the kernels
