@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         required=True,
         help="labelled rows: a JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset id, read "
-        "as the params' data section says (kind, columns); every row is used",
+        "as the params' data section says (kind, columns, limits); every row is used",
     )
     e_.add_argument(
         "--name", default=None, help="evaluation name (default: <adapter run>-eval-<data name>)"
