@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         required=True,
         help="labelled rows: a JSONL/JSON/CSV file (.gz/.xz too) or a hub dataset id, read "
-        "as the params' data section says (kind, columns); every row is used",
+        "as the params' data section says (kind, columns, limits); every row is used",
     )
     e_.add_argument(
         "--name", default=None, help="evaluation name (default: <adapter run>-eval-<data name>)"
@@ -298,9 +298,12 @@ def _generate(args) -> int:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("give prompts as arguments, or on stdin (one per line)")
         try:
-            prompts = [line.strip() for line in sys.stdin if line.strip()]
+            lines = list(sys.stdin)
         except UnicodeDecodeError as e:
             raise UsageError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if lines:  # a byte-order mark (a file saved by a Windows editor) is not a request's text
+            lines[0] = lines[0].removeprefix("\ufeff")
+        prompts = [line.strip() for line in lines if line.strip()]
         for n, line in enumerate(prompts, 1):
             _check_utf8(line, f"stdin, request {n}")
     else:

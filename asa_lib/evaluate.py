@@ -50,7 +50,16 @@ from asa_lib.files import file_digest, json_sha256, library_versions, read_json,
 from asa_lib.layout import RunDir
 from asa_lib.metrics import METRICS, binary_metrics, interval_table
 from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
-from asa_lib.params import BASELINE, Params, SweepConfig, baseline_config, resolve_data_path
+from asa_lib.params import (
+    BASELINE,
+    Params,
+    ParamsError,
+    SweepConfig,
+    baseline_config,
+    check_hub_id,
+    check_not_a_folder,
+    resolve_data_path,
+)
 from asa_lib.prompts import prompt_format_sha256, render_prompts
 from asa_lib.report.index import EVALUATIONS
 from asa_lib.run.core import RECORD_ONLY, ConfigSpec, score_configs, vs_baseline
@@ -125,10 +134,22 @@ def check_prompt_format(adapter: str | Path, params: Params) -> str | None:
 
 
 def read_eval_data(params: Params, data: str) -> tuple[LabelledSet, Path | None]:
-    """Every usable row of ``data`` (a file, or a hub dataset id), checked: both labels present."""
+    """Every usable row of ``data`` (a file, or a hub dataset id), checked: both labels present.
+
+    A path that exists is a path, never a hub id: a file is read as it is (whatever its
+    suffix), a folder is refused as ``asa run`` refuses it for ``data.source``. The rows
+    are read within the params' limits (``data.max_rows``, ``max_bytes``, ``max_domains``).
+    """
     local = resolve_data_path(data, Path.cwd())
     if local is None and Path(data).is_file():
         local = Path(data).resolve()  # a file whose suffix does not say so: read it as it is
+    try:
+        if local is None:  # a hub id, unless it names a folder here
+            check_hub_id(data, [Path.cwd()], "--data", "the working directory")
+        else:
+            check_not_a_folder(local, "--data", params.data.kind)
+    except ParamsError as e:
+        raise EvaluateError(str(e)) from None
     if local is not None and not local.is_file():
         raise EvaluateError(f"--data: no such file: {data}")
     ds = read_all_samples(params, data, local)

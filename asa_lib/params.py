@@ -14,7 +14,7 @@ import numbers
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -548,7 +548,7 @@ def validate(p: Params, check_files: bool = True) -> Params:
         if path is not None and not path.is_file():
             raise ParamsError(f"data.source: file not found: {path}")
         if path is None:
-            _check_hub_id(p.data.source, Path(p.base_dir))
+            check_hub_id(p.data.source, [Path(p.base_dir), Path.cwd()])
         adapter = p.adapter_path()
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise ParamsError(f"model.adapter: no LoRA adapter (adapter_config.json) in {adapter}")
@@ -616,12 +616,8 @@ def _validate_data(p: Params) -> None:
     _check(bool(d.source), "data.source: a hub dataset id or a local file path is required")
     path = p.data_path()
     if path is not None:
-        allowed = JSON_SUFFIXES + (CSV_SUFFIXES if d.kind == "labelled" else ())
-        _check(
-            not _exists(path, dir_only=True),
-            f"data.source: {path} is a folder, not a data file; name one file "
-            f"({', '.join(allowed)})",
-        )
+        allowed = data_suffixes(d.kind)
+        check_not_a_folder(path, "data.source", d.kind)
         _check(
             path.name.endswith(allowed),
             f"data.source: {path.name!r} is not a file type that data.kind {d.kind!r} reads "
@@ -707,18 +703,40 @@ def _exists(path: Path, dir_only: bool = False) -> bool:
         return False
 
 
-def _check_hub_id(source: str, base_dir: Path) -> None:
-    """Refuse a hub id that names a local file or folder (beside the params file, or in the
-    working directory, where ``datasets.load_dataset`` would look first): what it reads
-    would depend on the working directory, and no fingerprint would cover its content."""
-    for base in (base_dir, Path.cwd()):
+def data_suffixes(kind: str) -> tuple[str, ...]:
+    """The names of the local files data of ``kind`` is read from (CSV for labelled only)."""
+    return JSON_SUFFIXES + (CSV_SUFFIXES if kind == "labelled" else ())
+
+
+def check_not_a_folder(path: Path, key: str, kind: str) -> None:
+    """Refuse a local data path that is a folder (``key``: the setting or flag that named
+    it, ``data.source`` or ``asa evaluate --data``): data is one file."""
+    _check(
+        not _exists(path, dir_only=True),
+        f"{key}: {path} is a folder, not a data file; name one file "
+        f"({', '.join(data_suffixes(kind))})",
+    )
+
+
+def check_hub_id(
+    source: str,
+    bases: Sequence[Path],
+    key: str = "data.source",
+    relative_to: str = "the params file",
+) -> None:
+    """Refuse a hub id that names a local file or folder in one of ``bases`` (for
+    ``data.source``: beside the params file, or in the working directory, where
+    ``datasets.load_dataset`` would look first): what it reads would depend on the working
+    directory, and no fingerprint would cover its content. ``key``: the setting or flag
+    that named it; ``relative_to``: what a file name is taken relative to."""
+    for base in bases:
         local = base / source
         if _exists(local):
             what = "folder" if local.is_dir() else "file"
             raise ParamsError(
-                f"data.source: {source!r} names the local {what} {local.resolve()}, not a hub "
+                f"{key}: {source!r} names the local {what} {local.resolve()}, not a hub "
                 "dataset; local data is one .json/.jsonl (or, for labelled, .csv) file, "
-                "optionally .gz/.xz: name that file (relative to the params file)"
+                f"optionally .gz/.xz: name that file (relative to {relative_to})"
             )
 
 

@@ -6,6 +6,10 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -389,3 +393,126 @@ def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     assert ids[60:] == [i for i in full["i"] if i in set(ids)]
     # entries with a system or assistant message are skipped, never merged
     assert all(s["reason"] for s in out.skipped) and len(out.skipped) == 64
+
+
+# --- the converter's command: its output, its file-level errors (issue 31) ------
+
+RT4 = HERE / "fixtures" / "redteam4"
+U6 = RT4 / "u6_bfcl_converter_tracebacks"
+
+
+def convert(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m asa_lib.data.bfcl ARGS`` as a user runs it (this checkout's library)."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    return subprocess.run(
+        [sys.executable, "-m", "asa_lib.data.bfcl", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(res: subprocess.CompletedProcess, msg: str, code: int = 2) -> str:
+    err = res.stderr.strip()
+    assert res.returncode == code, (res.returncode, err)
+    assert err.startswith("asa: error:") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and msg in err, err
+    return err
+
+
+def test_the_converter_never_overwrites_an_input_or_a_file_it_did_not_write(tmp_path):
+    """b4: OUT forgotten (the first BFCL file taken as OUT), OUT one of the inputs, OUT some
+    other file: refused, the file untouched; its own earlier output is written again."""
+    for c in ("multiple", "simple_python"):
+        shutil.copy(DATA / f"bfcl_v4_{c}.json.xz", tmp_path)
+    multiple, simple = (
+        tmp_path / "bfcl_v4_multiple.json.xz",
+        tmp_path / "bfcl_v4_simple_python.json.xz",
+    )
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text('{"text": "my own rows", "label": 1, "domain": "x"}\n')
+    before = {p: sha256(p) for p in (multiple, simple, mine)}
+    for args, msg in [
+        ((multiple.name, simple.name), "exists and is not a file the converter wrote"),
+        ((simple.name, simple.name), "is one of the input files"),
+        (("./" + multiple.name, multiple.name), "is one of the input files"),
+        ((mine.name, simple.name), "exists and is not a file the converter wrote"),
+    ]:
+        one_line_error(convert(*args, cwd=tmp_path), msg)
+        assert {p: sha256(p) for p in before} == before, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in before)
+    # its own output, plain or xz, is written again (the README's command for the shipped set)
+    for name in ("rows.jsonl", "rows.jsonl.xz"):
+        for _ in range(2):
+            res = convert(name, simple.name, cwd=tmp_path)
+            assert res.returncode == 0 and f"wrote 400 rows to {name}; skipped 0" in res.stdout
+        rows = bfcl.read_bfcl(simple).rows
+        assert len(list(map(json.loads, read_text(tmp_path / name).splitlines()))) == len(rows)
+    # an output named as another format than what is written (JSON Lines) is refused
+    one_line_error(convert("rows.json", simple.name, cwd=tmp_path), "does not end in .jsonl")
+    assert not (tmp_path / "rows.json").exists()
+
+
+def read_text(path: Path) -> str:
+    data = path.read_bytes()
+    return (lzma.decompress(data) if path.suffix == ".xz" else data).decode("utf-8")
+
+
+def test_file_level_converter_errors_are_one_line(tmp_path):
+    """u6: seven file-level errors, each one line and a nonzero exit, nothing written."""
+    src = U6 / "bfcl_v4_simple_python.json"
+    trunc = tmp_path / "trunc" / "bfcl_v4_simple_python.json.xz"
+    trunc.parent.mkdir()
+    trunc.write_bytes(lzma.compress(src.read_bytes())[:-40])
+    out = tmp_path / "out.jsonl"
+    cases = [
+        (("foo.json",), "cannot infer a BFCL category from file name 'foo.json'"),
+        (("cat/bfcl_v4_live_multiple.json",), "unsupported BFCL category 'live_multiple'"),
+        ((tmp_path / "bfcl_v4_multiple.json",), "bfcl_v4_multiple.json: no such file"),
+        (
+            ("fakegz/bfcl_v4_simple_python.json.gz",),
+            "cannot be read, the compressed file is damaged or incomplete",
+        ),
+        ((trunc,), "cannot be read, the compressed file is damaged or incomplete"),
+        ((src.name, "--per-file", "-1"), "--per-file: needs a whole number >= 1, got -1"),
+    ]
+    for args, msg in cases:
+        one_line_error(convert(out, *args, cwd=U6), msg)
+        assert not out.exists(), args
+    missing = tmp_path / "no" / "such" / "dir" / "x.jsonl"
+    one_line_error(convert(missing, src.name, cwd=U6), "no such folder")
+    assert not (tmp_path / "no").exists()
+    # the input is fine: the same command with a good OUT works
+    res = convert(out, src.name, cwd=U6)
+    assert res.returncode == 0 and "wrote 10 rows" in res.stdout, res.stderr
+
+
+def test_an_entry_with_duplicate_function_names_is_skipped_and_counted(tmp_path):
+    """u7: the converter skips what the data stage would drop later, saying why."""
+    src = RT4 / "u7_bfcl_duplicate_tool_names_kept" / "bfcl_v4_simple_python.json"
+    result = bfcl.read_bfcl(src)
+    assert [r["id"] for r in result.rows] == [f"simple_python_{i}" for i in range(1, 5)]
+    dup = ["calculate_triangle_area", "calculate_triangle_area"]
+    assert result.skipped == [
+        {
+            "file": str(src),
+            "line": 1,
+            "field": "function",
+            "reason": f"duplicate tool names in {dup}",
+        }
+    ]
+    res = convert(tmp_path / "out.jsonl", src, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "wrote 4 rows" in res.stdout and "skipped 1" in res.stdout
+    assert f"line 1, field function: duplicate tool names in {dup}" in res.stdout
+    # every converted row is one the data stage keeps
+    from asa_lib.data.labelled import read_labelled
+
+    got = read_labelled(str(tmp_path / "out.jsonl"), tmp_path / "out.jsonl")
+    assert len(got.rows) == 4 and not got.skipped

@@ -197,3 +197,13 @@ def test_bad_jsonl_requests_are_one_line(setup, capsys, monkeypatch, line, msg):
     )
     assert code == 2 and msg in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_byte_order_mark_on_stdin_is_not_part_of_the_first_request(setup, capsys, monkeypatch):
+    """u1: requests saved with a UTF-8 BOM (a Windows editor): request 1 is read as JSON."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO('\ufeff{"text": "hi"}\nnot json\n'))
+    code, out, err = run_cli(
+        capsys, "--adapter", setup["adapter"], "--params", setup["params"], "--jsonl"
+    )
+    assert code == 2 and "stdin, request 2: not JSON" in err, err  # request 1 was JSON
+    assert len(err.strip().splitlines()) == 1

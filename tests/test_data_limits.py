@@ -429,3 +429,55 @@ def test_a_hub_id_that_names_nothing_local_is_still_a_hub_id(params_file):
     d["data"]["source"] = "some-org/some-set"
     p = load_params(params_file(d))
     assert p.data_path() is None
+
+
+# ------------------------------------------------------------ a byte-order mark (issue 31)
+
+BOM_ROWS = ROOT / "tests" / "fixtures" / "redteam4" / "u1_jsonl_bom_first_row_dropped" / "bom.jsonl"
+
+
+def test_a_utf8_byte_order_mark_does_not_cost_the_first_row(params_file, tmp_path):
+    """u1: JSONL (and JSON) files starting with a UTF-8 BOM are read whole, as CSV files are,
+    by ``asa run``'s data stage (both kinds), ``asa evaluate`` and the BFCL reader."""
+    from asa_lib.data import make_splits_from_params
+    from asa_lib.data.bfcl import read_bfcl
+    from asa_lib.evaluate import read_eval_data
+
+    assert BOM_ROWS.read_bytes().startswith(b"\xef\xbb\xbf{")
+    n = len(BOM_ROWS.read_text(encoding="utf-8-sig").splitlines())  # 12
+    d = tiny_dict()
+    d["data"] = {
+        "kind": "labelled",
+        "source": str(BOM_ROWS),
+        "per_split_per_class": 1,
+        "test_multiplier": 1,
+        "seed": 42,
+    }
+    params = load_params(params_file(d))
+    got = make_splits_from_params(params)  # asa run, stage 01
+    assert got.rows_read == n and got.skipped == {}
+    ds, _ = read_eval_data(params, str(BOM_ROWS))  # asa evaluate
+    assert ds.rows_read == n and len(ds.samples) == n and ds.skipped == {}
+    assert ds.samples[0].id == "irrelevance_86"
+    # alpaca_keywords rows, JSONL (also .xz) and a JSON list
+    bom = b"\xef\xbb\xbf"
+    row = {"instruction": "Calculate 2 + 2", "input": "", "output": "4"}
+    lines = (json.dumps(row) + "\n").encode() * 3
+    for name, data in [
+        ("a.jsonl", bom + lines),
+        ("a.jsonl.xz", lzma.compress(bom + lines)),
+        ("a.json", bom + json.dumps([row] * 3).encode()),
+    ]:
+        skipped: dict[str, int] = {}
+        (tmp_path / name).write_bytes(data)
+        assert read_local_rows(tmp_path / name, skipped) == [row] * 3 and skipped == {}, name
+    # a BFCL file saved with a BOM keeps its first entry
+    entry = {
+        "id": "simple_python_0",
+        "question": [[{"role": "user", "content": "Find the area of a triangle."}]],
+        "function": [{"name": "area", "description": "", "parameters": {"type": "dict"}}],
+    }
+    path = tmp_path / "BFCL_v4_simple_python.json"
+    path.write_bytes(bom + json.dumps(entry).encode() + b"\n")
+    res = read_bfcl(path)
+    assert [r["id"] for r in res.rows] == ["simple_python_0"] and res.skipped == []

@@ -350,3 +350,99 @@ def test_the_prompt_format_hash_sees_the_key_order_the_prompt_renders(tiny_param
     b = render_prompts(tiny_lm.tokenizer, other, ["hi"])
     assert a != b  # ... but not as a prompt
     assert prompt_format_sha256(other) != prompt_format_sha256(tiny_params.prompt)
+
+
+# ------------------------------------------------ --data: a folder, the params' limits (issue 31)
+
+
+def test_data_that_names_a_folder_is_refused_as_asa_run_refuses_it(
+    light, capsys, tmp_path, monkeypatch
+):
+    """u8: ``--data FOLDER`` (relative) is a path, never a hub dataset id: one line, the rule
+    and the words of ``asa run``'s ``data.source``; nothing read from the hub, nothing written."""
+    from asa_lib.data import labelled
+    from asa_lib.params import ParamsError
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"read as a hub dataset: {args}")
+
+    monkeypatch.setattr(labelled, "load_hub", no_hub)
+    folder = tmp_path / "evalset"
+    folder.mkdir()
+    _write_rows(folder / "rows.jsonl", light["rows"])
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "out"
+    said = {}
+    for data, msg in [
+        ("evalset", f"--data: 'evalset' names the local folder {folder}, not a hub dataset"),
+        ("./evalset", f"--data: {folder} is a folder, not a data file"),
+    ]:
+        code, _, err = _cli(
+            capsys,
+            "--adapter",
+            light["adapter"],
+            "--params",
+            light["params"],
+            "--data",
+            data,
+            "--out-dir",
+            out_dir,
+        )
+        _one_line_error(code, err, msg)
+        assert not out_dir.exists()
+        said[data] = err.strip().removeprefix("asa: error: --data: ")
+    # asa run says the same of data.source (one rule): only the flag and the base differ
+    d = yaml.safe_load(light["params"].read_text())
+    d["data"]["source"] = "evalset"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    with pytest.raises(ParamsError) as e:
+        load_params(tmp_path / "run.yaml")
+    head = said["evalset"].split(": name that file")[0]
+    assert said["evalset"] == f"{head}: name that file (relative to the working directory)"
+    assert str(e.value).endswith(
+        f"data.source: {head}: name that file (relative to the params file)"
+    )
+
+
+def test_evaluate_reads_the_data_within_the_params_limits(light, capsys, tmp_path):
+    """u5: ``data.max_rows`` and ``data.max_domains`` of --params hold for ``asa evaluate`` as
+    for ``asa run``'s data stage, and a message names the params' limit, not the default."""
+    from asa_lib.data import DataError
+    from asa_lib.evaluate import read_eval_data
+    from asa_lib.params import MAX_DOMAINS
+
+    rows = [
+        {"text": f"req {d} {lab}", "label": lab, "domain": f"d{d}"}
+        for d in range(70)
+        for lab in (0, 1)
+    ]
+    data = _write_rows(tmp_path / "70domains.jsonl", rows)
+    assert MAX_DOMAINS == 64 < 70
+
+    def params(**limits):
+        d = yaml.safe_load(light["params"].read_text())
+        d["data"].update(limits)
+        p = tmp_path / "limits.yaml"
+        p.write_text(yaml.safe_dump(d, sort_keys=False))
+        return p
+
+    ds, _ = read_eval_data(load_params(params(max_domains=100)), str(data))
+    assert len(ds.domains) == 70 and len(ds.samples) == 140
+    with pytest.raises(DataError, match=r"'d3' is one domain more than data.max_domains \(3,"):
+        read_eval_data(load_params(params(max_domains=3)), str(data))
+    with pytest.raises(DataError, match=r"more than 5 rows; the limit is data.max_rows \(5\)"):
+        read_eval_data(load_params(params(max_domains=100, max_rows=5)), str(data))
+    out_dir = tmp_path / "out"
+    code, _, err = _cli(
+        capsys,
+        "--adapter",
+        light["adapter"],
+        "--params",
+        params(max_domains=100, max_rows=5),
+        "--data",
+        data,
+        "--out-dir",
+        out_dir,
+    )
+    _one_line_error(code, err, "more than 5 rows; the limit is data.max_rows (5)")
+    assert not out_dir.exists()

@@ -91,22 +91,28 @@ __all__ = [
 ]
 
 
+def _labelled_rows(d, source: str, local_path) -> LabelledData:
+    """The labelled rows of ``source`` as ``d`` (a params' data section) says: its columns
+    and hub split, within its limits (``max_rows``, ``max_bytes``, ``max_domains``)."""
+    return read_labelled(
+        source, local_path, d.columns, d.hub_split, d.max_rows, d.max_bytes, d.max_domains
+    )
+
+
+def _alpaca_rows(d, source: str, local_path, skipped: dict[str, int]):
+    """The rows of ``source`` (read streaming) within ``d``'s limits (``max_rows``,
+    ``max_bytes``); ``skipped`` is filled as they are read."""
+    return load_rows(source, local_path, d.hub_split, skipped, d.max_rows, d.max_bytes)
+
+
 def make_splits_from_params(params) -> SplitResult:
     """Load the rows named by ``params.data`` and build the splits (either kind)."""
     d = params.data
     if d.kind == "labelled":
-        rows = read_labelled(
-            d.source,
-            params.data_path(),
-            d.columns,
-            d.hub_split,
-            d.max_rows,
-            d.max_bytes,
-            d.max_domains,
-        )
+        rows = _labelled_rows(d, d.source, params.data_path())
         return build_labelled_splits(rows, d.per_split_per_class, d.test_multiplier, d.seed)
     skipped: dict[str, int] = {}  # filled as the rows are read
-    rows = load_rows(d.source, params.data_path(), d.hub_split, skipped, d.max_rows, d.max_bytes)
+    rows = _alpaca_rows(d, d.source, params.data_path(), skipped)
     return build_splits(
         rows,
         d.per_split_per_class,
@@ -122,12 +128,13 @@ def read_all_samples(params, source: str, local_path) -> LabelledSet:
 
     The rows get their domains and labels the way ``params.data`` says (its
     ``kind``, ``columns`` or keyword domains), as the data stage would; a row's own
-    tools come with it. ``local_path``: the file (None for a hub dataset id).
+    tools come with it. ``local_path``: the file (None for a hub dataset id). The rows
+    are read within the params' limits, as the data stage reads them.
     Raises :class:`DataError` when no row is usable.
     """
     d = params.data
     if d.kind == "labelled":
-        data = read_labelled(source, local_path, d.columns, d.hub_split)
+        data = _labelled_rows(d, source, local_path)
         tool_sets: dict = {}
         samples = []
         for r in data.rows:
@@ -158,7 +165,7 @@ def read_all_samples(params, source: str, local_path) -> LabelledSet:
         skipped: dict[str, int] = {}
         domains = d.keyword_domains()
         samples, n_read = [], 0
-        for i, row in enumerate(load_rows(source, local_path, d.hub_split, skipped)):
+        for i, row in enumerate(_alpaca_rows(d, source, local_path, skipped)):
             n_read += 1
             if row is None:  # an invalid JSON line, already counted
                 continue

@@ -17,7 +17,8 @@ Labels
 ------
 ``simple_python`` and ``multiple``: label 1 (one of the listed functions
 fits the request). ``irrelevance``: label 0 (none of them does). Any other
-category is refused with ``ValueError``.
+category is refused with :class:`~asa_lib.data.convert.ConvertError` (a
+``ValueError``), as are a missing file and a damaged ``.xz``/``.gz``.
 
 Entries kept
 ------------
@@ -31,7 +32,9 @@ supported files; they do occur in BFCL's ``live_*`` categories.)
 
 Anything else (a line that is not JSON, not an object, a bad ``id``,
 multi-turn, a non-user message, non-string content, a missing or empty
-function list, a malformed function) is skipped. It is recorded in
+function list, a malformed function, functions the data stage would refuse
+as a row's tools, e.g. two of one name: :func:`asa_lib.params.tool_list_problem`)
+is skipped. It is recorded in
 ``BFCLResult.skipped`` as ``{"file", "line", "field", "reason"}``, with a
 1-based line number, and never raised. Blank lines are ignored without
 being recorded.
@@ -63,30 +66,47 @@ match the declared type (BFCL writes e.g. ``"default": "None"``).
 
 Only the standard library is used (and :func:`asa_lib.files.loads_json`, which caps
 JSON nesting: a deeper line is skipped like one that is not JSON).
+
+The command (``python -m asa_lib.data.bfcl OUT.jsonl[.xz] BFCL_FILE...``) follows
+every converter's rules (:mod:`asa_lib.data.convert`): OUT is never one of the
+inputs nor an existing file it did not write, and a file-level error is one line.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import lzma
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from asa_lib.data.convert import (
+    ConvertError,
+    check_count,
+    check_input,
+    check_output,
+    one_line_errors,
+    open_input,
+    write_rows,
+)
 from asa_lib.files import JSONDepthError, loads_json
+from asa_lib.params import tool_list_problem
 
 __all__ = [
     "BFCL_TYPE_MAP",
     "CATEGORY_LABELS",
+    "ROW_KEYS",
     "BFCLResult",
     "BFCLShapeError",
     "convert_function",
     "convert_schema",
     "infer_category",
+    "labelled_rows",
+    "main",
     "read_bfcl",
+    "write_labelled",
 ]
 
 #: BFCL type name -> JSON Schema type; ``None`` means "no type constraint".
@@ -263,7 +283,10 @@ def convert_function(fn: dict) -> dict:
 
 
 def infer_category(path: str | Path) -> str:
-    """Infer the category from a file name like ``BFCL_v4_multiple.json.xz``."""
+    """Infer the category from a file name like ``BFCL_v4_multiple.json.xz``.
+
+    Raises :class:`~asa_lib.data.convert.ConvertError` for a name that does not say.
+    """
     name = Path(path).name
     for suffix in (".xz", ".gz"):
         if name.lower().endswith(suffix):
@@ -271,21 +294,11 @@ def infer_category(path: str | Path) -> str:
             break
     match = _FILE_NAME.match(name)
     if match is None:
-        raise ValueError(
+        raise ConvertError(
             f"cannot infer a BFCL category from file name {Path(path).name!r}; "
-            "expected BFCL_v<N>_<category>.json[l][.xz|.gz], or pass category="
+            "expected BFCL_v<N>_<category>.json[l][.xz|.gz] (read_bfcl: or pass category=)"
         )
     return match.group("category").lower()
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    """Open a plain, .xz or .gz file for reading bytes."""
-    suffix = path.suffix.lower()
-    if suffix == ".xz":
-        return lzma.open(path, "rb")
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
 
 
 def _user_text(question: Any) -> tuple[str | None, str, str]:
@@ -324,20 +337,28 @@ def _convert_functions(functions: list) -> list[dict]:
     return tools
 
 
-def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
-    """Read one BFCL file (.json/.jsonl, optionally .xz/.gz) into rows.
-
-    ``category`` defaults to the one in the file name. Raises ``ValueError``
-    for a category with no label rule. Bad entries are skipped and recorded
-    in ``BFCLResult.skipped``, never raised.
-    """
-    path = Path(path)
+def _category(path: Path, category: str | None) -> str:
+    """``category``, or the one in the file name; refused unless it has a label rule."""
     if category is None:
         category = infer_category(path)
     if category not in CATEGORY_LABELS:
-        raise ValueError(
-            f"unsupported BFCL category {category!r}; supported: {sorted(CATEGORY_LABELS)}"
+        raise ConvertError(
+            f"{path.name}: unsupported BFCL category {category!r}; supported: "
+            f"{sorted(CATEGORY_LABELS)}"
         )
+    return category
+
+
+def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
+    """Read one BFCL file (.json/.jsonl, optionally .xz/.gz) into rows.
+
+    ``category`` defaults to the one in the file name. Raises
+    :class:`~asa_lib.data.convert.ConvertError` (a ``ValueError``) for a category with
+    no label rule, a missing file or a damaged compressed one. Bad entries are skipped
+    and recorded in ``BFCLResult.skipped``, never raised.
+    """
+    path = check_input(path)
+    category = _category(path, category)
     label = CATEGORY_LABELS[category]
     result = BFCLResult()
 
@@ -346,10 +367,10 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
             {"file": str(path), "line": line, "field": field_name, "reason": reason}
         )
 
-    with _open_binary(path) as handle:
+    with open_input(path) as handle:
         for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # utf-8-sig on line 1: a byte-order mark is not part of the first entry
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 skip(line_no, "line", f"not UTF-8: {exc}")
                 continue
@@ -386,6 +407,11 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
             except BFCLShapeError as exc:
                 skip(line_no, exc.field, exc.message)
                 continue
+            problem = tool_list_problem(tools, "function")  # what the data stage would refuse
+            if problem is not None:
+                field_name, _, reason = problem.partition(": ")
+                skip(line_no, field_name, reason)
+                continue
 
             result.rows.append(
                 {
@@ -402,6 +428,9 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
 #: The one domain of converted BFCL rows. Domains are never derived from the category or
 #: the label (either would hand the router the answer); with one domain there is no router.
 BFCL_DOMAIN = "all"
+
+#: The keys of a converted row (how the converter recognises its own earlier output).
+ROW_KEYS = ("category", "domain", "id", "label", "text", "tools")
 
 
 def labelled_rows(
@@ -420,8 +449,14 @@ def labelled_rows(
     (``random.Random(seed)``, one stream over the files in order), in file order.
     ``max_chars``: before sampling, leave out rows whose text and tools (as JSON)
     are longer than that together (a few BFCL "live" rows list tools of 20k
-    characters; on a CPU one such prompt dominates a batch).
+    characters; on a CPU one such prompt dominates a batch). Both, when given, are whole
+    numbers >= 1 (else :class:`~asa_lib.data.convert.ConvertError`).
     """
+    for value, name in ((per_file, "per_file"), (max_chars, "max_chars")):
+        if value is not None:
+            check_count(value, name)
+    for p in paths:  # every file and its name, before any is read
+        _category(check_input(p), None)
     rng = random.Random(seed)
     out = BFCLResult()
     for p in paths:
@@ -444,21 +479,28 @@ def write_labelled(
     seed: int = 0,
     max_chars: int | None = None,
 ) -> BFCLResult:
-    """Write :func:`labelled_rows` as JSONL (``.xz`` compressed when ``out`` ends so), reproducibly."""
+    """Write :func:`labelled_rows` as JSONL (``.xz`` compressed when ``out`` ends so), reproducibly.
+
+    ``out`` is checked first (:func:`asa_lib.data.convert.check_output`): never one of
+    ``paths``, nor an existing file that is not a converter's output; every input is read
+    before anything is written.
+    """
+    check_output(out, paths, ROW_KEYS)
     result = labelled_rows(paths, domain, per_file, seed, max_chars)
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in result.rows)
-    out = Path(out)
-    data = text.encode("utf-8")
-    out.write_bytes(lzma.compress(data, preset=9) if out.suffix == ".xz" else data)
+    write_rows(out, result.rows)
     return result
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m asa_lib.data.bfcl OUT.jsonl[.xz] BFCL_FILE...``: the exit code; a
+    file-level error is one line (:func:`asa_lib.data.convert.one_line_errors`)."""
     import argparse
 
     ap = argparse.ArgumentParser(
         prog="python -m asa_lib.data.bfcl",
-        description="BFCL files -> labelled rows with their own tools (JSONL, .xz when OUT says so)",
+        description="BFCL files -> labelled rows with their own tools (JSONL, .xz when OUT "
+        "says so). OUT comes first; it is never one of the inputs, nor an existing file the "
+        "converter did not write.",
     )
     ap.add_argument("out", metavar="OUT.jsonl[.xz]")
     ap.add_argument("files", nargs="+", metavar="BFCL_FILE")
@@ -472,8 +514,22 @@ if __name__ == "__main__":
         default=None,
         help="leave out rows whose text + tools JSON is longer (before sampling)",
     )
-    a = ap.parse_args()
-    res = write_labelled(a.out, a.files, per_file=a.per_file, seed=a.seed, max_chars=a.max_chars)
-    print(f"wrote {len(res.rows)} rows to {a.out}; skipped {len(res.skipped)}")
-    for s in res.skipped[:10]:
-        print(f"  skipped {s['file']}, line {s['line']}, field {s['field']}: {s['reason']}")
+    a = ap.parse_args(argv)
+
+    def command() -> int:
+        for value, flag in ((a.per_file, "--per-file"), (a.max_chars, "--max-chars")):
+            if value is not None:
+                check_count(value, flag)
+        res = write_labelled(
+            a.out, a.files, per_file=a.per_file, seed=a.seed, max_chars=a.max_chars
+        )
+        print(f"wrote {len(res.rows)} rows to {a.out}; skipped {len(res.skipped)}")
+        for s in res.skipped[:10]:
+            print(f"  skipped {s['file']}, line {s['line']}, field {s['field']}: {s['reason']}")
+        return 0
+
+    return one_line_errors(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Where rows come from: local JSONL/JSON/CSV files (optionally .gz/.xz) and hub datasets.
 
-Files are read streaming, one row at a time, within limits (``data.max_rows``,
+Files are UTF-8 text (a byte-order mark at the start is dropped, in every format), read
+streaming, one row at a time, within limits (``data.max_rows``,
 ``data.max_bytes``: the decompressed bytes read, which also bounds one CSV
 field; a ``.json`` file, one document, is parsed whole within the byte limit);
 JSON nesting is capped (:data:`asa_lib.files.MAX_JSON_DEPTH`). Past a limit the
@@ -55,10 +56,12 @@ class _CappedBytes(io.RawIOBase):
 def _open_text(
     path: Path,
     newline: str | None = None,
-    encoding: str = "utf-8",
+    encoding: str = "utf-8-sig",
     errors: str = "strict",
     max_bytes: int = MAX_DATA_BYTES,
 ):
+    """A data file (plain, .xz, .gz) as text within ``max_bytes``; utf-8-sig: a byte-order mark
+    (Windows editors, spreadsheet exports) is not part of the first row or column name."""
     if path.suffix == ".xz":
         raw = lzma.open(path, "rb")
     elif path.suffix == ".gz":
@@ -226,7 +229,7 @@ def load_hub(source: str, hub_split: str, max_rows: int = MAX_DATA_ROWS):
 
 def _csv_header(path: Path, max_bytes: int) -> tuple[list[str], str]:
     """The header of a CSV file and where it is; a missing or duplicated column name is refused."""
-    with _open_text(path, newline="", encoding="utf-8-sig", max_bytes=max_bytes) as f:
+    with _open_text(path, newline="", max_bytes=max_bytes) as f:
         reader = csv.reader(f)
         with _csv_fields(path, reader, max_bytes):
             header = next(reader, None)
@@ -262,7 +265,7 @@ def _csv_records(
     Records are mapped as :class:`csv.DictReader` maps them (blank lines skipped,
     missing fields None, extra fields under the key None).
     """
-    with _open_text(path, newline="", encoding="utf-8-sig", max_bytes=max_bytes) as f:
+    with _open_text(path, newline="", max_bytes=max_bytes) as f:
         reader = csv.reader(f)
         with _csv_fields(path, reader, max_bytes):
             next(reader)  # the header
@@ -289,7 +292,6 @@ def labelled_file(
     gives none), the CSV header (None for JSON), and where the header is."""
     name = path.name.removesuffix(".gz").removesuffix(".xz")
     if name.endswith(".csv"):
-        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
         with _reading(path):
             header, where = _csv_header(path, max_bytes)
         return _within(path, _csv_records(path, header, max_rows, max_bytes)), header, where
