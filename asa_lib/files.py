@@ -135,7 +135,7 @@ def git_commit(root: str | Path, *, short: bool = False) -> str | None:
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=True
         ).stdout.strip()
 
     try:
