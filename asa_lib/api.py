@@ -24,7 +24,8 @@ Inputs for :meth:`ASA.decide` and :meth:`ASA.generate`: a string is a user
 request, rendered in the run's prompt format (system text with the tool list,
 demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
 or given as ``prompt=``), since the probes were fitted on prompts in that
-format; a list of ``{"role", "content"}`` messages is rendered by the
+format (the adapter records that format's sha256, and :meth:`ASA.load` refuses
+another one); a list of ``{"role", "content"}`` messages is rendered by the
 tokenizer's chat template as it is (a control token written in a request, a
 tool or a message stays text: :mod:`asa_lib.prompts`; a message without a string
 ``role`` and ``content`` is a ``ValueError`` naming it: :func:`check_messages`); with
@@ -57,7 +58,7 @@ from asa_lib.method.online import (
     generate_online,
     online_steering,
 )
-from asa_lib.model.load import LoadedModel, model_facts
+from asa_lib.model.load import LoadedModel, model_facts, tokenizer_digest
 from asa_lib.params import (
     ALPHA_UNITS,
     GenerationParams,
@@ -69,7 +70,12 @@ from asa_lib.params import (
     load_params,
     tool_list_problem,
 )
-from asa_lib.prompts import check_template_renders_tools, render_messages, render_prompt
+from asa_lib.prompts import (
+    check_template_renders_tools,
+    prompt_format_sha256,
+    render_messages,
+    render_prompt,
+)
 
 Messages = list[dict[str, str]]
 # A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
@@ -172,7 +178,11 @@ class ASA:
         override the recorded ``alpha_eff`` is used (and checked against alpha).
         A bare bundle folder (``bundle/``) has no config: pass tau and alpha.
         ``prompt``: the prompt format; by default the run's ``params.yaml`` beside
-        the folder, where there is one. ``allow_model_mismatch``: use the
+        the folder, where there is one. An adapter that records its prompt format
+        (written by stage 05 since it did) refuses a ``prompt`` of another format
+        (:meth:`Bundle.check_prompt_format`), and does not take a ``params.yaml``
+        beside it of another format (a rerun rewrote it): then its format is
+        unknown here (``prompt`` None). ``allow_model_mismatch``: use the
         adapter on a model other than the one it was built on (its id, block
         count or weights' fingerprint differ); the shapes still have to fit.
         ``allow_unsigned``: load a bundle whose ``adapter.json`` has no
@@ -212,8 +222,21 @@ class ASA:
             raise AdapterError("alpha_unit overrides the unit of an alpha you give: pass alpha too")
         unit = alpha_unit or config.get("alpha_unit") or "absolute"
         keep_eff = alpha is None and alpha_unit is None
-        if prompt is None:
+        if isinstance(prompt, Params):
+            prompt = prompt.prompt
+        if prompt is not None:
+            try:
+                bundle.check_prompt_format(prompt_format_sha256(prompt))
+            except BundleError as e:
+                raise AdapterError(f"{folder}: {e}") from None
+        else:
             prompt = run_prompt_format(folder)
+            if (
+                prompt is not None
+                and bundle.prompt_format_sha256
+                and prompt_format_sha256(prompt) != bundle.prompt_format_sha256
+            ):
+                prompt = None  # not the format the adapter was fitted on
         name = str(config.get("name", "custom"))
         if any(x is not None for x in (tau, alpha, beta, alpha_unit)):
             name += " (overridden)"
@@ -226,7 +249,7 @@ class ASA:
             vector=str(config.get("vector", "mixture")),
             alpha_eff=config.get("alpha_eff") if keep_eff else None,
             name=name,
-            prompt=prompt.prompt if isinstance(prompt, Params) else prompt,
+            prompt=prompt,
             folder=folder,
             allow_model_mismatch=allow_model_mismatch,
         )
@@ -256,8 +279,10 @@ class ASA:
         The bundle's own check (:meth:`Bundle.check_model`): hidden size, block
         count, id, the fingerprint of the weights' names, shapes and dtypes
         where the bundle records one, and the digest of the weights' values
-        (a bundle without one is refused); ``allow_model_mismatch`` (see :meth:`load`)
-        relaxes it to the shapes. The id is ``model_id``, else a
+        (a bundle without one is refused); of a :class:`LoadedModel`, its tokenizer
+        too, where the bundle records one (:meth:`Bundle.check_tokenizer`).
+        ``allow_model_mismatch`` (see :meth:`load`) relaxes it to the shapes.
+        The id is ``model_id``, else a
         :class:`LoadedModel`'s id, else the model config's ``name_or_path``;
         pass ``model_id`` to vouch for a copy of the same model under another
         name or path.
@@ -272,6 +297,8 @@ class ASA:
         b, facts = self.bundle, model_facts(module, model_id)
         try:
             b.check_facts(facts, allow_mismatch=self.allow_model_mismatch)
+            if isinstance(model, LoadedModel):
+                b.check_tokenizer(tokenizer_digest(model.tokenizer), self.allow_model_mismatch)
         except BundleError as e:
             hint = ""
             if model_id != b.model_id and (facts.hidden_size, facts.num_layers) == (
@@ -296,7 +323,9 @@ class ASA:
                 "the tokenizer has no pad token: set tokenizer.pad_token = tokenizer.eos_token"
             )
         device = next(model.parameters()).device
-        return LoadedModel(model, tokenizer, model_id or self.bundle.model_id, device)
+        lm = LoadedModel(model, tokenizer, model_id or self.bundle.model_id, device)
+        self.check_model(lm, model_id)  # the tokenizer given, where the bundle records one
+        return lm
 
     @contextmanager
     def steering(
@@ -468,7 +497,9 @@ def _is_messages(x: Any) -> bool:
 
 
 def run_prompt_format(folder: str | Path) -> PromptParams | None:
-    """The prompt format of the run the adapter came from (``<run>/params.yaml``), if readable."""
+    """The prompt format in the params of the run folder the adapter sits in (``<run>/params.yaml``),
+    if readable: the run's latest params, which a rerun rewrites at its start. An adapter that
+    records its own format (:attr:`Bundle.prompt_format_sha256`) is checked against that instead."""
     path = Path(folder).parent / "params.yaml"
     if not path.is_file():
         return None

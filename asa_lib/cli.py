@@ -282,13 +282,17 @@ def _generate(args) -> int:
         allow_model_mismatch=params.steering.allow_model_mismatch,
         allow_unsigned=args.allow_unsigned,
     )  # before the model: fails fast
-    run_prompt = run_prompt_format(asa.folder)
+    # an adapter that records its prompt format was checked against it by ASA.load; an
+    # older one only against the params.yaml of the run folder it sits in
+    run_prompt = None if asa.bundle.prompt_format_sha256 else run_prompt_format(asa.folder)
     if run_prompt is not None and run_prompt != params.prompt:
         print(
             "asa: warning: --params has another prompt format than the run the adapter came from "
             "(its params.yaml); the probes were fitted on that run's format",
             file=sys.stderr,
         )
+    if asa.bundle.stale:
+        print(_printable(f"asa: note: the adapter is stale: {asa.bundle.stale}"), file=sys.stderr)
     if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise UsageError("--max-new-tokens must be > 0")
     prompts = args.prompts

@@ -20,6 +20,9 @@ per config in the shape of a sweep result (``splits.eval`` and ``records``),
 so the analysis helpers (:mod:`asa_lib.run.analysis`) read it as they read a
 sweep, plus the paired differences against the baseline, intervals per domain,
 and what the figures came from (model id, bundle sha256, data sha256, versions).
+It also counts the rows that are rows of the adapter's own run (``run_overlap``:
+their text and tools among the digests the bundle records of its CAL, TRAIN,
+VALID and TEST rows), since the CAL/TRAIN/VALID ones were fitted or chosen on.
 ``notebooks/08_evaluate.py`` is the report; :func:`run_evaluation` executes it
 with papermill and renders its HTML.
 """
@@ -48,6 +51,7 @@ from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
+from asa_lib.method.bundle import FITTED_SPLITS, Bundle, BundleError, row_digests
 from asa_lib.metrics import METRICS, binary_metrics, interval_table
 from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
 from asa_lib.params import (
@@ -116,8 +120,17 @@ def adapter_configs(
     return out
 
 
-def check_prompt_format(adapter: str | Path, params: Params) -> str | None:
-    """Refuse ``params`` whose prompt format is not the adapter's run's; a note where unknown."""
+def check_prompt_format(adapter: str | Path, params: Params, bundle: Bundle) -> str | None:
+    """Refuse ``params`` whose prompt format is not the adapter's; a note where unknown.
+
+    The adapter's own record (``bundle.prompt_format_sha256``) decides; a bundle written
+    before it recorded one is checked against the run's ``params.yaml`` beside it.
+    """
+    try:
+        if bundle.check_prompt_format(prompt_format_sha256(params.prompt)):
+            return None
+    except BundleError as e:
+        raise EvaluateError(f"--params: {e}") from None
     fmt = run_prompt_format(adapter)
     if fmt is None:
         return (
@@ -131,6 +144,28 @@ def check_prompt_format(adapter: str | Path, params: Params) -> str | None:
             "evaluate with that run's params (the prompt section must be the same)"
         )
     return None
+
+
+def run_overlap(
+    bundle: Bundle, params: Params, texts: list[str], tools: list
+) -> dict[str, Any] | None:
+    """The rows (texts and own tools) that are rows of the adapter's run, per split, with a
+    one-line note where there are any (:meth:`Bundle.run_overlap`); None where the bundle
+    records no rows (written before it did)."""
+    counts = bundle.run_overlap(row_digests(params.prompt, texts, tools))
+    if counts is None:
+        return None
+    n, fitted = counts["rows"], counts["fitted_or_chosen"]
+    note = None
+    if n:
+        parts = ", ".join(f"{s.upper()} {k}" for s, k in counts["per_split"].items() if k)
+        note = f"{n} of the {len(texts)} rows are rows of the adapter's own run ({parts}); " + (
+            f"its CAL, TRAIN and VALID rows ({fitted} here) were fitted or chosen on, so "
+            "the metrics over them are not transfer metrics"
+            if fitted
+            else "they are its TEST rows, which its run scored already"
+        )
+    return {**counts, "splits_fitted_or_chosen": list(FITTED_SPLITS), "note": note}
 
 
 def read_eval_data(params: Params, data: str) -> tuple[LabelledSet, Path | None]:
@@ -185,14 +220,15 @@ def evaluate(
     t0 = time.time()
     run = RunDir(out_dir)
     asas = adapter_configs(adapter, params, taus, alphas, betas)
-    note = check_prompt_format(adapter, params)
-    ds, local = read_eval_data(params, data)
     bundle = asas[0].bundle
+    note = check_prompt_format(adapter, params, bundle)
+    ds, local = read_eval_data(params, data)
     if lm is None:
         lm = load_params_model(params)
     asas[0].check_model(lm)
     xs = ds.samples
     tools = sample_tools(xs, ds.tool_sets)
+    overlap = run_overlap(bundle, params, [x.text for x in xs], tools)
     prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs], tools)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
     try:  # before any forward pass, as stage 02 does: a row too long is named, not truncated
@@ -278,6 +314,8 @@ def evaluate(
         "bundle_sha256": bundle.sha256 or None,
         "prompt_format_sha256": prompt_format_sha256(params.prompt),
         "prompt_format_note": note,
+        "adapter_stale": bundle.stale or None,
+        "run_overlap": overlap,
         "max_new_tokens": settings.max_new_tokens,
         "versions": library_versions(),
         "seconds": round(time.time() - t0, 2),
@@ -403,6 +441,10 @@ def console_lines(res: dict[str, Any]) -> list[str]:
         + (f" ({len(unseen)} of an unseen domain)" if unseen else "")
         + f"; {res['seconds']:.0f} s ({res['seconds'] / res['rows_used']:.2f} s per prompt)"
     ]
+    if res.get("adapter_stale"):
+        lines.append(f"note: the adapter is stale: {res['adapter_stale']}")
+    if (res.get("run_overlap") or {}).get("note"):  # rows it was fitted or chosen on
+        lines.append(f"note: {res['run_overlap']['note']}")
     if res["skipped"]:  # the rows the metrics leave out, as the report lists them
         lines.append(
             describe_skipped(
@@ -466,8 +508,9 @@ def run_evaluation(
     lists = [
         parse_values(x, f"--{n}") for x, n in ((taus, "tau"), (alphas, "alpha"), (betas, "beta"))
     ]
-    adapter_configs(adapter, params, *lists)  # refuse bad overrides before anything is written
-    check_prompt_format(adapter, params)
+    # refuse bad overrides and another prompt format before anything is written
+    asas = adapter_configs(adapter, params, *lists)
+    check_prompt_format(adapter, params, asas[0].bundle)
     local = resolve_data_path(data, Path.cwd())
     data_arg = str(local) if local is not None else data  # the kernel starts in the project root
     read_eval_data(params, data_arg)
@@ -572,5 +615,6 @@ __all__ = [
     "parse_values",
     "read_eval_data",
     "register_evaluation",
+    "run_overlap",
     "run_evaluation",
 ]

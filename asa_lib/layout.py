@@ -20,7 +20,8 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     cache/generations.sqlite      04, 06: generation cache shared by all configs (04: baseline on CAL, VALID)
     parallel/<stage>/             02, 06 with processes > 1: workers' spec, results, worker.log
     results.json                  07: all configs side by side, chosen config
-    chosen_adapter/               07: the bundle plus the chosen tau/alpha/beta
+    chosen_adapter/               07: the bundle plus the chosen tau/alpha/beta; stale.json when a
+                                      rerun with other inputs has not written a new one yet
     stages/<stage>.json           fingerprints of finished stages
     notebooks/*.ipynb, html/*.html, index.html: executed notebooks and reports
 

@@ -96,6 +96,20 @@ def json_digest(obj: Any, length: int | None = None) -> str:
     return digest(canonical_json(obj), length=length)
 
 
+ROW_DIGEST_LENGTH = 16  # hex digits of a row digest: 64 bits, no collision among a run's rows
+
+
+def row_digest(text: str, tools: Any, length: int = ROW_DIGEST_LENGTH) -> str:
+    """The sha256 of one request, its text and its tool list, cut to ``length`` hex digits.
+
+    The tools as :func:`canonical_json` with their key order kept (the order the prompt
+    renders), after the text and a ``"\\0"``: which prompt a row asks for, in a given
+    prompt format. What an adapter records of its run's rows, to count them in an
+    evaluation.
+    """
+    return digest(text, "\0", canonical_json(tools, sort_keys=False), length=length)
+
+
 def legacy_json(obj: Any) -> bytes:
     """``json.dumps(obj, sort_keys=True, default=str)`` in ASCII: the form the cache context,
     the stage fingerprints and the bundle's sha256 hash (kept so that they stay as stored)."""

@@ -43,6 +43,10 @@ print(
 )
 if res["prompt_format_note"]:
     print("NOTE:", res["prompt_format_note"])
+if res.get("adapter_stale"):
+    print("NOTE: the adapter is stale:", res["adapter_stale"])
+if (res.get("run_overlap") or {}).get("note"):
+    print("NOTE:", res["run_overlap"]["note"])
 unseen = res["domains"]["unseen"]
 if unseen:
     print(

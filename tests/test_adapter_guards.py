@@ -331,3 +331,47 @@ def test_alpha_has_an_upper_bound(adapter, tiny_params, capsys, params_file):
     from asa_lib.params import MAX_ALPHA_EFF, MAX_RELATIVE_ALPHA  # the documented bounds
 
     assert MAX_RELATIVE_ALPHA == 10 and MAX_ALPHA_EFF == MAX_RELATIVE_ALPHA * MAX_MEAN_NORM
+
+
+def test_an_adapter_that_records_its_format_and_tokenizer_refuses_others(adapter, lm, tmp_path):
+    """An adapter checks prompts against its own recorded format, not a params.yaml beside it
+    (a rerun rewrites that), and a model's tokenizer against its own recorded one."""
+    import copy
+
+    from asa_lib import ModelMismatchError
+    from asa_lib.method.bundle import save_bundle
+    from asa_lib.model.load import LoadedModel, tokenizer_digest
+    from asa_lib.prompts import prompt_format_sha256
+
+    own = ASA.load(adapter["folder"]).prompt
+    other = copy.deepcopy(own)
+    other.system_template = "You may call: {tools_json}"
+    b = load_bundle(adapter["folder"])
+    assert b.prompt_format_sha256 == "" and ASA.load(adapter["folder"], prompt=other)  # older
+    b.prompt_format_sha256 = prompt_format_sha256(own)
+    b.tokenizer_sha256 = tokenizer_digest(lm.tokenizer)
+    folder = save_bundle(b, tmp_path / "run" / "chosen_adapter")
+    assert load_bundle(folder).prompt_format_sha256 == prompt_format_sha256(own)
+    with pytest.raises(AdapterError, match="fitted on prompts in another format"):
+        ASA.load(folder, prompt=other)
+    assert ASA.load(folder, prompt=own).prompt == own
+    # the run's params.yaml beside it in another format (a rerun rewrote it): not taken
+    d = yaml.safe_load((adapter["folder"].parent / "params.yaml").read_text())
+    d["prompt"]["system_template"] = other.system_template
+    (tmp_path / "run" / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert ASA.load(folder).prompt is None
+    d["prompt"]["system_template"] = own.system_template
+    (tmp_path / "run" / "params.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    assert ASA.load(folder).prompt == own
+    # another tokenizer (other special tokens): refused, unless the mismatch is allowed
+    tok = copy.deepcopy(lm.tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|not_in_the_run|>"]})
+    assert tokenizer_digest(tok) != b.tokenizer_sha256
+    other_lm = LoadedModel(lm.model, tok, lm.model_id, lm.device)
+    asa = ASA.load(folder)
+    asa.check_model(lm)
+    with pytest.raises(ModelMismatchError, match="built with another tokenizer"):
+        asa.check_model(other_lm)
+    with pytest.raises(ModelMismatchError, match="built with another tokenizer"):
+        asa.decide(lm.model, tok, ["Hi"], model_id=lm.model_id)
+    ASA.load(folder, allow_model_mismatch=True).check_model(other_lm)

@@ -87,6 +87,8 @@ def test_fit_bundle_on_the_run_s_states_gives_the_run_s_bundle_files(labelled_ru
     from asa_lib.engine.extract import load_meta, load_states
     from asa_lib.method import probing
     from asa_lib.method.bundle import save_bundle
+    from asa_lib.params import load_params
+    from asa_lib.run.routing import run_rows
 
     run_dir = labelled_run["dir"]
     layers = probing.load_layers(run_dir)
@@ -102,6 +104,9 @@ def test_fit_bundle_on_the_run_s_states_gives_the_run_s_bundle_files(labelled_ru
         num_layers=layers["num_layers"],
         model_fingerprint=meta["cal"].get("model_fingerprint", ""),
         model_weights=meta["cal"].get("model_weights", ""),
+        prompt_format_sha256=meta["cal"]["prompt_format_sha256"],
+        tokenizer_sha256=meta["cal"]["tokenizer_sha256"],
+        run_rows=run_rows(load_params(run_dir / "params.yaml", check_files=False), run_dir),
     )  # vectors computed here, not read from vectors/
     assert report.vector_notes == read(run_dir, "vectors/vectors.json")["notes"]
     folder = save_bundle(bundle, tmp_path / "bundle")

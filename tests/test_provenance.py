@@ -280,6 +280,10 @@ def test_the_provenance_functions():
     assert provenance.legacy_json({"p": Path("/x")}) == b'{"p": "/x"}'
     with pytest.raises(TypeError):
         provenance.canonical_json({"p": Path("/x")})
+    tools = [{"name": "f", "parameters": {"type": "object", "properties": {}}}]
+    want = sha("é\0".encode() + json.dumps(tools, separators=(",", ":")).encode())[:16]
+    assert provenance.row_digest("é", tools) == want  # the key order kept, 16 hex digits
+    assert provenance.row_digest("é", [dict(reversed(tools[0].items()))]) != want
 
 
 def _hashlib_uses(path: Path) -> list[str]:

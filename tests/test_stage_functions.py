@@ -21,6 +21,7 @@ from asa_lib.layout import RunDir
 from asa_lib.method import diagnostics, probing
 from asa_lib.method.bundle import load_bundle, save_bundle
 from asa_lib.params import load_params
+from asa_lib.prompts import prompt_format_sha256
 from asa_lib.run import analysis, extraction, generation, routing, vectors
 from asa_lib.run import data as data_stage
 from asa_lib.run import probing as probing_stage
@@ -113,9 +114,10 @@ def test_stages_01_to_05_write_their_files_and_they_load(stages, tiny_params):
     assert r5.valid_confusion.sum() == len(load_meta(run, "valid")["ids"])
 
 
-def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tmp_path):
+def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tiny_params, tmp_path):
     """Stage 05's bundle = ``probing.fit_bundle`` on the states stage 02 stored, at the L*
-    stage 03 stored, with the label vectors computed anew from CAL (stage 04's, recomputed)."""
+    stage 03 stored, with the label vectors computed anew from CAL (stage 04's, recomputed),
+    the prompt format and tokenizer stage 02 recorded, and the run's rows."""
     run = stages["run"]
     layers = probing.load_layers(run)
     layer = layers["best_layer"]
@@ -132,8 +134,13 @@ def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tmp_path):
         model_fingerprint=meta["cal"]["model_fingerprint"],
         model_weights=meta["cal"]["model_weights"],
         behaviour_vectors=diagnostics.load_behaviour_vectors(run),
+        prompt_format_sha256=meta["cal"]["prompt_format_sha256"],
+        tokenizer_sha256=meta["cal"]["tokenizer_sha256"],
+        run_rows=routing.run_rows(tiny_params, run),
     )
     stored = load_bundle(run.bundle)
+    assert stored.prompt_format_sha256 == prompt_format_sha256(tiny_params.prompt)
+    assert sum(map(len, stored.run_rows.values())) == len(run.splits.read_text().splitlines())
     assert sorted(stored.probes) == sorted(bundle.probes) and stored.probes
     for dom, (coef, b) in bundle.probes.items():
         np.testing.assert_array_equal(stored.probes[dom][0], coef, err_msg=dom)

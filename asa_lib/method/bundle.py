@@ -25,6 +25,20 @@ its hash is refused too, unless the caller says it accepts an unsigned one
 (``load_bundle(..., allow_unsigned=True)``, ``ASA.load(..., allow_unsigned=True)``,
 ``asa generate --allow-unsigned``). No pickle anywhere:
 the gate is recomputed in numpy from these arrays, without scikit-learn objects.
+
+A run's bundle (stage 05) also records what its states were read from: the
+prompt format's sha256 (``prompt_format_sha256``,
+:func:`asa_lib.prompts.prompt_format_sha256`) and the tokenizer's
+(``tokenizer_sha256``, :func:`asa_lib.model.load.tokenizer_digest`), and a
+digest of every row of its run's splits (``run_rows``: split -> sorted
+:func:`asa_lib.provenance.row_digest` of each row's text and tools). Bundles
+written before them lack these fields: their format is not known (see
+:meth:`Bundle.check_prompt_format`).
+
+A run whose inputs changed after it wrote ``chosen_adapter/`` and that has not
+written a new one yet marks the folder stale (``stale.json`` beside the bundle's
+files, outside its sha256; :func:`mark_stale`): the adapter is still what it was
+fitted as, and its own records still decide what it accepts.
 """
 
 from __future__ import annotations
@@ -37,8 +51,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from asa_lib.files import atomic_path, json_default, library_versions, loads_json, write_json
-from asa_lib.provenance import Hasher, legacy_json
+from asa_lib.files import (
+    atomic_path,
+    json_default,
+    library_versions,
+    loads_json,
+    read_json,
+    write_json,
+)
+from asa_lib.params import PromptParams
+from asa_lib.prompts import Tools, tools_for
+from asa_lib.provenance import Hasher, legacy_json, row_digest
 
 if TYPE_CHECKING:  # no torch import for reading a bundle
     from asa_lib.model.load import ModelFacts
@@ -74,9 +97,17 @@ class Bundle:
     model_weights: str = ""
     # "global" and domains -> unit behaviour direction (H,), for ``vector: behaviour``; {} = none
     behaviour_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    # what the states were read from: prompts.prompt_format_sha256 of the prompt format and
+    # model.load.tokenizer_digest of the tokenizer; "" in older bundles (unknown)
+    prompt_format_sha256: str = ""
+    tokenizer_sha256: str = ""
+    # split -> sorted provenance.row_digest of each row of the run's splits; {} in older bundles
+    run_rows: dict[str, list[str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # the sha256 recorded in adapter.json (load_bundle); "" for a bundle not read from a folder
     sha256: str = ""
+    # why the folder is marked stale (stale.json: its run's inputs changed since); "" if not
+    stale: str = ""
 
     # ------------------------------------------------------------------ gate inputs
     def scale(self, h: np.ndarray) -> np.ndarray:
@@ -219,6 +250,93 @@ class Bundle:
                 f"checkpoint, adapter or dtype). Build it on this model, or {override}."
             )
 
+    def check_prompt_format(self, sha256: str) -> bool:
+        """Refuse prompts of a format (its ``prompt_format_sha256``) this bundle was not fitted on.
+
+        True when the bundle records its format and ``sha256`` is it; False when it
+        records none (written before it did): the caller cannot tell, and says so.
+        """
+        if not self.prompt_format_sha256:
+            return False
+        if sha256 != self.prompt_format_sha256:
+            stale = f" This adapter is stale: {self.stale}." if self.stale else ""
+            raise BundleError(
+                "this adapter was fitted on prompts in another format (prompt format sha256 "
+                f"{self.prompt_format_sha256[:12]}) than the one given ({sha256[:12]}, the "
+                "params' prompt section or prompt=): its probes read states of prompts in its "
+                "own format. Use the params of the run that made it (the same prompt "
+                f"section).{stale}"
+            )
+        return True
+
+    def check_tokenizer(self, sha256: str, allow_mismatch: bool = False) -> None:
+        """Refuse a tokenizer (its :func:`~asa_lib.model.load.tokenizer_digest`) other than the
+        one the bundle's states were read with, where the bundle records one, unless
+        ``allow_mismatch`` (as :meth:`check_model`)."""
+        if allow_mismatch or not self.tokenizer_sha256 or sha256 == self.tokenizer_sha256:
+            return
+        raise BundleError(
+            f"this adapter was built with another tokenizer than this model's (tokenizer "
+            f"sha256 {self.tokenizer_sha256[:12]}, this one {sha256[:12]}): its prompts were "
+            "tokenized otherwise. Build it on this model (stages 02-05), or set "
+            "steering.allow_model_mismatch: true (in Python: ASA.load(..., "
+            "allow_model_mismatch=True)) to use it anyway."
+        )
+
+    def run_overlap(self, digests: list[str]) -> dict[str, Any] | None:
+        """How many of the rows (their :func:`row_digests`) are rows of the bundle's run.
+
+        ``{"rows": rows in any split, "fitted_or_chosen": rows in CAL, TRAIN or VALID,
+        "per_split": split -> rows in it}``; None for a bundle that records no rows.
+        """
+        if not self.run_rows:
+            return None
+        sets = {s: set(v) for s, v in self.run_rows.items()}
+        per_split = {s: sum(d in v for d in digests) for s, v in sets.items()}
+        known = set().union(*sets.values())
+        fitted = set().union(*(v for s, v in sets.items() if s in FITTED_SPLITS))
+        return {
+            "rows": sum(d in known for d in digests),
+            "fitted_or_chosen": sum(d in fitted for d in digests),
+            "per_split": per_split,
+        }
+
+
+# The splits a bundle was fitted (CAL, TRAIN) or chosen (VALID: L*, the config) on.
+FITTED_SPLITS = ("cal", "train", "valid")
+
+
+def row_digests(pp: PromptParams, texts: list[str], tools: list[Tools | None]) -> list[str]:
+    """Each request's :func:`~asa_lib.provenance.row_digest`: its text and the tools its prompt
+    lists (its own, else the prompt format's: :func:`~asa_lib.prompts.tools_for`)."""
+    return [row_digest(t, tools_for(pp, k)) for t, k in zip(texts, tools)]
+
+
+STALE_MARK = "stale.json"  # in an adapter folder: why its run has moved on since it was written
+
+
+def mark_stale(folder: str | Path, reason: str) -> None:
+    """Mark the adapter folder stale (``stale.json``), giving ``reason``; see :func:`stale_reason`."""
+    write_json(Path(folder) / STALE_MARK, {"stale": True, "reason": reason})
+
+
+def clear_stale(folder: str | Path) -> None:
+    """Remove the stale mark of an adapter folder, if it has one."""
+    (Path(folder) / STALE_MARK).unlink(missing_ok=True)
+
+
+def stale_reason(folder: str | Path) -> str:
+    """Why the adapter folder is marked stale; "" if it is not (an unreadable mark still counts)."""
+    path = Path(folder) / STALE_MARK
+    if not path.is_file():
+        return ""
+    try:
+        mark = read_json(path)
+    except (OSError, ValueError):
+        mark = None
+    reason = mark.get("reason") if isinstance(mark, dict) else None
+    return reason if isinstance(reason, str) and reason else f"{path} marks it stale"
+
 
 def _digest(tensors_file: Path, meta: dict[str, Any]) -> str:
     """sha256 of the tensor file's bytes and of every JSON field but ``sha256`` itself."""
@@ -268,6 +386,9 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         "cal_mean_norm": b.cal_mean_norm,
         "model_fingerprint": b.model_fingerprint,
         "model_weights": b.model_weights,
+        **({"prompt_format_sha256": b.prompt_format_sha256} if b.prompt_format_sha256 else {}),
+        **({"tokenizer_sha256": b.tokenizer_sha256} if b.tokenizer_sha256 else {}),
+        **({"run_rows": b.run_rows} if b.run_rows else {}),
         "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra,
@@ -351,6 +472,16 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
     weights = meta.get("model_weights", "")  # absent in bundles written before it was recorded
     if not isinstance(weights, str):
         raise BundleError(f"{jpath}: field 'model_weights' must be str, got {weights!r}")
+    recorded = {}  # absent in bundles written before they were recorded: ""
+    for key in ("prompt_format_sha256", "tokenizer_sha256"):
+        recorded[key] = meta.get(key, "")
+        if not isinstance(recorded[key], str):
+            raise BundleError(f"{jpath}: field {key!r} must be str, got {recorded[key]!r}")
+    run_rows = meta.get("run_rows", {})
+    if not isinstance(run_rows, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in run_rows.values()
+    ):
+        raise BundleError(f"{jpath}: field 'run_rows' must map each split to a list of row digests")
     domains = _names(meta, "domains", jpath)
     router_classes = _names(meta, "router_classes", jpath)
     probes = _names(meta, "probes", jpath)
@@ -452,6 +583,9 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         "tensors",
         "model_fingerprint",
         "model_weights",
+        "prompt_format_sha256",
+        "tokenizer_sha256",
+        "run_rows",
         "sha256",
     }
     return Bundle(
@@ -474,6 +608,10 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         model_fingerprint=fingerprint,
         model_weights=weights,
         behaviour_vectors={v: tensors[f"behaviour.{v}"] for v in behaviour},
+        prompt_format_sha256=recorded["prompt_format_sha256"],
+        tokenizer_sha256=recorded["tokenizer_sha256"],
+        run_rows=run_rows,
         extra={k: v for k, v in meta.items() if k not in known},
         sha256=str(meta.get("sha256", "")),
+        stale=stale_reason(folder),
     )

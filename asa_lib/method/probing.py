@@ -319,6 +319,9 @@ def fit_bundle(
     model_weights: str = "",
     vectors: dict[str, np.ndarray] | None = None,
     behaviour_vectors: dict[str, np.ndarray] | None = None,
+    prompt_format_sha256: str = "",
+    tokenizer_sha256: str = "",
+    run_rows: Mapping[str, list[str]] | None = None,
 ) -> tuple[Bundle, FitReport]:
     """Stages 04-05: the adapter bundle from raw states at L*.
 
@@ -332,6 +335,9 @@ def fit_bundle(
     in-memory fit gives the files a run writes. ``behaviour_vectors``: stage
     04's behaviour directions (:func:`asa_lib.method.diagnostics.load_behaviour_vectors`),
     for ``vector: behaviour``; None: the bundle carries none.
+    ``prompt_format_sha256``, ``tokenizer_sha256``, ``run_rows``: what the states were read
+    from and the run's rows, recorded in the bundle as they are (see
+    :class:`~asa_lib.method.bundle.Bundle`; empty: not recorded).
     """
     classes = class_order(domains)
     notes: list[str] = []
@@ -352,6 +358,8 @@ def fit_bundle(
         model_weights=model_weights,
         behaviour_vectors=behaviour_vectors,
     )
+    bundle.prompt_format_sha256, bundle.tokenizer_sha256 = prompt_format_sha256, tokenizer_sha256
+    bundle.run_rows = {s: list(v) for s, v in (run_rows or {}).items()}
     return bundle, FitReport(classes, dict(bundle.vectors), notes, fit, norm)
 
 

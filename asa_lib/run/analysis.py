@@ -21,7 +21,7 @@ import pandas as pd
 from asa_lib.data.splits import Sample, read_splits, read_tool_sets
 from asa_lib.files import git_commit, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.bundle import load_bundle, save_bundle
+from asa_lib.method.bundle import clear_stale, load_bundle, save_bundle
 from asa_lib.method.probing import load_layers
 from asa_lib.metrics import METRICS as metric_registry
 from asa_lib.params import BASELINE, Params
@@ -428,6 +428,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                 }
             },
         )
+        clear_stale(run.chosen_adapter)  # the adapter of these inputs: no longer stale
     return results
 
 

@@ -17,7 +17,8 @@ from asa_lib.engine.extract import (
 from asa_lib.engine.prefix import check_prompt_lengths, token_ids
 from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
-from asa_lib.model.load import LoadedModel, load_params_model
+from asa_lib.model.load import LoadedModel, load_params_model, tokenizer_digest
+from asa_lib.prompts import prompt_format_sha256
 from asa_lib.run.parallel import launch
 from asa_lib.run.stages import require
 
@@ -99,6 +100,9 @@ def extract_run(lm: LoadedModel, params, run_dir: str | Path, processes: int = 1
             "model_id": lm.model_id,
             "model_fingerprint": lm.fingerprint,
             "model_weights": lm.weights,
+            # what the prompts were rendered and tokenized with; the bundle records both
+            "prompt_format_sha256": prompt_format_sha256(params.prompt),
+            "tokenizer_sha256": tokenizer_digest(lm.tokenizer),
         }
         if processes > 1:
             write_json(run.states_meta(split), meta)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from asa_lib.data import read_domains
+from asa_lib.data.splits import read_splits, read_tool_sets, sample_tools
 from asa_lib.engine.extract import load_meta, load_states
 from asa_lib.layout import RunDir
 from asa_lib.method import probing
-from asa_lib.method.bundle import Bundle, load_bundle, save_bundle
+from asa_lib.method.bundle import Bundle, load_bundle, row_digests, save_bundle
 from asa_lib.method.diagnostics import load_behaviour_vectors
 from asa_lib.params import Params
 from asa_lib.run.stages import require
@@ -45,7 +46,9 @@ class RoutingResult:
 def run(params: Params, run_dir: str | os.PathLike) -> RoutingResult:
     """Stage 05: fit (:func:`probing.fit_bundle`), save, reload and score on VALID.
 
-    ``params`` is taken for a uniform stage signature; the stage reads none of it.
+    The bundle records the prompt format and tokenizer the states were read with (stage
+    02's), and its run's rows (:func:`run_rows`; ``params.prompt``'s tools for rows
+    without their own).
     """
     folder = RunDir(run_dir)
     require(folder, "05_routing")
@@ -69,6 +72,9 @@ def run(params: Params, run_dir: str | os.PathLike) -> RoutingResult:
         model_weights=meta["cal"].get("model_weights", ""),
         vectors=vectors,  # stage 04's
         behaviour_vectors=load_behaviour_vectors(folder),  # stage 04's, for vector: behaviour
+        prompt_format_sha256=meta["cal"].get("prompt_format_sha256", ""),
+        tokenizer_sha256=meta["cal"].get("tokenizer_sha256", ""),
+        run_rows=run_rows(params, folder),
     )
     save_bundle(bundle, folder.bundle)
     bundle = load_bundle(folder.bundle)  # everything below, and the caller, use the reloaded one
@@ -81,3 +87,13 @@ def run(params: Params, run_dir: str | os.PathLike) -> RoutingResult:
         valid_accuracy=probing.validation_accuracy(bundle, h["valid"], y["valid"], d["valid"]),
         valid_confusion=probing.router_confusion(bundle, h["valid"], d["valid"]),
     )
+
+
+def run_rows(params: Params, run_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Split -> the sorted row digests (:func:`~asa_lib.method.bundle.row_digests`) of the
+    run's rows: what an evaluation counts as the adapter's own rows."""
+    splits, sets = read_splits(run_dir), read_tool_sets(run_dir)
+    return {
+        s: sorted(set(row_digests(params.prompt, [x.text for x in xs], sample_tools(xs, sets))))
+        for s, xs in splits.items()
+    }

@@ -15,6 +15,12 @@ data file and the library versions. On the next run a stage whose fingerprint
 is unchanged is skipped; a changed one runs again, and so (through the chained
 fingerprints) does everything after it. Sweep configs are fingerprinted one by
 one, so adding or editing one config re-runs only that config and the analysis.
+
+A stage's record also holds its *plan* fingerprint (the part known before anything runs).
+A rerun whose plan for the stage that writes ``chosen_adapter/`` is not the one that
+wrote it marks the adapter stale at its start (:func:`mark_stale_adapter`), so that a
+rerun that fails or is interrupted leaves no adapter that looks like its own; the
+adapter's own records (prompt format, tokenizer, model) still decide what it accepts.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from asa_lib.files import git_commit, library_versions, read_json, write_json, write_text
 from asa_lib.layout import RunDir, RunFolderError, check_run_folder
+from asa_lib.method.bundle import clear_stale, mark_stale, stale_reason
 from asa_lib.params import BASELINE, Params, SweepConfig, load_params
 from asa_lib.progress import ENV as PROGRESS_ENV
 from asa_lib.progress import describe as describe_progress
@@ -45,6 +52,7 @@ from asa_lib.run.stages import (
     changed_output,
     hash_outputs,
     spec_of,
+    stage_writes,
     sweep_stage,
 )
 
@@ -163,6 +171,40 @@ def _depends_on(stage: Stage, stages: list[Stage]) -> list[Stage]:
         and (s.config is None or s.status in ("ok", "skipped"))
         and s.key != stage.key
     ]
+
+
+def mark_stale_adapter(run_dir: str | Path, stages: list[Stage], log=print) -> str:
+    """At a run's start: mark ``chosen_adapter/`` stale unless this run's plan wrote it.
+
+    The adapter is fresh when the record of the stage that writes it holds that stage's
+    plan fingerprint in ``stages`` (:func:`plan`: the params sections, notebooks, data
+    file and library of it and of every stage before it); then a mark left by an earlier
+    rerun is removed. Otherwise (other inputs, or that stage did not finish since) the
+    folder is marked (:func:`~asa_lib.method.bundle.mark_stale`) naming the first stage
+    whose plan differs; the stage that writes a new adapter removes the mark. Returns
+    the mark's reason, "" where there is no adapter or it is fresh.
+    """
+    run = RunDir(run_dir)
+    folder = run.chosen_adapter
+    rel = folder.relative_to(run.root).as_posix()
+    writer = [s for s in stages if rel in stage_writes(s.notebook)]
+    if not folder.is_dir() or not writer:
+        return ""
+    changed = [
+        s.key for s in stages if _read_record(run.record(s.key)).get("plan") != s.fingerprint
+    ]
+    if writer[0].key not in changed:
+        clear_stale(folder)
+        return ""
+    reason = stale_reason(folder)  # a mark of an earlier rerun keeps its reason
+    if not reason:
+        reason = (
+            f"a rerun of its run folder started {time.strftime('%Y-%m-%dT%H:%M:%S')} with "
+            f"other inputs (from {changed[0]} on), and has not written a new adapter"
+        )
+        mark_stale(folder, reason)
+        log(f"{rel}/ is marked stale: {reason} yet")
+    return reason
 
 
 def _check_run_dir(params: Params, params_path: Path, run_dir: Path, write: bool = True) -> None:
@@ -411,6 +453,7 @@ def _run_locked(
     run = RunDir(run_dir)
     write_text(run.params_yaml, params_path.read_text(encoding="utf-8"))
     stages = plan(params, params_path, run_dir, notebook_dir)
+    mark_stale_adapter(run, stages, log)  # before any stage can fail
     if processes > 1:  # a papermill parameter of the stages that can use workers
         for s in stages:
             if STAGE[s.notebook].parallel:
@@ -478,6 +521,7 @@ def _run_locked(
                 rec,
                 {
                     "fingerprint": fp,
+                    "plan": s.fingerprint,  # what mark_stale_adapter compares
                     "seconds": round(s.seconds, 2),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "outputs": outputs[s.key],
