@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     code, _ = run(params, tmp / "one", log=quiet)
     assert code == 0, "the one-process run failed"
-    rows = [("one process, alone", f"{time.time() - t0:.0f}", "-", "-")]
+    rows = [("one process, no hog", f"{time.time() - t0:.0f}", "-", "-")]
     print(f"one process: {rows[0][1]} s", flush=True)
     agree = 0
     for i in range(args.trials):
