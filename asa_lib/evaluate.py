@@ -51,7 +51,7 @@ from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.bundle import FITTED_SPLITS, Bundle, BundleError, row_digests
+from asa_lib.method.bundle import FITTED_SPLITS, Bundle, row_digests
 from asa_lib.metrics import METRICS, binary_metrics, interval_table
 from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
 from asa_lib.params import (
@@ -126,11 +126,9 @@ def check_prompt_format(adapter: str | Path, params: Params, bundle: Bundle) -> 
     The adapter's own record (``bundle.prompt_format_sha256``) decides; a bundle written
     before it recorded one is checked against the run's ``params.yaml`` beside it.
     """
-    try:
-        if bundle.check_prompt_format(prompt_format_sha256(params.prompt)):
-            return None
-    except BundleError as e:
-        raise EvaluateError(f"--params: {e}") from None
+    # a mismatch with the adapter's own record raises (ASA.load, run first, has refused it)
+    if bundle.check_prompt_format(prompt_format_sha256(params.prompt)):
+        return None
     fmt = run_prompt_format(adapter)
     if fmt is None:
         return (
@@ -224,7 +222,9 @@ def evaluate(
     note = check_prompt_format(adapter, params, bundle)
     ds, local = read_eval_data(params, data)
     if lm is None:
-        lm = load_params_model(params)
+        lm = load_params_model(params)  # checks the chat template against the prompt format
+    else:
+        check_prompt_tokenizer(params, lm.tokenizer)
     asas[0].check_model(lm)
     xs = ds.samples
     tools = sample_tools(xs, ds.tool_sets)
@@ -594,6 +594,7 @@ def register_evaluation(adapter: str | Path, out_dir: str | Path, result: dict) 
         "name": result["name"],
         "report": str(report),
         "data": result["data"],
+        "data_sha256": result["data_sha256"],  # what the index shows of a file outside the project
         "rows": result["rows_used"],
         "configs": result["configs_evaluated"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -68,10 +68,14 @@ def project_root(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def shown_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+def shown_path(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, sha256: str | None = None
+) -> str:
     """A file's path as a shared page may show it: relative to the project root (``root``,
     default :func:`project_root`) where it lies inside it, else its name with the first
-    12 digits of its sha256 (a reader elsewhere has neither the folder nor a use for it).
+    12 digits of its sha256 (a reader elsewhere has neither the folder nor a use for it):
+    ``sha256`` where the digest was recorded (the file may have changed since), else the
+    file's own.
 
     A path that is not absolute stays as written (it is relative to something the page says).
     """
@@ -82,10 +86,15 @@ def shown_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     r = p.resolve()
     if base is not None and (r == base.resolve() or base.resolve() in r.parents):
         return r.relative_to(base.resolve()).as_posix()
+    if sha256:
+        return f"{p.name} (sha256 {sha256[:12]})"
     if r.is_file():
         from asa_lib.provenance import file_digest
 
-        return f"{p.name} (sha256 {file_digest(r)[:12]})"
+        try:
+            return f"{p.name} (sha256 {file_digest(r)[:12]})"
+        except OSError:  # unreadable now: the name alone
+            pass
     return p.name
 
 

@@ -12,6 +12,7 @@ Prints a table and writes ``benchmarks/RESULTS_parallel_load.md`` (round 4, b5).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             h.wait()
         assert code == 0, f"trial {i}: the two-process run failed"
         differ = compare_runs.main([str(tmp / "one"), str(tmp / f"two{i}")]) != 0
+        commits = [  # compare_runs ignores it (runs of two checkouts); here it must agree
+            json.loads((tmp / r / "results.json").read_text())["git_commit"]
+            for r in ("one", f"two{i}")
+        ]
+        differ = differ or commits[0] != commits[1]
         states = same_states(tmp / "one", tmp / f"two{i}")
         agree += not differ and states
         rows.append(

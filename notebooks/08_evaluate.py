@@ -27,17 +27,19 @@ import pandas as pd
 
 from asa_lib import evaluate as ev
 from asa_lib import nb
+from asa_lib.layout import shown_path
 from asa_lib.params import BASELINE
 from asa_lib.report import plots
 from asa_lib.run import analysis
 
 params, res = ev.open_evaluation(params_path, adapter, data, out_dir, taus, alphas, betas)
 configs = res["configs"]
-print(f"adapter {res['adapter']}")
+print(f"adapter {shown_path(res['adapter'])}")
 print(
     f"  block {configs[BASELINE]['layer']} of {res['model_id']}; bundle sha256 {res['bundle_sha256']}"
 )
-print(f"data {res['data']} (sha256 {res['data_sha256']})")
+sha = res["data_sha256"]
+print(f"data {shown_path(res['data'], sha256=sha)}" + (f"; sha256 {sha}" if sha else ""))
 print(
     f"  {res['rows_used']} rows used of {res['rows_read']} read; skipped: {res['skipped'] or 'none'}"
 )

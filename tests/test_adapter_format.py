@@ -183,3 +183,26 @@ def test_evaluating_on_the_adapter_s_own_rows_says_so(common_run, tmp_path, caps
     assert overlap["note"] == lines[0].removeprefix("note: ")
     html = (tmp_path / "u9" / "html" / "08_evaluate.html").read_text()
     assert "rows of the adapter&#x27;s own run" in html or "rows of the adapter's own run" in html
+
+
+def test_a_run_folder_from_before_plans_were_recorded_is_not_marked_stale(common_run, tmp_path):
+    """Stage records written before round 4 hold no plan: that says nothing about the adapter.
+    A rerun with the same params skips every stage, marks nothing and records the plans; a
+    later rerun with other inputs then marks the adapter stale at its start."""
+    from asa_lib.run.runner import mark_stale_adapter, plan
+
+    run_dir = _copy_run(common_run, tmp_path / "old")
+    records = sorted((run_dir / "stages").glob("*.json"))
+    for p in records:
+        rec = json.loads(p.read_text())
+        rec.pop("plan", None)
+        p.write_text(json.dumps(rec))
+    logs: list[str] = []
+    code, _ = run(COMMON, run_dir, log=logs.append)
+    assert code == 0, "\n".join(logs)
+    assert not (run_dir / "chosen_adapter" / "stale.json").exists(), "\n".join(logs)
+    assert not any("re-running" in x or "marked stale" in x for x in logs), "\n".join(logs)
+    assert all("plan" in json.loads(p.read_text()) for p in records)
+    other = plan(load_params(PARAMS_B), PARAMS_B, run_dir)
+    assert mark_stale_adapter(run_dir, other, log=lambda *_: None).startswith("a rerun")
+    assert (run_dir / "chosen_adapter" / "stale.json").is_file()

@@ -267,6 +267,7 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     )
     html = (out_dir / "html" / "08_evaluate.html").read_text()
     assert "paired bootstrap" in html and "data:image/png;base64" in html
+    assert str(tmp_path) not in html and f"rows.jsonl (sha256 {res['data_sha256'][:12]})" in html
     assert not re.search(r"<script[^>]+src=['\"]https?://", html)
     assert not re.search(r"<link[^>]+href=['\"]https?://", html)
     index = (run_dir / "index.html").read_text()

@@ -446,10 +446,15 @@ def load_tokenizer(mp: ModelParams):
 
     if mp.kind == "gguf":
         gguf_path, cached = _gguf_paths(mp)
-        if (cached / "DONE").is_file():
-            tok = AutoTokenizer.from_pretrained(cached)
-        else:
-            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        try:
+            if (cached / "DONE").is_file():
+                tok = AutoTokenizer.from_pretrained(cached)
+            else:
+                tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        except (OSError, ValueError) as e:  # a damaged file or a format transformers cannot read
+            raise ModelLoadError(
+                f"could not read the tokenizer of {gguf_path} ({' '.join(str(e).split())})"
+            ) from None
     elif mp.kind == "hub":
         try:
             tok = AutoTokenizer.from_pretrained(mp.id, **_hub_kwargs(mp))

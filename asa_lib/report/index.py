@@ -225,7 +225,7 @@ def _evaluations_html(run: RunDir) -> str:
             else f"{_e(e.get('name'))} (report missing)"
         )
         rows.append(
-            f"<tr><td class='l'>{link}</td><td class='l'>{_e(shown_path(str(e['data'])) if e.get('data') else '')}</td>"
+            f"<tr><td class='l'>{link}</td><td class='l'>{_e(shown_path(str(e['data']), sha256=e.get('data_sha256')) if e.get('data') else '')}</td>"
             f"<td>{_e(e.get('rows'))}</td><td class='l'>{_e(', '.join(map(str, e.get('configs', []))))}</td>"
             f"<td>{_e(e.get('finished'))}</td></tr>"
         )

@@ -190,9 +190,11 @@ def mark_stale_adapter(run_dir: str | Path, stages: list[Stage], log=print) -> s
     writer = [s for s in stages if rel in stage_writes(s.notebook)]
     if not folder.is_dir() or not writer:
         return ""
-    changed = [
-        s.key for s in stages if _read_record(run.record(s.key)).get("plan") != s.fingerprint
-    ]
+    # A record without a plan (written before plans were recorded) says nothing either way:
+    # it is not counted as changed (the adapter's own records still decide what it accepts),
+    # and the run records its plan when it skips the stage.
+    plans = {s.key: _read_record(run.record(s.key)).get("plan") for s in stages}
+    changed = [s.key for s in stages if plans[s.key] not in (None, s.fingerprint)]
     if writer[0].key not in changed:
         clear_stale(folder)
         return ""
@@ -498,6 +500,8 @@ def _run_locked(
             if why is None:
                 s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
                 outputs[s.key] = done["outputs"]
+                if done.get("plan") != s.fingerprint:  # a record from before plans existed
+                    write_json(rec, {**done, "plan": s.fingerprint})
                 log(f"{label}: up to date, skipped")
                 continue
         if why:
