@@ -17,6 +17,7 @@ from asa_lib.cli import main
 from asa_lib.params import load_params
 from asa_lib.run.runner import run
 from conftest import PARAMS, ROOT
+from test_evaluate import one_line_error as _one_line_error
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +47,6 @@ def _cli(capsys, *args):
     code = main([*map(str, args)])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def _one_line_error(code, err, msg):
-    err = err.strip()
-    assert code == 2, err
-    assert err.startswith("asa: error:") and msg in err, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def _evaluate(capsys, adapter, params, data, out_dir):

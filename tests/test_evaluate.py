@@ -64,7 +64,8 @@ def _cli(capsys, *args):
     return code, out.out, out.err
 
 
-def _one_line_error(code, err, msg):
+def one_line_error(code, err, msg):
+    """``asa evaluate`` refused with one ``asa: error:`` line naming ``msg``, exit 2."""
     err = err.strip()
     assert code == 2, err
     assert err.startswith("asa: error:") and msg in err, err
@@ -100,7 +101,7 @@ def test_a_second_evaluation_into_a_folder_in_use_names_evaluate_and_its_flag(
     finally:
         live.kill()
         live.wait()
-    _one_line_error(code, err, f"is in use by another `asa evaluate` (pid {live.pid})")
+    one_line_error(code, err, f"is in use by another `asa evaluate` (pid {live.pid})")
     assert "use another --out-dir" in err and "--run-dir" not in err and "asa run" not in err
 
 
@@ -145,7 +146,7 @@ def test_bad_evaluations_are_one_line(light, capsys, tmp_path, case):
         "--out-dir",
         out_dir,
     )
-    _one_line_error(code, err, msg)
+    one_line_error(code, err, msg)
     if case not in ("model", "too long"):  # refused before anything is written (these two
         # are checked once the model is loaded)
         assert not out_dir.exists()
@@ -285,7 +286,7 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     other.mkdir()
     (other / "keep.txt").write_text("x")
     code, _, err = _cli(capsys, *args, "--out-dir", other)
-    _one_line_error(code, err, "is not an evaluation folder")
+    one_line_error(code, err, "is not an evaluation folder")
     assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
 
 
@@ -389,7 +390,7 @@ def test_data_that_names_a_folder_is_refused_as_asa_run_refuses_it(
             "--out-dir",
             out_dir,
         )
-        _one_line_error(code, err, msg)
+        one_line_error(code, err, msg)
         assert not out_dir.exists()
         said[data] = err.strip().removeprefix("asa: error: --data: ")
     # asa run says the same of data.source (one rule): only the flag and the base differ
@@ -445,5 +446,5 @@ def test_evaluate_reads_the_data_within_the_params_limits(light, capsys, tmp_pat
         "--out-dir",
         out_dir,
     )
-    _one_line_error(code, err, "more than 5 rows; the limit is data.max_rows (5)")
+    one_line_error(code, err, "more than 5 rows; the limit is data.max_rows (5)")
     assert not out_dir.exists()
