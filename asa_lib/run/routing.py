@@ -69,6 +69,7 @@ def run(params: Params, run_dir: str | os.PathLike) -> RoutingResult:
         model_weights=meta["cal"].get("model_weights", ""),
         vectors=vectors,  # stage 04's
         behaviour_vectors=load_behaviour_vectors(folder),  # stage 04's, for vector: behaviour
+        blocks=probing.load_block_vectors(folder),  # stage 04's, for configs with their own layer
     )
     save_bundle(bundle, folder.bundle)
     bundle = load_bundle(folder.bundle)  # everything below, and the caller, use the reloaded one
