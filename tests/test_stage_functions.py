@@ -132,6 +132,7 @@ def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tmp_path):
         model_fingerprint=meta["cal"]["model_fingerprint"],
         model_weights=meta["cal"]["model_weights"],
         behaviour_vectors=diagnostics.load_behaviour_vectors(run),
+        blocks=probing.load_block_vectors(run),  # stage 04's (checked in the next test)
     )
     stored = load_bundle(run.bundle)
     assert sorted(stored.probes) == sorted(bundle.probes) and stored.probes
@@ -144,6 +145,65 @@ def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tmp_path):
     mine = save_bundle(bundle, tmp_path / "direct")
     for f in ("adapter.safetensors", "adapter.json"):
         assert (mine / f).read_bytes() == (run.bundle / f).read_bytes(), f
+
+
+def test_stage_04_s_vectors_at_every_other_block_are_plain_mean_differences(stages, tiny_params):
+    """Issue 32: ``vectors/blocks.safetensors`` (and the bundle) hold, for every block but L*,
+    the unit mean difference of the CAL states there (tool minus non-tool; called minus not
+    called), globally and per domain, and the mean |h| there: against a plain numpy loop."""
+    from asa_lib.run.sweep import baseline_calls
+
+    run = stages["run"]
+    layer = probing.load_layers(run)["best_layer"]
+    h = load_states(run, "cal")
+    meta = load_meta(run, "cal")
+    y, doms = np.array(meta["labels"]), np.array(meta["domains"])
+
+    def unit_diff(x, a):
+        if a.all() or not a.any():
+            return None
+        v = x[a].astype(np.float64).mean(0) - x[~a].astype(np.float64).mean(0)
+        n = np.linalg.norm(v)  # zero up to rounding against the states' mean norm: none
+        return None if n <= 1e-5 * np.linalg.norm(x.astype(np.float64), axis=1).mean() else v / n
+
+    called = np.array(
+        baseline_calls(tiny_params, run, stages["02"].lm, "cal", layer)["called"]  # cached
+    )
+    blocks = probing.load_block_vectors(run)
+    # every block but L* and those where tool and non-tool states have one mean (no vector)
+    assert sorted(blocks) == [
+        b for b in range(h.shape[1]) if b != layer and unit_diff(h[:, b], y == 1) is not None
+    ]
+    assert blocks
+    stored = load_bundle(run.bundle)
+    assert sorted(stored.blocks) == sorted(blocks)
+
+    for b, bv in blocks.items():
+        x = h[:, b]
+        assert bv.cal_mean_norm == pytest.approx(np.mean([np.linalg.norm(r) for r in x]), rel=1e-6)
+        for kind, target, got in (
+            ("label", y == 1, bv.vectors),
+            ("called", called == 1, bv.behaviour_vectors),
+        ):
+            want = {"global": unit_diff(x, target)}
+            for dom in sorted(set(doms)):
+                want[dom] = unit_diff(x[doms == dom], target[doms == dom])
+            want = {k: v for k, v in want.items() if v is not None}
+            if kind == "called" and "global" not in want:
+                assert got == {}
+                continue
+            assert sorted(got) == sorted(want), (b, kind)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, atol=1e-5, err_msg=f"{b} {kind} {k}")
+            for k, v in got.items():
+                np.testing.assert_array_equal(
+                    (
+                        stored.blocks[b].vectors
+                        if kind == "label"
+                        else stored.blocks[b].behaviour_vectors
+                    )[k],
+                    v,
+                )
 
 
 def test_stage_04_loads_the_model_itself_and_writes_the_same_files(stages, tiny_params, tmp_path):

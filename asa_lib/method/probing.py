@@ -503,13 +503,19 @@ def block_vectors_of(
 ) -> dict[int, BlockVectors]:
     """Per block ``l`` of ``h_cal`` ((N, L, H): the CAL states of every block), except ``skip``
     (L*): the unit label vectors (:func:`steering_vectors`, as stage 04 at L*), the behaviour
-    directions given for it (``behaviour[l]``) and the mean |h| there (:func:`cal_mean_norm`)."""
+    directions given for it (``behaviour[l]``) and the mean |h| there (:func:`cal_mean_norm`).
+    A block where the label vector does not exist (the tool and non-tool CAL states have the
+    same mean there: an early block of a short-window model) is left out: no config can steer
+    there."""
     out = {}
     for layer in range(h_cal.shape[1]):
         if layer == skip:
             continue
         h = np.asarray(h_cal[:, layer])
-        vecs, _ = steering_vectors(h, y, domains, domain_names)
+        try:
+            vecs, _ = steering_vectors(h, y, domains, domain_names)
+        except ProbingError:
+            continue
         out[layer] = BlockVectors(
             {k: vecs[k].astype(np.float32) for k in sorted(vecs)},
             {k: v.astype(np.float32) for k, v in sorted((behaviour or {}).get(layer, {}).items())},
