@@ -307,3 +307,63 @@ def test_each_stage_function_writes_the_files_its_notebook_wrote(chain, tmp_path
                 assert VOLATILE[rel](b) == VOLATILE[rel](a), rel
             else:
                 assert got[rel] == want[rel], rel
+
+
+def test_configs_at_other_blocks_run_through_06_and_07(stages, tiny_params, tmp_path):
+    """Issue 32, end to end in-process: ``steering.blocks`` resolved on stage 03's AUCs, a config
+    at ``auto1`` and one at a fixed block: each is generated and scored at its block, alpha in
+    that block's unit, the resolved blocks in results.json, and the run's cache keys of the
+    configs without ``layer`` unchanged (their rows are read back, none generated)."""
+    import copy
+
+    from asa_lib.params import BlockRule, SweepConfig
+    from asa_lib.run import sweep
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(stages["run"].root, run.root)
+    lm = stages["02"].lm
+    layers = probing.load_layers(run)
+    best = layers["best_layer"]
+    blocks = probing.load_block_vectors(run)
+    params = copy.deepcopy(tiny_params)
+    params.steering.blocks = BlockRule(count=1, min_distance=1)
+    want = probing.resolve_blocks(
+        params.steering.blocks, [r["auc"] for r in layers["layers"]], best
+    )
+    assert want and want[0] in blocks
+    fixed = next(b for b in sorted(blocks) if b != want[0])
+    params.sweep = [
+        *params.sweep,
+        SweepConfig("at_auto1", tau=0.55, alpha=0.5, layer="auto1"),
+        SweepConfig("at_fixed", tau=0.55, alpha=0.5, layer=fixed, vector="mixture"),
+    ]
+    rec = generation.run(params, run, lm=lm)
+    n_eval = rec.record["prompts"]
+    # the configs without layer: every row read back from stage 06's cache (same keys as before)
+    for c in tiny_params.sweep:
+        assert rec.record["generated_by_config"][c.name] == 0, c.name
+    assert rec.record["config_layers"] == {"at_auto1": want[0], "at_fixed": fixed}
+    assert rec.record["steering_blocks"]["blocks"] == want
+    for c in params.configs():
+        out = sweep.run_config(params, run, lm, load_bundle(run.bundle), c)
+        assert out["splits"]["valid"]["generated_now"] == 0  # all from 06_generate
+    at = json.loads(run.sweep("at_auto1").read_text())
+    assert at["layer"] == want[0] and at["gate_layer"] == best
+    assert at["alpha_eff"] == pytest.approx(0.5 * blocks[want[0]].cal_mean_norm)
+    mild = json.loads(run.sweep("mild").read_text())
+    assert mild["layer"] == best and mild["alpha_eff"] == pytest.approx(
+        0.5 * load_bundle(run.bundle).cal_mean_norm
+    )
+    # the gate reads L*: the same gates as the L* config with the same tau
+    same_tau = json.loads(run.sweep("at_fixed").read_text())
+    assert [r["gate"] for r in same_tau["records"]] == [r["gate"] for r in at["records"]]
+    done = analysis.run(params, run)
+    res = done.results
+    assert res["steering_blocks"]["blocks"] == want and res["steering_blocks"]["L_star"] == best
+    assert res["configs"]["at_fixed"]["layer"] == fixed
+    assert {"-1 gate, still calls", "+1 gate, newly abstains"} <= set(res["flips"]["at_fixed"][0])
+    assert set(res["advice"]) == {c.name for c in params.sweep}
+    chosen = load_bundle(run.chosen_adapter)
+    c = res["chosen"]
+    assert chosen.extra["config"].get("layer", best) == c["layer"]
+    assert n_eval > 0
