@@ -102,6 +102,8 @@ def test_fit_bundle_on_the_run_s_states_gives_the_run_s_bundle_files(labelled_ru
         num_layers=layers["num_layers"],
         model_fingerprint=meta["cal"].get("model_fingerprint", ""),
         model_weights=meta["cal"].get("model_weights", ""),
+        # the other blocks' vectors: stage 04's (against a plain loop in test_stage_functions)
+        blocks=probing.load_block_vectors(run_dir),
     )  # vectors computed here, not read from vectors/
     assert report.vector_notes == read(run_dir, "vectors/vectors.json")["notes"]
     folder = save_bundle(bundle, tmp_path / "bundle")
