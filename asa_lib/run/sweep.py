@@ -80,11 +80,14 @@ def split_inputs(
 def steering_blocks(params: Params, run_dir: str | Path) -> dict:
     """``steering.blocks`` resolved on this run (:func:`~asa_lib.method.probing.resolve_blocks`
     on stage 03's VALID AUCs and L*): ``{"rule", "L_star", "blocks": [auto1, auto2, ...],
-    "valid_auc": {block: AUC}}``; ``blocks`` is [] without a rule."""
+    "valid_auc": {block: AUC}}``; without a rule ``{"rule": None, "blocks": []}`` (stage 03's
+    file is not read)."""
+    rule = params.steering.blocks
+    if rule is None:
+        return {"rule": None, "blocks": []}
     layers = load_layers(run_dir)
     best = layers["best_layer"]
     aucs = [r["auc"] for r in layers["layers"]]
-    rule = params.steering.blocks
     blocks = resolve_blocks(rule, aucs, best)
     return {
         "rule": asdict(rule) if rule is not None else None,
