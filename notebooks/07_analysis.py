@@ -117,7 +117,7 @@ if steered:
         ignore_index=True,
     )
     display(nb.table(flip_table[["config", *flip_table.columns.drop("config")]]))
-    for n, lines in results.get("advice", {}).items():
+    for lines in results.get("advice", {}).values():
         for line in lines:
             print("ADVICE:", line)
 else:
