@@ -115,6 +115,8 @@ class ASA:
     prompt: PromptParams | None = None  # the prompt format the probes were fitted on
     folder: Path | None = None
     allow_model_mismatch: bool = False  # check only the shapes, not the model's identity
+    # the steering block (None: L*, the bundle's block); the gate reads the probe at L* always
+    layer: int | None = None
     gate: OnlineGate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -131,8 +133,18 @@ class ASA:
             )
         except ParamsError as e:
             raise AdapterError(str(e)) from None
+        if self.layer is not None and (
+            isinstance(self.layer, bool) or not isinstance(self.layer, numbers.Integral)
+        ):
+            raise AdapterError(f"{where}layer {self.layer!r} is not a block index")
+        at = None if self.layer is None or self.layer == self.bundle.layer else int(self.layer)
+        self.layer = at
         try:
-            expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle)
+            self.bundle.block(at)
+        except BundleError as e:
+            raise AdapterError(f"{where}{e}") from None
+        try:
+            expected = alpha_effective(self.alpha, self.alpha_unit, self.bundle, at)
         except ParamsError as e:  # alpha's upper bound for this bundle
             raise AdapterError(f"{where}{e}") from None
         if self.alpha_eff is not None and (
@@ -151,12 +163,14 @@ class ASA:
         self.alpha_eff = float(self.alpha_eff)
         if self.vector not in ONLINE_VECTORS:
             raise AdapterError(f"{where}vector {self.vector!r} is not one of {ONLINE_VECTORS}")
-        if self.vector == "behaviour" and "global" not in self.bundle.behaviour_vectors:
+        if self.vector == "behaviour" and "global" not in self.bundle.block(at).behaviour_vectors:
             raise AdapterError(
                 f"{where}the config steers along the behaviour directions (vector 'behaviour'), "
-                "but the bundle has none"
+                "but the bundle has none" + ("" if at is None else f" at block {at}")
             )
-        self.gate = OnlineGate(self.bundle, self.tau, self.alpha_eff, self.beta, self.vector)
+        self.gate = OnlineGate(
+            self.bundle, self.tau, self.alpha_eff, self.beta, self.vector, layer=at
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -170,8 +184,13 @@ class ASA:
         prompt: PromptParams | Params | None = None,
         allow_model_mismatch: bool = False,
         allow_unsigned: bool = False,
+        layer: int | None = None,
     ) -> ASA:
         """Load a ``chosen_adapter/`` folder (bundle + chosen config); overrides replace its values.
+
+        The config's steering block (``layer`` in its config; absent: L*) is where the delta
+        is added; ``layer=`` overrides it (a block the bundle has vectors for). A relative
+        alpha is in that block's unit.
 
         ``alpha`` is in the config's ``alpha_unit`` (``relative``: a fraction of the
         mean CAL state norm at L*) unless ``alpha_unit`` is given too. Without an
@@ -221,7 +240,7 @@ class ASA:
         if alpha_unit is not None and alpha is None:
             raise AdapterError("alpha_unit overrides the unit of an alpha you give: pass alpha too")
         unit = alpha_unit or config.get("alpha_unit") or "absolute"
-        keep_eff = alpha is None and alpha_unit is None
+        keep_eff = alpha is None and alpha_unit is None and layer is None
         if isinstance(prompt, Params):
             prompt = prompt.prompt
         if prompt is not None:
@@ -238,8 +257,9 @@ class ASA:
             ):
                 prompt = None  # not the format the adapter was fitted on
         name = str(config.get("name", "custom"))
-        if any(x is not None for x in (tau, alpha, beta, alpha_unit)):
+        if any(x is not None for x in (tau, alpha, beta, alpha_unit, layer)):
             name += " (overridden)"
+        steer_at = config.get("layer") if layer is None else layer
         return cls(
             bundle=bundle,
             tau=config.get("tau") if tau is None else tau,
@@ -252,6 +272,7 @@ class ASA:
             prompt=prompt,
             folder=folder,
             allow_model_mismatch=allow_model_mismatch,
+            layer=steer_at,
         )
 
     @property
@@ -265,7 +286,9 @@ class ASA:
             "alpha_eff": self.alpha_eff,
             "beta": self.beta,
             "vector": self.vector,
-            "layer": self.bundle.layer,
+            # the block the delta is added at, and the block the gate reads (L*)
+            "layer": self.bundle.layer if self.layer is None else self.layer,
+            "gate_layer": self.bundle.layer,
             "model_id": self.bundle.model_id,
             "folder": str(self.folder) if self.folder else None,
         }

@@ -249,8 +249,16 @@ def evaluate(
     seed = params.data.seed
     specs = [ConfigSpec(baseline_config())] + [
         ConfigSpec(
-            SweepConfig(asa.name, tau=asa.tau, alpha=asa.alpha, beta=asa.beta, vector=asa.vector),
+            SweepConfig(
+                asa.name,
+                tau=asa.tau,
+                alpha=asa.alpha,
+                beta=asa.beta,
+                vector=asa.vector,
+                layer=asa.layer,
+            ),
             float(asa.alpha_eff),
+            asa.layer,
         )
         for asa in asas
     ]
@@ -283,7 +291,8 @@ def evaluate(
             "beta": 0.0 if asa is None else asa.beta,
             "alpha_unit": "absolute" if asa is None else asa.alpha_unit,
             "alpha_eff": r.spec.alpha_eff,
-            "layer": bundle.layer,
+            "layer": bundle.layer if r.spec.layer is None else r.spec.layer,
+            "gate_layer": bundle.layer,
             "config": asdict(RECORD_ONLY if asa is None else r.spec.config),
             "splits": {SPLIT: r.split},
             "records": r.records,

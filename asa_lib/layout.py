@@ -13,6 +13,8 @@ Layout of ``reports/<run>/`` (one folder per run, one sub-folder per stage)::
     probing/layers.json           03: AUC/accuracy per layer and L*
     vectors/vectors.safetensors   04: unit steering vectors ("global", one per domain)
     vectors/behaviour.safetensors 04: unit behaviour directions (the unsteered model's calls on CAL)
+    vectors/blocks.safetensors    04: per block other than L*: its unit label vectors and behaviour
+                                      directions, and the mean |h| of the CAL states there
     vectors/diagnostics.json      04: per layer label/behaviour probe AUC, cosine, 2x2 at L*, verdict
     bundle/adapter.{json,safetensors}  05: everything the gate needs at inference
     sweep/<config>.json           06: per-prompt records and metrics of one config; model id,
@@ -176,6 +178,7 @@ class RunDir:
     vectors = property(lambda self: self.root / "vectors" / "vectors.safetensors")
     vectors_meta = property(lambda self: self.root / "vectors" / "vectors.json")
     behaviour_vectors = property(lambda self: self.root / "vectors" / "behaviour.safetensors")
+    block_vectors = property(lambda self: self.root / "vectors" / "blocks.safetensors")
     diagnostics = property(lambda self: self.root / "vectors" / "diagnostics.json")
     bundle = property(lambda self: self.root / "bundle")
     bundle_json = property(lambda self: self.root / "bundle" / "adapter.json")

@@ -169,14 +169,40 @@ class GenerationParams:
     max_prompt_tokens: int = 4096
 
 
+# How ``steering.blocks`` picks the steering blocks beyond L* (``layer: auto1`` ...).
+BLOCK_RULES = ("top_valid_auc",)
+
+
+@dataclass
+class BlockRule:
+    """A pre-registered grid of steering blocks, resolved at run time once stage 03 has L*.
+
+    ``top_valid_auc``: the ``count`` blocks other than L* with the highest VALID probe AUC
+    (stage 03's), each at least ``min_distance`` blocks from L* and from each other (ties to
+    the lower block). A sweep config names the k-th of them with ``layer: auto<k>``
+    (``auto1``: the highest AUC). The resolved blocks are written in ``results.json``.
+    """
+
+    rule: str = "top_valid_auc"
+    count: int = 2
+    min_distance: int = 4
+
+
+# ``layer: auto<k>``: the k-th block ``steering.blocks`` resolves to.
+AUTO_LAYER = re.compile(r"auto([1-9][0-9]*)")
+
+
 @dataclass
 class SteeringParams:
     # absolute: alpha is the seed's unit (added on a unit vector).
-    # relative: alpha_eff = alpha x mean L2 norm of the CAL states at L*.
+    # relative: alpha_eff = alpha x mean L2 norm of the CAL states at the steering block
+    # (L*, or the config's own ``layer``).
     alpha_unit: str = "absolute"
     # A bundle records the model it was built on (id and a fingerprint of the weights'
     # names, shapes and dtypes); loading it onto another model is refused unless this is true.
     allow_model_mismatch: bool = False
+    # The blocks beyond L* a sweep config may steer at by rule (``layer: auto1`` ...); None: none.
+    blocks: BlockRule | None = None
 
 
 GATES = ("probe", "oracle", "always", "none")
@@ -210,6 +236,11 @@ class SweepConfig:
     gate: str = "probe"
     vector: str = "mixture"
     seed: int = 0  # for vector: random
+    # The decoder block whose output the delta is added to: None (L*, the bundle's block), a
+    # block index, or ``auto<k>`` (the k-th block of ``steering.blocks``, resolved at run time).
+    # The gate always reads the probe at L*; the vector and a relative alpha's unit are the
+    # steering block's own (its CAL states).
+    layer: int | str | None = None
 
     @property
     def steers(self) -> bool:
@@ -296,7 +327,18 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        if len(inner) == 1:
+            return _convert(value, inner[0], key)
+        for tp_i in inner:  # the first type the value fits (int | str: an integer, else a name)
+            try:
+                return _convert(value, tp_i, key)
+            except ParamsError:
+                continue
+        names = " or ".join(
+            {"int": "an integer", "str": "a string"}.get(_type_name(t), _type_name(t))
+            for t in inner
+        )
+        raise ParamsError(f"{key}: expected {names}, got {value!r}")
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
@@ -575,6 +617,16 @@ def validate(p: Params, check_files: bool = True) -> Params:
         p.steering.alpha_unit in ALPHA_UNITS,
         f"steering.alpha_unit: {p.steering.alpha_unit!r} is not one of {ALPHA_UNITS}",
     )
+    br = p.steering.blocks
+    if br is not None:
+        _check(
+            br.rule in BLOCK_RULES,
+            f"steering.blocks.rule: {br.rule!r} is not one of {BLOCK_RULES}",
+        )
+        _check(br.count >= 1, f"steering.blocks.count: {br.count} must be >= 1")
+        _check(
+            br.min_distance >= 1, f"steering.blocks.min_distance: {br.min_distance} must be >= 1"
+        )
     seen: set[str] = set()
     for i, c in enumerate(p.sweep):
         key = f"sweep[{i}]"
@@ -600,7 +652,63 @@ def validate(p: Params, check_files: bool = True) -> Params:
             0 <= c.seed <= MAX_SEED,
             f"{key}.seed: {c.seed} is outside the allowed range [0, 2**32 - 1]",
         )
+        check_layer_field(c.layer, br, f"{key}.layer")
     return p
+
+
+def check_layer_field(layer: int | str | None, rule: BlockRule | None, key: str) -> None:
+    """A config's ``layer`` before the model is known: None, a block index >= 0, or
+    ``auto<k>`` with k at most ``steering.blocks.count`` (the model's depth is checked when the
+    model is loaded: :func:`resolve_layer`)."""
+    if layer is None:
+        return
+    if isinstance(layer, int):
+        _check(layer >= 0, f"{key}: {layer} is negative (a block index: 0, 1, ...)")
+        return
+    m = AUTO_LAYER.fullmatch(layer)
+    _check(
+        m is not None,
+        f"{key}: {layer!r} is neither a block index nor auto<k> (auto1, auto2, ...: the blocks "
+        "steering.blocks resolves to)",
+    )
+    _check(
+        rule is not None,
+        f"{key}: {layer!r} names a block of steering.blocks, and the params set none "
+        "(steering.blocks: {rule: top_valid_auc, count: 2, min_distance: 4})",
+    )
+    k = int(m.group(1))
+    _check(
+        k <= rule.count,
+        f"{key}: {layer!r} asks for block {k} of steering.blocks, which picks {rule.count}",
+    )
+
+
+def resolve_layer(
+    config: SweepConfig, best: int, num_layers: int, blocks: Sequence[int] | None = None
+) -> int:
+    """The block a config steers at: L* (``best``) without ``layer``, its index, or the k-th of
+    ``blocks`` (``steering.blocks`` resolved) for ``auto<k>``. ParamsError (one line, naming the
+    config) for a block the model does not have or a rule that found fewer blocks."""
+    layer = config.layer
+    if layer is None:
+        return best
+    if isinstance(layer, str):
+        m = AUTO_LAYER.fullmatch(layer)
+        _check(m is not None, f"sweep config {config.name!r}: layer {layer!r} is not auto<k>")
+        k = int(m.group(1))
+        found = list(blocks or [])
+        _check(
+            k <= len(found),
+            f"sweep config {config.name!r}: layer {layer!r}: steering.blocks found only "
+            f"{len(found)} block(s) ({found}) far enough from L* ({best}) and from each other",
+        )
+        return int(found[k - 1])
+    _check(
+        0 <= layer < num_layers,
+        f"sweep config {config.name!r}: layer {layer} is outside the model's blocks "
+        f"[0, {num_layers})",
+    )
+    return int(layer)
 
 
 def _validate_data(p: Params) -> None:

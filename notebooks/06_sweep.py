@@ -104,8 +104,13 @@ nb.table(gates, index=True, counts=list(gates.columns))
 #
 # Per split: prompts steered (gate ≠ 0), outputs that changed, and decisions
 # (tool call or not) that flipped: gained a call under a +1 gate, lost one
-# under a −1 gate, or changed against its gate. Then every flipped prompt with
-# the baseline and steered outputs side by side (escaped).
+# under a −1 gate, or changed against its gate. Did the gate's decision happen:
+# of the rows where the baseline decided the other way than the gate pushed
+# (gate −1 on a call, +1 on an abstention), how many kept the baseline's
+# decision ("still calls", "still abstains"), and the rows the pull moved
+# against its own sign (gate −1 rows that newly call, +1 rows that newly
+# abstain), with plain advice where they say something. Then every flipped
+# prompt with the baseline and steered outputs side by side (escaped).
 
 # %%
 from asa_lib.files import read_json
@@ -118,7 +123,11 @@ if config_name == BASELINE:
     print("This is the baseline: nothing to compare.")
 else:
     base = read_json(sweep_path(run, BASELINE))
-    display(nb.table(analysis.flip_counts(base, res)))
+    counts = analysis.flip_counts(base, res)
+    display(nb.table(counts))
+    for row in counts.to_dict("records"):
+        for line in analysis.decision_advice(row):
+            print("ADVICE:", line)
     # with each prompt's text and tools
     flipped = analysis.flips(base, res, data.read_tool_sets(run), prompts)
     print(f"{len(flipped)} prompts changed their decision" + (":" if len(flipped) else "."))

@@ -104,6 +104,11 @@ for split in ("valid", "test") if pairs else ():
 
 # %% [markdown]
 # ## Decisions flipped against the baseline, per config
+#
+# With, per split, whether the gate's decision happened: the rows where the
+# baseline decided the other way than the gate pushed, how many of them kept the
+# baseline's decision, and the rows the pull moved against its gate; then the
+# advice they give ("try another block", "lower alpha").
 
 # %%
 if steered:
@@ -112,6 +117,9 @@ if steered:
         ignore_index=True,
     )
     display(nb.table(flip_table[["config", *flip_table.columns.drop("config")]]))
+    for lines in results.get("advice", {}).values():
+        for line in lines:
+            print("ADVICE:", line)
 else:
     print("No steered config: no decision can flip.")
 

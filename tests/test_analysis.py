@@ -247,3 +247,42 @@ def test_one_pass_agreement_asks_rows_with_their_own_tools(tmp_path):
 
     analysis.one_pass_agreement(tmp_path, res, "cfg", generate, n=1)
     assert asked == [{"text": "text 0", "tools": own}, "text 1"]
+
+
+def test_did_the_gate_s_decision_happen_counts_and_advice():
+    """Issue 32 item 4: among rows where the baseline decided the other way than the gate
+    pushes, how many kept the baseline's decision; and the rows moved against their gate.
+    Expected counts from a hand count of the rows below (no helper of the code under test)."""
+    base_calls = [True, True, True, False, False, False, True, False]
+    # (gate, steered call): the comment says what happened against the baseline
+    steered_rows = [
+        (-1, True),  # -1 on a call, still calls
+        (-1, True),  # -1 on a call, still calls
+        (-1, False),  # -1 on a call, stopped: lost a call
+        (-1, True),  # -1 on an abstention, newly calls: backfired
+        (1, False),  # +1 on an abstention, still abstains
+        (1, True),  # +1 on an abstention, gained a call
+        (1, False),  # +1 on a call, newly abstains: backfired
+        (0, False),  # no gate: the baseline's output
+    ]
+    base = result("baseline", [rec(i, 0, b) for i, b in enumerate(base_calls)], tau=None, alpha=0.0)
+    steered = result("x", [rec(i, 0, t, gate=g) for i, (g, t) in enumerate(steered_rows)])
+    c = analysis.flip_counts(base, steered).iloc[0]
+    assert c["-1 gate on a baseline call"] == 3 and c["-1 gate, still calls"] == 2
+    assert c["+1 gate on a baseline abstention"] == 2 and c["+1 gate, still abstains"] == 1
+    assert c["-1 gate, newly calls"] == 1 and c["+1 gate, newly abstains"] == 1
+    # the existing kind "changed against its gate" is their sum
+    assert c[analysis.FLIP_KINDS[2]] == 2
+    advice = analysis.decision_advice(c.to_dict(), "x")
+    assert any("the pull did not flip" in a and "try another block" in a for a in advice)
+    assert any("backfired" in a and "lower alpha" in a for a in advice)
+    # a pull that did what the gate asked: no advice
+    ok = result(
+        "y",
+        [
+            rec(i, 0, not b if i < 3 else b, gate=-1 if i < 3 else 0)
+            for i, b in enumerate(base_calls)
+        ],
+    )
+    row = analysis.flip_counts(base, ok).iloc[0].to_dict()
+    assert row["-1 gate, still calls"] == 0 and analysis.decision_advice(row) == []

@@ -290,3 +290,109 @@ def test_a_chat_message_without_content_is_one_error_naming_it(adapter, tiny_lm)
         asa.generate(tiny_lm, None, [ok, [ok[0], {"role": "user"}]], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"^input 0, message 0 \(role 'user'\): 'content' is"):
         asa.decide(tiny_lm, None, [[{"role": "user", "content": 3}]])
+
+
+def _with_blocks(tmp_path, adapter, layer, norm=8.0):
+    """The adapter with random unit vectors at blocks 1 and 3 (L* = 2) and its config steering
+    at ``layer``, saved as a new chosen_adapter/."""
+    import shutil
+
+    from asa_lib.method.bundle import BlockVectors, load_bundle
+
+    b = load_bundle(adapter["folder"])
+    g = np.random.default_rng(4)
+
+    def unit():
+        v = g.standard_normal(b.hidden_size)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    b.blocks = {k: BlockVectors({n: unit() for n in b.vectors}, {}, norm * (k + 1)) for k in (1, 3)}
+    config = {**b.extra["config"], "layer": layer}
+    config["alpha_eff"] = config["alpha"] * norm * (layer + 1)  # relative: that block's unit
+    run = tmp_path / f"run{layer}"
+    run.mkdir()
+    shutil.copy(adapter["run"] / "params.yaml", run / "params.yaml")
+    return save_bundle(b, run / "chosen_adapter", extra={"config": config}), b
+
+
+@pytest.mark.parametrize("layer", [3, 1])  # after L* (one pass) and before it (a pre-pass)
+def test_a_config_at_another_block_is_applied_there(adapter, tiny_lm, tiny_params, tmp_path, layer):
+    """Issue 32: a chosen config with its own steering block: the gate reads L*, the delta
+    (that block's vector, alpha in that block's unit) is added at that block, by
+    ``ASA.generate`` (against the plain per-prompt loop with its own hook) and by
+    ``ASA.steering`` (against the same ``generate`` call with a plain hook at that block)."""
+    from test_exactness import oracle
+
+    folder, b = _with_blocks(tmp_path, adapter, layer)
+    asa = ASA.load(folder)
+    assert asa.config["layer"] == layer and asa.config["gate_layer"] == b.layer == 2
+    assert asa.alpha_eff == pytest.approx(asa.alpha * 8.0 * (layer + 1))
+    f, pp = adapter["f"], tiny_params.prompt
+    two = compute_gates(asa.bundle, f.h_eval, asa.tau)  # the gate at L*
+    assert np.any(two.gate != 0)
+
+    def delta(i):  # plain: gate * alpha_eff * normalize(beta * v_global + (1 - beta) * v_d)
+        vs = b.blocks[layer].vectors
+        v_d = vs.get(two.routed[i], vs["global"])
+        v = asa.beta * vs["global"] + (1 - asa.beta) * v_d if two.routed[i] in vs else v_d
+        return (two.gate[i] * asa.alpha_eff * v / np.linalg.norm(v)).astype(np.float32)
+
+    gens = asa.generate(tiny_lm, None, f.eval_texts, max_new_tokens=5)
+    want = [
+        oracle(
+            tiny_lm.model,
+            tiny_lm.tokenizer,
+            p,
+            delta(i),
+            layer,
+            5,
+            pp.tool_call_start,
+            pp.tool_call_end,
+        )
+        for i, p in enumerate(f.eval_prompts)
+    ]
+    assert [g.output for g in gens] == want
+    assert [g.decision.gate for g in gens] == two.gate.tolist()
+
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    enc = tok(f.eval_prompts[:6], return_tensors="pt", padding=True, add_special_tokens=False)
+    kw = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    with asa.steering(tiny_lm) as session:
+        with torch.no_grad():
+            got = model.generate(**enc, **kw)
+    assert [d.gate for d in session.last] == two.gate[:6].tolist()
+    d = torch.from_numpy(np.stack([delta(i) for i in range(6)]))
+    fired = []
+
+    def hook(_m, _i, out):  # the reference: a plain hook at the block, on the first pass
+        if fired:
+            return out
+        fired.append(1)
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[:, -1] += d
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handle = model.model.layers[layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            ref = model.generate(**enc, **kw)
+    finally:
+        handle.remove()
+    assert torch.equal(got, ref)
+
+
+def test_an_old_bundle_steers_at_l_star_and_a_missing_block_is_refused(adapter, tmp_path):
+    """A bundle without blocks (written before them) loads and steers at L*; a config naming a
+    block the bundle has no vectors for is one error naming the block."""
+    asa = ASA.load(adapter["folder"])
+    assert asa.bundle.blocks == {} and asa.config["layer"] == asa.bundle.layer
+    assert "blocks" not in json.loads((adapter["folder"] / "adapter.json").read_text())
+    with pytest.raises(AdapterError, match="no steering vectors at block 3"):
+        ASA.load(adapter["folder"], layer=3)
+    folder, b = _with_blocks(tmp_path, adapter, 3)
+    back = ASA.load(folder)
+    for k in (1, 3):
+        assert back.bundle.blocks[k].cal_mean_norm == b.blocks[k].cal_mean_norm
+        for n, v in b.blocks[k].vectors.items():
+            np.testing.assert_array_equal(back.bundle.blocks[k].vectors[n], v)
+    assert ASA.load(folder, layer=1).config["layer"] == 1

@@ -177,3 +177,57 @@ def test_config_values_must_be_finite_numbers(bad):
         with pytest.raises(ParamsError, match=f"^x.{name} .* is not a finite number$"):
             check_config_values("x.{name}", **{name: bad})
     check_config_values(tau=0.5, alpha=0, alpha_eff=3, beta=1)  # ints are numbers
+
+
+def test_a_config_s_layer_and_the_block_rule():
+    """Issue 32: ``layer`` is a block index or auto<k> of ``steering.blocks``; bad values are one
+    line naming the key; the rule resolves on stage 03's AUCs as a hand count says."""
+    from asa_lib.method.probing import resolve_blocks
+    from asa_lib.params import BlockRule, resolve_layer
+
+    d = base()
+    d["steering"] = {"blocks": {"rule": "top_valid_auc", "count": 2, "min_distance": 4}}
+    d["sweep"] = [
+        {"name": "a", "tau": 0.6, "alpha": 1.0},
+        {"name": "b", "tau": 0.6, "alpha": 1.0, "layer": 19},
+        {"name": "c", "tau": 0.6, "alpha": 1.0, "layer": "auto2", "vector": "behaviour"},
+    ]
+    p = params_from_dict(d, base_dir=PARAMS, check_files=False)
+    assert [c.layer for c in p.sweep] == [None, 19, "auto2"]
+    assert p.steering.blocks == BlockRule("top_valid_auc", 2, 4)
+    for layer, msg in [
+        ("auto3", r"sweep\[0\]\.layer: 'auto3' asks for block 3 of steering.blocks, which picks 2"),
+        ("deep", r"sweep\[0\]\.layer: 'deep' is neither a block index nor auto<k>"),
+        (-1, r"sweep\[0\]\.layer: -1 is negative"),
+        (True, r"sweep\[0\]\.layer: expected an integer or a string"),
+    ]:
+        bad = base() | {"steering": d["steering"]}
+        bad["sweep"][0]["layer"] = layer
+        with pytest.raises(ParamsError, match=msg):
+            params_from_dict(bad, base_dir=PARAMS, check_files=False)
+    bad = base()
+    bad["sweep"][0]["layer"] = "auto1"
+    with pytest.raises(ParamsError, match="the params set none"):
+        params_from_dict(bad, base_dir=PARAMS, check_files=False)
+    with pytest.raises(ParamsError, match="steering.blocks.min_distance: 0 must be >= 1"):
+        params_from_dict(
+            base() | {"steering": {"blocks": {"min_distance": 0}}},
+            base_dir=PARAMS,
+            check_files=False,
+        )
+
+    # L* = 11; AUC order 12, 10, 19, 16, 25, 5 ...: 12 and 10 are too close to L*, 19 is taken,
+    # 16 is 3 from 19, 25 is taken; two blocks
+    aucs = [0.5] * 30
+    for layer, a in {11: 0.95, 12: 0.94, 10: 0.93, 19: 0.92, 16: 0.91, 25: 0.90, 5: 0.89}.items():
+        aucs[layer] = a
+    assert resolve_blocks(BlockRule(count=2, min_distance=4), aucs, 11) == [19, 25]
+    assert resolve_blocks(BlockRule(count=3, min_distance=4), aucs, 11) == [19, 25, 5]
+    assert resolve_blocks(BlockRule(count=2, min_distance=40), aucs, 11) == []
+    b, c = p.sweep[1], p.sweep[2]
+    assert resolve_layer(p.sweep[0], 11, 30, [19, 25]) == 11
+    assert resolve_layer(c, 11, 30, [19, 25]) == 25
+    with pytest.raises(ParamsError, match=r"sweep config 'b': layer 19 is outside .*\[0, 16\)"):
+        resolve_layer(b, 11, 16, [19, 25])
+    with pytest.raises(ParamsError, match="'c': layer 'auto2': steering.blocks found only 1"):
+        resolve_layer(c, 11, 30, [19])

@@ -107,6 +107,8 @@ def test_fit_bundle_on_the_run_s_states_gives_the_run_s_bundle_files(labelled_ru
         prompt_format_sha256=meta["cal"]["prompt_format_sha256"],
         tokenizer_sha256=meta["cal"]["tokenizer_sha256"],
         run_rows=run_rows(load_params(run_dir / "params.yaml", check_files=False), run_dir),
+        # the other blocks' vectors: stage 04's (against a plain loop in test_stage_functions)
+        blocks=probing.load_block_vectors(run_dir),
     )  # vectors computed here, not read from vectors/
     assert report.vector_notes == read(run_dir, "vectors/vectors.json")["notes"]
     folder = save_bundle(bundle, tmp_path / "bundle")

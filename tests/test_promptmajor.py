@@ -249,3 +249,56 @@ def test_decode_forks_merges_prompt_batches_of_different_widths(tiny_llama, tiny
     accs = [r[:2] for r in first]
     got = decode_forks([(a, [0, 2], accs[:2]), (b, [1, 1], accs[2:])], d, LAYER, 6, pp)
     assert [tiny_llama.tokenizer.decode(r, skip_special_tokens=False) for r in got] == want
+
+
+def test_configs_at_two_blocks_from_one_call_equal_a_per_config_loop(
+    tiny_lm, tiny_params, tmp_path
+):
+    """Issue 32: configs steering at different blocks (``ConfigDeltas.layer``) in one call share
+    each prompt's prefill and decode together; each equals the plain loop with its own hook at
+    its own block, token for token, and a config's cache key names its block."""
+    pp = tiny_params.prompt
+    prompts = render_prompts(tiny_lm.tokenizer, pp, instructions(12))
+    n, H = len(prompts), tiny_lm.hidden_size
+    a = mixed_deltas(n, H, 1.0, seed=1)  # small: a large delta swamps the block it is added at
+    configs = [
+        ConfigDeltas("baseline"),
+        ConfigDeltas("at1", a),  # the call's block (LAYER = 1)
+        ConfigDeltas("at2", a, layer=2),  # the same deltas at block 2
+        ConfigDeltas("at0", mixed_deltas(n, H, 1.0, seed=5), layer=0),
+    ]
+    blocks = {"baseline": LAYER, "at1": LAYER, "at2": 2, "at0": 0}
+    want = {}
+    for c in configs:
+        want[c.name] = [
+            oracle(
+                tiny_lm.model,
+                tiny_lm.tokenizer,
+                p,
+                None if c.deltas is None else c.deltas[i],
+                blocks[c.name],
+                6,
+                pp.tool_call_start,
+                pp.tool_call_end,
+            )
+            for i, p in enumerate(prompts)
+        ]
+    assert want["at1"] != want["at2"]  # the block matters for these deltas
+    for share in (False, True):
+        for draft in (False, True):
+            stats = GenerationStats()
+            cache = GenerationCache(tmp_path / f"b{share}{draft}.sqlite", {"m": "tiny"})
+            s = GenerationSettings(
+                max_new_tokens=6, batch_size=5, markers=pp, share_prefix=share, draft=draft
+            )
+            res = generate_configs(tiny_lm, prompts, s, configs, LAYER, cache, stats=stats)
+            cache.close()
+            for c in configs:
+                assert res.outputs[c.name] == want[c.name], (share, draft, c.name)
+            # each prompt with steered rows prefilled once for the rows of every block
+            steered = (a != 0).any(axis=1)
+            assert stats.prompt_prefills == int(steered.sum())
+            # at1 and at2 have the same deltas, yet distinct rows (the block is in the key)
+            assert res.generated["at2"] == res.generated["at1"] == n  # own rows + unsteered
+            assert res.generated_total == stats.generated
+            assert res.generated_total >= n + 2 * int(steered.sum())

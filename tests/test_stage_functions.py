@@ -137,6 +137,7 @@ def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tiny_params, tmp_
         prompt_format_sha256=meta["cal"]["prompt_format_sha256"],
         tokenizer_sha256=meta["cal"]["tokenizer_sha256"],
         run_rows=routing.run_rows(tiny_params, run),
+        blocks=probing.load_block_vectors(run),  # stage 04's (checked in the next test)
     )
     stored = load_bundle(run.bundle)
     assert stored.prompt_format_sha256 == prompt_format_sha256(tiny_params.prompt)
@@ -151,6 +152,65 @@ def test_the_bundle_is_fit_bundle_on_the_stored_states(stages, tiny_params, tmp_
     mine = save_bundle(bundle, tmp_path / "direct")
     for f in ("adapter.safetensors", "adapter.json"):
         assert (mine / f).read_bytes() == (run.bundle / f).read_bytes(), f
+
+
+def test_stage_04_s_vectors_at_every_other_block_are_plain_mean_differences(stages, tiny_params):
+    """Issue 32: ``vectors/blocks.safetensors`` (and the bundle) hold, for every block but L*,
+    the unit mean difference of the CAL states there (tool minus non-tool; called minus not
+    called), globally and per domain, and the mean |h| there: against a plain numpy loop."""
+    from asa_lib.run.sweep import baseline_calls
+
+    run = stages["run"]
+    layer = probing.load_layers(run)["best_layer"]
+    h = load_states(run, "cal")
+    meta = load_meta(run, "cal")
+    y, doms = np.array(meta["labels"]), np.array(meta["domains"])
+
+    def unit_diff(x, a):
+        if a.all() or not a.any():
+            return None
+        v = x[a].astype(np.float64).mean(0) - x[~a].astype(np.float64).mean(0)
+        n = np.linalg.norm(v)  # zero up to rounding against the states' mean norm: none
+        return None if n <= 1e-5 * np.linalg.norm(x.astype(np.float64), axis=1).mean() else v / n
+
+    called = np.array(
+        baseline_calls(tiny_params, run, stages["02"].lm, "cal", layer)["called"]  # cached
+    )
+    blocks = probing.load_block_vectors(run)
+    # every block but L* and those where tool and non-tool states have one mean (no vector)
+    assert sorted(blocks) == [
+        b for b in range(h.shape[1]) if b != layer and unit_diff(h[:, b], y == 1) is not None
+    ]
+    assert blocks
+    stored = load_bundle(run.bundle)
+    assert sorted(stored.blocks) == sorted(blocks)
+
+    for b, bv in blocks.items():
+        x = h[:, b]
+        assert bv.cal_mean_norm == pytest.approx(np.mean([np.linalg.norm(r) for r in x]), rel=1e-6)
+        for kind, target, got in (
+            ("label", y == 1, bv.vectors),
+            ("called", called == 1, bv.behaviour_vectors),
+        ):
+            want = {"global": unit_diff(x, target)}
+            for dom in sorted(set(doms)):
+                want[dom] = unit_diff(x[doms == dom], target[doms == dom])
+            want = {k: v for k, v in want.items() if v is not None}
+            if kind == "called" and "global" not in want:
+                assert got == {}
+                continue
+            assert sorted(got) == sorted(want), (b, kind)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, atol=1e-5, err_msg=f"{b} {kind} {k}")
+            for k, v in got.items():
+                np.testing.assert_array_equal(
+                    (
+                        stored.blocks[b].vectors
+                        if kind == "label"
+                        else stored.blocks[b].behaviour_vectors
+                    )[k],
+                    v,
+                )
 
 
 def test_stage_04_loads_the_model_itself_and_writes_the_same_files(stages, tiny_params, tmp_path):
@@ -254,3 +314,63 @@ def test_each_stage_function_writes_the_files_its_notebook_wrote(chain, tmp_path
                 assert VOLATILE[rel](b) == VOLATILE[rel](a), rel
             else:
                 assert got[rel] == want[rel], rel
+
+
+def test_configs_at_other_blocks_run_through_06_and_07(stages, tiny_params, tmp_path):
+    """Issue 32, end to end in-process: ``steering.blocks`` resolved on stage 03's AUCs, a config
+    at ``auto1`` and one at a fixed block: each is generated and scored at its block, alpha in
+    that block's unit, the resolved blocks in results.json, and the run's cache keys of the
+    configs without ``layer`` unchanged (their rows are read back, none generated)."""
+    import copy
+
+    from asa_lib.params import BlockRule, SweepConfig
+    from asa_lib.run import sweep
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(stages["run"].root, run.root)
+    lm = stages["02"].lm
+    layers = probing.load_layers(run)
+    best = layers["best_layer"]
+    blocks = probing.load_block_vectors(run)
+    params = copy.deepcopy(tiny_params)
+    params.steering.blocks = BlockRule(count=1, min_distance=1)
+    want = probing.resolve_blocks(
+        params.steering.blocks, [r["auc"] for r in layers["layers"]], best
+    )
+    assert want and want[0] in blocks
+    fixed = next(b for b in sorted(blocks) if b != want[0])
+    params.sweep = [
+        *params.sweep,
+        SweepConfig("at_auto1", tau=0.55, alpha=0.5, layer="auto1"),
+        SweepConfig("at_fixed", tau=0.55, alpha=0.5, layer=fixed, vector="mixture"),
+    ]
+    rec = generation.run(params, run, lm=lm)
+    n_eval = rec.record["prompts"]
+    # the configs without layer: every row read back from stage 06's cache (same keys as before)
+    for c in tiny_params.sweep:
+        assert rec.record["generated_by_config"][c.name] == 0, c.name
+    assert rec.record["config_layers"] == {"at_auto1": want[0], "at_fixed": fixed}
+    assert rec.record["steering_blocks"]["blocks"] == want
+    for c in params.configs():
+        out = sweep.run_config(params, run, lm, load_bundle(run.bundle), c)
+        assert out["splits"]["valid"]["generated_now"] == 0  # all from 06_generate
+    at = json.loads(run.sweep("at_auto1").read_text())
+    assert at["layer"] == want[0] and at["gate_layer"] == best
+    assert at["alpha_eff"] == pytest.approx(0.5 * blocks[want[0]].cal_mean_norm)
+    mild = json.loads(run.sweep("mild").read_text())
+    assert mild["layer"] == best and mild["alpha_eff"] == pytest.approx(
+        0.5 * load_bundle(run.bundle).cal_mean_norm
+    )
+    # the gate reads L*: the same gates as the L* config with the same tau
+    same_tau = json.loads(run.sweep("at_fixed").read_text())
+    assert [r["gate"] for r in same_tau["records"]] == [r["gate"] for r in at["records"]]
+    done = analysis.run(params, run)
+    res = done.results
+    assert res["steering_blocks"]["blocks"] == want and res["steering_blocks"]["L_star"] == best
+    assert res["configs"]["at_fixed"]["layer"] == fixed
+    assert {"-1 gate, still calls", "+1 gate, newly abstains"} <= set(res["flips"]["at_fixed"][0])
+    assert set(res["advice"]) == {c.name for c in params.sweep}
+    chosen = load_bundle(run.chosen_adapter)
+    c = res["chosen"]
+    assert chosen.extra["config"].get("layer", best) == c["layer"]
+    assert n_eval > 0

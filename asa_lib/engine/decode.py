@@ -7,6 +7,7 @@ start marker). :mod:`asa_lib.engine.generate` drives it over all prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,7 +20,7 @@ from asa_lib.engine.prefix import (
     left_padded,
     token_ids,
 )
-from asa_lib.model.hooks import steer_last_prompt_token
+from asa_lib.model.hooks import steer_rows_at
 from asa_lib.model.load import LoadedModel, decoder_blocks
 from asa_lib.params import PromptParams
 from asa_lib.tools import CallMarkers, call_complete
@@ -145,7 +146,7 @@ def generate_rows(
     ids: list[list[int]],
     n_gen: list[int],
     deltas: np.ndarray | None,
-    layer: int,
+    layer: int | Sequence[int],
     max_new_tokens: int,
     pp: PromptParams,
     prefix: PrefixCache | None,
@@ -194,7 +195,7 @@ def decode_rows(
     cached: int,
     starts: list[int],
     deltas: np.ndarray | None,
-    layer: int,
+    layer: int | Sequence[int],
     max_new_tokens: int,
     pp: PromptParams,
     stats: GenerationStats | None = None,
@@ -205,7 +206,8 @@ def decode_rows(
     generated text of row ``b`` begins at column ``starts[b]`` (tokens already
     generated, e.g. an accepted draft, sit in ``starts[b] .. T - 1``), so the
     prompt's last token is column ``starts[b] - 1``: that is where ``deltas[b]``
-    is added to the output of block ``layer``, on the first forward pass only
+    is added to the output of block ``layer`` (or ``layer[b]``: one block per row), on the
+    first forward pass only
     (the columns ``cached .. T - 1``). ``cache`` (None: none) is consumed: the
     model appends to it. Returns each row's generated tokens from ``starts[b]``,
     cut where one greedy generation would have stopped, at most
@@ -225,7 +227,7 @@ def decode_rows(
     # None: position -1 for every row (plain rows), bit-identical to the plain path
     positions = None if not any(n_gen) else torch.tensor([st - 1 - cached for st in starts])
     limits = [st + max_new_tokens for st in starts]
-    with steer_last_prompt_token(decoder_blocks(lm.model)[layer], delta, positions):
+    with steer_rows_at(decoder_blocks(lm.model), delta, layer, positions):
         out = lm.model.generate(
             input_ids=input_ids,
             attention_mask=mask,

@@ -195,10 +195,12 @@ def identity(a: list[str], b: list[str], markers: Any) -> dict[str, float]:
 @dataclass(frozen=True)
 class ConfigDeltas:
     """One config to generate: its name and each prompt's steering (``deltas[i]``, (N, H); None:
-    unsteered). A row whose delta is all zeros is the unsteered row."""
+    unsteered), added at block ``layer`` (None: the call's ``layer``, L*). A row whose delta is
+    all zeros is the unsteered row."""
 
     name: str
     deltas: np.ndarray | None = None
+    layer: int | None = None
 
 
 @dataclass
@@ -241,7 +243,8 @@ def generate_configs(
     The sweep (all its configs at once), ``asa evaluate`` (the baseline and every
     override), ``asa generate``, the online adapter and the demo model's training
     call it (:func:`generate_all` is one config). Each config's ``deltas[i]`` is
-    added at block ``layer`` to prompt ``i``'s last token on the prefill pass.
+    added at block ``layer`` (or the config's own ``ConfigDeltas.layer``) to prompt ``i``'s
+    last token on the prefill pass.
 
     - Each distinct (prompt, delta) pair is generated at most once (equal deltas of
       two configs are one row), and not at all where ``cache`` has it. Outputs are
@@ -270,6 +273,10 @@ def generate_configs(
       rows of a chunk has been verified and they accepted less than
       ``settings.draft_min_acceptance`` of their draft tokens, the chunk's other
       steered rows decode plainly.
+    - Configs at different blocks share each prompt's prefill of positions ``0 .. n-2`` (it
+      does not depend on the block); rows decoded together may steer at different blocks
+      (:func:`~asa_lib.model.hooks.steer_rows_at`: one hook per block). The block is part of
+      every steered row's cache key (:func:`delta_key`).
     - ``read_states``: keep block ``layer``'s output at each prompt's last token,
       read on its unsteered pass (``ConfigOutputs.states``).
     - The prompts are cut into chunks of ``CHUNK_BATCHES`` batches (longest first);
@@ -284,17 +291,23 @@ def generate_configs(
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"config names must be distinct, got {names}")
-    keys = {c.name: generation_keys(lm, settings, prompts, c.deltas, layer, cache) for c in configs}
+    block = {c.name: layer if c.layer is None else int(c.layer) for c in configs}
+    keys = {
+        c.name: generation_keys(lm, settings, prompts, c.deltas, block[c.name], cache)
+        for c in configs
+    }
     plain = generation_keys(lm, settings, prompts, None, layer, cache)
     wanted = list(dict.fromkeys(k for c in configs for k in keys[c.name]))
     results: dict[str, str] = cache.get_many(wanted) if cache is not None else {}
     # key -> (prompt, its delta or None), in config order, then prompt order
     todo: dict[str, tuple[int, np.ndarray | None]] = {}
+    at: dict[str, int] = {}  # key -> the block its delta is added at
     for c in configs:
         for i, k in enumerate(keys[c.name]):
             if k not in results and k not in todo:
                 d = None if c.deltas is None or k == plain[i] else c.deltas[i]
                 todo[k] = (i, d)
+                at[k] = block[c.name] if d is not None else layer
     if sync is not None:
         sync()
     states: dict[int, np.ndarray] = {}
@@ -368,6 +381,13 @@ def generate_configs(
         H = next(d for d in ds if d is not None).shape[-1]
         return np.stack([np.zeros(H, np.float32) if d is None else d for d in ds])
 
+    def blocks(ks: list[str]) -> int | list[int]:
+        """The steering block of rows ``ks``: one int where their steered rows share it."""
+        used = {at[k] for k in ks if todo[k][1] is not None}
+        if len(used) <= 1:
+            return used.pop() if used else layer
+        return [at[k] for k in ks]
+
     def draft_of(k: str) -> list[int] | None:
         i, d = todo[k]
         if explicit:
@@ -392,7 +412,7 @@ def generate_configs(
                     [ids[i] for i in b],
                     [0] * len(b),
                     stack([todo[k][1] for k in ks]),
-                    layer,
+                    blocks(ks),
                     cut,
                     settings.markers,
                     prefix,
@@ -432,7 +452,7 @@ def generate_configs(
                     out = decode_forks(
                         [(pb, rows, a) for pb, rows, a, _ in g],
                         stack([todo[k][1] for k in gk]),
-                        layer,
+                        blocks(gk),
                         cut,
                         settings.markers,
                         stats,
@@ -477,7 +497,7 @@ def generate_configs(
                         [where[todo[k][0]][1] for k in ks],
                         ds,
                         stack([todo[k][1] for k in ks]),
-                        layer,
+                        blocks(ks),
                         stats,
                     )
                     new: dict[str, list[int]] = {}

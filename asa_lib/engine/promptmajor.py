@@ -21,6 +21,7 @@ against an independent oracle, ``tests/test_promptmajor.py``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from asa_lib.engine.prefix import (
     left_padded,
     needs_equal_suffix_lengths,
 )
-from asa_lib.model.hooks import read_first_pass, steer_last_prompt_token
+from asa_lib.model.hooks import read_first_pass, steer_rows_at
 from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
 from asa_lib.params import PromptParams
 
@@ -157,13 +158,13 @@ class PromptBatch:
         rows: list[int],
         drafts: list[list[int]],
         deltas: np.ndarray | None,
-        layer: int,
+        layer: int | Sequence[int],
         stats: GenerationStats | None = None,
     ) -> list[list[int]]:
         """One forward pass over the last prompt token + draft of each row, from a fork.
 
         Returns ``len(drafts[j]) + 1`` greedy tokens per row: the argmax after the
-        prompt (steered by ``deltas[j]`` at block ``layer``, as a prefill is) and
+        prompt (steered by ``deltas[j]`` at block ``layer``, or ``layer[j]``, as a prefill is) and
         after each draft token. The drafts are right-padded: a real token never
         sees the padding after it.
         """
@@ -185,8 +186,8 @@ class PromptBatch:
         if cache is None:
             kw["use_cache"] = False
         delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
-        with steer_last_prompt_token(
-            decoder_blocks(lm.model)[layer], delta, torch.zeros(n, dtype=torch.long)
+        with steer_rows_at(
+            decoder_blocks(lm.model), delta, layer, torch.zeros(n, dtype=torch.long)
         ):
             logits = lm.model(
                 input_ids=win.to(lm.device), attention_mask=mask, position_ids=pos, **kw
@@ -236,7 +237,7 @@ def _concat_caches(caches: list):
 def decode_forks(
     parts: list[tuple[PromptBatch, list[int], list[list[int]]]],
     deltas: np.ndarray | None,
-    layer: int,
+    layer: int | Sequence[int],
     max_new_tokens: int,
     pp: PromptParams,
     stats: GenerationStats | None = None,
@@ -247,14 +248,17 @@ def decode_forks(
     ``parts``: ``(batch, rows, accepted)``: rows of a :class:`PromptBatch` (indices into it;
     repeats allowed) and, per row, the tokens already generated for it (an accepted draft
     prefix, returned first; ``[]`` for none). Each row runs its last prompt token with its
-    ``deltas`` row at block ``layer`` (the rows in the order of ``parts``), then decodes,
+    ``deltas`` row at block ``layer`` (or ``layer[b]``, one block per row; the rows in the
+    order of ``parts``), then decodes,
     from a fork of its batch's shared state. Batches of different widths are merged by
     left-padding their forks' keys and values (masked out; only where :func:`mergeable`).
     Every row must have as many accepted tokens: padding inside a row (before its last
     prompt token) was not exact on a tiny Llama, so the planner groups rows by that length.
     ``read_state``: a list that receives block ``layer``'s output at each row's last prompt
-    token, (rows, H), before any steering.
+    token, (rows, H), before any steering (``layer`` one int then).
     """
+    if read_state is not None and not isinstance(layer, int):
+        raise ValueError("read_state reads one block: give one layer")
     if len(parts) > 1 and not mergeable([b for b, _, _ in parts]):
         raise ValueError("these prompt batches cannot be decoded as one batch")
     if len({len(a) for _, _, accs in parts for a in accs}) > 1:
@@ -284,7 +288,7 @@ def decode_forks(
     cache = _concat_caches(caches) if caches[0] is not None else None
     T = ids.shape[1]
     starts = [T - len(a) for a in accs_all]
-    block = decoder_blocks(lm.model)[layer]
+    block = decoder_blocks(lm.model)[layer] if isinstance(layer, int) else None
     with read_first_pass(block, enabled=read_state is not None) as seen:
         out = decode_rows(lm, ids, mask, cache, C, starts, deltas, layer, max_new_tokens, pp, stats)
     if read_state is not None:

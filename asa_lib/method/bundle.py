@@ -12,12 +12,17 @@
     behaviour.global, behaviour.<domain>  (H,)  float32 unit behaviour directions (``vector:
                                             behaviour``): the unsteered model's own calls on
                                             CAL, called minus not called (stage 04)
+    block<l>.vector.<name>, block<l>.behaviour.<name>  (H,)  float32: the same two kinds of
+                                            vectors from the CAL states at block l, for a config
+                                            that steers at a block other than L* (``layer``)
 
 ``adapter.json`` records the layer L*, the hook point, the domains, which of
 them have a probe and a vector, the model id, hidden size and block count the
 bundle came from, which behaviour directions it carries (``behaviour_vectors``;
 absent in bundles written before them: none), the CAL mean state norm (for relative alpha), library
-versions, the name, shape and dtype of every tensor, and ``sha256``: a hash of
+versions, the steering blocks other than L* (``blocks``: per block its vectors, behaviour
+directions and the mean CAL state norm there, a relative alpha's unit at that block; absent in
+bundles written before them: L* only), the name, shape and dtype of every tensor, and ``sha256``: a hash of
 ``adapter.safetensors`` and of every other field of the JSON. The loader checks
 each tensor against that list and then the hash, so a changed tensor or
 field is refused (this detects edits; it is no signature). A bundle without
@@ -77,6 +82,15 @@ class BundleError(ValueError):
 
 
 @dataclass
+class BlockVectors:
+    """The steering vectors of one block other than L*, from the CAL states at that block."""
+
+    vectors: dict[str, np.ndarray]  # "global" and domains -> unit label vector (H,)
+    behaviour_vectors: dict[str, np.ndarray]  # unit behaviour directions ({}: none)
+    cal_mean_norm: float  # mean |h| of the CAL states at that block (a relative alpha's unit)
+
+
+@dataclass
 class Bundle:
     layer: int
     domains: list[str]
@@ -103,6 +117,8 @@ class Bundle:
     tokenizer_sha256: str = ""
     # split -> sorted provenance.row_digest of each row of the run's splits; {} in older bundles
     run_rows: dict[str, list[str]] = field(default_factory=dict)
+    # block -> its vectors and unit, for configs that steer at a block other than L* ({}: none)
+    blocks: dict[int, BlockVectors] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # the sha256 recorded in adapter.json (load_bundle); "" for a bundle not read from a folder
     sha256: str = ""
@@ -141,23 +157,48 @@ class Bundle:
         coef, b = self.probes[domain]
         return _sigmoid(self.scale(h) @ coef + b)
 
-    def steering_vector(self, domain: str, beta: float, kind: str = "mixture") -> np.ndarray:
+    @property
+    def steering_blocks(self) -> list[int]:
+        """Every block this bundle can steer at: L* and :attr:`blocks`, sorted."""
+        return sorted({self.layer, *self.blocks})
+
+    def block(self, layer: int | None) -> BlockVectors:
+        """The vectors and unit at ``layer`` (None: L*); BundleError for a block it lacks."""
+        if layer is None or layer == self.layer:
+            return BlockVectors(self.vectors, self.behaviour_vectors, self.cal_mean_norm)
+        if layer not in self.blocks:
+            raise BundleError(
+                f"this adapter has no steering vectors at block {layer} (it has blocks "
+                f"{self.steering_blocks}; L* = {self.layer}): rebuild it with a run whose stage "
+                "04 saved the vectors at every block"
+            )
+        return self.blocks[layer]
+
+    def mean_norm(self, layer: int | None = None) -> float:
+        """The mean |h| of the CAL states at ``layer`` (None: L*): a relative alpha's unit there."""
+        return self.block(layer).cal_mean_norm
+
+    def steering_vector(
+        self, domain: str, beta: float, kind: str = "mixture", layer: int | None = None
+    ) -> np.ndarray:
         """The seed's mixture: normalize(beta * v_global + (1 - beta) * v_domain).
 
         ``kind="behaviour"``: the same mixture of the behaviour directions
         (:attr:`behaviour_vectors`); a domain without one falls back to the
         global behaviour direction, as a domain without a label vector does.
+        ``layer``: the vectors of that block (None: L*; :meth:`block`).
         """
-        vecs = self.vectors
+        blk = self.block(layer)
+        vecs = blk.vectors
         if kind == "behaviour":
-            if "global" not in self.behaviour_vectors:
+            if "global" not in blk.behaviour_vectors:
                 raise BundleError(
                     "vector 'behaviour' needs the bundle's behaviour directions, and this bundle "
                     "has none (built before they existed, or the unsteered model called a tool "
                     "on all or none of the CAL prompts, so there is no call direction; see stage "
                     "04's diagnostics)"
                 )
-            vecs = self.behaviour_vectors
+            vecs = blk.behaviour_vectors
         elif kind != "mixture":
             raise BundleError(f"unknown vector kind {kind!r} for a bundle's steering vector")
         v_d = vecs.get(domain)
@@ -362,6 +403,12 @@ def _tensors(b: Bundle) -> dict[str, np.ndarray]:
         t[f"vector.{name}"] = v.astype(np.float32)
     for name, v in b.behaviour_vectors.items():
         t[f"behaviour.{name}"] = v.astype(np.float32)
+    for layer in sorted(b.blocks):
+        blk = b.blocks[layer]
+        for name, v in blk.vectors.items():
+            t[f"block{layer}.vector.{name}"] = v.astype(np.float32)
+        for name, v in blk.behaviour_vectors.items():
+            t[f"block{layer}.behaviour.{name}"] = v.astype(np.float32)
     return {k: np.ascontiguousarray(v) for k, v in t.items()}
 
 
@@ -389,6 +436,8 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
         **({"prompt_format_sha256": b.prompt_format_sha256} if b.prompt_format_sha256 else {}),
         **({"tokenizer_sha256": b.tokenizer_sha256} if b.tokenizer_sha256 else {}),
         **({"run_rows": b.run_rows} if b.run_rows else {}),
+        # absent where the bundle steers at L* only, so such a bundle's files are as before
+        **({"blocks": _blocks_meta(b.blocks)} if b.blocks else {}),
         "versions": library_versions(),
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()},
         **b.extra,
@@ -400,6 +449,17 @@ def save_bundle(b: Bundle, folder: str | Path, extra: dict[str, Any] | None = No
     meta["sha256"] = _digest(folder / "adapter.safetensors", meta)
     write_json(folder / "adapter.json", meta)
     return folder
+
+
+def _blocks_meta(blocks: dict[int, BlockVectors]) -> dict[str, dict[str, Any]]:
+    return {
+        str(layer): {
+            "vectors": list(blocks[layer].vectors),
+            "behaviour_vectors": list(blocks[layer].behaviour_vectors),
+            "cal_mean_norm": float(blocks[layer].cal_mean_norm),
+        }
+        for layer in sorted(blocks)
+    }
 
 
 MAX_MEAN_NORM = 1e6  # hidden-state norms of real models are far below this
@@ -502,6 +562,26 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
                 f"{jpath}: field {key!r} names unknown domains "
                 f"{sorted(set(names) - set(domains) - {'global'})}"
             )
+    blocks_meta = _field(meta, "blocks", dict, jpath) if "blocks" in meta else {}
+    block_names: dict[int, tuple[list[str], list[str], float]] = {}
+    for key, bm in blocks_meta.items():
+        where = f"{jpath}: blocks[{key!r}]"
+        if not (isinstance(key, str) and key.isdigit() and int(key) < L and int(key) != layer):
+            raise BundleError(
+                f"{where}: a block index in [0, {L}) other than L* ({layer}) is expected"
+            )
+        if not isinstance(bm, dict):
+            raise BundleError(f"{where}: must be an object")
+        bv = _names(bm, "vectors", jpath)
+        bb = _names(bm, "behaviour_vectors", jpath)
+        if not set(bv) | set(bb) <= set(domains) | {"global"}:
+            raise BundleError(f"{where}: names unknown domains")
+        bn = _field(bm, "cal_mean_norm", (int, float), jpath)
+        if not (np.isfinite(bn) and 0 < bn <= MAX_MEAN_NORM):
+            raise BundleError(
+                f"{where}: 'cal_mean_norm' is {bn}; it must be finite and in (0, {MAX_MEAN_NORM:g}]"
+            )
+        block_names[int(key)] = (bv, bb, float(bn))
     spec = _field(meta, "tensors", dict, jpath)
     try:
         tensors = load_file(str(tpath))
@@ -526,6 +606,11 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         expected_shapes[f"vector.{v}"] = (H,)
     for v in behaviour:
         expected_shapes[f"behaviour.{v}"] = (H,)
+    for bl, (bv, bb, _) in block_names.items():
+        for v in bv:
+            expected_shapes[f"block{bl}.vector.{v}"] = (H,)
+        for v in bb:
+            expected_shapes[f"block{bl}.behaviour.{v}"] = (H,)
     missing = sorted(set(expected_shapes) - set(tensors))
     if missing:
         raise BundleError(f"{tpath}: missing tensor {missing[0]}")
@@ -544,7 +629,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
             raise BundleError(f"{tpath}: tensor {name} must be finite floats")
         if (
-            name.startswith(("vector.", "behaviour."))
+            name.startswith(("vector.", "behaviour.", "block"))  # block<l>.*: unit vectors
             and abs(float(np.linalg.norm(arr.astype(np.float64))) - 1) > UNIT_TOL
         ):
             raise BundleError(
@@ -586,6 +671,7 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         "prompt_format_sha256",
         "tokenizer_sha256",
         "run_rows",
+        "blocks",
         "sha256",
     }
     return Bundle(
@@ -611,6 +697,14 @@ def load_bundle(folder: str | Path, allow_unsigned: bool = False) -> Bundle:
         prompt_format_sha256=recorded["prompt_format_sha256"],
         tokenizer_sha256=recorded["tokenizer_sha256"],
         run_rows=run_rows,
+        blocks={
+            bl: BlockVectors(
+                {v: tensors[f"block{bl}.vector.{v}"] for v in bv},
+                {v: tensors[f"block{bl}.behaviour.{v}"] for v in bb},
+                bn,
+            )
+            for bl, (bv, bb, bn) in sorted(block_names.items())
+        },
         extra={k: v for k, v in meta.items() if k not in known},
         sha256=str(meta.get("sha256", "")),
         stale=stale_reason(folder),

@@ -24,7 +24,10 @@ domain without one falls back to the global behaviour direction. The gate is
 unchanged: the label probe says *when* to push, the model's calls *which way*.
 
 ``delta = gate * alpha_eff * v`` is what :mod:`asa_lib.engine.generate` adds to the
-output of block L* at the last prompt position on the prefill pass.
+output of the steering block (L*, or the config's own ``layer``) at the last prompt
+position on the prefill pass. The gate always reads the probe at L*; at another block
+the vectors are that block's (from its CAL states, ``Bundle.blocks``) and a relative
+alpha is in that block's unit (the mean |h| of its CAL states).
 Adding a gate mode or a vector kind is a change to this module and to the
 schema in :mod:`asa_lib.params` only.
 """
@@ -78,24 +81,29 @@ def compute_gates(
     return Gates(routed, p, gate, has_probe)
 
 
-def alpha_effective(alpha: float, unit: str, bundle: Bundle) -> float:
-    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at L*.
+def alpha_effective(alpha: float, unit: str, bundle: Bundle, layer: int | None = None) -> float:
+    """alpha in the seed's absolute unit, or relative to the mean CAL state norm at the steering
+    block ``layer`` (None: L*).
 
-    Checked against alpha's upper bound for this bundle (:func:`check_alpha_eff`).
+    Checked against alpha's upper bound for this bundle and block (:func:`check_alpha_eff`).
     """
-    eff = float(alpha) * (bundle.cal_mean_norm if unit == "relative" else 1.0)
-    check_alpha_eff(eff, bundle, f"alpha {float(alpha):g} ({unit}; alpha_eff {eff:.4g})")
+    eff = float(alpha) * (bundle.mean_norm(layer) if unit == "relative" else 1.0)
+    check_alpha_eff(eff, bundle, f"alpha {float(alpha):g} ({unit}; alpha_eff {eff:.4g})", layer)
     return eff
 
 
-def check_alpha_eff(alpha_eff: float, bundle: Bundle, what: str | None = None) -> None:
-    """ParamsError unless ``alpha_eff`` <= MAX_RELATIVE_ALPHA x the bundle's mean CAL state norm."""
-    bound = MAX_RELATIVE_ALPHA * bundle.cal_mean_norm
+def check_alpha_eff(
+    alpha_eff: float, bundle: Bundle, what: str | None = None, layer: int | None = None
+) -> None:
+    """ParamsError unless ``alpha_eff`` <= MAX_RELATIVE_ALPHA x the bundle's mean CAL state norm
+    at the steering block ``layer`` (None: L*)."""
+    norm = bundle.mean_norm(layer)
+    at = "L*" if layer is None or layer == bundle.layer else f"block {layer}"
+    bound = MAX_RELATIVE_ALPHA * norm
     if alpha_eff > bound * (1 + 1e-9):
         raise ParamsError(
             f"{what or f'alpha_eff {alpha_eff:.4g}'} is above the upper bound: alpha_eff at most "
-            f"{MAX_RELATIVE_ALPHA:g} x the mean state norm at L* ({bundle.cal_mean_norm:.4g}), "
-            f"{bound:.4g}"
+            f"{MAX_RELATIVE_ALPHA:g} x the mean state norm at {at} ({norm:.4g}), {bound:.4g}"
         )
 
 
@@ -106,19 +114,28 @@ def random_unit_vector(hidden_size: int, seed: int) -> np.ndarray:
 
 
 def steering_deltas(
-    bundle: Bundle, gates: Gates, alpha_eff: float, config: SweepConfig | float
+    bundle: Bundle,
+    gates: Gates,
+    alpha_eff: float,
+    config: SweepConfig | float,
+    layer: int | None = None,
 ) -> np.ndarray:
     """(N, H) float32: gate * alpha_eff * v per prompt (zero rows where gate == 0).
 
-    A plain number is the seed's mixture vector with that beta. ``vector:
-    behaviour`` on a bundle without behaviour directions raises
-    :class:`~asa_lib.method.bundle.BundleError`, whether or not a gate fires.
+    A plain number is the seed's mixture vector with that beta. ``layer``: the steering
+    block whose vectors are used (None: L*; a block the bundle lacks raises
+    :class:`~asa_lib.method.bundle.BundleError`). ``vector: behaviour`` on a bundle without
+    behaviour directions raises :class:`~asa_lib.method.bundle.BundleError`, whether or not a
+    gate fires. ``vector: random`` is the same unit vector at every block.
     """
     if not isinstance(config, SweepConfig):
         config = SweepConfig("mixture", tau=0.5, beta=float(config))
     out = np.zeros((len(gates.gate), bundle.hidden_size), dtype=np.float32)
+    bundle.block(layer)  # refuses a block the bundle has no vectors for
     if config.vector == "behaviour":
-        bundle.steering_vector("global", config.beta, "behaviour")  # refuses a bundle without
+        bundle.steering_vector(
+            "global", config.beta, "behaviour", layer
+        )  # refuses a bundle without
     rand = (
         random_unit_vector(bundle.hidden_size, config.seed) if config.vector == "random" else None
     )
@@ -128,7 +145,10 @@ def steering_deltas(
                 rand
                 if rand is not None
                 else bundle.steering_vector(
-                    d, config.beta, "behaviour" if config.vector == "behaviour" else "mixture"
+                    d,
+                    config.beta,
+                    "behaviour" if config.vector == "behaviour" else "mixture",
+                    layer,
                 )
             )
             out[i] = np.float32(g * alpha_eff) * v

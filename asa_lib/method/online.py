@@ -29,6 +29,15 @@ threads inside one ``with`` are each steered once; the decisions of a call
 are a new list, and the hook and the wrapper are removed in ``finally``).
 A call whose prefill did not pass block L* in its own thread, and a padded
 batch without an ``attention_mask``, are refused (:class:`SteeringError`).
+
+A config that steers at another block than L* (``layer``; the gate still reads L*):
+at a later block, the hook on L* decides and a second hook adds the delta at that block
+in the same pass; at an earlier block, the ``generate`` wrapper first runs the prompt up to
+L* (a pass stopped there, as :func:`decide_prompts`), then the prefill adds the delta at
+the earlier block (a call that brings its own ``past_key_values`` is refused: the pre-pass
+could not see those positions). :func:`generate_online` takes two passes for such a
+config (:func:`decide_prompts`, then the planner with the deltas at that block), as the
+sweep does.
 """
 
 from __future__ import annotations
@@ -80,10 +89,20 @@ class OnlineGate:
     """
 
     def __init__(
-        self, bundle: Bundle, tau: float, alpha_eff: float, beta: float, vector: str = "mixture"
+        self,
+        bundle: Bundle,
+        tau: float,
+        alpha_eff: float,
+        beta: float,
+        vector: str = "mixture",
+        layer: int | None = None,
     ):
         check_config_values(tau=tau, alpha_eff=alpha_eff, beta=beta)  # a ParamsError (ValueError)
-        check_alpha_eff(alpha_eff, bundle)
+        # the steering block: L* (None), or another block the bundle has vectors for
+        self.steer_layer = bundle.layer if layer is None else int(layer)
+        at = None if self.steer_layer == bundle.layer else self.steer_layer
+        bundle.block(at)  # a BundleError for a block the bundle lacks
+        check_alpha_eff(alpha_eff, bundle, layer=at)
         if vector not in ONLINE_VECTORS:
             raise ParamsError(f"vector {vector!r} is not one of {ONLINE_VECTORS} (applied online)")
         self.vector = vector
@@ -105,7 +124,7 @@ class OnlineGate:
         table = np.zeros((C, 3, H), dtype=np.float32)
         for i, d in enumerate(self.classes):
             two = steering_deltas(
-                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, config
+                bundle, Gates([d, d], np.zeros(2), np.array([-1, 1])), self.alpha_eff, config, at
             )
             table[i, 0], table[i, 2] = two[0], two[1]
         self._deltas = torch.from_numpy(table)
@@ -161,6 +180,13 @@ class OnlineGate:
         table = self._tensors(device)[-1]
         return table[idx, gate + 1].to(device=device, dtype=dtype)
 
+    def deltas_of(self, decisions: Sequence[Decision]) -> np.ndarray:
+        """(N, H) float32: the delta of each decision (its routed domain and gate), as the
+        prefill hook adds it."""
+        table = self._deltas.numpy()
+        idx = [self.classes.index(d.routed) for d in decisions]
+        return np.stack([table[i, d.gate + 1] for i, d in zip(idx, decisions)])
+
     def decisions(self, idx: torch.Tensor, p: torch.Tensor, gate: torch.Tensor) -> list[Decision]:
         return [
             Decision(self.classes[i], float(q), int(g))
@@ -171,10 +197,13 @@ class OnlineGate:
 class _Call:
     """One ``generate`` call's steering state: whether its prefill was steered, and its decisions."""
 
-    __slots__ = ("decisions",)
+    __slots__ = ("decisions", "pending", "steered", "prepass")
 
     def __init__(self) -> None:
         self.decisions: list[Decision] | None = None  # set by its prefill pass
+        self.pending: torch.Tensor | None = None  # the delta for a later/earlier steering block
+        self.steered = False  # that delta was added (steering block other than L*)
+        self.prepass = False  # a pass stopped at L* to decide before an earlier steering block
 
 
 class _OnlineHook:
@@ -206,10 +235,28 @@ class _OnlineHook:
         idx, p, gate = self.gate.decide(h[:, -1, :])
         call.decisions = self.gate.decisions(idx, p, gate)
         self.session._record(call.decisions)
-        if self.gate.alpha_eff == 0 or not bool((gate != 0).any()):
+        nothing = self.gate.alpha_eff == 0 or not bool((gate != 0).any())
+        if self.gate.steer_layer != self.gate.layer:  # added at the steering block's hook
+            call.pending = None if nothing else self.gate.delta(idx, gate, h.device, h.dtype)
+            if call.prepass:
+                raise _StopForward
+            return out
+        if nothing:
             return out  # nothing to add: the output stays bit-identical to an unhooked pass
         h = h.clone()
         h[:, -1, :] += self.gate.delta(idx, gate, h.device, h.dtype)
+        return with_block_output(out, h)
+
+    def steer(self, _module, _inp, out):
+        """The hook on a steering block other than L*: add the call's delta on its prefill."""
+        call = self.call
+        if call is None or call.steered or call.decisions is None or call.prepass:
+            return out  # plain calls, decode steps, and the pre-pass before an earlier block
+        call.steered = True
+        if call.pending is None:
+            return out
+        h = block_output(out).clone()
+        h[:, -1, :] += call.pending.to(device=h.device, dtype=h.dtype)
         return with_block_output(out, h)
 
 
@@ -302,10 +349,15 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
         raise SteeringError(
             f"the adapter steers block {gate.layer}; the model has {len(blocks)} blocks"
         )
+    if gate.steer_layer >= len(blocks):
+        raise SteeringError(
+            f"the adapter steers block {gate.steer_layer}; the model has {len(blocks)} blocks"
+        )
     session = SteeringSession(gate)
     hook = _OnlineHook(gate, session)
     original = model.generate
     previous = vars(model).get("generate", _MISSING)
+    earlier = gate.steer_layer < gate.layer
 
     def generate(*args, **kwargs):
         _check_generate_call(model, args, kwargs)
@@ -313,9 +365,16 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
             raise SteeringError("model.generate was called from inside a steered generate call.")
         call = hook.call = _Call()  # this call's own state, in this thread only
         try:
+            if earlier:
+                _decide_first(model, call, args, kwargs)
             out = original(*args, **kwargs)
         finally:
             hook.call = None
+        if gate.steer_layer != gate.layer and call.pending is not None and not call.steered:
+            raise SteeringError(
+                f"the prefill of this generate call did not pass block {gate.steer_layer} "
+                "after its decision: it was not steered."
+            )
         if call.decisions is None:
             raise SteeringError(
                 f"the prefill of this generate call did not pass block {gate.layer} in the "
@@ -324,18 +383,47 @@ def online_steering(model: torch.nn.Module, gate: OnlineGate) -> Iterator[Steeri
             )
         return out
 
-    handle = blocks[gate.layer].register_forward_hook(hook)
+    handles = [blocks[gate.layer].register_forward_hook(hook)]
+    if gate.steer_layer != gate.layer:
+        handles.append(blocks[gate.steer_layer].register_forward_hook(hook.steer))
     _ACTIVE.add(model)
     try:
         model.generate = generate  # an instance attribute: shadows the class's method
         yield session
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         if previous is _MISSING:
             vars(model).pop("generate", None)
         else:
             model.generate = previous
         _ACTIVE.discard(model)
+
+
+@torch.no_grad()
+def _decide_first(model: torch.nn.Module, call: _Call, args: tuple, kwargs: dict) -> None:
+    """The pre-pass of a call steered at a block before L*: the prompt up to L*, where the
+    hook decides (and records) and stops the pass."""
+    if kwargs.get("past_key_values") is not None:
+        raise SteeringError(
+            "this adapter steers a block before L*, so it decides in a pass up to L* first; a "
+            "generate call with its own past_key_values cannot be decided that way: pass the "
+            "whole prompt."
+        )
+    ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if not isinstance(ids, torch.Tensor):
+        raise SteeringError("a generate call steered before L* needs input_ids (a tensor)")
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate derives them
+    call.prepass = True
+    try:
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        call.prepass = False
 
 
 def generate_online(
@@ -356,6 +444,18 @@ def generate_online(
     prompts = list(prompts)
     if not prompts:
         return [], []
+    if gate.steer_layer != gate.layer:  # two passes: decide at L*, steer at the other block
+        decisions = decide_prompts(
+            lm, prompts, gate, settings.batch_size, settings.max_prompt_tokens
+        )
+        outputs, _ = generate_all(
+            lm,
+            prompts,
+            settings.without_drafts(),
+            gate.deltas_of(decisions),
+            layer=gate.steer_layer,
+        )
+        return outputs, decisions
     by_prompt: dict[str, Decision] = {}  # a prompt given twice is generated (and decided) once
     with online_steering(lm.model, gate) as session:
         calls = len(session.calls)

@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 
 from asa_lib.files import atomic_path, read_json, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.bundle import Bundle
+from asa_lib.method.bundle import BlockVectors, Bundle
 
 LR_KW = {"max_iter": 2000, "C": 1.0}
 CHANCE_AUC = 0.5  # a probe at or below it separates nothing (below: the wrong way round on VALID)
@@ -257,6 +257,7 @@ def make_bundle(
     model_fingerprint: str = "",
     model_weights: str = "",
     behaviour_vectors: dict[str, np.ndarray] | None = None,
+    blocks: dict[int, BlockVectors] | None = None,
 ) -> Bundle:
     """Plain arrays from the fitted scikit-learn objects (no pickle)."""
     return Bundle(
@@ -287,6 +288,7 @@ def make_bundle(
         behaviour_vectors={
             k: v.astype(np.float32) for k, v in sorted((behaviour_vectors or {}).items())
         },
+        blocks={k: v for k, v in sorted((blocks or {}).items()) if k != layer},
     )
 
 
@@ -322,6 +324,7 @@ def fit_bundle(
     prompt_format_sha256: str = "",
     tokenizer_sha256: str = "",
     run_rows: Mapping[str, list[str]] | None = None,
+    blocks: dict[int, BlockVectors] | None = None,
 ) -> tuple[Bundle, FitReport]:
     """Stages 04-05: the adapter bundle from raw states at L*.
 
@@ -338,6 +341,9 @@ def fit_bundle(
     ``prompt_format_sha256``, ``tokenizer_sha256``, ``run_rows``: what the states were read
     from and the run's rows, recorded in the bundle as they are (see
     :class:`~asa_lib.method.bundle.Bundle`; empty: not recorded).
+    for ``vector: behaviour``; None: the bundle carries none. ``blocks``: stage 04's vectors at
+    the other blocks (:func:`load_block_vectors`), for configs with their own ``layer``; None:
+    the bundle steers at L* only.
     """
     classes = class_order(domains)
     notes: list[str] = []
@@ -357,6 +363,7 @@ def fit_bundle(
         model_fingerprint=model_fingerprint,
         model_weights=model_weights,
         behaviour_vectors=behaviour_vectors,
+        blocks=blocks,
     )
     bundle.prompt_format_sha256, bundle.tokenizer_sha256 = prompt_format_sha256, tokenizer_sha256
     bundle.run_rows = {s: list(v) for s, v in (run_rows or {}).items()}
@@ -470,3 +477,93 @@ def load_vectors(run_dir) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(RunDir(run_dir).vectors))
+
+
+def resolve_blocks(rule, aucs: Sequence[float | None], best: int) -> list[int]:
+    """The blocks ``steering.blocks`` (a :class:`~asa_lib.params.BlockRule`) picks beyond L*.
+
+    ``top_valid_auc``: blocks by VALID probe AUC (``aucs[l]``, stage 03's), highest first,
+    ties to the lower block; a block is taken when it is at least ``rule.min_distance``
+    blocks from L* (``best``) and from every block taken before it; at most ``rule.count``.
+    Fewer where the model has too few blocks far enough apart. Blocks without a finite AUC
+    are never taken.
+    """
+    if rule is None:
+        return []
+    if rule.rule != "top_valid_auc":
+        raise ValueError(f"unknown steering.blocks rule {rule.rule!r}")
+    ok = [(float(a), i) for i, a in enumerate(aucs) if a is not None and np.isfinite(a)]
+    picked: list[int] = []
+    for _, i in sorted(ok, key=lambda t: (-t[0], t[1])):
+        if len(picked) >= rule.count:
+            break
+        if all(abs(i - j) >= rule.min_distance for j in (best, *picked)):
+            picked.append(i)
+    return picked
+
+
+def block_vectors_of(
+    h_cal: np.ndarray,
+    y: np.ndarray,
+    domains: list[str],
+    domain_names: list[str],
+    behaviour: Mapping[int, dict[str, np.ndarray]] | None = None,
+    skip: int | None = None,
+) -> dict[int, BlockVectors]:
+    """Per block ``l`` of ``h_cal`` ((N, L, H): the CAL states of every block), except ``skip``
+    (L*): the unit label vectors (:func:`steering_vectors`, as stage 04 at L*), the behaviour
+    directions given for it (``behaviour[l]``) and the mean |h| there (:func:`cal_mean_norm`).
+    A block where the label vector does not exist (the tool and non-tool CAL states have the
+    same mean there: an early block of a short-window model) is left out: no config can steer
+    there."""
+    out = {}
+    for layer in range(h_cal.shape[1]):
+        if layer == skip:
+            continue
+        h = np.asarray(h_cal[:, layer])
+        try:
+            vecs, _ = steering_vectors(h, y, domains, domain_names)
+        except ProbingError:
+            continue
+        out[layer] = BlockVectors(
+            {k: vecs[k].astype(np.float32) for k in sorted(vecs)},
+            {k: v.astype(np.float32) for k, v in sorted((behaviour or {}).get(layer, {}).items())},
+            cal_mean_norm(h),
+        )
+    return out
+
+
+def save_block_vectors(run_dir, blocks: dict[int, BlockVectors]) -> None:
+    """``vectors/blocks.safetensors``: each block's vectors (``<l>.vector.<name>``,
+    ``<l>.behaviour.<name>``) and its mean CAL norm (``<l>.cal_mean_norm``, float64 (1,))."""
+    from safetensors.numpy import save_file
+
+    t: dict[str, np.ndarray] = {}
+    for layer, b in sorted(blocks.items()):
+        for k, v in b.vectors.items():
+            t[f"{layer}.vector.{k}"] = np.asarray(v, np.float32)
+        for k, v in b.behaviour_vectors.items():
+            t[f"{layer}.behaviour.{k}"] = np.asarray(v, np.float32)
+        t[f"{layer}.cal_mean_norm"] = np.array([b.cal_mean_norm], np.float64)
+    with atomic_path(RunDir(run_dir).block_vectors) as tmp:
+        save_file(t, str(tmp))
+
+
+def load_block_vectors(run_dir) -> dict[int, BlockVectors]:
+    """What :func:`save_block_vectors` wrote ({} for a run from before it)."""
+    from safetensors.numpy import load_file
+
+    p = RunDir(run_dir).block_vectors
+    if not p.is_file():
+        return {}
+    t = load_file(str(p))
+    out: dict[int, BlockVectors] = {}
+    for name in sorted(k for k in t if k.endswith(".cal_mean_norm")):
+        layer = int(name.split(".", 1)[0])
+
+        def part(kind: str, layer: int = layer) -> dict[str, np.ndarray]:
+            pre = f"{layer}.{kind}."
+            return {k[len(pre) :]: t[k] for k in sorted(t) if k.startswith(pre)}
+
+        out[layer] = BlockVectors(part("vector"), part("behaviour"), float(t[name][0]))
+    return dict(sorted(out.items()))

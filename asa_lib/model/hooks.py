@@ -9,8 +9,8 @@ Both tensor and tuple block outputs are accepted. Hooks are removed in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -109,6 +109,33 @@ def steer_last_prompt_token(
         yield hook
     finally:
         handle.remove()
+
+
+@contextmanager
+def steer_rows_at(
+    blocks: Sequence[torch.nn.Module],
+    delta: torch.Tensor | None,
+    layers: int | Sequence[int],
+    positions: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """:func:`steer_last_prompt_token` with a block per row: ``delta[b]`` is added at block
+    ``layers[b]`` (an int: every row's block). One hook per distinct block, each adding its
+    own rows' deltas and zero rows for the others (``x + 0`` is ``x``), so a row steered at
+    block ``l`` gets exactly what a batch steered at ``l`` alone gives it."""
+    if isinstance(layers, int):
+        with steer_last_prompt_token(blocks[layers], delta, positions):
+            yield
+        return
+    layers = [int(x) for x in layers]
+    if delta is not None and len(layers) != delta.shape[0]:
+        raise ValueError(f"{len(layers)} blocks for {delta.shape[0]} rows")
+    with ExitStack() as stack:
+        if delta is not None:
+            for layer in sorted(set(layers)):
+                rows = torch.tensor([x == layer for x in layers])
+                d = torch.where(rows[:, None], delta, torch.zeros_like(delta))
+                stack.enter_context(steer_last_prompt_token(blocks[layer], d, positions))
+        yield
 
 
 class FirstPass:

@@ -15,7 +15,7 @@ from typing import Any
 from asa_lib.files import read_json, write_json, write_text
 from asa_lib.layout import RunDir, shown_path
 from asa_lib.params import BASELINE, Params
-from asa_lib.report.verdict import signed, verdict
+from asa_lib.report.verdict import AIMED, BACKFIRED, HELD, signed, verdict
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:96em;color:#222;padding:0 1em}
 div.wide{overflow-x:auto}
@@ -110,13 +110,28 @@ def write_index(
             parts.append(
                 f"<p><b>Diagnostics at L*:</b> {_e(diag['verdict'])} (see 04_vectors).</p>"
             )
+        advice = results.get("advice", {}).get(c["name"], [])
+        if advice:  # did the chosen config's gate decisions happen? (the flips, 07_analysis)
+            parts.append(
+                "<p><b>The chosen config's gate decisions:</b> "
+                + " ".join(_e(a) for a in advice)
+                + "</p>"
+            )
+        sb = results.get("steering_blocks") or {}
+        if sb.get("blocks"):
+            parts.append(
+                f"<p>Steering blocks (steering.blocks, resolved on this run): L* = "
+                f"{_e(sb['L_star'])}, auto1.. = {_e(', '.join(map(str, sb['blocks'])))}.</p>"
+            )
         parts.append(
-            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th>"
+            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th><th>block</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
             "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th>"
             "<th>TEST valid calls (share of calls)</th>"
             "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR vs baseline [95% CI]</th>"
-            "<th>decisions flipped (VALID / TEST)</th></tr>"
+            "<th>decisions flipped (VALID / TEST)</th>"
+            "<th>TEST: gate's decision held (of the rows it aimed at)</th>"
+            "<th>TEST: moved against the gate</th></tr>"
         )
         diffs, flips = results.get("vs_baseline", {}).get("test", {}), results.get("flips", {})
         # a per-config stage's key is <notebook>__<config>: each config's own report
@@ -137,6 +152,14 @@ def write_index(
             )
             fl = {x["split"]: x["decision flips"] for x in flips.get(name, [])}
             fcell = f"{fl.get('valid', 0)} / {fl.get('test', 0)}" if name in flips else NA
+            ft = next((x for x in flips.get(name, []) if x["split"] == "test"), None)
+            if ft is not None and AIMED[0] in ft:  # results from before these counts: —
+                aimed = ft[AIMED[0]] + ft[AIMED[1]]
+                held = f"{ft[HELD[0]] + ft[HELD[1]]} of {aimed}"
+                back = str(ft[BACKFIRED[0]] + ft[BACKFIRED[1]])
+            else:
+                held = back = NA
+            gcells = f"<td>{held}</td><td>{back}</td>"
             page = pages.get(name)
             label = (
                 f"<a href='{_e(page.relative_to(run.root).as_posix())}'>{_e(name)}</a>"
@@ -148,13 +171,14 @@ def write_index(
                 f"<td>{NA if base or r.get(k) is None else _e(r[k])}</td>"
                 for k in ("tau", "alpha", "beta")
             )
+            knobs += f"<td>{NA if base or r.get('layer') is None else _e(r['layer'])}</td>"
             vcalls = _num(t["valid_call_rate"]) if t.get("triggers") else NA
             parts.append(
                 f"<tr{cls}><td class='l'>{label}</td>{knobs}"
                 f"<td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
                 f"<td>{v['recall']:.3f}</td><td>{t['f1']:.3f}</td><td>{t['fpr']:.3f}</td>"
                 f"<td>{t['recall']:.3f}</td><td>{vcalls}</td>{dcells}"
-                f"<td>{fcell}</td></tr>"
+                f"<td>{fcell}</td>{gcells}</tr>"
             )
         parts.append(
             "</table></div><p class='note'>Selection uses VALID only; TEST columns are reported, never "
@@ -162,7 +186,11 @@ def write_index(
             "tool and carry its required arguments (— where the config made no call). "
             "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
             "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
-            "against the baseline; each config's report lists them. — : not applicable "
+            "against the baseline; each config's report lists them. Held: of the TEST rows where "
+            "the baseline decided the other way than the gate pushed (gate −1 on a call, +1 on "
+            "an abstention), how many kept the baseline's decision; moved against the gate: gate "
+            "−1 rows that newly call plus gate +1 rows that newly abstain. Block: the block the "
+            "delta is added at (the gate reads L*). — : not applicable "
             "(the baseline has no tau, alpha or beta, and is not compared with itself).</p>"
         )
     else:

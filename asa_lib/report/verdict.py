@@ -11,6 +11,18 @@ from typing import Any
 
 BASELINE = "baseline"
 
+# The kinds of a decision flip (asa_lib.run.analysis.flips).
+FLIP_KINDS = ("gained a call (+1 gate)", "lost a call (-1 gate)", "changed against its gate")
+
+# Did the gate's decision happen? Among the rows where the baseline decided the other way than
+# the gate pushes (a -1 gate on a row the baseline calls on, a +1 gate on one it abstains on):
+# how many the gate aimed at, and how many of them kept the baseline's decision. Then the rows
+# the pull moved against its own sign: a -1 gate that newly calls, a +1 gate that newly
+# abstains (their sum is FLIP_KINDS[2], "changed against its gate").
+AIMED = ("-1 gate on a baseline call", "+1 gate on a baseline abstention")
+HELD = ("-1 gate, still calls", "+1 gate, still abstains")
+BACKFIRED = ("-1 gate, newly calls", "+1 gate, newly abstains")
+
 
 def signed(x: float) -> str:
     """``+0.012`` / ``−0.017`` (a true minus sign); ``+0.000`` for zero."""
@@ -73,3 +85,38 @@ def verdict(results: dict[str, Any]) -> str:
         f"FPR {bt['fpr']:.2f} → {ct['fpr']:.2f} (ΔFPR{_fpr_word(d['d_fpr_lo'], d['d_fpr_hi'])}), "
         f"recall {bt['recall']:.2f} → {ct['recall']:.2f}."
     )
+
+
+# When the advice speaks: at least this share of the rows the gate aimed at kept the baseline's
+# decision ("try another block"), and backfired rows at least this share of the flips that went
+# the gate's way (or any backfired row where none did: "lower alpha").
+HELD_SHARE = 0.5
+BACKFIRE_SHARE = 0.25
+
+
+def decision_advice(row: dict, config: str = "") -> list[str]:
+    """Plain sentences from one flips row (:func:`asa_lib.run.analysis.flip_counts`): did the
+    gate's decision happen? "try another block" where at least :data:`HELD_SHARE` of the rows
+    the gate aimed at kept the baseline's decision; "lower alpha" where the rows moved against
+    their gate are at least :data:`BACKFIRE_SHARE` of those moved its way (any, where none
+    was)."""
+    who = f"{config} ({row['split'].upper()})" if config else row["split"].upper()
+    out = []
+    aimed = row.get(AIMED[0], 0) + row.get(AIMED[1], 0)
+    held = row.get(HELD[0], 0) + row.get(HELD[1], 0)
+    if aimed and held / aimed >= HELD_SHARE:
+        out.append(
+            f"{who}: the gate was right but the pull did not flip: {held} of the {aimed} rows "
+            f"where the gate asked for the other decision kept the baseline's "
+            f"({row.get(HELD[0], 0)} with gate -1 still call, {row.get(HELD[1], 0)} with gate +1 "
+            "still abstain): try another block (a config's layer, steering.blocks)."
+        )
+    back = row.get(BACKFIRED[0], 0) + row.get(BACKFIRED[1], 0)
+    toward = row.get(FLIP_KINDS[0], 0) + row.get(FLIP_KINDS[1], 0)
+    if back and back >= BACKFIRE_SHARE * toward:
+        out.append(
+            f"{who}: the pull backfired: {back} rows moved against their gate "
+            f"({row.get(BACKFIRED[0], 0)} with gate -1 newly call, {row.get(BACKFIRED[1], 0)} "
+            f"with gate +1 newly abstain; {toward} moved its way): lower alpha."
+        )
+    return out

@@ -25,9 +25,10 @@ from asa_lib.method.bundle import clear_stale, load_bundle, save_bundle
 from asa_lib.method.probing import load_layers
 from asa_lib.metrics import METRICS as metric_registry
 from asa_lib.params import BASELINE, Params
+from asa_lib.report.verdict import AIMED, BACKFIRED, FLIP_KINDS, HELD, decision_advice
 from asa_lib.run.core import vs_baseline
 from asa_lib.run.stages import require
-from asa_lib.run.sweep import sweep_path
+from asa_lib.run.sweep import steering_blocks, sweep_path
 
 METRICS = tuple(metric_registry)  # every metric, in the registry's order
 
@@ -99,9 +100,6 @@ def summary_table(res: dict[str, dict]) -> pd.DataFrame:
     return out.reset_index()
 
 
-FLIP_KINDS = ("gained a call (+1 gate)", "lost a call (-1 gate)", "changed against its gate")
-
-
 def flips(
     base: dict, res: dict, tool_sets: dict | None = None, prompts: dict | None = None
 ) -> pd.DataFrame:
@@ -160,21 +158,33 @@ def flips(
 
 
 def flip_counts(base: dict, res: dict) -> pd.DataFrame:
-    """Per split: prompts steered, outputs changed, and decision flips of each kind."""
+    """Per split: prompts steered, outputs changed, decision flips of each kind, and whether the
+    gate's decision happened (:data:`AIMED`, :data:`HELD`, :data:`BACKFIRED`)."""
     f = flips(base, res)
-    before = {(r["split"], r["id"]): r["output"] for r in base["records"]}
+    before = {(r["split"], r["id"]): r for r in base["records"]}
     rows = []
     for split in res["splits"]:
         recs = [r for r in res["records"] if r["split"] == split]
+        pairs = [(r, before[(split, r["id"])]) for r in recs]
         row = {
             "split": split,
             "prompts": len(recs),
             "steered": sum(r["gate"] != 0 for r in recs),
-            "output changed": sum(r["output"] != before[(split, r["id"])] for r in recs),
+            "output changed": sum(r["output"] != b["output"] for r, b in pairs),
             "decision flips": int((f["split"] == split).sum()),
         }
         for k in FLIP_KINDS:
             row[k] = int(((f["split"] == split) & (f["kind"] == k)).sum())
+        for j, g in enumerate((-1, 1)):
+            other = [(r, b) for r, b in pairs if r["gate"] == g and bool(b["triggered"]) == (g < 0)]
+            row[AIMED[j]] = len(other)
+            row[HELD[j]] = sum(bool(r["triggered"]) == bool(b["triggered"]) for r, b in other)
+            row[BACKFIRED[j]] = sum(
+                r["gate"] == g
+                and bool(r["triggered"]) != bool(b["triggered"])
+                and bool(r["triggered"]) == (g < 0)
+                for r, b in pairs
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -349,6 +359,8 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
     probing = load_layers(run)
     bundle = load_bundle(run.bundle)
     c = res[chosen]
+    # the chosen config's steering block, where it is not L* (older sweep results: L*)
+    steer_at = c.get("layer", bundle.layer)
     chosen_info = {
         "name": chosen,
         "tau": c["tau"],
@@ -356,9 +368,13 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "beta": c["beta"],
         "alpha_unit": c["alpha_unit"],
         "alpha_eff": c["alpha_eff"],
+        "layer": steer_at,
         "selected_on": "valid: best F1, ties to lower FPR",
         "valid": c["splits"]["valid"]["metrics"],
         "test": c["splits"]["test"]["metrics"],
+    }
+    flip_table = {
+        n: flip_counts(res[BASELINE], r).to_dict("records") for n, r in res.items() if n != BASELINE
     }
     results = {
         "params": params.to_dict(),
@@ -368,6 +384,8 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
         "trust_remote_code": params.model.trust_remote_code,
         "L_star": probing["best_layer"],
         "L_star_valid_auc": probing["layers"][probing["best_layer"]]["auc"],
+        # steering.blocks resolved on this run, and each config's steering block
+        "steering_blocks": steering_blocks(params, run),
         "domains": bundle.domains,
         "chosen": chosen_info,
         "configs": {
@@ -376,6 +394,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                 "alpha": r["alpha"],
                 "beta": r["beta"],
                 "alpha_eff": r["alpha_eff"],
+                "layer": r.get("layer", bundle.layer),
                 "splits": {s: v["metrics"] for s, v in r["splits"].items()},
             }
             for n, r in res.items()
@@ -398,10 +417,11 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
             )
             for s in ("valid", "test")
         },
-        "flips": {
-            n: flip_counts(res[BASELINE], r).to_dict("records")
-            for n, r in res.items()
-            if n != BASELINE
+        "flips": flip_table,
+        # did the gate's decision happen? plain sentences from the flips (decision_advice)
+        "advice": {
+            n: [a for row in rows for a in decision_advice(row, n)]
+            for n, rows in flip_table.items()
         },
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -425,6 +445,8 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                         for k, v in c.get("config", {}).items()
                         if k in ("gate", "vector", "seed")
                     },
+                    # its steering block, where it is not L* (the API applies it there)
+                    **({"layer": steer_at} if steer_at != bundle.layer else {}),
                 }
             },
         )

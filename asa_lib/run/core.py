@@ -60,10 +60,12 @@ def record(output: str, markers: CallMarkers, against: list, /, **fields) -> Pro
 
 @dataclass(frozen=True)
 class ConfigSpec:
-    """A config to evaluate and its effective strength (0 for an unsteered one)."""
+    """A config to evaluate, its effective strength (0 for an unsteered one) and its steering
+    block (None: L*, the bundle's block; resolved from the config's ``layer``)."""
 
     config: SweepConfig
     alpha_eff: float = 0.0
+    layer: int | None = None
 
     @property
     def name(self) -> str:
@@ -73,10 +75,13 @@ class ConfigSpec:
 def gates_and_deltas(
     bundle: Bundle, h: np.ndarray, domains: Sequence[str], spec: ConfigSpec
 ) -> tuple[Gates, np.ndarray | None]:
-    """The gate of every prompt (from its state at L*, ``h``) and its delta (None: unsteered)."""
+    """The gate of every prompt (from its state at L*, ``h``) and its delta (None: unsteered),
+    with the vectors of the spec's steering block."""
     steer = spec.config.steers
     gates = compute_gates(bundle, h, spec.config if steer else RECORD_ONLY, list(domains))
-    deltas = steering_deltas(bundle, gates, spec.alpha_eff, spec.config) if steer else None
+    deltas = (
+        steering_deltas(bundle, gates, spec.alpha_eff, spec.config, spec.layer) if steer else None
+    )
     return gates, deltas
 
 
@@ -112,7 +117,8 @@ def plan_outputs(
     for spec in specs:
         g, d = gates_and_deltas(bundle, h, domains, spec)
         gates[spec.name] = g
-        cds.append(ConfigDeltas(spec.name, d))
+        layer = None if spec.layer is None or spec.layer == bundle.layer else spec.layer
+        cds.append(ConfigDeltas(spec.name, d, layer))
     stats = GenerationStats()
     res = generate_configs(
         lm,

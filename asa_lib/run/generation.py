@@ -34,7 +34,14 @@ from asa_lib.params import Params, params_from_dict
 from asa_lib.run.core import plan_outputs
 from asa_lib.run.parallel import launch
 from asa_lib.run.stages import require
-from asa_lib.run.sweep import EVAL_SPLITS, config_spec, open_cache, read_samples, split_inputs
+from asa_lib.run.sweep import (
+    EVAL_SPLITS,
+    config_spec,
+    open_cache,
+    read_samples,
+    split_inputs,
+    steering_blocks,
+)
 
 STAGE = "06_generate"
 
@@ -125,7 +132,8 @@ def run(
     require(folder, STAGE)
     bundle = load_bundle(folder.bundle)
     lm = load_params_model(params) if lm is None else lm
-    specs = [config_spec(params, lm, bundle, c) for c in params.configs()]
+    blocks = steering_blocks(params, folder)
+    specs = [config_spec(params, lm, bundle, c, blocks["blocks"]) for c in params.configs()]
     workers: list[dict] = []
     if processes > 1:
         spec = {
@@ -139,6 +147,8 @@ def run(
     record: dict[str, Any] = {
         "configs": [s.name for s in specs],
         "layer": bundle.layer,
+        "steering_blocks": blocks,
+        "config_layers": {s.name: s.layer for s in specs if s.layer is not None},
         "settings": {
             "batch_size": settings.batch_size,
             "max_new_tokens": settings.max_new_tokens,
@@ -195,7 +205,8 @@ def generate_shard(spec: dict, shard: tuple[int, int], barrier: Callable[[], Non
     folder = RunDir(spec["run_dir"])
     bundle = load_bundle(folder.bundle)
     lm = load_params_model(params)
-    specs = [config_spec(params, lm, bundle, c) for c in params.configs()]
+    blocks = steering_blocks(params, folder)["blocks"]
+    specs = [config_spec(params, lm, bundle, c, blocks) for c in params.configs()]
     samples = read_samples(folder)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
     planned, *_ = _plan_all(

@@ -75,6 +75,7 @@ def run(params: Params, run_dir: str | os.PathLike) -> RoutingResult:
         prompt_format_sha256=meta["cal"].get("prompt_format_sha256", ""),
         tokenizer_sha256=meta["cal"].get("tokenizer_sha256", ""),
         run_rows=run_rows(params, folder),
+        blocks=probing.load_block_vectors(folder),  # stage 04's, for configs with their own layer
     )
     save_bundle(bundle, folder.bundle)
     bundle = load_bundle(folder.bundle)  # everything below, and the caller, use the reloaded one

@@ -25,10 +25,11 @@ from asa_lib.engine.extract import load_meta, load_states
 from asa_lib.engine.generate import GenerationSettings, generate_all
 from asa_lib.files import file_digest, library_versions, write_json
 from asa_lib.layout import RunDir
-from asa_lib.method.bundle import Bundle
+from asa_lib.method.bundle import Bundle, BundleError
 from asa_lib.method.gate import alpha_effective
+from asa_lib.method.probing import load_layers, resolve_blocks
 from asa_lib.model.load import LoadedModel
-from asa_lib.params import Params, SweepConfig
+from asa_lib.params import Params, ParamsError, SweepConfig, resolve_layer
 from asa_lib.prompts import prompt_format_sha256
 from asa_lib.run.core import ConfigSpec, score_configs, tools_of
 from asa_lib.tools import CallMarkers, score_output
@@ -76,13 +77,47 @@ def split_inputs(
     return xs, prompts, load_states(run_dir, split, layer)
 
 
-def config_spec(params: Params, lm: LoadedModel, bundle: Bundle, config: SweepConfig) -> ConfigSpec:
-    """``config`` with its alpha_eff, once the bundle is checked against the model."""
-    bundle.check_facts(lm.facts(), allow_mismatch=params.steering.allow_model_mismatch)
-    a_eff = (
-        alpha_effective(config.alpha, params.steering.alpha_unit, bundle) if config.steers else 0.0
-    )
-    return ConfigSpec(config, a_eff)
+def steering_blocks(params: Params, run_dir: str | Path) -> dict:
+    """``steering.blocks`` resolved on this run (:func:`~asa_lib.method.probing.resolve_blocks`
+    on stage 03's VALID AUCs and L*): ``{"rule", "L_star", "blocks": [auto1, auto2, ...],
+    "valid_auc": {block: AUC}}``; without a rule ``{"rule": None, "blocks": []}`` (stage 03's
+    file is not read)."""
+    rule = params.steering.blocks
+    if rule is None:
+        return {"rule": None, "blocks": []}
+    layers = load_layers(run_dir)
+    best = layers["best_layer"]
+    aucs = [r["auc"] for r in layers["layers"]]
+    blocks = resolve_blocks(rule, aucs, best)
+    return {
+        "rule": asdict(rule) if rule is not None else None,
+        "L_star": best,
+        "blocks": blocks,
+        "valid_auc": {str(b): aucs[b] for b in [best, *blocks]},
+    }
+
+
+def config_spec(
+    params: Params,
+    lm: LoadedModel,
+    bundle: Bundle,
+    config: SweepConfig,
+    blocks: list[int] | None = None,
+) -> ConfigSpec:
+    """``config`` with its steering block (:func:`~asa_lib.params.resolve_layer`; ``blocks``:
+    ``steering.blocks`` resolved, :func:`steering_blocks`) and its alpha_eff in that block's
+    unit, once the bundle is checked against the model."""
+    facts = lm.facts()
+    bundle.check_facts(facts, allow_mismatch=params.steering.allow_model_mismatch)
+    if not config.steers:
+        return ConfigSpec(config, 0.0)
+    layer = resolve_layer(config, bundle.layer, facts.num_layers, blocks)
+    try:
+        bundle.block(layer)
+    except BundleError as e:
+        raise ParamsError(f"sweep config {config.name!r}: {e}") from None
+    a_eff = alpha_effective(config.alpha, params.steering.alpha_unit, bundle, layer)
+    return ConfigSpec(config, a_eff, None if layer == bundle.layer else layer)
 
 
 def read_samples(run: RunDir) -> dict[str, dict]:
@@ -105,7 +140,7 @@ def run_config(
     the run's generation cache; they are read back here (anything missing is generated).
     """
     run = RunDir(run_dir)
-    spec = config_spec(params, lm, bundle, config)
+    spec = config_spec(params, lm, bundle, config, steering_blocks(params, run)["blocks"])
     samples = read_samples(run)
     cache = open_cache(run, params, lm)
     out = {
@@ -115,7 +150,9 @@ def run_config(
         "beta": config.beta,
         "alpha_unit": params.steering.alpha_unit,
         "alpha_eff": spec.alpha_eff,
-        "layer": bundle.layer,
+        # the steering block (the delta is added there) and the block the gate reads (L*)
+        "layer": bundle.layer if spec.layer is None else spec.layer,
+        "gate_layer": bundle.layer,
         "config": asdict(config),
         "splits": {},
         "records": [],

@@ -1,7 +1,8 @@
 """Stage 04: steering vectors at L*, the unsteered model's calls, behaviour directions, diagnostics.
 
 :func:`run` does the stage's reads and writes (``vectors/vectors.safetensors``,
-``vectors/vectors.json``, ``vectors/behaviour.safetensors``,
+``vectors/vectors.json``, ``vectors/behaviour.safetensors``, ``vectors/blocks.safetensors``
+(both kinds of vectors and the mean CAL norm at every block other than L*),
 ``vectors/diagnostics.json``; the unsteered CAL and VALID generations go to the
 run's generation cache through :func:`asa_lib.run.sweep.baseline_calls`);
 ``notebooks/04_vectors.py`` shows what it returns.
@@ -68,6 +69,15 @@ def run(params: Params, run_dir: str | os.PathLike, lm: LoadedModel | None = Non
     called = {s: np.array(c["called"]) for s, c in calls.items()}
     behaviour, bnotes = diag_lib.behaviour_vectors(h, called["cal"], d, domains)
     diag_lib.save_behaviour_vectors(folder, behaviour)
+    # the same two kinds of vectors at every other block, for configs with their own ``layer``
+    h_all = states["cal"]
+    block_beh = {
+        b: diag_lib.behaviour_vectors(h_all[:, b], called["cal"], d, domains)[0]
+        for b in range(h_all.shape[1])
+        if b != layer
+    }
+    blocks = probing.block_vectors_of(h_all, y, d, domains, block_beh, skip=layer)
+    probing.save_block_vectors(folder, blocks)
     diag = diag_lib.diagnostics(
         states["cal"],
         y,
