@@ -128,12 +128,13 @@ else:
 
 # %%
 valid_df = analysis.split_frame(res, "valid")
-grids = {m: analysis.grid(valid_df, m) for m in ("f1", "fpr")}
-if all(g is not None for g in grids.values()):
-    nb.show(plots.grid_heatmaps(grids, "VALID · tau × alpha"))
-else:
+families = analysis.family_grids(valid_df)  # one grid per vector / block / gate / beta
+for label, grids in families:
+    nb.show(plots.grid_heatmaps(grids, "VALID · tau × alpha" + (f" · {label}" if label else "")))
+if not families:
     print(
-        "The configs do not form a tau × alpha grid (at least 2 x 2, one config per cell): no heat map."
+        "No family of configs (same gate, vector, block and beta) forms a tau × alpha grid "
+        "(at least 2 x 2, one config per cell): no heat map."
     )
 
 # %% [markdown]

@@ -101,6 +101,41 @@ def test_grid_only_for_a_real_tau_alpha_grid():
     assert analysis.grid(dup, "f1") is None  # two configs in one cell (e.g. different beta)
 
 
+def test_each_family_of_configs_gets_its_own_grid():
+    """Configs that repeat a tau x alpha grid with another vector or at another block: one grid
+    each (the plain grid sees two configs in a cell and gives none)."""
+    cells = [(0.6, 0.2), (0.6, 0.4), (0.7, 0.2), (0.7, 0.4)]
+    rows = [{"config": "baseline", "tau": None, "alpha": 0.0, "vector": "mixture", "layer": 11}]
+    for vector, layer, base in (
+        ("mixture", 11, 0.1),
+        ("behaviour", 11, 0.5),
+        ("behaviour", 19, 0.7),
+    ):
+        for j, (t, a) in enumerate(cells):
+            rows.append(
+                {
+                    "config": f"{vector}{layer}_{j}",
+                    "tau": t,
+                    "alpha": a,
+                    "vector": vector,
+                    "layer": layer,
+                    "f1": base + j / 100,
+                    "fpr": 1 - base,
+                }
+            )
+    df = pd.DataFrame(rows)
+    assert analysis.grid(df, "f1") is None
+    fams = analysis.family_grids(df)
+    assert [label for label, _ in fams] == [
+        "vector behaviour, block 11",
+        "vector behaviour, block 19",
+        "vector mixture, block 11",
+    ]
+    np.testing.assert_allclose(fams[1][1]["f1"].to_numpy(), [[0.72, 0.73], [0.70, 0.71]])
+    one = analysis.family_grids(df[df["vector"] != "behaviour"])
+    assert [label for label, _ in one] == [""]  # one family: no label
+
+
 def test_reference_row_only_where_it_applies(tmp_path):
     d = {
         "name": "x",

@@ -77,6 +77,7 @@ def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
             "beta": r["beta"],
             "gate": cfg.get("gate", "none" if name == BASELINE else "probe"),
             "vector": cfg.get("vector", "mixture"),
+            "layer": r.get("layer"),  # the steering block (L* unless the config sets its own)
             **{k: m[k] for k in METRICS},
             "triggers": m["triggers"],
             "format_valid_rate": m["format_valid_rate"],
@@ -213,6 +214,31 @@ def grid(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     if d["tau"].nunique() < 2 or d["alpha"].nunique() < 2 or d.duplicated(["tau", "alpha"]).any():
         return None
     return d.pivot(index="tau", columns="alpha", values=metric).sort_index(ascending=False)
+
+
+def family_grids(
+    df: pd.DataFrame, metrics: tuple[str, ...] = ("f1", "fpr")
+) -> list[tuple[str, dict[str, pd.DataFrame]]]:
+    """The tau x alpha grids of each family of steered configs (same gate, vector, block and
+    beta), as ``(label, {metric: table})``, for the families whose configs form a grid
+    (:func:`grid`); a sweep of one family gives one, labelled ``""``."""
+    d = df[df["config"] != BASELINE]
+    keys = [k for k in ("gate", "vector", "layer", "beta") if k in d.columns]
+    if d.empty:
+        return []
+    parts = list(d.groupby(keys, dropna=False, sort=True)) if keys else [((), d)]
+    out = []
+    for key, part in parts:
+        key = key if isinstance(key, tuple) else (key,)
+        g = {m: grid(part, m) for m in metrics}
+        if all(v is not None for v in g.values()):
+            label = ", ".join(
+                f"{'block' if k == 'layer' else k} {v}"
+                for k, v in zip(keys, key)
+                if len(parts) > 1 and d[k].nunique(dropna=False) > 1
+            )
+            out.append((label, g))
+    return out
 
 
 # The paper's ablations (arXiv 2602.04935 v2, Qwen2.5-1.5B, alpha = 4, its own test set):
