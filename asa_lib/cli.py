@@ -219,7 +219,7 @@ def _evaluate(args) -> int:
     import re
     from pathlib import Path
 
-    from asa_lib.evaluate import EvaluateError, console_lines, run_evaluation
+    from asa_lib.run.evaluate import EvaluateError, console_lines, run_evaluation
     from asa_lib.run.runner import PROJECT_ROOT
 
     name = args.name

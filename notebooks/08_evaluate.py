@@ -25,12 +25,12 @@ betas = ""
 # %%
 import pandas as pd
 
-from asa_lib import evaluate as ev
 from asa_lib import nb
 from asa_lib.layout import shown_path
 from asa_lib.params import BASELINE
 from asa_lib.report import plots
 from asa_lib.run import analysis
+from asa_lib.run import evaluate as ev
 
 params, res = ev.open_evaluation(params_path, adapter, data, out_dir, taus, alphas, betas)
 configs = res["configs"]

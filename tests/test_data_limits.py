@@ -441,7 +441,7 @@ def test_a_utf8_byte_order_mark_does_not_cost_the_first_row(params_file, tmp_pat
     by ``asa run``'s data stage (both kinds), ``asa evaluate`` and the BFCL reader."""
     from asa_lib.data import make_splits_from_params
     from asa_lib.data.bfcl import read_bfcl
-    from asa_lib.evaluate import read_eval_data
+    from asa_lib.run.evaluate import read_eval_data
 
     assert BOM_ROWS.read_bytes().startswith(b"\xef\xbb\xbf{")
     n = len(BOM_ROWS.read_text(encoding="utf-8-sig").splitlines())  # 12

@@ -11,8 +11,8 @@ import yaml
 from helpers_online import write_adapter
 
 from asa_lib.cli import main
-from asa_lib.evaluate import evaluate
 from asa_lib.params import load_params
+from asa_lib.run.evaluate import evaluate
 from conftest import PARAMS, ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -78,8 +78,8 @@ def test_a_second_evaluation_into_a_folder_in_use_names_evaluate_and_its_flag(
     """Round 4, u3: the refusal names ``asa evaluate`` and ``--out-dir``, not ``asa run``'s flag."""
     import subprocess
 
-    from asa_lib.evaluate import MARKER
     from asa_lib.run import lifeline
+    from asa_lib.run.evaluate import MARKER
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -326,7 +326,7 @@ def test_the_console_counts_the_rows_skipped_for_bad_tools_and_names_the_first(
 ):
     """Round 4, u2: 10 of the 23 rows bring a bad tool list; the console says so, not only the
     report."""
-    from asa_lib.evaluate import console_lines
+    from asa_lib.run.evaluate import console_lines
 
     data = FIXTURES / "redteam4" / "u2_evaluate_console_silent_on_skipped_rows" / "badtools.jsonl"
     params = load_params(light["params"])
@@ -410,8 +410,8 @@ def test_evaluate_reads_the_data_within_the_params_limits(light, capsys, tmp_pat
     """u5: ``data.max_rows`` and ``data.max_domains`` of --params hold for ``asa evaluate`` as
     for ``asa run``'s data stage, and a message names the params' limit, not the default."""
     from asa_lib.data import DataError
-    from asa_lib.evaluate import read_eval_data
     from asa_lib.params import MAX_DOMAINS
+    from asa_lib.run.evaluate import read_eval_data
 
     rows = [
         {"text": f"req {d} {lab}", "label": lab, "domain": f"d{d}"}

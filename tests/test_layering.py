@@ -24,11 +24,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "model"),
     ("engine",),
     ("method",),
+    ("api",),  # an adapter applied to a model (run/evaluate applies it to a labelled set)
     ("report",),
     ("run",),
     ("demo",),
-    ("api", "nb"),
-    ("evaluate",),  # asa evaluate: applies an adapter (api) to a labelled set
+    ("nb",),
     ("cli",),
     ("__init__",),  # the public face: lazy imports of the API
 ]

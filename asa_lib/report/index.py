@@ -227,7 +227,7 @@ def write_index(
 
 RUN_INFO = "index_run.json"  # beside index.html: date, commit, versions, run time
 STAGE_ROWS = "index_stages.json"  # beside index.html: the stage rows it shows
-EVALUATIONS = "evaluations.json"  # written by `asa evaluate` (asa_lib.evaluate)
+EVALUATIONS = "evaluations.json"  # written by `asa evaluate` (asa_lib.run.evaluate)
 
 
 def _evaluations_html(run: RunDir) -> str:

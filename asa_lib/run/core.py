@@ -2,7 +2,7 @@
 
 The sweep (stage 06: :mod:`asa_lib.run.generation` generates every config at
 once, :mod:`asa_lib.run.sweep` scores one config per notebook) and
-``asa evaluate`` (:mod:`asa_lib.evaluate`: the baseline and every override)
+``asa evaluate`` (:mod:`asa_lib.run.evaluate`: the baseline and every override)
 both call :func:`plan_outputs` / :func:`score_configs`, so a config's gates,
 deltas, outputs, records and metrics are computed one way:
 
