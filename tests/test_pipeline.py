@@ -110,7 +110,13 @@ def test_papermill_parameters_and_results(tiny_run):
         "gate": "probe",
         "vector": "mixture",
         "seed": 0,
+        "layer": None,  # the config sets no block of its own: it steers at L*
     }
+    assert (
+        strong["layer"]
+        == strong["gate_layer"]
+        == json.loads((run_dir / "results.json").read_text())["L_star"]
+    )
     res = json.loads((run_dir / "results.json").read_text())
     assert set(res["configs"]) == {"baseline", "mild", "strong"}
     assert res["chosen"]["name"] in {"mild", "strong"} and res["chosen"]["selected_on"].startswith(

@@ -52,6 +52,7 @@ SWEEP_KEYS = [
     "alpha_unit",
     "alpha_eff",
     "layer",
+    "gate_layer",
     "config",
     "splits",
     "records",
