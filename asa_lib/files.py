@@ -16,7 +16,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-# evaluate.py and run/sweep.py (being rewritten) import file_digest and json_sha256 from here;
+# run/evaluate.py and run/sweep.py import file_digest and json_sha256 from here;
 # the rest of the library imports them from asa_lib.provenance. Drop these once they do too.
 from asa_lib.provenance import file_digest  # noqa: F401
 from asa_lib.provenance import json_digest as json_sha256  # noqa: F401
