@@ -206,12 +206,14 @@ def _train_demo_model(params_path: str, out: str) -> int:
         f"adapter written to {out} ({rec['trainable_parameters']:,} trainable parameters, "
         f"{rec['seconds']['total']:.0f} s)"
     )
-    for who in ("base_model", "with_adapter"):
-        m = v[who]
-        print(
-            f"  {who:>12}: triggers on {m['trigger_rate_tool']:.0%} of tool requests, "
-            f"{m['trigger_rate_plain']:.0%} of plain ones; valid calls {m['valid_call_rate_tool']:.0%}"
-        )
+    for group in v["with_adapter"]:
+        for who in ("base_model", "with_adapter"):
+            m = v[who][group]
+            print(
+                f"  {group:>18} {who:>12}: calls on {m['trigger_rate_tool']:.0%} of tool requests, "
+                f"{m['trigger_rate_plain']:.0%} of plain ones; valid calls "
+                f"{m['valid_call_rate_tool']:.0%}, exact {m['exact_call_rate']:.0%}"
+            )
     return 0
 
 

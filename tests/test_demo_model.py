@@ -21,6 +21,10 @@ TINY_RECIPE = dict(
     n_plain_train=8,
     n_tool_valid=4,
     n_plain_valid=4,
+    n_fn_tool_train=4,
+    n_fn_plain_train=4,
+    n_fn_tool_valid=2,
+    n_fn_plain_valid=2,
     distill_max_new_tokens=4,
     target_modules="all-linear",
     batch_size=4,
@@ -77,7 +81,11 @@ def test_training_runs_saves_a_record_and_loads_merged(tiny_params, tmp_path):
     out = tmp_path / "adapter"
     rec = train_adapter(lm, tiny_params.prompt, out, Recipe(**TINY_RECIPE))
     assert rec["steps"] == 3 and len(rec["recipe"]) > 5 and rec["loss"]["valid"] > 0
-    assert rec["data"]["train"] == {"tool": 8, "plain": 8}
+    assert rec["data"]["train"]["groups"] == {
+        "four_tools": {"tool": 8, "plain": 8},
+        "functions_train": {"tool": 4, "plain": 4},
+    }
+    assert rec["data"]["valid"]["groups"]["functions_held_out"] == {"tool": 2, "plain": 2}
     assert set(rec["synthetic_validation"]) == {"base_model", "with_adapter"}
     saved = json.loads((out / RECORD_FILE).read_text())
     assert saved["adapter_sha256"] == rec["adapter_sha256"] and "peft" in saved["versions"]
@@ -144,10 +152,13 @@ def test_evaluate_tool_use_scores_each_output_once(tiny_lm, monkeypatch):
     monkeypatch.setattr(generate, "generate_all", lambda *a, **k: (outputs, len(outputs)))
     m = train.evaluate_tool_use(tiny_lm, pp, examples, max_new_tokens=4)
     assert m == {
-        "tool_requests": 4,
-        "plain_requests": 2,
-        "trigger_rate_tool": 3 / 4,
-        "trigger_rate_plain": 1 / 2,
-        "valid_call_rate_tool": 2 / 4,  # calculator and web_search: listed, with their arguments
-        "right_tool_rate": 1 / 4,
+        "four_tools": {
+            "tool_requests": 4,
+            "plain_requests": 2,
+            "trigger_rate_tool": 3 / 4,
+            "trigger_rate_plain": 1 / 2,
+            "valid_call_rate_tool": 2 / 4,  # calculator and web_search: listed, with arguments
+            "right_tool_rate": 1 / 4,
+            "exact_call_rate": 1 / 4,
+        }
     }

@@ -10,6 +10,12 @@ import json
 import random
 from dataclasses import dataclass
 
+from asa_lib.demo.functions import (
+    function_request,
+    mismatched_request,
+    subjects_of,
+    unrelated_functions,
+)
 from asa_lib.demo.templates import draw_new
 from asa_lib.params import PromptParams
 
@@ -266,6 +272,8 @@ class Example:
     text: str  # the user request
     call: dict | None  # the tool call it needs, or None
     answer: str = ""  # the assistant's answer (filled in for plain requests by distillation)
+    tools: list[dict] | None = None  # the request's own listed functions (None: ``prompt.tools``)
+    group: str = "four_tools"  # which part of the mix it belongs to (``training.json`` counts them)
 
 
 def synthetic_requests(
@@ -295,5 +303,51 @@ def synthetic_requests(
         out.append(Example(q, call, pp.tool_call_start + json.dumps(call) + pp.tool_call_end))
     for _ in range(n_plain):
         out.append(Example(fresh(lambda: _plain(rng)), None))
+    rng.shuffle(out)
+    return out
+
+
+def function_requests(
+    pp: PromptParams,
+    n_tool: int,
+    n_plain: int,
+    rng: random.Random,
+    seen: set[str],
+    part: str = "train",
+    max_functions: int = 5,
+) -> list[Example]:
+    """Requests that list their own synthetic functions (:mod:`asa_lib.demo.functions`).
+
+    - ``n_tool`` requests that one listed function answers, with the right call as the answer;
+    - ``n_plain`` requests that no listed function answers, answered directly (1-``max_functions`` listed): half are plain
+      requests (:func:`_plain`), half ask for what a function of *another* subject would do
+      (they read like tool requests, as BFCL's irrelevance rows do).
+
+    ``part``: the training subjects or the held-out ones.
+    """
+    subjects = subjects_of(part)
+    group = f"functions_{part}"
+    out: list[Example] = []
+    for _ in range(n_tool):
+        text, tools, call = draw_new(
+            lambda: function_request(rng, subjects, max_functions),
+            seen,
+            "demo model's function (lower the recipe's sizes)",
+            text=lambda item: item[0],
+        )
+        answer = pp.tool_call_start + json.dumps(call) + pp.tool_call_end
+        out.append(Example(text, call, answer, tools, group))
+    for i in range(n_plain):
+        if i % 2:
+            text, tools = draw_new(
+                lambda: mismatched_request(rng, subjects, max_functions),
+                seen,
+                "demo model's function (lower the recipe's sizes)",
+                text=lambda item: item[0],
+            )
+        else:
+            text = draw_new(lambda: _plain(rng), seen, "demo model's (lower the recipe's sizes)")
+            tools = unrelated_functions(rng, subjects, max_functions)
+        out.append(Example(text, None, "", tools, group))
     rng.shuffle(out)
     return out

@@ -39,13 +39,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asa_lib.demo.synthetic import Example, synthetic_requests
+from asa_lib.demo.functions import HELD_OUT, SUBJECTS
+from asa_lib.demo.synthetic import Example, function_requests, synthetic_requests
 from asa_lib.files import library_versions, write_json
 from asa_lib.model.load import LoadedModel
 from asa_lib.model.lora import ADAPTER_FILE, RECORD_FILE, peft_version, sha256_file
 from asa_lib.params import PromptParams
-from asa_lib.prompts import prompt_token_ids, render_prompts
-from asa_lib.tools import CallMarkers, score_output
+from asa_lib.prompts import prompt_token_ids, render_prompts, tools_for
+from asa_lib.tools import CallMarkers, Score, call_payload, parse_calls, score_output
 
 
 @dataclass
@@ -53,22 +54,34 @@ class Recipe:
     """Everything that decides the adapter. Fixed here; the figures are in ``training.json``."""
 
     seed: int = 0
-    n_tool_train: int = 192  # per split: tool requests, spread over the tools
-    n_plain_train: int = 192  # plain requests (self-distilled answers)
-    n_tool_valid: int = 48
-    n_plain_valid: int = 48
+    # the prompt format's four tools (the Alpaca demo's tool list)
+    n_tool_train: int = 64  # per split: tool requests, spread over the tools
+    n_plain_train: int = 64  # plain requests (self-distilled answers)
+    n_tool_valid: int = 24
+    n_plain_valid: int = 24
+    # synthetic functions listed with each request (asa_lib.demo.functions); valid: held out
+    n_fn_tool_train: int = 256  # requests one listed function answers
+    n_fn_plain_train: int = 160  # requests no listed function answers (self-distilled answers)
+    max_functions: int = 4  # functions listed per request: 1 .. this (BFCL's rows list 1-4)
+    n_fn_tool_valid: int = 48
+    n_fn_plain_valid: int = 48
     distill_max_new_tokens: int = 40  # length of the base model's own answers
-    rank: int = 8
-    lora_alpha: int = 16
+    rank: int = 16
+    lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | str = field(
         default_factory=lambda: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
     )
-    lr: float = 5e-4
+    lr: float = 7e-4
     epochs: int = 1
     batch_size: int = 8
     max_steps: int | None = None  # None: epochs x batches (tests set a few steps)
-    eval_max_new_tokens: int = 40
+    eval_max_new_tokens: int = 96
+
+
+def _prompts(lm: LoadedModel, pp: PromptParams, examples: list[Example]) -> list[str]:
+    """Each example rendered as the demo renders it, with its own tools (None: ``prompt.tools``)."""
+    return render_prompts(lm.tokenizer, pp, [e.text for e in examples], [e.tools for e in examples])
 
 
 def _distill(
@@ -80,9 +93,11 @@ def _distill(
     plain = [e for e in examples if e.call is None]
     if not plain:
         return
-    prompts = render_prompts(lm.tokenizer, pp, [e.text for e in plain])
     outs, _ = generate_all(
-        lm, prompts, GenerationSettings(max_new_tokens, 16, pp), desc="self-distillation"
+        lm,
+        _prompts(lm, pp, plain),
+        GenerationSettings(max_new_tokens, 16, pp),
+        desc="self-distillation",
     )
     for e, o in zip(plain, outs):
         e.answer = o
@@ -93,9 +108,8 @@ def _encode(
 ) -> list[tuple[list[int], int]]:
     """(prompt + answer token ids, number of prompt tokens) per example."""
     tok = lm.tokenizer
-    prompts = render_prompts(tok, pp, [e.text for e in examples])
     out = []
-    for p_ids, e in zip(prompt_token_ids(tok, prompts), examples):
+    for p_ids, e in zip(prompt_token_ids(tok, _prompts(lm, pp, examples)), examples):
         answer = e.answer
         if e.call is not None:  # a tool call ends the turn
             answer += tok.eos_token
@@ -132,29 +146,127 @@ def _mean_loss(model, items, pad_id: int, batch_size: int, device) -> float:
     return total / max(count, 1)
 
 
-def evaluate_tool_use(
-    lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
-) -> dict:
-    """Trigger rates and call validity of ``lm`` on synthetic requests (greedy)."""
-    from asa_lib.engine.generate import GenerationSettings, generate_all
+def _rates(rows: list[tuple[Example, str, Score]], markers: CallMarkers) -> dict:
+    tool = [(e, o, sc) for e, o, sc in rows if e.call is not None]
+    plain = [sc for e, _, sc in rows if e.call is None]
 
-    prompts = render_prompts(lm.tokenizer, pp, [e.text for e in examples])
-    outs, _ = generate_all(
-        lm, prompts, GenerationSettings(max_new_tokens, 16, pp), desc="synthetic validation"
-    )
-    markers = CallMarkers.of(pp)
-    scores = [score_output(o, markers, pp.tools) for o in outs]
-    tool = [(e, o, s) for e, o, s in zip(examples, outs, scores) if e.call is not None]
-    plain = [s for e, s in zip(examples, scores) if e.call is None]
-    right_tool = sum(s.valid and f'"name": "{e.call["name"]}"' in o for e, o, s in tool)
+    def share(xs) -> float:
+        return float(np.mean(xs)) if xs else 0.0
+
+    def calls(o: str):
+        payload = call_payload(o, markers)
+        return parse_calls(payload) if payload is not None else None
+
+    right, exact = [], []
+    for e, o, sc in tool:
+        got = calls(o) if sc.valid else None
+        right.append(bool(got) and got[0].name == e.call["name"])
+        exact.append(
+            bool(got)
+            and len(got) == 1
+            and got[0].name == e.call["name"]
+            and got[0].arguments == e.call["arguments"]
+        )
     return {
         "tool_requests": len(tool),
         "plain_requests": len(plain),
-        "trigger_rate_tool": float(np.mean([s.triggered for _, _, s in tool])) if tool else 0.0,
-        "trigger_rate_plain": float(np.mean([s.triggered for s in plain])) if plain else 0.0,
-        "valid_call_rate_tool": float(np.mean([s.valid for _, _, s in tool])) if tool else 0.0,
-        "right_tool_rate": right_tool / max(len(tool), 1),
+        "trigger_rate_tool": share([sc.triggered for _, _, sc in tool]),
+        "trigger_rate_plain": share([sc.triggered for sc in plain]),
+        "valid_call_rate_tool": share([sc.valid for _, _, sc in tool]),
+        "right_tool_rate": share(right),
+        "exact_call_rate": share(exact),
     }
+
+
+def evaluate_tool_use(
+    lm: LoadedModel, pp: PromptParams, examples: list[Example], max_new_tokens: int
+) -> dict[str, dict]:
+    """Per group of the mix: trigger rates and call validity of ``lm`` (greedy).
+
+    ``valid_call_rate_tool``: the call parses, names a listed function and carries its
+    required arguments (:func:`asa_lib.tools.score_output`, against the request's own tools);
+    ``right_tool_rate``: a valid call names the function the request needs;
+    ``exact_call_rate``: the one call is the expected call, arguments and values equal.
+    """
+    from asa_lib.engine.generate import GenerationSettings, generate_all
+
+    outs, _ = generate_all(
+        lm,
+        _prompts(lm, pp, examples),
+        GenerationSettings(max_new_tokens, 16, pp),
+        desc="synthetic validation",
+    )
+    markers = CallMarkers.of(pp)
+    rows = [
+        (e, o, score_output(o, markers, tools_for(pp, e.tools))) for e, o in zip(examples, outs)
+    ]
+    groups = sorted({e.group for e in examples})
+    return {g: _rates([x for x in rows if x[0].group == g], markers) for g in groups}
+
+
+def training_mix(
+    pp: PromptParams, recipe: Recipe, rng: random.Random, seen: set[str]
+) -> tuple[list[Example], list[Example]]:
+    """The recipe's training and validation requests (validation functions: held-out subjects)."""
+    train = synthetic_requests(pp, recipe.n_tool_train, recipe.n_plain_train, rng, seen)
+    train += function_requests(
+        pp,
+        recipe.n_fn_tool_train,
+        recipe.n_fn_plain_train,
+        rng,
+        seen,
+        "train",
+        recipe.max_functions,
+    )
+    valid = synthetic_requests(pp, recipe.n_tool_valid, recipe.n_plain_valid, rng, seen)
+    valid += function_requests(
+        pp,
+        recipe.n_fn_tool_valid,
+        recipe.n_fn_plain_valid,
+        rng,
+        seen,
+        "held_out",
+        recipe.max_functions,
+    )
+    rng.shuffle(train)
+    return train, valid
+
+
+def mix_summary(examples: list[Example]) -> dict:
+    """What a set of requests holds: tool and plain requests per group, the functions listed."""
+    out: dict = {"tool": 0, "plain": 0, "groups": {}}
+    listed = [len(e.tools) for e in examples if e.tools is not None]
+    for e in examples:
+        kind = "plain" if e.call is None else "tool"
+        out[kind] += 1
+        g = out["groups"].setdefault(e.group, {"tool": 0, "plain": 0})
+        g[kind] += 1
+    plain = [e for e in examples if e.call is None]
+    out["plain_with_own_functions_share"] = round(
+        sum(e.tools is not None for e in plain) / max(len(plain), 1), 4
+    )
+    out["functions_per_request"] = {str(k): listed.count(k) for k in sorted(set(listed))}
+    out["distinct_function_names"] = len(
+        {t["name"] for e in examples if e.tools is not None for t in e.tools}
+    )
+    return out
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, rng: np.random.Generator, pool: int = 8
+) -> list[np.ndarray]:
+    """One epoch of batches: shuffled, sorted by length within pools of ``pool`` batches, batches shuffled.
+
+    Rows of like length share a batch, so little of a step is padding.
+    """
+    perm = rng.permutation(len(lengths))
+    size = batch_size * pool
+    batches = []
+    for s in range(0, len(perm), size):
+        chunk = sorted(perm[s : s + size], key=lambda i: lengths[i])
+        batches += [np.array(chunk[k : k + batch_size]) for k in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
 
 
 def train_adapter(
@@ -177,8 +289,7 @@ def train_adapter(
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     seen: set[str] = set()
-    train = synthetic_requests(pp, recipe.n_tool_train, recipe.n_plain_train, rng, seen)
-    valid = synthetic_requests(pp, recipe.n_tool_valid, recipe.n_plain_valid, rng, seen)
+    train, valid = training_mix(pp, recipe, rng, seen)
 
     base_metrics = evaluate_tool_use(lm, pp, valid, recipe.eval_max_new_tokens)
     _distill(lm, pp, train + valid, recipe.distill_max_new_tokens)
@@ -200,9 +311,10 @@ def train_adapter(
     )
     order_rng = np.random.default_rng(recipe.seed)
     batches = []
+    lengths = [len(x) for x, _ in train_items]
     for _ in range(recipe.epochs):
-        perm = order_rng.permutation(len(train_items))
-        batches += [perm[s : s + recipe.batch_size] for s in range(0, len(perm), recipe.batch_size)]
+        batches += length_grouped_batches(lengths, recipe.batch_size, order_rng)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     if recipe.max_steps is not None:
         batches = batches[: recipe.max_steps]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / max(len(batches), 1))
@@ -250,11 +362,14 @@ def train_adapter(
             "tool_call_end": pp.tool_call_end,
         },
         "data": {
-            "train": {"tool": recipe.n_tool_train, "plain": recipe.n_plain_train},
-            "valid": {"tool": recipe.n_tool_valid, "plain": recipe.n_plain_valid},
-            "source": "synthetic templates (asa_lib.demo.synthetic), plain answers self-distilled "
-            "from the base model; no Alpaca rows",
+            "train": mix_summary(train),
+            "valid": mix_summary(valid),
+            "held_out_subjects": list(HELD_OUT),
+            "source": "synthetic templates (asa_lib.demo.synthetic, asa_lib.demo.functions), "
+            "plain answers self-distilled from the base model on the same prompt; no Alpaca "
+            "or BFCL rows, no BFCL function name",
             "train_tokens": int(sum(len(x) for x, _ in train_items)),
+            "train_padding_share": round(1 - sum(lengths) / max(padded, 1), 4),
         },
         "trainable_parameters": int(trainable),
         "steps": len(batches),
@@ -274,13 +389,49 @@ def train_adapter(
         "versions": {**library_versions(), "peft": peft_version()},
         "adapter_sha256": sha256_file(out_dir / ADAPTER_FILE),
         "examples": {
-            "tool": [asdict(e) for e in train if e.call is not None][:3],
-            "plain": [asdict(e) for e in train if e.call is None][:3],
+            g: {
+                "tool": [asdict(e) for e in train if e.group == g and e.call is not None][:2],
+                "plain": [asdict(e) for e in train if e.group == g and e.call is None][:2],
+            }
+            for g in sorted({e.group for e in train})
         },
     }
     write_json(out_dir / RECORD_FILE, record)
     write_model_card(out_dir, record)
     return record
+
+
+_GROUP_WORDS = {
+    "four_tools": "the prompt format's four tools",
+    "functions_train": "synthetic functions (training subjects)",
+    "functions_held_out": "synthetic functions (held-out subjects)",
+}
+
+
+def _mix_lines(mix: dict) -> str:
+    return "\n".join(
+        f"  - {_GROUP_WORDS.get(g, g)}: {c['tool']} tool requests, {c['plain']} requests that "
+        "need no tool (answers self-distilled from the base model)"
+        for g, c in mix["groups"].items()
+    )
+
+
+def _validation_table(v: dict) -> str:
+    lines = [
+        "  | requests | model | calls on tool requests | calls where none is needed | valid calls "
+        "| right function | exact call |",
+        "  |---|---|---|---|---|---|---|",
+    ]
+    for g in v["with_adapter"]:
+        for who, name in (("base_model", "base"), ("with_adapter", "base + adapter")):
+            m = v[who][g]
+            lines.append(
+                f"  | {_GROUP_WORDS.get(g, g)} ({m['tool_requests']} + {m['plain_requests']}) | "
+                f"{name} | {m['trigger_rate_tool']:.0%} | {m['trigger_rate_plain']:.0%} | "
+                f"{m['valid_call_rate_tool']:.0%} | {m['right_tool_rate']:.0%} | "
+                f"{m['exact_call_rate']:.0%} |"
+            )
+    return "\n".join(lines)
 
 
 def write_model_card(out_dir: str | Path, record: dict) -> Path:
@@ -301,19 +452,19 @@ so that ASA has a tool-calling decision to steer. It exists for the project's
 offline demo and tests; it is not a general tool-calling model.
 
 - Trained by `asa train-demo-model` (`make demo-model`), code in `asa_lib/demo/`.
-- Data: {record["data"]["train"]["tool"]} templated tool requests + {record["data"]["train"]["plain"]} plain
-  requests (answers self-distilled from the base model), seed {r["seed"]}; no Alpaca rows.
+- Data (seed {r["seed"]}; no Alpaca or BFCL row, no BFCL function name):
+{_mix_lines(record["data"]["train"])}
+- Synthetic functions: drawn from {len(SUBJECTS)} subjects' templates (`asa_lib/demo/functions.py`),
+  1-5 listed per request; validation on functions of {len(record["data"]["held_out_subjects"])} held-out subjects
+  ({", ".join(record["data"]["held_out_subjects"])}).
 - LoRA r={r["rank"]}, alpha={r["lora_alpha"]} on {", ".join(r["target_modules"]) if isinstance(r["target_modules"], list) else r["target_modules"]};
   {record["steps"]} steps of batch {r["batch_size"]}, lr {r["lr"]} (linear decay), {record["seconds"]["training"]:.0f} s of training
   on {record["device"]} ({record["torch_threads"]} threads).
 - Loss: first step {record["loss"]["first_step"]:.3f}, last 10% of steps {record["loss"]["final_train_mean_last_10pct"]:.3f},
   synthetic validation {record["loss"]["valid"]:.3f}.
-- Synthetic validation ({v["with_adapter"]["tool_requests"]} tool + {v["with_adapter"]["plain_requests"]} plain requests, greedy):
+- Synthetic validation (greedy, {r["eval_max_new_tokens"]} new tokens):
 
-  | model | triggers on tool requests | triggers on plain requests | valid calls |
-  |---|---|---|---|
-  | base | {v["base_model"]["trigger_rate_tool"]:.0%} | {v["base_model"]["trigger_rate_plain"]:.0%} | {v["base_model"]["valid_call_rate_tool"]:.0%} |
-  | base + adapter | {v["with_adapter"]["trigger_rate_tool"]:.0%} | {v["with_adapter"]["trigger_rate_plain"]:.0%} | {v["with_adapter"]["valid_call_rate_tool"]:.0%} |
+{_validation_table(v)}
 
 - `adapter_model.safetensors` sha256 `{record["adapter_sha256"]}`; the loader checks it against `training.json`.
 - Everything else (recipe, versions, example conversations): `training.json`.
