@@ -266,7 +266,9 @@ def test_the_presets_list_behaviour_configs_beside_the_label_vector():
 
     want = {
         "demo.yaml": {"t75_a25_beh": "t75_a25"},
-        "bfcl.yaml": {"t60_a50_beh": "t60_a50", "t75_a50_beh": "t75_a50"},
+        "bfcl.yaml": {
+            f"t{t}_a{a}_beh": f"t{t}_a{a}" for t in (50, 75) for a in (25, 50, 100)
+        },
         "ablations.yaml": {"behaviour": "asa"},
     }
     for f, pairs in want.items():
@@ -280,7 +282,30 @@ def test_the_presets_list_behaviour_configs_beside_the_label_vector():
                 by[a].alpha,
                 by[a].beta,
             )
-        assert sum(c.vector == "behaviour" for c in p.sweep) == len(pairs)
+        # at L* (the label vector is only there); other blocks come on top
+        assert sum(c.vector == "behaviour" and c.layer is None for c in p.sweep) == len(pairs)
+
+
+def test_the_bfcl_grid_is_the_pre_registered_one():
+    """tau x alpha, the behaviour vector at L*, auto1 and auto2, the label vector at L*."""
+    from conftest import PARAMS
+
+    p = load_params(PARAMS / "bfcl.yaml", check_files=False)
+    got = {(c.tau, c.alpha, c.vector, c.layer) for c in p.sweep}
+    want = {
+        (t, a, v, layer)
+        for t in (0.5, 0.75)
+        for a in (0.25, 0.5, 1.0)
+        for v, layer in (
+            ("behaviour", None),
+            ("behaviour", "auto1"),
+            ("behaviour", "auto2"),
+            ("mixture", None),
+        )
+    }
+    assert got == want and len(p.sweep) == len(want)
+    assert (p.steering.blocks.count, p.steering.blocks.min_distance) == (2, 4)
+    assert p.data.per_split_per_class == 48 and p.data.test_multiplier == 2
 
 
 def _res(name, cfg, triggered, labels):
