@@ -266,9 +266,7 @@ def test_the_presets_list_behaviour_configs_beside_the_label_vector():
 
     want = {
         "demo.yaml": {"t75_a25_beh": "t75_a25"},
-        "bfcl.yaml": {
-            f"t{t}_a{a}_beh": f"t{t}_a{a}" for t in (50, 75) for a in (25, 50, 100)
-        },
+        "bfcl.yaml": {f"t{t}_a{a}_beh": f"t{t}_a{a}" for t in (50, 75) for a in (25, 50, 100)},
         "ablations.yaml": {"behaviour": "asa"},
     }
     for f, pairs in want.items():

@@ -480,7 +480,9 @@ def test_gpu_drafts_equal_the_oracle(tiny_params, tmp_path):
 def test_demo_model_drafts_equal_plain_and_oracle(demo_lm, demo_params, tmp_path):
     """The demo model writes tool calls: drafts through a complete call stop where the oracle does."""
     pp = demo_params.prompt
-    texts = ["What is 17 * 23?", "Say hello."]  # the first gets a calculator call
+    # the first gets a complete web_search call (the stand-in's second version answers
+    # "What is 17 * 23?" itself)
+    texts = ["Search the web for the latest news about electric cars.", "Say hello."]
     prompts = render_prompts(demo_lm.tokenizer, pp, texts)
     v = np.random.default_rng(3).standard_normal(demo_lm.hidden_size).astype(np.float32)
     v /= np.linalg.norm(v)

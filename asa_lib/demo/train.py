@@ -434,7 +434,7 @@ def _validation_table(v: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(out_dir: str | Path, record: dict) -> Path:
+def write_model_card(out_dir: str | Path, record: dict, name: str = "") -> Path:
     """``README.md`` beside the adapter (replacing peft's empty template), from the training record.
 
     Also gives the saved files the usual permissions (peft writes them 0600).
@@ -444,7 +444,7 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
     out_dir = Path(out_dir)
     v = record["synthetic_validation"]
     r = record["recipe"]
-    card = f"""# {out_dir.name}: a LoRA-taught stand-in tool caller (not a released model)
+    card = f"""# {name or out_dir.name}: a LoRA-taught stand-in tool caller (not a released model)
 
 Base model: {record["base_model"]} (Apache-2.0). This adapter teaches it the
 offline demo's tool-call format, `{record["prompt"]["tool_call_start"]}{{"name": ..., "arguments": {{...}}}}{record["prompt"]["tool_call_end"]}`,
@@ -455,7 +455,7 @@ offline demo and tests; it is not a general tool-calling model.
 - Data (seed {r["seed"]}; no Alpaca or BFCL row, no BFCL function name):
 {_mix_lines(record["data"]["train"])}
 - Synthetic functions: drawn from {len(SUBJECTS)} subjects' templates (`asa_lib/demo/functions.py`),
-  1-5 listed per request; validation on functions of {len(record["data"]["held_out_subjects"])} held-out subjects
+  1-{r["max_functions"]} listed per request; validation on functions of {len(record["data"]["held_out_subjects"])} held-out subjects
   ({", ".join(record["data"]["held_out_subjects"])}).
 - LoRA r={r["rank"]}, alpha={r["lora_alpha"]} on {", ".join(r["target_modules"]) if isinstance(r["target_modules"], list) else r["target_modules"]};
   {record["steps"]} steps of batch {r["batch_size"]}, lr {r["lr"]} (linear decay), {record["seconds"]["training"]:.0f} s of training
