@@ -34,7 +34,7 @@ demo: install
 demo-alpaca: install
 	$(VENV)/bin/asa run --params params/demo.yaml
 
-# Retrain the demo model's LoRA adapter from scratch (synthetic data, about 15 minutes on 2 CPU cores).
+# Retrain the demo model's LoRA adapter from scratch (synthetic data, about 32 minutes on 2 CPU cores).
 demo-model: install
 	$(VENV)/bin/asa train-demo-model --params params/demo.yaml --out models/smollm2-135m-tools-lora
 
