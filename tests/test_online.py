@@ -32,7 +32,7 @@ from asa_lib.model.load import decoder_blocks
 SETUPS = {
     "tiny": (2, 3, 40, 0.5, 0.5, 6),
     "smol": (6, 2, 12, 0.5, 0.5, 8),
-    "demo": (6, 2, 12, 0.5, 0.5, 8),
+    "demo": (6, 2, 12, 1.0, 0.5, 8),  # the second stand-in needs alpha 1 to change an output
 }
 LM_FIXTURE = {
     "tiny": "tiny_lm",
