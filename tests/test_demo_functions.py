@@ -12,6 +12,7 @@ from asa_lib.demo.functions import (
     SUBJECTS,
     all_function_names,
     draw_function,
+    function_name,
     mismatched_request,
     subjects_of,
 )
@@ -131,8 +132,6 @@ def test_validation_functions_come_from_held_out_subjects_only(mix):
 
 
 def _names_of(subject: str) -> set[str]:
-    from asa_lib.demo.functions import function_name
-
     return {function_name(v, subject, k) for v in SUBJECTS[subject][1] for k in range(4)}
 
 

@@ -15,7 +15,8 @@ taken from the request.
   optional, an optional one sometimes with a ``default``.
 - A request mentions a value for each required parameter and for some of the
   optional ones; the answer is the call with exactly those arguments, values
-  typed as the schema says. The request lists 1-5 functions, the right one at
+  typed as the schema says. The request lists 1 to ``max_tools`` functions (the
+  recipe: 4), the right one at
   a random place among functions of other subjects.
 - Subjects are split into a training part and a held-out part
   (:data:`HELD_OUT`): the synthetic validation is measured on functions whose
@@ -565,19 +566,14 @@ _LEADS = ["", "Please ", "Can you ", "Could you ", "I need you to ", "Help me "]
 _NAMESPACES = ["api", "tools", "svc", "app"]
 
 
-def _words(s: str) -> list[str]:
-    return s.split("_")
-
-
 def function_name(verb: str, subject: str, style: int) -> str:
     """One of four naming styles: ``verb_subject``, ``subject.verb``, ``verbSubject``, ``ns.verb_subject``."""
-    w = _words(subject)
     if style == 0:
         return f"{verb}_{subject}"
     if style == 1:
         return f"{subject}.{verb}"
     if style == 2:
-        return verb + "".join(x.capitalize() for x in w)
+        return verb + "".join(x.capitalize() for x in subject.split("_"))
     return f"{_NAMESPACES[len(subject) % len(_NAMESPACES)]}.{verb}_{subject}"
 
 
@@ -609,13 +605,9 @@ def draw_function(r: random.Random, subject: str) -> Function:
     n_req = 1 if len(slots) < 3 else r.choice([1, 2])
     chosen = slots[:n_req] + r.sample(slots[n_req:], r.randint(0, min(3, len(slots) - n_req)))
     props = {}
-    for s in chosen:
+    for i, s in enumerate(chosen):  # chosen[:n_req] are the required ones: no default
         p = dict(s.schema)
-        if (
-            s.name not in [x.name for x in slots[:n_req]]
-            and s.default is not None
-            and r.random() < 0.5
-        ):
+        if i >= n_req and s.default is not None and r.random() < 0.5:
             p["default"] = s.default
         props[s.name] = p
     required = [s.name for s in chosen[:n_req]]

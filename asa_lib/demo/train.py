@@ -314,9 +314,9 @@ def train_adapter(
     lengths = [len(x) for x, _ in train_items]
     for _ in range(recipe.epochs):
         batches += length_grouped_batches(lengths, recipe.batch_size, order_rng)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     if recipe.max_steps is not None:
         batches = batches[: recipe.max_steps]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)  # tokens of the steps run
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / max(len(batches), 1))
     losses = []
     t1 = time.time()
@@ -369,7 +369,9 @@ def train_adapter(
             "plain answers self-distilled from the base model on the same prompt; no Alpaca "
             "or BFCL rows, no BFCL function name",
             "train_tokens": int(sum(len(x) for x, _ in train_items)),
-            "train_padding_share": round(1 - sum(lengths) / max(padded, 1), 4),
+            "train_padding_share": round(
+                1 - sum(lengths[i] for b in batches for i in b) / max(padded, 1), 4
+            ),
         },
         "trainable_parameters": int(trainable),
         "steps": len(batches),
