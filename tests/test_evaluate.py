@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -11,6 +13,7 @@ import yaml
 from helpers_online import write_adapter
 
 from asa_lib.cli import main
+from asa_lib.layout import RunDir
 from asa_lib.params import load_params
 from asa_lib.run.evaluate import evaluate
 from conftest import PARAMS, ROOT
@@ -195,6 +198,34 @@ def test_several_overrides_share_one_baseline(light, cli_lm, tmp_path):
         assert res["vs_baseline"][n]["d_f1"] == pytest.approx(want)
 
 
+def test_an_evaluation_resumes_by_the_runners_record_of_its_inputs(light, cli_lm, tmp_path):
+    """One resume mechanism: the evaluation's record (fingerprint of its inputs, sha256 of
+    its results) is the runner's stage record, and it says when the results may be reused."""
+    from asa_lib.run.evaluate import RESULTS, current_results, inputs_of
+    from asa_lib.run.runner import record_status
+
+    params = load_params(light["params"])
+    out = tmp_path / "out"
+    data = str(light["data"])
+    evaluate(params, light["adapter"], data, out, taus=[0.55], lm=cli_lm)
+    rec = json.loads((out / "stages" / "evaluate.json").read_text())
+    body = (out / RESULTS).read_bytes()
+    assert rec["outputs"][RESULTS]["sha256"] == hashlib.sha256(body).hexdigest()
+    same = inputs_of(params, light["adapter"], data, [0.55])
+    assert current_results(out, same) == json.loads(body)
+    # another override, another adapter path spelling of the same folder, another data file
+    assert current_results(out, inputs_of(params, light["adapter"], data, [0.6])) is None
+    rel = os.path.relpath(light["adapter"])
+    assert current_results(out, inputs_of(params, rel, data, [0.55])) is not None
+    _, why = record_status(RunDir(out), "evaluate", "0" * 20, notebook=False)
+    assert why == "its inputs changed"
+    # results edited by hand are not reused
+    (out / RESULTS).write_bytes(body.replace(b'"rows_used"', b'"rows_used" ', 1))
+    assert current_results(out, same) is None
+    _, why = record_status(RunDir(out), "evaluate", rec["fingerprint"], notebook=False)
+    assert why == f"{RESULTS} changed since the stage wrote it"
+
+
 # ---------------------------------------------------------------- against a real sweep
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -275,12 +306,19 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     assert "Evaluations of the chosen adapter" in index and "tiny-eval" in index
     # round 4, u11: the data outside the project is shown by its name and sha256, not its path
     assert f"rows.jsonl (sha256 {res['data_sha256'][:12]})" in index and str(tmp_path) not in index
-    # a rerun with the same inputs reuses the results: nothing is generated again
+    # a rerun with the same inputs reuses the results (the runner's record says they are
+    # current): nothing is evaluated again, the report is written again
+    before = (out_dir / "evaluation.json").read_bytes()
     code, out2, err = _cli(capsys, *args, "--out-dir", out_dir, "--tau", "0.55,0.6")
     assert code == 0, err
-    res2 = json.loads((out_dir / "evaluation.json").read_text())
-    gen = [r["splits"]["eval"]["generated_now"] for r in res2["configs"].values()]
-    assert gen == [0, 0, 0]
+    assert "up to date (same inputs), results reused" in out2 and "evaluated" not in out2
+    assert (out_dir / "evaluation.json").read_bytes() == before
+    # other overrides evaluate again, and the baseline's outputs come from the cache
+    code, out3, err = _cli(capsys, *args, "--out-dir", out_dir, "--tau", "0.55")
+    assert code == 0, err
+    assert "evaluated" in out3
+    res3 = json.loads((out_dir / "evaluation.json").read_text())
+    assert res3["configs"]["baseline"]["splits"]["eval"]["generated_now"] == 0
     # a folder that is not an evaluation's is refused untouched
     other = tmp_path / "other"
     other.mkdir()

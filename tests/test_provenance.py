@@ -89,7 +89,7 @@ def test_the_stage_fingerprint_is_as_it_was(parts):
     for p in parts:
         old.update(json.dumps(p, sort_keys=True, default=str).encode())
         old.update(b"\x00")
-    assert runner._h(*parts) == old.hexdigest()[:20]
+    assert runner.fingerprint(*parts) == old.hexdigest()[:20]
 
 
 def test_the_library_source_hash_is_as_it_was(tmp_path):
@@ -247,7 +247,7 @@ def test_values_computed_before_the_provenance_module_are_unchanged():
         "ac5d3adfd6672e76fd9f78452c22f4a30db150578ca7a1714ebaad93a9a7ea77"
     )
     assert delta_key(np.array([0.5, -1.0, 2.0, 0.0]), 7) == "3b99f6b0e7f5f77f53ceb45ce9631857"
-    assert runner._h("03_probing", ["abc"], {"b": 1, "a": "é"}) == "cbfd6f99c7b69e166938"
+    assert runner.fingerprint("03_probing", ["abc"], {"b": 1, "a": "é"}) == "cbfd6f99c7b69e166938"
     assert json_sha256({"b": [1, "é"], "a": None}) == (
         "f8f17faab95c024891d173fa43442b0e52007736a1f36715ac721ab22deeefc5"
     )

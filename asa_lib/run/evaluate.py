@@ -67,7 +67,8 @@ from asa_lib.params import (
 from asa_lib.prompts import prompt_format_sha256, render_prompts
 from asa_lib.report.index import EVALUATIONS
 from asa_lib.run.core import RECORD_ONLY, ConfigSpec, score_configs, vs_baseline
-from asa_lib.run.runner import library_source_hash
+from asa_lib.run.runner import fingerprint, library_source_hash, record_status, write_record
+from asa_lib.run.stages import hash_files
 from asa_lib.run.sweep import open_cache
 from asa_lib.tools import CallMarkers
 
@@ -206,9 +207,13 @@ def evaluate(
     betas: Sequence[float] | None = None,
     lm: LoadedModel | None = None,
     name: str | None = None,
-    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Baseline and steered outputs of every row of ``data`` under the adapter; written to ``out_dir``.
+
+    The evaluation's record (``<out>/stages/evaluate.json``: the fingerprint of
+    :func:`inputs_of`, the results file's sha256) is written by the runner's
+    :func:`~asa_lib.run.runner.write_record`, so :func:`current_results` resumes it the way
+    ``asa run`` resumes a stage.
 
     Raises :class:`EvaluateError` / :class:`~asa_lib.data.DataError` /
     :class:`~asa_lib.api.AdapterError` (a one-line message each) for a prompt
@@ -217,6 +222,7 @@ def evaluate(
     """
     t0 = time.time()
     run = RunDir(out_dir)
+    inputs = inputs_of(params, adapter, data, taus, alphas, betas)
     asas = adapter_configs(adapter, params, taus, alphas, betas)
     bundle = asas[0].bundle
     note = check_prompt_format(adapter, params, bundle)
@@ -334,14 +340,28 @@ def evaluate(
         "inputs": inputs,
     }
     write_json(run.root / RESULTS, out)
+    write_record(run, STEP, fingerprint(inputs), hash_files(run.root, [RESULTS]), time.time() - t0)
     return out
 
 
+STEP = "evaluate"  # the evaluation's record: <out>/stages/evaluate.json
+
+
 def inputs_of(
-    params: Params, adapter: str | Path, data: str, overrides: dict[str, Any]
+    params: Params,
+    adapter: str | Path,
+    data: str,
+    taus: Sequence[float] | None = None,
+    alphas: Sequence[float] | None = None,
+    betas: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """What an evaluation's results depend on (a rerun with equal inputs reuses them)."""
+    """What an evaluation's results depend on; its fingerprint decides whether a rerun
+    reuses them (:func:`current_results`)."""
     local = resolve_data_path(data, Path.cwd())
+    overrides = {
+        k: None if v is None else [float(x) for x in v]
+        for k, v in (("tau", taus), ("alpha", alphas), ("beta", betas))
+    }
     d = params.to_dict()
     return {
         "params": {k: d[k] for k in ("model", "prompt", "data", "extraction", "generation")},
@@ -360,6 +380,14 @@ def load_evaluation(out_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(out_dir) / RESULTS)
 
 
+def current_results(out_dir: str | Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The results in ``out_dir`` when its record says they were made from ``inputs`` and
+    the file is unchanged since (the runner's :func:`~asa_lib.run.runner.record_status`);
+    None when the evaluation must run (again)."""
+    done, why = record_status(RunDir(out_dir), STEP, fingerprint(inputs), notebook=False)
+    return load_evaluation(out_dir) if done and why is None else None
+
+
 def open_evaluation(
     params_path: str,
     adapter: str,
@@ -373,24 +401,12 @@ def open_evaluation(
     from asa_lib.params import load_params
 
     params = load_params(params_path)
-    over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
-    want = inputs_of(params, adapter, data, over)
-    path = Path(out_dir) / RESULTS
-    if path.is_file():
-        res = load_evaluation(out_dir)
-        if res.get("inputs") == want:
-            return params, res
-    res = evaluate(
-        params,
-        adapter,
-        data,
-        out_dir,
-        parse_values(over["tau"], "taus"),
-        parse_values(over["alpha"], "alphas"),
-        parse_values(over["beta"], "betas"),
-        inputs=want,
-    )
-    return params, res
+    lists = [
+        parse_values(x or None, n)
+        for x, n in ((taus, "taus"), (alphas, "alphas"), (betas, "betas"))
+    ]
+    res = current_results(out_dir, inputs_of(params, adapter, data, *lists))
+    return params, res or evaluate(params, adapter, data, out_dir, *lists)
 
 
 def metric_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -531,20 +547,16 @@ def run_evaluation(
     try:
         lock = RunLock(out, command="asa evaluate", flag="--out-dir")
         with lock:
-            over = {"tau": taus or None, "alpha": alphas or None, "beta": betas or None}
             t0 = time.time()
-            res = evaluate(
-                params,
-                adapter,
-                data_arg,
-                out,
-                *lists,
-                name=out.name,
-                inputs=inputs_of(params, Path(adapter).resolve(), data_arg, over),
-            )
-            log(
-                f"evaluated {res['rows_used']} rows in {time.time() - t0:.0f} s; writing the report ..."
-            )
+            res = current_results(out, inputs_of(params, adapter, data_arg, *lists))
+            if res is not None:
+                log(f"{out.name}: up to date (same inputs), results reused; writing the report ...")
+            else:
+                res = evaluate(params, adapter, data_arg, out, *lists, name=out.name)
+                log(
+                    f"evaluated {res['rows_used']} rows in {time.time() - t0:.0f} s; "
+                    "writing the report ..."
+                )
             for p in (run.notebooks, run.html):
                 p.mkdir(parents=True, exist_ok=True)
             stage = Stage(
@@ -621,6 +633,8 @@ __all__ = [
     "check_prompt_format",
     "evaluate",
     "load_evaluation",
+    "current_results",
+    "inputs_of",
     "open_evaluation",
     "parse_values",
     "read_eval_data",

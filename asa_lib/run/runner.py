@@ -82,11 +82,51 @@ class Stage:
     config: SweepConfig | None = None
 
 
-def _h(*parts) -> str:
+def fingerprint(*parts) -> str:
+    """The fingerprint of a stage's inputs: ``parts`` as canonical JSON, hashed (20 hex digits).
+
+    Every resumable step (each stage of ``asa run``, and ``asa evaluate``) is fingerprinted
+    by this one recipe and recorded by :func:`write_record`; :func:`record_status` decides
+    whether it must run again.
+    """
     h = Hasher()
     for p in parts:
         h.update(legacy_json(p), "\0")
     return h.hexdigest(20)
+
+
+def record_status(run: RunDir, key: str, fp: str, notebook: bool = True) -> tuple[dict, str | None]:
+    """A step's record in ``<run>/stages/<key>.json`` and why the step must run again.
+
+    The reason is None when the record holds ``fp`` and every output it lists is unchanged
+    (and, with ``notebook``, the executed notebook is there): the step is up to date. It is
+    None too when there is no record at all (the step never ran), with an empty record.
+    """
+    rec = run.record(key)
+    done = _read_record(rec)
+    if not done:
+        return {}, ("its stage record is damaged" if rec.exists() else None)
+    if done.get("fingerprint") != fp:
+        return done, "its inputs changed"
+    if notebook and not run.notebook(key).is_file():
+        return done, "its executed notebook is missing"
+    return done, changed_output(run.root, done.get("outputs"))
+
+
+def write_record(
+    run: RunDir, key: str, fp: str, outputs: dict, seconds: float, plan: str | None = None
+) -> None:
+    """Record that step ``key`` finished with inputs ``fp`` and these outputs (size, sha256)."""
+    rec = {"fingerprint": fp}
+    if plan is not None:
+        rec["plan"] = plan  # what mark_stale_adapter compares
+    rec.update(
+        seconds=round(seconds, 2),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        outputs=outputs,
+    )
+    run.stages.mkdir(parents=True, exist_ok=True)
+    write_json(run.record(key), rec)
 
 
 def _file_hash(path: Path | None) -> str:
@@ -126,12 +166,12 @@ def plan(
         base = [spec.key, before, [d[k] for k in spec.sections], extra.get(spec.key)]
         base += [src[spec.key], vers]
         if not spec.per_config:
-            stages.append(Stage(spec.key, spec.key, dict(common), _h(*base)))
+            stages.append(Stage(spec.key, spec.key, dict(common), fingerprint(*base)))
             fps[spec.key] = [stages[-1].fingerprint]
             continue
         fps[spec.key] = []
         for c in params.configs():
-            f = _h(*base, asdict(c))
+            f = fingerprint(*base, asdict(c))
             fps[spec.key].append(f)
             stages.append(
                 Stage(
@@ -486,24 +526,15 @@ def _run_locked(
             log(f"{label}: not run (an earlier stage failed)")
             continue
         # The fingerprint also covers the outputs of the stages this one reads.
-        fp = _h(s.fingerprint, {d.key: outputs.get(d.key) for d in _depends_on(s, stages)})
-        done = _read_record(rec)
-        why = None
-        if not done:
-            why = None if not rec.exists() else "its stage record is damaged"
-        elif done.get("fingerprint") != fp:
-            why = "its inputs changed"
-        elif not run.notebook(s.key).is_file():
-            why = "its executed notebook is missing"
-        else:
-            why = changed_output(run_dir, done.get("outputs"))
-            if why is None:
-                s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
-                outputs[s.key] = done["outputs"]
-                if done.get("plan") != s.fingerprint:  # a record from before plans existed
-                    write_json(rec, {**done, "plan": s.fingerprint})
-                log(f"{label}: up to date, skipped")
-                continue
+        fp = fingerprint(s.fingerprint, {d.key: outputs.get(d.key) for d in _depends_on(s, stages)})
+        done, why = record_status(run, s.key, fp)
+        if done and why is None:
+            s.status, s.seconds = "skipped", float(done.get("seconds", 0.0))
+            outputs[s.key] = done["outputs"]
+            if done.get("plan") != s.fingerprint:  # a record from before plans existed
+                write_json(rec, {**done, "plan": s.fingerprint})
+            log(f"{label}: up to date, skipped")
+            continue
         if why:
             log(f"{label}: re-running because {why}")
         log(f"{label}: running ...")
@@ -521,16 +552,7 @@ def _run_locked(
         _render_stage(run, params, stages, i - 1, reports, log)
         if s.status == "ok":
             outputs[s.key] = hash_outputs(run_dir, s.key)
-            write_json(
-                rec,
-                {
-                    "fingerprint": fp,
-                    "plan": s.fingerprint,  # what mark_stale_adapter compares
-                    "seconds": round(s.seconds, 2),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "outputs": outputs[s.key],
-                },
-            )
+            write_record(run, s.key, fp, outputs[s.key], s.seconds, plan=s.fingerprint)
             log(f"{label}: done in {s.seconds:.1f} s")
         else:
             log(

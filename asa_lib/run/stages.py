@@ -155,9 +155,15 @@ def stage_writes(stage: str) -> list[str]:
 
 def hash_outputs(run_dir: str | Path, stage: str) -> dict[str, dict[str, Any]]:
     """``{relative path: {"size", "sha256"}}`` of every file a stage wrote (temporary files excluded)."""
+    return hash_files(run_dir, stage_writes(stage))
+
+
+def hash_files(run_dir: str | Path, paths) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of the files at ``paths`` (relative to
+    ``run_dir``; a folder stands for every file in it, hidden ones excluded)."""
     run_dir = Path(run_dir)
     out: dict[str, dict[str, Any]] = {}
-    for rel in stage_writes(stage):
+    for rel in paths:
         p = run_dir / rel
         files = (
             sorted(x for x in p.rglob("*") if x.is_file())
