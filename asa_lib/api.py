@@ -25,11 +25,13 @@ request, rendered in the run's prompt format (system text with the tool list,
 demonstrations: read from the run's ``params.yaml`` beside the adapter folder,
 or given as ``prompt=``), since the probes were fitted on prompts in that
 format (the adapter records that format's sha256, and :meth:`ASA.load` refuses
-another one); a list of ``{"role", "content"}`` messages is rendered by the
-tokenizer's chat template as it is (a control token written in a request, a
-tool or a message stays text: :mod:`asa_lib.prompts`; a message without a string
-``role`` and ``content`` is a ``ValueError`` naming it: :func:`check_messages`); with
-``rendered=True`` strings are full prompt texts. With ``prompt.tools_in: chat_template``
+another one). A request ``{"text": ..., "tools": [...]}`` or ``{"messages": [...],
+"tools": [...]}`` (a conversation, :mod:`asa_lib.chat`; tools optional) is rendered in
+the same format with its own tools (:func:`request_of`). A bare list of chat messages is
+rendered by the tokenizer's chat template as it is, without the format. A control token
+written in a request, a tool or a message stays text (:mod:`asa_lib.prompts`); a bad
+message is a ``ValueError`` naming the input, the message and the field
+(:func:`asa_lib.chat.check_messages`). With ``rendered=True`` strings are full prompt texts. With ``prompt.tools_in: chat_template``
 a chat template that ignores ``tools=`` is refused (``ParamsError``:
 :func:`~asa_lib.prompts.check_template_renders_tools`).
 """
@@ -46,6 +48,7 @@ from typing import Any
 
 import torch
 
+from asa_lib.chat import Messages, check_messages
 from asa_lib.engine.generate import GenerationSettings
 from asa_lib.method.bundle import Bundle, BundleError, load_bundle
 from asa_lib.method.gate import alpha_effective
@@ -77,8 +80,8 @@ from asa_lib.prompts import (
     render_prompt,
 )
 
-Messages = list[dict[str, str]]
-# A request with its own tools: {"text": str, "tools": [tool schemas]} (tools optional).
+# A request with its own tools: {"text": str} or {"messages": [...]}, with "tools": [tool
+# schemas] (optional).
 Request = dict[str, Any]
 PromptInput = str | Messages | Request
 
@@ -379,11 +382,12 @@ class ASA:
         items = [inputs] if single else list(inputs)
         out = []
         for n, x in enumerate(items):
-            tools = None
-            if isinstance(x, dict):  # a request with its own tools
-                x, tools = request_text_and_tools(x)
-            if isinstance(x, str):
-                if rendered and tools is None:
+            tools, own = None, False
+            if isinstance(x, dict):  # a request (a text or a conversation) with its own tools
+                x, tools = request_of(x, f"input {n}")
+                own = True
+            if isinstance(x, str) or own:
+                if rendered and not own:
                     out.append(x)
                 elif self.prompt is None:
                     raise AdapterError(
@@ -394,13 +398,12 @@ class ASA:
                 else:  # a template that drops the tools is refused (checked once per tokenizer)
                     check_template_renders_tools(tokenizer, self.prompt)
                     out.append(render_prompt(tokenizer, self.prompt, x, tools))
-            elif _is_messages(x):  # data: control tokens in them stay text
-                check_messages(x, f"input {n}")
-                out.append(render_messages(tokenizer, x))
+            elif _is_messages(x):  # as it is, no format; data: control tokens stay text
+                out.append(render_messages(tokenizer, check_messages(x, f"input {n}")))
             else:
                 raise TypeError(
-                    "expected a string, a request {'text', 'tools'} or a list of chat messages, "
-                    f"got {type(x).__name__}"
+                    "expected a string, a request {'text' or 'messages', 'tools'} or a list of "
+                    f"chat messages, got {type(x).__name__}"
                 )
         return out
 
@@ -476,41 +479,38 @@ class ASA:
         return [Generation(o, d) for o, d in zip(outs, decisions)]
 
 
-def request_text_and_tools(request: Any, where: str = "request") -> tuple[str, list | None]:
-    """``(text, tools)`` of a request ``{"text": ..., "tools": [...]}`` (tools optional), checked.
+def request_of(request: Any, where: str = "request") -> tuple[str | Messages, list | None]:
+    """``(text or checked messages, tools)`` of a request ``{"text": ...}`` or
+    ``{"messages": [...]}``, with optional ``"tools": [...]``.
 
-    Raises ``ValueError`` naming ``where`` and the field for a request that is not usable.
+    Raises ``ValueError`` naming ``where`` and the field for a request that is not usable
+    (no or both of text and messages, an empty text, bad messages, bad tools, another field).
     """
-    if not isinstance(request, dict) or not isinstance(request.get("text"), str):
-        raise ValueError(f"{where}: expected an object with a string 'text' (and optional 'tools')")
-    if not request["text"].strip():
-        raise ValueError(f"{where}, field 'text': empty")
-    unknown = set(request) - {"text", "tools"}
+    if not isinstance(request, dict):
+        raise ValueError(f"{where}: expected an object with 'text' or 'messages' (and 'tools')")
+    unknown = set(request) - {"text", "messages", "tools"}
     if unknown:
-        raise ValueError(f"{where}: unknown fields {sorted(unknown)} (expected text, tools)")
+        raise ValueError(
+            f"{where}: unknown fields {sorted(unknown, key=str)} (expected text or messages, tools)"
+        )
+    if ("text" in request) == ("messages" in request):
+        raise ValueError(
+            f"{where}: give one of 'text' (a user turn) and 'messages' (a conversation)"
+        )
+    if "messages" in request:
+        body: str | Messages = check_messages(request["messages"], f"{where}, field 'messages'")
+    else:
+        body = request["text"]
+        if not isinstance(body, str):
+            raise ValueError(f"{where}, field 'text': {type(body).__name__}, not a string")
+        if not body.strip():
+            raise ValueError(f"{where}, field 'text': empty")
     tools = request.get("tools")
     if tools is not None:
         problem = tool_list_problem(tools, "tools")
         if problem is not None:
             raise ValueError(f"{where}, field {problem}")
-    return request["text"], tools
-
-
-def check_messages(messages: Messages, where: str = "messages") -> None:
-    """Raise ``ValueError`` naming ``where``, the message (index and role) and the field for a
-    chat message whose ``role`` or ``content`` is missing or not a string."""
-    for i, m in enumerate(messages):
-        for key in ("role", "content"):
-            if key not in m:
-                raise ValueError(
-                    f"{where}, message {i} (role {m.get('role')!r}): no {key!r} "
-                    "(a chat message is {'role': str, 'content': str})"
-                )
-            if not isinstance(m[key], str):
-                raise ValueError(
-                    f"{where}, message {i} (role {m.get('role')!r}): {key!r} is "
-                    f"{type(m[key]).__name__}, not a string"
-                )
+    return body, tools
 
 
 def _is_messages(x: Any) -> bool:

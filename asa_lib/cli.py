@@ -262,7 +262,8 @@ def _evaluate(args) -> int:
 def _generate(args) -> int:
     import json
 
-    from asa_lib.api import ASA, request_text_and_tools, run_prompt_format
+    from asa_lib.api import ASA, request_of, run_prompt_format
+    from asa_lib.chat import last_turn
     from asa_lib.data.splits import tool_set_id
     from asa_lib.engine.generate import GenerationSettings, generate_all
     from asa_lib.engine.prefix import PromptTooLongError
@@ -320,21 +321,23 @@ def _generate(args) -> int:
             "no prompts: give non-empty prompts as arguments, or on stdin (one per line)"
         )
     own_tools: list[list | None] = [None] * len(prompts)
+    bodies: list = list(prompts)  # each request's user text, or its conversation
     if args.jsonl:
-        requests = []
         for n, line in enumerate(prompts, 1):
             try:
-                text, tools = request_text_and_tools(loads_json(line), f"stdin, request {n}")
+                body, tools = request_of(loads_json(line), f"stdin, request {n}")
             except JSONDepthError as e:
                 raise UsageError(f"stdin, request {n}: {e}") from None
             except (ValueError, RecursionError) as e:
                 msg = str(e) if str(e).startswith("stdin") else f"stdin, request {n}: not JSON"
                 raise UsageError(msg) from None
-            requests.append({"text": text, "tools": tools})
-            own_tools[n - 1] = tools
-        for n, r in enumerate(requests, 1):  # JSON's "\udcff" escapes hold no UTF-8 either
-            _check_utf8(json.dumps(r, ensure_ascii=False), f"stdin, request {n}", at=False)
-        prompts = [r["text"] for r in requests]
+            # JSON's "\udcff" escapes hold no UTF-8 either
+            _check_utf8(
+                json.dumps([body, tools], ensure_ascii=False), f"stdin, request {n}", at=False
+            )
+            bodies[n - 1], own_tools[n - 1] = body, tools
+        # what the results show of a request: its text, of a conversation its last turn
+        prompts = [b if isinstance(b, str) else last_turn(b) for b in bodies]
     lm = load_params_model(params)
     asa.check_model(lm)
     settings = GenerationSettings.resolve(
@@ -345,14 +348,17 @@ def _generate(args) -> int:
         gens = asa.generate(
             lm,
             None,
-            [{"text": t, "tools": k} for t, k in zip(prompts, own_tools)],
+            [
+                {"text" if isinstance(b, str) else "messages": b, "tools": k}
+                for b, k in zip(bodies, own_tools)
+            ],
             settings=settings,
         )
         base = None
         if args.baseline:
             base, _ = generate_all(
                 lm,
-                render_prompts(lm.tokenizer, params.prompt, prompts, own_tools),
+                render_prompts(lm.tokenizer, params.prompt, bodies, own_tools),
                 settings,
                 desc="baseline",
             )
@@ -378,6 +384,8 @@ def _generate(args) -> int:
             gate=d.gate,
         )
         r = {"prompt": text, **rec.to_dict(GENERATE_FIELDS)}
+        if not isinstance(bodies[i], str):  # a conversation: "prompt" is its last turn
+            r["turns"] = len(bodies[i])
         if own_tools[i]:
             r["tools"] = [t["name"] for t in own_tools[i]]
         if base is not None:

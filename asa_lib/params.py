@@ -104,6 +104,9 @@ class ColumnMap:
     # The row's own tools (a list of tool schemas, or its JSON text in a CSV); rows
     # without one use prompt.tools.
     tools: str = "tools"
+    # A conversation instead of one user text: chat messages (asa_lib.chat; a list, or
+    # its JSON text in a CSV). A row has either text or messages.
+    messages: str = "messages"
 
 
 # Default limits on what the data stage reads (data.max_rows, data.max_bytes, data.max_domains).

@@ -1,11 +1,18 @@
-"""Prompt rendering: a user request and its tools, in the run's prompt format.
+"""Prompt rendering: a request and its tools, in the run's prompt format.
 
-A prompt is ``[system, *demonstrations, user]`` rendered through the
-tokenizer's chat template with the generation prompt appended. The system text
-is ``prompt.system_template`` with ``{tools_json}`` replaced by the tool list.
-Recognising a tool call in the output is :mod:`asa_lib.tools`.
+A request is one user text or a conversation (chat messages, :mod:`asa_lib.chat`). A
+prompt is ``[system, *demonstrations, *conversation]`` rendered through the tokenizer's
+chat template with the generation prompt appended; a user text is a conversation of one
+user turn. The system text is ``prompt.system_template`` with ``{tools_json}`` replaced by
+the tool list (``tools_in: system_text``), or the template as it is with the tools given to
+the chat template (``tools_in: chat_template``). A conversation's own system message
+follows the format's system text in the same system turn, after a blank line. Earlier
+assistant turns keep their tool calls: the chat template renders them
+(``chat_template``), or they are written the way the format writes a call, each as
+``tool_call_start`` + ``{"name": ..., "arguments": {...}}`` + ``tool_call_end`` after the
+turn's text (``system_text``). Recognising a tool call in the output is :mod:`asa_lib.tools`.
 
-Control tokens stay the template's. A request's text and its tools are data: a
+Control tokens stay the template's. A request's messages and its tools are data: a
 control token written in them (``<|im_end|>``, ``<|im_start|>assistant``: a
 forged turn) must not become that token. Rendering wraps each one in two
 private-use characters (:data:`MARK_START`, :data:`MARK_END`), and
@@ -23,10 +30,13 @@ import weakref
 from functools import lru_cache
 from typing import Any
 
+from asa_lib.chat import Messages
 from asa_lib.params import ParamsError, PromptParams
 from asa_lib.provenance import canonical_json, digest
 
 Tools = list[dict[str, Any]]
+# What a prompt is made from: one user turn's text, or a checked conversation.
+Request = str | Messages
 
 # A control token that came from a request or a tool list is wrapped in these two characters
 # (Unicode private use; the two transformers' ``apply_chat_template(sanitize_control_tokens=True)``
@@ -58,14 +68,51 @@ def system_text(pp: PromptParams, tools: Tools | None = None, mark=_same) -> str
 
 
 def messages_for(
-    pp: PromptParams, user_text: str, tools: Tools | None = None, mark=_same
-) -> list[dict[str, str]]:
-    """``[system, *demonstrations, user]``; ``mark`` is applied to the request and its tools."""
+    pp: PromptParams, request: Request, tools: Tools | None = None, mark=_same
+) -> list[dict[str, Any]]:
+    """``[system, *demonstrations, *conversation]`` (see the module docstring); ``mark`` is
+    applied to the request's messages and its tools. ``request``: a user text, or messages
+    already checked (:func:`asa_lib.chat.check_messages`)."""
+    turns = [{"role": "user", "content": request}] if isinstance(request, str) else request
+    system = system_text(pp, tools, mark)
+    if turns and turns[0]["role"] == "system":  # the row's own: after the format's, one turn
+        own = mark(turns[0]["content"])
+        system = f"{system}\n\n{own}" if system else own
+        turns = turns[1:]
     return [
-        {"role": "system", "content": system_text(pp, tools, mark)},
+        {"role": "system", "content": system},
         *[dict(t) for t in pp.demonstrations],
-        {"role": "user", "content": mark(user_text)},
+        *[_turn(pp, m, mark) for m in turns],
     ]
+
+
+def call_text(pp: PromptParams, call: dict[str, Any], mark=_same) -> str:
+    """An earlier tool call as the format writes one (``tools_in: system_text``):
+    ``tool_call_start`` + ``{"name": ..., "arguments": {...}}`` + ``tool_call_end``; the
+    markers are the format's, the call itself is data (``mark``)."""
+    fn = call["function"]
+    body = json.dumps({"name": fn["name"], "arguments": fn["arguments"]}, ensure_ascii=False)
+    return pp.tool_call_start + mark(body) + pp.tool_call_end
+
+
+def _turn(pp: PromptParams, m: dict[str, Any], mark) -> dict[str, Any]:
+    """One message of a conversation as the chat template is given it."""
+    out = {k: _mark_values(v, mark) for k, v in m.items() if k != "role"}
+    out = {"role": m["role"], **out}
+    if m.get("tool_calls") and pp.tools_in != "chat_template":  # the format writes the calls
+        out.pop("tool_calls")
+        out["content"] = mark(m["content"]) + "".join(
+            call_text(pp, c, mark) for c in m["tool_calls"]
+        )
+    return out
+
+
+def request_key(request: Request) -> str:
+    """A request as one string, for digests and de-duplication: a text as it is, a
+    conversation as its canonical JSON (key order kept) after a marker no text starts with."""
+    if isinstance(request, str):
+        return request
+    return "\0messages\0" + canonical_json(request, sort_keys=False).decode("utf-8")
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:
@@ -110,16 +157,16 @@ def _mark_values(obj: Any, mark) -> Any:
     return obj
 
 
-def render_prompt(tokenizer, pp: PromptParams, user_text: str, tools: Tools | None = None) -> str:
-    """The full prompt text of one request with its tools (default: ``pp.tools``), ending with
-    the chat template's generation prompt; control tokens in the request and the tools are marked
-    as text (see the module docstring)."""
+def render_prompt(tokenizer, pp: PromptParams, request: Request, tools: Tools | None = None) -> str:
+    """The full prompt text of one request (a user text or checked messages) with its tools
+    (default: ``pp.tools``), ending with the chat template's generation prompt; control tokens
+    in the request and the tools are marked as text (see the module docstring)."""
     mark = control_token_marker(tokenizer)
     kw = {}
     if pp.tools_in == "chat_template":
         kw["tools"] = _mark_values(tools_for(pp, tools), mark)
     return tokenizer.apply_chat_template(
-        messages_for(pp, user_text, tools, mark), tokenize=False, add_generation_prompt=True, **kw
+        messages_for(pp, request, tools, mark), tokenize=False, add_generation_prompt=True, **kw
     )
 
 
@@ -246,14 +293,15 @@ def _encode_piece(tokenizer, piece: str, as_text: bool, newline: list[int]) -> l
 
 
 def render_prompts(
-    tokenizer, pp: PromptParams, texts: list[str], tools: list[Tools | None] | None = None
+    tokenizer, pp: PromptParams, requests: list[Request], tools: list[Tools | None] | None = None
 ) -> list[str]:
-    """:func:`render_prompt` of each text; ``tools[i]`` is text ``i``'s own tool list (None: ``pp.tools``)."""
-    if tools is not None and len(tools) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(tools)} tool lists")
+    """:func:`render_prompt` of each request (a text or checked messages); ``tools[i]`` is
+    request ``i``'s own tool list (None: ``pp.tools``)."""
+    if tools is not None and len(tools) != len(requests):
+        raise ValueError(f"{len(requests)} requests but {len(tools)} tool lists")
     return [
         render_prompt(tokenizer, pp, t, None if tools is None else tools[i])
-        for i, t in enumerate(texts)
+        for i, t in enumerate(requests)
     ]
 
 

@@ -182,12 +182,45 @@ def test_jsonl_requests_bring_their_own_tools(setup, capsys, monkeypatch, cli_lm
     assert "get_weather" in own and "calculator" not in own
 
 
+def test_jsonl_requests_may_be_conversations(setup, capsys, monkeypatch, cli_lm, tiny_params):
+    """#33: ``{"messages": [...], "tools": [...]}`` on stdin, rendered in the params' format,
+    the same as the API; a conversation ending on an assistant turn is one line."""
+    convo = [
+        {"role": "system", "content": "You plan trips."},
+        {"role": "user", "content": "I fly to Oslo."},
+        {"role": "assistant", "content": "Nice!"},
+        {"role": "user", "content": TEXTS[0]},
+    ]
+    lines = [json.dumps({"messages": convo, "tools": [WEATHER]}), json.dumps({"text": TEXTS[1]})]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    args = ["--adapter", setup["adapter"], "--params", setup["params"], "--jsonl", "--json"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    res = json.loads(out)["results"]
+    assert res[0]["prompt"] == TEXTS[0] and res[0]["turns"] == 4 and "turns" not in res[1]
+    asa = ASA.load(setup["adapter"], prompt=tiny_params.prompt)
+    want = asa.generate(
+        cli_lm, None, [{"messages": convo, "tools": [WEATHER]}, TEXTS[1]], max_new_tokens=6
+    )
+    assert [r["output"] for r in res] == [g.output for g in want]
+    assert [r["p_tool"] for r in res] == pytest.approx([g.decision.p_tool for g in want])
+    rendered = asa.render(cli_lm.tokenizer, {"messages": convo, "tools": [WEATHER]})[0]
+    assert "You plan trips." in rendered and "Nice!" in rendered and "get_weather" in rendered
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"messages": convo[:3]}) + "\n"))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "stdin, request 1, field 'messages': the last message is an assistant turn" in err
+
+
 @pytest.mark.parametrize(
     "line, msg",
     [
         ("not json", "stdin, request 1: not JSON"),
         ('{"text": "hi", "tools": [{"name": ""}]}', "stdin, request 1, field tools[0].name"),
-        ('{"prompt": "hi"}', "stdin, request 1: expected an object with a string 'text'"),
+        (
+            '{"prompt": "hi"}',
+            "stdin, request 1: unknown fields ['prompt'] (expected text or messages",
+        ),
     ],
 )
 def test_bad_jsonl_requests_are_one_line(setup, capsys, monkeypatch, line, msg):

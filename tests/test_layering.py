@@ -20,7 +20,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "asa_lib"
 LAYERS: list[tuple[str, ...]] = [
     ("_version", "provenance", "files", "layout", "progress", "seed", "metrics"),
     ("params",),
-    ("tools", "prompts"),
+    ("tools", "chat", "prompts"),
     ("data", "model"),
     ("engine",),
     ("method",),

@@ -152,7 +152,7 @@ def test_a_rows_tools_fill_the_system_text_or_go_to_the_chat_template():
     render_prompts(tok, native, ["hi", "yo"], [own, None])
     assert tok.calls[0][0][0]["content"] == "You are helpful."
     assert tok.calls[0][1]["tools"] == own and tok.calls[1][1]["tools"] == native.tools
-    with pytest.raises(ValueError, match="2 texts but 1 tool lists"):
+    with pytest.raises(ValueError, match="2 requests but 1 tool lists"):
         render_prompts(tok, pp, ["hi", "yo"], [own])
 
 

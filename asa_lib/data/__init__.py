@@ -151,6 +151,7 @@ def read_all_samples(params, source: str, local_path) -> LabelledSet:
                     idx=r.idx,
                     text=r.text,
                     tools=tid,
+                    messages=r.messages,
                 )
             )
         out = LabelledSet(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asa_lib.chat import MessagesError, last_turn, parse_messages
 from asa_lib.data.sources import Unreadable, hub_records, labelled_file, load_hub
 from asa_lib.data.splits import (
     LABELS,
@@ -34,6 +35,7 @@ from asa_lib.params import (
     short_repr,
     tool_list_problem,
 )
+from asa_lib.prompts import request_key
 
 # Accepted label values of labelled data (strings compared stripped and lower-cased).
 LABEL_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "tool": 1, "non_tool": 0, "non-tool": 0}
@@ -49,6 +51,8 @@ class LabelledRow:
     split: str | None  # from the split column, or None
     where: str  # "<file>, line <n>" or "hub dataset ..., row <i>"
     tools: list[dict[str, Any]] | None = None  # the row's own tools (None: prompt.tools)
+    # a conversation (checked, asa_lib.chat); then ``text`` is its last turn
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -97,8 +101,11 @@ def read_labelled(
     :mod:`asa_lib.data.sources`); more than ``max_domains`` distinct domains
     stop at the row that brings one too many.
 
-    Rows with no text, an unknown label or an empty domain are skipped and
-    counted (the first few of each reason are kept with their row and field).
+    A row's request is its ``text`` or its ``messages`` (a conversation, checked by
+    :func:`asa_lib.chat.check_messages`; a JSON string in a CSV cell), not both.
+    Rows with no text or messages, bad messages, both, an unknown label or an empty
+    domain are skipped and counted (the first few of each reason are kept with their
+    row and field).
     Errors (:class:`DataError`) name the file, the row and the field: a column
     missing from the data, a reserved domain name, an empty or duplicate id,
     an unknown split.
@@ -142,11 +149,19 @@ def read_labelled(
             f"({where}set data.columns.{fname}); columns found: {found}"
         )
 
-    for fname in ("text", "label", "domain"):
+    used: dict[str, str] = {}
+    if cols.messages and cols.messages in available:
+        used["messages"] = cols.messages
+    elif cols.messages and cols.messages != defaults.messages:  # named, so it must be there
+        raise missing_column("messages", cols.messages)
+    if cols.text in available:
+        used["text"] = cols.text
+    elif "messages" not in used:  # the request: a text or a conversation column
+        raise missing_column("text", cols.text)
+    for fname in ("label", "domain"):
         col = getattr(cols, fname)
         if col not in available:
             raise missing_column(fname, col)
-    used: dict[str, str] = {}
     for fname in ("id", "split", "tools"):
         col = getattr(cols, fname)
         if col and col in available:
@@ -198,10 +213,23 @@ def read_labelled(
         if not isinstance(rec, dict):
             skip("not an object", where)
             continue
-        text = value(rec, "text")
-        if not isinstance(text, str) or not text.strip():
-            skip("missing text", where, "text", text)
+        text = value(rec, "text") if "text" in used else None
+        messages = value(rec, "messages") if "messages" in used else None
+        if messages in (None, ""):
+            messages = None
+            if not isinstance(text, str) or not text.strip():
+                skip("missing text", where, "text", text)
+                continue
+        elif text not in (None, ""):
+            skip("both text and messages (a row has one of them)", where, "messages", messages)
             continue
+        else:
+            try:
+                messages = parse_messages(messages, "messages")
+            except MessagesError as e:
+                skip(f"bad {e}", where, "messages", messages)
+                continue
+            text = last_turn(messages)
         raw_label = value(rec, "label")
         label = parse_label(raw_label)
         if label is None:
@@ -285,6 +313,7 @@ def read_labelled(
                 split=split,
                 where=where,
                 tools=tools,
+                messages=messages,
             )
         )
     return out
@@ -351,9 +380,11 @@ def build_labelled_splits(
             tid = tool_set_id(r.tools)
             tool_sets.setdefault(tid, r.tools)
             row_tools[r.idx] = tid
+    row_messages = {r.idx: r.messages for r in data.rows if r.messages is not None}
     for xs in samples.values():
         for x in xs:
             x.tools = row_tools.get(x.idx)
+            x.messages = row_messages.get(x.idx)
     result = SplitResult(
         tool_sets=tool_sets,
         samples=samples,
@@ -375,8 +406,8 @@ def build_labelled_splits(
     seen: dict[tuple[str, str | None], str] = {}
     leaks = 0
     for s in SPLITS:
-        for x in result.samples[s]:  # a prompt is its text with its tools
-            if seen.setdefault((x.text, x.tools), s) != s:
+        for x in result.samples[s]:  # a prompt is its request with its tools
+            if seen.setdefault((request_key(x.request), x.tools), s) != s:
                 leaks += 1
     if leaks:
         warnings.warn(

@@ -64,10 +64,19 @@ class Sample:
     domain: str
     label: int  # 1 = needs a tool
     idx: int  # row index in the source
+    # The request's user text; of a conversation, its last turn (what reports show).
     text: str
     # The row's own tools: the id of its tool set in data/tools.json (``tool_set_id``);
     # None: the prompt format's tools (``prompt.tools``). Left out of splits.jsonl when None.
     tools: str | None = None
+    # A conversation (checked chat messages, :mod:`asa_lib.chat`) instead of one user text;
+    # None: ``text`` is the request. Left out of splits.jsonl when None.
+    messages: list[dict[str, Any]] | None = None
+
+    @property
+    def request(self) -> str | list[dict[str, Any]]:
+        """What the prompt is rendered from: the conversation, else the user text."""
+        return self.text if self.messages is None else self.messages
 
 
 @dataclass
@@ -217,8 +226,9 @@ def tool_set_id(tools: list[dict[str, Any]]) -> str:
 
 def _sample_json(x: Sample) -> str:
     d = asdict(x)
-    if d["tools"] is None:  # the prompt format's tools: the line stays as before
-        del d["tools"]
+    for key in ("tools", "messages"):
+        if d[key] is None:  # a user text with the prompt format's tools: the line stays as before
+            del d[key]
     return json.dumps(d, ensure_ascii=False)
 
 
@@ -263,7 +273,7 @@ def render_samples(tokenizer, pp, samples: list[Sample], run_dir: str | Path) ->
     from asa_lib.prompts import render_prompts
 
     tools = sample_tools(samples, read_tool_sets(run_dir))
-    return render_prompts(tokenizer, pp, [x.text for x in samples], tools)
+    return render_prompts(tokenizer, pp, [x.request for x in samples], tools)
 
 
 def sample_tools(

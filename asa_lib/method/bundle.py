@@ -65,7 +65,7 @@ from asa_lib.files import (
     write_json,
 )
 from asa_lib.params import PromptParams
-from asa_lib.prompts import Tools, tools_for
+from asa_lib.prompts import Tools, request_key, tools_for
 from asa_lib.provenance import Hasher, legacy_json, row_digest
 
 if TYPE_CHECKING:  # no torch import for reading a bundle
@@ -347,10 +347,11 @@ class Bundle:
 FITTED_SPLITS = ("cal", "train", "valid")
 
 
-def row_digests(pp: PromptParams, texts: list[str], tools: list[Tools | None]) -> list[str]:
-    """Each request's :func:`~asa_lib.provenance.row_digest`: its text and the tools its prompt
-    lists (its own, else the prompt format's: :func:`~asa_lib.prompts.tools_for`)."""
-    return [row_digest(t, tools_for(pp, k)) for t, k in zip(texts, tools)]
+def row_digests(pp: PromptParams, requests: list, tools: list[Tools | None]) -> list[str]:
+    """Each request's :func:`~asa_lib.provenance.row_digest`: its text (or its conversation,
+    :func:`~asa_lib.prompts.request_key`) and the tools its prompt lists (its own, else the
+    prompt format's: :func:`~asa_lib.prompts.tools_for`)."""
+    return [row_digest(request_key(t), tools_for(pp, k)) for t, k in zip(requests, tools)]
 
 
 STALE_MARK = "stale.json"  # in an adapter folder: why its run has moved on since it was written

@@ -551,11 +551,12 @@ def one_pass_agreement(
     """
     picked = agreement_prompts(read_splits(run_dir)[split], n)
     tool_sets = read_tool_sets(run_dir)  # a row with its own tools is asked with them
-    gens = list(
-        generate(
-            [{"text": x.text, "tools": tool_sets[x.tools]} if x.tools else x.text for x in picked]
-        )
-    )
+    asked = [  # a row is asked as it was rendered: its text or conversation, its own tools
+        {"text" if x.messages is None else "messages": x.request}
+        | ({"tools": tool_sets[x.tools]} if x.tools else {})
+        for x in picked
+    ]
+    gens = list(generate(asked))
     if len(gens) != len(picked):
         raise ValueError(f"generate gave {len(gens)} results for {len(picked)} prompts")
 

@@ -146,19 +146,19 @@ def check_prompt_format(adapter: str | Path, params: Params, bundle: Bundle) -> 
 
 
 def run_overlap(
-    bundle: Bundle, params: Params, texts: list[str], tools: list
+    bundle: Bundle, params: Params, requests: list, tools: list
 ) -> dict[str, Any] | None:
-    """The rows (texts and own tools) that are rows of the adapter's run, per split, with a
+    """The rows (texts or conversations, and own tools) that are rows of the adapter's run, per split, with a
     one-line note where there are any (:meth:`Bundle.run_overlap`); None where the bundle
     records no rows (written before it did)."""
-    counts = bundle.run_overlap(row_digests(params.prompt, texts, tools))
+    counts = bundle.run_overlap(row_digests(params.prompt, requests, tools))
     if counts is None:
         return None
     n, fitted = counts["rows"], counts["fitted_or_chosen"]
     note = None
     if n:
         parts = ", ".join(f"{s.upper()} {k}" for s, k in counts["per_split"].items() if k)
-        note = f"{n} of the {len(texts)} rows are rows of the adapter's own run ({parts}); " + (
+        note = f"{n} of the {len(requests)} rows are rows of the adapter's own run ({parts}); " + (
             f"its CAL, TRAIN and VALID rows ({fitted} here) were fitted or chosen on, so "
             "the metrics over them are not transfer metrics"
             if fitted
@@ -234,8 +234,8 @@ def evaluate(
     asas[0].check_model(lm)
     xs = ds.samples
     tools = sample_tools(xs, ds.tool_sets)
-    overlap = run_overlap(bundle, params, [x.text for x in xs], tools)
-    prompts = render_prompts(lm.tokenizer, params.prompt, [x.text for x in xs], tools)
+    overlap = run_overlap(bundle, params, [x.request for x in xs], tools)
+    prompts = render_prompts(lm.tokenizer, params.prompt, [x.request for x in xs], tools)
     settings = GenerationSettings.resolve(params.generation, params.prompt, lm)
     try:  # before any forward pass, as stage 02 does: a row too long is named, not truncated
         check_prompt_lengths(

@@ -95,6 +95,6 @@ def run_rows(params: Params, run_dir: str | os.PathLike) -> dict[str, list[str]]
     run's rows: what an evaluation counts as the adapter's own rows."""
     splits, sets = read_splits(run_dir), read_tool_sets(run_dir)
     return {
-        s: sorted(set(row_digests(params.prompt, [x.text for x in xs], sample_tools(xs, sets))))
+        s: sorted(set(row_digests(params.prompt, [x.request for x in xs], sample_tools(xs, sets))))
         for s, xs in splits.items()
     }
