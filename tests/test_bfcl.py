@@ -203,22 +203,29 @@ def test_category_argument_overrides_file_name():
         "irrelevance_0",
         "irrelevance_173",
         "irrelevance_238",
+        "live_simple_256-137-0",
+        "live_irrelevance_292-72-1",
         "live_irrelevance_527-162-2",
     ]
     assert {r["label"] for r in result.rows} == {0}
-    assert [s["line"] for s in result.skipped] == [8, 9, 10]
+    assert [s["line"] for s in result.skipped] == [8]
 
 
-def test_text_is_last_user_message(tmp_path):
+def test_two_user_messages_in_a_turn_are_a_conversation_not_the_last_one(tmp_path):
     path = write(tmp_path, "BFCL_v4_irrelevance.json", [LINES["live_irrelevance_527-162-2"]])
     [row] = bfcl.read_bfcl(path).rows
-    assert row["text"] == "My name is Sara , I am Daniel's Wife"
+    assert "text" not in row and [m["role"] for m in row["messages"]] == ["user", "user"]
+    assert row["messages"][-1]["content"] == "My name is Sara , I am Daniel's Wife"
 
 
 # --- skipped entries ---------------------------------------------------------
 
 
-def test_other_shapes_skipped_with_line_numbers(tmp_path):
+def test_a_turn_of_several_messages_is_a_conversation_and_several_turns_are_skipped(tmp_path):
+    """#33: a system message or earlier user/assistant messages in the one turn make a row
+    with ``messages`` (nothing of a message dropped); several turns are skipped."""
+    ending_on_assistant = entry("live_irrelevance_292-72-1")
+    ending_on_assistant["question"][0].append({"role": "assistant", "content": "Sure."})
     path = write(
         tmp_path,
         "BFCL_v4_irrelevance.json",
@@ -227,19 +234,27 @@ def test_other_shapes_skipped_with_line_numbers(tmp_path):
             LINES["multi_turn_miss_param_46"],  # two turns
             LINES["live_simple_256-137-0"],  # system message first
             LINES["live_irrelevance_292-72-1"],  # assistant message in the turn
+            json.dumps(ending_on_assistant),
             LINES["irrelevance_173"],
         ],
     )
     result = bfcl.read_bfcl(path)
-    assert [r["id"] for r in result.rows] == ["irrelevance_0", "irrelevance_173"]
+    ids = ["irrelevance_0", "live_simple_256-137-0", "live_irrelevance_292-72-1", "irrelevance_173"]
+    assert [r["id"] for r in result.rows] == ids
+    rows = {r["id"]: r for r in result.rows}
+    assert "text" in rows["irrelevance_0"] and "messages" not in rows["irrelevance_0"]
+    for i in ids[1:3]:  # the upstream turn, message for message
+        want = [{"role": m["role"], "content": m["content"]} for m in entry(i)["question"][0]]
+        assert rows[i]["messages"] == want and "text" not in rows[i]
+    assert rows["live_simple_256-137-0"]["messages"][0]["role"] == "system"
+    assert [m["role"] for m in rows["live_irrelevance_292-72-1"]["messages"]].count("assistant")
     assert [(s["line"], s["field"]) for s in result.skipped] == [
         (2, "question"),
-        (3, "question[0][0].role"),
-        (4, "question[0][9].role"),
+        (5, "question[0]"),
     ]
     assert all(s["file"] == str(path) for s in result.skipped)
     assert "exactly one turn, got 2" in result.skipped[0]["reason"]
-    assert "'system'" in result.skipped[1]["reason"]
+    assert "the last message is an assistant turn" in result.skipped[1]["reason"]
 
 
 def test_non_json_and_non_object_lines_skipped(tmp_path):
@@ -297,8 +312,8 @@ def test_compressed_file_reads_like_plain(tmp_path, opener, suffix):
 
 
 def test_unknown_category_refused(tmp_path):
-    path = write(tmp_path, "BFCL_v4_live_multiple.json", [LINES["live_simple_256-137-0"]])
-    with pytest.raises(ValueError, match="live_multiple") as info:
+    path = write(tmp_path, "BFCL_v4_multi_turn_base.json", [LINES["live_simple_256-137-0"]])
+    with pytest.raises(ValueError, match="multi_turn_base") as info:
         bfcl.read_bfcl(path)
     assert "simple_python" in str(info.value) and "irrelevance" in str(info.value)
 
@@ -372,6 +387,35 @@ def test_bfcl_rows_read_as_labelled_rows_with_their_own_tools(tmp_path):
     assert first.tools == bfcl.read_bfcl(DATA / "bfcl_v4_simple_python.json.xz").rows[0]["tools"]
 
 
+def test_all_of_bfcl_live_is_shipped_as_the_converter_writes_it_with_its_conversations(tmp_path):
+    """#33: data/bfcl_live.jsonl.xz holds every usable entry of the four live files (label 1:
+    live_simple, live_multiple, live_relevance; label 0: live_irrelevance), those whose turn
+    has a system or earlier message as conversations."""
+    cats = ("live_simple", "live_multiple", "live_relevance", "live_irrelevance")
+    files = [DATA / f"bfcl_v4_{c}.json.xz" for c in cats]
+    result = bfcl.write_labelled(tmp_path / "live.jsonl.xz", files)
+    shipped = HERE.parent / "data" / "bfcl_live.jsonl.xz"
+    assert lzma.decompress(shipped.read_bytes()) == lzma.decompress(
+        (tmp_path / "live.jsonl.xz").read_bytes()
+    )
+    # every entry is a row but the 4 irrelevance entries that list no function
+    upstream = sum(len(lzma.decompress(f.read_bytes()).splitlines()) for f in files)
+    assert len(result.rows) == upstream - 4 == 2207
+    assert {s["reason"] for s in result.skipped} == {"must be a non-empty list of functions"}
+    per = {c: [r for r in result.rows if r["category"] == c] for c in cats}
+    assert [len(per[c]) for c in cats] == [258, 1053, 16, 880]
+    assert {r["label"] for c in cats[:3] for r in per[c]} == {1}
+    assert {r["label"] for r in per["live_irrelevance"]} == {0}
+    convos = [r for r in result.rows if "messages" in r]
+    assert len(convos) == 99 and all(r["messages"][-1]["role"] == "user" for r in convos)
+    from asa_lib import data
+    from asa_lib.params import ColumnMap
+
+    got = data.read_labelled(str(shipped), shipped, ColumnMap())  # the data stage reads them all
+    assert len(got.rows) == 2207 and not got.skipped
+    assert sum(r.messages is not None for r in got.rows) == 99
+
+
 def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     """data/bfcl_live_relevance.jsonl.xz (asa evaluate's transfer example): 60 rows of each file."""
     files = [DATA / f"bfcl_v4_{c}.json.xz" for c in ("live_simple", "live_irrelevance")]
@@ -386,13 +430,18 @@ def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     assert len(rows) == 120 and sum(r["label"] for r in rows) == 60
     assert {r["category"] for r in rows} == {"live_simple", "live_irrelevance"}
     # a sample of the readable entries up to 3,000 characters (text + tools), in file order
-    assert max(len(r["text"]) + len(json.dumps(r["tools"])) for r in rows) <= 3000
+    def chars(r):  # a plain loop of the rule: text (or the messages' contents) and tools JSON
+        text = r["text"] if "text" in r else "".join(m["content"] for m in r["messages"])
+        return len(text) + len(json.dumps(r["tools"]))
+
+    assert max(chars(r) for r in rows) <= 3000 and sum("messages" in r for r in rows) == 4
     full = {c: [r["id"] for r in bfcl.read_bfcl(f).rows] for c, f in zip(("s", "i"), files)}
     ids = [r["id"] for r in rows]
     assert ids[:60] == [i for i in full["s"] if i in set(ids)]
     assert ids[60:] == [i for i in full["i"] if i in set(ids)]
-    # entries with a system or assistant message are skipped, never merged
-    assert all(s["reason"] for s in out.skipped) and len(out.skipped) == 64
+    # since #33 entries with a system or assistant message are conversations; only the 4
+    # irrelevance entries without functions are skipped
+    assert [s["reason"] for s in out.skipped] == ["must be a non-empty list of functions"] * 4
 
 
 # --- the converter's command: its output, its file-level errors (issue 31) ------
@@ -473,7 +522,7 @@ def test_file_level_converter_errors_are_one_line(tmp_path):
     out = tmp_path / "out.jsonl"
     cases = [
         (("foo.json",), "cannot infer a BFCL category from file name 'foo.json'"),
-        (("cat/bfcl_v4_live_multiple.json",), "unsupported BFCL category 'live_multiple'"),
+        (("cat/bfcl_v4_multi_turn_base.json",), "unsupported BFCL category 'multi_turn_base'"),
         ((tmp_path / "bfcl_v4_multiple.json",), "bfcl_v4_multiple.json: no such file"),
         (
             ("fakegz/bfcl_v4_simple_python.json.gz",),

@@ -10,28 +10,35 @@ line, despite the ``.json`` suffix). An entry looks like::
                                   "required": [...]}}]}
 
 ``read_bfcl`` turns such a file into rows
-``{"id", "text", "label", "tools", "category"}``, where ``tools`` holds
-the entry's functions converted to JSON-Schema-flavoured tool schemas.
+``{"id", "text", "label", "tools", "category"}`` (or ``"messages"`` instead of
+``"text"``, see below), where ``tools`` holds the entry's functions converted to
+JSON-Schema-flavoured tool schemas.
 
 Labels
 ------
-``simple_python`` and ``multiple``: label 1 (one of the listed functions
-fits the request). ``irrelevance``: label 0 (none of them does). Any other
+``simple_python``, ``multiple`` and the live ``live_simple``, ``live_multiple``,
+``live_relevance``: label 1 (one of the listed functions fits the request).
+``irrelevance`` and ``live_irrelevance``: label 0 (none of them does). Any other
 category is refused with :class:`~asa_lib.data.convert.ConvertError` (a
-``ValueError``), as are a missing file and a damaged ``.xz``/``.gz``.
+``ValueError``), as are a missing file and a damaged ``.xz``/``.gz``. BFCL's
+``multi_turn_*`` categories are left out: their turns are scored by running the
+calls in BFCL's executable environments (file systems, booking APIs), so a turn's
+label depends on state this converter cannot reproduce. ``live_parallel*`` and
+``parallel*`` (several calls in one answer) are left out too: they are label 1 by the
+same rule and can be added to :data:`CATEGORY_LABELS`, but no preset uses them.
 
 Entries kept
 ------------
-Only single-turn entries: ``question`` is a list holding exactly one turn,
-that turn is a non-empty list of messages, and every message is
-``{"role": "user", "content": <non-empty str>}``. The text is the content
-of the last user message. Entries with a ``system`` message are skipped,
-not merged: the row has no place for a system prompt, and dropping it
-silently would change the task. (No system message occurs in the three
-supported files; they do occur in BFCL's ``live_*`` categories.)
+``question`` must be a list holding exactly one turn, a non-empty list of messages.
+A turn of one user message becomes a row with ``text`` (its content, non-empty), as
+before. A turn of several messages (a system prompt first, earlier user and assistant
+messages) becomes a row with ``messages``: the turn as chat messages, checked as the
+data stage checks them (:func:`asa_lib.chat.check_messages`: known roles, string
+contents, a system message only first, the last message a user turn). Nothing of a
+message is dropped.
 
 Anything else (a line that is not JSON, not an object, a bad ``id``,
-multi-turn, a non-user message, non-string content, a missing or empty
+several turns, messages the data stage would refuse, a missing or empty
 function list, a malformed function, functions the data stage would refuse
 as a row's tools, e.g. two of one name: :func:`asa_lib.params.tool_list_problem`)
 is skipped. It is recorded in
@@ -82,6 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asa_lib.chat import MessagesError, check_messages
 from asa_lib.data.convert import (
     ConvertError,
     check_count,
@@ -97,6 +105,7 @@ from asa_lib.params import tool_list_problem
 __all__ = [
     "BFCL_TYPE_MAP",
     "CATEGORY_LABELS",
+    "MESSAGE_ROW_KEYS",
     "ROW_KEYS",
     "BFCLResult",
     "BFCLShapeError",
@@ -128,8 +137,10 @@ CATEGORY_LABELS: dict[str, int] = {
     "multiple": 1,
     "irrelevance": 0,
     # BFCL's "live" categories: user-contributed requests and functions (asa evaluate's
-    # transfer example, data/bfcl_live_relevance.jsonl.xz)
+    # transfer example, data/bfcl_live_relevance.jsonl.xz; all of them: bfcl_live.jsonl.xz)
     "live_simple": 1,
+    "live_multiple": 1,
+    "live_relevance": 1,
     "live_irrelevance": 0,
 }
 
@@ -301,8 +312,9 @@ def infer_category(path: str | Path) -> str:
     return match.group("category").lower()
 
 
-def _user_text(question: Any) -> tuple[str | None, str, str]:
-    """Return ``(text, field, reason)``; ``text`` is None when unusable."""
+def _request(question: Any) -> tuple[str | list | None, str, str]:
+    """Return ``(request, field, reason)``: the user text of a one-message turn, or the
+    checked messages of a longer one; ``request`` is None when unusable."""
     if not isinstance(question, list):
         return None, "question", "must be a list of turns"
     if len(question) != 1:
@@ -310,19 +322,18 @@ def _user_text(question: Any) -> tuple[str | None, str, str]:
     turn = question[0]
     if not isinstance(turn, list) or not turn:
         return None, "question[0]", "turn must be a non-empty list of messages"
-    for i, message in enumerate(turn):
-        where = f"question[0][{i}]"
-        if not isinstance(message, dict):
-            return None, where, "message must be an object"
-        role = message.get("role")
-        if role != "user":
-            return None, f"{where}.role", f"only user messages are supported, got {role!r}"
-        content = message.get("content")
+    if len(turn) == 1 and isinstance(turn[0], dict) and turn[0].get("role") == "user":
+        content = turn[0].get("content")
         if not isinstance(content, str):
-            return None, f"{where}.content", f"must be a string, got {type(content).__name__}"
+            return None, "question[0][0].content", f"must be a string, got {type(content).__name__}"
         if not content.strip():
-            return None, f"{where}.content", "empty user message"
-    return turn[-1]["content"], "", ""
+            return None, "question[0][0].content", "empty user message"
+        return content, "", ""
+    try:
+        return check_messages(turn, "question[0]"), "", ""
+    except MessagesError as e:
+        where, _, reason = str(e).partition(": ")
+        return None, where, reason
 
 
 def _convert_functions(functions: list) -> list[dict]:
@@ -393,8 +404,8 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
                 skip(line_no, "id", "must be a non-empty string")
                 continue
 
-            text, field_name, reason = _user_text(entry.get("question"))
-            if text is None:
+            request, field_name, reason = _request(entry.get("question"))
+            if request is None:
                 skip(line_no, field_name, reason)
                 continue
 
@@ -416,7 +427,7 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
             result.rows.append(
                 {
                     "id": entry_id,
-                    "text": text,
+                    "text" if isinstance(request, str) else "messages": request,
                     "label": label,
                     "tools": tools,
                     "category": category,
@@ -429,8 +440,10 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
 #: the label (either would hand the router the answer); with one domain there is no router.
 BFCL_DOMAIN = "all"
 
-#: The keys of a converted row (how the converter recognises its own earlier output).
+#: The keys of a converted row (how the converter recognises its own earlier output); a
+#: conversation's row has ``messages`` instead of ``text``.
 ROW_KEYS = ("category", "domain", "id", "label", "text", "tools")
+MESSAGE_ROW_KEYS = ("category", "domain", "id", "label", "messages", "tools")
 
 
 def labelled_rows(
@@ -463,12 +476,20 @@ def labelled_rows(
         r = read_bfcl(p)
         rows = r.rows
         if max_chars is not None:
-            rows = [x for x in rows if len(x["text"]) + len(json.dumps(x["tools"])) <= max_chars]
+            rows = [x for x in rows if _chars(x) <= max_chars]
         if per_file is not None and per_file < len(rows):
             rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), per_file))]
         out.rows += [{**row, "domain": domain} for row in rows]
         out.skipped += r.skipped
     return out
+
+
+def _chars(row: dict) -> int:
+    """A row's length for ``max_chars``: its text (or its messages' contents) and tools JSON."""
+    text = row.get("text")
+    if text is None:
+        text = "".join(m["content"] for m in row["messages"])
+    return len(text) + len(json.dumps(row["tools"]))
 
 
 def write_labelled(
@@ -485,7 +506,7 @@ def write_labelled(
     ``paths``, nor an existing file that is not a converter's output; every input is read
     before anything is written.
     """
-    check_output(out, paths, ROW_KEYS)
+    check_output(out, paths, [ROW_KEYS, MESSAGE_ROW_KEYS])
     result = labelled_rows(paths, domain, per_file, seed, max_chars)
     write_rows(out, result.rows)
     return result

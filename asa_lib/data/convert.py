@@ -76,7 +76,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def is_converter_output(path: str | Path, keys: Iterable[str]) -> bool:
     """True when ``path`` holds a converter's rows: its first line is a row with exactly
-    ``keys``, written as :func:`row_line` writes it (or the file is empty). A file that
+    ``keys`` (or one of several such key lists: rows of several shapes), written as :func:`row_line` writes it (or the file is empty). A file that
     cannot be read (a damaged ``.xz``, not UTF-8) is not one."""
     path = Path(path)
     try:
@@ -93,7 +93,14 @@ def is_converter_output(path: str | Path, keys: Iterable[str]) -> bool:
         row = json.loads(first)
     except ValueError:
         return False
-    return isinstance(row, dict) and set(row) == set(keys) and row_line(row) == first.rstrip("\n")
+    shapes = [set(k) for k in _shapes(keys)]
+    return isinstance(row, dict) and set(row) in shapes and row_line(row) == first.rstrip("\n")
+
+
+def _shapes(keys) -> list:
+    """``keys`` as a list of row shapes: one shape (strings) or several (lists of strings)."""
+    keys = list(keys)
+    return [keys] if not keys or isinstance(keys[0], str) else keys
 
 
 def check_output(out: str | Path, inputs: Sequence[str | Path], keys: Iterable[str]) -> Path:
