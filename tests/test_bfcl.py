@@ -429,6 +429,7 @@ def test_the_shipped_live_set_is_a_seeded_sample_the_converter_writes(tmp_path):
     rows = [json.loads(x) for x in lzma.decompress(shipped.read_bytes()).decode().splitlines()]
     assert len(rows) == 120 and sum(r["label"] for r in rows) == 60
     assert {r["category"] for r in rows} == {"live_simple", "live_irrelevance"}
+
     # a sample of the readable entries up to 3,000 characters (text + tools), in file order
     def chars(r):  # a plain loop of the rule: text (or the messages' contents) and tools JSON
         text = r["text"] if "text" in r else "".join(m["content"] for m in r["messages"])
