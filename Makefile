@@ -1,6 +1,7 @@
 # Everything the project needs, installed by its own files.
 #   make demo   -> set up (once) and run the offline demo: BFCL relevance on the demo model (params/bfcl.yaml)
 #   make demo-alpaca -> the Alpaca stand-in with the seed's keyword labels (params/demo.yaml)
+#   make demo-mtu -> MTU-Bench, the ASA paper's benchmark, on the demo model (params/mtu_bench.yaml)
 #   make test   -> set up (once) and run the test suite
 #   make lab    -> set up (once), add JupyterLab + jupytext to .venv, start JupyterLab on the notebooks
 #   make demo-model -> retrain the demo model's LoRA adapter (models/smollm2-135m-tools-lora)
@@ -11,7 +12,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo demo-alpaca demo-model test lint bench bench-quick lab lab-setup clean
+.PHONY: install demo demo-alpaca demo-mtu demo-model test lint bench bench-quick lab lab-setup clean
 
 install: $(STAMP)
 
@@ -33,6 +34,9 @@ demo: install
 
 demo-alpaca: install
 	$(VENV)/bin/asa run --params params/demo.yaml
+
+demo-mtu: install
+	$(VENV)/bin/asa run --params params/mtu_bench.yaml
 
 # Retrain the demo model's LoRA adapter from scratch (synthetic data, about 32 minutes on 2 CPU cores).
 demo-model: install
