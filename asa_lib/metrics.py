@@ -171,3 +171,47 @@ def interval_table(records: list[dict], seed: int = 0) -> dict:
             for d in sorted({r["domain"] for r in records})
         },
     }
+
+
+def auc(y_true: Sequence[int], score: Sequence[float]) -> float | None:
+    """The ROC AUC of ``score`` for ``y_true`` (1 = positive): the chance that a random
+    positive scores above a random negative, ties counted half (Mann-Whitney). None where
+    one class is missing."""
+    y, s = np.asarray(y_true, dtype=int), np.asarray(score, dtype=float)
+    n1, n0 = int((y == 1).sum()), int((y == 0).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=float)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties (1-based)
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def bootstrap_auc_ci(
+    y_true: Sequence[int],
+    score: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[float] | None:
+    """Percentile bootstrap interval of :func:`auc` (rows resampled with replacement, seeded;
+    a resample with one class is drawn again). None where one class is missing."""
+    y, s = np.asarray(y_true, dtype=int), np.asarray(score, dtype=float)
+    if auc(y, s) is None:
+        return None
+    rng = np.random.default_rng(seed)
+    vals: list[float] = []
+    while len(vals) < n_boot:
+        idx = rng.integers(0, len(y), size=len(y))
+        a = auc(y[idx], s[idx])
+        if a is not None:
+            vals.append(a)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.percentile(vals, lo)), float(np.percentile(vals, hi))]

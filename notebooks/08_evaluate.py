@@ -58,6 +58,38 @@ if unseen:
 print(f"{res['seconds']:.0f} s, {res['seconds'] / max(res['rows_used'], 1):.2f} s per prompt")
 
 # %% [markdown]
+# ## Does the probe know here?
+#
+# The probe's AUC on this set (its p(tool) against the labels, bootstrap 95% interval),
+# the share of rows at each gate value, and how many of the rows the gate asked to change
+# (gate +1 where the baseline abstains, -1 where it calls) followed it. An interval that
+# reaches 0.5 means the probe cannot tell this set's labels apart: steering cannot help.
+
+# %%
+t = res["transfer"]
+ci = t["probe_auc_ci95"]
+if t["probe_auc"] is not None:
+    print(f"probe AUC {t['probe_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] on {res['rows_used']} rows")
+for name, c in t["configs"].items():
+    print(f"{name}: {c['verdict']}")
+    if c["warning"]:
+        print(f"  warning: {c['warning']}")
+nb.table(
+    pd.DataFrame(
+        [
+            {
+                "config": name,
+                **{f"gate {g}": c["gates"][k] for g, k in (("-1", "-1"), ("0", "0"), ("+1", "1"))},
+                "asked to change": c["aimed"],
+                "followed": c["followed"],
+            }
+            for name, c in t["configs"].items()
+        ]
+    ),
+    counts=["gate -1", "gate 0", "gate +1", "asked to change", "followed"],
+)
+
+# %% [markdown]
 # ## Baseline and steered, with bootstrap 95% intervals
 
 # %%

@@ -226,6 +226,85 @@ def test_an_evaluation_resumes_by_the_runners_record_of_its_inputs(light, cli_lm
     assert why == f"{RESULTS} changed since the stage wrote it"
 
 
+def _pairs_auc(y, s):
+    """AUC by its definition, a plain loop over (positive, negative) pairs, ties half."""
+    pos = [v for v, t in zip(s, y) if t == 1]
+    neg = [v for v, t in zip(s, y) if t == 0]
+    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (
+        len(pos) * len(neg)
+    )
+
+
+def test_the_transfer_verdict_reads_the_probe_and_the_gates_off_the_records():
+    """#34 item 7, on hand-made records: the AUC is the pairs' definition; each verdict and
+    the gate warning follow from the counts."""
+    from asa_lib.run.evaluate import transfer
+
+    def recs(labels, p, gates, trig):
+        return [
+            {"label": y, "p_tool": q, "gate": g, "triggered": t}
+            for y, q, g, t in zip(labels, p, gates, trig)
+        ]
+
+    y = [1, 0] * 20
+    knows = [0.9 if t else 0.1 for t in y]  # separates the labels
+    base = recs(y, knows, [0] * 40, [0] * 40)  # the baseline never calls
+    weak = recs(y, knows, [1 if t else -1 for t in y], [0] * 40)  # +1 on 20, none follows
+    good = recs(y, knows, [1 if t else -1 for t in y], y)  # all 20 follow
+    res = {"baseline": {"records": base}, "weak": {"records": weak}, "good": {"records": good}}
+    t = transfer(res)
+    assert t["probe_auc"] == pytest.approx(_pairs_auc(y, knows)) == 1.0
+    assert t["configs"]["weak"]["aimed"] == 20 and t["configs"]["weak"]["followed"] == 0
+    assert "the pull is too weak: 20 of the 20 rows" in t["configs"]["weak"]["verdict"]
+    assert t["configs"]["good"]["verdict"].startswith("the adapter transfers")
+    assert t["configs"]["good"]["warning"] is None  # gates split 20/20
+    coin = [0.5 + 0.01 * (i % 7) for i in range(40)]  # nothing to do with the labels
+    res = {
+        "baseline": {"records": recs(y, coin, [0] * 40, [0] * 40)},
+        "all_on": {"records": recs(y, coin, [1] * 38 + [0] * 2, [1] * 40)},
+    }
+    t = transfer(res)
+    assert t["probe_auc"] == pytest.approx(_pairs_auc(y, coin))
+    lo, hi = t["probe_auc_ci95"]
+    assert lo <= 0.5 <= hi
+    c = t["configs"]["all_on"]
+    assert c["verdict"].startswith("the probe does not separate this set's labels (AUC")
+    assert c["verdict"].endswith("steering cannot help here")
+    assert c["gates"] == {"-1": 0, "0": 2, "1": 38}
+    assert (
+        c["warning"]
+        == "gate +1 on 38 of 40 rows (95%): the threshold (tau) has not transferred to this set"
+    )
+
+
+def test_an_evaluation_on_shuffled_labels_says_the_probe_cannot_help_here(
+    light, cli_lm, tmp_path, capsys
+):
+    """#34 item 7: labels shuffled, so the probe is at chance; evaluation.json, the console
+    and the 08 report's source (the transfer block) say so with the AUC."""
+    import random
+
+    from asa_lib.run.evaluate import console_lines
+
+    rows = [dict(r) for r in light["rows"]] * 4
+    labels = [i % 2 for i in range(len(rows))]
+    random.Random(7).shuffle(labels)
+    rows = [dict(r, label=y, id=f"r{i}") for i, (r, y) in enumerate(zip(rows, labels))]
+    data = _write_rows(tmp_path / "shuffled.jsonl", rows)
+    params = load_params(light["params"])
+    res = evaluate(params, light["adapter"], str(data), tmp_path / "out", lm=cli_lm)
+    recs = res["configs"]["baseline"]["records"]
+    t = res["transfer"]
+    assert t["probe_auc"] == pytest.approx(
+        _pairs_auc([r["label"] for r in recs], [r["p_tool"] for r in recs])
+    )
+    assert t["probe_auc_ci95"][0] <= 0.5
+    (name,) = res["configs_evaluated"]
+    assert "steering cannot help here" in t["configs"][name]["verdict"]
+    text = "\n".join(console_lines(res))
+    assert f"AUC {t['probe_auc']:.2f}" in text and "steering cannot help here" in text
+
+
 # ---------------------------------------------------------------- against a real sweep
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -299,6 +378,7 @@ def test_cli_writes_a_report_that_opens_offline_and_the_run_index_links_it(
     )
     html = (out_dir / "html" / "08_evaluate.html").read_text()
     assert "paired bootstrap" in html and "data:image/png;base64" in html
+    assert "Does the probe know here?" in html and "probe AUC" in html  # #34 item 7
     assert str(tmp_path) not in html and f"rows.jsonl (sha256 {res['data_sha256'][:12]})" in html
     assert not re.search(r"<script[^>]+src=['\"]https?://", html)
     assert not re.search(r"<link[^>]+href=['\"]https?://", html)

@@ -255,12 +255,13 @@ def _evaluations_html(run: RunDir) -> str:
         rows.append(
             f"<tr><td class='l'>{link}</td><td class='l'>{_e(shown_path(str(e['data']), sha256=e.get('data_sha256')) if e.get('data') else '')}</td>"
             f"<td>{_e(e.get('rows'))}</td><td class='l'>{_e(', '.join(map(str, e.get('configs', []))))}</td>"
-            f"<td>{_e(e.get('finished'))}</td></tr>"
+            f"<td class='l'>{_e(e.get('verdict') or '')}</td><td>{_e(e.get('finished'))}</td></tr>"
         )
     return (
         "<h2>Evaluations of the chosen adapter</h2><p>Made with <code>asa evaluate</code>: the "
         "adapter applied unchanged to another labelled set.</p><table><tr><th>evaluation</th>"
-        "<th>data</th><th>rows</th><th>configs</th><th>finished</th></tr>"
+        "<th>data</th><th>rows</th><th>configs</th><th>does the probe know here? (the first "
+        "config)</th><th>finished</th></tr>"
         + "".join(rows)
         + "</table>"
     )

@@ -52,7 +52,7 @@ from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, toke
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import FITTED_SPLITS, Bundle, row_digests
-from asa_lib.metrics import METRICS, binary_metrics, interval_table
+from asa_lib.metrics import METRICS, auc, binary_metrics, bootstrap_auc_ci, interval_table
 from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
 from asa_lib.params import (
     BASELINE,
@@ -336,6 +336,7 @@ def evaluate(
         "seconds": round(time.time() - t0, 2),
         "configs": results,
         "vs_baseline": vs,
+        "transfer": transfer(results, seed),
         "tool_sets": tool_sets,
         "inputs": inputs,
     }
@@ -345,6 +346,72 @@ def evaluate(
 
 
 STEP = "evaluate"  # the evaluation's record: <out>/stages/evaluate.json
+
+# One gate value on more than this share of the rows: the threshold has not transferred.
+GATE_SHARE_WARNING = 0.9
+
+
+def transfer(results: dict[str, dict], seed: int = 0) -> dict[str, Any]:
+    """Does the adapter's probe know on this set, and did the gate's decisions happen?
+
+    - ``probe_auc``: the AUC of the rows' p(tool) (the probe at L*, as routed) against their
+      labels, with a bootstrap 95% interval (``probe_auc_ci95``, :func:`~asa_lib.metrics.bootstrap_auc_ci`).
+    - per config: how many rows got each gate value (``gates``), a one-line ``warning`` when
+      one value covers more than :data:`GATE_SHARE_WARNING` of them, how many rows the gate
+      asked to change (``aimed``: gate +1 where the baseline abstains, -1 where it calls)
+      and how many of those followed it (``followed``), and a ``verdict``:
+      "does not separate ... cannot help here" where the interval reaches 0.5; else "the
+      pull is too weak" where fewer than half the aimed rows followed; else "transfers".
+    """
+    base = results[BASELINE]["records"]
+    y = [r["label"] for r in base]
+    a = auc(y, [r["p_tool"] for r in base])
+    ci = bootstrap_auc_ci(y, [r["p_tool"] for r in base], seed=seed)
+    knows = a is not None and ci is not None and ci[0] > 0.5
+    auc_text = "one label only" if a is None else f"AUC {a:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+    out: dict[str, Any] = {"probe_auc": a, "probe_auc_ci95": ci, "configs": {}}
+    for name, r in results.items():
+        if name == BASELINE:
+            continue
+        recs = r["records"]
+        gates = {str(g): sum(x["gate"] == g for x in recs) for g in (-1, 0, 1)}
+        n = len(recs)
+        top = max(gates, key=lambda g: gates[g])
+        warning = None
+        if n and gates[top] > GATE_SHARE_WARNING * n:
+            g = {"-1": "-1", "0": "0", "1": "+1"}[top]
+            warning = (
+                f"gate {g} on {gates[top]} of {n} rows ({gates[top] / n:.0%}): the threshold "
+                "(tau) has not transferred to this set"
+            )
+        aimed = [
+            (b, x)
+            for b, x in zip(base, recs)
+            if (x["gate"] == 1 and not b["triggered"]) or (x["gate"] == -1 and b["triggered"])
+        ]
+        followed = sum(bool(x["triggered"]) == (x["gate"] == 1) for _, x in aimed)
+        if not knows:
+            verdict = f"the probe does not separate this set's labels ({auc_text}): steering cannot help here"
+        elif not aimed:
+            verdict = f"the probe knows ({auc_text}), but the gate asked for no change the baseline had not made"
+        elif followed < len(aimed) / 2:
+            verdict = (
+                f"the probe knows ({auc_text}), but the pull is too weak: {len(aimed) - followed} "
+                f"of the {len(aimed)} rows the gate asked to change kept the baseline's decision"
+            )
+        else:
+            verdict = (
+                f"the adapter transfers: the probe knows ({auc_text}), and {followed} of the "
+                f"{len(aimed)} rows the gate asked to change followed it"
+            )
+        out["configs"][name] = {
+            "gates": gates,
+            "aimed": len(aimed),
+            "followed": followed,
+            "verdict": verdict,
+            "warning": warning,
+        }
+    return out
 
 
 def inputs_of(
@@ -488,6 +555,11 @@ def console_lines(res: dict[str, Any]) -> list[str]:
                 d["d_f1"], d["d_f1_lo"], d["d_f1_hi"], d["d_fpr"], d["d_fpr_lo"], d["d_fpr_hi"]
             )
         lines.append(line)
+        t = (res.get("transfer") or {}).get("configs", {}).get(cname)
+        if t:  # does the probe know here, and did the gate's decisions happen?
+            lines.append(f"    {t['verdict']}")
+            if t["warning"]:
+                lines.append(f"    warning: {t['warning']}")
     return lines
 
 
@@ -595,6 +667,15 @@ def tool_sets(res: dict[str, Any]) -> dict[str, list]:
     return res.get("tool_sets") or {}
 
 
+def _first_verdict(result: dict) -> str:
+    """The transfer verdict of the first config evaluated (with its gate warning), "" if none."""
+    t = (result.get("transfer") or {}).get("configs", {})
+    first = t.get((result.get("configs_evaluated") or [None])[0])
+    if not first:
+        return ""
+    return first["verdict"] + (f"; warning: {first['warning']}" if first["warning"] else "")
+
+
 def register_evaluation(adapter: str | Path, out_dir: str | Path, result: dict) -> Path | None:
     """List this evaluation in the adapter's run folder (its ``index.html`` links each one).
 
@@ -618,6 +699,7 @@ def register_evaluation(adapter: str | Path, out_dir: str | Path, result: dict) 
         "data_sha256": result["data_sha256"],  # what the index shows of a file outside the project
         "rows": result["rows_used"],
         "configs": result["configs_evaluated"],
+        "verdict": _first_verdict(result),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     items = [e for e in items if isinstance(e, dict) and e.get("report") != entry["report"]]
