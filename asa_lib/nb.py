@@ -72,3 +72,17 @@ def show(fig) -> None:
     """Display a figure inline (it is embedded in the executed notebook and the HTML report)."""
     plt.show()
     plt.close(fig)
+
+
+def several_domains(domains, what: str) -> bool:
+    """True where ``domains`` are more than one; else print one sentence saying why ``what``
+    (a figure or table that compares domains) is not shown, and return False."""
+    domains = list(domains)
+    if len(domains) > 1:
+        return True
+    name = f" ({domains[0]})" if domains else ""
+    print(
+        f"One domain{name}: {what} is not shown. With one domain there is no router, and every "
+        "prompt uses the one probe and steering vector, so there is nothing to compare."
+    )
+    return False

@@ -1,13 +1,8 @@
 # %% [markdown]
 # # 01 · Data: prompts → domains, labels, CAL / TRAIN / VALID / TEST
 #
-# `data.kind: alpaca_keywords` (the default) is faithful to the seed notebook:
-# keyword domains (`data.domains`, by default the seed's math, code, search,
-# translation; first match wins), the seed's labelling rule, per-bucket
-# shuffles with the seed, CAL/TRAIN/VALID/TEST slices (TEST ×
-# `test_multiplier`), final shuffles. `data.kind: labelled` reads rows that
-# carry their own text, label and domain; a `split` column is respected,
-# otherwise the same protocol splits the domain × label buckets. Unusable rows
+# Reads the rows, gives them domains and labels the way this run's `data.kind`
+# says (printed below), and splits them into CAL/TRAIN/VALID/TEST. Unusable rows
 # are skipped and counted; buckets that cannot fill a split are shown below.
 #
 # Writes `data/splits.jsonl` and `data/summary.json` into the run folder.
@@ -25,6 +20,7 @@ from asa_lib.report import plots
 from asa_lib.run import data as stage
 
 params, run = nb.open_stage("01_data", params_path, run_dir)
+print(stage.KIND_INTRO[params.data.kind])
 print(
     f"kind: {params.data.kind}  source: {shown_path(params.data.source)}  per split per class: "
     f"{params.data.per_split_per_class}  test x{params.data.test_multiplier}  seed: {params.data.seed}"

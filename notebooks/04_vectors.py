@@ -45,8 +45,9 @@ nb.table(pd.DataFrame(done.vector_rows))
 print(f"mean |h| at L* on CAL = {done.cal_mean_norm:.2f}")
 
 # %%
-names, M = probing.cosine_matrix(vectors)
-nb.show(plots.cosine_heatmap(names, M))
+if nb.several_domains(done.domains, "the cosine matrix of the domain vectors"):
+    names, M = probing.cosine_matrix(vectors)
+    nb.show(plots.cosine_heatmap(names, M))
 
 # %% [markdown]
 # ## Will ASA work on this model? The knowing-doing gap per layer

@@ -37,8 +37,9 @@ print(f"bundle saved: {done.files}")
 nb.table(pd.DataFrame(done.valid_accuracy))
 
 # %%
-nb.show(
-    plots.confusion_heatmap(
-        done.valid_confusion, domains, "Router on VALID", xlabel="routed", ylabel="true domain"
+if nb.several_domains(domains, "the router's confusion map on VALID"):
+    nb.show(
+        plots.confusion_heatmap(
+            done.valid_confusion, domains, "Router on VALID", xlabel="routed", ylabel="true domain"
+        )
     )
-)

@@ -81,12 +81,13 @@ per_dom = pd.DataFrame(
         for d, m in v["metrics"]["per_domain"].items()
     ]
 )
-nb.table(per_dom)
-
-# %%
-nb.show(
-    plots.per_domain(per_dom[per_dom["split"] == "valid"], f"{config_name} · per domain (VALID)")
-)
+if nb.several_domains(per_dom["domain"].unique(), "the per-domain table and chart"):
+    display(nb.table(per_dom))
+    nb.show(
+        plots.per_domain(
+            per_dom[per_dom["split"] == "valid"], f"{config_name} · per domain (VALID)"
+        )
+    )
 
 # %% [markdown]
 # ## Gate decisions (VALID + TEST)

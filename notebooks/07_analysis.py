@@ -168,8 +168,9 @@ nb.show(plots.fpr_recall(analysis.split_frame(res, "valid"), ref, "FPR vs recall
 dom = pd.DataFrame(
     [{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()]
 )
-display(nb.table(dom[["domain", "n", "precision", "recall", "f1", "fpr"]]))
-nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
+if nb.several_domains(dom["domain"], "the per-domain table and chart"):
+    display(nb.table(dom[["domain", "n", "precision", "recall", "f1", "fpr"]]))
+    nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 
 # %% [markdown]
 # ## Post-trigger validity (TEST): does a triggered call parse, name a listed tool, and carry its required arguments?

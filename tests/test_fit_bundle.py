@@ -210,3 +210,26 @@ def test_validation_accuracy_and_router_confusion():
     for i, t in enumerate(b.domains):
         for j, r in enumerate(b.domains):
             assert cm[i, j] == ((dv == t) & (routed == r)).sum()
+
+
+def test_one_domain_has_no_router_row_and_its_confusion_warns_nothing():
+    """#34 item 3: no single-label metric on a one-domain router (sklearn warned on the page)."""
+    import warnings
+
+    h, y, _ = synthetic()
+    d = ["all"] * len(y)
+    b, _ = probing.fit_bundle(
+        {"cal": h, "train": h},
+        {"cal": y, "train": y},
+        {"cal": d, "train": d},
+        0,
+        ["all"],
+        model_id="synthetic",
+        num_layers=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = probing.validation_accuracy(b, h, y, d)
+        cm = probing.router_confusion(b, h, d)
+    assert [r["model"] for r in rows] == ["probe all"]
+    assert cm.tolist() == [[len(d)]]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from asa_lib.files import atomic_path, read_json, write_json
@@ -409,15 +409,22 @@ def validation_accuracy(
 ) -> list[dict]:
     """Stage 05's table on VALID: the router's accuracy, then each domain's probe's.
 
-    One row for the router (all rows), then one per domain of the bundle that
+    One row for the router (all rows; none with one domain), then one per domain of the bundle that
     has VALID rows: its probe's accuracy at p >= 0.5 on its own rows (the true
     domain, not the routed one); NaN for a domain without a probe (p = 0.5).
     """
     y, d = np.asarray(y), np.asarray(domains)
     routed = np.array(bundle.route(h))
-    rows = [
-        {"model": "router", "domain": "all", "n": len(d), "accuracy": float((routed == d).mean())}
-    ]
+    rows = []
+    if len(bundle.domains) > 1:  # one domain has no router
+        rows.append(
+            {
+                "model": "router",
+                "domain": "all",
+                "n": len(d),
+                "accuracy": float((routed == d).mean()),
+            }
+        )
     for dom in bundle.domains:
         m = d == dom
         if not m.any():
@@ -438,8 +445,14 @@ def validation_accuracy(
 
 
 def router_confusion(bundle: Bundle, h: np.ndarray, domains: Sequence[str]) -> np.ndarray:
-    """(C, C) counts of true domain (rows) against routed domain (columns), both in ``bundle.domains``."""
-    return confusion_matrix(np.asarray(domains), np.array(bundle.route(h)), labels=bundle.domains)
+    """(C, C) counts of true domain (rows) against routed domain (columns), both in
+    ``bundle.domains`` (counted here: sklearn's ``confusion_matrix`` warns on one domain)."""
+    index = {d: i for i, d in enumerate(bundle.domains)}
+    out = np.zeros((len(index), len(index)), dtype=int)
+    for true, routed in zip(domains, bundle.route(h)):
+        if true in index and routed in index:
+            out[index[true], index[routed]] += 1
+    return out
 
 
 def save_layers(run_dir, sweep: LayerSweep, num_layers: int) -> None:

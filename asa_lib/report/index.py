@@ -261,9 +261,7 @@ def _evaluations_html(run: RunDir) -> str:
         "<h2>Evaluations of the chosen adapter</h2><p>Made with <code>asa evaluate</code>: the "
         "adapter applied unchanged to another labelled set.</p><table><tr><th>evaluation</th>"
         "<th>data</th><th>rows</th><th>configs</th><th>does the probe know here? (the first "
-        "config)</th><th>finished</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "config)</th><th>finished</th></tr>" + "".join(rows) + "</table>"
     )
 
 

@@ -397,12 +397,12 @@ def validity(df: pd.DataFrame, title: str):
         id_vars="config",
         value_vars=["format_valid_rate", "valid_call_rate"],
         var_name="rate",
-        value_name="share of triggers",
+        value_name="share of calls",
     )
     names = {"format_valid_rate": "parseable calls", "valid_call_rate": "valid calls"}
     long["rate"] = long["rate"].map(names)
     fig, ax = plt.subplots(figsize=_figsize(max(6, 0.8 * len(df) + 2), 3.5))
-    sns.barplot(data=long, x="config", y="share of triggers", hue="rate", ax=ax)
+    sns.barplot(data=long, x="config", y="share of calls", hue="rate", ax=ax)
     _legend_outside(ax, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(plot_text(title, MAX_TITLE_CHARS))

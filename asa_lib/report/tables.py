@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -78,6 +79,19 @@ def _count_column(values: pd.Series) -> bool:
     return whole and float(v.abs().max()) > 1  # 0.0 / 1.0 alone: a rate, not a count
 
 
+# End-of-turn tokens a decoded output ends with; shown without them (the records keep them).
+# A format's call markers (<|tool_call_start|> ...) are not among them and stay.
+_END_TOKENS = re.compile(
+    r"(?:<\|(?:im_end|endoftext|end_of_text|eot_id|end_of_turn|eos)\|>|<end_of_turn>|</s>)"
+)
+
+
+def display_text(text: str) -> str:
+    """``text`` as a table shows it: end-of-turn special tokens (``<|im_end|>``,
+    ``<|endoftext|>``, ``</s>`` ...) removed."""
+    return _END_TOKENS.sub("", text)
+
+
 def _cell(x, kind: str, decimals: int, max_chars: int) -> tuple[str, str]:
     """(html, alignment) of one value."""
     if _is_missing(x):
@@ -93,8 +107,9 @@ def _cell(x, kind: str, decimals: int, max_chars: int) -> tuple[str, str]:
     if isinstance(x, numbers.Real):
         if math.isinf(float(x)):
             return ("∞" if x > 0 else "−∞"), _RIGHT
-        return f"{float(x):.{decimals}f}", _RIGHT
-    text = str(x)
+        text = f"{float(x):.{decimals}f}"
+        return (text[1:] if text.startswith("-") and not text.strip("-0.") else text), _RIGHT
+    text = display_text(str(x))
     if len(text) > max_chars:
         short = text[: max_chars - 1].rstrip() + "…"
         return (

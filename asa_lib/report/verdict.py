@@ -25,9 +25,10 @@ BACKFIRED = ("-1 gate, newly calls", "+1 gate, newly abstains")
 
 
 def signed(x: float) -> str:
-    """``+0.012`` / ``−0.017`` (a true minus sign); ``+0.000`` for zero."""
+    """``+0.012`` / ``−0.017`` (a true minus sign); ``0.000`` for a value that rounds to zero
+    (as :mod:`asa_lib.report.tables` prints it)."""
     s = f"{x:+.3f}"
-    return s.replace("-", "−") if s != "-0.000" else "+0.000"
+    return "0.000" if s in ("+0.000", "-0.000") else s.replace("-", "−")
 
 
 def _ci_word(lo: float, hi: float) -> str:

@@ -11,6 +11,22 @@ from asa_lib.layout import RunDir
 from asa_lib.params import Params
 
 
+# What 01's page says about the run's data kind (one kind per run: the other is not described).
+KIND_INTRO = {
+    "alpaca_keywords": (
+        "data.kind: alpaca_keywords, faithful to the seed notebook: keyword domains "
+        "(data.domains; first match wins), the seed's labelling rule on the Alpaca output, "
+        "per-bucket shuffles with the seed, CAL/TRAIN/VALID/TEST slices (TEST x "
+        "test_multiplier), final shuffles."
+    ),
+    "labelled": (
+        "data.kind: labelled: rows that carry their own label and domain, and a user text or "
+        "a conversation (messages), with their own tools where given; a split column is "
+        "respected, otherwise the seed's protocol splits the domain x label buckets."
+    ),
+}
+
+
 @dataclass
 class DataResult:
     """What stage 01 made: the splits as written, and the warnings building them raised."""
