@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 
 import pandas as pd

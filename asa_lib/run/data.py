@@ -10,7 +10,6 @@ from asa_lib.data import SplitResult, make_splits_from_params, write_splits
 from asa_lib.layout import RunDir
 from asa_lib.params import Params
 
-
 # What 01's page says about the run's data kind (one kind per run: the other is not described).
 KIND_INTRO = {
     "alpaca_keywords": (
