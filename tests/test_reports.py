@@ -232,15 +232,23 @@ def _check_verdict_against(sentence: str, results: dict) -> None:
     """The numbers and claims of a verdict sentence, recomputed from results.json."""
     configs = results["configs"]
     base_valid = configs["baseline"]["splits"]["valid"]["f1"]
-    beat = [
-        n for n, c in configs.items() if n != "baseline" and c["splits"]["valid"]["f1"] > base_valid
-    ]
+    dv = results["vs_baseline"]["valid"]  # beyond noise: the paired interval above 0
+    beat = [n for n in configs if n != "baseline" and dv[n]["d_f1_lo"] > 0]
     if beat:
-        m = re.match(r"(\d+) of (\d+) configs beat the baseline on VALID", sentence)
+        m = re.match(
+            r"(\d+) of (\d+) configs beat the baseline on VALID with a paired 95% interval "
+            r"above 0",
+            sentence,
+        )
         assert m and int(m.group(1)) == len(beat) and int(m.group(2)) == len(configs) - 1
     else:
-        m = re.match(rf"No config beats the baseline on VALID \(F1 {_NUM}\)\.", sentence)
+        m = re.match(
+            rf"No config beats the baseline on VALID with a paired 95% interval above 0 "
+            rf"\(baseline F1 {_NUM}; (\d+) configs\)\.",
+            sentence,
+        )
         assert m and float(m.group(1)) == pytest.approx(base_valid, abs=5e-4)
+        assert int(m.group(2)) == len(configs) - 1
     chosen = results["chosen"]["name"]
     m = re.search(
         rf"Chosen (\S+): TEST ΔF1 {_NUM} \[{_NUM}, {_NUM}\].*?FPR {_NUM} → {_NUM}.*?"
@@ -336,8 +344,23 @@ def test_a_verdict_names_the_configs_that_beat_the_baseline():
     }
     sentence = verdict(results)
     _check_verdict_against(sentence, results)
+    assert sentence.startswith("1 of 2 configs beat the baseline on VALID with a paired 95%")
     assert "the best, t60_a50, raises F1 from 0.400 to 0.520" in sentence
     assert "(ΔFPR CI below 0)" in sentence and "FPR 0.50 → 0.15" in sentence
+    assert "tied" not in sentence
+    # a point estimate above the baseline is not a win: ΔF1 +0.02 [-0.01, +0.05]
+    results["vs_baseline"]["valid"]["t60_a50"] = {"d_f1": 0.02, "d_f1_lo": -0.01, "d_f1_hi": 0.05}
+    sentence = verdict(results)
+    _check_verdict_against(sentence, results)
+    assert sentence.startswith("No config beats the baseline on VALID with a paired 95%")
+    # a tie at the chosen config's VALID F1 is named with the rule that broke it
+    results["configs"]["t75_a25"]["splits"]["valid"] = split(0.52, 0.15, 0.90)
+    assert (
+        "t60_a50 was chosen among 2 configs tied at VALID F1 0.520, by its place in the "
+        "params (the first of 2 with equal VALID F1 and FPR)" in verdict(results)
+    )
+    results["configs"]["t75_a25"]["splits"]["valid"] = split(0.52, 0.20, 0.90)
+    assert "tied at VALID F1 0.520, by the lower VALID FPR." in verdict(results)
 
 
 def test_tables_for_a_reader():

@@ -64,18 +64,24 @@ def verdict(results: dict[str, Any]) -> str:
             "no steered config to compare."
         )
     dv = results.get("vs_baseline", {}).get("valid", {})
-    better = [n for n in steered if n in dv and dv[n]["d_f1"] > 0]
+    # beyond noise: the paired 95% interval of VALID ΔF1 lies above 0 (not a point estimate)
+    better = [n for n in steered if n in dv and dv[n]["d_f1_lo"] > 0]
     if not better:
-        first = f"No config beats the baseline on VALID (F1 {bv['f1']:.3f})."
+        first = (
+            f"No config beats the baseline on VALID with a paired 95% interval above 0 "
+            f"(baseline F1 {bv['f1']:.3f}; {len(steered)} configs)."
+        )
     else:
         best = max(better, key=lambda n: dv[n]["d_f1"])
         first = (
-            f"{len(better)} of {len(steered)} configs beat the baseline on VALID; the best, "
-            f"{best}, raises F1 from {bv['f1']:.3f} to {configs[best]['splits']['valid']['f1']:.3f}."
+            f"{len(better)} of {len(steered)} configs beat the baseline on VALID with a paired "
+            f"95% interval above 0; the best, {best}, raises F1 from {bv['f1']:.3f} to "
+            f"{configs[best]['splits']['valid']['f1']:.3f}."
         )
     chosen = results.get("chosen", {}).get("name")
     if chosen is None or chosen == BASELINE or chosen not in configs:
         return first + f" The baseline is kept: TEST F1 {bt['f1']:.3f}."
+    first += tie_note(results)
     ct = configs[chosen]["splits"]["test"]
     d = results.get("vs_baseline", {}).get("test", {}).get(chosen)
     if d is None:
@@ -85,6 +91,32 @@ def verdict(results: dict[str, Any]) -> str:
         f"{signed(d['d_f1_hi'])}] ({_ci_word(d['d_f1_lo'], d['d_f1_hi'])}); "
         f"FPR {bt['fpr']:.2f} → {ct['fpr']:.2f} (ΔFPR{_fpr_word(d['d_fpr_lo'], d['d_fpr_hi'])}), "
         f"recall {bt['recall']:.2f} → {ct['recall']:.2f}."
+    )
+
+
+def tie_note(results: dict[str, Any]) -> str:
+    """ " Chosen X of k configs tied at VALID F1 f, by ..." where the choice broke a tie (the
+    rule: best VALID F1, then lower VALID FPR, then the earlier config); "" where none."""
+    configs = results.get("configs", {})
+    chosen = results.get("chosen", {}).get("name")
+    if chosen not in configs or chosen == BASELINE:
+        return ""
+    cv = configs[chosen]["splits"]["valid"]
+    tied = [
+        n
+        for n, r in configs.items()
+        if n != BASELINE and abs(r["splits"]["valid"]["f1"] - cv["f1"]) < 1e-12
+    ]
+    if len(tied) < 2:
+        return ""
+    same = [n for n in tied if abs(configs[n]["splits"]["valid"]["fpr"] - cv["fpr"]) < 1e-12]
+    how = (
+        "the lower VALID FPR"
+        if len(same) == 1
+        else f"its place in the params (the first of {len(same)} with equal VALID F1 and FPR)"
+    )
+    return (
+        f" {chosen} was chosen among {len(tied)} configs tied at VALID F1 {cv['f1']:.3f}, by {how}."
     )
 
 
