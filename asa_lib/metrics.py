@@ -128,6 +128,7 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
     out["triggers"] = n_trig
     out["format_valid_rate"] = float(_ratio(sum(r["format_valid"] for r in records), n_trig))
     out["valid_call_rate"] = float(_ratio(sum(r["valid"] for r in records), n_trig))
+    out["validity_split"] = validity_split(records)
     out["per_domain"] = {}
     for d in sorted({r["domain"] for r in records}):
         rs = [r for r in records if r["domain"] == d]
@@ -135,6 +136,38 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
             [r["label"] for r in rs], [int(r["triggered"]) for r in rs]
         )
     return out
+
+
+# The calls by why they are valid or not: each call is one of the three.
+VALIDITY_SPLIT = ("complete valid", "complete invalid", "cut")
+
+
+def validity_split(records: list[dict]) -> dict[str, int]:
+    """The calls (triggered outputs) counted by why: ``complete valid`` (closed by the end
+    marker, parses, names a listed tool with its required arguments), ``complete invalid``
+    (closed, but does not parse, names an unlisted tool or lacks a required argument) and
+    ``cut`` (no end marker: cut at max_new_tokens, whatever it holds). The three add up to
+    the calls."""
+    calls = [r for r in records if r["triggered"]]
+    done = [r for r in calls if r.get("complete")]
+    return {
+        "complete valid": sum(bool(r["valid"]) for r in done),
+        "complete invalid": sum(not r["valid"] for r in done),
+        "cut": len(calls) - len(done),
+    }
+
+
+# the columns of the three shares (of the calls), in VALIDITY_SPLIT's order
+VALIDITY_SHARES = ("complete_valid_share", "complete_invalid_share", "cut_share")
+
+
+def validity_shares(metrics: dict) -> dict[str, float]:
+    """The three :func:`validity_split` counts of a split's metrics as shares of its calls
+    (NaN where there was no call, or the metrics predate the split)."""
+    split, n = metrics.get("validity_split"), metrics.get("triggers", 0)
+    if not split or not n:
+        return dict.fromkeys(VALIDITY_SHARES, float("nan"))
+    return {k: split[v] / n for k, v in zip(VALIDITY_SHARES, VALIDITY_SPLIT)}
 
 
 def bootstrap_mean_ci(

@@ -46,11 +46,13 @@ class CallMarkers:
 
 @dataclass(frozen=True)
 class Score:
-    """One output, scored: a tool call was started; its payload parses; it is a valid call."""
+    """One output, scored: a tool call was started; its payload parses; it is a valid call;
+    it was closed by the end marker (``complete``: False for a call cut at max_new_tokens)."""
 
     triggered: bool
     format_valid: bool
     valid: bool
+    complete: bool = False
 
 
 def triggered(output: str, markers: CallMarkers | HasMarkers) -> bool:
@@ -163,7 +165,10 @@ def score_output(
     payload = call_payload(output, markers)
     if payload is None:
         return Score(triggered=False, format_valid=False, valid=False)
+    complete = call_complete(output, markers)
     calls = parse_calls(payload)
     if calls is None:
-        return Score(triggered=True, format_valid=False, valid=False)
-    return Score(triggered=True, format_valid=True, valid=_known_calls(calls, tools))
+        return Score(triggered=True, format_valid=False, valid=False, complete=complete)
+    return Score(
+        triggered=True, format_valid=True, valid=_known_calls(calls, tools), complete=complete
+    )

@@ -21,6 +21,7 @@ import pandas as pd
 
 from asa_lib import data, nb
 from asa_lib.method.bundle import load_bundle
+from asa_lib.metrics import validity_shares
 from asa_lib.model.load import load_params_model
 from asa_lib.report import plots
 from asa_lib.run.sweep import run_config
@@ -50,9 +51,9 @@ split_table = pd.DataFrame(
                     "fpr",
                     "accuracy",
                     "triggers",
-                    "valid_call_rate",
                 )
             },
+            **validity_shares(v["metrics"]),
             "F1 95% CI": "[{:.3f}, {:.3f}]".format(*v["metrics"]["ci95"]["f1"]),
             "steered prompts": v["steered"],
             "generated now": v["generated_now"],
@@ -60,8 +61,8 @@ split_table = pd.DataFrame(
         for s, v in res["splits"].items()
     ]
 )
-# a share of calls where there was no call does not apply
-split_table.loc[split_table["triggers"] == 0, "valid_call_rate"] = None
+# the calls split by validity (shares of the calls; — where there was no call): F1, recall
+# and FPR count a call when the output opens one, whether or not it could run
 nb.table(split_table)
 
 # %% [markdown]

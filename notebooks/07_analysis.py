@@ -173,22 +173,20 @@ if nb.several_domains(dom["domain"], "the per-domain table and chart"):
     nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 
 # %% [markdown]
-# ## Post-trigger validity (TEST): does a triggered call parse, name a listed tool, and carry its required arguments?
+# ## Post-trigger validity (TEST): could the calls run?
+#
+# F1, recall and FPR count a call when the output opens one, whether or not it could run.
+# Here each call is one of three: complete and valid (closed by the end marker, parses,
+# names a listed tool with its required arguments), complete and invalid (closed, but does
+# not parse, names another tool or lacks an argument), or cut at `max_new_tokens` (no end
+# marker). The three shares add up to 1.
 
 # %%
 val = analysis.split_frame(res, "test")[
-    ["config", "triggers", "format_valid_rate", "valid_call_rate"]
+    ["config", "triggers", "complete_valid_share", "complete_invalid_share", "cut_share"]
 ]
-called = val["triggers"] > 0  # a share of calls does not apply where there was none
-display(
-    nb.table(
-        val.assign(
-            format_valid_rate=val["format_valid_rate"].where(called),
-            valid_call_rate=val["valid_call_rate"].where(called),
-        )
-    )
-)
-nb.show(plots.validity(val, "Validity of triggered calls · TEST"))
+display(nb.table(val))
+nb.show(plots.validity(val, "Calls by validity · TEST (share of calls)"))
 
 # %% [markdown]
 # ## The chosen adapter on held-out TEST prompts, through the public API

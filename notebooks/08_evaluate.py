@@ -91,6 +91,11 @@ nb.table(
 
 # %% [markdown]
 # ## Baseline and steered, with bootstrap 95% intervals
+#
+# F1, recall and FPR count a call when the output opens one, whether or not it could run.
+# The calls columns say which could: complete valid (closed, parses, names a listed tool
+# with its required arguments), complete invalid (closed, but does not parse, names another
+# tool or lacks an argument) and cut at `max_new_tokens`; the three add up to the calls.
 
 # %%
 nb.table(pd.DataFrame(ev.metric_rows(res)))

@@ -88,3 +88,42 @@ def test_paired_bootstrap_diff_against_a_plain_loop():
     assert got["f1"]["lo"] > 0  # a real improvement is seen beyond noise
     same = paired_bootstrap_diff(y, base, base)
     assert same["f1"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+
+
+def test_the_calls_split_by_why_adds_up_to_the_calls():
+    """#34 item 1: each triggered output is complete valid, complete invalid or cut."""
+    from asa_lib.metrics import validity_shares, validity_split
+    from asa_lib.params import PromptParams
+    from asa_lib.tools import CallMarkers, score_output
+
+    pp = PromptParams()
+    tools = [
+        {
+            "name": "calc",
+            "parameters": {"type": "object", "properties": {"x": {}}, "required": ["x"]},
+        }
+    ]
+    s, e = pp.tool_call_start, pp.tool_call_end
+    outputs = {
+        "valid": f'{s}{{"name": "calc", "arguments": {{"x": 1}}}}{e}',
+        "unlisted": f'{s}{{"name": "other", "arguments": {{"x": 1}}}}{e}',
+        "no argument": f'{s}{{"name": "calc", "arguments": {{}}}}{e}',
+        "does not parse": f"{s}calc(((({e}",
+        "cut valid-looking": f'{s}{{"name": "calc", "arguments": {{"x": 1}}}}',
+        "cut": f'{s}{{"name": "calc", "argu',
+        "no call": "The answer is 4.",
+    }
+    recs = []
+    for out in outputs.values():
+        sc = score_output(out, CallMarkers.of(pp), tools)
+        recs.append({"triggered": sc.triggered, "valid": sc.valid, "complete": sc.complete})
+    split = validity_split(recs)
+    assert split == {"complete valid": 1, "complete invalid": 3, "cut": 2}
+    assert sum(split.values()) == sum(r["triggered"] for r in recs) == 6
+    shares = validity_shares({"validity_split": split, "triggers": 6})
+    assert shares == {
+        "complete_valid_share": 1 / 6,
+        "complete_invalid_share": 0.5,
+        "cut_share": 2 / 6,
+    }
+    assert all(v != v for v in validity_shares({"validity_split": split, "triggers": 0}).values())

@@ -42,6 +42,7 @@ RECORD_KEYS = [
     "triggered",
     "format_valid",
     "valid",
+    "complete",
 ]
 # The top-level keys of sweep/<config>.json before the provenance fields, then those.
 SWEEP_KEYS = [
@@ -63,7 +64,7 @@ PROVENANCE_KEYS = ["model_id", "bundle_sha256", "prompt_format_sha256", "version
 def test_the_record_has_the_sweeps_keys_in_order_and_is_frozen():
     assert [f.name for f in dataclasses.fields(PromptRecord)] == RECORD_KEYS
     r = PromptRecord.scored(
-        Score(triggered=True, format_valid=True, valid=False),
+        Score(triggered=True, format_valid=True, valid=False, complete=True),
         id="r1",
         split="valid",
         domain="math",
@@ -89,6 +90,7 @@ def test_the_record_has_the_sweeps_keys_in_order_and_is_frozen():
         "triggered": True,
         "format_valid": True,
         "valid": False,
+        "complete": True,
     }
     assert list(r.to_dict()) == RECORD_KEYS
     assert r.to_dict(("gate", "id")) == {"gate": 1, "id": "r1"}

@@ -302,7 +302,7 @@ def test_the_index_and_07_open_with_a_verdict_from_results_json(tiny_reports):
         r"<tr><td class='l'><a href='html/06_sweep__baseline.html'>baseline</a>.*?</tr>", index
     )
     assert row and row.group(0).count("<td>—</td>") >= 3 and "None" not in index
-    assert "TEST valid calls (share of calls)" in index
+    assert "TEST calls: complete valid / complete invalid / cut (of the calls)" in index
 
 
 def test_a_verdict_names_the_configs_that_beat_the_baseline():

@@ -127,7 +127,7 @@ def write_index(
             "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th><th>block</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
             "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th>"
-            "<th>TEST valid calls (share of calls)</th>"
+            "<th>TEST calls: complete valid / complete invalid / cut (of the calls)</th>"
             "<th>TEST ΔF1 vs baseline [95% CI]</th><th>TEST ΔFPR vs baseline [95% CI]</th>"
             "<th>decisions flipped (VALID / TEST)</th>"
             "<th>TEST: gate's decision held (of the rows it aimed at)</th>"
@@ -172,7 +172,14 @@ def write_index(
                 for k in ("tau", "alpha", "beta")
             )
             knobs += f"<td>{NA if base or r.get('layer') is None else _e(r['layer'])}</td>"
-            vcalls = _num(t["valid_call_rate"]) if t.get("triggers") else NA
+            vs = t.get("validity_split")
+            vcalls = (
+                f"{vs['complete valid']} / {vs['complete invalid']} / {vs['cut']} of {t['triggers']}"
+                if t.get("triggers") and vs
+                else _num(t["valid_call_rate"])  # results from before the split
+                if t.get("triggers")
+                else NA
+            )
             parts.append(
                 f"<tr{cls}><td class='l'>{label}</td>{knobs}"
                 f"<td>{v['f1']:.3f}</td><td>{v['fpr']:.3f}</td>"
@@ -182,8 +189,11 @@ def write_index(
             )
         parts.append(
             "</table></div><p class='note'>Selection uses VALID only; TEST columns are reported, never "
-            "used to choose. Valid calls: the share of TEST tool calls that parse, name a listed "
-            "tool and carry its required arguments (— where the config made no call). "
+            "used to choose. F1, recall and FPR count a call when the output opens one, whether "
+            "or not it could run; the calls column says which could: complete valid (closed, "
+            "parses, names a listed tool with its required arguments), complete invalid "
+            "(closed, but does not parse, names another tool or lacks an argument), cut (no "
+            "end marker within max_new_tokens) (— where the config made no call). "
             "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
             "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
             "against the baseline; each config's report lists them. Held: of the TEST rows where "

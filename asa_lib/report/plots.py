@@ -391,18 +391,25 @@ def per_domain(df: pd.DataFrame, title: str):
     return fig
 
 
+VALIDITY_COLOURS = {"complete valid": "#4c9a2a", "complete invalid": "#d9822b", "cut": "#9e9e9e"}
+
+
 def validity(df: pd.DataFrame, title: str):
+    """Each config's calls split by why (one stacked bar a config, shares of its calls):
+    complete and valid, complete and invalid, cut at max_new_tokens."""
     df = _relabel(df, "config")
-    long = df.melt(
-        id_vars="config",
-        value_vars=["format_valid_rate", "valid_call_rate"],
-        var_name="rate",
-        value_name="share of calls",
-    )
-    names = {"format_valid_rate": "parseable calls", "valid_call_rate": "valid calls"}
-    long["rate"] = long["rate"].map(names)
+    cols = {
+        "complete valid": "complete_valid_share",
+        "complete invalid": "complete_invalid_share",
+        "cut": "cut_share",
+    }
     fig, ax = plt.subplots(figsize=_figsize(max(6, 0.8 * len(df) + 2), 3.5))
-    sns.barplot(data=long, x="config", y="share of calls", hue="rate", ax=ax)
+    bottom = np.zeros(len(df))
+    for name, col in cols.items():
+        vals = df[col].fillna(0.0).to_numpy(dtype=float)
+        ax.bar(df["config"], vals, bottom=bottom, label=name, color=VALIDITY_COLOURS[name])
+        bottom += vals
+    ax.set_ylabel("share of calls")
     _legend_outside(ax, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(plot_text(title, MAX_TITLE_CHARS))

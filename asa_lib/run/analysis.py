@@ -24,6 +24,7 @@ from asa_lib.layout import RunDir
 from asa_lib.method.bundle import clear_stale, load_bundle, save_bundle
 from asa_lib.method.probing import load_layers
 from asa_lib.metrics import METRICS as metric_registry
+from asa_lib.metrics import validity_shares
 from asa_lib.params import BASELINE, Params
 from asa_lib.report.verdict import AIMED, BACKFIRED, FLIP_KINDS, HELD, decision_advice
 from asa_lib.run.core import vs_baseline
@@ -82,6 +83,7 @@ def split_frame(res: dict[str, dict], split: str) -> pd.DataFrame:
             "triggers": m["triggers"],
             "format_valid_rate": m["format_valid_rate"],
             "valid_call_rate": m["valid_call_rate"],
+            **validity_shares(m),
         }
         for k, (lo, hi) in m["ci95"].items():
             row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
@@ -552,7 +554,9 @@ def one_pass_agreement(
     picked = agreement_prompts(read_splits(run_dir)[split], n)
     tool_sets = read_tool_sets(run_dir)  # a row with its own tools is asked with them
     asked = [  # a row is asked as it was rendered: its text or conversation, its own tools
-        {"text" if x.messages is None else "messages": x.request}
+        x.text
+        if x.messages is None and not x.tools
+        else {"text" if x.messages is None else "messages": x.request}
         | ({"tools": tool_sets[x.tools]} if x.tools else {})
         for x in picked
     ]

@@ -52,7 +52,14 @@ from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, toke
 from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import FITTED_SPLITS, Bundle, row_digests
-from asa_lib.metrics import METRICS, auc, binary_metrics, bootstrap_auc_ci, interval_table
+from asa_lib.metrics import (
+    METRICS,
+    VALIDITY_SPLIT,
+    auc,
+    binary_metrics,
+    bootstrap_auc_ci,
+    interval_table,
+)
 from asa_lib.model.load import LoadedModel, check_prompt_tokenizer, load_params_model
 from asa_lib.params import (
     BASELINE,
@@ -485,6 +492,9 @@ def metric_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         for k in (*METRICS, "valid_call_rate"):
             row[k] = f"{m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
         row["calls"] = m["triggers"]
+        split = m.get("validity_split") or {}
+        for k in VALIDITY_SPLIT:  # the calls by why (counts; they add up to the calls)
+            row[f"calls: {k}"] = split.get(k)
         rows.append(row)
     return rows
 

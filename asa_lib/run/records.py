@@ -32,6 +32,7 @@ class PromptRecord:
     triggered: bool
     format_valid: bool
     valid: bool
+    complete: bool = False  # the call was closed by its end marker (not cut at max_new_tokens)
 
     @classmethod
     def scored(cls, score: Score, **fields: Any) -> PromptRecord:
