@@ -82,7 +82,7 @@ per_dom = pd.DataFrame(
         for d, m in v["metrics"]["per_domain"].items()
     ]
 )
-if nb.several_domains(per_dom["domain"].unique(), "the per-domain table and chart"):
+if nb.several_domains(per_dom["domain"].unique(), "the per-domain breakdown"):
     display(nb.table(per_dom))
     nb.show(
         plots.per_domain(

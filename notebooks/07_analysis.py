@@ -168,7 +168,7 @@ nb.show(plots.fpr_recall(analysis.split_frame(res, "valid"), ref, "FPR vs recall
 dom = pd.DataFrame(
     [{"domain": d, **m} for d, m in res[chosen]["splits"]["test"]["metrics"]["per_domain"].items()]
 )
-if nb.several_domains(dom["domain"], "the per-domain table and chart"):
+if nb.several_domains(dom["domain"], "the per-domain breakdown"):
     display(nb.table(dom[["domain", "n", "precision", "recall", "f1", "fpr"]]))
     nb.show(plots.per_domain(dom, f"{chosen} · per domain (TEST)"))
 

@@ -363,6 +363,18 @@ def test_a_verdict_names_the_configs_that_beat_the_baseline():
     assert "tied at VALID F1 0.520, by the lower VALID FPR." in verdict(results)
 
 
+def test_tables_show_outputs_without_turn_tokens_and_keep_call_markers():
+    """#34 item 5: <|im_end|> and the like are dropped for display; call markers stay."""
+    import pandas as pd
+
+    from asa_lib.report.tables import table
+
+    outputs = ['<tool_call>{"name": "f"}</tool_call><|im_end|>', "[f()]<|tool_call_end|></s>"]
+    out = table(pd.DataFrame({"output": outputs}))._repr_html_()
+    assert "im_end" not in out and "&lt;/s&gt;" not in out
+    assert "&lt;tool_call&gt;" in out and "&lt;|tool_call_end|&gt;" in out
+
+
 def test_tables_for_a_reader():
     """No index column; counts as integers, rates at 3 decimals, knobs as given, — where not
     applicable; text left-aligned, escaped and cut with its full text kept in a tooltip."""

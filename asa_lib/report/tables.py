@@ -82,16 +82,17 @@ def _count_column(values: pd.Series) -> bool:
     return whole and float(v.abs().max()) > 1  # 0.0 / 1.0 alone: a rate, not a count
 
 
-# End-of-turn tokens a decoded output ends with; shown without them (the records keep them).
-# A format's call markers (<|tool_call_start|> ...) are not among them and stay.
+# Turn tokens of chat templates a decoded output holds; shown without them (the records keep
+# them). A format's call markers (<|tool_call_start|> ...) are not among them and stay.
 _END_TOKENS = re.compile(
-    r"(?:<\|(?:im_end|endoftext|end_of_text|eot_id|end_of_turn|eos)\|>|<end_of_turn>|</s>)"
+    r"(?:<\|(?:im_end|im_start|endoftext|end_of_text|eot_id|end_of_turn|eos)\|>"
+    r"|<end_of_turn>|</s>)"
 )
 
 
 def display_text(text: str) -> str:
-    """``text`` as a table shows it: end-of-turn special tokens (``<|im_end|>``,
-    ``<|endoftext|>``, ``</s>`` ...) removed."""
+    """``text`` as a table shows it: chat-template turn tokens (``<|im_end|>``,
+    ``<|im_start|>``, ``<|endoftext|>``, ``</s>`` ...) removed."""
     return _END_TOKENS.sub("", text)
 
 

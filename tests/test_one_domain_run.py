@@ -1,0 +1,115 @@
+"""A one-domain run whose rows are partly conversations, end to end on the tiny model.
+
+#33: rows with ``messages`` (a system prompt, earlier turns) go through every stage.
+#34: a one-domain run's pages show no library warning, no figure that compares domains
+(each says in one sentence why it is not there), no raw end-of-turn token, and the calls'
+validity split adds up to the calls.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pytest
+import yaml
+
+from asa_lib.run.runner import run
+from conftest import PARAMS, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def one_domain_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("one_domain")
+    rows = [
+        json.loads(x) for x in (ROOT / "data" / "labelled_example.jsonl").read_text().splitlines()
+    ]
+    out = []
+    for i, r in enumerate(rows):
+        r = {**r, "domain": "all"}
+        if i % 3 == 0:  # every third row: a conversation ending on the same request
+            r["messages"] = [
+                {"role": "system", "content": "You help with plans."},
+                {"role": "user", "content": "Hi there."},
+                {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": r.pop("text")},
+            ]
+        out.append(r)
+    data = tmp / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in out))
+    d = yaml.safe_load((PARAMS / "labelled_example.yaml").read_text())
+    d["name"] = "one_domain"
+    d["data"]["source"] = str(data)
+    d["data"]["columns"] = {"text": "text", "label": "label", "domain": "domain", "id": "id"}
+    params = tmp / "one_domain.yaml"
+    params.write_text(yaml.safe_dump(d, sort_keys=False))
+    logs: list[str] = []
+    code, index = run(params, tmp / "run", log=logs.append)
+    return {"code": code, "dir": tmp / "run", "logs": logs, "index": index}
+
+
+def _pages(run_dir):
+    return {
+        p.stem: p.read_text(encoding="utf-8") for p in sorted((run_dir / "html").glob("*.html"))
+    }
+
+
+def test_the_run_completes_with_conversations_in_every_split(one_domain_run):
+    assert one_domain_run["code"] == 0, "\n".join(one_domain_run["logs"])
+    splits = [
+        json.loads(x)
+        for x in (one_domain_run["dir"] / "data" / "splits.jsonl").read_text().splitlines()
+    ]
+    for s in ("cal", "train", "valid", "test"):
+        rows = [r for r in splits if r["split"] == s]
+        assert any("messages" in r for r in rows) and any("messages" not in r for r in rows), s
+    convo = next(r for r in splits if "messages" in r)
+    assert convo["text"] == convo["messages"][-1]["content"]  # what the reports show
+
+
+def test_no_page_shows_a_warning_or_a_domain_comparison_or_a_raw_end_token(one_domain_run):
+    pages = _pages(one_domain_run["dir"])
+    assert {"04_vectors", "05_routing", "07_analysis"} <= set(pages)
+    for name, page in pages.items():
+        # a warning or any stderr output is a box of its own (its CSS is on every page)
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page, name
+        body = re.sub(r"<(style|script)\b.*?</\1>", " ", page, flags=re.S)
+        assert "Warning" not in html.unescape(re.sub(r"<[^>]+>", " ", body)), name
+        if name.startswith(("06_sweep", "07")):  # outputs; 02 shows a prompt as rendered
+            for token in ("<|im_end|>", "<|im_start|>"):  # the tiny model writes <|im_start|>
+                assert token not in html.unescape(body), (name, token)
+    one = "One domain (all): {} is not shown."
+    assert one.format("the cosine matrix of the domain vectors") in pages["04_vectors"]
+    assert one.format("the router&#x27;s confusion map on VALID") in pages[
+        "05_routing"
+    ] or one.format("the router's confusion map on VALID") in html.unescape(pages["05_routing"])
+    assert ">router<" not in pages["05_routing"]  # no router row in the accuracy table
+    assert one.format("the per-domain breakdown") in pages["07_analysis"]
+    assert one.format("the per-domain breakdown") in pages["06_sweep__mild"]
+
+
+def test_the_records_keep_the_raw_tokens_the_pages_drop(one_domain_run):
+    recs = json.loads((one_domain_run["dir"] / "sweep" / "baseline.json").read_text())["records"]
+    assert any("<|im_start|>" in r["output"] for r in recs)  # so the page check above can fail
+
+
+def test_the_validity_split_adds_up_to_the_calls_and_the_index_shows_it(one_domain_run):
+    run_dir = one_domain_run["dir"]
+    results = json.loads((run_dir / "results.json").read_text())
+    index = (run_dir / "index.html").read_text()
+    for name, c in results["configs"].items():
+        for split in ("valid", "test"):
+            m = c["splits"][split]
+            assert sum(m["validity_split"].values()) == m["triggers"], (name, split)
+        t = c["splits"]["test"]
+        if t["triggers"]:
+            v = t["validity_split"]
+            cell = (
+                f"{v['complete valid']} / {v['complete invalid']} / {v['cut']} of {t['triggers']}"
+            )
+            assert cell in index, name
+    for rec in json.loads((run_dir / "sweep" / "baseline.json").read_text())["records"]:
+        assert "complete" in rec
