@@ -96,7 +96,9 @@ def test_score_output_liquid_and_json_styles():
     def score(out, markers=m, tools=tools):
         return score_output(out, markers, tools)
 
-    S = Score
+    def S(triggered, format_valid, valid):  # every call below is closed by its end marker
+        return Score(triggered, format_valid, valid, complete=triggered)
+
     ok = '<|tool_call_start|>[translator(text="hi", target_language="fr")]<|tool_call_end|>'
     assert score(ok) == S(triggered=True, format_valid=True, valid=True)
     missing = '<|tool_call_start|>[translator(text="hi")]<|tool_call_end|>'

@@ -365,7 +365,19 @@ def _every_plot(names: list[str], title: str | None = None):
         [
             {
                 "config": n,
-                **{m: 0.5 for m in ("f1", "fpr", "recall", "format_valid_rate", "valid_call_rate")},
+                **{
+                    m: 0.5
+                    for m in (
+                        "f1",
+                        "fpr",
+                        "recall",
+                        "format_valid_rate",
+                        "valid_call_rate",
+                        "complete_valid_share",
+                        "complete_invalid_share",
+                        "cut_share",
+                    )
+                },
                 **{f"d_{m}{e}": 0.0 for m in ("f1", "fpr") for e in ("", "_lo", "_hi")},
             }
             for n in names

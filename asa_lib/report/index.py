@@ -62,6 +62,33 @@ def _meta_line(params: Params, results: dict | None, info: dict) -> str:
     return "<p class='meta'>" + " · ".join(parts) + "</p>"
 
 
+# what a config's vector is, as the index's vector column says it
+VECTOR_NAMES = {
+    "mixture": "label (the paper's)",
+    "behaviour": "behaviour (the model's calls)",
+    "random": "random (ablation)",
+}
+
+
+def _data_line(params: Params, run: RunDir) -> str:
+    """The data set the table is about, and how many prompts each split has."""
+    try:
+        summary = read_json(run.data_summary)
+        sizes = summary.get("split_sizes", {})
+    except (OSError, ValueError):
+        sizes = {}
+    src = params.data_path()
+    name = src.name if src is not None else params.data.source
+    n = ", ".join(
+        f"{s.upper()} {sizes[s]}" for s in ("cal", "train", "valid", "test") if s in sizes
+    )
+    return (
+        f"<p>Data: <code>{_e(name)}</code>"
+        + (f" · prompts per split: {_e(n)}" if n else "")
+        + ".</p>"
+    )
+
+
 def write_index(
     params: Params, run_dir: Path, stages: Sequence[Any], info: dict | None = None
 ) -> Path:
@@ -107,9 +134,12 @@ def write_index(
         )
         diag = results.get("diagnostics")
         if diag:  # stage 04: will ASA work on this model?
-            parts.append(
-                f"<p><b>Diagnostics at L*:</b> {_e(diag['verdict'])} (see 04_vectors).</p>"
+            link = (
+                "<a href='html/04_vectors.html'>04_vectors</a>"
+                if run.report("04_vectors").is_file()
+                else "04_vectors"
             )
+            parts.append(f"<p><b>Diagnostics at L*:</b> {_e(diag['verdict'])} (see {link}).</p>")
         advice = results.get("advice", {}).get(c["name"], [])
         if advice:  # did the chosen config's gate decisions happen? (the flips, 07_analysis)
             parts.append(
@@ -123,8 +153,16 @@ def write_index(
                 f"<p>Steering blocks (steering.blocks, resolved on this run): L* = "
                 f"{_e(sb['L_star'])}, auto1.. = {_e(', '.join(map(str, sb['blocks'])))}.</p>"
             )
+        parts.append(_data_line(params, run))
+        # beta is moot with one domain, and often one value: a column that never varies is
+        # said once above the table, not repeated in every row
+        betas = {r.get("beta") for n, r in results["configs"].items() if n != BASELINE}
+        show_beta = len(betas) > 1
+        if not show_beta and betas:
+            parts.append(f"<p>beta = {_e(next(iter(betas)))} in every config.</p>")
         parts.append(
-            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>tau</th><th>alpha</th><th>beta</th><th>block</th>"
+            "<div class='wide'><table><tr><th class='l'>config (its report)</th><th>vector</th>"
+            "<th>tau</th><th>alpha</th>" + ("<th>beta</th>" if show_beta else "") + "<th>block</th>"
             "<th>VALID F1</th><th>VALID FPR</th><th>VALID recall</th>"
             "<th>TEST F1</th><th>TEST FPR</th><th>TEST recall</th>"
             "<th>TEST calls: complete valid / complete invalid / cut (of the calls)</th>"
@@ -167,9 +205,13 @@ def write_index(
                 else _e(name)
             )
             base = name == BASELINE
-            knobs = "".join(
+            vec = r.get("vector")  # results from before it was recorded: —
+            knobs = (
+                f"<td class='l'>{NA if base or not vec else _e(VECTOR_NAMES.get(vec, vec))}</td>"
+            )
+            knobs += "".join(
                 f"<td>{NA if base or r.get(k) is None else _e(r[k])}</td>"
-                for k in ("tau", "alpha", "beta")
+                for k in (("tau", "alpha", "beta") if show_beta else ("tau", "alpha"))
             )
             knobs += f"<td>{NA if base or r.get('layer') is None else _e(r['layer'])}</td>"
             vs = t.get("validity_split")

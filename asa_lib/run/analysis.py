@@ -423,6 +423,7 @@ def write_results(params: Params, run_dir: str | Path, res: dict[str, dict], cho
                 "beta": r["beta"],
                 "alpha_eff": r["alpha_eff"],
                 "layer": r.get("layer", bundle.layer),
+                "vector": r.get("config", {}).get("vector", "mixture"),
                 "splits": {s: v["metrics"] for s, v in r["splits"].items()},
             }
             for n, r in res.items()
