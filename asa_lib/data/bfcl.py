@@ -95,11 +95,10 @@ from asa_lib.data.convert import (
     check_count,
     check_input,
     check_output,
+    entries,
     one_line_errors,
-    open_input,
     write_rows,
 )
-from asa_lib.files import JSONDepthError, loads_json
 from asa_lib.params import tool_list_problem
 
 __all__ = [
@@ -378,61 +377,37 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
             {"file": str(path), "line": line, "field": field_name, "reason": reason}
         )
 
-    with open_input(path) as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:  # utf-8-sig on line 1: a byte-order mark is not part of the first entry
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                skip(line_no, "line", f"not UTF-8: {exc}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                entry = loads_json(line)
-            except JSONDepthError as exc:
-                skip(line_no, "line", str(exc))
-                continue
-            except json.JSONDecodeError as exc:
-                skip(line_no, "line", f"not JSON: {exc}")
-                continue
-            if not isinstance(entry, dict):
-                skip(line_no, "line", f"not a JSON object: {type(entry).__name__}")
-                continue
+    for line_no, entry in entries(path, skip):
+        entry_id = entry["id"]
+        request, field_name, reason = _request(entry.get("question"))
+        if request is None:
+            skip(line_no, field_name, reason)
+            continue
 
-            entry_id = entry.get("id")
-            if not isinstance(entry_id, str) or not entry_id:
-                skip(line_no, "id", "must be a non-empty string")
-                continue
+        functions = entry.get("function")
+        if not isinstance(functions, list) or not functions:
+            skip(line_no, "function", "must be a non-empty list of functions")
+            continue
+        try:
+            tools = _convert_functions(functions)
+        except BFCLShapeError as exc:
+            skip(line_no, exc.field, exc.message)
+            continue
+        problem = tool_list_problem(tools, "function")  # what the data stage would refuse
+        if problem is not None:
+            field_name, _, reason = problem.partition(": ")
+            skip(line_no, field_name, reason)
+            continue
 
-            request, field_name, reason = _request(entry.get("question"))
-            if request is None:
-                skip(line_no, field_name, reason)
-                continue
-
-            functions = entry.get("function")
-            if not isinstance(functions, list) or not functions:
-                skip(line_no, "function", "must be a non-empty list of functions")
-                continue
-            try:
-                tools = _convert_functions(functions)
-            except BFCLShapeError as exc:
-                skip(line_no, exc.field, exc.message)
-                continue
-            problem = tool_list_problem(tools, "function")  # what the data stage would refuse
-            if problem is not None:
-                field_name, _, reason = problem.partition(": ")
-                skip(line_no, field_name, reason)
-                continue
-
-            result.rows.append(
-                {
-                    "id": entry_id,
-                    "text" if isinstance(request, str) else "messages": request,
-                    "label": label,
-                    "tools": tools,
-                    "category": category,
-                }
-            )
+        result.rows.append(
+            {
+                "id": entry_id,
+                "text" if isinstance(request, str) else "messages": request,
+                "label": label,
+                "tools": tools,
+                "category": category,
+            }
+        )
     return result
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from asa_lib.data.splits import DataError
-from asa_lib.files import atomic_path
+from asa_lib.files import JSONDepthError, atomic_path, loads_json
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -41,6 +41,7 @@ __all__ = [
     "check_count",
     "check_input",
     "check_output",
+    "entries",
     "is_converter_output",
     "one_line_errors",
     "open_input",
@@ -166,6 +167,46 @@ def open_input(path: str | Path) -> Iterator[IO[bytes]]:
         raise ConvertError(
             f"{path}: cannot be read, the compressed file is damaged or incomplete ({e})"
         ) from None
+
+
+#: How a converter records a skipped entry: ``skip(line, field, reason)``.
+Skip = Callable[[int, str, str], None]
+
+
+def entries(path: str | Path, skip: Skip) -> Iterator[tuple[int, dict]]:
+    """The entries of a JSON Lines input (plain, ``.xz`` or ``.gz``), as ``(line, entry)``.
+
+    Every converter reads its files through this loop. Blank lines are passed over.
+    A line that is not UTF-8 (a byte-order mark on line 1 is allowed), not JSON, nested
+    too deeply, not a JSON object, or without a non-empty string ``id`` is handed to
+    ``skip(line, field, reason)`` and not yielded; file-level problems raise
+    :class:`ConvertError` (:func:`open_input`).
+    """
+    with open_input(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:  # utf-8-sig on line 1: a byte-order mark is not part of the first entry
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                skip(line_no, "line", f"not UTF-8: {exc}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                entry = loads_json(line)
+            except JSONDepthError as exc:
+                skip(line_no, "line", str(exc))
+                continue
+            except json.JSONDecodeError as exc:
+                skip(line_no, "line", f"not JSON: {exc}")
+                continue
+            if not isinstance(entry, dict):
+                skip(line_no, "line", f"not a JSON object: {type(entry).__name__}")
+                continue
+            entry_id = entry.get("id")
+            if not isinstance(entry_id, str) or not entry_id:
+                skip(line_no, "id", "must be a non-empty string")
+                continue
+            yield line_no, entry
 
 
 def check_count(value: Any, name: str) -> None:

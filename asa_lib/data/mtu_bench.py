@@ -67,11 +67,10 @@ from asa_lib.data.convert import (
     ConvertError,
     check_input,
     check_output,
+    entries,
     one_line_errors,
-    open_input,
     write_rows,
 )
-from asa_lib.files import JSONDepthError, loads_json
 from asa_lib.params import tool_list_problem
 
 __all__ = [
@@ -369,58 +368,39 @@ def read_mtu_bench(path: str | Path) -> MTUResult:
 
     seen: Counter = Counter()  # upstream ids, which repeat in M-M and OOD
     lines: list[int] = []  # the line of each row
-    with open_input(path) as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                skip(line_no, "line", f"not UTF-8: {exc}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                entry = loads_json(line)
-            except (JSONDepthError, ValueError) as exc:
-                skip(line_no, "line", f"not JSON: {exc}")
-                continue
-            if not isinstance(entry, dict):
-                skip(line_no, "line", f"not a JSON object: {type(entry).__name__}")
-                continue
-            entry_id = entry.get("id")
-            if not isinstance(entry_id, str) or not entry_id:
-                skip(line_no, "id", "must be a non-empty string")
-                continue
-            seen[entry_id] += 1
-            try:
-                label = _label(entry.get("answer"))
-                instructions, apis, dialogue = split_question(entry.get("question"))
-                tools = [convert_api(a, f"question.apis[{i}]") for i, a in enumerate(apis)]
-                turns = parse_dialogue(dialogue)
-                system = [{"role": "system", "content": instructions}] if instructions else []
-                messages = check_messages(system + turns, "question.dialogue")
-            except MTUShapeError as exc:
-                skip(line_no, exc.field, exc.message)
-                continue
-            except MessagesError as exc:
-                where, _, reason = str(exc).partition(": ")
-                skip(line_no, where, reason)
-                continue
-            problem = tool_list_problem(tools, "question.apis")
-            if problem is not None:
-                where, _, reason = problem.partition(": ")
-                skip(line_no, where, reason)
-                continue
-            result.rows.append(
-                {
-                    "id": entry_id,
-                    "messages": messages,
-                    "tools": tools,
-                    "label": label,
-                    "domain": DOMAIN,
-                    "subset": subset,
-                }
-            )
-            lines.append(line_no)
+    for line_no, entry in entries(path, skip):
+        entry_id = entry["id"]
+        seen[entry_id] += 1
+        try:
+            label = _label(entry.get("answer"))
+            instructions, apis, dialogue = split_question(entry.get("question"))
+            tools = [convert_api(a, f"question.apis[{i}]") for i, a in enumerate(apis)]
+            turns = parse_dialogue(dialogue)
+            system = [{"role": "system", "content": instructions}] if instructions else []
+            messages = check_messages(system + turns, "question.dialogue")
+        except MTUShapeError as exc:
+            skip(line_no, exc.field, exc.message)
+            continue
+        except MessagesError as exc:
+            where, _, reason = str(exc).partition(": ")
+            skip(line_no, where, reason)
+            continue
+        problem = tool_list_problem(tools, "question.apis")
+        if problem is not None:
+            where, _, reason = problem.partition(": ")
+            skip(line_no, where, reason)
+            continue
+        result.rows.append(
+            {
+                "id": entry_id,
+                "messages": messages,
+                "tools": tools,
+                "label": label,
+                "domain": DOMAIN,
+                "subset": subset,
+            }
+        )
+        lines.append(line_no)
     for row, line_no in zip(result.rows, lines):  # an id that repeats: each with its line
         if seen[row["id"]] > 1:
             row["id"] = f"{row['id']}@{line_no}"
