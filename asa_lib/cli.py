@@ -7,6 +7,8 @@
 - ``asa evaluate --adapter reports/bfcl/chosen_adapter --params params/bfcl.yaml --data FILE``:
   apply a tuned adapter, unchanged, to every row of a labelled set; baseline and
   steered metrics with bootstrap intervals, and an HTML report (``reports/<name>/``);
+- ``asa summarize RUN_DIR...``: the measured figures of ``docs/results.md``, written from
+  the runs' own ``results.json``/``evaluation.json`` (``--check``: are they current?);
 - ``asa train-demo-model``: the demo model's LoRA adapter.
 """
 
@@ -149,8 +151,26 @@ def main(argv: list[str] | None = None) -> int:
             metavar="X[,Y...]",
             help=f"override {what}; several values, comma-separated, share one baseline",
         )
+    s_ = sub.add_parser(
+        "summarize",
+        help="write the measured figures of docs/results.md from the runs' own results",
+    )
+    s_.add_argument(
+        "runs",
+        nargs="*",
+        help="run folders (asa run) or evaluation folders (asa evaluate) to summarize first",
+    )
+    s_.add_argument("--summaries", default="docs/results", help="folder of the summary JSON files")
+    s_.add_argument("--doc", default="docs/results.md", help="the Markdown file with the blocks")
+    s_.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 where the doc's blocks differ from what the summaries write",
+    )
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "summarize":
+            return _summarize(args)
         if args.cmd == "evaluate":
             return _evaluate(args)
         if args.cmd == "train-demo-model":
@@ -183,6 +203,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asa: error: {_printable(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 1
     return code
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from asa_lib.report.summary import SummaryError, update
+
+    try:
+        written, current = update(args.runs, args.summaries, args.doc, check=args.check)
+    except SummaryError as e:
+        raise UsageError(str(e)) from None
+    for path in written:
+        print(f"summary: {path}")
+    if args.check:
+        if not current:
+            print(
+                f"asa: {args.doc} differs from what the summaries in {args.summaries} write: "
+                "run asa summarize",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.doc}: up to date")
+        return 0
+    print(f"{args.doc}: {'up to date' if current else 'written'}")
+    return 0
 
 
 def _processes(text: str) -> int:

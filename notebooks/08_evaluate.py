@@ -62,8 +62,10 @@ print(f"{res['seconds']:.0f} s, {res['seconds'] / max(res['rows_used'], 1):.2f} 
 #
 # The probe's AUC on this set (its p(tool) against the labels, bootstrap 95% interval),
 # the share of rows at each gate value, and how many of the rows the gate asked to change
-# (gate +1 where the baseline abstains, -1 where it calls) followed it. An interval that
-# reaches 0.5 means the probe cannot tell this set's labels apart: steering cannot help.
+# (gate +1 where the baseline abstains, -1 where it calls) followed it, and how many of
+# those moved towards their label. An interval that reaches 0.5 means the probe cannot
+# tell this set's labels apart: steering cannot help. Pushes that happen but move rows
+# away from their labels as often as towards them do not help either.
 
 # %%
 t = res["transfer"]
@@ -82,11 +84,12 @@ nb.table(
                 **{f"gate {g}": c["gates"][k] for g, k in (("-1", "-1"), ("0", "0"), ("+1", "1"))},
                 "asked to change": c["aimed"],
                 "followed": c["followed"],
+                "towards the label": c.get("right"),
             }
             for name, c in t["configs"].items()
         ]
     ),
-    counts=["gate -1", "gate 0", "gate +1", "asked to change", "followed"],
+    counts=["gate -1", "gate 0", "gate +1", "asked to change", "followed", "towards the label"],
 )
 
 # %% [markdown]

@@ -251,12 +251,27 @@ def test_the_transfer_verdict_reads_the_probe_and_the_gates_off_the_records():
     base = recs(y, knows, [0] * 40, [0] * 40)  # the baseline never calls
     weak = recs(y, knows, [1 if t else -1 for t in y], [0] * 40)  # +1 on 20, none follows
     good = recs(y, knows, [1 if t else -1 for t in y], y)  # all 20 follow
-    res = {"baseline": {"records": base}, "weak": {"records": weak}, "good": {"records": good}}
+    # the gate turned round: all 20 follow it, none towards its label
+    wrong = recs(y, knows, [-1 if t else 1 for t in y], [1 - t for t in y])
+    res = {
+        "baseline": {"records": base},
+        "weak": {"records": weak},
+        "good": {"records": good},
+        "wrong": {"records": wrong},
+    }
     t = transfer(res)
     assert t["probe_auc"] == pytest.approx(_pairs_auc(y, knows)) == 1.0
     assert t["configs"]["weak"]["aimed"] == 20 and t["configs"]["weak"]["followed"] == 0
     assert "the pull is too weak: 20 of the 20 rows" in t["configs"]["weak"]["verdict"]
     assert t["configs"]["good"]["verdict"].startswith("the adapter transfers")
+    assert t["configs"]["good"]["right"] == 20 and t["configs"]["wrong"]["right"] == 0
+    assert t["configs"]["wrong"]["verdict"].startswith(
+        "the pull follows the gate, but it does not help here: 20 of the 20 rows"
+    )
+    # with the paired differences, a ΔF1 interval that reaches 0 does not transfer
+    vs = {"good": {"d_f1": 0.1, "d_f1_lo": -0.01, "d_f1_hi": 0.2}}
+    good = transfer(res, vs=vs)["configs"]["good"]["verdict"]
+    assert "does not help here" in good and "ΔF1 +0.100 [-0.010, +0.200]" in good
     assert t["configs"]["good"]["warning"] is None  # gates split 20/20
     coin = [0.5 + 0.01 * (i % 7) for i in range(40)]  # nothing to do with the labels
     res = {
@@ -303,6 +318,15 @@ def test_an_evaluation_on_shuffled_labels_says_the_probe_cannot_help_here(
     assert "steering cannot help here" in t["configs"][name]["verdict"]
     text = "\n".join(console_lines(res))
     assert f"AUC {t['probe_auc']:.2f}" in text and "steering cannot help here" in text
+    # asa summarize writes docs/results.md's block from this evaluation.json (#34 item 8)
+    from asa_lib.report.summary import block, summarize
+
+    md = block(summarize(tmp_path / "out"))
+    assert t["configs"][name]["verdict"] in md
+    for n, r in res["configs"].items():
+        m = r["splits"]["eval"]["metrics"]
+        assert f"| `{n}` | {m['f1']:.3f} [{m['ci95']['f1'][0]:.3f}, " in md
+    assert str(tmp_path) not in md and "shuffled.jsonl" in md
 
 
 # ---------------------------------------------------------------- against a real sweep

@@ -113,3 +113,21 @@ def test_the_validity_split_adds_up_to_the_calls_and_the_index_shows_it(one_doma
             assert cell in index, name
     for rec in json.loads((run_dir / "sweep" / "baseline.json").read_text())["records"]:
         assert "complete" in rec
+
+
+def test_asa_summarize_writes_the_runs_own_figures(one_domain_run):
+    """#34 item 8: docs/results.md's block of a real run holds results.json's figures."""
+    from asa_lib.report.summary import block, summarize
+    from asa_lib.report.verdict import signed, verdict
+
+    run_dir = one_domain_run["dir"]
+    results = json.loads((run_dir / "results.json").read_text())
+    md = block(summarize(run_dir))
+    assert verdict(results) in md and str(run_dir) not in md
+    for name, c in results["configs"].items():
+        row = next(line for line in md.splitlines() if f"`{name}`" in line and "|" in line)
+        t = c["splits"]["test"]
+        assert f"| {t['f1']:.3f} [{t['ci95']['f1'][0]:.3f}, " in row, name
+        d = results["vs_baseline"]["test"].get(name)
+        if d:
+            assert f"{signed(d['d_f1'])} [{signed(d['d_f1_lo'])}, {signed(d['d_f1_hi'])}]" in row

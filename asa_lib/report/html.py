@@ -81,9 +81,7 @@ nav.asa-nav .asa-where{color:#555;margin-right:1.2em}
 nav.asa-toc{font-family:system-ui,sans-serif;font-size:90%;margin:0 0 1em;padding:0 .8em}
 nav.asa-toc ol{margin:.2em 0;padding-left:1.4em}
 nav.asa-toc li.h3{margin-left:1.2em;list-style:circle}
-.jp-RenderedHTMLCommon table.asa-table td.l,.jp-RenderedHTMLCommon table.asa-table th.l{text-align:left}
-.jp-RenderedHTMLCommon table.asa-table td.r,.jp-RenderedHTMLCommon table.asa-table th.r{text-align:right}
-.jp-RenderedHTMLCommon table.asa-table td.l{white-space:normal;max-width:40em}
+.jp-RenderedHTMLCommon table.asa-table{font-size:12px}
 p.asa-verdict,div.asa-verdict{font-size:110%;font-weight:600;background:#fff7d6;
  padding:.4em .7em;border-left:4px solid #e0b000}
 """

@@ -60,6 +60,10 @@ PLAIN = ("tau", "alpha", "beta", "alpha_eff")
 
 _LEFT = "text-align:left"
 _RIGHT = "text-align:right"
+# a text cell wraps, long words (JSON, ids) too, within a width that lets a flip table's
+# prompt, tools and two outputs sit side by side on a 1,280 px page (inline, so that it
+# holds in Jupyter as in the HTML reports)
+_TEXT = "text-align:left;white-space:normal;overflow-wrap:anywhere;max-width:16em"
 
 
 def _is_missing(x) -> bool:
@@ -99,7 +103,7 @@ def display_text(text: str) -> str:
 def _cell(x, kind: str, decimals: int, max_chars: int) -> tuple[str, str]:
     """(html, alignment) of one value."""
     if _is_missing(x):
-        return NA, _RIGHT if kind != "text" else _LEFT
+        return NA, _RIGHT if kind != "text" else _TEXT
     if isinstance(x, bool) or kind == "bool":
         return ("yes" if x else "no"), _LEFT
     if kind == "plain" and isinstance(x, numbers.Number):
@@ -118,9 +122,9 @@ def _cell(x, kind: str, decimals: int, max_chars: int) -> tuple[str, str]:
         short = text[: max_chars - 1].rstrip() + "…"
         return (
             f"<span title='{html.escape(text, quote=True)}'>{html.escape(short)}</span>",
-            _LEFT,
+            _TEXT,
         )
-    return html.escape(text), _LEFT
+    return html.escape(text), _TEXT
 
 
 class Table:
@@ -160,7 +164,8 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(
-            f"<th style='{_LEFT if self.kinds[c] in ('text', 'bool') else _RIGHT}'>"
+            f"<th style='{_LEFT if self.kinds[c] in ('text', 'bool') else _RIGHT};"
+            "white-space:normal'>"
             f"{html.escape(self._label(c))}</th>"
             for c in self.df.columns
         )

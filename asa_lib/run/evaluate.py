@@ -29,6 +29,7 @@ with papermill and renders its HTML.
 
 from __future__ import annotations
 
+import datetime as _dt
 import itertools
 import time
 from collections.abc import Sequence
@@ -49,7 +50,14 @@ from asa_lib.data import (
 from asa_lib.engine.extract import iter_last_token_states
 from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
-from asa_lib.files import file_digest, json_sha256, library_versions, read_json, write_json
+from asa_lib.files import (
+    file_digest,
+    git_commit,
+    json_sha256,
+    library_versions,
+    read_json,
+    write_json,
+)
 from asa_lib.layout import RunDir
 from asa_lib.method.bundle import FITTED_SPLITS, Bundle, row_digests
 from asa_lib.metrics import (
@@ -340,10 +348,12 @@ def evaluate(
         "run_overlap": overlap,
         "max_new_tokens": settings.max_new_tokens,
         "versions": library_versions(),
+        "git_commit": git_commit(Path(__file__).resolve().parents[2]) or "unknown",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - t0, 2),
         "configs": results,
         "vs_baseline": vs,
-        "transfer": transfer(results, seed),
+        "transfer": transfer(results, seed, vs),
         "tool_sets": tool_sets,
         "inputs": inputs,
     }
@@ -358,7 +368,9 @@ STEP = "evaluate"  # the evaluation's record: <out>/stages/evaluate.json
 GATE_SHARE_WARNING = 0.9
 
 
-def transfer(results: dict[str, dict], seed: int = 0) -> dict[str, Any]:
+def transfer(
+    results: dict[str, dict], seed: int = 0, vs: dict[str, dict] | None = None
+) -> dict[str, Any]:
     """Does the adapter's probe know on this set, and did the gate's decisions happen?
 
     - ``probe_auc``: the AUC of the rows' p(tool) (the probe at L*, as routed) against their
@@ -368,7 +380,11 @@ def transfer(results: dict[str, dict], seed: int = 0) -> dict[str, Any]:
       asked to change (``aimed``: gate +1 where the baseline abstains, -1 where it calls)
       and how many of those followed it (``followed``), and a ``verdict``:
       "does not separate ... cannot help here" where the interval reaches 0.5; else "the
-      pull is too weak" where fewer than half the aimed rows followed; else "transfers".
+      pull is too weak" where fewer than half the aimed rows followed; else "the pull
+      follows the gate, but it does not help here" where no more than half of the rows
+      that followed moved towards their label (``right``), or where ``vs`` (the paired
+      differences from the baseline) gives a ΔF1 interval that is not above 0; else
+      "transfers".
     """
     base = results[BASELINE]["records"]
     y = [r["label"] for r in base]
@@ -396,7 +412,16 @@ def transfer(results: dict[str, dict], seed: int = 0) -> dict[str, Any]:
             for b, x in zip(base, recs)
             if (x["gate"] == 1 and not b["triggered"]) or (x["gate"] == -1 and b["triggered"])
         ]
-        followed = sum(bool(x["triggered"]) == (x["gate"] == 1) for _, x in aimed)
+        moved = [x for _, x in aimed if bool(x["triggered"]) == (x["gate"] == 1)]
+        followed = len(moved)
+        right = sum((x["gate"] == 1) == (x["label"] == 1) for x in moved)
+        d = (vs or {}).get(name)
+        d_text = (
+            ""
+            if d is None
+            else f"; ΔF1 {d['d_f1']:+.3f} [{d['d_f1_lo']:+.3f}, {d['d_f1_hi']:+.3f}]"
+        )
+        helps = right > followed / 2 and (d is None or d["d_f1_lo"] > 0)
         if not knows:
             verdict = f"the probe does not separate this set's labels ({auc_text}): steering cannot help here"
         elif not aimed:
@@ -406,15 +431,23 @@ def transfer(results: dict[str, dict], seed: int = 0) -> dict[str, Any]:
                 f"the probe knows ({auc_text}), but the pull is too weak: {len(aimed) - followed} "
                 f"of the {len(aimed)} rows the gate asked to change kept the baseline's decision"
             )
+        elif not helps:
+            verdict = (
+                f"the pull follows the gate, but it does not help here: {followed} of the "
+                f"{len(aimed)} rows the gate asked to change followed it, {right} of them "
+                f"towards their label (the probe: {auc_text}{d_text})"
+            )
         else:
             verdict = (
                 f"the adapter transfers: the probe knows ({auc_text}), and {followed} of the "
-                f"{len(aimed)} rows the gate asked to change followed it"
+                f"{len(aimed)} rows the gate asked to change followed it, {right} of them "
+                f"towards their label{d_text}"
             )
         out["configs"][name] = {
             "gates": gates,
             "aimed": len(aimed),
             "followed": followed,
+            "right": right,
             "verdict": verdict,
             "warning": warning,
         }
