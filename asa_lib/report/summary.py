@@ -170,6 +170,9 @@ def _evaluation_summary(ev: dict[str, Any], folder: Path) -> dict[str, Any]:
         "rows_used": rows,
         "max_new_tokens": ev.get("max_new_tokens"),
         "seconds": ev.get("seconds"),
+        "generated_now": sum(
+            r["splits"]["eval"].get("generated_now", 0) for r in ev["configs"].values()
+        ),
         "adapter": {
             k: adapter.get(k) for k in ("name", "tau", "alpha", "alpha_unit", "vector", "layer")
         },
@@ -396,7 +399,8 @@ def _evaluation_markdown(s: dict[str, Any]) -> list[str]:
         f"`{a.get('name')}` ({_VECTOR_WORDS.get(a.get('vector'), a.get('vector'))} vector, "
         f"block {a.get('layer')}), unchanged; data `{s.get('data')}`, {rows_used} of "
         f"{s.get('rows_read')} rows; up to {s.get('max_new_tokens')} new tokens; "
-        f"{_f(s.get('seconds'), '.0f')} s{per_prompt}.",
+        f"{_f(s.get('seconds'), '.0f')} s{per_prompt}, {s.get('generated_now')} outputs "
+        "generated (the rest from its cache).",
         "",
     ]
     t = s.get("transfer", {})
