@@ -186,7 +186,10 @@ def _evaluation_summary(ev: dict[str, Any], folder: Path) -> dict[str, Any]:
             "probe_auc": transfer.get("probe_auc"),
             "probe_auc_ci95": transfer.get("probe_auc_ci95"),
             "configs": {
-                n: {k: t.get(k) for k in ("gates", "aimed", "followed", "verdict", "warning")}
+                n: {
+                    k: t.get(k)
+                    for k in ("gates", "aimed", "followed", "right", "verdict", "warning")
+                }
                 for n, t in (transfer.get("configs") or {}).items()
             },
         },
@@ -387,6 +390,15 @@ def _sweep_markdown(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _generated(s: dict[str, Any]) -> str:
+    """How many outputs the evaluation generated itself: its time is theirs."""
+    total = (s.get("rows_used") or 0) * len(s["configs"])
+    done = s.get("generated_now") or 0
+    if done >= total:
+        return f"all {done} outputs generated in it"
+    return f"{done} of {total} outputs generated in it, the rest read from its cache"
+
+
 def _evaluation_markdown(s: dict[str, Any]) -> list[str]:
     a = s.get("adapter", {})
     rows_used = s.get("rows_used") or 0
@@ -399,8 +411,7 @@ def _evaluation_markdown(s: dict[str, Any]) -> list[str]:
         f"`{a.get('name')}` ({_VECTOR_WORDS.get(a.get('vector'), a.get('vector'))} vector, "
         f"block {a.get('layer')}), unchanged; data `{s.get('data')}`, {rows_used} of "
         f"{s.get('rows_read')} rows; up to {s.get('max_new_tokens')} new tokens; "
-        f"{_f(s.get('seconds'), '.0f')} s{per_prompt}, {s.get('generated_now')} outputs "
-        "generated (the rest from its cache).",
+        f"{_f(s.get('seconds'), '.0f')} s{per_prompt}, {_generated(s)}.",
         "",
     ]
     t = s.get("transfer", {})
