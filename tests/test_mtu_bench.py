@@ -186,3 +186,40 @@ def test_a_file_name_that_names_no_subset_is_one_line(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot tell the MTU-Bench file from its name 'train.jsonl'" in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("converter", ["bfcl", "mtu_bench"])
+def test_lines_json_cannot_read_are_skipped_by_both_converters(tmp_path, converter):
+    """The converters' one loop (convert.entries): a line too deep, or with an integer too
+    long for Python's JSON reader (a plain ValueError, not a JSONDecodeError), is a counted
+    skip with its line, never a crash; the good line after it is read."""
+    from asa_lib.data import bfcl
+
+    if converter == "bfcl":
+        path, read = tmp_path / "BFCL_v4_irrelevance.json", bfcl.read_bfcl
+        good = json.dumps(
+            {
+                "id": "irrelevance_0",
+                "question": [[{"role": "user", "content": "Hi"}]],
+                "function": [
+                    {
+                        "name": "f",
+                        "description": "d",
+                        "parameters": {"type": "dict", "properties": {}},
+                    }
+                ],
+            }
+        )
+    else:
+        path, read = tmp_path / "S-S_eval.jsonl", mtu.read_mtu_bench
+        with lzma.open(FILES[0], "rt", encoding="utf-8") as f:
+            good = f.readline().strip()
+    path.write_text("\n".join(['{"id": "x", "n": ' + "9" * 5000 + "}", "[" * 100_000, good]) + "\n")
+    result = read(path)
+    assert [(s["line"], s["field"]) for s in result.skipped] == [(1, "line"), (2, "line")]
+    assert (
+        result.skipped[0]["reason"].startswith("not JSON")
+        and "digits" in result.skipped[0]["reason"]
+    )
+    assert "deep" in result.skipped[1]["reason"] or "nest" in result.skipped[1]["reason"]
+    assert len(result.rows) == 1

@@ -126,6 +126,12 @@ def test_a_block_carries_the_runs_own_figures_and_verdict(tmp_path):
     s = summarize(run)
     text = block(s)
     assert verdict(results) in text  # the same sentence as the index and 07
+    assert (  # ... which is, written out by hand:
+        "- Verdict: 1 of 1 configs beat the baseline on VALID with a paired 95% interval above "
+        "0; the best, t60_a50, raises F1 from 0.600 to 0.700. Chosen t60_a50: TEST ΔF1 +0.129 "
+        "[−0.010, +0.250] (CI includes 0); FPR 0.35 → 0.25 (ΔFPR CI includes 0), recall "
+        "0.70 → 0.70."
+    ) in text
     row = next(line for line in text.splitlines() if "`t60_a50`" in line)
     assert "**`t60_a50`** (chosen)" in row
     assert "0.679 [0.579, 0.779]" in row and "+0.129 [−0.010, +0.250]" in row
@@ -183,3 +189,64 @@ def test_a_folder_without_results_and_a_misnamed_summary_are_one_line_errors(tmp
     (tmp_path / "broken" / "results.json").write_text('{"params": {}}')
     with pytest.raises(SummaryError, match="not the results of a finished run"):
         summarize(tmp_path / "broken")
+
+
+def test_a_run_the_page_cannot_show_is_refused_and_no_summary_is_written(tmp_path, capsys):
+    run = _results(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    for c in results["configs"].values():
+        del c["splits"]["test"]  # a run that stopped before TEST was scored
+    (run / "results.json").write_text(json.dumps(results))
+    summaries = tmp_path / "s"
+    code = main(
+        ["summarize", str(run), "--summaries", str(summaries), "--doc", str(tmp_path / "d.md")]
+    )
+    assert code == 2 and "not the results of a finished run" in capsys.readouterr().err
+    assert not summaries.exists() and not (tmp_path / "d.md").exists()
+
+
+def test_check_needs_the_doc_and_its_summaries(tmp_path):
+    (tmp_path / "s").mkdir()
+    with pytest.raises(SummaryError, match="no such file to check"):
+        update([], tmp_path / "s", tmp_path / "missing.md", check=True)
+    (tmp_path / "d.md").write_text("# Results\n")
+    with pytest.raises(SummaryError, match="no summary to check"):
+        update([], tmp_path / "s", tmp_path / "d.md", check=True)
+    s = summarize(_results(tmp_path))
+    two = f"{block(s)}\n{block(s)}\n"
+    with pytest.raises(SummaryError, match="a block twice: toy"):
+        render_doc(two, {"toy": s})
+
+
+def test_text_from_a_run_cannot_end_a_block_early(tmp_path):
+    run = _results(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["model_id"] = "m --> y"
+    results["params"]["data"]["source"] = "/mnt/scratch/me/rows.jsonl"
+    (run / "results.json").write_text(json.dumps(results))
+    s = summarize(run)
+    text = block(s)
+    assert text.count("-->") == 3  # the three markers' own, no more
+    assert s["data"] == "rows.jsonl" and "/mnt" not in json.dumps(s)
+    out = render_doc(
+        render_doc("<!-- summary toy -->\n<!-- end summary toy -->\n", {"toy": s}), {"toy": s}
+    )
+    assert out.count("<!-- end summary toy -->") == 1 and out == render_doc(out, {"toy": s})
+
+
+@pytest.mark.parametrize(
+    "source, shown",
+    [
+        ("../data/bfcl_relevance.jsonl.xz", "bfcl_relevance.jsonl.xz"),
+        ("/home/me/data/bfcl_rows", "bfcl_rows"),
+        ("C:\\Users\\me\\rows.csv", "rows.csv"),
+        ("tatsu-lab/alpaca", "tatsu-lab/alpaca"),
+        ("org/model.v2", "org/model.v2"),
+    ],
+)
+def test_a_data_source_is_shown_by_its_file_name_or_its_hub_id(tmp_path, source, shown):
+    run = _results(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["params"]["data"]["source"] = source
+    (run / "results.json").write_text(json.dumps(results))
+    assert summarize(run)["data"] == shown

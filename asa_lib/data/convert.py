@@ -196,7 +196,7 @@ def entries(path: str | Path, skip: Skip) -> Iterator[tuple[int, dict]]:
             except JSONDepthError as exc:
                 skip(line_no, "line", str(exc))
                 continue
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:  # JSONDecodeError, or an integer too long to read
                 skip(line_no, "line", f"not JSON: {exc}")
                 continue
             if not isinstance(entry, dict):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_lib.files import read_json, write_json, write_text
+from asa_lib.params import SAFE_NAME
 from asa_lib.report.verdict import BASELINE, signed, verdict
 
 #: Bumped when the summary's shape changes; :func:`render_doc` refuses other versions.
@@ -70,7 +71,9 @@ _DIAG_KEYS = (
     "gap_table",
 )
 _VECTOR_WORDS = {"mixture": "label", "behaviour": "behaviour", "random": "random"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# a hub dataset id (org/name), kept whole; any other source is shown by its last part
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".gz", ".xz")
 
 
 class SummaryError(ValueError):
@@ -90,9 +93,9 @@ def _data_name(source: Any) -> str | None:
     """A data set's file name (never the folder it was read from) or its hub id."""
     if not isinstance(source, str) or not source:
         return None
-    return (
-        Path(source).name if ("/" in source or "\\" in source) and Path(source).suffix else source
-    )
+    if _HUB_ID.fullmatch(source) and not source.lower().endswith(_DATA_SUFFIXES):
+        return source
+    return re.split(r"[/\\]", source.rstrip("/\\"))[-1] or None
 
 
 def _diagnostics(diag: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -130,7 +133,6 @@ def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
     blocks = results.get("steering_blocks") or {}
     diag = results.get("diagnostics") or {}
     chosen = results.get("chosen") or {}
-    flips = (results.get("flips") or {}).get(chosen.get("name"), [])
     return {
         "kind": "sweep",
         "summary_version": SUMMARY_VERSION,
@@ -150,7 +152,14 @@ def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
         "behaviour_vs_label": {
             s: (results.get("behaviour_vs_label") or {}).get(s, []) for s in ("valid", "test")
         },
-        "chosen_flips": {f["split"]: f for f in flips if f.get("split") in ("valid", "test")},
+        "flips": {
+            n: {
+                f["split"]: {k: f[k] for k in _FLIP_KEYS if k in f}
+                for f in fl
+                if f.get("split") in ("valid", "test")
+            }
+            for n, fl in (results.get("flips") or {}).items()
+        },
     }
 
 
@@ -204,11 +213,15 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         path = folder / file
         if path.is_file():
             try:
-                return build(read_json(path), folder)
-            except (KeyError, TypeError, AttributeError) as e:
-                raise SummaryError(f"{path}: not the results of a finished run ({e!r})") from None
+                results = read_json(path)
             except ValueError as e:
                 raise SummaryError(f"{path}: cannot be read ({e})") from None
+            try:
+                summary = build(results, folder)
+                block(summary)  # a summary the page cannot show is never written
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                raise SummaryError(f"{path}: not the results of a finished run ({e!r})") from None
+            return summary
     raise SummaryError(
         f"{folder}: no results.json (asa run) or evaluation.json (asa evaluate) in it"
     )
@@ -246,9 +259,48 @@ def _still(n: int, verb: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731  (a run's text cannot split a cell)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
     return out
+
+
+def _flips_markdown(s: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, by_split in (s.get("flips") or {}).items():
+        f = by_split.get("test") or {}
+        if not all(k in f for k in _FLIP_KEYS):
+            continue
+        rows.append(
+            [
+                f"`{name}`",
+                f"{f['decision flips']} of {f['prompts']}",
+                str(f["gained a call (+1 gate)"]),
+                str(f["lost a call (-1 gate)"]),
+                str(f["changed against its gate"]),
+                f"{f['-1 gate, still calls']} of {f['-1 gate on a baseline call']}",
+                f"{f['+1 gate, still abstains']} of {f['+1 gate on a baseline abstention']}",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Decisions that flipped on TEST, per config (against the baseline):",
+        "",
+        *_table(
+            [
+                "config",
+                "flipped",
+                "gained a call (+1 gate)",
+                "lost a call (-1 gate)",
+                "moved against the gate",
+                "-1 gate, still calls (of baseline calls)",
+                "+1 gate, still abstains (of baseline abstentions)",
+            ],
+            rows,
+        ),
+    ]
 
 
 def _diagnostics_markdown(d: dict[str, Any]) -> list[str]:
@@ -318,7 +370,7 @@ def _sweep_markdown(s: dict[str, Any]) -> list[str]:
     lines.append(f"- Verdict: {verdict(s)}")
     if s.get("chosen", {}).get("selected_on"):
         lines.append(f"- Chosen on {s['chosen']['selected_on']}.")
-    f = s.get("chosen_flips", {}).get("test") or {}
+    f = s.get("flips", {}).get(chosen, {}).get("test") or {}
     if all(k in f for k in _FLIP_KEYS):
         lines.append(
             f"- The chosen config's TEST decisions: {f['decision flips']} of {f['prompts']} "
@@ -366,21 +418,32 @@ def _sweep_markdown(s: dict[str, Any]) -> list[str]:
         ]
         rows.append(row)
     lines += _table(header, rows)
+    lines += _flips_markdown(s)
     lines += _gap_markdown(s.get("diagnostics") or {})
     pairs = s.get("behaviour_vs_label", {}).get("test") or []
     if pairs:
         lines += [
             "",
-            "The model's call direction against the label vector at the same gate and block "
-            "(TEST, paired):",
+            "The model's call direction against the label vector with the same gate, tau, alpha "
+            "and beta (TEST, paired; the blocks may differ):",
             "",
         ]
+        block_of = {n: c.get("layer") for n, c in configs.items()}
         lines += _table(
-            ["behaviour config", "label config", "ΔF1 [95% CI]", "ΔFPR [95% CI]"],
+            [
+                "behaviour config",
+                "its block",
+                "label config",
+                "its block",
+                "ΔF1 [95% CI]",
+                "ΔFPR [95% CI]",
+            ],
             [
                 [
                     f"`{p['behaviour config']}`",
+                    str(block_of.get(p["behaviour config"], "—")),
                     f"`{p['label config']}`",
+                    str(block_of.get(p["label config"], "—")),
                     _diff(p, "f1"),
                     _diff(p, "fpr"),
                 ]
@@ -476,7 +539,7 @@ def block(summary: dict[str, Any]) -> str:
             f"<!-- summary {name} -->",
             "<!-- written by asa summarize; do not edit -->",
             "",
-            *body,
+            *(line.replace("-->", "--&gt;") for line in body),  # no text ends the block early
             "",
             f"<!-- end summary {name} -->",
         ]
@@ -491,6 +554,9 @@ def render_doc(text: str, summaries: Mapping[str, dict[str, Any]]) -> str:
     block are appended, each under a heading. :class:`SummaryError` for a block whose
     summary is missing, or a block opened and not closed."""
     found = [m.group("name") for m in _BLOCK.finditer(text)]
+    twice = sorted({n for n in found if found.count(n) > 1})
+    if twice:
+        raise SummaryError(f"docs/results.md has a block twice: {', '.join(twice)}")
     opened = re.findall(r"<!-- summary (\S+) -->", text)
     if sorted(opened) != sorted(found):
         raise SummaryError(
@@ -528,7 +594,7 @@ def read_summaries(folder: str | Path) -> dict[str, dict[str, Any]]:
 def write_summary(summary: dict[str, Any], folder: str | Path) -> Path:
     """``folder/<name>.json``; refuses a name that is not a plain file name."""
     name = summary["name"]
-    if not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or name.startswith("."):
         raise SummaryError(f"run name {name!r} cannot be a file name")
     path = Path(folder) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,8 +615,13 @@ def update(
     for folder in folders:
         written.append(write_summary(summarize(folder), summaries))
     doc = Path(doc)
+    if check and not doc.is_file():
+        raise SummaryError(f"{doc}: no such file to check")
+    found = read_summaries(summaries)
+    if check and not found:
+        raise SummaryError(f"{summaries}: no summary to check {doc} against")
     text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Measured results\n"
-    new = render_doc(text, read_summaries(summaries))
+    new = render_doc(text, found)
     if check:
         return written, new == text
     if new != text:

@@ -348,7 +348,8 @@ def evaluate(
         "run_overlap": overlap,
         "max_new_tokens": settings.max_new_tokens,
         "versions": library_versions(),
-        "git_commit": git_commit(Path(__file__).resolve().parents[2]) or "unknown",
+        # 12 digits, "+changes" where tracked files differ from the commit
+        "git_commit": git_commit(Path(__file__).resolve().parents[2], short=True) or "unknown",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - t0, 2),
         "configs": results,
