@@ -223,3 +223,20 @@ def test_lines_json_cannot_read_are_skipped_by_both_converters(tmp_path, convert
     )
     assert "deep" in result.skipped[1]["reason"] or "nest" in result.skipped[1]["reason"]
     assert len(result.rows) == 1
+
+
+def test_the_shipped_sample_is_the_recipe_of_the_data_readme():
+    import random
+
+    with lzma.open(ROOT / "data" / "mtu_bench.jsonl.xz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f]
+    rng = random.Random(0)
+    pick = rng.sample([r for r in rows if r["label"] == 1], 60) + rng.sample(
+        [r for r in rows if r["label"] == 0], 60
+    )
+    rng.shuffle(pick)
+    sample = [r for r in pick if r["label"] == 1][:24] + [r for r in pick if r["label"] == 0][:24]
+    random.Random(1).shuffle(sample)
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in sample)
+    shipped = lzma.decompress((ROOT / "data" / "mtu_bench_sample48.jsonl.xz").read_bytes())
+    assert shipped.decode("utf-8") == text
