@@ -97,9 +97,9 @@ from asa_lib.data.convert import (
     check_output,
     entries,
     one_line_errors,
+    refused_tools,
     write_rows,
 )
-from asa_lib.params import tool_list_problem
 
 __all__ = [
     "BFCL_TYPE_MAP",
@@ -393,10 +393,7 @@ def read_bfcl(path: str | Path, category: str | None = None) -> BFCLResult:
         except BFCLShapeError as exc:
             skip(line_no, exc.field, exc.message)
             continue
-        problem = tool_list_problem(tools, "function")  # what the data stage would refuse
-        if problem is not None:
-            field_name, _, reason = problem.partition(": ")
-            skip(line_no, field_name, reason)
+        if refused_tools(tools, "function", line_no, skip):  # what the data stage would refuse
             continue
 
         result.rows.append(

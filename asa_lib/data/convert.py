@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from asa_lib.data.splits import DataError
 from asa_lib.files import JSONDepthError, atomic_path, loads_json
+from asa_lib.params import tool_list_problem
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -44,6 +45,7 @@ __all__ = [
     "entries",
     "is_converter_output",
     "one_line_errors",
+    "refused_tools",
     "open_input",
     "row_line",
     "write_rows",
@@ -207,6 +209,18 @@ def entries(path: str | Path, skip: Skip) -> Iterator[tuple[int, dict]]:
                 skip(line_no, "id", "must be a non-empty string")
                 continue
             yield line_no, entry
+
+
+def refused_tools(tools: list, field: str, line: int, skip: Skip) -> bool:
+    """Whether the data stage would refuse this converted tool list (two tools of one name,
+    a bad schema: :func:`~asa_lib.params.tool_list_problem`); if so it is handed to
+    ``skip(line, where, reason)``."""
+    problem = tool_list_problem(tools, field)
+    if problem is None:
+        return False
+    where, _, reason = problem.partition(": ")
+    skip(line, where, reason)
+    return True
 
 
 def check_count(value: Any, name: str) -> None:

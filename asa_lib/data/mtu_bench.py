@@ -69,9 +69,9 @@ from asa_lib.data.convert import (
     check_output,
     entries,
     one_line_errors,
+    refused_tools,
     write_rows,
 )
-from asa_lib.params import tool_list_problem
 
 __all__ = [
     "DOMAIN",
@@ -385,10 +385,7 @@ def read_mtu_bench(path: str | Path) -> MTUResult:
             where, _, reason = str(exc).partition(": ")
             skip(line_no, where, reason)
             continue
-        problem = tool_list_problem(tools, "question.apis")
-        if problem is not None:
-            where, _, reason = problem.partition(": ")
-            skip(line_no, where, reason)
+        if refused_tools(tools, "question.apis", line_no, skip):
             continue
         result.rows.append(
             {

@@ -98,6 +98,16 @@ def _data_name(source: Any) -> str | None:
     return re.split(r"[/\\]", source.rstrip("/\\"))[-1] or None
 
 
+def _header(kind: str, name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """What every summary starts with: its kind, version, name and provenance."""
+    return {
+        "kind": kind,
+        "summary_version": SUMMARY_VERSION,
+        "name": name,
+        **{k: results.get(k) for k in ("git_commit", "created", "model_id")},
+    }
+
+
 def _diagnostics(diag: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Stage 04's diagnostics: ``vectors/diagnostics.json`` where the run has it (the
     per-block cosines, the cost), else what ``results.json`` copied of it."""
@@ -134,12 +144,7 @@ def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
     diag = results.get("diagnostics") or {}
     chosen = results.get("chosen") or {}
     return {
-        "kind": "sweep",
-        "summary_version": SUMMARY_VERSION,
-        "name": params.get("name") or "run",
-        "git_commit": results.get("git_commit"),
-        "created": results.get("created"),
-        "model_id": results.get("model_id"),
+        **_header("sweep", params.get("name") or "run", results),
         "data": _data_name(params.get("data", {}).get("source")),
         "max_new_tokens": params.get("generation", {}).get("max_new_tokens"),
         "L_star": results.get("L_star"),
@@ -166,17 +171,11 @@ def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
 def _evaluation_summary(ev: dict[str, Any], folder: Path) -> dict[str, Any]:
     adapter = ev.get("adapter_config") or {}
     transfer = ev.get("transfer") or {}
-    rows = ev.get("rows_used") or 0
     return {
-        "kind": "evaluation",
-        "summary_version": SUMMARY_VERSION,
-        "name": ev.get("name") or "evaluation",
-        "git_commit": ev.get("git_commit"),
-        "created": ev.get("created"),
-        "model_id": ev.get("model_id"),
+        **_header("evaluation", ev.get("name") or "evaluation", ev),
         "data": _data_name(ev.get("data")),
         "rows_read": ev.get("rows_read"),
-        "rows_used": rows,
+        "rows_used": ev.get("rows_used") or 0,
         "max_new_tokens": ev.get("max_new_tokens"),
         "seconds": ev.get("seconds"),
         "generated_now": sum(
