@@ -498,7 +498,8 @@ def main():
         "",
         f"- generations run: reference {ref['generations']}, project {proj['generations']} "
         "(the rest reused from the cache: zero gates share the baseline, equal signed steering is shared)",
-        f"- sweep tokens forwarded (a FLOP proxy; padding included, a cached prefix not): reference "
+        f"- sweep tokens forwarded (a FLOP proxy; padding included, a cached prefix not, a position run "
+        f"through k of the N blocks counts k/N): reference "
         f"{ref['tokens_forwarded']}, project {proj['tokens_forwarded']} "
         f"({ref['tokens_forwarded'] / max(proj['tokens_forwarded'], 1):.1f}x fewer)",
         f"- prompt-major: {g['prompt_prefills']} prompts prefilled once for all their rows, "
@@ -507,7 +508,8 @@ def main():
         f"({100 * g['padded_tokens'] / max(g['tokens_forwarded'], 1):.1f}%)",
         f"- draft-verified decoding (generation.draft: {args.draft}): {g['drafted']} steered generations verified "
         f"against their baseline, {g['accepted_tokens']}/{g['draft_tokens']} draft tokens accepted, "
-        f"{g['done_by_draft']} decided by the verify pass alone, {g['drafts_dropped']} drafts dropped (too few accepted)",
+        f"{g['done_by_draft']} decided by the verify pass alone, {g['drafts_dropped']} drafts dropped (too few accepted); "
+        f"{g.get('verified_from_block', 0)} verified through the blocks above L* only (blocks 0 .. L* once per prompt)",
         f"- outputs (sampled generations): project output identical to the reference's {same}/{len(keys)}, "
         f"a prefix of it (the project stops at a complete call) {prefix}/{len(keys)}",
         f"- peak RSS: reference {ref['peak_rss_mb']:.0f} MB, project {proj['peak_rss_mb']:.0f} MB",

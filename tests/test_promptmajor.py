@@ -85,6 +85,8 @@ def check_against_reference(lm, pp, prompts, configs, max_new, batch_size, tmp_p
             assert stats.prompt_prefills == sum(n > 1 for n in rows_of) > 0
             if draft:
                 assert stats.drafted > 0
+                # one prompt's configs verified its draft with the blocks below the delta shared
+                assert stats.verified_from_block > 0
     return want
 
 
@@ -302,3 +304,98 @@ def test_configs_at_two_blocks_from_one_call_equal_a_per_config_loop(
             assert res.generated["at2"] == res.generated["at1"] == n  # own rows + unsteered
             assert res.generated_total == stats.generated
             assert res.generated_total >= n + 2 * int(steered.sum())
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2():
+    """A tiny random Qwen2 (the ASA paper's model family): its blocks may be skipped."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        initializer_range=0.1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(cfg)
+    model.eval()
+    return LoadedModel(model, tok, "tiny-qwen2", torch.device("cpu"))
+
+
+def teacher_forced(model, ids: list[int], draft: list[int], delta, layer: int) -> list[int]:
+    """The test's own reference for a verify pass: one plain forward over prompt + draft, no
+    cache, with its own hook adding ``delta`` to block ``layer``'s output at the last prompt
+    token; the argmax after the prompt and after each draft token."""
+    last = len(ids) - 1
+
+    def add(_m, _i, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[0, last] += torch.as_tensor(delta).to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handle = model.model.layers[layer].register_forward_hook(add)
+    try:
+        logits = model(input_ids=torch.tensor([ids + draft]), use_cache=False).logits[0]
+    finally:
+        handle.remove()
+    return logits[last : last + len(draft) + 1].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("name", ["tiny_lm", "tiny_llama", "tiny_qwen2"])
+def test_verify_runs_the_blocks_below_the_delta_once_and_equals_a_plain_forward(
+    name, request, tiny_params
+):
+    """One prompt's configs verify the same draft: blocks 0 .. l (l the lowest steering block)
+    run once per prompt, each config only the blocks above (``verified_from_block``). Every
+    config, at its own block, gets the argmax a plain forward with its own hook gives, for
+    drafts that are right and drafts that go wrong; the shared prefill is never written."""
+    from asa_lib.engine.promptmajor import PromptBatch
+    from asa_lib.model.load import blocks_can_be_skipped
+
+    lm = request.getfixturevalue(name)
+    assert blocks_can_be_skipped(lm.model)
+    pp = tiny_params.prompt
+    prompts = render_prompts(lm.tokenizer, pp, instructions(3))
+    ids = token_ids(lm, prompts)
+    chosen = [0, 1, 2]
+    assert len({len(x) for x in ids}) > 1  # left-padded: the prompts are of different lengths
+    pb = PromptBatch(lm, [ids[i] for i in chosen], None)
+    snap = [t.clone() for t in cache_tensors(pb)]
+    N = len(lm.model.model.layers)
+    rows = [j for j in range(3) for _ in range(3)]  # each prompt three times: three configs
+    layers = [1, 2, N - 1] * 3  # one config per block, the lowest above block 0
+    deltas = mixed_deltas(len(rows), lm.hidden_size, 1.0, seed=2)
+    deltas[::3] = np.random.default_rng(4).standard_normal((3, lm.hidden_size)) * 1.0
+    drafts = []
+    for j, i in enumerate(chosen):  # each prompt's draft: its first unsteered greedy tokens
+        d = teacher_forced(lm.model, ids[i], [], np.zeros(lm.hidden_size, np.float32), 0)
+        for _ in range(5):
+            d = teacher_forced(lm.model, ids[i], d, np.zeros(lm.hidden_size, np.float32), 0)
+        if j == 2:
+            d[1] = (d[1] + 1) % len(lm.tokenizer)  # wrong from its second token
+        drafts.append(d[: 4 + j])  # drafts of different lengths: right-padded windows
+    row_drafts = [drafts[j] for j in rows]
+    stats = GenerationStats()
+    got = pb.verify(rows, row_drafts, deltas, layers, stats)
+    assert stats.verified_from_block == len(rows)
+    want = [
+        teacher_forced(lm.model, ids[chosen[j]], row_drafts[r], deltas[r], layers[r])
+        for r, j in enumerate(rows)
+    ]
+    assert got == want
+    assert len({tuple(g) for g in got}) > 3  # the configs' deltas changed what they verify
+    now = cache_tensors(pb)
+    assert len(now) == len(snap) and all(torch.equal(a, b) for a, b in zip(now, snap))
+    # the model is left as it was: no block still skipped
+    assert all("forward" not in vars(b) for b in lm.model.model.layers)

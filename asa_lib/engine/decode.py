@@ -120,12 +120,16 @@ class GenerationStats:
         0  # rows with a draft left unverified (acceptance below the minimum so far)
     )
     tokens_forwarded: int = (
-        0  # token positions run through the model, padding included, cached prefix not
+        0  # token positions run through the model, padding included, cached prefix not;
+        # a position run through k of the N blocks counts k / N
     )
     forward_passes: int = 0  # model forward calls (prefills, decode steps, verify passes)
     padded_tokens: int = 0  # of tokens_forwarded: padding columns of a prompt's prefill
     prompt_prefills: int = 0  # prompt-major: prompts whose positions 0 .. n-2 were run once
     forks: int = 0  # prompt-major: rows continued from a prompt's shared prefill
+    verified_from_block: int = (
+        0  # rows whose verify pass ran only the blocks above their steering block
+    )
 
     def add(self, other: GenerationStats) -> None:
         """Add another call's counts (a data-parallel worker's) to these."""

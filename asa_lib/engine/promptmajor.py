@@ -35,8 +35,13 @@ from asa_lib.engine.prefix import (
     left_padded,
     needs_equal_suffix_lengths,
 )
-from asa_lib.model.hooks import read_first_pass, steer_rows_at
-from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
+from asa_lib.model.hooks import read_first_pass, skip_blocks, steer_rows_at
+from asa_lib.model.load import (
+    LoadedModel,
+    accepts_logits_to_keep,
+    blocks_can_be_skipped,
+    decoder_blocks,
+)
 from asa_lib.params import PromptParams
 
 
@@ -53,16 +58,22 @@ def _select(t, idx: torch.Tensor, b: int):
     return copy.deepcopy(t)
 
 
-def fork_cache(cache, rows: list[int], batch: int):
+def fork_cache(cache, rows: list[int], batch: int, layers: Sequence[int] | None = None):
     """A copy of ``cache`` (a batch of ``batch`` rows) holding the rows ``rows``, in that order.
 
     Every tensor is new storage, so the copy may be appended to or updated in
-    place (LFM2's conv states) without touching ``cache``.
+    place (LFM2's conv states) without touching ``cache``. ``layers``: copy only these
+    cache layers; the others are ``cache``'s own objects, for a pass that skips their
+    blocks (:func:`~asa_lib.model.hooks.skip_blocks`) and so never writes them.
     """
     idx = torch.tensor(rows, dtype=torch.long)
+    keep = set(range(len(cache.layers))) if layers is None else set(layers)
     c = copy.copy(cache)
     new_layers = []
-    for layer in cache.layers:
+    for i, layer in enumerate(cache.layers):
+        if i not in keep:
+            new_layers.append(layer)
+            continue
         new = copy.copy(layer)
         for k, v in vars(layer).items():
             setattr(new, k, _select(v, idx, batch))
@@ -152,6 +163,21 @@ class PromptBatch:
             [(self, rows, acc)], deltas, layer, max_new_tokens, pp, stats, read_state
         )
 
+    def _window(self, rows: list[int], drafts: list[list[int]], W: int):
+        """Inputs of a verify pass over ``rows``: (ids, attention mask, position ids), each row's
+        last prompt token then its draft, right-padded to ``W`` columns."""
+        lm, n = self.lm, len(rows)
+        win = torch.full((n, W), lm.tokenizer.pad_token_id, dtype=torch.long)
+        win_mask = torch.zeros((n, W), dtype=torch.long)
+        last = self.input_ids[rows, -1].cpu()
+        for j, d in enumerate(drafts):
+            win[j, 0] = last[j]
+            win[j, 1 : 1 + len(d)] = torch.tensor(list(d), dtype=torch.long)
+            win_mask[j, : 1 + len(d)] = 1
+        mask = torch.cat([self.mask[rows, : self.cached], win_mask.to(lm.device)], 1)
+        first = self.mask[rows].long().sum(-1, keepdim=True) - 1  # the last prompt token's position
+        return win.to(lm.device), mask, first + torch.arange(W, device=lm.device)
+
     @torch.no_grad()
     def verify(
         self,
@@ -167,34 +193,75 @@ class PromptBatch:
         prompt (steered by ``deltas[j]`` at block ``layer``, or ``layer[j]``, as a prefill is) and
         after each draft token. The drafts are right-padded: a real token never
         sees the padding after it.
+
+        Where a row and its draft come several times (one prompt's configs verify its baseline
+        output) and the model's blocks can be skipped
+        (:func:`~asa_lib.model.load.blocks_can_be_skipped`), the pass is split at the lowest
+        steering block ``l``: below the delta every config computes the same thing, so blocks
+        ``0 .. l`` run once per distinct window, and each row runs only blocks ``l + 1 ..``
+        on that output (plus its delta). The greedy tokens are the same; only the
+        batch a block sees differs.
         """
         lm = self.lm
         n = len(rows)
         W = 1 + max(len(d) for d in drafts)
-        win = torch.full((n, W), lm.tokenizer.pad_token_id, dtype=torch.long)
-        win_mask = torch.zeros((n, W), dtype=torch.long)
-        last = self.input_ids[rows, -1].cpu()
-        for j, d in enumerate(drafts):
-            win[j, 0] = last[j]
-            win[j, 1 : 1 + len(d)] = torch.tensor(list(d), dtype=torch.long)
-            win_mask[j, : 1 + len(d)] = 1
-        mask = torch.cat([self.mask[rows, : self.cached], win_mask.to(lm.device)], 1)
-        first = self.mask[rows].long().sum(-1, keepdim=True) - 1  # the last prompt token's position
-        pos = first + torch.arange(W, device=lm.device)
-        cache = self.fork(rows)
-        kw = {cache_kwarg(lm.model): cache, "use_cache": True} if cache is not None else {}
-        if cache is None:
-            kw["use_cache"] = False
+        blocks = decoder_blocks(lm.model)
+        N = len(blocks)
+        layers = [int(layer)] * n if isinstance(layer, int) else [int(x) for x in layer]
+        keys = [(r, tuple(d)) for r, d in zip(rows, drafts)]
+        distinct = list(dict.fromkeys(keys))
         delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
-        with steer_rows_at(
-            decoder_blocks(lm.model), delta, layer, torch.zeros(n, dtype=torch.long)
-        ):
-            logits = lm.model(
-                input_ids=win.to(lm.device), attention_mask=mask, position_ids=pos, **kw
-            ).logits
+        win, mask, pos = self._window(rows, drafts, W)
+        kw: dict = {"use_cache": self.cache is not None}
+        if self.cache is not None and len(distinct) < n and blocks_can_be_skipped(lm.model):
+            low = min(layers)
+            # 1. blocks 0 .. low, once per distinct window; the LM head on one position only
+            drows = [r for r, _ in distinct]
+            dwin, dmask, dpos = self._window(drows, [list(d) for _, d in distinct], W)
+            kw[cache_kwarg(lm.model)] = fork_cache(self.cache, drows, self.B, range(low + 1))
+            if accepts_logits_to_keep(lm.model):
+                kw["logits_to_keep"] = 1
+            with skip_blocks(blocks, range(low + 1, N)), read_first_pass(blocks[low]) as seen:
+                lm.model(input_ids=dwin, attention_mask=dmask, position_ids=dpos, **kw)
+            # 2. blocks low + 1 .., per row, on that output; the rows steered at ``low`` get their
+            # delta added to it here (as the hook adds it to the block's output), the others by
+            # the hooks at their own blocks
+            at = {k: j for j, k in enumerate(distinct)}
+            x = seen.state[torch.tensor([at[k] for k in keys], device=seen.state.device)]
+            here = torch.tensor([x_ == low for x_ in layers])
+            rest = None
+            if delta is not None:
+                d = delta.to(device=x.device, dtype=x.dtype)
+                x[here.to(x.device), 0] += d[here.to(d.device)]
+                rest = torch.where(here[:, None], torch.zeros_like(delta), delta)
+            kw = {
+                "use_cache": True,
+                cache_kwarg(lm.model): fork_cache(self.cache, rows, self.B, range(low + 1, N)),
+            }
+            above = [x_ if x_ > low else min(low + 1, N - 1) for x_ in layers]  # zero rows there
+            with (
+                skip_blocks(blocks, range(low + 1)),
+                steer_rows_at(blocks, rest, above, torch.zeros(n, dtype=torch.long)),
+            ):
+                logits = lm.model(
+                    inputs_embeds=x, attention_mask=mask, position_ids=pos, **kw
+                ).logits
+            if stats is not None:
+                # a FLOP proxy: a position run through k of the N blocks counts k / N
+                stats.tokens_forwarded += round(
+                    (len(distinct) * W * (low + 1) + n * W * (N - low - 1)) / N
+                )
+                stats.forward_passes += 2
+                stats.verified_from_block += n
+        else:
+            if self.cache is not None:
+                kw[cache_kwarg(lm.model)] = self.fork(rows)
+            with steer_rows_at(blocks, delta, layer, torch.zeros(n, dtype=torch.long)):
+                logits = lm.model(input_ids=win, attention_mask=mask, position_ids=pos, **kw).logits
+            if stats is not None:
+                stats.tokens_forwarded += n * W
+                stats.forward_passes += 1
         if stats is not None:
-            stats.tokens_forwarded += n * W
-            stats.forward_passes += 1
             stats.forks += n
         # float32 argmax, as generate takes it (first index on a tie)
         return [logits[j, : len(d) + 1].float().argmax(-1).tolist() for j, d in enumerate(drafts)]

@@ -165,3 +165,28 @@ def read_first_pass(block: torch.nn.Module, enabled: bool = True) -> Iterator[Fi
         yield seen
     finally:
         handle.remove()
+
+
+def _pass_through(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextmanager
+def skip_blocks(blocks: Sequence[torch.nn.Module], skipped: Sequence[int]) -> Iterator[None]:
+    """Inside the ``with``, the blocks ``skipped`` return their input unchanged: no compute and
+    no cache update (their ``forward`` is replaced on the instance, restored in ``finally``).
+    Forward hooks registered on a skipped block would still fire: register none there.
+
+    Only for models whose base forward feeds the embeddings straight into block 0 and each
+    block's output straight into the next (:func:`asa_lib.model.load.blocks_can_be_skipped`):
+    skipping blocks ``0 .. l`` and passing block ``l``'s output as ``inputs_embeds`` then runs
+    exactly blocks ``l + 1 ..`` on it.
+    """
+    mods = [blocks[i] for i in skipped]
+    try:
+        for m in mods:
+            m.forward = _pass_through
+        yield
+    finally:
+        for m in mods:
+            vars(m).pop("forward", None)

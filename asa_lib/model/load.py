@@ -231,6 +231,20 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+# Model types whose base forward passes ``inputs_embeds`` unchanged into block 0 and each
+# block's output unchanged into the next (transformers 5: LlamaModel, Lfm2Model, Qwen2Model,
+# Qwen3Model, MistralModel), so running blocks l+1.. alone on block l's output is exact.
+# Llama, LFM2 and Qwen2 are tested against a plain greedy loop (tests/test_promptmajor.py);
+# Qwen3 and Mistral share Qwen2's and Llama's forward. Others (Gemma scales its embeddings,
+# for one) verify drafts through every block.
+SKIPPABLE_MODEL_TYPES = frozenset({"llama", "lfm2", "qwen2", "qwen3", "mistral"})
+
+
+def blocks_can_be_skipped(model: torch.nn.Module) -> bool:
+    """Whether :func:`asa_lib.model.hooks.skip_blocks` is exact for ``model``."""
+    return getattr(getattr(model, "config", None), "model_type", None) in SKIPPABLE_MODEL_TYPES
+
+
 def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of decoder blocks (LFM2, Llama, Qwen2: ``model.model.layers``)."""
     for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers"):
