@@ -399,3 +399,21 @@ def test_verify_runs_the_blocks_below_the_delta_once_and_equals_a_plain_forward(
     assert len(now) == len(snap) and all(torch.equal(a, b) for a, b in zip(now, snap))
     # the model is left as it was: no block still skipped
     assert all("forward" not in vars(b) for b in lm.model.model.layers)
+
+
+def test_skipped_blocks_pass_their_input_through_and_are_restored_after_an_error(tiny_llama):
+    from asa_lib.model.hooks import skip_blocks
+
+    blocks = tiny_llama.model.model.layers
+    x = torch.tensor([[5, 9, 13, 2]])
+    want = tiny_llama.model(input_ids=x, use_cache=False).logits
+    with skip_blocks(blocks, range(len(blocks))):
+        # every block skipped: the final norm and LM head on the embeddings alone
+        got = tiny_llama.model(input_ids=x, use_cache=False).logits
+        emb = tiny_llama.model.model.embed_tokens(x)
+        direct = tiny_llama.model.lm_head(tiny_llama.model.model.norm(emb))
+        assert torch.allclose(got, direct)
+    with pytest.raises(RuntimeError, match="boom"), skip_blocks(blocks, [0, 2]):
+        raise RuntimeError("boom")
+    assert all("forward" not in vars(b) for b in blocks)
+    assert torch.equal(tiny_llama.model(input_ids=x, use_cache=False).logits, want)

@@ -207,7 +207,9 @@ class PromptBatch:
         W = 1 + max(len(d) for d in drafts)
         blocks = decoder_blocks(lm.model)
         N = len(blocks)
-        layers = [int(layer)] * n if isinstance(layer, int) else [int(x) for x in layer]
+        layers = (
+            [int(layer)] * n if isinstance(layer, (int, np.integer)) else [int(x) for x in layer]
+        )
         keys = [(r, tuple(d)) for r, d in zip(rows, drafts)]
         distinct = list(dict.fromkeys(keys))
         delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
