@@ -352,53 +352,106 @@ def teacher_forced(model, ids: list[int], draft: list[int], delta, layer: int) -
     return logits[last : last + len(draft) + 1].argmax(-1).tolist()
 
 
-@pytest.mark.parametrize("name", ["tiny_lm", "tiny_llama", "tiny_qwen2"])
-def test_verify_runs_the_blocks_below_the_delta_once_and_equals_a_plain_forward(
-    name, request, tiny_params
-):
-    """One prompt's configs verify the same draft: blocks 0 .. l (l the lowest steering block)
-    run once per prompt, each config only the blocks above (``verified_from_block``). Every
-    config, at its own block, gets the argmax a plain forward with its own hook gives, for
-    drafts that are right and drafts that go wrong; the shared prefill is never written."""
-    from asa_lib.engine.promptmajor import PromptBatch
-    from asa_lib.model.load import blocks_can_be_skipped
+@pytest.fixture(scope="module")
+def tiny_mistral():
+    """A tiny random Mistral with a sliding window shorter than the prompts: the sliding mask
+    must be sized the same in both halves of a split verify pass."""
+    from transformers import MistralConfig, MistralForCausalLM
 
-    lm = request.getfixturevalue(name)
-    assert blocks_can_be_skipped(lm.model)
-    pp = tiny_params.prompt
+    from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    cfg = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        initializer_range=0.1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MistralForCausalLM(cfg)
+    model.eval()
+    return LoadedModel(model, tok, "tiny-mistral", torch.device("cpu"))
+
+
+def check_verify(lm, pp, blocks_of, no_deltas: bool = False):
+    """Three prompts, each verified three times (three configs at the blocks ``blocks_of(N)``),
+    against :func:`teacher_forced`; returns the verify pass's stats."""
+    from asa_lib.engine.promptmajor import PromptBatch
+
     prompts = render_prompts(lm.tokenizer, pp, instructions(3))
     ids = token_ids(lm, prompts)
-    chosen = [0, 1, 2]
     assert len({len(x) for x in ids}) > 1  # left-padded: the prompts are of different lengths
-    pb = PromptBatch(lm, [ids[i] for i in chosen], None)
+    pb = PromptBatch(lm, ids, None)
     snap = [t.clone() for t in cache_tensors(pb)]
     N = len(lm.model.model.layers)
+    H = lm.hidden_size
     rows = [j for j in range(3) for _ in range(3)]  # each prompt three times: three configs
-    layers = [1, 2, N - 1] * 3  # one config per block, the lowest above block 0
-    deltas = mixed_deltas(len(rows), lm.hidden_size, 1.0, seed=2)
-    deltas[::3] = np.random.default_rng(4).standard_normal((3, lm.hidden_size)) * 1.0
+    layers = list(blocks_of(N)) * 3
+    deltas = mixed_deltas(len(rows), H, 1.0, seed=2)
+    deltas[::3] = np.random.default_rng(4).standard_normal((3, H)) * 1.0
+    zero = np.zeros(H, np.float32)
     drafts = []
-    for j, i in enumerate(chosen):  # each prompt's draft: its first unsteered greedy tokens
-        d = teacher_forced(lm.model, ids[i], [], np.zeros(lm.hidden_size, np.float32), 0)
+    for j in range(3):  # each prompt's draft: its first unsteered greedy tokens
+        d = teacher_forced(lm.model, ids[j], [], zero, 0)
         for _ in range(5):
-            d = teacher_forced(lm.model, ids[i], d, np.zeros(lm.hidden_size, np.float32), 0)
+            d = teacher_forced(lm.model, ids[j], d, zero, 0)
         if j == 2:
             d[1] = (d[1] + 1) % len(lm.tokenizer)  # wrong from its second token
         drafts.append(d[: 4 + j])  # drafts of different lengths: right-padded windows
     row_drafts = [drafts[j] for j in rows]
     stats = GenerationStats()
-    got = pb.verify(rows, row_drafts, deltas, layers, stats)
-    assert stats.verified_from_block == len(rows)
+    got = pb.verify(rows, row_drafts, None if no_deltas else deltas, layers, stats)
     want = [
-        teacher_forced(lm.model, ids[chosen[j]], row_drafts[r], deltas[r], layers[r])
+        teacher_forced(lm.model, ids[j], row_drafts[r], zero if no_deltas else deltas[r], layers[r])
         for r, j in enumerate(rows)
     ]
     assert got == want
-    assert len({tuple(g) for g in got}) > 3  # the configs' deltas changed what they verify
+    if not no_deltas:
+        assert len({tuple(g) for g in got}) > 3  # the configs' deltas changed what they verify
     now = cache_tensors(pb)
     assert len(now) == len(snap) and all(torch.equal(a, b) for a, b in zip(now, snap))
     # the model is left as it was: no block still skipped
     assert all("forward" not in vars(b) for b in lm.model.model.layers)
+    return stats
+
+
+@pytest.mark.parametrize("name", ["tiny_lm", "tiny_llama", "tiny_qwen2", "tiny_mistral"])
+@pytest.mark.parametrize(
+    "blocks_of", [lambda N: (1, 2, N - 1), lambda N: (0, 1, N - 1)], ids=["low1", "low0"]
+)
+def test_verify_runs_the_blocks_below_the_delta_once_and_equals_a_plain_forward(
+    name, blocks_of, request, tiny_params
+):
+    """One prompt's configs verify the same draft: blocks 0 .. l (l the lowest steering block)
+    run once per prompt, each config only the blocks above (``verified_from_block``). Every
+    config, at its own block, gets the argmax a plain forward with its own hook gives, for
+    drafts that are right and drafts that go wrong; the shared prefill is never written.
+    Block 0 as the lowest puts the blocks the masks are sized on among the shared ones."""
+    from asa_lib.model.load import blocks_can_be_skipped
+
+    lm = request.getfixturevalue(name)
+    assert blocks_can_be_skipped(lm.model)
+    stats = check_verify(lm, tiny_params.prompt, blocks_of)
+    assert stats.verified_from_block == 9
+
+
+def test_a_split_verify_without_deltas_and_the_unsplit_fallback(tiny_lm, tiny_params, monkeypatch):
+    """No deltas (explicit drafts of unsteered rows): still split, still the plain argmax. A
+    model whose blocks cannot be skipped verifies through every block, with the same result."""
+    from asa_lib.engine import promptmajor
+
+    pp = tiny_params.prompt
+    assert check_verify(tiny_lm, pp, lambda N: (1, 2, 3), no_deltas=True).verified_from_block == 9
+    monkeypatch.setattr(promptmajor, "blocks_can_be_skipped", lambda model: False)
+    assert check_verify(tiny_lm, pp, lambda N: (1, 2, 3)).verified_from_block == 0
 
 
 def test_skipped_blocks_pass_their_input_through_and_are_restored_after_an_error(tiny_llama):
@@ -417,3 +470,24 @@ def test_skipped_blocks_pass_their_input_through_and_are_restored_after_an_error
         raise RuntimeError("boom")
     assert all("forward" not in vars(b) for b in blocks)
     assert torch.equal(tiny_llama.model(input_ids=x, use_cache=False).logits, want)
+    # a block's own instance forward (accelerate's device wrapper is one) is put back
+    own = blocks[1].forward
+    blocks[1].forward = own
+    try:
+        with skip_blocks(blocks, [1]):
+            assert vars(blocks[1])["forward"] is not own
+        assert vars(blocks[1])["forward"] is own
+    finally:
+        vars(blocks[1]).pop("forward", None)
+
+
+def test_blocks_dispatched_by_accelerate_are_not_skipped(tiny_llama):
+    from asa_lib.model.load import blocks_can_be_skipped
+
+    block = tiny_llama.model.model.layers[2]
+    assert blocks_can_be_skipped(tiny_llama.model)
+    block._hf_hook = object()  # what accelerate's dispatch sets on a block of a device map
+    try:
+        assert not blocks_can_be_skipped(tiny_llama.model)
+    finally:
+        del block._hf_hook

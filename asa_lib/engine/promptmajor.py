@@ -199,8 +199,8 @@ class PromptBatch:
         (:func:`~asa_lib.model.load.blocks_can_be_skipped`), the pass is split at the lowest
         steering block ``l``: below the delta every config computes the same thing, so blocks
         ``0 .. l`` run once per distinct window, and each row runs only blocks ``l + 1 ..``
-        on that output (plus its delta). The greedy tokens are the same; only the
-        batch a block sees differs.
+        on that output (plus its delta). The greedy tokens are the same up to rounding that
+        depends on the batch a block sees (blocks 0 .. l see one row per prompt).
         """
         lm = self.lm
         n = len(rows)
@@ -258,7 +258,8 @@ class PromptBatch:
         else:
             if self.cache is not None:
                 kw[cache_kwarg(lm.model)] = self.fork(rows)
-            with steer_rows_at(blocks, delta, layer, torch.zeros(n, dtype=torch.long)):
+            at_blocks = layers[0] if isinstance(layer, (int, np.integer)) else layers
+            with steer_rows_at(blocks, delta, at_blocks, torch.zeros(n, dtype=torch.long)):
                 logits = lm.model(input_ids=win, attention_mask=mask, position_ids=pos, **kw).logits
             if stats is not None:
                 stats.tokens_forwarded += n * W

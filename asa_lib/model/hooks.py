@@ -175,7 +175,8 @@ def _pass_through(hidden_states, *args, **kwargs):
 def skip_blocks(blocks: Sequence[torch.nn.Module], skipped: Sequence[int]) -> Iterator[None]:
     """Inside the ``with``, the blocks ``skipped`` return their input unchanged: no compute and
     no cache update (their ``forward`` is replaced on the instance, restored in ``finally``).
-    Forward hooks registered on a skipped block would still fire: register none there.
+    Forward hooks registered on a skipped block would still fire: register none there. The
+    blocks are shared by every thread using the model: not for concurrent calls.
 
     Only for models whose base forward feeds the embeddings straight into block 0 and each
     block's output straight into the next (:func:`asa_lib.model.load.blocks_can_be_skipped`):
@@ -183,10 +184,14 @@ def skip_blocks(blocks: Sequence[torch.nn.Module], skipped: Sequence[int]) -> It
     exactly blocks ``l + 1 ..`` on it.
     """
     mods = [blocks[i] for i in skipped]
+    saved = [vars(m).get("forward") for m in mods]  # an instance forward of its own (a wrapper)
     try:
         for m in mods:
             m.forward = _pass_through
         yield
     finally:
-        for m in mods:
-            vars(m).pop("forward", None)
+        for m, f in zip(mods, saved):
+            if f is None:
+                vars(m).pop("forward", None)
+            else:
+                m.forward = f

@@ -241,8 +241,14 @@ SKIPPABLE_MODEL_TYPES = frozenset({"llama", "lfm2", "qwen2", "qwen3", "mistral"}
 
 
 def blocks_can_be_skipped(model: torch.nn.Module) -> bool:
-    """Whether :func:`asa_lib.model.hooks.skip_blocks` is exact for ``model``."""
-    return getattr(getattr(model, "config", None), "model_type", None) in SKIPPABLE_MODEL_TYPES
+    """Whether :func:`asa_lib.model.hooks.skip_blocks` is exact for ``model``: a listed type,
+    and no block dispatched by accelerate (a device map over several devices: untested)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in SKIPPABLE_MODEL_TYPES:
+        return False
+    try:
+        return not any(hasattr(b, "_hf_hook") for b in decoder_blocks(model))
+    except ModelLoadError:
+        return False
 
 
 def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
