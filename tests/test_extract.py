@@ -126,3 +126,44 @@ def test_batches_bound_rows_and_padding():
         assert len(b) <= 8 and min(lengths[i] for i in b) >= (1 - MAX_PADDING) * longest
     assert max(len(b) for b in batches) == 8  # full batches where lengths allow
     assert [len(b) for b in _batches([10] * 5, 2)] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_reading_blocks_up_to_l_skips_the_blocks_above_and_reads_the_same_states(
+    which, tiny_lm, tiny_params, request, monkeypatch
+):
+    """``upto=l`` (what ``asa evaluate`` reads: L*): states of blocks 0 .. l only, the blocks
+    above never run, and the states are a plain forward's (``hidden_states``, one prompt at
+    a time)."""
+    from asa_lib.engine.extract import iter_last_token_states
+
+    lm = tiny_lm if which == "tiny" else request.getfixturevalue("smol_lm")
+    pp = tiny_params.prompt if which == "tiny" else request.getfixturevalue("demo_params").prompt
+    prompts = render_prompts(lm.tokenizer, pp, PROMPTS)
+    upto = 1
+    blocks = decoder_blocks(lm.model)
+    ran: list[int] = []
+    # a block's sub-modules run only when its own forward does (not the pass-through)
+    handles = [
+        c.register_forward_pre_hook(lambda m, a, i=i: ran.append(i))
+        for i, b in enumerate(blocks)
+        for c in b.children()
+    ]
+    try:  # whole prompts: a shared prefix would run (once, every block: it is cached for all)
+        for _ in iter_last_token_states(lm, prompts, 4, share_prefix=False, upto=upto):
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(ran) == set(range(upto + 1))
+    got = np.zeros((len(prompts), upto + 1, lm.hidden_size), np.float32)
+    for idx, states in iter_last_token_states(lm, prompts, 4, upto=upto):
+        got[idx] = states
+    for i, p in enumerate(prompts):
+        enc = lm.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            hs = lm.model(**enc, output_hidden_states=True).hidden_states
+        want = np.stack([hs[layer + 1][0, -1].numpy() for layer in range(upto + 1)])
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="upto=99"):
+        next(iter_last_token_states(lm, prompts, 4, upto=99))

@@ -39,8 +39,13 @@ from asa_lib.engine.prefix import (
 )
 from asa_lib.files import atomic_path, write_json
 from asa_lib.layout import RunDir
-from asa_lib.model.hooks import capture_last_token
-from asa_lib.model.load import LoadedModel, accepts_logits_to_keep, decoder_blocks
+from asa_lib.model.hooks import capture_last_token, skip_blocks
+from asa_lib.model.load import (
+    LoadedModel,
+    accepts_logits_to_keep,
+    blocks_can_be_skipped,
+    decoder_blocks,
+)
 from asa_lib.params import check_batch_size
 from asa_lib.progress import progress
 
@@ -126,8 +131,13 @@ def iter_last_token_states(
     desc: str = "extract",
     share_prefix: bool = True,
     shard: tuple[int, int] | None = None,
+    upto: int | None = None,
 ):
     """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
+
+    ``upto``: only blocks ``0 .. upto`` are read (states (B, upto + 1, H)); where the model's
+    blocks can be skipped (:func:`~asa_lib.model.load.blocks_can_be_skipped`) the blocks above
+    do not run at all (``asa evaluate`` reads one block: L*).
 
     With ``share_prefix`` the tokens common to all prompts run once (see
     :mod:`asa_lib.engine.prefix`) and each batch runs only its right-padded suffixes;
@@ -156,13 +166,21 @@ def iter_last_token_states(
     prefix = cached_prefix(lm, first[:P]) if P > 0 else None  # once for all splits
     pad = lm.tokenizer.pad_token_id
     blocks = decoder_blocks(lm.model)
+    if upto is not None and not 0 <= upto < len(blocks):
+        raise ValueError(f"upto={upto}: the model has blocks 0 .. {len(blocks) - 1}")
+    read = len(blocks) if upto is None else upto + 1
+    above = range(read, len(blocks)) if blocks_can_be_skipped(lm.model) else range(0)
     batches = _batches([n - P for n in lengths], batch_size)  # the suffixes run
     if shard is not None:
         batches = shard_units(batches, *shard)
     total = sum(len(b) for b in batches)
     # only the blocks' states are read: the LM head runs at one position per row, not all
     head = {"logits_to_keep": 1} if accepts_logits_to_keep(lm.model) else {}
-    with capture_last_token(blocks) as captured, progress(total, desc) as bar:
+    with (
+        capture_last_token(blocks[:read]) as captured,
+        skip_blocks(blocks, above),
+        progress(total, desc) as bar,
+    ):
         for idx in batches:
             batch_ids = token_ids(lm, [prompts[i] for i in idx])
             input_ids, mask, pos, last = right_padded([x[P:] for x in batch_ids], pad, P, lm.device)
@@ -173,7 +191,7 @@ def iter_last_token_states(
                 else {"use_cache": False}
             )
             lm.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, **kw, **head)
-            states = torch.stack([captured[l] for l in range(len(blocks))], dim=1)  # (B, L, H)
+            states = torch.stack([captured[l] for l in range(read)], dim=1)  # (B, L, H)
             yield idx, states.float().cpu().numpy()
             bar.update(len(idx))
 

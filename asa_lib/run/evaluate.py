@@ -263,8 +263,12 @@ def evaluate(
     except PromptTooLongError as e:
         raise EvaluateError(str(e)) from None
     h = np.zeros((len(xs), bundle.hidden_size), dtype=np.float32)
-    for idx, states in iter_last_token_states(
-        lm, prompts, params.extraction.batch_size, desc=f"states at block {bundle.layer}"
+    for idx, states in iter_last_token_states(  # the blocks above L* do not run
+        lm,
+        prompts,
+        params.extraction.batch_size,
+        desc=f"states at block {bundle.layer}",
+        upto=bundle.layer,
     ):
         h[idx] = states[:, bundle.layer]
     seed = params.data.seed
