@@ -192,32 +192,38 @@ def test_demo_model_prompt_major_equals_a_plain_per_config_loop(demo_lm, demo_pa
     check_against_reference(demo_lm, pp, prompts, configs, 12, 3, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    """A tiny random Llama (attention only): forks of prompt batches of different widths are
-    merged into one decoding batch there (LFM2's conv states cannot be)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model(kind: str, **config):
+    """A tiny random model of a transformers family (``kind``: its config and model class
+    prefix, e.g. "Llama"), on the tiny tokenizer, seeded: 64 wide, 4 heads, 2 KV heads."""
+    import transformers
 
     from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    cfg = LlamaConfig(
+    cfg = getattr(transformers, f"{kind}Config")(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,
         initializer_range=0.1,
+        **config,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
+        model = getattr(transformers, f"{kind}ForCausalLM")(cfg)
     model.eval()
-    return LoadedModel(model, tok, "tiny-llama", torch.device("cpu"))
+    return LoadedModel(model, tok, f"tiny-{kind.lower()}", torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A tiny random Llama (attention only): forks of prompt batches of different widths are
+    merged into one decoding batch there (LFM2's conv states cannot be)."""
+    return tiny_model("Llama", num_hidden_layers=3)
 
 
 def test_forks_of_several_prompt_batches_decode_as_one_batch(tiny_llama, tiny_params, tmp_path):
@@ -309,28 +315,7 @@ def test_configs_at_two_blocks_from_one_call_equal_a_per_config_loop(
 @pytest.fixture(scope="module")
 def tiny_qwen2():
     """A tiny random Qwen2 (the ASA paper's model family): its blocks may be skipped."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        initializer_range=0.1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(cfg)
-    model.eval()
-    return LoadedModel(model, tok, "tiny-qwen2", torch.device("cpu"))
+    return tiny_model("Qwen2", num_hidden_layers=4)
 
 
 def teacher_forced(model, ids: list[int], draft: list[int], delta, layer: int) -> list[int]:
@@ -356,29 +341,7 @@ def teacher_forced(model, ids: list[int], draft: list[int], delta, layer: int) -
 def tiny_mistral():
     """A tiny random Mistral with a sliding window shorter than the prompts: the sliding mask
     must be sized the same in both halves of a split verify pass."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    from asa_lib.model.load import LoadedModel, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    cfg = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        initializer_range=0.1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MistralForCausalLM(cfg)
-    model.eval()
-    return LoadedModel(model, tok, "tiny-mistral", torch.device("cpu"))
+    return tiny_model("Mistral", num_hidden_layers=4, sliding_window=8)
 
 
 def check_verify(lm, pp, blocks_of, no_deltas: bool = False):
