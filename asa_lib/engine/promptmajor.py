@@ -214,13 +214,15 @@ class PromptBatch:
         distinct = list(dict.fromkeys(keys))
         delta = None if deltas is None else torch.from_numpy(np.asarray(deltas, dtype=np.float32))
         win, mask, pos = self._window(rows, drafts, W)
-        kw: dict = {"use_cache": self.cache is not None}
         if self.cache is not None and len(distinct) < n and blocks_can_be_skipped(lm.model):
             low = min(layers)
             # 1. blocks 0 .. low, once per distinct window; the LM head on one position only
             drows = [r for r, _ in distinct]
             dwin, dmask, dpos = self._window(drows, [list(d) for _, d in distinct], W)
-            kw[cache_kwarg(lm.model)] = fork_cache(self.cache, drows, self.B, range(low + 1))
+            kw: dict = {
+                "use_cache": True,
+                cache_kwarg(lm.model): fork_cache(self.cache, drows, self.B, range(low + 1)),
+            }
             if accepts_logits_to_keep(lm.model):
                 kw["logits_to_keep"] = 1
             with skip_blocks(blocks, range(low + 1, N)), read_first_pass(blocks[low]) as seen:
@@ -256,6 +258,7 @@ class PromptBatch:
                 stats.forward_passes += 2
                 stats.verified_from_block += n
         else:
+            kw = {"use_cache": self.cache is not None}
             if self.cache is not None:
                 kw[cache_kwarg(lm.model)] = self.fork(rows)
             at_blocks = layers[0] if isinstance(layer, (int, np.integer)) else layers
