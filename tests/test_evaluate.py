@@ -226,6 +226,69 @@ def test_an_evaluation_resumes_by_the_runners_record_of_its_inputs(light, cli_lm
     assert why == f"{RESULTS} changed since the stage wrote it"
 
 
+def test_an_evaluation_killed_while_reading_states_resumes_without_reading_them_again(
+    light, cli_lm, tmp_path, monkeypatch
+):
+    """Each batch's states go to the cache as it ends. Killed after its first batch, a
+    second evaluation reads only the rows the first did not; killed in generation, a third
+    reads none. The records are those of an evaluation that was never killed."""
+    import asa_lib.engine.extract as extract
+    from asa_lib.engine.cache import GenerationCache
+
+    params = load_params(light["params"])
+    params.extraction.batch_size = 2
+    data = str(light["data"])
+    whole = evaluate(params, light["adapter"], data, tmp_path / "whole", taus=[0.55], lm=cli_lm)
+    n = whole["rows_used"]
+    assert n > 4  # several batches
+
+    read: list[list[int]] = []
+    plain = extract.iter_last_token_states
+
+    def counted(*a, **k):
+        for idx, states in plain(*a, **k):
+            read.append(idx.tolist())
+            yield idx, states
+
+    monkeypatch.setattr(extract, "iter_last_token_states", counted)
+    put = GenerationCache.put_states_many
+    calls = []
+
+    def killed_after_one(self, items):
+        if calls:
+            raise KeyboardInterrupt  # the process is killed while its second batch is stored
+        calls.append(1)
+        put(self, items)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(GenerationCache, "put_states_many", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(params, light["adapter"], data, out, taus=[0.55], lm=cli_lm)
+    first = read[0]
+    assert len(read) == 2 and len(first) == 2
+    monkeypatch.setattr(GenerationCache, "put_states_many", put)
+
+    import asa_lib.run.evaluate as ev
+
+    def no_generation(*a, **k):
+        raise KeyboardInterrupt
+
+    read.clear()
+    monkeypatch.setattr(ev, "score_configs", no_generation)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(params, light["adapter"], data, out, taus=[0.55], lm=cli_lm)
+    again = sorted(i for b in read for i in b)
+    assert again == sorted(set(range(n)) - set(first))  # the rest, each once
+
+    read.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(extract, "iter_last_token_states", counted)
+    got = evaluate(params, light["adapter"], data, out, taus=[0.55], lm=cli_lm)
+    assert read == []  # every state came from the cache
+    for name, r in whole["configs"].items():
+        assert got["configs"][name]["records"] == r["records"]
+
+
 def _pairs_auc(y, s):
     """AUC by its definition, a plain loop over (positive, negative) pairs, ties half."""
     pos = [v for v, t in zip(s, y) if t == 1]

@@ -16,9 +16,14 @@ the writer gave them): draft-verified decoding uses the baseline's tokens as
 a draft, and decoding then re-encoding a text does not always give back the
 same tokens (invalid UTF-8 pieces, non-canonical splits).
 
+``asa evaluate`` also keeps each row's state at the gate's block (table
+``states``, float32; :func:`asa_lib.engine.extract.cached_last_token_states`),
+one transaction per batch, so a killed evaluation resumes without reading a
+row's state twice.
+
 A cache file that is not an SQLite database, or cannot be written, is refused
 when it is opened (:class:`CacheError`, naming the file): it holds only
-outputs, so deleting it is always safe.
+outputs and states computed again from the model, so deleting it is always safe.
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ class GenerationCache:
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS gen_tokens (key TEXT PRIMARY KEY, ids BLOB NOT NULL)"
             )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, h BLOB NOT NULL)"
+            )
             self.db.commit()
             # a read-only file opens and reads; fail now rather than after the first batch
             self.db.execute("BEGIN IMMEDIATE")
@@ -82,7 +90,8 @@ class GenerationCache:
         except sqlite3.Error as e:
             raise CacheError(
                 f"the generation cache {self.path} cannot be used ({e}). It holds only "
-                "generated outputs: delete it (they are generated again), or make it writable."
+                "generated outputs and states: delete it (they are computed again), or make it "
+                "writable."
             ) from None
 
     def _select(self, table: str, column: str, keys: list[str]) -> dict[str, Any]:
@@ -116,6 +125,21 @@ class GenerationCache:
                     "INSERT OR REPLACE INTO gen_tokens (key, ids) VALUES (?, ?)",
                     [(k, np.asarray(v, dtype="<i8").tobytes()) for k, v in tokens.items()],
                 )
+
+    def get_states_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The stored states (float32 vectors) of those ``keys`` that have one."""
+        return {
+            k: np.frombuffer(v, dtype="<f4").copy()
+            for k, v in self._select("states", "h", keys).items()
+        }
+
+    def put_states_many(self, items: dict[str, np.ndarray]) -> None:
+        """Store states (one float32 vector each) in one transaction."""
+        with self._errors(), self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO states (key, h) VALUES (?, ?)",
+                [(k, np.asarray(v, dtype="<f4").tobytes()) for k, v in items.items()],
+            )
 
     def __len__(self) -> int:
         with self._errors():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from safetensors import safe_open
 
 from asa_lib.engine.batching import shard_units
+from asa_lib.engine.cache import GenerationCache, make_key
 from asa_lib.engine.prefix import (
     cache_kwarg,
     cached_prefix,
@@ -132,6 +134,7 @@ def iter_last_token_states(
     share_prefix: bool = True,
     shard: tuple[int, int] | None = None,
     upto: int | None = None,
+    known: Collection[int] = (),
 ):
     """Yield ``(index, states)`` per batch: index (B,) into ``prompts``, states (B, L, H) float32.
 
@@ -144,6 +147,9 @@ def iter_last_token_states(
     otherwise whole prompts run. Both read each row at its last real token.
     ``shard=(rank, world)``: only every ``world``-th batch from ``rank`` (a
     data-parallel worker); the batches are those of one process.
+    ``known``: indices whose states the caller has; a batch of only such rows is not run
+    (a resumed run). The batches stay those of a run without ``known``, so a resumed
+    run's states are bit for bit a whole run's.
     """
     batch_size = check_batch_size(batch_size)
     lengths: list[int] = []
@@ -173,6 +179,9 @@ def iter_last_token_states(
     batches = _batches([n - P for n in lengths], batch_size)  # the suffixes run
     if shard is not None:
         batches = shard_units(batches, *shard)
+    if known:
+        have = set(map(int, known))
+        batches = [b for b in batches if not have.issuperset(b.tolist())]
     total = sum(len(b) for b in batches)
     # only the blocks' states are read: the LM head runs at one position per row, not all
     head = {"logits_to_keep": 1} if accepts_logits_to_keep(lm.model) else {}
@@ -194,6 +203,37 @@ def iter_last_token_states(
             states = torch.stack([captured[l] for l in range(read)], dim=1)  # (B, L, H)
             yield idx, states.float().cpu().numpy()
             bar.update(len(idx))
+
+
+def cached_last_token_states(
+    lm: LoadedModel,
+    prompts: list[str],
+    layer: int,
+    batch_size: int,
+    cache: GenerationCache,
+    context: str,
+    desc: str = "extract",
+) -> np.ndarray:
+    """Each prompt's state at block ``layer`` (N, H) float32, kept in ``cache`` batch by batch.
+
+    A row whose state the cache holds (its key: ``context``, the prompt and the block) is not
+    run again, so an evaluation killed while it reads states resumes where it stopped. The
+    blocks above ``layer`` do not run (``upto``). ``context`` must name what decides a state
+    besides its prompt: the model's weights, tokenizer and device
+    (:func:`~asa_lib.engine.generate.generation_context`).
+    """
+    keys = [make_key(context, p, f"state at block {int(layer)}") for p in prompts]
+    found = cache.get_states_many(keys)
+    h = np.zeros((len(prompts), lm.hidden_size), dtype=np.float32)
+    known = [i for i, k in enumerate(keys) if k in found]
+    for i in known:
+        h[i] = found[keys[i]]
+    for idx, states in iter_last_token_states(
+        lm, prompts, batch_size, desc=desc, upto=layer, known=known
+    ):
+        h[idx] = states[:, layer]
+        cache.put_states_many({keys[i]: h[i] for i in idx.tolist()})
+    return h
 
 
 def extract_states(

@@ -155,6 +155,16 @@ def output_context(lm: LoadedModel, settings: GenerationSettings) -> dict[str, A
     }
 
 
+def generation_context(
+    lm: LoadedModel, settings: GenerationSettings, cache: GenerationCache | None
+) -> str:
+    """The part of every cache key that is not the row's: the cache's context and
+    :func:`output_context` ("" without a cache)."""
+    if cache is None:
+        return ""
+    return f"{cache.context}:{context_hash(output_context(lm, settings))}"
+
+
 def generation_keys(
     lm: LoadedModel,
     settings: GenerationSettings,
@@ -163,13 +173,11 @@ def generation_keys(
     layer: int,
     cache: GenerationCache | None,
 ) -> list[str]:
-    """The cache key of each row: the cache's context, :func:`output_context`, the prompt, the steering.
+    """The cache key of each row: :func:`generation_context`, the prompt, the steering.
 
     Without a cache the keys only tell equal rows apart (each is generated once).
     """
-    ctx = (
-        f"{cache.context}:{context_hash(output_context(lm, settings))}" if cache is not None else ""
-    )
+    ctx = generation_context(lm, settings, cache)
     return [
         make_key(ctx, prompts[i], delta_key(None if deltas is None else deltas[i], layer))
         for i in range(len(prompts))

@@ -37,8 +37,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from asa_lib.api import ASA, AdapterError, run_prompt_format
 from asa_lib.data import (
     DataError,
@@ -47,8 +45,8 @@ from asa_lib.data import (
     read_all_samples,
     sample_tools,
 )
-from asa_lib.engine.extract import iter_last_token_states
-from asa_lib.engine.generate import GenerationSettings
+from asa_lib.engine.extract import cached_last_token_states
+from asa_lib.engine.generate import GenerationSettings, generation_context
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
 from asa_lib.files import (
     file_digest,
@@ -262,15 +260,6 @@ def evaluate(
         )
     except PromptTooLongError as e:
         raise EvaluateError(str(e)) from None
-    h = np.zeros((len(xs), bundle.hidden_size), dtype=np.float32)
-    for idx, states in iter_last_token_states(  # the blocks above L* do not run
-        lm,
-        prompts,
-        params.extraction.batch_size,
-        desc=f"states at block {bundle.layer}",
-        upto=bundle.layer,
-    ):
-        h[idx] = states[:, bundle.layer]
     seed = params.data.seed
     specs = [ConfigSpec(baseline_config())] + [
         ConfigSpec(
@@ -288,7 +277,19 @@ def evaluate(
         for asa in asas
     ]
     cache = open_cache(run, params, lm)
-    try:  # the baseline and every override in one prompt-major pass (the sweep's core)
+    try:
+        # the blocks above L* do not run; kept in the cache batch by batch, so a killed
+        # evaluation does not read them again
+        h = cached_last_token_states(
+            lm,
+            prompts,
+            bundle.layer,
+            params.extraction.batch_size,
+            cache,
+            generation_context(lm, settings, cache),
+            desc=f"states at block {bundle.layer}",
+        )
+        # the baseline and every override in one prompt-major pass (the sweep's core)
         scored = score_configs(
             lm,
             xs,
