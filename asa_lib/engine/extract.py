@@ -225,7 +225,7 @@ def cached_last_token_states(
     keys = [make_key(context, p, f"state at block {int(layer)}") for p in prompts]
     found = cache.get_states_many(keys)
     h = np.zeros((len(prompts), lm.hidden_size), dtype=np.float32)
-    known = [i for i, k in enumerate(keys) if k in found]
+    known = [i for i, k in enumerate(keys) if k in found and found[k].shape == (lm.hidden_size,)]
     for i in known:
         h[i] = found[keys[i]]
     for idx, states in iter_last_token_states(
