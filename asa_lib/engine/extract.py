@@ -228,6 +228,8 @@ def cached_last_token_states(
     known = [i for i, k in enumerate(keys) if k in found and found[k].shape == (lm.hidden_size,)]
     for i in known:
         h[i] = found[keys[i]]
+    if len(known) == len(prompts):  # all cached: no tokenizing, no shared-prefix forward
+        return h
     for idx, states in iter_last_token_states(
         lm, prompts, batch_size, desc=desc, upto=layer, known=known
     ):
