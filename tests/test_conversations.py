@@ -181,7 +181,9 @@ def test_a_one_turn_conversation_has_the_state_of_the_same_text(tiny_params, tin
         tiny_lm.tokenizer, tiny_params.prompt, [cal["a"], cal["b"]], tmp_path / "run"
     )
     assert prompts[0] == prompts[1]
-    states = np.concatenate([s for _, s in iter_last_token_states(tiny_lm, prompts, 2)])
+    # one prompt a batch: two rows of one batch may differ in the last bit on some CPUs
+    # (the BLAS kernel's blocking differs by row), which is not what this test is about
+    states = np.concatenate([s for _, s in iter_last_token_states(tiny_lm, prompts, 1)])
     np.testing.assert_array_equal(states[0], states[1])
 
 
