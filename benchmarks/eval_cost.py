@@ -20,7 +20,7 @@ and writes ``benchmarks/RESULTS_eval_cost_<data>.md`` (``--out`` for another fil
 from __future__ import annotations
 
 import argparse
-import lzma
+import json
 import platform
 import random
 import tempfile
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asa_lib.data import read_local_rows
 from asa_lib.data.splits import sample_tools
 from asa_lib.engine.generate import GenerationSettings
 from asa_lib.engine.prefix import PromptTooLongError, check_prompt_lengths, token_ids
@@ -40,13 +41,6 @@ from asa_lib.prompts import render_prompts
 from asa_lib.run.evaluate import evaluate, read_eval_data
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read_lines(path: Path) -> list[str]:
-    """The file's non-blank lines (JSONL), as the labelled reader counts them."""
-    opener = lzma.open if path.suffix == ".xz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [x for x in f if x.strip()]
 
 
 def draw(labels: list[int], per_label: int, seed: int) -> list[int]:
@@ -75,10 +69,10 @@ def main() -> None:
     params = load_params(a.params)
     if a.max_prompt_tokens is not None:
         params.generation.max_prompt_tokens = a.max_prompt_tokens
-    lm = load_params_model(params)
     data = Path(a.data)
     if params.data.kind != "labelled" or not data.name.endswith((".jsonl", ".jsonl.xz")):
         raise SystemExit("eval_cost.py reads a labelled JSONL file (.jsonl or .jsonl.xz)")
+    lm = load_params_model(params)
     out = Path(a.out or ROOT / "benchmarks" / f"RESULTS_eval_cost_{data.name.split('.')[0]}.md")
     # the rows and prompts as asa evaluate reads and renders them
     ds, _ = read_eval_data(params, str(data))
@@ -98,12 +92,12 @@ def main() -> None:
     except PromptTooLongError as e:
         raise SystemExit(f"{data}: {e}") from None
     whole = [len(i) for i in ids]
-    lines = read_lines(data)
+    rows = read_local_rows(data)  # indexed as the samples' idx
     picked = draw([x.label for x in xs], a.rows, a.seed)
     some = [whole[k] for k in picked]
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "sample.jsonl"
-        part.write_text("".join(lines[xs[k].idx].rstrip("\n") + "\n" for k in picked), "utf-8")
+        part.write_text("".join(json.dumps(rows[xs[k].idx]) + "\n" for k in picked), "utf-8")
         t0 = time.perf_counter()
         res = evaluate(params, a.adapter, str(part), Path(tmp) / "eval", lm=lm)
         seconds = time.perf_counter() - t0
