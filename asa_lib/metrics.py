@@ -129,6 +129,7 @@ def evaluate_records(records: list[dict], seed: int = 0, n_boot: int = 1000) -> 
     out["format_valid_rate"] = float(_ratio(sum(r["format_valid"] for r in records), n_trig))
     out["valid_call_rate"] = float(_ratio(sum(r["valid"] for r in records), n_trig))
     out["validity_split"] = validity_split(records)
+    out["tool_row_calls"] = tool_row_calls(records)
     out["per_domain"] = {}
     for d in sorted({r["domain"] for r in records}):
         rs = [r for r in records if r["domain"] == d]
@@ -155,6 +156,14 @@ def validity_split(records: list[dict]) -> dict[str, int]:
         "complete invalid": sum(not r["valid"] for r in done),
         "cut": len(calls) - len(done),
     }
+
+
+def tool_row_calls(records: list[dict]) -> dict[str, int]:
+    """The calls on the rows labelled tool (label 1) and how many of them are valid (parse,
+    name a listed tool, carry its required arguments): whether the calls the model should make
+    could run. The valid share of all calls mixes in the calls on rows that need none."""
+    calls = [r for r in records if r["triggered"] and r.get("label") == 1]
+    return {"calls": len(calls), "valid": sum(bool(r["valid"]) for r in calls)}
 
 
 # the columns of the three shares (of the calls), in VALIDITY_SPLIT's order

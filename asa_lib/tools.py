@@ -144,17 +144,45 @@ def _non_empty(v: Any) -> bool:
     return True
 
 
-def _known_calls(calls: list[ToolCall], tools: list[dict[str, Any]]) -> bool:
-    """Every call names a listed tool and gives its required arguments, non-empty."""
+# Why a started call could or could not run (:func:`call_problem`), in the order checked.
+CALL_PROBLEMS = (
+    "cut",
+    "does not parse",
+    "names an unlisted tool",
+    "lacks a required argument",
+    "valid",
+)
+
+
+def _calls_problem(calls: list[ToolCall], tools: list[dict[str, Any]]) -> str | None:
+    """None where every call names a listed tool and gives its required arguments, non-empty;
+    else what the first call that does not is missing."""
     by_name = {t["name"]: t for t in tools}
     for c in calls:
         tool = by_name.get(c.name)
         if tool is None:
-            return False
+            return "names an unlisted tool"
         required = tool.get("parameters", {}).get("required", [])
         if not all(_non_empty(c.arguments.get(r)) for r in required):
-            return False
-    return True
+            return "lacks a required argument"
+    return None
+
+
+def call_problem(
+    output: str, markers: CallMarkers | HasMarkers, tools: list[dict[str, Any]]
+) -> str | None:
+    """Why the call ``output`` starts could or could not run: one of :data:`CALL_PROBLEMS`
+    (``cut``: no end marker, whatever it holds, as :func:`~asa_lib.metrics.validity_split`
+    counts it), None where no call was started."""
+    payload = call_payload(output, markers)
+    if payload is None:
+        return None
+    if not call_complete(output, markers):
+        return "cut"
+    calls = parse_calls(payload)
+    if calls is None:
+        return "does not parse"
+    return _calls_problem(calls, tools) or "valid"
 
 
 def score_output(
@@ -170,5 +198,8 @@ def score_output(
     if calls is None:
         return Score(triggered=True, format_valid=False, valid=False, complete=complete)
     return Score(
-        triggered=True, format_valid=True, valid=_known_calls(calls, tools), complete=complete
+        triggered=True,
+        format_valid=True,
+        valid=_calls_problem(calls, tools) is None,
+        complete=complete,
     )

@@ -127,3 +127,64 @@ def test_the_calls_split_by_why_adds_up_to_the_calls():
         "cut_share": 2 / 6,
     }
     assert all(v != v for v in validity_shares({"validity_split": split, "triggers": 0}).values())
+
+
+def test_the_calls_on_tool_rows_count_only_label_1_rows_that_call():
+    """#32: "on BFCL label-1 rows, the share of the calls that are valid": the calls on rows
+    that need none (label 0) and the rows that do not call are left out."""
+    from asa_lib.metrics import evaluate_records, tool_row_calls
+
+    def rec(label, triggered, valid):
+        return {"label": label, "triggered": triggered, "valid": valid, "domain": "all"}
+
+    recs = [
+        rec(1, True, True),
+        rec(1, True, False),
+        rec(1, True, True),
+        rec(1, False, False),  # abstains: no call to judge
+        rec(0, True, True),  # a valid call where none is needed: not a tool row
+        rec(0, True, False),
+        rec(None, True, True),  # no label (asa generate): not a tool row
+    ]
+    assert tool_row_calls(recs) == {"calls": 3, "valid": 2}
+    assert tool_row_calls([rec(0, True, True)]) == {"calls": 0, "valid": 0}
+    m = evaluate_records([{**r, "format_valid": r["valid"]} for r in recs[:6]])
+    assert m["tool_row_calls"] == {"calls": 3, "valid": 2}
+    assert m["valid_call_rate"] == 3 / 5  # all calls, label 0 included
+
+
+def test_why_a_call_could_not_run_is_named_and_agrees_with_its_score():
+    """Each started call gets one reason (benchmarks/call_validity.py counts them); a cut call is
+    "cut" whatever it holds, as validity_split counts it, and "valid" is score_output's valid."""
+    from asa_lib.params import PromptParams
+    from asa_lib.tools import CALL_PROBLEMS, CallMarkers, call_problem, score_output
+
+    pp = PromptParams()
+    m = CallMarkers.of(pp)
+    tools = [
+        {
+            "name": "calc",
+            "parameters": {"type": "object", "properties": {"x": {}}, "required": ["x"]},
+        }
+    ]
+    s, e = pp.tool_call_start, pp.tool_call_end
+    expected = {
+        f'{s}{{"name": "calc", "arguments": {{"x": 1}}}}{e}': "valid",
+        f'{s}{{"name": "other", "arguments": {{"x": 1}}}}{e}': "names an unlisted tool",
+        f'{s}{{"name": "calc", "arguments": {{"x": ""}}}}{e}': "lacks a required argument",
+        f'{s}{{"name": "calc", "arguments": {{"properties": {{"x": 1}}}}}}{e}': (
+            "lacks a required argument"  # the schema copied into the arguments
+        ),
+        f"{s}calc(((({e}": "does not parse",
+        f'{s}{{"name": "calc", "arguments": {{"x": 1}}}}': "cut",
+        f'{s}{{"name": "calc", "argu': "cut",
+        "The answer is 4.": None,
+    }
+    for out, why in expected.items():
+        assert call_problem(out, m, tools) == why, out
+        sc = score_output(out, m, tools)
+        assert (why is not None) == sc.triggered
+        if why is not None and why != "cut":
+            assert (why == "valid") == sc.valid, out
+            assert (why != "does not parse") == sc.format_valid, out
+    assert set(expected.values()) - {None} == set(CALL_PROBLEMS)

@@ -115,6 +115,28 @@ def test_the_validity_split_adds_up_to_the_calls_and_the_index_shows_it(one_doma
         assert "complete" in rec
 
 
+def test_the_valid_calls_on_tool_rows_are_counted_from_the_records(one_domain_run):
+    """#32: the calls on label-1 rows and the valid ones among them, per config and split,
+    counted here from the per-prompt records; the index shows TEST's."""
+    run_dir = one_domain_run["dir"]
+    results = json.loads((run_dir / "results.json").read_text())
+    index = (run_dir / "index.html").read_text()
+    shown = 0
+    for name, c in results["configs"].items():
+        recs = json.loads((run_dir / "sweep" / f"{name}.json").read_text())["records"]
+        for split in ("valid", "test"):
+            calls = valid = 0
+            for r in recs:
+                if r["split"] == split and r["label"] == 1 and r["triggered"]:
+                    calls += 1
+                    valid += 1 if r["valid"] else 0
+            assert c["splits"][split]["tool_row_calls"] == {"calls": calls, "valid": valid}
+            if split == "test" and calls:
+                assert f"on tool rows: {valid} of {calls} valid" in index, name
+                shown += 1
+    assert shown  # some config called on a tool row, so the index check above ran
+
+
 def test_asa_summarize_writes_the_runs_own_figures(one_domain_run):
     """#34 item 8: docs/results.md's block of a real run holds results.json's figures."""
     from asa_lib.report.summary import block, summarize
@@ -131,3 +153,31 @@ def test_asa_summarize_writes_the_runs_own_figures(one_domain_run):
         d = results["vs_baseline"]["test"].get(name)
         if d:
             assert f"{signed(d['d_f1'])} [{signed(d['d_f1_lo'])}, {signed(d['d_f1_hi'])}]" in row
+
+
+def test_the_call_validity_script_counts_each_call_on_a_tool_row_once(one_domain_run, tmp_path):
+    """benchmarks/call_validity.py on a real run: per config, the reasons add up to the calls on
+    TEST's label-1 rows and its valid column is the records' complete valid calls."""
+    import subprocess
+    import sys
+
+    run_dir = one_domain_run["dir"]
+    out = tmp_path / "table.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "call_validity.py"), str(run_dir)]
+    subprocess.run([*cmd, "--configs", "all", "--out", str(out)], check=True, capture_output=True)
+    table = {
+        line.split("|")[1].strip().split()[0].strip("`"): line.split("|")[2:-1]
+        for line in out.read_text().splitlines()
+        if line.startswith("| `")
+    }
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(table) == set(results["configs"])
+    for name, cells in table.items():
+        recs = json.loads((run_dir / "sweep" / f"{name}.json").read_text())["records"]
+        calls = [r for r in recs if r["split"] == "test" and r["label"] == 1 and r["triggered"]]
+        counts = [int(c.split()[0]) for c in cells]
+        assert counts[0] == len(calls) == sum(counts[1:]), name
+        assert counts[1] == sum(r["valid"] and r["complete"] for r in calls), name
+        assert counts[-1] == sum(not r["complete"] for r in calls), name  # cut, the last column
+    bad = subprocess.run([*cmd, "--configs", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope" in bad.stderr

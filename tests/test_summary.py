@@ -250,3 +250,37 @@ def test_a_data_source_is_shown_by_its_file_name_or_its_hub_id(tmp_path, source,
     results["params"]["data"]["source"] = source
     (run / "results.json").write_text(json.dumps(results))
     assert summarize(run)["data"] == shown
+
+
+def test_valid_calls_on_tool_rows_come_from_the_results_or_the_runs_own_records(tmp_path):
+    """#32's validity goal is on the label-1 rows: the block shows it where the results carry
+    it, and for results that predate it counts it from the config's sweep/<config>.json."""
+    run = _results(tmp_path)
+    text = block(summarize(run))
+    assert "valid calls on tool rows" not in text  # neither results nor records: no column
+    (run / "sweep").mkdir()
+
+    def rec(split, label, triggered, valid):
+        return {"split": split, "label": label, "triggered": triggered, "valid": valid}
+
+    records = [
+        rec("test", 1, True, True),
+        rec("test", 1, True, False),
+        rec("test", 1, True, False),
+        rec("test", 0, True, True),  # a call where none is needed: not counted
+        rec("test", 1, False, False),
+        rec("valid", 1, True, True),
+    ]
+    (run / "sweep" / "t60_a50.json").write_text(json.dumps({"records": records}))
+    results = json.loads((run / "results.json").read_text())
+    results["configs"]["baseline"]["splits"]["test"]["tool_row_calls"] = {"calls": 4, "valid": 1}
+    (run / "results.json").write_text(json.dumps(results))
+    s = summarize(run)
+    assert s["configs"]["t60_a50"]["splits"]["test"]["tool_row_calls"] == {"calls": 3, "valid": 1}
+    assert s["configs"]["t60_a50"]["splits"]["valid"]["tool_row_calls"] == {"calls": 1, "valid": 1}
+    text = block(s)
+    assert "| TEST valid calls on tool rows |" in text
+    row = next(line for line in text.splitlines() if "`t60_a50`" in line)
+    assert row.endswith("| 0.333 (1 of 3) |")
+    base = next(line for line in text.splitlines() if "`baseline`" in line)
+    assert base.endswith("| 0.250 (1 of 4) |")  # from results.json, not from records

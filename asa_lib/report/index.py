@@ -30,6 +30,13 @@ p.note{color:#444;font-size:90%;max-width:60em}"""
 NA = "—"  # not applicable (the baseline's tau, a rate of no calls)
 
 
+def _on_tool_rows(c: dict | None) -> str:
+    """The calls cell's second line: the valid ones among the calls on label-1 rows."""
+    if not c or not c.get("calls"):
+        return ""
+    return f"<br>on tool rows: {c['valid']} of {c['calls']} valid"
+
+
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
@@ -217,6 +224,7 @@ def write_index(
             vs = t.get("validity_split")
             vcalls = (
                 f"{vs['complete valid']} / {vs['complete invalid']} / {vs['cut']} of {t['triggers']}"
+                + _on_tool_rows(t.get("tool_row_calls"))
                 if t.get("triggers") and vs
                 else _num(t["valid_call_rate"])  # results from before the split
                 if t.get("triggers")
@@ -235,7 +243,8 @@ def write_index(
             "or not it could run; the calls column says which could: complete valid (closed, "
             "parses, names a listed tool with its required arguments), complete invalid "
             "(closed, but does not parse, names another tool or lacks an argument), cut (no "
-            "end marker within max_new_tokens) (— where the config made no call). "
+            "end marker within max_new_tokens) (— where the config made no call); "
+            "on tool rows: of the calls on rows labelled tool, how many are valid. "
             "Δ: the config minus the unsteered baseline on the same prompts, with a paired "
             "bootstrap 95% interval. Flipped: prompts whose decision (tool call or not) changed "
             "against the baseline; each config's report lists them. Held: of the TEST rows where "

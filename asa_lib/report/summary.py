@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_lib.files import read_json, write_json, write_text
+from asa_lib.metrics import tool_row_calls
 from asa_lib.params import SAFE_NAME
 from asa_lib.report.verdict import BASELINE, signed, verdict
 
@@ -48,6 +49,7 @@ _SPLIT_KEYS = (
     "triggers",
     "valid_call_rate",
     "validity_split",
+    "tool_row_calls",
 )
 # the flip counts a block reads (asa_lib.run.analysis.flip_counts)
 _FLIP_KEYS = (
@@ -125,6 +127,17 @@ def _diagnostics(diag: dict[str, Any], folder: Path) -> dict[str, Any]:
     return out
 
 
+def _add_tool_row_calls(splits: dict[str, dict[str, Any]], records_file: Path) -> None:
+    """``tool_row_calls`` of the splits whose results predate it, from the config's own
+    per-prompt records (``sweep/<config>.json``) where the run folder has them."""
+    if all("tool_row_calls" in m for m in splits.values()) or not records_file.is_file():
+        return
+    records = read_json(records_file).get("records", [])
+    for split, m in splits.items():
+        if "tool_row_calls" not in m:
+            m["tool_row_calls"] = tool_row_calls([r for r in records if r["split"] == split])
+
+
 def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
     params = results.get("params", {})
     declared = {c.get("name"): c for c in params.get("sweep", [])}
@@ -140,6 +153,7 @@ def _sweep_summary(results: dict[str, Any], folder: Path) -> dict[str, Any]:
             "layer": r.get("layer"),
             "splits": {s: _split(m) for s, m in r["splits"].items() if s in ("valid", "test")},
         }
+        _add_tool_row_calls(configs[name]["splits"], folder / "sweep" / f"{name}.json")
     blocks = results.get("steering_blocks") or {}
     diag = results.get("diagnostics") or {}
     chosen = results.get("chosen") or {}
@@ -251,6 +265,15 @@ def _diff(d: Mapping[str, Any] | None, metric: str) -> str:
 
 def _rate(split: Mapping[str, Any], key: str = "valid_call_rate") -> str:
     return "—" if not split.get("triggers") else _f(split.get(key))
+
+
+def _tool_rows(c: Mapping[str, int] | None) -> str:
+    """The valid share of the calls on label-1 rows, with its counts."""
+    if not c:
+        return "—"
+    if not c["calls"]:
+        return "— (no call)"
+    return f"{c['valid'] / c['calls']:.3f} ({c['valid']} of {c['calls']})"
 
 
 def _still(n: int, verb: str) -> str:
@@ -394,6 +417,9 @@ def _sweep_markdown(s: dict[str, Any]) -> list[str]:
         "TEST ΔFPR [95% CI]",
         "TEST valid calls (of calls)",
     ]
+    on_tool_rows = any("tool_row_calls" in c["splits"].get("test", {}) for c in configs.values())
+    if on_tool_rows:
+        header.append("TEST valid calls on tool rows")
     rows = []
     dv, dt = s["vs_baseline"].get("valid", {}), s["vs_baseline"].get("test", {})
     for name, c in configs.items():
@@ -415,6 +441,8 @@ def _sweep_markdown(s: dict[str, Any]) -> list[str]:
             _diff(dt.get(name), "fpr"),
             _rate(t),
         ]
+        if on_tool_rows:
+            row.append(_tool_rows(t.get("tool_row_calls")))
         rows.append(row)
     lines += _table(header, rows)
     lines += _flips_markdown(s)
