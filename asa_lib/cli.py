@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         metavar="N",
         help="data-parallel workers for extraction and generation (torchrun; one per GPU, "
-        "or CPU processes sharing the cores); results are the same as with 1",
+        "or CPU processes sharing the cores), or auto (one per visible GPU; on CPUs 2 "
+        "where 2 cores may be used); results are the same as with 1",
     )
     t = sub.add_parser(
         "train-demo-model",
@@ -228,11 +229,15 @@ def _summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _processes(text: str) -> int:
+def _processes(text: str) -> int | str:
+    if text == "auto":
+        return text  # resolved once the params name the device
     try:
         return check_processes(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"needs a whole number >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"needs a whole number >= 1 or auto, got {text!r}"
+        ) from None
 
 
 def _train_demo_model(params_path: str, out: str) -> int:

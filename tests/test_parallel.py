@@ -46,7 +46,7 @@ def test_cli_refuses_a_bad_process_count(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--params", "params/tiny.yaml", "--processes", "0"])
     assert e.value.code == 2
-    assert "--processes: needs a whole number >= 1, got '0'" in capsys.readouterr().err
+    assert "--processes: needs a whole number >= 1 or auto, got '0'" in capsys.readouterr().err
 
 
 def test_unknown_task_is_refused(tmp_path):

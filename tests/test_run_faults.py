@@ -197,6 +197,44 @@ def test_more_processes_than_cores_or_gpus_are_refused_naming_the_limit(
     assert check_processes(1, "auto") == 1  # one process needs no check
 
 
+def test_processes_auto_is_one_per_gpu_or_two_on_cpu_cores(monkeypatch):
+    """``--processes auto`` (make demo): every visible GPU; on CPUs 2, or 1 with one core."""
+    import torch
+
+    from asa_lib.run import parallel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cores, n in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(parallel, "usable_cores", lambda c=cores: c)
+        got, why = parallel.auto_processes("auto")
+        assert got == n and f"{cores} CPU core" in why, (cores, got, why)
+        assert parallel.auto_processes("cpu")[0] == n
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert parallel.auto_processes("auto") == (3, "one per visible GPU (3)")
+    assert parallel.auto_processes("cpu")[0] == 2  # a CPU run ignores the GPUs
+
+
+def test_the_run_resolves_processes_auto_and_says_to_what(tmp_path, monkeypatch):
+    """``asa run --processes auto`` reaches the runner as "auto", which logs its choice and
+    passes the count on (the stages themselves are stubbed: nothing runs)."""
+    seen = {}
+
+    def fake_locked(params, params_path, run_dir, notebook_dir, progress, log, processes, reports):
+        seen["processes"] = processes
+        return 0, run_dir / "index.html"
+
+    monkeypatch.setattr(runner, "_run_locked", fake_locked)
+    monkeypatch.setattr(runner, "auto_processes", lambda device: (1, f"stub for {device}"))
+    logs: list[str] = []
+    code, _ = runner.run(tiny_yaml(tmp_path), tmp_path / "run", log=logs.append, processes="auto")
+    assert code == 0 and seen["processes"] == 1
+    assert logs == ["processes auto: stub for cpu"]
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--params", str(tiny_yaml(tmp_path)), "--processes", "many"])
+    assert e.value.code == 2
+
+
 # ----------------------------------------------------------------------------- odd run folders
 
 

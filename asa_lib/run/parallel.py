@@ -73,6 +73,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _visible_gpus(device: str) -> int:
+    """The GPUs a run on ``model.device`` uses (``cuda``, or ``auto`` with a GPU visible); 0 on CPU."""
+    if device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    return 0
+
+
 def max_processes(device: str) -> tuple[int, str]:
     """The most workers a run may start on ``model.device``, and what sets that limit.
 
@@ -80,14 +90,30 @@ def max_processes(device: str) -> tuple[int, str]:
     otherwise one per usable CPU core (each worker holds a whole model: more
     workers than that only multiply the memory).
     """
-    if device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            return n, f"GPU{'' if n == 1 else 's'} visible (one worker per GPU)"
+    n = _visible_gpus(device)
+    if n:
+        return n, f"GPU{'' if n == 1 else 's'} visible (one worker per GPU)"
     n = usable_cores()
     return n, f"CPU core{'' if n == 1 else 's'} this process may use (os.sched_getaffinity)"
+
+
+# ``processes: auto`` on CPUs: two workers where two cores may be used. Measured on 2 cores
+# (make demo 32 against 47 minutes with one process, docs/speed.md); more workers on more
+# cores were not measured, and each holds a whole model.
+AUTO_CPU_PROCESSES = 2
+
+
+def auto_processes(device: str) -> tuple[int, str]:
+    """What ``processes: auto`` starts on ``model.device``, and why: one worker per visible
+    GPU on CUDA; on CPUs :data:`AUTO_CPU_PROCESSES`, or fewer where fewer cores may be used."""
+    n = _visible_gpus(device)
+    if n:
+        return n, f"one per visible GPU ({n})"
+    cores = usable_cores()
+    n = min(AUTO_CPU_PROCESSES, cores)
+    return n, f"{cores} CPU core{'' if cores == 1 else 's'} may be used: {n} worker" + (
+        "" if n == 1 else "s"
+    )
 
 
 def worker_threads(world: int) -> int:

@@ -43,7 +43,7 @@ from asa_lib.report.html import MODES as REPORT_MODES
 from asa_lib.report.html import report_signature
 from asa_lib.report.index import write_index
 from asa_lib.run import lifeline
-from asa_lib.run.parallel import check_processes
+from asa_lib.run.parallel import auto_processes, check_processes
 from asa_lib.run.stages import (
     CORE_STAGES,
     STAGE,
@@ -430,7 +430,7 @@ def run(
     notebook_dir: Path = NOTEBOOK_DIR,
     progress: bool = False,
     log=print,
-    processes: int = 1,
+    processes: int | str = 1,
     reports: str = "reader",
 ) -> tuple[int, Path]:
     """Run every stage that is not up to date. Returns (exit code, index path).
@@ -440,13 +440,17 @@ def run(
 
     ``processes > 1`` runs extraction and each sweep config in that many
     data-parallel workers (:mod:`asa_lib.run.parallel`); results are the same, so
-    it is not part of any fingerprint.
+    it is not part of any fingerprint. ``"auto"``: one per visible GPU, or 2 on CPUs
+    with 2 or more usable cores (:func:`~asa_lib.run.parallel.auto_processes`).
     """
     params_path = Path(params_path).resolve()
     params = load_params(params_path)
     if reports not in REPORT_MODES:
         raise RunError(f"--reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
     try:
+        if processes == "auto":
+            processes, why = auto_processes(params.model.device)
+            log(f"processes auto: {why}")
         processes = check_processes(processes, params.model.device)
     except ValueError as e:
         raise RunError(str(e)) from None
