@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (asa)" >/dev/null
 	touch $(STAMP)
 
-# --processes auto: 2 workers for extraction and generation on 2+ CPU cores (one per GPU);
-# the same results as one process, 32 instead of 47 minutes on 2 cores (docs/speed.md).
+# --processes auto: 2 workers for extraction and generation on 2+ CPU cores (one per GPU):
+# 32 instead of 38 minutes on 2 cores, the same figures as one process (docs/speed.md).
 demo: install
 	$(VENV)/bin/asa run --params params/bfcl.yaml --processes auto
 

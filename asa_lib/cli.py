@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="data-parallel workers for extraction and generation (torchrun; one per GPU, "
         "or CPU processes sharing the cores), or auto (one per visible GPU; on CPUs 2 "
-        "where 2 cores may be used); results are the same as with 1",
+        "where 2 cores may be used); the same decisions and scores as with 1 (a generated "
+        "text can differ at a near-tie: docs/speed.md)",
     )
     t = sub.add_parser(
         "train-demo-model",

@@ -12,8 +12,8 @@ idle). Or, with ``--runs``, reads two finished runs of the same params (the firs
 with one process, the second with two). Prints and writes
 (``benchmarks/RESULTS_processes.md``) each run's seconds per stage (from its
 ``stages/*.json``; the per-config ``06_sweep`` notebooks summed), and whether the two
-runs' results (``compare_runs.py``: results.json and every sweep/<config>.json,
-timestamps aside) and states files are the same byte for byte. Nothing else should run
+runs' results (``compare_runs.py``: results.json and every sweep/<config>.json record's
+decision and score, timestamps aside), generated texts and states files are the same. Nothing else should run
 on the machine meanwhile.
 """
 
@@ -62,6 +62,20 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     for f in sorted((run_dir / "stages").glob("*.json")):
         out[stage_group(f.stem)] += float(json.loads(f.read_text())["seconds"])
     return dict(out)
+
+
+def output_differences(a: Path, b: Path) -> tuple[list[str], int]:
+    """The records (config/split/id) whose generated text differs between two runs, and the
+    records compared."""
+    differ, n = [], 0
+    for f in sorted((a / "sweep").glob("*.json")):
+        ra = json.loads(f.read_text())["records"]
+        rb = json.loads((b / "sweep" / f.name).read_text())["records"]
+        n += len(ra)
+        differ += [
+            f"{f.stem}/{x['split']}/{x['id']}" for x, y in zip(ra, rb) if x["output"] != y["output"]
+        ]
+    return differ, n
 
 
 def preset(params: Path, per_class: int, tmp: Path) -> Path:
@@ -113,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "(its grid unchanged), from scratch each time, one run after the other"
         )
     runs = {n: stage_seconds(d) for n, d in dirs.items()}
-    same = compare_runs.main([str(dirs[1]), str(dirs[2])]) == 0
+    # everything but the generated texts: results.json, every record's decision and score
+    same = compare_runs.main([str(dirs[1]), str(dirs[2]), "--ignore", "output"]) == 0
+    texts, n_records = output_differences(dirs[1], dirs[2])
     states = same_states(dirs[1], dirs[2])
     names = list(dict.fromkeys([*runs[1], *runs[2]]))
     rows = [
@@ -140,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| **all stages** | **{total[1]:.0f}** | **{total[2]:.0f}** | "
         f"**{total[1] / total[2]:.2f}x** |",
         "",
-        "- results.json and every sweep/<config>.json (timestamps aside): "
-        + ("identical" if same else "**differ**"),
+        "- results.json and every sweep/<config>.json record's decision and score "
+        "(timestamps aside): " + ("identical" if same else "**differ**"),
+        f"- generated texts: {len(texts)} of {n_records} records differ"
+        + (f" ({', '.join(texts[:6])}{', ...' if len(texts) > 6 else ''})" if texts else ""),
         "- states files: " + ("identical, byte for byte" if states else "**differ**"),
         "",
     ]

@@ -19,8 +19,12 @@ and merges their results in order:
 
 Each batch a worker runs is a batch one process would have run (same rows,
 same padding), so the results are the one-process results bit for bit
-(``tests/test_parallel.py`` checks it with two CPU processes). Each worker
-takes ``cores / processes`` CPU threads, or on GPUs the GPU of its local rank.
+(``tests/test_parallel.py`` checks it with two CPU processes) up to one thing:
+each worker takes ``cores / processes`` CPU threads (or on GPUs the GPU of its
+local rank), and CPU attention with one query per head group (decoding) sums in
+an order that depends on the thread count. On the BFCL demo that changed one
+generated text of 3,648 at a near-tie, no decision, score or state
+(docs/speed.md).
 
 Accelerate: ``PartialState(cpu=True)`` gives each worker its rank and the
 world size over gloo (without ``cpu=True`` it reports one process under
@@ -99,7 +103,7 @@ def max_processes(device: str) -> tuple[int, str]:
 
 
 # ``processes: auto`` on CPUs: two workers where two cores may be used. Measured on 2 cores
-# (make demo 32 against 47 minutes with one process, docs/speed.md); more workers on more
+# (make demo: 32 against 38 minutes with one process, docs/speed.md); more workers on more
 # cores were not measured, and each holds a whole model.
 AUTO_CPU_PROCESSES = 2
 
