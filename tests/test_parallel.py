@@ -24,26 +24,15 @@ from asa_lib.engine.generate import (
 from asa_lib.run.parallel import ParallelError, check_processes, launch
 
 
-def test_shards_deal_units_by_cost_and_cover_each_once():
-    units = list("abcdefghijk")
-    costs = [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]  # longest first, as batches and chunks come
-    shards = [shard_units(units, r, 3, costs) for r in range(3)]
-    assert sorted(u for sh in shards for u in sh) == units  # every unit once
-    for sh in shards:  # each worker keeps the given order
-        assert sh == sorted(sh, key=units.index)
-    loads = [sum(costs[units.index(u)] for u in sh) for sh in shards]
-    assert max(loads) - min(loads) <= 1  # 22, 22, 22 (round robin: 26, 22, 18)
-    assert shards == [shard_units(units, r, 3, costs) for r in range(3)]  # the same every time
-    # costliest first to the least loaded worker, ties to the lower rank (worked by hand)
-    two = [shard_units(list(range(6)), r, 2, [10, 9, 8, 7, 6, 5]) for r in (0, 1)]
-    assert two == [[0, 3, 4], [1, 2, 5]]
-    assert shard_units(units, 0, 1, costs) == units
-    assert shard_units([], 1, 2, []) == []
+def test_shards_deal_units_round_robin_and_cover_each_once():
+    units = list(range(11))
+    shards = [shard_units(units, r, 3) for r in range(3)]
+    assert shards == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert shard_units(units, 0, 1) == units
+    assert shard_units([], 1, 2) == []
     for bad in ((2, 2), (-1, 2), (0, 0)):
         with pytest.raises(ValueError, match="rank"):
-            shard_units(units, *bad, costs)
-    with pytest.raises(ValueError, match="11 units but 2 costs"):
-        shard_units(units, 0, 2, [1, 2])
+            shard_units(units, *bad)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])

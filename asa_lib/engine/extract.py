@@ -177,10 +177,8 @@ def iter_last_token_states(
     read = len(blocks) if upto is None else upto + 1
     above = range(read, len(blocks)) if blocks_can_be_skipped(lm.model) else range(0)
     batches = _batches([n - P for n in lengths], batch_size)  # the suffixes run
-    if shard is not None:  # a batch's cost: its padded columns
-        batches = shard_units(
-            batches, *shard, [len(b) * max(lengths[i] - P for i in b.tolist()) for b in batches]
-        )
+    if shard is not None:
+        batches = shard_units(batches, *shard)
     if known:
         have = set(map(int, known))
         batches = [b for b in batches if not have.issuperset(b.tolist())]

@@ -344,12 +344,8 @@ def generate_configs(
     order = sorted(row_tasks, key=lambda i: (-len(ids[i]), i))
     chunk_rows = settings.batch_size * CHUNK_BATCHES
     chunks = [order[s : s + chunk_rows] for s in range(0, len(order), chunk_rows)]
-    if shard is not None:  # a chunk's cost: its prefills and its rows' new tokens
-        cost = [
-            sum(len(ids[i]) + len(row_tasks[i]) * settings.max_new_tokens for i in c)
-            for c in chunks
-        ]
-        chunks = shard_units(chunks, *shard, cost)
+    if shard is not None:
+        chunks = shard_units(chunks, *shard)
     mine = [k for c in chunks for i in c for k in row_tasks[i]]
     if stats is not None:
         stats.generated += len(mine)

@@ -6,13 +6,12 @@ launches ``processes`` workers (``python -m torch.distributed.run --standalone
 --nproc_per_node N -m asa_lib.run.worker <task> <spec.json>``), waits for them
 and merges their results in order:
 
-- **extraction**: the batches (longest prompts first) are dealt out by cost
-  (:func:`~asa_lib.engine.batching.shard_units`: costliest first, each to the least
-  loaded worker); each worker writes its rows at their own offsets into the one
+- **extraction**: the batches (longest prompts first) are dealt out round
+  robin; each worker writes its rows at their own offsets into the one
   safetensors file the coordinator created (disjoint byte ranges), which is
   renamed into place once every worker has succeeded;
 - **generation**: the rows to generate are cut into chunks of
-  ``CHUNK_BATCHES`` batches, dealt out by cost (prefills and new tokens); workers write their
+  ``CHUNK_BATCHES`` batches, dealt out round robin; workers write their
   outputs into the run's generation cache (SQLite in WAL mode: concurrent
   writers wait for each other's transactions) and their counts to a JSON file;
   the coordinator then reads every output from the cache, in prompt order.
