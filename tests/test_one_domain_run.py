@@ -138,6 +138,27 @@ def test_the_valid_calls_on_tool_rows_are_counted_from_the_records(one_domain_ru
         assert not re.search(r"on tool rows: \d+ of \d+ valid", index)
 
 
+def test_the_index_shows_the_valid_calls_on_tool_rows(one_domain_run, tmp_path):
+    """The index line where a config did call on TEST tool rows: the real run's results with
+    the baseline's TEST counts set (the tiny model rarely calls), the index written again."""
+    import shutil
+
+    from asa_lib.params import load_params
+    from asa_lib.report.index import write_index
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_domain_run["dir"], run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    t = results["configs"]["baseline"]["splits"]["test"]
+    t["triggers"] = max(t["triggers"], 3)
+    t["validity_split"] = {"complete valid": 1, "complete invalid": 1, "cut": t["triggers"] - 2}
+    t["tool_row_calls"] = {"calls": 3, "valid": 1}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    page = write_index(load_params(run_dir / "params.yaml"), run_dir, []).read_text()
+    row = re.search(r"<tr[^>]*><td class='l'>[^<]*(<a [^>]*>)?baseline.*?</tr>", page)
+    assert row and "on tool rows: 1 of 3 valid" in row.group(0)
+
+
 def test_asa_summarize_writes_the_runs_own_figures(one_domain_run):
     """#34 item 8: docs/results.md's block of a real run holds results.json's figures."""
     from asa_lib.report.summary import block, summarize
