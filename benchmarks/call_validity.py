@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
+from asa_lib.data import read_tool_sets
 from asa_lib.files import read_json
 from asa_lib.params import load_params
 from asa_lib.prompts import tools_for
@@ -34,8 +35,7 @@ def reasons(run: Path, config: str, split: str) -> Counter:
     """The calls of ``config`` on ``split``'s label-1 rows, counted by why they could or
     could not run; a complete call's valid or not must be the run's own record's."""
     pp = load_params(run / "params.yaml", check_files=False).prompt
-    sets_file = run / "data" / "tools.json"
-    tool_sets = read_json(sets_file) if sets_file.is_file() else {}
+    tool_sets = read_tool_sets(run)
     records = read_json(run / "sweep" / f"{config}.json")["records"]
     out: Counter = Counter()
     markers = CallMarkers.of(pp)
